@@ -1,0 +1,261 @@
+package svcreg
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+)
+
+func init() {
+	caddy.RegisterModule(adminAPI{})
+}
+
+// adminAPI serves /service_registry/ on Caddy's admin endpoint:
+//
+//	GET    /service_registry/services                          every service version, its endpoints and their health
+//	GET    /service_registry/services/<name>/<version>         one service version
+//	POST   /service_registry/services/<name>/<version>         {"address":"127.0.0.1:9091","weight":1} adds an endpoint
+//	DELETE /service_registry/services/<name>/<version>/<address> removes one
+//
+// Bad input gets 400 naming the problem, an unknown service version or
+// endpoint 404; a change is applied completely or not at all.
+type adminAPI struct{}
+
+// CaddyModule returns the Caddy module information.
+func (adminAPI) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "admin.api.service_registry",
+		New: func() caddy.Module { return new(adminAPI) },
+	}
+}
+
+// Routes returns the admin routes.
+func (a adminAPI) Routes() []caddy.AdminRoute {
+	return []caddy.AdminRoute{{
+		Pattern: "/service_registry/",
+		Handler: caddy.AdminHandlerFunc(a.serve),
+	}}
+}
+
+// maxAdminBody bounds the size of a POST body.
+const maxAdminBody = 64 << 10
+
+// endpointAdd is the body of a POST.
+type endpointAdd struct {
+	Address string `json:"address"`
+	Weight  int    `json:"weight,omitempty"`
+}
+
+// serviceStatus is how the admin API shows a service version.
+type serviceStatus struct {
+	Name      string           `json:"name"`
+	Version   string           `json:"version"`
+	Endpoints []endpointStatus `json:"endpoints"`
+}
+
+type endpointStatus struct {
+	Address     string     `json:"address"`
+	Weight      int        `json:"weight"`
+	Healthy     bool       `json:"healthy"`
+	Fails       int        `json:"fails"`
+	LastFailure *time.Time `json:"last_failure,omitempty"`
+}
+
+func (adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
+	app := current.Load()
+	if app == nil {
+		return apiError(http.StatusNotFound, errors.New("the running config has no service_registry app"))
+	}
+	reg := app.Registry()
+
+	segs, err := pathSegments(r.URL.EscapedPath(), "/service_registry/")
+	if err != nil {
+		return apiError(http.StatusBadRequest, err)
+	}
+	if len(segs) == 0 || segs[0] != "services" || len(segs) == 2 || len(segs) > 4 {
+		return apiError(http.StatusNotFound, fmt.Errorf("no such resource %q; see /service_registry/services", r.URL.Path))
+	}
+
+	switch len(segs) {
+	case 1: // /services
+		if r.Method != http.MethodGet {
+			return methodNotAllowed(w, http.MethodGet)
+		}
+		snap := reg.Snapshot()
+		out := struct {
+			Synced   bool            `json:"synced"`
+			Services []serviceStatus `json:"services"`
+		}{Synced: snap.Synced(), Services: []serviceStatus{}}
+		for _, svc := range snap.Services() {
+			out.Services = append(out.Services, statusOf(svc))
+		}
+		return writeJSON(w, http.StatusOK, out)
+
+	case 3: // /services/<name>/<version>
+		key := ServiceKey{segs[1], segs[2]}
+		if err := key.Validate(); err != nil {
+			return apiError(http.StatusBadRequest, err)
+		}
+		switch r.Method {
+		case http.MethodGet:
+			svc, err := reg.Lookup(key)
+			if err != nil {
+				return lookupError(key, err)
+			}
+			return writeJSON(w, http.StatusOK, statusOf(svc))
+		case http.MethodPost:
+			return addEndpoint(w, r, reg, key)
+		default:
+			return methodNotAllowed(w, http.MethodGet, http.MethodPost)
+		}
+
+	default: // /services/<name>/<version>/<address>
+		if r.Method != http.MethodDelete {
+			return methodNotAllowed(w, http.MethodDelete)
+		}
+		key := ServiceKey{segs[1], segs[2]}
+		if err := key.Validate(); err != nil {
+			return apiError(http.StatusBadRequest, err)
+		}
+		addr, err := ParseAddress(segs[3])
+		if err != nil {
+			return apiError(http.StatusBadRequest, err)
+		}
+		if err := reg.Delete(r.Context(), key, addr); err != nil {
+			return changeError(err)
+		}
+		return writeJSON(w, http.StatusOK, map[string]any{
+			"name": key.Service, "version": key.Version, "address": addr, "deleted": true,
+		})
+	}
+}
+
+func addEndpoint(w http.ResponseWriter, r *http.Request, reg Registry, key ServiceKey) error {
+	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/json") {
+		return apiError(http.StatusBadRequest, fmt.Errorf("content type %q: want application/json", ct))
+	}
+	body, err := io.ReadAll(io.LimitReader(r.Body, maxAdminBody+1))
+	if err != nil {
+		return apiError(http.StatusBadRequest, fmt.Errorf("reading request body: %w", err))
+	}
+	if len(body) > maxAdminBody {
+		return apiError(http.StatusRequestEntityTooLarge, fmt.Errorf("request body over %d bytes", maxAdminBody))
+	}
+	var req endpointAdd
+	dec := json.NewDecoder(strings.NewReader(string(body)))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		return apiError(http.StatusBadRequest, fmt.Errorf("decoding JSON body: %w", err))
+	}
+	if dec.More() {
+		return apiError(http.StatusBadRequest, errors.New("decoding JSON body: more than one JSON value"))
+	}
+	if req.Address == "" {
+		return apiError(http.StatusBadRequest, errors.New(`missing "address": want {"address":"host:port"}`))
+	}
+	ep, err := Endpoint{Address: req.Address, Weight: req.Weight}.normalize()
+	if err != nil {
+		return apiError(http.StatusBadRequest, err)
+	}
+
+	status := http.StatusCreated
+	if svc, err := reg.Lookup(key); err == nil && svc.Endpoint(ep.Address) != nil {
+		status = http.StatusOK
+	}
+	if err := reg.Add(r.Context(), key, ep); err != nil {
+		return changeError(err)
+	}
+	svc, err := reg.Lookup(key)
+	if err != nil {
+		return lookupError(key, err)
+	}
+	return writeJSON(w, status, statusOf(svc))
+}
+
+func statusOf(svc *Service) serviceStatus {
+	st := serviceStatus{Name: svc.Name, Version: svc.Version, Endpoints: make([]endpointStatus, 0, len(svc.Endpoints))}
+	for _, ep := range svc.Endpoints {
+		es := endpointStatus{Address: ep.Address, Weight: ep.Weight, Healthy: ep.Available(), Fails: ep.Fails()}
+		if t := ep.LastFailure(); !t.IsZero() {
+			es.LastFailure = &t
+		}
+		st.Endpoints = append(st.Endpoints, es)
+	}
+	return st
+}
+
+// pathSegments splits the escaped path below prefix into unescaped
+// segments; a segment may not be empty or contain a slash.
+func pathSegments(escaped, prefix string) ([]string, error) {
+	rest, ok := strings.CutPrefix(escaped, prefix)
+	if !ok {
+		return nil, nil
+	}
+	rest = strings.TrimSuffix(rest, "/")
+	if rest == "" {
+		return nil, nil
+	}
+	parts := strings.Split(rest, "/")
+	for i, p := range parts {
+		seg, err := url.PathUnescape(p)
+		if err != nil {
+			return nil, fmt.Errorf("bad path segment %q: %w", p, err)
+		}
+		if seg == "" || strings.Contains(seg, "/") {
+			return nil, fmt.Errorf("bad path segment %q", p)
+		}
+		parts[i] = seg
+	}
+	return parts, nil
+}
+
+func lookupError(key ServiceKey, err error) error {
+	if errors.Is(err, ErrUnknownService) || errors.Is(err, ErrUnknownVersion) {
+		return apiError(http.StatusNotFound, fmt.Errorf("service %s: %w", key, err))
+	}
+	if errors.Is(err, ErrNotSynced) {
+		return apiError(http.StatusServiceUnavailable, err)
+	}
+	return apiError(http.StatusInternalServerError, err)
+}
+
+// changeError maps an Add or Delete error to a status.
+func changeError(err error) error {
+	switch {
+	case errors.Is(err, ErrInvalid):
+		return apiError(http.StatusBadRequest, err)
+	case errors.Is(err, ErrUnknownService), errors.Is(err, ErrUnknownVersion), errors.Is(err, ErrUnknownEndpoint):
+		return apiError(http.StatusNotFound, err)
+	case errors.Is(err, ErrNotSynced):
+		return apiError(http.StatusServiceUnavailable, err)
+	default:
+		return apiError(http.StatusInternalServerError, err)
+	}
+}
+
+func apiError(status int, err error) error {
+	return caddy.APIError{HTTPStatus: status, Err: err}
+}
+
+func methodNotAllowed(w http.ResponseWriter, allowed ...string) error {
+	w.Header().Set("Allow", strings.Join(allowed, ", "))
+	return apiError(http.StatusMethodNotAllowed, fmt.Errorf("method not allowed; want %s", strings.Join(allowed, " or ")))
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) error {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "\t")
+	return enc.Encode(v)
+}
+
+// Interface guards
+var _ caddy.AdminRouter = adminAPI{}

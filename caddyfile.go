@@ -1,0 +1,453 @@
+package svcreg
+
+import (
+	"encoding/json"
+	"strconv"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/rewrite"
+)
+
+func init() {
+	httpcaddyfile.RegisterGlobalOption("service_registry", parseGlobalOption)
+	httpcaddyfile.RegisterDirective("service_proxy", parseServiceProxy)
+	httpcaddyfile.RegisterDirectiveOrder("service_proxy", httpcaddyfile.Before, "reverse_proxy")
+}
+
+// parseGlobalOption turns the service_registry global option into the
+// service_registry app.
+func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
+	if existing != nil {
+		return nil, d.Err("service_registry: the global option may appear only once")
+	}
+	app := new(App)
+	if err := app.UnmarshalCaddyfile(d); err != nil {
+		return nil, err
+	}
+	return httpcaddyfile.App{Name: "service_registry", Value: caddyconfig.JSON(app, nil)}, nil
+}
+
+// UnmarshalCaddyfile sets up the app from the global option:
+//
+//	service_registry {
+//		backend <name> [{
+//			<backend options>
+//		}]
+//		service <name> <version> [<address>...]
+//	}
+//
+// backend defaults to memory. service may repeat; the addresses of
+// repeated lines for the same service and version add up.
+func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // consume option name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for d.NextBlock(0) {
+		switch d.Val() {
+		case "backend":
+			if a.BackendRaw != nil {
+				return d.Err("backend: specified more than once")
+			}
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			name := d.Val()
+			mod, err := caddyfile.UnmarshalModule(d, "service_registry.backends."+name)
+			if err != nil {
+				return err
+			}
+			a.BackendRaw = caddyconfig.JSONModuleObject(mod, "backend", name, nil)
+
+		case "service":
+			args := d.RemainingArgs()
+			if len(args) < 2 {
+				return d.Errf("service: want <name> <version> [<address>...], got %d arguments", len(args))
+			}
+			key := ServiceKey{args[0], args[1]}
+			if err := key.Validate(); err != nil {
+				return d.Errf("service: %v", err)
+			}
+			sc := ServiceConfig{Name: key.Service, Version: key.Version}
+			for _, addr := range args[2:] {
+				if _, err := ParseAddress(addr); err != nil {
+					return d.Errf("service %s: %v", key, err)
+				}
+				sc.Endpoints = append(sc.Endpoints, Endpoint{Address: addr})
+			}
+			if d.NextBlock(d.Nesting()) {
+				return d.Errf("service: unexpected block")
+			}
+			a.Services = append(a.Services, sc)
+
+		default:
+			return d.Errf("service_registry: unknown subdirective %q", d.Val())
+		}
+	}
+	return nil
+}
+
+// UnmarshalCaddyfile sets up the memory backend:
+//
+//	backend memory {
+//		storage_key <key>
+//	}
+func (m *MemoryBackend) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // consume backend name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for d.NextBlock(0) {
+		switch d.Val() {
+		case "storage_key":
+			if m.StorageKey != "" {
+				return d.Err("storage_key: specified more than once")
+			}
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			m.StorageKey = d.Val()
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+		default:
+			return d.Errf("memory backend: unknown subdirective %q", d.Val())
+		}
+	}
+	return nil
+}
+
+// UnmarshalCaddyfile sets up the matcher:
+//
+//	@name service_version [<service> [<version>]] [{
+//		prefix <base path>
+//	}]
+func (m *MatchServiceVersion) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // consume matcher name
+	args := d.RemainingArgs()
+	switch len(args) {
+	case 2:
+		m.Version = args[1]
+		fallthrough
+	case 1:
+		m.Service = args[0]
+	case 0:
+	default:
+		return d.Errf("service_version: want [<service> [<version>]], got %d arguments", len(args))
+	}
+	if m.Service != "" {
+		if err := checkName("service", m.Service); err != nil {
+			return d.Errf("service_version: %v", err)
+		}
+	}
+	if m.Version != "" {
+		if err := checkName("version", m.Version); err != nil {
+			return d.Errf("service_version: %v", err)
+		}
+	}
+	for d.NextBlock(0) {
+		switch d.Val() {
+		case "prefix":
+			if m.Prefix != "" {
+				return d.Err("service_version: prefix specified more than once")
+			}
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			if err := checkPrefix(d.Val()); err != nil {
+				return d.Errf("service_version: %v", err)
+			}
+			m.Prefix = d.Val()
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+		default:
+			return d.Errf("service_version: unknown subdirective %q", d.Val())
+		}
+	}
+	if d.Next() {
+		return d.Err("service_version: specified more than once in the same matcher set")
+	}
+	return nil
+}
+
+// UnmarshalCaddyfile sets up the upstream source:
+//
+//	dynamic service_registry [<service> <version>]
+func (u *UpstreamSource) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // consume source name
+	args := d.RemainingArgs()
+	switch len(args) {
+	case 0:
+	case 2:
+		u.Service, u.Version = args[0], args[1]
+	default:
+		return d.Errf("dynamic service_registry: want no arguments or <service> <version>, got %d", len(args))
+	}
+	if d.NextBlock(0) {
+		return d.Errf("dynamic service_registry: unknown subdirective %q", d.Val())
+	}
+	return nil
+}
+
+// UnmarshalCaddyfile sets up the selection policy:
+//
+//	lb_policy service_failover [round_robin|random|least_conn|p2c]
+func (p *FailoverSelection) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // consume policy name
+	args := d.RemainingArgs()
+	if len(args) > 1 {
+		return d.Errf("service_failover: want at most one balancing algorithm, got %d arguments", len(args))
+	}
+	if len(args) == 1 {
+		if err := checkBalance(args[0]); err != nil {
+			return d.Errf("service_failover: %v", err)
+		}
+		p.Balance = args[0]
+	}
+	if d.NextBlock(0) {
+		return d.Errf("service_failover: unknown subdirective %q", d.Val())
+	}
+	return nil
+}
+
+// Defaults of service_proxy.
+const (
+	// defaultRetries lets a request try up to 17 hosts: every host of
+	// any service version with up to that many, since service_failover
+	// never tries a host twice.
+	defaultRetries = 16
+	// defaultRequestBuffers is how much of a request body is buffered so
+	// that a retry can send it again.
+	defaultRequestBuffers = 64 << 10
+	// defaultDialTimeout bounds how long a try waits to connect.
+	defaultDialTimeout = caddy.Duration(time.Second)
+)
+
+// parseServiceProxy sets up the service_proxy directive:
+//
+//	service_proxy [{
+//		prefix       <base path>
+//		lb_policy    [service_failover] round_robin|random|least_conn|p2c
+//		retries      <n>
+//		strip_prefix on|off
+//		<any other reverse_proxy subdirective: transport, header_up, header_down, ...>
+//	}]
+//
+// It is the short form of
+//
+//	@svc service_version [{ prefix <base path> }]
+//	handle @svc {
+//		uri strip_prefix {svc.prefix}
+//		reverse_proxy {
+//			dynamic service_registry
+//			lb_policy service_failover round_robin
+//			lb_retries 16
+//			lb_retry_match {
+//				method GET HEAD OPTIONS
+//			}
+//			request_buffers 64KiB
+//			transport http {
+//				dial_timeout 1s
+//			}
+//		}
+//	}
+//	handle_errors {
+//		@svc_error not vars {svc.error} ""
+//		respond @svc_error "{svc.error}" {http.error.status_code}
+//	}
+//
+// A request that fails to connect is retried on another host whatever its
+// method; GET, HEAD and OPTIONS are also retried after a failure once sent
+// (give lb_retry_match to change that). Bodies up to 64 KiB are buffered
+// so that a retry sends them whole; a larger body is streamed and its
+// request is retried only if it was never sent. A transport http block
+// without dial_timeout gets the 1s default.
+func parseServiceProxy(h httpcaddyfile.Helper) ([]httpcaddyfile.ConfigValue, error) {
+	h.Next() // consume directive name
+	nameTok := h.Token()
+	if h.NextArg() {
+		return nil, h.Errf("service_proxy: unexpected argument %q; options go in its block", h.Val())
+	}
+
+	matcher := MatchServiceVersion{}
+	balance, retries, strip := balanceRoundRobin, defaultRetries, true
+	seen := map[string]bool{}
+	proxyTokens := []caddyfile.Token{nameTok}
+	lastLine := nameTok.Line
+	for h.NextBlock(0) {
+		opt := h.Val()
+		switch opt {
+		case "prefix", "lb_policy", "retries", "strip_prefix":
+			if seen[opt] {
+				return nil, h.Errf("service_proxy: %s specified more than once", opt)
+			}
+			seen[opt] = true
+		}
+		switch opt {
+		case "prefix":
+			if !h.NextArg() {
+				return nil, h.ArgErr()
+			}
+			if err := checkPrefix(h.Val()); err != nil {
+				return nil, h.Errf("service_proxy: %v", err)
+			}
+			matcher.Prefix = h.Val()
+		case "lb_policy":
+			args := h.RemainingArgs()
+			if len(args) == 2 && args[0] == "service_failover" {
+				args = args[1:]
+			}
+			if len(args) != 1 {
+				return nil, h.Errf("service_proxy: lb_policy: want round_robin, random, least_conn or p2c")
+			}
+			if err := checkBalance(args[0]); err != nil {
+				return nil, h.Errf("service_proxy: lb_policy: %v", err)
+			}
+			balance = args[0]
+		case "retries":
+			if !h.NextArg() {
+				return nil, h.ArgErr()
+			}
+			n, err := strconv.Atoi(h.Val())
+			if err != nil || n < 0 {
+				return nil, h.Errf("service_proxy: retries: want a number of at least 0, got %q", h.Val())
+			}
+			retries = n
+		case "strip_prefix":
+			if !h.NextArg() {
+				return nil, h.ArgErr()
+			}
+			switch h.Val() {
+			case "on":
+				strip = true
+			case "off":
+				strip = false
+			default:
+				return nil, h.Errf("service_proxy: strip_prefix: want on or off, got %q", h.Val())
+			}
+		case "to", "dynamic":
+			return nil, h.Errf("service_proxy: %s is not allowed: the upstreams come from the service registry", opt)
+		case "lb_retries":
+			return nil, h.Err("service_proxy: use retries instead of lb_retries")
+		default:
+			// a reverse_proxy subdirective: hand it over as written
+			seg := h.NextSegment()
+			proxyTokens = append(proxyTokens, seg...)
+			lastLine = max(lastLine, seg[len(seg)-1].Line)
+			continue
+		}
+		if h.NextArg() {
+			return nil, h.ArgErr()
+		}
+	}
+
+	// Parse the passed-through subdirectives with reverse_proxy's own
+	// parser, so that errors point at the user's lines.
+	if len(proxyTokens) > 1 {
+		open, closing := nameTok, nameTok
+		open.Text, closing.Text, closing.Line = "{", "}", lastLine+1
+		proxyTokens = append(append([]caddyfile.Token{nameTok, open}, proxyTokens[1:]...), closing)
+	}
+	d := caddyfile.NewDispenser(proxyTokens)
+	rp := new(reverseproxy.Handler)
+	if err := rp.UnmarshalCaddyfile(d); err != nil {
+		return nil, err
+	}
+	if err := rp.FinalizeUnmarshalCaddyfile(h.WithDispenser(d)); err != nil {
+		return nil, err
+	}
+	if err := serviceProxyDefaults(rp, balance, retries); err != nil {
+		return nil, h.Errf("service_proxy: %v", err)
+	}
+
+	var handlers []json.RawMessage
+	if strip {
+		handlers = append(handlers, caddyconfig.JSONModuleObject(rewrite.Rewrite{StripPathPrefix: "{" + placeholderPrefix + "}"}, "handler", "rewrite", nil))
+	}
+	handlers = append(handlers, caddyconfig.JSONModuleObject(rp, "handler", "reverse_proxy", nil))
+	matcherSet := caddy.ModuleMap{"service_version": h.JSON(matcher)}
+	vals := h.NewRoute(matcherSet, &caddyhttp.Subroute{Routes: caddyhttp.RouteList{{HandlersRaw: handlers}}})
+	return append(vals, serviceErrorRoute(h)), nil
+}
+
+// serviceProxyDefaults fills in what service_proxy sets on reverse_proxy.
+func serviceProxyDefaults(rp *reverseproxy.Handler, balance string, retries int) error {
+	rp.DynamicUpstreamsRaw = caddyconfig.JSONModuleObject(new(UpstreamSource), "source", "service_registry", nil)
+	if rp.LoadBalancing == nil {
+		rp.LoadBalancing = new(reverseproxy.LoadBalancing)
+	}
+	rp.LoadBalancing.SelectionPolicyRaw = caddyconfig.JSONModuleObject(&FailoverSelection{Balance: balance}, "policy", "service_failover", nil)
+	rp.LoadBalancing.Retries = retries
+	if rp.LoadBalancing.RetryMatchRaw == nil {
+		methods, err := json.Marshal(caddyhttp.MatchMethod{"GET", "HEAD", "OPTIONS"})
+		if err != nil {
+			return err
+		}
+		rp.LoadBalancing.RetryMatchRaw = caddyhttp.RawMatcherSets{{"method": methods}}
+	}
+	if rp.RequestBuffers == 0 {
+		rp.RequestBuffers = defaultRequestBuffers
+	}
+	if rp.TransportRaw == nil {
+		rp.TransportRaw = caddyconfig.JSONModuleObject(&reverseproxy.HTTPTransport{DialTimeout: defaultDialTimeout}, "protocol", "http", nil)
+		return nil
+	}
+	var transport map[string]any
+	if err := json.Unmarshal(rp.TransportRaw, &transport); err != nil {
+		return err
+	}
+	if _, ok := transport["dial_timeout"]; transport["protocol"] == "http" && !ok {
+		transport["dial_timeout"] = defaultDialTimeout
+		raw, err := json.Marshal(transport)
+		if err != nil {
+			return err
+		}
+		rp.TransportRaw = raw
+	}
+	return nil
+}
+
+// serviceErrorRoute is the error route service_proxy adds to its site:
+// the short text of {svc.error} for the errors the service_version matcher
+// and service_failover produce (unknown service 404, no available host 503,
+// no host answered 502). It is what this adapts to:
+//
+//	handle_errors {
+//		@svc_error not vars {svc.error} ""
+//		respond @svc_error "{svc.error}" {http.error.status_code}
+//	}
+func serviceErrorRoute(h httpcaddyfile.Helper) httpcaddyfile.ConfigValue {
+	isSet := caddy.ModuleMap{"not": h.JSON(caddyhttp.MatchNot{MatcherSetsRaw: []caddy.ModuleMap{
+		{"vars": h.JSON(caddyhttp.VarsMatcher{"{" + placeholderError + "}": {""}})},
+	}})}
+	respond := caddyhttp.StaticResponse{
+		StatusCode: caddyhttp.WeakString("{http.error.status_code}"),
+		Body:       "{" + placeholderError + "}",
+	}
+	inner := &caddyhttp.Subroute{Routes: caddyhttp.RouteList{{
+		MatcherSetsRaw: []caddy.ModuleMap{isSet},
+		HandlersRaw:    []json.RawMessage{caddyconfig.JSONModuleObject(respond, "handler", "static_response", nil)},
+	}}}
+	return httpcaddyfile.ConfigValue{
+		Class: "error_route",
+		Value: &caddyhttp.Subroute{Routes: caddyhttp.RouteList{{
+			HandlersRaw: []json.RawMessage{caddyconfig.JSONModuleObject(inner, "handler", "subroute", nil)},
+		}}},
+	}
+}
+
+// Interface guards
+var (
+	_ caddyfile.Unmarshaler = (*App)(nil)
+	_ caddyfile.Unmarshaler = (*MemoryBackend)(nil)
+	_ caddyfile.Unmarshaler = (*MatchServiceVersion)(nil)
+	_ caddyfile.Unmarshaler = (*UpstreamSource)(nil)
+	_ caddyfile.Unmarshaler = (*FailoverSelection)(nil)
+)

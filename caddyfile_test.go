@@ -1,0 +1,212 @@
+package svcreg
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"github.com/caddyserver/caddy/v2/caddytest"
+)
+
+// adapt turns a Caddyfile into JSON, decoded for comparison.
+func adapt(t *testing.T, filename, caddyfile string) (any, error) {
+	t.Helper()
+	out, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(caddyfile), map[string]any{"filename": filename})
+	if err != nil {
+		return nil, err
+	}
+	var v any
+	if err := json.Unmarshal(out, &v); err != nil {
+		t.Fatalf("adapter output is not JSON: %v", err)
+	}
+	return v, nil
+}
+
+// TestCaddyfileAdapt compares every testdata/caddyfile/*.caddytest input
+// (above the ---------- line) with its expected JSON (below).
+func TestCaddyfileAdapt(t *testing.T) {
+	files, err := filepath.Glob("testdata/caddyfile/*.caddytest")
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no golden files: %v", err)
+	}
+	for _, f := range files {
+		t.Run(filepath.Base(f), func(t *testing.T) {
+			data, err := os.ReadFile(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			input, expected, ok := strings.Cut(string(data), "\n----------\n")
+			if !ok {
+				t.Fatalf("%s has no ---------- line", f)
+			}
+			if !caddytest.CompareAdapt(t, f, input+"\n", "caddyfile", strings.TrimSpace(expected)) {
+				t.Errorf("%s: adapted JSON differs", f)
+			}
+		})
+	}
+}
+
+// TestServiceProxyIsLongForm checks that service_proxy adapts to exactly
+// the long form that README.md documents.
+func TestServiceProxyIsLongForm(t *testing.T) {
+	for _, tc := range []struct{ name, short, long string }{
+		{
+			name:  "defaults",
+			short: "service_proxy",
+			long: `@svc service_version
+	handle @svc {
+		uri strip_prefix {svc.prefix}
+		reverse_proxy {
+			dynamic service_registry
+			lb_policy service_failover round_robin
+			lb_retries 16
+			lb_retry_match {
+				method GET HEAD OPTIONS
+			}
+			request_buffers 64KiB
+			transport http {
+				dial_timeout 1s
+			}
+		}
+	}
+	handle_errors {
+		@svc_error not vars {svc.error} ""
+		respond @svc_error "{svc.error}" {http.error.status_code}
+	}`,
+		},
+		{
+			name: "options",
+			short: `service_proxy {
+		prefix /api
+		lb_policy service_failover p2c
+		retries 3
+		strip_prefix off
+		header_up X-Service {svc.name}
+		lb_retry_match {
+			method GET PUT
+		}
+		transport http {
+			keepalive 30s
+		}
+	}`,
+			long: `@svc service_version {
+		prefix /api
+	}
+	handle @svc {
+		reverse_proxy {
+			dynamic service_registry
+			lb_policy service_failover p2c
+			lb_retries 3
+			lb_retry_match {
+				method GET PUT
+			}
+			header_up X-Service {svc.name}
+			request_buffers 64KiB
+			transport http {
+				keepalive 30s
+				dial_timeout 1s
+			}
+		}
+	}
+	handle_errors {
+		@svc_error not vars {svc.error} ""
+		respond @svc_error "{svc.error}" {http.error.status_code}
+	}`,
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			short, err := adapt(t, "short", ":9090 {\n\t"+tc.short+"\n}\n")
+			if err != nil {
+				t.Fatal(err)
+			}
+			long, err := adapt(t, "long", ":9090 {\n\t"+tc.long+"\n}\n")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(short, long) {
+				s, _ := json.MarshalIndent(short, "", "  ")
+				l, _ := json.MarshalIndent(long, "", "  ")
+				t.Errorf("short form:\n%s\n\nlong form:\n%s", s, l)
+			}
+		})
+	}
+}
+
+// TestExamplesAdapt checks that every example's Caddyfile adapts to the
+// JSON config shipped beside it.
+func TestExamplesAdapt(t *testing.T) {
+	dirs, err := filepath.Glob("examples/*/Caddyfile")
+	if err != nil || len(dirs) == 0 {
+		t.Fatalf("no examples: %v", err)
+	}
+	for _, cf := range dirs {
+		dir := filepath.Dir(cf)
+		t.Run(filepath.Base(dir), func(t *testing.T) {
+			input, err := os.ReadFile(cf)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := adapt(t, cf, string(input))
+			if err != nil {
+				t.Fatal(err)
+			}
+			raw, err := os.ReadFile(filepath.Join(dir, "caddy.json"))
+			if err != nil {
+				t.Fatalf("example without its JSON config: %v", err)
+			}
+			var want any
+			if err := json.Unmarshal(raw, &want); err != nil {
+				t.Fatalf("caddy.json: %v", err)
+			}
+			if !reflect.DeepEqual(got, want) {
+				g, _ := json.MarshalIndent(got, "", "\t")
+				t.Errorf("%s adapts to\n%s\nwhich differs from caddy.json", cf, g)
+			}
+		})
+	}
+}
+
+func TestCaddyfileErrors(t *testing.T) {
+	for _, tc := range []struct {
+		name, input string
+		line        int
+		want        string
+	}{
+		{"unknown registry subdirective", "{\n\tservice_registry {\n\t\tbogus 1\n\t}\n}\n:80 {\n}\n", 3, `service_registry: unknown subdirective "bogus"`},
+		{"service without version", "{\n\tservice_registry {\n\t\tservice users\n\t}\n}\n", 3, "service: want <name> <version>"},
+		{"bad service name", "{\n\tservice_registry {\n\t\tservice us/ers v1\n\t}\n}\n", 3, `service: invalid service name "us/ers"`},
+		{"bad seed address", "{\n\tservice_registry {\n\t\tservice users v1 127.0.0.1\n\t}\n}\n", 3, "service users v1: invalid address"},
+		{"backend twice", "{\n\tservice_registry {\n\t\tbackend memory\n\t\tbackend memory\n\t}\n}\n", 4, "backend: specified more than once"},
+		{"unknown backend", "{\n\tservice_registry {\n\t\tbackend nosuch\n\t}\n}\n", 3, "getting module named 'service_registry.backends.nosuch'"},
+		{"unknown memory option", "{\n\tservice_registry {\n\t\tbackend memory {\n\t\t\tpath /x\n\t\t}\n\t}\n}\n", 4, `memory backend: unknown subdirective "path"`},
+		{"matcher: too many args", ":80 {\n\t@s service_version a b c\n\trespond @s 200\n}\n", 2, "service_version: want [<service> [<version>]], got 3"},
+		{"matcher: bad name", ":80 {\n\t@s service_version us*ers\n\trespond @s 200\n}\n", 2, `service_version: invalid service name "us*ers"`},
+		{"matcher: bad prefix", ":80 {\n\t@s service_version {\n\t\tprefix api\n\t}\n\trespond @s 200\n}\n", 3, `service_version: prefix "api" must start with /`},
+		{"matcher: unknown subdirective", ":80 {\n\t@s service_version {\n\t\tfoo bar\n\t}\n\trespond @s 200\n}\n", 3, `service_version: unknown subdirective "foo"`},
+		{"policy: bad name", ":80 {\n\treverse_proxy {\n\t\tdynamic service_registry\n\t\tlb_policy service_failover fastest\n\t}\n}\n", 4, `service_failover: unknown balancing algorithm "fastest"`},
+		{"source: one arg", ":80 {\n\treverse_proxy {\n\t\tdynamic service_registry users\n\t}\n}\n", 3, "dynamic service_registry: want no arguments or <service> <version>"},
+		{"service_proxy: argument", ":80 {\n\tservice_proxy users\n}\n", 2, `service_proxy: unexpected argument "users"`},
+		{"service_proxy: bad policy", ":80 {\n\tservice_proxy {\n\t\tlb_policy fastest\n\t}\n}\n", 3, `service_proxy: lb_policy: unknown balancing algorithm "fastest"`},
+		{"service_proxy: missing argument", ":80 {\n\tservice_proxy {\n\t\tretries\n\t}\n}\n", 3, "wrong argument count"},
+		{"service_proxy: bad retries", ":80 {\n\tservice_proxy {\n\t\tretries -1\n\t}\n}\n", 3, "service_proxy: retries: want a number of at least 0"},
+		{"service_proxy: bad strip_prefix", ":80 {\n\tservice_proxy {\n\t\tstrip_prefix maybe\n\t}\n}\n", 3, "service_proxy: strip_prefix: want on or off"},
+		{"service_proxy: repeated option", ":80 {\n\tservice_proxy {\n\t\tretries 1\n\t\tretries 2\n\t}\n}\n", 4, "service_proxy: retries specified more than once"},
+		{"service_proxy: static upstreams", ":80 {\n\tservice_proxy {\n\t\tto 127.0.0.1:1\n\t}\n}\n", 3, "service_proxy: to is not allowed"},
+		{"service_proxy: lb_retries", ":80 {\n\tservice_proxy {\n\t\tlb_retries 2\n\t}\n}\n", 3, "service_proxy: use retries instead of lb_retries"},
+		{"service_proxy: bad passthrough", ":80 {\n\tservice_proxy {\n\t\theader_up\n\t\tbogus_option 1\n\t}\n}\n", 3, "wrong argument count"},
+		{"service_proxy: unknown passthrough", ":80 {\n\tservice_proxy {\n\t\tretries 1\n\n\t\tbogus_option 1\n\t}\n}\n", 5, "unrecognized subdirective bogus_option"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := adapt(t, "Caddyfile", tc.input)
+			at := fmt.Sprintf("at Caddyfile:%d", tc.line)
+			if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.HasSuffix(err.Error(), at) {
+				t.Errorf("error = %v\nwant it to contain %q and end with %q", err, tc.want, at)
+			}
+		})
+	}
+}

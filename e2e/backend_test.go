@@ -1,0 +1,173 @@
+package e2e
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// backend is a real HTTP server on 127.0.0.1 that the tests can kill
+// abruptly and start again on the same port. It answers
+// "<name> <method> <path>" plus the X-Service header it got, and keeps
+// count of what it served.
+type backend struct {
+	t    testing.TB
+	name string
+	Addr string // 127.0.0.1:port, fixed for the backend's life
+
+	// delay is how long each request takes.
+	delay time.Duration
+
+	mu         sync.Mutex
+	ln         net.Listener
+	srv        *http.Server
+	conns      map[net.Conn]struct{}
+	generation int         // 1 for the first start, +1 per restart
+	started    time.Time   // when the current generation started listening
+	firstReq   time.Time   // first request of the current generation
+	posts      map[int]int // POST id -> times received (all generations)
+	badBodies  []string    // POSTs whose body did not match their id
+
+	served atomic.Int64
+}
+
+func startBackend(t testing.TB, name string) *backend {
+	t.Helper()
+	b := &backend{t: t, name: name, Addr: fmt.Sprintf("127.0.0.1:%d", freePort(t)), posts: map[int]int{}}
+	b.Start()
+	t.Cleanup(b.Kill)
+	return b
+}
+
+// Start listens on the backend's address (again).
+func (b *backend) Start() {
+	b.t.Helper()
+	var ln net.Listener
+	var err error
+	// The port may still be held for a moment after a kill; retry briefly.
+	for i := 0; i < 100; i++ {
+		if ln, err = net.Listen("tcp", b.Addr); err == nil {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err != nil {
+		b.t.Fatalf("backend %s: %v", b.name, err)
+	}
+	b.mu.Lock()
+	b.generation++
+	gen := b.generation
+	b.ln = ln
+	b.conns = map[net.Conn]struct{}{}
+	b.started = time.Now()
+	b.firstReq = time.Time{}
+	b.srv = &http.Server{
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { b.serve(gen, w, r) }),
+		ConnState: func(c net.Conn, s http.ConnState) {
+			b.mu.Lock()
+			defer b.mu.Unlock()
+			switch s {
+			case http.StateNew:
+				b.conns[c] = struct{}{}
+			case http.StateClosed, http.StateHijacked:
+				delete(b.conns, c)
+			}
+		},
+	}
+	srv := b.srv
+	b.mu.Unlock()
+	go func() { _ = srv.Serve(ln) }()
+}
+
+func (b *backend) serve(gen int, w http.ResponseWriter, r *http.Request) {
+	b.mu.Lock()
+	if gen == b.generation && b.firstReq.IsZero() {
+		b.firstReq = time.Now()
+	}
+	b.mu.Unlock()
+
+	if r.Method == http.MethodPost {
+		id, err := strconv.Atoi(r.Header.Get("X-Req-Id"))
+		body, rerr := io.ReadAll(r.Body)
+		b.mu.Lock()
+		switch {
+		case err != nil || rerr != nil:
+			b.badBodies = append(b.badBodies, fmt.Sprintf("id %q: read error %v", r.Header.Get("X-Req-Id"), rerr))
+		case string(body) != postBody(id):
+			b.badBodies = append(b.badBodies, fmt.Sprintf("id %d: %d bytes, want %d", id, len(body), len(postBody(id))))
+		}
+		b.posts[id]++
+		b.mu.Unlock()
+	}
+	if b.delay > 0 {
+		time.Sleep(b.delay)
+	}
+	b.served.Add(1)
+	fmt.Fprintf(w, "%s %s %s", b.name, r.Method, r.URL.RequestURI())
+	if svc := r.Header.Get("X-Service"); svc != "" {
+		fmt.Fprintf(w, " [%s]", svc)
+	}
+}
+
+// Kill closes the listener and every open connection at once, with a
+// reset, the way a crashed process loses them.
+func (b *backend) Kill() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.ln == nil {
+		return
+	}
+	_ = b.ln.Close()
+	b.ln = nil
+	for c := range b.conns {
+		if tc, ok := c.(*net.TCPConn); ok {
+			_ = tc.SetLinger(0)
+		}
+		_ = c.Close()
+	}
+	b.conns = nil
+}
+
+// FirstRequestAfterStart returns how long after the current generation
+// started listening it served its first request, or -1 if it has not.
+func (b *backend) FirstRequestAfterStart() time.Duration {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.firstReq.IsZero() {
+		return -1
+	}
+	return b.firstReq.Sub(b.started)
+}
+
+// postBody is the body of POST id: its size and content depend on id, so
+// that a truncated, empty or swapped body shows.
+func postBody(id int) string {
+	chunk := "id=" + strconv.Itoa(id) + ";"
+	size := 64 + (id*7919)%(48<<10)
+	return strings.Repeat(chunk, size/len(chunk)+1)[:size]
+}
+
+// sendPost sends POST id through url.
+func sendPost(client *http.Client, url string, id int) (int, error) {
+	req, err := http.NewRequest(http.MethodPost, url, strings.NewReader(postBody(id)))
+	if err != nil {
+		return 0, err
+	}
+	req.Header.Set("X-Req-Id", strconv.Itoa(id))
+	resp, err := client.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	if _, err := io.Copy(io.Discard, resp.Body); err != nil {
+		return 0, err
+	}
+	return resp.StatusCode, nil
+}

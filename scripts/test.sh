@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Runs every test: gofmt and go vet checks, go test -race ./... (the etcd
+# tests start their own etcd from the etcd binary on PATH), the xcaddy
+# build, and the quickstart demo check.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export GOTOOLCHAIN=local
+
+unformatted=$(gofmt -l .)
+if [ -n "$unformatted" ]; then
+	echo "gofmt: these files need formatting:" >&2
+	echo "$unformatted" >&2
+	exit 1
+fi
+go vet ./...
+go test -race -count=1 -timeout 45m ./...
+./scripts/xcaddy-build.sh
+./examples/quickstart/run.sh --check

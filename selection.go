@@ -1,0 +1,435 @@
+package svcreg
+
+import (
+	"errors"
+	"fmt"
+	"math/bits"
+	"math/rand/v2"
+	"net/http"
+	"sync/atomic"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+)
+
+func init() {
+	caddy.RegisterModule(UpstreamSource{})
+	caddy.RegisterModule(new(FailoverSelection))
+}
+
+// attemptVar is the request variable holding the request's *attempt.
+const attemptVar = "service_registry.attempt"
+
+// attempt is what one request has tried so far. reverse_proxy calls
+// GetUpstreams and then Select once per try, on one goroutine, so the
+// attempt needs no locking.
+type attempt struct {
+	svc   *Service // where pool came from; nil for pools not from the registry
+	pool  []*reverseproxy.Upstream
+	tried []uint64 // bit i: pool[i] was tried
+	last  int      // pool index of the previous try; -1 for none
+
+	retryAfter bool // Retry-After was set on the response
+	inline     [1]uint64
+}
+
+func newAttempt(svc *Service, pool []*reverseproxy.Upstream) *attempt {
+	a := &attempt{svc: svc, pool: pool, last: -1}
+	if words := (len(pool) + 63) / 64; words <= len(a.inline) {
+		a.tried = a.inline[:words]
+	} else {
+		a.tried = make([]uint64, words)
+	}
+	return a
+}
+
+func (a *attempt) wasTried(i int) bool { return a.tried[i/64]&(1<<(i%64)) != 0 }
+func (a *attempt) markTried(i int)     { a.tried[i/64] |= 1 << (i % 64) }
+
+// untried counts the pool's hosts not tried yet.
+func (a *attempt) untried() int {
+	n := len(a.pool)
+	for _, w := range a.tried {
+		n -= bits.OnesCount64(w)
+	}
+	return n
+}
+
+// UpstreamSource is the service_registry dynamic upstream source: the
+// endpoints of the request's service version, straight from the registry's
+// current snapshot, as fresh Upstreams on every call (reverse_proxy
+// modifies them). It does no I/O.
+//
+// By default the service version is the one the service_version matcher
+// found; Service and Version name one explicitly instead.
+type UpstreamSource struct {
+	// Service is the service to proxy to; placeholders are expanded.
+	// Default: the service_version matcher's {svc.name}.
+	Service string `json:"service,omitempty"`
+
+	// Version is the version to proxy to; placeholders are expanded.
+	// Default: the service_version matcher's {svc.version}.
+	Version string `json:"version,omitempty"`
+
+	registry Registry
+}
+
+// CaddyModule returns the Caddy module information.
+func (UpstreamSource) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.reverse_proxy.upstreams.service_registry",
+		New: func() caddy.Module { return new(UpstreamSource) },
+	}
+}
+
+// Provision attaches the source to the registry.
+func (u *UpstreamSource) Provision(ctx caddy.Context) error {
+	app, err := registryApp(ctx)
+	if err != nil {
+		return err
+	}
+	u.registry = app.Registry()
+	return nil
+}
+
+// Validate checks that a version comes with a service.
+func (u *UpstreamSource) Validate() error {
+	if u.Version != "" && u.Service == "" {
+		return errors.New("a version needs a service")
+	}
+	if u.Service != "" && u.Version == "" {
+		return errors.New("a service needs a version")
+	}
+	return nil
+}
+
+var errNoService = errors.New("no service for this request: use the service_version matcher, or name service and version in the upstream source")
+
+// GetUpstreams returns the request's endpoints. An unknown service version
+// gives an empty list, which service_failover answers with 503.
+func (u *UpstreamSource) GetUpstreams(r *http.Request) ([]*reverseproxy.Upstream, error) {
+	name, version, err := u.serviceOf(r)
+	if err != nil {
+		return nil, err
+	}
+	a, _ := caddyhttp.GetVar(r.Context(), attemptVar).(*attempt)
+	svc, err := u.registry.Lookup(ServiceKey{name, version})
+	if err != nil {
+		svc = nil
+	}
+	if a != nil && a.svc == svc {
+		return a.pool, nil // a retry, and nothing changed since the last try
+	}
+	var eps []*Endpoint
+	if svc != nil {
+		eps = svc.Endpoints
+	}
+	ups := make([]reverseproxy.Upstream, len(eps))
+	pool := make([]*reverseproxy.Upstream, len(eps))
+	for i, ep := range eps {
+		ups[i].Dial = ep.Address
+		pool[i] = &ups[i]
+	}
+	next := newAttempt(svc, pool)
+	if a != nil && a.svc != nil && svc != nil {
+		// The registry changed between two tries: carry over what was
+		// tried, by address.
+		for i, ep := range a.svc.Endpoints {
+			if i < len(a.pool) && a.wasTried(i) {
+				for j, ep2 := range eps {
+					if ep2.Address == ep.Address {
+						next.markTried(j)
+					}
+				}
+			}
+		}
+		if a.last >= 0 {
+			// report the failure of the previous try against the old
+			// snapshot before forgetting it
+			u.registry.Failure(a.svc.Key(), a.svc.Endpoints[a.last].Address)
+		}
+		next.retryAfter = a.retryAfter
+	}
+	caddyhttp.SetVar(r.Context(), attemptVar, next)
+	return pool, nil
+}
+
+// serviceOf returns the service and version the request is for.
+func (u *UpstreamSource) serviceOf(r *http.Request) (string, string, error) {
+	if u.Service != "" {
+		repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+		return repl.ReplaceAll(u.Service, ""), repl.ReplaceAll(u.Version, ""), nil
+	}
+	name, _ := caddyhttp.GetVar(r.Context(), varName).(string)
+	version, _ := caddyhttp.GetVar(r.Context(), varVersion).(string)
+	if name == "" || version == "" {
+		return "", "", errNoService
+	}
+	return name, version, nil
+}
+
+// Balancing algorithms of FailoverSelection.
+const (
+	balanceRoundRobin = "round_robin"
+	balanceRandom     = "random"
+	balanceLeastConn  = "least_conn"
+	balanceP2C        = "p2c"
+)
+
+// FailoverSelection is the service_failover selection policy. It balances
+// every request across the available hosts of the pool, honoring endpoint
+// weights, and on a retry never picks a host that the request already
+// tried while an untried one remains. Each retry tells it that the
+// previous host failed: it reports that to the registry, which takes the
+// host out of rotation until it accepts connections again. When every
+// untried host is out of rotation it tries them anyway (panic mode)
+// rather than answer 503 while hosts are registered.
+//
+// An empty pool (a known service version with no endpoints, or a registry
+// not synced yet) gets 503 with Retry-After: 1.
+//
+// With a pool that does not come from the service_registry upstream source
+// (static upstreams, say) it balances and never retries a host twice, but
+// has no registry to report failures to.
+type FailoverSelection struct {
+	// Balance is how to choose among the available hosts: round_robin
+	// (default), random, least_conn (fewest requests in flight per unit
+	// of weight, ties broken at random) or p2c (the less busy of two
+	// random hosts).
+	Balance string `json:"balance,omitempty"`
+
+	registry Registry
+	next     atomic.Uint64 // round-robin position for pools not from the registry
+}
+
+// CaddyModule returns the Caddy module information.
+func (*FailoverSelection) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.reverse_proxy.selection_policies.service_failover",
+		New: func() caddy.Module { return new(FailoverSelection) },
+	}
+}
+
+// Provision sets the default algorithm and attaches to the registry.
+func (p *FailoverSelection) Provision(ctx caddy.Context) error {
+	if p.Balance == "" {
+		p.Balance = balanceRoundRobin
+	}
+	app, err := registryApp(ctx)
+	if err != nil {
+		return err
+	}
+	p.registry = app.Registry()
+	return nil
+}
+
+// Validate checks the algorithm.
+func (p *FailoverSelection) Validate() error {
+	return checkBalance(p.Balance)
+}
+
+func checkBalance(b string) error {
+	switch b {
+	case balanceRoundRobin, balanceRandom, balanceLeastConn, balanceP2C:
+		return nil
+	}
+	return fmt.Errorf("unknown balancing algorithm %q: want round_robin, random, least_conn or p2c", b)
+}
+
+// Select picks the host for the request's next try, or nil when there is
+// none (empty pool, or every host already tried).
+func (p *FailoverSelection) Select(pool reverseproxy.UpstreamPool, r *http.Request, w http.ResponseWriter) *reverseproxy.Upstream {
+	a := attemptFor(r, pool)
+	if a.last >= 0 {
+		// reverse_proxy only asks again when the previous try failed
+		if a.svc != nil {
+			p.registry.Failure(a.svc.Key(), a.svc.Endpoints[a.last].Address)
+		}
+		a.last = -1
+	}
+
+	if len(pool) == 0 {
+		w.Header().Set("Retry-After", "1")
+		a.retryAfter = true
+		repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+		if a.svc != nil {
+			repl.Set(placeholderError, a.svc.unavailableMsg)
+		} else if _, matched := repl.Get(placeholderName); matched {
+			repl.Set(placeholderError, noAvailableHostMsg)
+		}
+		return nil
+	}
+
+	i := p.choose(a, false)
+	if i < 0 && a.untried() > 0 {
+		i = p.choose(a, true) // panic mode: every untried host is out of rotation
+	}
+	if i < 0 {
+		return nil
+	}
+	if a.retryAfter {
+		w.Header().Del("Retry-After")
+		a.retryAfter = false
+	}
+	a.markTried(i)
+	a.last = i
+	return pool[i]
+}
+
+// noAvailableHostMsg is the 503 text when the registry is not synced.
+var noAvailableHostMsg any = "no available host: the service registry is not synced with its backend yet"
+
+// attemptFor returns the request's attempt for pool, starting one for a
+// pool that did not come from the service_registry upstream source.
+func attemptFor(r *http.Request, pool []*reverseproxy.Upstream) *attempt {
+	a, _ := caddyhttp.GetVar(r.Context(), attemptVar).(*attempt)
+	if a != nil && len(a.pool) == len(pool) && (len(pool) == 0 || &a.pool[0] == &pool[0]) {
+		return a
+	}
+	if a != nil && len(pool) == 0 {
+		return a
+	}
+	a = newAttempt(nil, pool)
+	caddyhttp.SetVar(r.Context(), attemptVar, a)
+	return a
+}
+
+// weight returns the weight of pool[i].
+func (a *attempt) weight(i int) int {
+	if a.svc == nil {
+		return 1
+	}
+	return a.svc.Endpoints[i].Weight
+}
+
+// candidate reports whether pool[i] may take this try: not tried yet and,
+// unless ignoreHealth, in rotation.
+func (a *attempt) candidate(i int, ignoreHealth bool) bool {
+	if a.wasTried(i) {
+		return false
+	}
+	if ignoreHealth {
+		return true
+	}
+	if a.svc != nil && !a.svc.Endpoints[i].Available() {
+		return false
+	}
+	return a.pool[i].Available()
+}
+
+// choose returns the pool index for this try, or -1 if no host qualifies.
+func (p *FailoverSelection) choose(a *attempt, ignoreHealth bool) int {
+	switch p.Balance {
+	case balanceRandom:
+		return scan(a, rand.Uint64(), ignoreHealth)
+	case balanceLeastConn:
+		return leastConn(a, ignoreHealth)
+	case balanceP2C:
+		return powerOfTwo(a, ignoreHealth)
+	default:
+		counter := &p.next
+		if a.svc != nil {
+			counter = &a.svc.next
+		}
+		return scan(a, counter.Add(1)-1, ignoreHealth)
+	}
+}
+
+// scan walks the pool in (weighted) round-robin order from position start
+// and returns the first candidate.
+func scan(a *attempt, start uint64, ignoreHealth bool) int {
+	var sched []int32
+	if a.svc != nil {
+		sched = a.svc.schedule
+	}
+	if sched != nil {
+		n := uint64(len(sched))
+		for k := range n {
+			if i := int(sched[(start+k)%n]); a.candidate(i, ignoreHealth) {
+				return i
+			}
+		}
+		return -1
+	}
+	n := uint64(len(a.pool))
+	for k := range n {
+		if i := int((start + k) % n); a.candidate(i, ignoreHealth) {
+			return i
+		}
+	}
+	return -1
+}
+
+// busier reports whether pool[i] has more requests in flight per unit of
+// weight than pool[j].
+func (a *attempt) busier(i, j int) bool {
+	return a.pool[i].Host.NumRequests()*a.weight(j) > a.pool[j].Host.NumRequests()*a.weight(i)
+}
+
+func leastConn(a *attempt, ignoreHealth bool) int {
+	best, ties := -1, 0
+	for i := range a.pool {
+		if !a.candidate(i, ignoreHealth) {
+			continue
+		}
+		switch {
+		case best < 0 || a.busier(best, i):
+			best, ties = i, 1
+		case !a.busier(i, best):
+			// as busy as the best: keep one of the ties at random
+			ties++
+			if rand.IntN(ties) == 0 {
+				best = i
+			}
+		}
+	}
+	return best
+}
+
+func powerOfTwo(a *attempt, ignoreHealth bool) int {
+	count := 0
+	for i := range a.pool {
+		if a.candidate(i, ignoreHealth) {
+			count++
+		}
+	}
+	switch count {
+	case 0:
+		return -1
+	case 1:
+		return scan(a, 0, ignoreHealth)
+	}
+	k1 := rand.IntN(count)
+	k2 := rand.IntN(count - 1)
+	if k2 >= k1 {
+		k2++
+	}
+	first, second, k := -1, -1, 0
+	for i := range a.pool {
+		if !a.candidate(i, ignoreHealth) {
+			continue
+		}
+		if k == k1 {
+			first = i
+		}
+		if k == k2 {
+			second = i
+		}
+		k++
+	}
+	if a.busier(first, second) {
+		return second
+	}
+	return first
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner           = (*UpstreamSource)(nil)
+	_ caddy.Validator             = (*UpstreamSource)(nil)
+	_ reverseproxy.UpstreamSource = (*UpstreamSource)(nil)
+	_ caddy.Provisioner           = (*FailoverSelection)(nil)
+	_ caddy.Validator             = (*FailoverSelection)(nil)
+	_ reverseproxy.Selector       = (*FailoverSelection)(nil)
+)

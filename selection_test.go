@@ -1,0 +1,275 @@
+package svcreg
+
+import (
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+)
+
+var balances = []string{balanceRoundRobin, balanceRandom, balanceLeastConn, balanceP2C}
+
+// proxyTry is one request going through the upstream source and the
+// policy the way reverse_proxy drives them: GetUpstreams, then Select, and
+// again after each failed try.
+type proxyTry struct {
+	t      testing.TB
+	source *UpstreamSource
+	policy *FailoverSelection
+	r      *http.Request
+	w      *httptest.ResponseRecorder
+}
+
+func newProxyTry(t testing.TB, reg Registry, balance string, key ServiceKey) *proxyTry {
+	t.Helper()
+	r, _ := newRequest(t, http.MethodGet, "/"+key.Service+"/"+key.Version+"/x")
+	caddyhttp.SetVar(r.Context(), varName, key.Service)
+	caddyhttp.SetVar(r.Context(), varVersion, key.Version)
+	return &proxyTry{
+		t:      t,
+		source: &UpstreamSource{registry: reg},
+		policy: &FailoverSelection{Balance: balance, registry: reg},
+		r:      r,
+		w:      httptest.NewRecorder(),
+	}
+}
+
+// next returns the address of the next try, or "" when Select gives none.
+func (p *proxyTry) next() string {
+	p.t.Helper()
+	pool, err := p.source.GetUpstreams(p.r)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	for _, u := range pool {
+		if u.Host == nil {
+			u.Host = new(reverseproxy.Host) // what reverse_proxy's provisionUpstream does
+		}
+	}
+	u := p.policy.Select(pool, p.r, p.w)
+	if u == nil {
+		return ""
+	}
+	return u.Dial
+}
+
+func hostList(n int) []Endpoint {
+	out := make([]Endpoint, n)
+	for i := range out {
+		out[i] = Endpoint{Address: fmt.Sprintf("127.0.0.1:%d", 9001+i), Weight: 1}
+	}
+	return out
+}
+
+func TestFailoverTriesEveryHostOnce(t *testing.T) {
+	key := ServiceKey{"users", "v1"}
+	for _, balance := range balances {
+		t.Run(balance, func(t *testing.T) {
+			reg := newTestRegistry(t, t.TempDir(), map[ServiceKey][]Endpoint{key: hostList(5)})
+			try := newProxyTry(t, reg, balance, key)
+			seen := map[string]bool{}
+			for range 5 {
+				addr := try.next()
+				if addr == "" || seen[addr] {
+					t.Fatalf("try %d: got %q after %v; want a host not tried yet", len(seen)+1, addr, seen)
+				}
+				seen[addr] = true
+			}
+			if addr := try.next(); addr != "" {
+				t.Fatalf("after every host failed: got %q, want none", addr)
+			}
+			// Every try failed, so every host was reported and is out.
+			svc, _ := reg.Lookup(key)
+			for _, ep := range svc.Endpoints {
+				if ep.Available() || ep.Fails() != 1 {
+					t.Errorf("%s: available %v fails %d; want out of rotation after one failure", ep.Address, ep.Available(), ep.Fails())
+				}
+			}
+		})
+	}
+}
+
+func TestFailoverSkipsFailedHosts(t *testing.T) {
+	key := ServiceKey{"users", "v1"}
+	for _, balance := range balances {
+		t.Run(balance, func(t *testing.T) {
+			reg := newTestRegistry(t, t.TempDir(), map[ServiceKey][]Endpoint{key: hostList(3)})
+			reg.Failure(key, "127.0.0.1:9001")
+			reg.Failure(key, "127.0.0.1:9003")
+			for i := range 50 {
+				if addr := newProxyTry(t, reg, balance, key).next(); addr != "127.0.0.1:9002" {
+					t.Fatalf("request %d went to %q; want the only host in rotation", i, addr)
+				}
+			}
+		})
+	}
+}
+
+func TestFailoverPanicMode(t *testing.T) {
+	key := ServiceKey{"users", "v1"}
+	for _, balance := range balances {
+		t.Run(balance, func(t *testing.T) {
+			reg := newTestRegistry(t, t.TempDir(), map[ServiceKey][]Endpoint{key: hostList(3)})
+			for _, ep := range hostList(3) {
+				reg.Failure(key, ep.Address)
+			}
+			try := newProxyTry(t, reg, balance, key)
+			seen := map[string]bool{}
+			for range 3 {
+				addr := try.next()
+				if addr == "" || seen[addr] {
+					t.Fatalf("with every host out of rotation: got %q after %v; want each host tried once", addr, seen)
+				}
+				seen[addr] = true
+			}
+		})
+	}
+}
+
+func TestFailoverBalances(t *testing.T) {
+	key := ServiceKey{"users", "v1"}
+	weighted := []Endpoint{{Address: "127.0.0.1:9001", Weight: 3}, {Address: "127.0.0.1:9002", Weight: 1}, {Address: "127.0.0.1:9003", Weight: 1}}
+	for _, tc := range []struct {
+		balance string
+		eps     []Endpoint
+		n       int
+		want    map[string]int // exact counts, or nil to just require every host
+	}{
+		{balanceRoundRobin, hostList(3), 300, map[string]int{"127.0.0.1:9001": 100, "127.0.0.1:9002": 100, "127.0.0.1:9003": 100}},
+		{balanceRoundRobin, weighted, 500, map[string]int{"127.0.0.1:9001": 300, "127.0.0.1:9002": 100, "127.0.0.1:9003": 100}},
+		{balanceRandom, hostList(3), 300, nil},
+		{balanceLeastConn, hostList(3), 300, nil},
+		{balanceP2C, hostList(3), 300, nil},
+	} {
+		t.Run(fmt.Sprintf("%s/%d", tc.balance, len(tc.eps)), func(t *testing.T) {
+			reg := newTestRegistry(t, t.TempDir(), map[ServiceKey][]Endpoint{key: tc.eps})
+			got := map[string]int{}
+			for range tc.n {
+				got[newProxyTry(t, reg, tc.balance, key).next()]++
+			}
+			if tc.want != nil {
+				for addr, n := range tc.want {
+					if got[addr] != n {
+						t.Errorf("%s got %d of %d requests, want %d (all: %v)", addr, got[addr], tc.n, n, got)
+					}
+				}
+				return
+			}
+			for _, ep := range tc.eps {
+				if got[ep.Address] < tc.n/10 {
+					t.Errorf("%s got %d of %d requests: not balanced (%v)", ep.Address, got[ep.Address], tc.n, got)
+				}
+			}
+		})
+	}
+}
+
+func TestFailoverNoAvailableHost(t *testing.T) {
+	key := ServiceKey{"users", "v1"}
+	reg := newTestRegistry(t, t.TempDir(), map[ServiceKey][]Endpoint{key: {}})
+	try := newProxyTry(t, reg, balanceRoundRobin, key)
+	if addr := try.next(); addr != "" {
+		t.Fatalf("empty version: got %q", addr)
+	}
+	if ra := try.w.Header().Get("Retry-After"); ra != "1" {
+		t.Errorf("Retry-After = %q, want 1", ra)
+	}
+	repl := try.r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	if msg, _ := repl.GetString(placeholderError); msg != `no available host for service "users" version "v1"` {
+		t.Errorf("{svc.error} = %q", msg)
+	}
+	// A host shows up before the next try: it is used, and the response
+	// no longer says to retry later.
+	reg.table.Set(key, hostList(1))
+	if addr := try.next(); addr != "127.0.0.1:9001" {
+		t.Fatalf("after a host was added: got %q", addr)
+	}
+	if ra := try.w.Header().Get("Retry-After"); ra != "" {
+		t.Errorf("Retry-After still set on a try that has a host: %q", ra)
+	}
+}
+
+func TestFailoverRegistryChangesBetweenTries(t *testing.T) {
+	key := ServiceKey{"users", "v1"}
+	reg := newTestRegistry(t, t.TempDir(), map[ServiceKey][]Endpoint{key: hostList(2)})
+	try := newProxyTry(t, reg, balanceRoundRobin, key)
+	first := try.next()
+	// A third host is added while the first try is failing.
+	reg.table.Set(key, hostList(3))
+	second := try.next()
+	third := try.next()
+	if second == first || third == first || second == third || second == "" || third == "" {
+		t.Fatalf("tries %q, %q, %q: want three different hosts", first, second, third)
+	}
+	svc, _ := reg.Lookup(key)
+	if ep := svc.Endpoint(first); ep.Available() {
+		t.Errorf("the first host's failure was lost when the registry changed")
+	}
+}
+
+func TestFailoverStaticPool(t *testing.T) {
+	pool := reverseproxy.UpstreamPool{{Dial: "a:1"}, {Dial: "b:1"}, {Dial: "c:1"}}
+	for _, u := range pool {
+		u.Host = new(reverseproxy.Host)
+	}
+	for _, balance := range balances {
+		t.Run(balance, func(t *testing.T) {
+			p := &FailoverSelection{Balance: balance}
+			r, _ := newRequest(t, http.MethodGet, "/x")
+			seen := map[string]bool{}
+			for range 3 {
+				u := p.Select(pool, r, httptest.NewRecorder())
+				if u == nil || seen[u.Dial] {
+					t.Fatalf("static pool: got %v after %v", u, seen)
+				}
+				seen[u.Dial] = true
+			}
+			if u := p.Select(pool, r, httptest.NewRecorder()); u != nil {
+				t.Fatalf("static pool, all tried: got %s", u.Dial)
+			}
+		})
+	}
+}
+
+// BenchmarkSelect measures one first try among 10 hosts, beside Caddy's
+// own round_robin on the same pool in the same run.
+func BenchmarkSelect(b *testing.B) {
+	key := ServiceKey{"users", "v1"}
+	reg := testRegistry(map[ServiceKey][]Endpoint{key: hostList(10)})
+	for _, balance := range balances {
+		b.Run("service_failover_"+balance, func(b *testing.B) {
+			try := newProxyTry(b, reg, balance, key)
+			pool, _ := try.source.GetUpstreams(try.r)
+			for _, u := range pool {
+				u.Host = new(reverseproxy.Host)
+			}
+			a := caddyhttp.GetVar(try.r.Context(), attemptVar).(*attempt)
+			b.ReportAllocs()
+			for b.Loop() {
+				a.tried[0], a.last = 0, -1 // a new request
+				if try.policy.Select(pool, try.r, try.w) == nil {
+					b.Fatal("no host")
+				}
+			}
+		})
+	}
+	b.Run("caddy_round_robin", func(b *testing.B) {
+		pool := make(reverseproxy.UpstreamPool, 10)
+		for i := range pool {
+			pool[i] = &reverseproxy.Upstream{Dial: fmt.Sprintf("127.0.0.1:%d", 9001+i), Host: new(reverseproxy.Host)}
+		}
+		policy := new(reverseproxy.RoundRobinSelection)
+		r, _ := newRequest(b, http.MethodGet, "/users/v1/x")
+		w := httptest.NewRecorder()
+		b.ReportAllocs()
+		for b.Loop() {
+			if policy.Select(pool, r, w) == nil {
+				b.Fatal("no host")
+			}
+		}
+	})
+}
