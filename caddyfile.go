@@ -253,7 +253,7 @@ const (
 //				method GET HEAD OPTIONS
 //			}
 //			request_buffers 64KiB
-//			transport http {
+//			transport service_http {
 //				dial_timeout 1s
 //			}
 //		}
@@ -263,12 +263,13 @@ const (
 //		respond @svc_error "{svc.error}" {http.error.status_code}
 //	}
 //
-// A request that fails to connect is retried on another host whatever its
-// method; GET, HEAD and OPTIONS are also retried after a failure once sent
-// (give lb_retry_match to change that). Bodies up to 64 KiB are buffered
-// so that a retry sends them whole; a larger body is streamed and its
-// request is retried only if it was never sent. A transport http block
-// without dial_timeout gets the 1s default.
+// A request that fails to connect, or whose sending fails (service_http),
+// is retried on another host whatever its method; GET, HEAD and OPTIONS
+// are also retried after a failure once sent (give lb_retry_match to change
+// that). Bodies up to 64 KiB are buffered so that a retry sends them whole;
+// a larger body is streamed, and its request is retried only if the
+// connection failed. A transport http block runs as service_http with the
+// same options, and gets the 1s dial_timeout unless it sets one.
 func parseServiceProxy(h httpcaddyfile.Helper) ([]httpcaddyfile.ConfigValue, error) {
 	h.Next() // consume directive name
 	nameTok := h.Token()
@@ -396,21 +397,27 @@ func serviceProxyDefaults(rp *reverseproxy.Handler, balance string, retries int)
 		rp.RequestBuffers = defaultRequestBuffers
 	}
 	if rp.TransportRaw == nil {
-		rp.TransportRaw = caddyconfig.JSONModuleObject(&reverseproxy.HTTPTransport{DialTimeout: defaultDialTimeout}, "protocol", "http", nil)
+		t := &HTTPTransport{HTTPTransport: reverseproxy.HTTPTransport{DialTimeout: defaultDialTimeout}}
+		rp.TransportRaw = caddyconfig.JSONModuleObject(t, "protocol", "service_http", nil)
 		return nil
 	}
+	// A transport http block runs as service_http, with the same options.
 	var transport map[string]any
 	if err := json.Unmarshal(rp.TransportRaw, &transport); err != nil {
 		return err
 	}
-	if _, ok := transport["dial_timeout"]; transport["protocol"] == "http" && !ok {
-		transport["dial_timeout"] = defaultDialTimeout
-		raw, err := json.Marshal(transport)
-		if err != nil {
-			return err
-		}
-		rp.TransportRaw = raw
+	if transport["protocol"] != "http" && transport["protocol"] != "service_http" {
+		return nil
 	}
+	transport["protocol"] = "service_http"
+	if _, ok := transport["dial_timeout"]; !ok {
+		transport["dial_timeout"] = defaultDialTimeout
+	}
+	raw, err := json.Marshal(transport)
+	if err != nil {
+		return err
+	}
+	rp.TransportRaw = raw
 	return nil
 }
 

@@ -69,7 +69,7 @@ func TestServiceProxyIsLongForm(t *testing.T) {
 				method GET HEAD OPTIONS
 			}
 			request_buffers 64KiB
-			transport http {
+			transport service_http {
 				dial_timeout 1s
 			}
 		}
@@ -107,7 +107,7 @@ func TestServiceProxyIsLongForm(t *testing.T) {
 			}
 			header_up X-Service {svc.name}
 			request_buffers 64KiB
-			transport http {
+			transport service_http {
 				keepalive 30s
 				dial_timeout 1s
 			}

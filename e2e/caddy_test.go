@@ -118,10 +118,11 @@ func (c *caddy) caddyfile(globalBody, site string) string {
 	persist_config off
 	auto_https off
 	%s
+	%s
 }
 
 %s
-`, c.Admin, filepath.Join(c.dir, "storage"), globalBody, strings.ReplaceAll(site, "{http}", "http://"+c.HTTP))
+`, c.Admin, filepath.Join(c.dir, "storage"), debugOption(), globalBody, strings.ReplaceAll(site, "{http}", "http://"+c.HTTP))
 }
 
 func (c *caddy) writeConfig(globalBody, site string) {
@@ -171,6 +172,14 @@ func (c *caddy) start() {
 		resp.Body.Close()
 		return resp.StatusCode == http.StatusOK
 	})
+}
+
+// debugOption turns on Caddy's debug log when SVCREG_DEBUG_LOG is set.
+func debugOption() string {
+	if os.Getenv("SVCREG_DEBUG_LOG") != "" {
+		return "debug"
+	}
+	return ""
 }
 
 // Stop ends the process gracefully (SIGTERM, then SIGKILL after 10 s).

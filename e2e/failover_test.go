@@ -1,0 +1,164 @@
+package e2e
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// Timeline of a failover run: a backend is killed at killAt, started
+// again at restartAt, and the load stops at loadFor.
+const (
+	loadClients = 16
+	killAt      = 1200 * time.Millisecond
+	restartAt   = 2400 * time.Millisecond
+	loadFor     = 4500 * time.Millisecond
+)
+
+// failedRequest is a request the load generator did not get a 200 for.
+type failedRequest struct {
+	id         int
+	start, end time.Time
+	err        string
+}
+
+type loadRun struct {
+	total             atomic.Int64
+	mu                sync.Mutex
+	failed            []failedRequest
+	maxLatency        time.Duration
+	killed, restarted time.Time
+}
+
+// runFailover starts three backends and a Caddy with service_proxy
+// defaults, sends load with the given request function from
+// loadClients keep-alive clients, kills the second backend abruptly at
+// killAt and starts it again on the same port at restartAt.
+func runFailover(t *testing.T, send func(client *http.Client, url string, id int) (int, error)) (*loadRun, []*backend) {
+	backends := []*backend{startBackend(t, "a"), startBackend(t, "b"), startBackend(t, "c")}
+	for _, b := range backends {
+		b.delay = time.Millisecond // so that requests are in flight when one dies
+	}
+	c := startCaddy(t, fmt.Sprintf(`service_registry {
+		service users v1 %s %s %s
+	}`, backends[0].Addr, backends[1].Addr, backends[2].Addr), `{http} {
+	service_proxy
+}`, caddyOpts{})
+	url := "http://" + c.HTTP + "/users/v1/work"
+
+	client := &http.Client{
+		Transport: &http.Transport{MaxIdleConnsPerHost: loadClients, DisableCompression: true},
+		Timeout:   10 * time.Second,
+	}
+	defer client.CloseIdleConnections()
+
+	run := new(loadRun)
+	var ids atomic.Int64
+	start := time.Now()
+	deadline := start.Add(loadFor)
+	var wg sync.WaitGroup
+	for range loadClients {
+		wg.Go(func() {
+			for time.Now().Before(deadline) {
+				id := int(ids.Add(1))
+				t0 := time.Now()
+				status, err := send(client, url, id)
+				t1 := time.Now()
+				run.total.Add(1)
+				run.mu.Lock()
+				run.maxLatency = max(run.maxLatency, t1.Sub(t0))
+				if err != nil || status != http.StatusOK {
+					run.failed = append(run.failed, failedRequest{id: id, start: t0, end: t1, err: fmt.Sprintf("status %d, %v", status, err)})
+				}
+				run.mu.Unlock()
+			}
+		})
+	}
+	time.Sleep(time.Until(start.Add(killAt)))
+	run.killed = time.Now()
+	backends[1].Kill()
+	time.Sleep(time.Until(start.Add(restartAt)))
+	backends[1].Start()
+	run.restarted = time.Now()
+	wg.Wait()
+
+	t.Logf("%d requests, %d failed, max latency %v; restarted backend served its first request %v after it came back",
+		run.total.Load(), len(run.failed), run.maxLatency, backends[1].FirstRequestAfterStart())
+	return run, backends
+}
+
+func sendGet(client *http.Client, url string, _ int) (int, error) {
+	resp, err := client.Get(url)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	if _, err := io.Copy(io.Discard, resp.Body); err != nil {
+		return 0, err
+	}
+	return resp.StatusCode, nil
+}
+
+// checkRestarted asserts that the killed backend took traffic before it
+// died and again within 2 s of coming back.
+func checkRestarted(t *testing.T, b *backend) {
+	t.Helper()
+	back := b.FirstRequestAfterStart()
+	if back < 0 || back > 2*time.Second {
+		t.Errorf("the restarted backend served its first request %v after it came back; want within 2s", back)
+	}
+}
+
+func TestFailoverUnderLoadGET(t *testing.T) {
+	run, backends := runFailover(t, sendGet)
+	for _, f := range run.failed {
+		t.Errorf("GET %d failed: %s", f.id, f.err)
+	}
+	if run.total.Load() < 500 {
+		t.Errorf("only %d requests in %v: the load did not run", run.total.Load(), loadFor)
+	}
+	checkRestarted(t, backends[1])
+}
+
+func TestFailoverUnderLoadPOST(t *testing.T) {
+	run, backends := runFailover(t, sendPost)
+	received := map[int]int{} // POST id -> times any backend received it
+	for _, b := range backends {
+		b.mu.Lock()
+		for id, n := range b.posts {
+			received[id] += n
+		}
+		for _, bad := range b.badBodies {
+			t.Errorf("backend %s got a wrong body: %s", b.name, bad)
+		}
+		b.mu.Unlock()
+	}
+	for id, n := range received {
+		if n > 1 {
+			t.Errorf("POST %d was executed %d times", id, n)
+		}
+	}
+	// Only a POST in flight on the killed backend may fail: it started
+	// before the kill, ended after it, and no live backend executed it.
+	backends[1].mu.Lock()
+	onKilled := backends[1].posts
+	backends[1].mu.Unlock()
+	for _, f := range run.failed {
+		inFlight := f.start.Before(run.killed) && !f.end.Before(run.killed)
+		if !inFlight || received[f.id] != onKilled[f.id] {
+			t.Errorf("POST %d failed (%s) but was not in flight on the killed backend (started %v, ended %v, killed %v)",
+				f.id, f.err, f.start.Sub(run.killed), f.end.Sub(run.killed), 0)
+		}
+	}
+	if len(run.failed) > loadClients {
+		t.Errorf("%d POSTs failed; at most %d can be in flight at once", len(run.failed), loadClients)
+	}
+	if run.total.Load() < 300 {
+		t.Errorf("only %d requests in %v: the load did not run", run.total.Load(), loadFor)
+	}
+	checkRestarted(t, backends[1])
+}
