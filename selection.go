@@ -367,27 +367,36 @@ func (a *attempt) busier(i, j int) bool {
 	return a.pool[i].Host.NumRequests()*a.weight(j) > a.pool[j].Host.NumRequests()*a.weight(i)
 }
 
+// leastConn returns the candidate with the fewest requests in flight per
+// unit of weight; scanning from a random offset breaks ties at random.
 func leastConn(a *attempt, ignoreHealth bool) int {
-	best, ties := -1, 0
-	for i := range a.pool {
-		if !a.candidate(i, ignoreHealth) {
-			continue
-		}
-		switch {
-		case best < 0 || a.busier(best, i):
-			best, ties = i, 1
-		case !a.busier(i, best):
-			// as busy as the best: keep one of the ties at random
-			ties++
-			if rand.IntN(ties) == 0 {
-				best = i
-			}
+	n := len(a.pool)
+	start := rand.IntN(n)
+	best := -1
+	for k := range n {
+		i := (start + k) % n
+		if a.candidate(i, ignoreHealth) && (best < 0 || a.busier(best, i)) {
+			best = i
 		}
 	}
 	return best
 }
 
+// powerOfTwo returns the less busy of two random candidates.
 func powerOfTwo(a *attempt, ignoreHealth bool) int {
+	if n := len(a.pool); n > 1 {
+		// the common case: two random hosts, both candidates
+		i, j := rand.IntN(n), rand.IntN(n-1)
+		if j >= i {
+			j++
+		}
+		if a.candidate(i, ignoreHealth) && a.candidate(j, ignoreHealth) {
+			if a.busier(i, j) {
+				return j
+			}
+			return i
+		}
+	}
 	count := 0
 	for i := range a.pool {
 		if a.candidate(i, ignoreHealth) {
