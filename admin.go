@@ -49,8 +49,10 @@ const maxAdminBody = 64 << 10
 
 // endpointAdd is the body of a POST.
 type endpointAdd struct {
-	Address string `json:"address"`
-	Weight  int    `json:"weight,omitempty"`
+	Address  string            `json:"address"`
+	Weight   int               `json:"weight,omitempty"`
+	Metadata map[string]string `json:"metadata,omitempty"`
+	TTL      caddy.Duration    `json:"ttl,omitempty"`
 }
 
 // serviceStatus is how the admin API shows a service version.
@@ -61,11 +63,12 @@ type serviceStatus struct {
 }
 
 type endpointStatus struct {
-	Address     string     `json:"address"`
-	Weight      int        `json:"weight"`
-	Healthy     bool       `json:"healthy"`
-	Fails       int        `json:"fails"`
-	LastFailure *time.Time `json:"last_failure,omitempty"`
+	Address     string            `json:"address"`
+	Weight      int               `json:"weight"`
+	Metadata    map[string]string `json:"metadata,omitempty"`
+	Healthy     bool              `json:"healthy"`
+	Fails       int               `json:"fails"`
+	LastFailure *time.Time        `json:"last_failure,omitempty"`
 }
 
 func (adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
@@ -160,7 +163,7 @@ func addEndpoint(w http.ResponseWriter, r *http.Request, reg Registry, key Servi
 	if req.Address == "" {
 		return apiError(http.StatusBadRequest, errors.New(`missing "address": want {"address":"host:port"}`))
 	}
-	ep, err := Endpoint{Address: req.Address, Weight: req.Weight}.normalize()
+	ep, err := Endpoint{Address: req.Address, Weight: req.Weight, Metadata: req.Metadata, TTL: req.TTL}.normalize()
 	if err != nil {
 		return apiError(http.StatusBadRequest, err)
 	}
@@ -182,7 +185,7 @@ func addEndpoint(w http.ResponseWriter, r *http.Request, reg Registry, key Servi
 func statusOf(svc *Service) serviceStatus {
 	st := serviceStatus{Name: svc.Name, Version: svc.Version, Endpoints: make([]endpointStatus, 0, len(svc.Endpoints))}
 	for _, ep := range svc.Endpoints {
-		es := endpointStatus{Address: ep.Address, Weight: ep.Weight, Healthy: ep.Available(), Fails: ep.Fails()}
+		es := endpointStatus{Address: ep.Address, Weight: ep.Weight, Metadata: ep.Metadata, Healthy: ep.Available(), Fails: ep.Fails()}
 		if t := ep.LastFailure(); !t.IsZero() {
 			es.LastFailure = &t
 		}
@@ -233,7 +236,9 @@ func changeError(err error) error {
 		return apiError(http.StatusBadRequest, err)
 	case errors.Is(err, ErrUnknownService), errors.Is(err, ErrUnknownVersion), errors.Is(err, ErrUnknownEndpoint):
 		return apiError(http.StatusNotFound, err)
-	case errors.Is(err, ErrNotSynced):
+	case errors.Is(err, ErrSeeded):
+		return apiError(http.StatusConflict, err)
+	case errors.Is(err, ErrNotSynced), errors.Is(err, ErrBackendUnavailable):
 		return apiError(http.StatusServiceUnavailable, err)
 	default:
 		return apiError(http.StatusInternalServerError, err)

@@ -48,8 +48,9 @@ type MemoryBackend struct {
 // memoryChange is one saved admin-API change: an endpoint added with a
 // weight, or a seeded endpoint deleted.
 type memoryChange struct {
-	weight  int
-	deleted bool
+	weight   int
+	metadata map[string]string
+	deleted  bool
 }
 
 // memoryFile is the saved form of the changes.
@@ -58,11 +59,12 @@ type memoryFile struct {
 }
 
 type memoryRecord struct {
-	Service string `json:"service"`
-	Version string `json:"version"`
-	Address string `json:"address"`
-	Weight  int    `json:"weight,omitempty"`
-	Deleted bool   `json:"deleted,omitempty"`
+	Service  string            `json:"service"`
+	Version  string            `json:"version"`
+	Address  string            `json:"address"`
+	Weight   int               `json:"weight,omitempty"`
+	Metadata map[string]string `json:"metadata,omitempty"`
+	Deleted  bool              `json:"deleted,omitempty"`
 }
 
 // CaddyModule returns the Caddy module information.
@@ -108,9 +110,12 @@ func (m *MemoryBackend) Seed(seeds map[ServiceKey][]Endpoint) error {
 
 // Add saves the endpoint, then publishes it.
 func (m *MemoryBackend) Add(ctx context.Context, key ServiceKey, ep Endpoint) error {
+	if ep.TTL != 0 {
+		return badInput("the memory backend has no leases: ttl needs the etcd backend")
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return m.apply(ctx, key, ep.Address, memoryChange{weight: ep.Weight})
+	return m.apply(ctx, key, ep.Address, memoryChange{weight: ep.Weight, metadata: ep.Metadata})
 }
 
 // Delete saves the deletion, then publishes it.
@@ -173,7 +178,7 @@ func (m *MemoryBackend) compose(key ServiceKey) ([]Endpoint, bool) {
 		if c.deleted {
 			delete(byAddr, addr)
 		} else {
-			byAddr[addr] = Endpoint{Address: addr, Weight: c.weight}
+			byAddr[addr] = Endpoint{Address: addr, Weight: c.weight, Metadata: c.metadata}
 		}
 	}
 	eps := slices.Collect(maps.Values(byAddr))
@@ -210,7 +215,7 @@ func (m *MemoryBackend) load() (map[ServiceKey]map[string]memoryChange, error) {
 	changes := map[ServiceKey]map[string]memoryChange{}
 	for _, rec := range file.Changes {
 		key := ServiceKey{rec.Service, rec.Version}
-		ep, err := Endpoint{Address: rec.Address, Weight: rec.Weight}.normalize()
+		ep, err := Endpoint{Address: rec.Address, Weight: rec.Weight, Metadata: rec.Metadata}.normalize()
 		if err == nil {
 			err = key.Validate()
 		}
@@ -220,9 +225,9 @@ func (m *MemoryBackend) load() (map[ServiceKey]map[string]memoryChange, error) {
 		if changes[key] == nil {
 			changes[key] = map[string]memoryChange{}
 		}
-		c := memoryChange{weight: ep.Weight, deleted: rec.Deleted}
+		c := memoryChange{weight: ep.Weight, metadata: ep.Metadata, deleted: rec.Deleted}
 		if rec.Deleted {
-			c.weight = 0
+			c = memoryChange{deleted: true}
 		}
 		changes[key][ep.Address] = c
 	}
@@ -236,7 +241,7 @@ func (m *MemoryBackend) save(ctx context.Context, changes map[ServiceKey]map[str
 		for addr, c := range forKey {
 			file.Changes = append(file.Changes, memoryRecord{
 				Service: key.Service, Version: key.Version, Address: addr,
-				Weight: c.weight, Deleted: c.deleted,
+				Weight: c.weight, Metadata: c.metadata, Deleted: c.deleted,
 			})
 		}
 	}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"slices"
@@ -38,6 +39,9 @@ var (
 	ErrUnknownEndpoint = errors.New("unknown endpoint")
 	// ErrNotSynced means the backend has not loaded its endpoints yet.
 	ErrNotSynced = errors.New("registry not synced with its backend yet")
+	// ErrBackendUnavailable means the backend's store could not be reached
+	// to make a change; nothing was changed.
+	ErrBackendUnavailable = errors.New("registry backend unavailable")
 )
 
 // inputError is an error about bad input; it matches ErrInvalid.
@@ -129,8 +133,33 @@ type Endpoint struct {
 	// endpoints of its service version, from 1 to 100. Default: 1.
 	Weight int `json:"weight,omitempty"`
 
+	// Metadata is free-form information about the endpoint (at most 16
+	// entries of up to 256 bytes each), shown by the admin API.
+	Metadata map[string]string `json:"metadata,omitempty"`
+
+	// TTL, given when adding an endpoint, binds it to a lease of that
+	// length that this Caddy keeps alive while the endpoint stays
+	// registered: if this Caddy stops, the endpoint disappears TTL later.
+	// Only backends with leases (etcd) accept it; 1s to 24h. It is an
+	// input of Registry.Add only: snapshots do not carry it.
+	// Default: none.
+	TTL caddy.Duration `json:"ttl,omitempty"`
+
 	// health is shared by every snapshot that holds this endpoint.
 	health *endpointHealth
+}
+
+// Limits of an endpoint's metadata and TTL.
+const (
+	maxMetadataEntries = 16
+	maxMetadataLen     = 256
+	minTTL             = caddy.Duration(time.Second)
+	maxTTL             = caddy.Duration(24 * time.Hour)
+)
+
+// sameConfig reports whether ep and other have the same settings.
+func (ep *Endpoint) sameConfig(other Endpoint) bool {
+	return ep.Weight == other.Weight && maps.Equal(ep.Metadata, other.Metadata)
 }
 
 // maxWeight is the largest endpoint weight.
@@ -149,7 +178,22 @@ func (ep Endpoint) normalize() (Endpoint, error) {
 	if w < 1 || w > maxWeight {
 		return Endpoint{}, badInput("invalid weight %d for %s: want 1 to %d", ep.Weight, addr, maxWeight)
 	}
-	return Endpoint{Address: addr, Weight: w}, nil
+	if len(ep.Metadata) > maxMetadataEntries {
+		return Endpoint{}, badInput("metadata of %s: %d entries, want at most %d", addr, len(ep.Metadata), maxMetadataEntries)
+	}
+	for k, v := range ep.Metadata {
+		if k == "" || len(k) > maxMetadataLen || len(v) > maxMetadataLen {
+			return Endpoint{}, badInput("metadata of %s: keys must be 1 to %d bytes, values at most %d", addr, maxMetadataLen, maxMetadataLen)
+		}
+	}
+	if ep.TTL != 0 && (ep.TTL < minTTL || ep.TTL > maxTTL) {
+		return Endpoint{}, badInput("invalid ttl %s for %s: want 1s to 24h", time.Duration(ep.TTL), addr)
+	}
+	var meta map[string]string
+	if len(ep.Metadata) > 0 {
+		meta = maps.Clone(ep.Metadata)
+	}
+	return Endpoint{Address: addr, Weight: w, Metadata: meta, TTL: ep.TTL}, nil
 }
 
 // Available reports whether the endpoint is in rotation, that is, not
@@ -451,13 +495,15 @@ func buildService(key ServiceKey, eps []Endpoint, prev *Service) *Service {
 			old = prev.Endpoint(ep.Address)
 		}
 		switch {
-		case old != nil && old.Weight == ep.Weight:
+		case old != nil && old.sameConfig(ep):
 			out = append(out, old)
 		case old != nil:
-			out = append(out, &Endpoint{Address: ep.Address, Weight: ep.Weight, health: old.health})
+			ep.health = old.health
+			out = append(out, &ep)
 			same = false
 		default:
-			out = append(out, &Endpoint{Address: ep.Address, Weight: ep.Weight, health: new(endpointHealth)})
+			ep.health = new(endpointHealth)
+			out = append(out, &ep)
 			same = false
 		}
 	}
@@ -686,6 +732,9 @@ func seedMap(services []ServiceConfig) (map[ServiceKey][]Endpoint, error) {
 			norm, err := ep.normalize()
 			if err != nil {
 				return nil, fmt.Errorf("service %s: %w", key, err)
+			}
+			if norm.TTL != 0 {
+				return nil, fmt.Errorf("service %s: endpoint %s: a seed cannot have a ttl", key, norm.Address)
 			}
 			eps = append(eps, norm)
 		}

@@ -1,0 +1,645 @@
+package svcreg
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"maps"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+)
+
+func init() {
+	caddy.RegisterModule(new(EtcdBackend))
+}
+
+// ErrSeeded means an endpoint comes from the config's seeds, which the
+// etcd backend does not store: remove it from the config instead.
+var ErrSeeded = errors.New("endpoint is seeded by the config, not stored in the backend")
+
+// Timing of the etcd backend.
+var (
+	etcdRetryMin     = 100 * time.Millisecond // first wait after a failed sync
+	etcdRetryMax     = 5 * time.Second        // longest wait between syncs
+	etcdHealthPeriod = time.Second            // how often reachability is checked
+	etcdApplyTimeout = 10 * time.Second       // how long Add and Delete wait to see their write
+)
+
+// EtcdBackend keeps the registry in etcd, so that several Caddy instances
+// share it and backends can register themselves under leases.
+//
+// Layout: one key per endpoint, <prefix><service>/<version>/<address>
+// (address in canonical host:port form), with a small JSON value such as
+// {"weight":2,"metadata":{"zone":"a"}}; an empty value or {} means the
+// defaults. Anything else under the prefix (a bad key, bad JSON, a bad
+// address) is skipped with one warning naming the key.
+//
+// One initial Get, then a Watch from the next revision: every change
+// updates the in-memory snapshot, and no etcd call is made on the request
+// path. The admin API writes to etcd, so every instance on the same prefix
+// sees its changes. Seeds from the config are this instance's own: they are
+// merged with what etcd holds and are not written to etcd.
+//
+// Faults: if etcd is unreachable at start, Caddy still starts and
+// registry-routed requests get 503 until the first sync, retried with
+// backoff; if it is lost later, routing keeps the last snapshot; when it is
+// back the watch resumes where it stopped, or re-lists everything if that
+// revision was compacted. Each change of reachability is logged once.
+type EtcdBackend struct {
+	// Endpoints are the etcd client endpoints, as host:port or URLs.
+	// Placeholders such as {env.ETCD_ENDPOINTS} are expanded.
+	// Default: 127.0.0.1:2379.
+	Endpoints []string `json:"endpoints,omitempty"`
+
+	// Prefix is the key prefix of the registry. Default: /svcreg/.
+	Prefix string `json:"prefix,omitempty"`
+
+	// DialTimeout bounds connecting to etcd and each request the backend
+	// makes. Default: 5s.
+	DialTimeout caddy.Duration `json:"dial_timeout,omitempty"`
+
+	// TLS configures a TLS connection to etcd. Default: plaintext.
+	TLS *EtcdTLS `json:"tls,omitempty"`
+
+	// Username for etcd authentication; placeholders are expanded.
+	Username string `json:"username,omitempty"`
+
+	// Password for etcd authentication; placeholders are expanded, so
+	// {env.ETCD_PASSWORD} keeps it out of the config. Never logged.
+	Password string `json:"password,omitempty"`
+
+	logger *zap.Logger
+	config clientv3.Config
+
+	ctx    context.Context // ends at Stop
+	cancel context.CancelFunc
+	done   sync.WaitGroup
+
+	mu        sync.Mutex // guards everything below
+	stopped   bool
+	client    *clientv3.Client
+	table     *Table
+	seeds     map[ServiceKey][]Endpoint
+	stored    map[ServiceKey]map[string]Endpoint // what etcd holds
+	synced    bool
+	reachable bool
+	applied   int64         // etcd revision the table reflects
+	appliedCh chan struct{} // closed and replaced whenever applied moves
+	warned    map[string]int64
+	leases    map[string]*etcdLease // by key, for endpoints added with a TTL
+}
+
+// EtcdTLS are the files of a TLS connection to etcd.
+type EtcdTLS struct {
+	// CA is a PEM file of the certificate authorities that sign etcd's
+	// certificate. Default: the system's.
+	CA string `json:"ca,omitempty"`
+	// Cert is a PEM client certificate file, for mutual TLS.
+	Cert string `json:"cert,omitempty"`
+	// Key is the PEM private key file of Cert.
+	Key string `json:"key,omitempty"`
+	// ServerName overrides the name checked in etcd's certificate.
+	ServerName string `json:"server_name,omitempty"`
+}
+
+// etcdLease is a lease this Caddy keeps alive for one endpoint.
+type etcdLease struct {
+	id     clientv3.LeaseID
+	cancel context.CancelFunc
+}
+
+// etcdValue is the value of an endpoint key.
+type etcdValue struct {
+	Weight   int               `json:"weight,omitempty"`
+	Metadata map[string]string `json:"metadata,omitempty"`
+}
+
+// CaddyModule returns the Caddy module information.
+func (*EtcdBackend) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "service_registry.backends.etcd",
+		New: func() caddy.Module { return new(EtcdBackend) },
+	}
+}
+
+// Provision expands placeholders, sets defaults and loads the TLS files.
+func (e *EtcdBackend) Provision(ctx caddy.Context) error {
+	e.logger = ctx.Logger()
+	repl := caddy.NewReplacer()
+	if len(e.Endpoints) == 0 {
+		e.Endpoints = []string{"127.0.0.1:2379"}
+	}
+	var endpoints []string
+	for _, ep := range e.Endpoints {
+		// one placeholder may hold several comma-separated endpoints
+		for part := range strings.SplitSeq(repl.ReplaceKnown(ep, ""), ",") {
+			if part = strings.TrimSpace(part); part != "" {
+				endpoints = append(endpoints, part)
+			}
+		}
+	}
+	if len(endpoints) == 0 {
+		return errors.New("etcd backend: no endpoints")
+	}
+	if e.Prefix == "" {
+		e.Prefix = "/svcreg/"
+	}
+	e.Prefix = repl.ReplaceKnown(e.Prefix, "")
+	if !strings.HasSuffix(e.Prefix, "/") {
+		e.Prefix += "/"
+	}
+	if e.DialTimeout == 0 {
+		e.DialTimeout = caddy.Duration(5 * time.Second)
+	}
+	e.config = clientv3.Config{
+		Endpoints:   endpoints,
+		DialTimeout: time.Duration(e.DialTimeout),
+		Username:    repl.ReplaceKnown(e.Username, ""),
+		Password:    repl.ReplaceKnown(e.Password, ""),
+		Logger:      e.logger.Named("client").WithOptions(zap.IncreaseLevel(zapcore.ErrorLevel)),
+	}
+	if e.TLS != nil {
+		tlsConfig, err := e.TLS.load(repl)
+		if err != nil {
+			return fmt.Errorf("etcd backend: %w", err)
+		}
+		e.config.TLS = tlsConfig
+	}
+	return nil
+}
+
+// load reads the TLS files.
+func (t *EtcdTLS) load(repl *caddy.Replacer) (*tls.Config, error) {
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: repl.ReplaceKnown(t.ServerName, "")}
+	if ca := repl.ReplaceKnown(t.CA, ""); ca != "" {
+		pem, err := os.ReadFile(ca)
+		if err != nil {
+			return nil, fmt.Errorf("reading CA file: %w", err)
+		}
+		cfg.RootCAs = x509.NewCertPool()
+		if !cfg.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("CA file %s holds no PEM certificate", ca)
+		}
+	}
+	cert, key := repl.ReplaceKnown(t.Cert, ""), repl.ReplaceKnown(t.Key, "")
+	if (cert == "") != (key == "") {
+		return nil, errors.New("a client certificate needs both cert and key")
+	}
+	if cert != "" {
+		pair, err := tls.LoadX509KeyPair(cert, key)
+		if err != nil {
+			return nil, fmt.Errorf("loading client certificate: %w", err)
+		}
+		cfg.Certificates = []tls.Certificate{pair}
+	}
+	return cfg, nil
+}
+
+// Start begins syncing in the background; it never waits for etcd.
+func (e *EtcdBackend) Start(table *Table, seeds map[ServiceKey][]Endpoint) error {
+	client, err := clientv3.New(e.config)
+	if err != nil {
+		return fmt.Errorf("creating etcd client: %w", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	e.mu.Lock()
+	e.client, e.table, e.seeds, e.ctx, e.cancel = client, table, seeds, ctx, cancel
+	e.stored = map[ServiceKey]map[string]Endpoint{}
+	e.appliedCh = make(chan struct{})
+	e.warned = map[string]int64{}
+	e.leases = map[string]*etcdLease{}
+	e.reachable = true // until shown otherwise, so that a first failure is logged
+	e.mu.Unlock()
+	e.done.Go(func() { e.sync(ctx) })
+	e.done.Go(func() { e.monitor(ctx) })
+	return nil
+}
+
+// Seed replaces the seeds and republishes the registry once synced.
+func (e *EtcdBackend) Seed(seeds map[ServiceKey][]Endpoint) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.seeds = seeds
+	if e.synced {
+		e.table.Replace(e.composeAll())
+	}
+	return nil
+}
+
+// Stop ends the sync, the monitor and every lease keepalive, and closes
+// the client. Leases are left to expire, TTL after this.
+func (e *EtcdBackend) Stop() error {
+	e.mu.Lock()
+	if e.stopped {
+		e.mu.Unlock()
+		return nil
+	}
+	e.stopped = true
+	e.mu.Unlock()
+	e.cancel()
+	e.done.Wait()
+	return e.client.Close()
+}
+
+// sync lists the prefix and watches it until ctx is done, listing again
+// after a failure or a compacted watch.
+func (e *EtcdBackend) sync(ctx context.Context) {
+	wait := etcdRetryMin
+	for ctx.Err() == nil {
+		rev, err := e.list(ctx)
+		if err != nil {
+			e.setReachable(false, err)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(wait):
+			}
+			wait = min(2*wait, etcdRetryMax)
+			continue
+		}
+		wait = etcdRetryMin
+		e.setReachable(true, nil)
+		err = e.watch(ctx, rev+1)
+		if ctx.Err() != nil {
+			return
+		}
+		if errors.Is(err, rpctypes.ErrCompacted) {
+			e.logger.Info("etcd watch revision was compacted; listing everything again", zap.String("backend", "etcd"))
+		} else {
+			e.logger.Warn("etcd watch ended; listing everything again", zap.String("backend", "etcd"), zap.Error(err))
+		}
+	}
+}
+
+// list reads the whole prefix and publishes it.
+func (e *EtcdBackend) list(ctx context.Context) (int64, error) {
+	ctx, cancel := context.WithTimeout(ctx, time.Duration(e.DialTimeout))
+	defer cancel()
+	resp, err := e.client.Get(ctx, e.Prefix, clientv3.WithPrefix())
+	if err != nil {
+		return 0, err
+	}
+	stored := map[ServiceKey]map[string]Endpoint{}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for _, kv := range resp.Kvs {
+		key, ep, ok := e.parse(kv)
+		if !ok {
+			continue
+		}
+		if stored[key] == nil {
+			stored[key] = map[string]Endpoint{}
+		}
+		stored[key][ep.Address] = ep
+	}
+	e.stored = stored
+	e.synced = true
+	e.table.Replace(e.composeAll())
+	e.setApplied(resp.Header.Revision)
+	return resp.Header.Revision, nil
+}
+
+// watch applies changes from revision rev on until the watch fails.
+func (e *EtcdBackend) watch(ctx context.Context, rev int64) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	for resp := range e.client.Watch(ctx, e.Prefix, clientv3.WithPrefix(), clientv3.WithRev(rev), clientv3.WithProgressNotify()) {
+		if err := resp.Err(); err != nil {
+			return err
+		}
+		e.apply(resp.Events, resp.Header.Revision)
+	}
+	return ctx.Err()
+}
+
+// apply folds watch events into the table.
+func (e *EtcdBackend) apply(events []*clientv3.Event, rev int64) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	changed := map[ServiceKey]bool{}
+	for _, ev := range events {
+		key, addr, ok := e.parseKey(string(ev.Kv.Key))
+		if !ok {
+			if ev.Type == mvccpb.PUT {
+				e.warnOnce(string(ev.Kv.Key), ev.Kv.ModRevision, "not <prefix><service>/<version>/<host:port>")
+			}
+			continue
+		}
+		if ev.Type == mvccpb.DELETE {
+			if _, had := e.stored[key][addr]; had {
+				delete(e.stored[key], addr)
+				changed[key] = true
+			}
+			continue
+		}
+		_, ep, valid := e.parse(ev.Kv)
+		_, had := e.stored[key][addr]
+		switch {
+		case valid:
+			if e.stored[key] == nil {
+				e.stored[key] = map[string]Endpoint{}
+			}
+			e.stored[key][addr] = ep
+			changed[key] = true
+		case had: // rewritten with a bad value: it is no longer usable
+			delete(e.stored[key], addr)
+			changed[key] = true
+		}
+	}
+	for key := range changed {
+		if len(e.stored[key]) == 0 {
+			delete(e.stored, key)
+		}
+		if eps, known := e.compose(key); known {
+			e.table.Set(key, eps)
+		} else {
+			e.table.Remove(key)
+		}
+	}
+	e.setApplied(rev)
+}
+
+// parseKey splits an endpoint key into service version and address.
+func (e *EtcdBackend) parseKey(k string) (ServiceKey, string, bool) {
+	rest, ok := strings.CutPrefix(k, e.Prefix)
+	if !ok {
+		return ServiceKey{}, "", false
+	}
+	parts := strings.Split(rest, "/")
+	if len(parts) != 3 {
+		return ServiceKey{}, "", false
+	}
+	key := ServiceKey{parts[0], parts[1]}
+	if key.Validate() != nil {
+		return ServiceKey{}, "", false
+	}
+	if addr, err := ParseAddress(parts[2]); err != nil || addr != parts[2] {
+		return ServiceKey{}, "", false
+	}
+	return key, parts[2], true
+}
+
+// parse reads one key-value pair, warning once about a bad one. The
+// caller holds e.mu.
+func (e *EtcdBackend) parse(kv *mvccpb.KeyValue) (ServiceKey, Endpoint, bool) {
+	key, addr, ok := e.parseKey(string(kv.Key))
+	if !ok {
+		e.warnOnce(string(kv.Key), kv.ModRevision, "not <prefix><service>/<version>/<host:port> with a canonical address")
+		return ServiceKey{}, Endpoint{}, false
+	}
+	var val etcdValue
+	if len(strings.TrimSpace(string(kv.Value))) > 0 {
+		if err := json.Unmarshal(kv.Value, &val); err != nil {
+			e.warnOnce(string(kv.Key), kv.ModRevision, "value is not a JSON object like {\"weight\":1}")
+			return ServiceKey{}, Endpoint{}, false
+		}
+	}
+	ep, err := Endpoint{Address: addr, Weight: val.Weight, Metadata: val.Metadata}.normalize()
+	if err != nil {
+		e.warnOnce(string(kv.Key), kv.ModRevision, err.Error())
+		return ServiceKey{}, Endpoint{}, false
+	}
+	return key, ep, true
+}
+
+// warnOnce logs a skipped key once per version of it. The caller holds e.mu.
+func (e *EtcdBackend) warnOnce(key string, modRev int64, why string) {
+	if e.warned[key] == modRev {
+		return
+	}
+	e.warned[key] = modRev
+	e.logger.Warn("skipping etcd key", zap.String("backend", "etcd"), zap.String("key", key), zap.String("reason", why))
+}
+
+// setApplied records that the table reflects revision rev and wakes
+// writers waiting for it. The caller holds e.mu.
+func (e *EtcdBackend) setApplied(rev int64) {
+	if rev <= e.applied {
+		return
+	}
+	e.applied = rev
+	close(e.appliedCh)
+	e.appliedCh = make(chan struct{})
+}
+
+// waitApplied waits until the table reflects revision rev.
+func (e *EtcdBackend) waitApplied(ctx context.Context, rev int64) error {
+	ctx, cancel := context.WithTimeout(ctx, etcdApplyTimeout)
+	defer cancel()
+	for {
+		e.mu.Lock()
+		applied, ch := e.applied, e.appliedCh
+		e.mu.Unlock()
+		if applied >= rev {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return fmt.Errorf("written to etcd at revision %d, but the watch has not delivered it yet: %w: %w", rev, ErrBackendUnavailable, ctx.Err())
+		}
+	}
+}
+
+// monitor checks etcd's reachability, so that losing it is logged even
+// while the watch waits quietly to resume.
+func (e *EtcdBackend) monitor(ctx context.Context) {
+	tick := time.NewTicker(etcdHealthPeriod)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		e.mu.Lock()
+		synced := e.synced
+		e.mu.Unlock()
+		if !synced {
+			continue // the sync loop reports on its own until the first sync
+		}
+		check, cancel := context.WithTimeout(ctx, time.Duration(e.DialTimeout))
+		_, err := e.client.Get(check, e.Prefix) // one key: cheap whatever the registry's size
+		cancel()
+		if ctx.Err() != nil {
+			return
+		}
+		e.setReachable(err == nil, err)
+	}
+}
+
+// setReachable logs a change of etcd's reachability.
+func (e *EtcdBackend) setReachable(ok bool, err error) {
+	e.mu.Lock()
+	changed := e.reachable != ok
+	e.reachable = ok
+	synced := e.synced
+	e.mu.Unlock()
+	if !changed {
+		return
+	}
+	fields := []zap.Field{zap.String("backend", "etcd"), zap.Strings("endpoints", e.config.Endpoints)}
+	switch {
+	case ok:
+		e.logger.Info("etcd reachable; registry synced", fields...)
+	case synced:
+		e.logger.Error("etcd unreachable; routing keeps the last snapshot and retries", append(fields, zap.Error(err))...)
+	default:
+		e.logger.Error("etcd unreachable; registry-routed requests get 503 until the first sync, retrying", append(fields, zap.Error(err))...)
+	}
+}
+
+// key returns the etcd key of an endpoint.
+func (e *EtcdBackend) key(key ServiceKey, address string) string {
+	return e.Prefix + key.Service + "/" + key.Version + "/" + address
+}
+
+// Add writes the endpoint to etcd (under a lease this Caddy keeps alive
+// when ep.TTL is set) and waits until the watch has applied it.
+func (e *EtcdBackend) Add(ctx context.Context, key ServiceKey, ep Endpoint) error {
+	val := etcdValue{Weight: ep.Weight, Metadata: ep.Metadata}
+	data, err := json.Marshal(val)
+	if err != nil {
+		return err
+	}
+	k := e.key(key, ep.Address)
+	reqCtx, cancel := context.WithTimeout(ctx, time.Duration(e.DialTimeout))
+	defer cancel()
+
+	var opts []clientv3.OpOption
+	var lease *etcdLease
+	if ep.TTL != 0 {
+		seconds := int64((time.Duration(ep.TTL) + time.Second - 1) / time.Second)
+		grant, err := e.client.Grant(reqCtx, seconds)
+		if err != nil {
+			return fmt.Errorf("granting etcd lease for %s: %w: %w", k, ErrBackendUnavailable, err)
+		}
+		lease = &etcdLease{id: grant.ID}
+		opts = append(opts, clientv3.WithLease(grant.ID))
+	}
+	resp, err := e.client.Put(reqCtx, k, string(data), opts...)
+	if err != nil {
+		if lease != nil {
+			e.revoke(lease)
+		}
+		return fmt.Errorf("writing %s to etcd: %w: %w", k, ErrBackendUnavailable, err)
+	}
+
+	e.mu.Lock()
+	old := e.leases[k]
+	delete(e.leases, k)
+	if lease != nil {
+		e.keepAlive(k, lease)
+	}
+	e.mu.Unlock()
+	if old != nil {
+		e.revoke(old) // the key now lives on the new lease, or on none
+	}
+	return e.waitApplied(ctx, resp.Header.Revision)
+}
+
+// keepAlive keeps lease alive until the backend stops or the lease is
+// dropped. The caller holds e.mu.
+func (e *EtcdBackend) keepAlive(k string, lease *etcdLease) {
+	if e.stopped {
+		return
+	}
+	e.leases[k] = lease
+	ctx, cancel := context.WithCancel(e.ctx)
+	lease.cancel = cancel
+	e.done.Go(func() {
+		ch, err := e.client.KeepAlive(ctx, lease.id)
+		if err != nil {
+			e.logger.Error("keeping etcd lease alive", zap.String("backend", "etcd"), zap.String("key", k), zap.Error(err))
+			return
+		}
+		for range ch { // drain the acknowledgements until ctx ends
+		}
+	})
+}
+
+// revoke stops keeping lease alive and revokes it.
+func (e *EtcdBackend) revoke(lease *etcdLease) {
+	if lease.cancel != nil {
+		lease.cancel()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(e.DialTimeout))
+	defer cancel()
+	if _, err := e.client.Revoke(ctx, lease.id); err != nil && !errors.Is(err, rpctypes.ErrLeaseNotFound) {
+		e.logger.Warn("revoking etcd lease", zap.String("backend", "etcd"), zap.Error(err))
+	}
+}
+
+// Delete removes the endpoint's key from etcd and waits until the watch
+// has applied it.
+func (e *EtcdBackend) Delete(ctx context.Context, key ServiceKey, address string) error {
+	k := e.key(key, address)
+	e.mu.Lock()
+	_, stored := e.stored[key][address]
+	seeded := slices.ContainsFunc(e.seeds[key], func(ep Endpoint) bool { return ep.Address == address })
+	lease := e.leases[k]
+	delete(e.leases, k)
+	e.mu.Unlock()
+	if !stored && seeded {
+		return fmt.Errorf("deleting %s from %s: %w; remove it from the config", address, key, ErrSeeded)
+	}
+	reqCtx, cancel := context.WithTimeout(ctx, time.Duration(e.DialTimeout))
+	defer cancel()
+	resp, err := e.client.Delete(reqCtx, k)
+	if err != nil {
+		return fmt.Errorf("deleting %s from etcd: %w: %w", k, ErrBackendUnavailable, err)
+	}
+	if lease != nil {
+		e.revoke(lease)
+	}
+	if resp.Deleted == 0 {
+		return fmt.Errorf("deleting %s from %s: %w", address, key, ErrUnknownEndpoint)
+	}
+	return e.waitApplied(ctx, resp.Header.Revision)
+}
+
+// compose merges key's seeds with what etcd holds, and says whether the
+// service version is known. The caller holds e.mu.
+func (e *EtcdBackend) compose(key ServiceKey) ([]Endpoint, bool) {
+	seeds, seeded := e.seeds[key]
+	byAddr := make(map[string]Endpoint, len(seeds)+len(e.stored[key]))
+	for _, ep := range seeds {
+		byAddr[ep.Address] = ep
+	}
+	maps.Copy(byAddr, e.stored[key])
+	eps := slices.Collect(maps.Values(byAddr))
+	return eps, seeded || len(eps) > 0
+}
+
+// composeAll composes every known service version. The caller holds e.mu.
+func (e *EtcdBackend) composeAll() map[ServiceKey][]Endpoint {
+	all := map[ServiceKey][]Endpoint{}
+	for key := range e.seeds {
+		all[key], _ = e.compose(key)
+	}
+	for key := range e.stored {
+		if eps, known := e.compose(key); known {
+			all[key] = eps
+		}
+	}
+	return all
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner = (*EtcdBackend)(nil)
+	_ Backend           = (*EtcdBackend)(nil)
+)

@@ -1,0 +1,397 @@
+package svcreg
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"slices"
+	"sort"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/svcreg/caddy-svcreg/internal/etcdtest"
+)
+
+// etcdClient returns a client of the test's etcd.
+func etcdClient(t testing.TB, endpoint string) *clientv3.Client {
+	t.Helper()
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{endpoint}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	return cli
+}
+
+// startEtcdBackend starts an etcd backend on endpoint with the given seeds
+// and returns it with its table and its log.
+func startEtcdBackend(t testing.TB, endpoint string, seeds map[ServiceKey][]Endpoint) (*EtcdBackend, *Table, *observer.ObservedLogs) {
+	t.Helper()
+	core, logs := observer.New(zap.InfoLevel)
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	t.Cleanup(cancel)
+	e := &EtcdBackend{Endpoints: []string{endpoint}, DialTimeout: caddy.Duration(2 * time.Second)}
+	if err := e.Provision(ctx); err != nil {
+		t.Fatal(err)
+	}
+	e.logger = zap.New(core)
+	e.config.Logger = zap.NewNop()
+	table := NewTable()
+	if err := e.Start(table, seeds); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := e.Stop(); err != nil {
+			t.Error(err)
+		}
+	})
+	return e, table, logs
+}
+
+// tableHas returns the sorted addresses of key in the table ("" entries
+// for an unknown key).
+func tableHas(tbl *Table, key ServiceKey) []string {
+	svc, err := tbl.Snapshot().Lookup(key.Service, key.Version)
+	if err != nil {
+		return nil
+	}
+	return addresses(svc)
+}
+
+// eventually polls cond until it holds, for up to timeout.
+func eventually(t testing.TB, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", timeout, what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestEtcdWatchPropagation(t *testing.T) {
+	srv := etcdtest.Start(t)
+	cli := etcdClient(t, srv.Endpoint)
+	ctx := context.Background()
+	users := ServiceKey{"users", "v1"}
+
+	// Present before the backend starts: listed by the initial Get, with
+	// junk beside it that must be skipped with a warning.
+	for k, v := range map[string]string{
+		"/svcreg/users/v1/127.0.0.1:9091":  `{}`,
+		"/svcreg/users/v1/127.0.0.1:9092":  ``,
+		"/svcreg/bad/key":                  `{}`,
+		"/svcreg/users/v1/127.0.0.1:09093": `{}`,
+		"/svcreg/users/v1/not-an-address":  `{}`,
+		"/svcreg/users/v1/127.0.0.1:9094":  `{"weight":`,
+		"/svcreg/users/v1/127.0.0.1:9095":  `{"weight":1000}`,
+		"/svcreg/us$ers/v1/127.0.0.1:9096": `{}`,
+		"/other/users/v1/127.0.0.1:9097":   `{}`,
+	} {
+		if _, err := cli.Put(ctx, k, v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, tbl, logs := startEtcdBackend(t, srv.Endpoint, nil)
+	eventually(t, 10*time.Second, "the first sync", func() bool { return tbl.Snapshot().Synced() })
+	if got := tableHas(tbl, users); !slices.Equal(got, []string{"127.0.0.1:9091", "127.0.0.1:9092"}) {
+		t.Errorf("after the initial list: %v", got)
+	}
+	skipped := logs.FilterMessage("skipping etcd key").All()
+	var keys []string
+	for _, entry := range skipped {
+		keys = append(keys, entry.ContextMap()["key"].(string))
+	}
+	sort.Strings(keys)
+	want := []string{"/svcreg/bad/key", "/svcreg/us$ers/v1/127.0.0.1:9096", "/svcreg/users/v1/127.0.0.1:09093", "/svcreg/users/v1/127.0.0.1:9094", "/svcreg/users/v1/127.0.0.1:9095", "/svcreg/users/v1/not-an-address"}
+	if !slices.Equal(keys, want) {
+		t.Errorf("warned about %q, want one warning for each of %q", keys, want)
+	}
+
+	// Changes arrive through the watch.
+	for _, step := range []struct {
+		name string
+		do   func() error
+		want []string
+	}{
+		{"put", func() error { _, err := cli.Put(ctx, "/svcreg/users/v1/127.0.0.1:9098", `{"weight":3}`); return err }, []string{"127.0.0.1:9091", "127.0.0.1:9092", "127.0.0.1:9098"}},
+		{"delete", func() error { _, err := cli.Delete(ctx, "/svcreg/users/v1/127.0.0.1:9091"); return err }, []string{"127.0.0.1:9092", "127.0.0.1:9098"}},
+		{"rewritten with a bad value", func() error { _, err := cli.Put(ctx, "/svcreg/users/v1/127.0.0.1:9092", `nope`); return err }, []string{"127.0.0.1:9098"}},
+		{"junk does not disturb", func() error { _, err := cli.Put(ctx, "/svcreg/junk", `x`); return err }, []string{"127.0.0.1:9098"}},
+		{"delete the rest", func() error { _, err := cli.Delete(ctx, "/svcreg/users/", clientv3.WithPrefix()); return err }, nil},
+	} {
+		if err := step.do(); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, 5*time.Second, step.name+" to show", func() bool { return slices.Equal(tableHas(tbl, users), step.want) })
+	}
+	if _, err := cli.Put(ctx, "/svcreg/users/v1/127.0.0.1:9099", `{"weight":3}`); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "a weighted endpoint", func() bool {
+		svc, err := tbl.Snapshot().Lookup("users", "v1")
+		return err == nil && len(svc.Endpoints) == 1 && svc.Endpoints[0].Weight == 3
+	})
+}
+
+func TestEtcdAdminWritesAndLeases(t *testing.T) {
+	srv := etcdtest.Start(t)
+	cli := etcdClient(t, srv.Endpoint)
+	ctx := context.Background()
+	users := ServiceKey{"users", "v1"}
+	seeds := map[ServiceKey][]Endpoint{users: eps("127.0.0.1:9001")}
+	e, tbl, _ := startEtcdBackend(t, srv.Endpoint, seeds)
+	eventually(t, 10*time.Second, "the first sync", func() bool { return tbl.Snapshot().Synced() })
+	r := &registry{table: tbl, backend: e}
+
+	// Add: in etcd, and in the table as soon as Add returns.
+	must(t, r.Add(ctx, users, Endpoint{Address: "127.0.0.1:9002", Weight: 2, Metadata: map[string]string{"zone": "a"}}))
+	if got := tableHas(tbl, users); !slices.Equal(got, []string{"127.0.0.1:9001", "127.0.0.1:9002"}) {
+		t.Fatalf("right after Add: %v", got)
+	}
+	resp, err := cli.Get(ctx, "/svcreg/users/v1/127.0.0.1:9002")
+	if err != nil || len(resp.Kvs) != 1 || string(resp.Kvs[0].Value) != `{"weight":2,"metadata":{"zone":"a"}}` {
+		t.Fatalf("etcd holds %v (%v)", resp.Kvs, err)
+	}
+
+	// A seed lives in the config, not in etcd.
+	if err := r.Delete(ctx, users, "127.0.0.1:9001"); !errors.Is(err, ErrSeeded) {
+		t.Errorf("deleting a seed: %v, want ErrSeeded", err)
+	}
+
+	// Add with a TTL: bound to a lease this backend keeps alive.
+	must(t, r.Add(ctx, users, Endpoint{Address: "127.0.0.1:9003", TTL: caddy.Duration(2 * time.Second)}))
+	resp, err = cli.Get(ctx, "/svcreg/users/v1/127.0.0.1:9003")
+	if err != nil || len(resp.Kvs) != 1 || resp.Kvs[0].Lease == 0 {
+		t.Fatalf("leased endpoint in etcd: %v (%v)", resp.Kvs, err)
+	}
+	lease := clientv3.LeaseID(resp.Kvs[0].Lease)
+	time.Sleep(3 * time.Second) // longer than the TTL: only the keepalive keeps it
+	if got := tableHas(tbl, users); !slices.Contains(got, "127.0.0.1:9003") {
+		t.Fatalf("the leased endpoint expired although this Caddy keeps its lease alive: %v", got)
+	}
+
+	// Re-adding it without a TTL detaches it from the lease, which is revoked.
+	must(t, r.Add(ctx, users, Endpoint{Address: "127.0.0.1:9003"}))
+	ttl, err := cli.TimeToLive(ctx, lease)
+	if err != nil || ttl.TTL != -1 {
+		t.Errorf("the old lease is still alive: %+v (%v)", ttl, err)
+	}
+
+	// Delete: gone from etcd and the table when Delete returns.
+	must(t, r.Delete(ctx, users, "127.0.0.1:9002"))
+	if got := tableHas(tbl, users); !slices.Equal(got, []string{"127.0.0.1:9001", "127.0.0.1:9003"}) {
+		t.Fatalf("right after Delete: %v", got)
+	}
+
+	// A leased endpoint disappears TTL after its keeper stops.
+	must(t, r.Add(ctx, users, Endpoint{Address: "127.0.0.1:9004", TTL: caddy.Duration(time.Second)}))
+	_, watched, _ := startEtcdBackend(t, srv.Endpoint, nil)
+	eventually(t, 10*time.Second, "a second instance to see the leased endpoint", func() bool {
+		return slices.Contains(tableHas(watched, users), "127.0.0.1:9004")
+	})
+	must(t, e.Stop()) // the cleanup's second Stop is a no-op
+	eventually(t, 10*time.Second, "the leased endpoint to expire", func() bool {
+		return !slices.Contains(tableHas(watched, users), "127.0.0.1:9004")
+	})
+	if got := tableHas(watched, users); !slices.Contains(got, "127.0.0.1:9003") {
+		t.Errorf("an endpoint without a lease went too: %v", got)
+	}
+}
+
+func TestEtcdUnreachableAtStart(t *testing.T) {
+	srv := etcdtest.StartLater(t) // ports reserved, etcd not running
+	users := ServiceKey{"users", "v1"}
+	begin := time.Now()
+	_, tbl, logs := startEtcdBackend(t, srv.Endpoint, map[ServiceKey][]Endpoint{users: eps("127.0.0.1:9001")})
+	if d := time.Since(begin); d > time.Second {
+		t.Errorf("Start waited %v for an unreachable etcd", d)
+	}
+	if _, err := tbl.Snapshot().Lookup("users", "v1"); !errors.Is(err, ErrNotSynced) {
+		t.Fatalf("before the first sync: %v, want ErrNotSynced (503)", err)
+	}
+	eventually(t, 10*time.Second, "the unreachable state to be logged", func() bool {
+		return logs.FilterMessageSnippet("etcd unreachable").Len() > 0
+	})
+
+	srv.Restart()
+	cli := etcdClient(t, srv.Endpoint)
+	if _, err := cli.Put(context.Background(), "/svcreg/users/v1/127.0.0.1:9002", "{}"); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 15*time.Second, "the first sync after etcd came up", func() bool {
+		return slices.Equal(tableHas(tbl, users), []string{"127.0.0.1:9001", "127.0.0.1:9002"})
+	})
+	if n := logs.FilterMessageSnippet("etcd unreachable").Len(); n != 1 {
+		t.Errorf("the unreachable state was logged %d times, want once", n)
+	}
+	if logs.FilterMessageSnippet("etcd reachable").Len() != 1 {
+		t.Errorf("coming back was not logged once")
+	}
+}
+
+func TestEtcdLostAndBack(t *testing.T) {
+	srv := etcdtest.Start(t)
+	cli := etcdClient(t, srv.Endpoint)
+	ctx := context.Background()
+	users := ServiceKey{"users", "v1"}
+	if _, err := cli.Put(ctx, "/svcreg/users/v1/127.0.0.1:9001", "{}"); err != nil {
+		t.Fatal(err)
+	}
+	_, tbl, logs := startEtcdBackend(t, srv.Endpoint, nil)
+	eventually(t, 10*time.Second, "the first sync", func() bool { return len(tableHas(tbl, users)) == 1 })
+
+	srv.Kill()
+	eventually(t, 10*time.Second, "losing etcd to be logged", func() bool {
+		return logs.FilterMessageSnippet("etcd unreachable").Len() > 0
+	})
+	if got := tableHas(tbl, users); !slices.Equal(got, []string{"127.0.0.1:9001"}) || !tbl.Snapshot().Synced() {
+		t.Fatalf("without etcd the last snapshot must stay: %v", got)
+	}
+
+	srv.Restart()
+	if _, err := cli.Put(ctx, "/svcreg/users/v1/127.0.0.1:9002", "{}"); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 20*time.Second, "a change made after etcd came back", func() bool {
+		return slices.Equal(tableHas(tbl, users), []string{"127.0.0.1:9001", "127.0.0.1:9002"})
+	})
+}
+
+// tcpProxy forwards 127.0.0.1 connections to target until cut.
+type tcpProxy struct {
+	ln     net.Listener
+	target string
+	mu     sync.Mutex
+	conns  []net.Conn
+	cut    bool
+}
+
+func newTCPProxy(t *testing.T, target string) *tcpProxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &tcpProxy{ln: ln, target: target}
+	t.Cleanup(func() { ln.Close(); p.Cut() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			p.mu.Lock()
+			if p.cut {
+				p.mu.Unlock()
+				c.Close()
+				continue
+			}
+			up, err := net.Dial("tcp", target)
+			if err != nil {
+				p.mu.Unlock()
+				c.Close()
+				continue
+			}
+			p.conns = append(p.conns, c, up)
+			p.mu.Unlock()
+			go func() { io.Copy(up, c); up.Close() }()
+			go func() { io.Copy(c, up); c.Close() }()
+		}
+	}()
+	return p
+}
+
+// Cut closes every forwarded connection and refuses new ones.
+func (p *tcpProxy) Cut() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.cut = true
+	for _, c := range p.conns {
+		c.Close()
+	}
+	p.conns = nil
+}
+
+// Mend accepts connections again.
+func (p *tcpProxy) Mend() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.cut = false
+}
+
+func TestEtcdCompactionRelists(t *testing.T) {
+	srv := etcdtest.Start(t)
+	cli := etcdClient(t, srv.Endpoint)
+	ctx := context.Background()
+	users, orders := ServiceKey{"users", "v1"}, ServiceKey{"orders", "v1"}
+	if _, err := cli.Put(ctx, "/svcreg/users/v1/127.0.0.1:9001", "{}"); err != nil {
+		t.Fatal(err)
+	}
+	proxy := newTCPProxy(t, srv.Endpoint)
+	_, tbl, logs := startEtcdBackend(t, proxy.ln.Addr().String(), nil)
+	eventually(t, 10*time.Second, "the first sync", func() bool { return len(tableHas(tbl, users)) == 1 })
+
+	// While the backend is cut off, change things and compact history
+	// past the revision its watch stands at.
+	proxy.Cut()
+	cli.Put(ctx, "/svcreg/users/v1/127.0.0.1:9002", "{}")
+	cli.Delete(ctx, "/svcreg/users/v1/127.0.0.1:9001")
+	cli.Put(ctx, "/svcreg/orders/v1/127.0.0.1:9003", "{}")
+	resp, err := cli.Put(ctx, "/svcreg/orders/v1/127.0.0.1:9004", "{}")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cli.Compact(ctx, resp.Header.Revision, clientv3.WithCompactPhysical()); err != nil {
+		t.Fatal(err)
+	}
+	proxy.Mend()
+
+	eventually(t, 30*time.Second, "the snapshot to match etcd after a re-list", func() bool {
+		return slices.Equal(tableHas(tbl, users), []string{"127.0.0.1:9002"}) &&
+			slices.Equal(tableHas(tbl, orders), []string{"127.0.0.1:9003", "127.0.0.1:9004"})
+	})
+	if logs.FilterMessageSnippet("compacted").Len() == 0 {
+		t.Errorf("the snapshot is right, but not through a re-list after compaction: %v", logs.All())
+	}
+}
+
+// BenchmarkEtcdPropagation measures how long a put to etcd takes to reach
+// the snapshot that routing reads, and reports p50 and p99.
+func BenchmarkEtcdPropagation(b *testing.B) {
+	srv := etcdtest.Start(b)
+	cli := etcdClient(b, srv.Endpoint)
+	_, tbl, _ := startEtcdBackend(b, srv.Endpoint, nil)
+	eventually(b, 10*time.Second, "the first sync", func() bool { return tbl.Snapshot().Synced() })
+	ctx := context.Background()
+	var lat []time.Duration
+	i := 0
+	for b.Loop() {
+		i++
+		addr := fmt.Sprintf("127.0.0.1:%d", 10000+i%50000)
+		key := ServiceKey{"bench", fmt.Sprintf("v%d", i)}
+		start := time.Now()
+		if _, err := cli.Put(ctx, "/svcreg/bench/"+key.Version+"/"+addr, "{}"); err != nil {
+			b.Fatal(err)
+		}
+		for len(tableHas(tbl, key)) == 0 {
+			if time.Since(start) > 10*time.Second {
+				b.Fatal("a put never reached the snapshot")
+			}
+			time.Sleep(50 * time.Microsecond)
+		}
+		lat = append(lat, time.Since(start))
+	}
+	slices.Sort(lat)
+	b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50-µs")
+	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds()), "p99-µs")
+}
