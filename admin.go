@@ -1,6 +1,7 @@
 package svcreg
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -152,7 +153,7 @@ func addEndpoint(w http.ResponseWriter, r *http.Request, reg Registry, key Servi
 		return apiError(http.StatusRequestEntityTooLarge, fmt.Errorf("request body over %d bytes", maxAdminBody))
 	}
 	var req endpointAdd
-	dec := json.NewDecoder(strings.NewReader(string(body)))
+	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&req); err != nil {
 		return apiError(http.StatusBadRequest, fmt.Errorf("decoding JSON body: %w", err))

@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
 )
 
@@ -84,8 +83,31 @@ func TestAppLifecycle(t *testing.T) {
 		t.Errorf("%d registries in the pool, want 1 (the old one destroyed)", n)
 	}
 
-	// A config that fails to load changes nothing.
+	// A config that fails to start (its http app cannot listen) hands the
+	// registry and the admin API back to the running config. Apps start in
+	// random order, so try a few times: sometimes the registry started first.
 	second := running().registry
+	running2 := running()
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	for range 8 {
+		failing := strings.Replace(string(config("b.json", "127.0.0.1:5")), `"apps": {`,
+			fmt.Sprintf(`"apps": {"http": {"servers": {"s": {"listen": [%q]}}},`, busy.Addr().String()), 1)
+		if err := caddy.Load([]byte(failing), true); err == nil {
+			t.Fatal("a config whose server cannot listen loaded")
+		}
+		if running() != running2 {
+			t.Fatal("after a failed start the admin API does not serve the running config's app")
+		}
+		if svc, _ := second.Lookup(ServiceKey{"users", "v1"}); strings.Join(addresses(svc), ",") != "127.0.0.1:3" {
+			t.Fatalf("a config that failed to start left its seeds in the registry: %v", addresses(svc))
+		}
+	}
+
+	// A config that fails to provision changes nothing either.
 	bad := strings.Replace(string(config("b.json", "127.0.0.1:4")), `"name": "users"`, `"name": "us/ers"`, 1)
 	if err := caddy.Load([]byte(bad), true); err == nil || !strings.Contains(err.Error(), "service name") {
 		t.Fatalf("loading a bad config: %v", err)
@@ -119,11 +141,7 @@ func TestAppLifecycle(t *testing.T) {
 // returns.
 func TestRegistryDestructEndsProbes(t *testing.T) {
 	key := ServiceKey{"users", "v1"}
-	r := newRegistry(&MemoryBackend{
-		StorageKey: "k.json",
-		storage:    &certmagic.FileStorage{Path: t.TempDir()},
-		logger:     zap.NewNop(),
-	}, zap.NewNop())
+	r := newRegistry(&MemoryBackend{StorageKey: "k.json"}, zap.NewNop())
 	dialing := make(chan struct{})
 	var dialEnded atomic.Bool
 	r.passive.dial = func(ctx context.Context, network, address string) (net.Conn, error) {
@@ -132,7 +150,7 @@ func TestRegistryDestructEndsProbes(t *testing.T) {
 		dialEnded.Store(true)
 		return nil, ctx.Err()
 	}
-	if err := r.start(map[ServiceKey][]Endpoint{key: eps("127.0.0.1:9")}); err != nil {
+	if err := r.start(testEnv(t.TempDir(), map[ServiceKey][]Endpoint{key: eps("127.0.0.1:9")})); err != nil {
 		t.Fatal(err)
 	}
 	r.Failure(key, "127.0.0.1:9")

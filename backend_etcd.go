@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -81,7 +82,7 @@ type EtcdBackend struct {
 	// {env.ETCD_PASSWORD} keeps it out of the config. Never logged.
 	Password string `json:"password,omitempty"`
 
-	logger *zap.Logger
+	logger atomic.Pointer[zap.Logger] // the latest config's
 	config clientv3.Config
 
 	ctx    context.Context // ends at Stop
@@ -137,7 +138,7 @@ func (*EtcdBackend) CaddyModule() caddy.ModuleInfo {
 
 // Provision expands placeholders, sets defaults and loads the TLS files.
 func (e *EtcdBackend) Provision(ctx caddy.Context) error {
-	e.logger = ctx.Logger()
+	e.logger.Store(ctx.Logger())
 	repl := caddy.NewReplacer()
 	if len(e.Endpoints) == 0 {
 		e.Endpoints = []string{"127.0.0.1:2379"}
@@ -169,7 +170,6 @@ func (e *EtcdBackend) Provision(ctx caddy.Context) error {
 		DialTimeout: time.Duration(e.DialTimeout),
 		Username:    repl.ReplaceKnown(e.Username, ""),
 		Password:    repl.ReplaceKnown(e.Password, ""),
-		Logger:      e.logger.Named("client").WithOptions(zap.IncreaseLevel(zapcore.ErrorLevel)),
 	}
 	if e.TLS != nil {
 		tlsConfig, err := e.TLS.load(repl)
@@ -208,9 +208,16 @@ func (t *EtcdTLS) load(repl *caddy.Replacer) (*tls.Config, error) {
 	return cfg, nil
 }
 
+// log returns the logger of the config that started last.
+func (e *EtcdBackend) log() *zap.Logger { return e.logger.Load() }
+
 // Start begins syncing in the background; it never waits for etcd.
-func (e *EtcdBackend) Start(table *Table, seeds map[ServiceKey][]Endpoint) error {
-	client, err := clientv3.New(e.config)
+func (e *EtcdBackend) Start(table *Table, env BackendEnv) error {
+	e.logger.Store(env.Logger)
+	config := e.config
+	config.Logger = env.Logger.Named("etcd_client").WithOptions(zap.IncreaseLevel(zapcore.ErrorLevel))
+	seeds := env.Seeds
+	client, err := clientv3.New(config)
 	if err != nil {
 		return fmt.Errorf("creating etcd client: %w", err)
 	}
@@ -228,11 +235,13 @@ func (e *EtcdBackend) Start(table *Table, seeds map[ServiceKey][]Endpoint) error
 	return nil
 }
 
-// Seed replaces the seeds and republishes the registry once synced.
-func (e *EtcdBackend) Seed(seeds map[ServiceKey][]Endpoint) error {
+// Reconfigure takes a newer config's seeds and logger, and republishes
+// the registry once synced. The etcd client keeps the logger it started with.
+func (e *EtcdBackend) Reconfigure(env BackendEnv) error {
+	e.logger.Store(env.Logger)
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	e.seeds = seeds
+	e.seeds = env.Seeds
 	if e.synced {
 		e.table.Replace(e.composeAll())
 	}
@@ -277,9 +286,9 @@ func (e *EtcdBackend) sync(ctx context.Context) {
 			return
 		}
 		if errors.Is(err, rpctypes.ErrCompacted) {
-			e.logger.Info("etcd watch revision was compacted; listing everything again", zap.String("backend", "etcd"))
+			e.log().Info("etcd watch revision was compacted; listing everything again", zap.String("backend", "etcd"))
 		} else {
-			e.logger.Warn("etcd watch ended; listing everything again", zap.String("backend", "etcd"), zap.Error(err))
+			e.log().Warn("etcd watch ended; listing everything again", zap.String("backend", "etcd"), zap.Error(err))
 		}
 	}
 }
@@ -421,7 +430,7 @@ func (e *EtcdBackend) warnOnce(key string, modRev int64, why string) {
 		return
 	}
 	e.warned[key] = modRev
-	e.logger.Warn("skipping etcd key", zap.String("backend", "etcd"), zap.String("key", key), zap.String("reason", why))
+	e.log().Warn("skipping etcd key", zap.String("backend", "etcd"), zap.String("key", key), zap.String("reason", why))
 }
 
 // setApplied records that the table reflects revision rev and wakes
@@ -494,11 +503,11 @@ func (e *EtcdBackend) setReachable(ok bool, err error) {
 	fields := []zap.Field{zap.String("backend", "etcd"), zap.Strings("endpoints", e.config.Endpoints)}
 	switch {
 	case ok:
-		e.logger.Info("etcd reachable; registry synced", fields...)
+		e.log().Info("etcd reachable; registry synced", fields...)
 	case synced:
-		e.logger.Error("etcd unreachable; routing keeps the last snapshot and retries", append(fields, zap.Error(err))...)
+		e.log().Error("etcd unreachable; routing keeps the last snapshot and retries", append(fields, zap.Error(err))...)
 	default:
-		e.logger.Error("etcd unreachable; registry-routed requests get 503 until the first sync, retrying", append(fields, zap.Error(err))...)
+		e.log().Error("etcd unreachable; registry-routed requests get 503 until the first sync, retrying", append(fields, zap.Error(err))...)
 	}
 }
 
@@ -563,7 +572,7 @@ func (e *EtcdBackend) keepAlive(k string, lease *etcdLease) {
 	e.done.Go(func() {
 		ch, err := e.client.KeepAlive(ctx, lease.id)
 		if err != nil {
-			e.logger.Error("keeping etcd lease alive", zap.String("backend", "etcd"), zap.String("key", k), zap.Error(err))
+			e.log().Error("keeping etcd lease alive", zap.String("backend", "etcd"), zap.String("key", k), zap.Error(err))
 			return
 		}
 		for range ch { // drain the acknowledgements until ctx ends
@@ -579,7 +588,7 @@ func (e *EtcdBackend) revoke(lease *etcdLease) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(e.DialTimeout))
 	defer cancel()
 	if _, err := e.client.Revoke(ctx, lease.id); err != nil && !errors.Is(err, rpctypes.ErrLeaseNotFound) {
-		e.logger.Warn("revoking etcd lease", zap.String("backend", "etcd"), zap.Error(err))
+		e.log().Warn("revoking etcd lease", zap.String("backend", "etcd"), zap.Error(err))
 	}
 }
 
@@ -590,11 +599,17 @@ func (e *EtcdBackend) Delete(ctx context.Context, key ServiceKey, address string
 	e.mu.Lock()
 	_, stored := e.stored[key][address]
 	seeded := slices.ContainsFunc(e.seeds[key], func(ep Endpoint) bool { return ep.Address == address })
+	_, known := e.compose(key)
 	lease := e.leases[k]
-	delete(e.leases, k)
+	if stored {
+		delete(e.leases, k)
+	}
 	e.mu.Unlock()
-	if !stored && seeded {
+	switch {
+	case !stored && seeded:
 		return fmt.Errorf("deleting %s from %s: %w; remove it from the config", address, key, ErrSeeded)
+	case !known:
+		return fmt.Errorf("deleting %s from %s: %w", address, key, ErrUnknownVersion)
 	}
 	reqCtx, cancel := context.WithTimeout(ctx, time.Duration(e.DialTimeout))
 	defer cancel()

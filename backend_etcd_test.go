@@ -42,10 +42,8 @@ func startEtcdBackend(t testing.TB, endpoint string, seeds map[ServiceKey][]Endp
 	if err := e.Provision(ctx); err != nil {
 		t.Fatal(err)
 	}
-	e.logger = zap.New(core)
-	e.config.Logger = zap.NewNop()
 	table := NewTable()
-	if err := e.Start(table, seeds); err != nil {
+	if err := e.Start(table, BackendEnv{Seeds: seeds, Logger: zap.New(core)}); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {

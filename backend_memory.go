@@ -75,36 +75,41 @@ func (*MemoryBackend) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-// Provision sets defaults and picks up Caddy's storage.
-func (m *MemoryBackend) Provision(ctx caddy.Context) error {
+// Provision sets defaults.
+func (m *MemoryBackend) Provision(caddy.Context) error {
 	if m.StorageKey == "" {
 		m.StorageKey = "service_registry/memory.json"
 	}
-	m.storage = ctx.Storage()
-	m.logger = ctx.Logger()
 	return nil
 }
 
 // Start loads the saved changes and publishes seeds plus changes.
-func (m *MemoryBackend) Start(table *Table, seeds map[ServiceKey][]Endpoint) error {
-	changes, err := m.load()
+func (m *MemoryBackend) Start(table *Table, env BackendEnv) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.table = table
+	return m.reconfigure(env)
+}
+
+// Reconfigure takes a newer config's seeds and storage: the saved changes
+// are read again from that storage, so a config pointing Caddy at other
+// storage finds the changes saved there.
+func (m *MemoryBackend) Reconfigure(env BackendEnv) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.reconfigure(env)
+}
+
+// reconfigure loads the changes from env's storage and publishes env's
+// seeds with them; on error nothing changes. The caller holds m.mu.
+func (m *MemoryBackend) reconfigure(env BackendEnv) error {
+	changes, err := m.load(env.Storage)
 	if err != nil {
 		return err
 	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	m.table, m.seeds, m.changes = table, seeds, changes
-	table.Replace(m.composeAll())
-	m.logger.Debug("memory backend started", zap.Int("saved_changes", len(changes)), zap.String("storage_key", m.StorageKey))
-	return nil
-}
-
-// Seed replaces the seeds and republishes the registry.
-func (m *MemoryBackend) Seed(seeds map[ServiceKey][]Endpoint) error {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	m.seeds = seeds
+	m.storage, m.logger, m.seeds, m.changes = env.Storage, env.Logger, env.Seeds, changes
 	m.table.Replace(m.composeAll())
+	m.logger.Debug("memory backend loaded", zap.String("backend", "memory"), zap.Int("saved_changes", len(changes)), zap.String("storage_key", m.StorageKey))
 	return nil
 }
 
@@ -122,7 +127,10 @@ func (m *MemoryBackend) Add(ctx context.Context, key ServiceKey, ep Endpoint) er
 func (m *MemoryBackend) Delete(ctx context.Context, key ServiceKey, address string) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	eps, _ := m.compose(key)
+	eps, known := m.compose(key)
+	if !known {
+		return fmt.Errorf("deleting %s from %s: %w", address, key, ErrUnknownVersion)
+	}
 	if !slices.ContainsFunc(eps, func(ep Endpoint) bool { return ep.Address == address }) {
 		return fmt.Errorf("deleting %s from %s: %w", address, key, ErrUnknownEndpoint)
 	}
@@ -199,9 +207,9 @@ func (m *MemoryBackend) composeAll() map[ServiceKey][]Endpoint {
 	return all
 }
 
-// load reads the saved changes; a missing key means none.
-func (m *MemoryBackend) load() (map[ServiceKey]map[string]memoryChange, error) {
-	data, err := m.storage.Load(context.Background(), m.StorageKey)
+// load reads the saved changes from storage; a missing key means none.
+func (m *MemoryBackend) load(storage certmagic.Storage) (map[ServiceKey]map[string]memoryChange, error) {
+	data, err := storage.Load(context.Background(), m.StorageKey)
 	if errors.Is(err, fs.ErrNotExist) {
 		return map[ServiceKey]map[string]memoryChange{}, nil
 	}

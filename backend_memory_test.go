@@ -8,9 +8,6 @@ import (
 	"slices"
 	"strings"
 	"testing"
-
-	"github.com/caddyserver/certmagic"
-	"go.uber.org/zap"
 )
 
 func TestMemoryBackendSeedsAndSavedChanges(t *testing.T) {
@@ -54,7 +51,7 @@ func TestMemoryBackendSeedsAndSavedChanges(t *testing.T) {
 
 	// A reload with other seeds: the deleted seed stays deleted, the API
 	// addition stays, a seed dropped from the config goes.
-	must(t, r2.start(map[ServiceKey][]Endpoint{users: eps("127.0.0.1:1", "127.0.0.1:5")}))
+	must(t, r2.start(testEnv(dir, map[ServiceKey][]Endpoint{users: eps("127.0.0.1:1", "127.0.0.1:5")})))
 	svc, _ := r2.Lookup(users)
 	if got := addresses(svc); !slices.Equal(got, []string{"127.0.0.1:3", "127.0.0.1:5"}) {
 		t.Errorf("after reseed = %v", got)
@@ -106,13 +103,9 @@ func TestMemoryBackendCorruptStorage(t *testing.T) {
 	dir := t.TempDir()
 	must(t, os.MkdirAll(filepath.Join(dir, "service_registry"), 0o700))
 	must(t, os.WriteFile(filepath.Join(dir, "service_registry", "memory.json"), []byte(`{"changes":[{"service":"a/b","version":"v1","address":"x:1"}]}`), 0o600))
-	backend := &MemoryBackend{
-		StorageKey: "service_registry/memory.json",
-		storage:    &certmagic.FileStorage{Path: dir},
-		logger:     zap.NewNop(),
-	}
+	backend := &MemoryBackend{StorageKey: "service_registry/memory.json"}
 	table := NewTable()
-	err := backend.Start(table, nil)
+	err := backend.Start(table, testEnv(dir, nil))
 	if err == nil || !strings.Contains(err.Error(), "service name") {
 		t.Fatalf("Start with a bad saved record: %v, want an error naming it", err)
 	}

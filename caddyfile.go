@@ -307,6 +307,15 @@ func (p *FailoverSelection) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	return nil
 }
 
+// UnmarshalCaddyfile takes the same options as `transport http`:
+//
+//	transport service_http {
+//		<any http transport option>
+//	}
+func (t *HTTPTransport) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	return t.HTTPTransport.UnmarshalCaddyfile(d)
+}
+
 // Defaults of service_proxy.
 const (
 	// defaultRetries lets a request try up to 17 hosts: every host of
@@ -548,4 +557,5 @@ var (
 	_ caddyfile.Unmarshaler = (*MatchServiceVersion)(nil)
 	_ caddyfile.Unmarshaler = (*UpstreamSource)(nil)
 	_ caddyfile.Unmarshaler = (*FailoverSelection)(nil)
+	_ caddyfile.Unmarshaler = (*HTTPTransport)(nil)
 )

@@ -51,7 +51,7 @@ func (ep *Endpoint) LastFailure() time.Time {
 // back in.
 type passiveHealth struct {
 	table  *Table
-	logger *zap.Logger
+	logger atomic.Pointer[zap.Logger] // the latest config's
 	dial   func(ctx context.Context, network, address string) (net.Conn, error)
 
 	wake chan struct{}
@@ -72,12 +72,20 @@ type probeTarget struct {
 
 func newPassiveHealth(table *Table, logger *zap.Logger) *passiveHealth {
 	d := &net.Dialer{Timeout: probeTimeout}
-	return &passiveHealth{
-		table:  table,
-		logger: logger,
-		dial:   d.DialContext,
-		wake:   make(chan struct{}, 1),
-		down:   make(map[*endpointHealth]*probeTarget),
+	p := &passiveHealth{
+		table: table,
+		dial:  d.DialContext,
+		wake:  make(chan struct{}, 1),
+		down:  make(map[*endpointHealth]*probeTarget),
+	}
+	p.setLogger(logger)
+	return p
+}
+
+// setLogger switches to the logger of the config that started last.
+func (p *passiveHealth) setLogger(logger *zap.Logger) {
+	if logger != nil {
+		p.logger.Store(logger)
 	}
 }
 
@@ -90,7 +98,7 @@ func (p *passiveHealth) failure(svc *Service, ep *Endpoint) {
 	if !h.ejected.CompareAndSwap(false, true) {
 		return
 	}
-	if c := p.logger.Check(zapcore.WarnLevel, "endpoint failed; out of rotation until it answers"); c != nil {
+	if c := p.logger.Load().Check(zapcore.WarnLevel, "endpoint failed; out of rotation until it answers"); c != nil {
 		c.Write(zap.String("service", svc.Name), zap.String("version", svc.Version), zap.String("upstream", ep.Address))
 	}
 	p.mu.Lock()
@@ -168,7 +176,7 @@ func (p *passiveHealth) probeDue(ctx context.Context) time.Duration {
 				delete(p.down, target.health)
 				target.health.fails.Store(0)
 				target.health.ejected.Store(false)
-				if c := p.logger.Check(zapcore.InfoLevel, "endpoint answers again; back in rotation"); c != nil {
+				if c := p.logger.Load().Check(zapcore.InfoLevel, "endpoint answers again; back in rotation"); c != nil {
 					c.Write(zap.String("service", target.key.Service), zap.String("version", target.key.Version), zap.String("upstream", target.address))
 				}
 				continue

@@ -16,11 +16,12 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
 )
 
 func init() {
-	caddy.RegisterModule(App{})
+	caddy.RegisterModule(new(App))
 }
 
 // now is the registry's clock; tests replace it.
@@ -127,7 +128,7 @@ func checkName(kind, s string) error {
 type Endpoint struct {
 	// Address is the host:port Caddy dials, for example 127.0.0.1:9091 or
 	// [::1]:9091. An http:// prefix is accepted and dropped.
-	Address string `json:"address"`
+	Address string `json:"address,omitempty"`
 
 	// Weight is the endpoint's share of requests relative to the other
 	// endpoints of its service version, from 1 to 100. Default: 1.
@@ -520,22 +521,36 @@ func buildService(key ServiceKey, eps []Endpoint, prev *Service) *Service {
 // A registry, and so its backend, outlives the config that loaded it while
 // later configs use the same backend settings. A backend must therefore
 // keep nothing from the caddy.Context it was provisioned with beyond
-// Provision itself, and release its resources in Stop, not Cleanup.
+// Provision itself: each config that starts hands it a BackendEnv with its
+// own seeds, storage and logger. It releases its resources in Stop, not
+// Cleanup.
 type Backend interface {
-	// Start loads the stored endpoints, merges them with the config's
-	// seeds, feeds them to table and keeps it current until Stop. It must
+	// Start loads the stored endpoints, merges them with env's seeds,
+	// feeds them to table and keeps it current until Stop. It must
 	// return promptly even when the store is unreachable.
-	Start(table *Table, seeds map[ServiceKey][]Endpoint) error
-	// Seed replaces the config's seeds after a config reload.
-	Seed(seeds map[ServiceKey][]Endpoint) error
+	Start(table *Table, env BackendEnv) error
+	// Reconfigure takes the env of a config that starts later (a reload).
+	// On error nothing changed.
+	Reconfigure(env BackendEnv) error
 	// Add stores an endpoint; the table holds it once Add returns nil.
 	Add(ctx context.Context, key ServiceKey, ep Endpoint) error
 	// Delete removes an endpoint; the table no longer holds it once
-	// Delete returns nil.
+	// Delete returns nil. It returns an error matching ErrUnknownVersion
+	// or ErrUnknownEndpoint when there is nothing to delete.
 	Delete(ctx context.Context, key ServiceKey, address string) error
 	// Stop ends every goroutine the backend started and releases its
 	// resources.
 	Stop() error
+}
+
+// BackendEnv is what a running config hands its registry's backend.
+type BackendEnv struct {
+	// Seeds are the config's service versions and their endpoints.
+	Seeds map[ServiceKey][]Endpoint
+	// Storage is the config's Caddy storage.
+	Storage certmagic.Storage
+	// Logger is the service_registry app's logger in that config.
+	Logger *zap.Logger
 }
 
 // registry is the Registry shared by every config that uses the same
@@ -544,9 +559,8 @@ type registry struct {
 	table   *Table
 	backend Backend
 	passive *passiveHealth
-	logger  *zap.Logger
 
-	mu      sync.Mutex // guards started
+	mu      sync.Mutex // guards started and orders start calls
 	started bool
 
 	cancel context.CancelFunc
@@ -562,7 +576,6 @@ func newRegistry(backend Backend, logger *zap.Logger) *registry {
 	r := &registry{
 		table:   NewTable(),
 		backend: backend,
-		logger:  logger,
 		cancel:  cancel,
 	}
 	r.passive = newPassiveHealth(r.table, logger)
@@ -570,17 +583,24 @@ func newRegistry(backend Backend, logger *zap.Logger) *registry {
 	return r
 }
 
-// start starts the backend the first time and re-seeds it afterwards.
-func (r *registry) start(seeds map[ServiceKey][]Endpoint) error {
+// start starts the backend the first time and reconfigures it afterwards.
+func (r *registry) start(env BackendEnv) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if env.Logger == nil {
+		env.Logger = zap.NewNop()
+	}
 	if r.started {
-		return r.backend.Seed(seeds)
+		if err := r.backend.Reconfigure(env); err != nil {
+			return err
+		}
+	} else {
+		if err := r.backend.Start(r.table, env); err != nil {
+			return err
+		}
+		r.started = true
 	}
-	if err := r.backend.Start(r.table, seeds); err != nil {
-		return err
-	}
-	r.started = true
+	r.passive.setLogger(env.Logger)
 	return nil
 }
 
@@ -617,12 +637,8 @@ func (r *registry) Delete(ctx context.Context, key ServiceKey, address string) e
 	if err != nil {
 		return err
 	}
-	svc, err := r.Lookup(key)
-	if err != nil {
-		return fmt.Errorf("deleting %s from %s: %w", addr, key, err)
-	}
-	if svc.Endpoint(addr) == nil {
-		return fmt.Errorf("deleting %s from %s: %w", addr, key, ErrUnknownEndpoint)
+	if !r.table.Snapshot().Synced() {
+		return fmt.Errorf("deleting %s from %s: %w", addr, key, ErrNotSynced)
 	}
 	return r.backend.Delete(ctx, key, addr)
 }
@@ -658,23 +674,25 @@ type App struct {
 
 	registry *registry
 	poolKey  string
-	seeds    map[ServiceKey][]Endpoint
+	env      BackendEnv
 	logger   *zap.Logger
+	prev     *App        // the app that was current when this one started
+	stopped  atomic.Bool // Stop was called
 }
 
 // ServiceConfig seeds one service version.
 type ServiceConfig struct {
 	// Name is the service name: 1 to 64 characters of A-Z a-z 0-9 . _ -.
-	Name string `json:"name"`
+	Name string `json:"name,omitempty"`
 	// Version is the version name, with the same rules as Name.
-	Version string `json:"version"`
+	Version string `json:"version,omitempty"`
 	// Endpoints are the version's hosts. A version listed with no
 	// endpoints is known: its requests get 503 until one is added.
 	Endpoints []Endpoint `json:"endpoints,omitempty"`
 }
 
 // CaddyModule returns the Caddy module information.
-func (App) CaddyModule() caddy.ModuleInfo {
+func (*App) CaddyModule() caddy.ModuleInfo {
 	return caddy.ModuleInfo{
 		ID:  "service_registry",
 		New: func() caddy.Module { return new(App) },
@@ -688,7 +706,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return err
 	}
-	a.seeds = seeds
+	a.env = BackendEnv{Seeds: seeds, Storage: ctx.Storage(), Logger: a.logger}
 
 	if a.BackendRaw == nil {
 		a.BackendRaw = json.RawMessage(`{"backend":"memory"}`)
@@ -762,19 +780,35 @@ func poolKey(raw json.RawMessage) (string, error) {
 // current is the app of the running config, for the admin API.
 var current atomic.Pointer[App]
 
-// Start starts the backend (or re-seeds it after a reload).
+// Start starts the backend, or hands it this config's seeds, storage and
+// logger after a reload, and makes this app the one the admin API serves.
 func (a *App) Start() error {
-	if err := a.registry.start(a.seeds); err != nil {
+	if err := a.registry.start(a.env); err != nil {
 		return fmt.Errorf("starting service registry backend: %w", err)
 	}
-	current.Store(a)
+	a.prev = current.Swap(a)
 	return nil
 }
 
-// Stop detaches the app from the admin API; the registry itself stops when
-// no config uses it any more (Cleanup).
+// Stop detaches the app from the admin API. If this config failed to
+// start while the previous one keeps running, the previous app gets the
+// admin API back and its seeds go back into a shared registry. The
+// registry itself stops when no config uses it any more (Cleanup).
 func (a *App) Stop() error {
-	current.CompareAndSwap(a, nil)
+	a.stopped.Store(true)
+	prev := a.prev
+	if prev == nil || prev.stopped.Load() {
+		current.CompareAndSwap(a, nil)
+		return nil
+	}
+	if !current.CompareAndSwap(a, prev) {
+		return nil
+	}
+	if prev.registry == a.registry {
+		if err := a.registry.start(prev.env); err != nil {
+			return fmt.Errorf("restoring the running config's seeds: %w", err)
+		}
+	}
 	return nil
 }
 

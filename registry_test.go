@@ -191,21 +191,22 @@ func TestTable(t *testing.T) {
 // newTestRegistry returns a registry on a memory backend saving to dir.
 func newTestRegistry(t testing.TB, dir string, seeds map[ServiceKey][]Endpoint) *registry {
 	t.Helper()
-	backend := &MemoryBackend{
-		StorageKey: "service_registry/memory.json",
-		storage:    &certmagic.FileStorage{Path: dir},
-		logger:     zap.NewNop(),
-	}
-	r := newRegistry(backend, zap.NewNop())
+	r := newRegistry(&MemoryBackend{StorageKey: "service_registry/memory.json"}, zap.NewNop())
 	t.Cleanup(func() {
 		if err := r.Destruct(); err != nil {
 			t.Error(err)
 		}
 	})
-	if err := r.start(seeds); err != nil {
+	if err := r.start(testEnv(dir, seeds)); err != nil {
 		t.Fatal(err)
 	}
 	return r
+}
+
+// testEnv is what a config with these seeds and file storage in dir hands
+// its backend.
+func testEnv(dir string, seeds map[ServiceKey][]Endpoint) BackendEnv {
+	return BackendEnv{Seeds: seeds, Storage: &certmagic.FileStorage{Path: dir}, Logger: zap.NewNop()}
 }
 
 func TestRegistryOperations(t *testing.T) {
@@ -221,7 +222,13 @@ func TestRegistryOperations(t *testing.T) {
 		{name: "add", op: func(r *registry) error { return r.Add(ctx, users, Endpoint{Address: "127.0.0.1:9092"}) }, want: []string{"127.0.0.1:9091", "127.0.0.1:9092"}},
 		{name: "add twice is harmless", op: func(r *registry) error { return r.Add(ctx, users, Endpoint{Address: "http://127.0.0.1:9091"}) }, want: []string{"127.0.0.1:9091"}},
 		{name: "add to a new service", op: func(r *registry) error {
-			return r.Add(ctx, ServiceKey{"orders", "v2"}, Endpoint{Address: "127.0.0.1:9093"})
+			if err := r.Add(ctx, ServiceKey{"orders", "v2"}, Endpoint{Address: "127.0.0.1:9093"}); err != nil {
+				return err
+			}
+			if svc, err := r.Lookup(ServiceKey{"orders", "v2"}); err != nil || !slices.Equal(addresses(svc), []string{"127.0.0.1:9093"}) {
+				return fmt.Errorf("orders v2 after adding: %v, %v", svc, err)
+			}
+			return nil
 		}, want: []string{"127.0.0.1:9091"}},
 		{name: "delete", op: func(r *registry) error { return r.Delete(ctx, users, "127.0.0.1:9091") }, wantErr: nil, want: nil},
 		{name: "delete unknown endpoint", op: func(r *registry) error { return r.Delete(ctx, users, "127.0.0.1:9999") }, wantErr: ErrUnknownEndpoint, errText: "127.0.0.1:9999", want: []string{"127.0.0.1:9091"}},

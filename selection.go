@@ -6,6 +6,7 @@ import (
 	"math/bits"
 	"math/rand/v2"
 	"net/http"
+	"slices"
 	"sync/atomic"
 
 	"github.com/caddyserver/caddy/v2"
@@ -21,6 +22,12 @@ func init() {
 // attemptVar is the request variable holding the request's *attempt.
 const attemptVar = "service_registry.attempt"
 
+// statusPlaceholder is set by reverse_proxy once an upstream has answered.
+const statusPlaceholder = "http.reverse_proxy.status_code"
+
+// inlineHosts is how many hosts an attempt holds without a second allocation.
+const inlineHosts = 8
+
 // attempt is what one request has tried so far. reverse_proxy calls
 // GetUpstreams and then Select once per try, on one goroutine, so the
 // attempt needs no locking.
@@ -30,14 +37,34 @@ type attempt struct {
 	tried []uint64 // bit i: pool[i] was tried
 	last  int      // pool index of the previous try; -1 for none
 
+	retrying   bool // reverse_proxy announced a retry (ResetCache)
 	retryAfter bool // Retry-After was set on the response
-	inline     [1]uint64
+
+	triedInline [1]uint64
+	upsInline   [inlineHosts]reverseproxy.Upstream
+	poolInline  [inlineHosts]*reverseproxy.Upstream
 }
 
+// newAttempt starts an attempt on pool, or, when pool is nil, on fresh
+// upstreams for svc's endpoints.
 func newAttempt(svc *Service, pool []*reverseproxy.Upstream) *attempt {
 	a := &attempt{svc: svc, pool: pool, last: -1}
-	if words := (len(pool) + 63) / 64; words <= len(a.inline) {
-		a.tried = a.inline[:words]
+	if pool == nil && svc != nil {
+		n := len(svc.Endpoints)
+		ups := a.upsInline[:0]
+		a.pool = a.poolInline[:0]
+		if n > inlineHosts {
+			ups = make([]reverseproxy.Upstream, 0, n)
+			a.pool = make([]*reverseproxy.Upstream, 0, n)
+		}
+		ups = ups[:n]
+		for i, ep := range svc.Endpoints {
+			ups[i].Dial = ep.Address
+			a.pool = append(a.pool, &ups[i])
+		}
+	}
+	if words := (len(a.pool) + 63) / 64; words <= len(a.triedInline) {
+		a.tried = a.triedInline[:words]
 	} else {
 		a.tried = make([]uint64, words)
 	}
@@ -54,6 +81,19 @@ func (a *attempt) untried() int {
 		n -= bits.OnesCount64(w)
 	}
 	return n
+}
+
+// reportPrevious tells reg that the previous try failed, unless its host
+// answered (a retry on the response, through lb_retry_match). reverse_proxy
+// only asks for another host after a failed or rejected try.
+func (a *attempt) reportPrevious(reg Registry, repl *caddy.Replacer) {
+	if a.last < 0 {
+		return
+	}
+	if _, answered := repl.Get(statusPlaceholder); !answered && a.svc != nil && reg != nil {
+		reg.Failure(a.svc.Key(), a.svc.Endpoints[a.last].Address)
+	}
+	a.last = -1
 }
 
 // UpstreamSource is the service_registry dynamic upstream source: the
@@ -107,52 +147,54 @@ func (u *UpstreamSource) Validate() error {
 var errNoService = errors.New("no service for this request: use the service_version matcher, or name service and version in the upstream source")
 
 // GetUpstreams returns the request's endpoints. An unknown service version
-// gives an empty list, which service_failover answers with 503.
+// gives an empty list, which service_failover answers with 503. On a retry
+// it keeps what the request tried, even if the registry changed meanwhile.
 func (u *UpstreamSource) GetUpstreams(r *http.Request) ([]*reverseproxy.Upstream, error) {
 	name, version, err := u.serviceOf(r)
 	if err != nil {
 		return nil, err
 	}
-	a, _ := caddyhttp.GetVar(r.Context(), attemptVar).(*attempt)
 	svc, err := u.registry.Lookup(ServiceKey{name, version})
 	if err != nil {
 		svc = nil
 	}
-	if a != nil && a.svc == svc {
-		return a.pool, nil // a retry, and nothing changed since the last try
+	prev, _ := caddyhttp.GetVar(r.Context(), attemptVar).(*attempt)
+	if prev != nil && !prev.retrying {
+		prev = nil // another proxy loop of the same request: start afresh
 	}
-	var eps []*Endpoint
-	if svc != nil {
-		eps = svc.Endpoints
+	if prev != nil {
+		prev.retrying = false
+		if prev.svc == svc {
+			return prev.pool, nil
+		}
 	}
-	ups := make([]reverseproxy.Upstream, len(eps))
-	pool := make([]*reverseproxy.Upstream, len(eps))
-	for i, ep := range eps {
-		ups[i].Dial = ep.Address
-		pool[i] = &ups[i]
-	}
-	next := newAttempt(svc, pool)
-	if a != nil && a.svc != nil && svc != nil {
-		// The registry changed between two tries: carry over what was
-		// tried, by address.
-		for i, ep := range a.svc.Endpoints {
-			if i < len(a.pool) && a.wasTried(i) {
-				for j, ep2 := range eps {
-					if ep2.Address == ep.Address {
-						next.markTried(j)
+	a := newAttempt(svc, nil)
+	if prev != nil {
+		// The registry changed between two tries: report the failed try
+		// against the old snapshot and carry over what was tried.
+		prev.reportPrevious(u.registry, r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer))
+		if prev.svc != nil && svc != nil {
+			for i, ep := range prev.svc.Endpoints {
+				if prev.wasTried(i) {
+					if j := slices.IndexFunc(svc.Endpoints, func(e *Endpoint) bool { return e.Address == ep.Address }); j >= 0 {
+						a.markTried(j)
 					}
 				}
 			}
 		}
-		if a.last >= 0 {
-			// report the failure of the previous try against the old
-			// snapshot before forgetting it
-			u.registry.Failure(a.svc.Key(), a.svc.Endpoints[a.last].Address)
-		}
-		next.retryAfter = a.retryAfter
+		a.retryAfter = prev.retryAfter
 	}
-	caddyhttp.SetVar(r.Context(), attemptVar, next)
-	return pool, nil
+	caddyhttp.SetVar(r.Context(), attemptVar, a)
+	return a.pool, nil
+}
+
+// ResetCache is called by reverse_proxy before it gets the upstreams of a
+// retry; it tells GetUpstreams that the request's attempt goes on.
+func (u *UpstreamSource) ResetCache(r *http.Request) error {
+	if a, _ := caddyhttp.GetVar(r.Context(), attemptVar).(*attempt); a != nil {
+		a.retrying = true
+	}
+	return nil
 }
 
 // serviceOf returns the service and version the request is for.
@@ -238,56 +280,51 @@ func checkBalance(b string) error {
 }
 
 // Select picks the host for the request's next try, or nil when there is
-// none (empty pool, or every host already tried).
+// none (empty pool, nothing available, or every host already tried).
 func (p *FailoverSelection) Select(pool reverseproxy.UpstreamPool, r *http.Request, w http.ResponseWriter) *reverseproxy.Upstream {
+	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	a := attemptFor(r, pool)
-	if a.last >= 0 {
-		// reverse_proxy only asks again when the previous try failed
-		if a.svc != nil {
-			p.registry.Failure(a.svc.Key(), a.svc.Endpoints[a.last].Address)
-		}
-		a.last = -1
-	}
+	a.reportPrevious(p.registry, repl)
 
-	if len(pool) == 0 {
-		w.Header().Set("Retry-After", "1")
-		a.retryAfter = true
-		repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
-		if a.svc != nil {
-			repl.Set(placeholderError, a.svc.unavailableMsg)
-		} else if _, matched := repl.Get(placeholderName); matched {
-			repl.Set(placeholderError, noAvailableHostMsg)
+	i := -1
+	if len(pool) > 0 {
+		i = p.choose(a, false)
+		if i < 0 && a.untried() > 0 {
+			i = p.choose(a, true) // panic mode: every untried host is out of rotation
 		}
-		return nil
-	}
-
-	i := p.choose(a, false)
-	if i < 0 && a.untried() > 0 {
-		i = p.choose(a, true) // panic mode: every untried host is out of rotation
 	}
 	if i < 0 {
+		if len(pool) == 0 || a.untried() > 0 {
+			// nothing to try at all: 503, come back in a second
+			w.Header().Set("Retry-After", "1")
+			a.retryAfter = true
+			if a.svc != nil {
+				repl.Set(placeholderError, a.svc.unavailableMsg)
+			} else if _, matched := repl.Get(placeholderName); matched {
+				repl.Set(placeholderError, noAvailableHostMsg)
+			}
+		}
 		return nil
 	}
 	if a.retryAfter {
 		w.Header().Del("Retry-After")
 		a.retryAfter = false
 	}
+	repl.Delete(statusPlaceholder) // so that the next Select can tell a failed try from an answered one
 	a.markTried(i)
 	a.last = i
 	return pool[i]
 }
 
-// noAvailableHostMsg is the 503 text when the registry is not synced.
-var noAvailableHostMsg any = "no available host: the service registry is not synced with its backend yet"
+// noAvailableHostMsg is the 503 text when the service version has no
+// snapshot entry (the registry is not synced, or the version just went).
+var noAvailableHostMsg any = "no available host"
 
 // attemptFor returns the request's attempt for pool, starting one for a
 // pool that did not come from the service_registry upstream source.
 func attemptFor(r *http.Request, pool []*reverseproxy.Upstream) *attempt {
 	a, _ := caddyhttp.GetVar(r.Context(), attemptVar).(*attempt)
 	if a != nil && len(a.pool) == len(pool) && (len(pool) == 0 || &a.pool[0] == &pool[0]) {
-		return a
-	}
-	if a != nil && len(pool) == 0 {
 		return a
 	}
 	a = newAttempt(nil, pool)
@@ -303,19 +340,14 @@ func (a *attempt) weight(i int) int {
 	return a.svc.Endpoints[i].Weight
 }
 
-// candidate reports whether pool[i] may take this try: not tried yet and,
-// unless ignoreHealth, in rotation.
-func (a *attempt) candidate(i int, ignoreHealth bool) bool {
-	if a.wasTried(i) {
+// candidate reports whether pool[i] may take this try: not tried yet,
+// available to reverse_proxy (not full, not tripped), and, unless in panic
+// mode, in the registry's rotation.
+func (a *attempt) candidate(i int, panicMode bool) bool {
+	if a.wasTried(i) || !a.pool[i].Available() {
 		return false
 	}
-	if ignoreHealth {
-		return true
-	}
-	if a.svc != nil && !a.svc.Endpoints[i].Available() {
-		return false
-	}
-	return a.pool[i].Available()
+	return panicMode || a.svc == nil || a.svc.Endpoints[i].Available()
 }
 
 // choose returns the pool index for this try, or -1 if no host qualifies.

@@ -22,6 +22,7 @@ type proxyTry struct {
 	policy *FailoverSelection
 	r      *http.Request
 	w      *httptest.ResponseRecorder
+	tries  int
 }
 
 func newProxyTry(t testing.TB, reg Registry, balance string, key ServiceKey) *proxyTry {
@@ -41,6 +42,10 @@ func newProxyTry(t testing.TB, reg Registry, balance string, key ServiceKey) *pr
 // next returns the address of the next try, or "" when Select gives none.
 func (p *proxyTry) next() string {
 	p.t.Helper()
+	if p.tries > 0 {
+		must(p.t, p.source.ResetCache(p.r)) // what reverse_proxy does before a retry
+	}
+	p.tries++
 	pool, err := p.source.GetUpstreams(p.r)
 	if err != nil {
 		p.t.Fatal(err)
@@ -193,6 +198,78 @@ func TestFailoverNoAvailableHost(t *testing.T) {
 	}
 }
 
+func TestFailoverRetryOnAnswerIsNoFailure(t *testing.T) {
+	key := ServiceKey{"users", "v1"}
+	reg := newTestRegistry(t, t.TempDir(), map[ServiceKey][]Endpoint{key: hostList(2)})
+	try := newProxyTry(t, reg, balanceRoundRobin, key)
+	first := try.next()
+	// The host answered, and lb_retry_match asked for a retry on its
+	// answer: reverse_proxy has set the status placeholder.
+	try.r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer).Set(statusPlaceholder, 503)
+	second := try.next()
+	if second == "" || second == first {
+		t.Fatalf("retry after an answer: got %q after %q", second, first)
+	}
+	svc, _ := reg.Lookup(key)
+	if ep := svc.Endpoint(first); !ep.Available() || ep.Fails() != 0 {
+		t.Errorf("a host that answered was counted as failed")
+	}
+	// A try that failed without an answer is still reported.
+	if try.next() != "" {
+		t.Fatal("a third host out of two")
+	}
+	if ep := svc.Endpoint(second); ep.Available() {
+		t.Errorf("a host that failed was not reported")
+	}
+}
+
+func TestFailoverNewProxyLoopStartsAfresh(t *testing.T) {
+	key := ServiceKey{"users", "v1"}
+	reg := newTestRegistry(t, t.TempDir(), map[ServiceKey][]Endpoint{key: hostList(2)})
+	try := newProxyTry(t, reg, balanceRoundRobin, key)
+	first := try.next()
+	// The same request goes through reverse_proxy again (say, from a
+	// handle_response route): no ResetCache, so it is a new loop.
+	try.tries = 0
+	seen := map[string]bool{}
+	for range 2 {
+		addr := try.next()
+		if addr == "" || seen[addr] {
+			t.Fatalf("second loop: got %q after %v; want both hosts", addr, seen)
+		}
+		seen[addr] = true
+	}
+	svc, _ := reg.Lookup(key)
+	if ep := svc.Endpoint(first); !ep.Available() {
+		t.Errorf("the first loop's successful host was reported as failed")
+	}
+}
+
+func TestFailoverRetryAfterClearedWhenSynced(t *testing.T) {
+	key := ServiceKey{"users", "v1"}
+	tbl := NewTable() // not synced yet
+	reg := &registry{table: tbl}
+	try := newProxyTry(t, reg, balanceRoundRobin, key)
+	repl := try.r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	repl.Set(placeholderName, "users") // as the matcher does
+	if addr := try.next(); addr != "" {
+		t.Fatalf("unsynced registry: got %q", addr)
+	}
+	if try.w.Header().Get("Retry-After") != "1" {
+		t.Fatalf("unsynced registry: no Retry-After")
+	}
+	if msg, _ := repl.GetString(placeholderError); msg == "" {
+		t.Errorf("unsynced registry: no {svc.error}")
+	}
+	tbl.Replace(map[ServiceKey][]Endpoint{key: hostList(1)})
+	if addr := try.next(); addr != "127.0.0.1:9001" {
+		t.Fatalf("after the sync: got %q", addr)
+	}
+	if ra := try.w.Header().Get("Retry-After"); ra != "" {
+		t.Errorf("Retry-After left on a try that has a host: %q", ra)
+	}
+}
+
 func TestFailoverRegistryChangesBetweenTries(t *testing.T) {
 	key := ServiceKey{"users", "v1"}
 	reg := newTestRegistry(t, t.TempDir(), map[ServiceKey][]Endpoint{key: hostList(2)})
@@ -272,4 +349,28 @@ func BenchmarkSelect(b *testing.B) {
 			}
 		}
 	})
+}
+
+// BenchmarkUpstreamsAndSelect measures a request's first try as
+// reverse_proxy runs it: GetUpstreams (fresh upstreams for 5 hosts) and
+// Select.
+func BenchmarkUpstreamsAndSelect(b *testing.B) {
+	key := ServiceKey{"users", "v1"}
+	reg := testRegistry(map[ServiceKey][]Endpoint{key: hostList(5)})
+	try := newProxyTry(b, reg, balanceRoundRobin, key)
+	host := new(reverseproxy.Host)
+	b.ReportAllocs()
+	for b.Loop() {
+		caddyhttp.SetVar(try.r.Context(), attemptVar, nil) // a new request
+		pool, err := try.source.GetUpstreams(try.r)
+		if err != nil {
+			b.Fatal(err)
+		}
+		for _, u := range pool {
+			u.Host = host
+		}
+		if try.policy.Select(pool, try.r, try.w) == nil {
+			b.Fatal("no host")
+		}
+	}
 }

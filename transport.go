@@ -2,6 +2,7 @@ package svcreg
 
 import (
 	"context"
+	"crypto/tls"
 	"io"
 	"net"
 	"net/http"
@@ -10,7 +11,6 @@ import (
 	"sync/atomic"
 
 	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 )
 
@@ -19,19 +19,19 @@ func init() {
 }
 
 // HTTPTransport is Caddy's http transport (every option of `transport
-// http` applies) with one addition: a request that never completely left
-// Caddy (a write to its upstream connection failed) is reported to
-// reverse_proxy as a dial error, which it retries on another host whatever
-// the method, provided the body can be sent again (no body, or a body
-// reverse_proxy buffered whole with request_buffers).
+// http` applies) with one addition: a request that failed before one byte
+// of it reached its upstream connection (the connection was already reset)
+// is reported to reverse_proxy as a dial error, which it retries on another host whatever the method, provided the
+// body can be sent again (no body, or a body reverse_proxy buffered whole
+// with request_buffers).
 //
 // This closes the window right after a host dies, when reverse_proxy may
 // still pick one of the host's pooled keep-alive connections before Go
 // notices the connection was reset: without it such a POST fails with 502
-// although the host never received it. A request that was completely sent
-// and then failed is not retried (unless lb_retry_match says so). The rule
-// applies to HTTP/1 only: on a shared HTTP/2 connection a failed write says
-// nothing about one request.
+// although the host never received a byte of it. A request that was even
+// partly sent is not retried (unless lb_retry_match says so), since the host
+// may have acted on it. The rule applies to HTTP/1 only: on a shared HTTP/2
+// connection a failed write says nothing about one request.
 type HTTPTransport struct {
 	reverseproxy.HTTPTransport
 
@@ -70,36 +70,43 @@ func (t *HTTPTransport) Provision(ctx caddy.Context) error {
 }
 
 // RoundTrip sends req with the http transport and marks a request that
-// never completely left as safe to retry.
+// never left as safe to retry.
 func (t *HTTPTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if !t.http1Only || !bodyReplayable(req) {
 		return t.HTTPTransport.RoundTrip(req)
 	}
 	var conn *writeTrackingConn
+	var before int64
 	trace := &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) {
-		conn, _ = info.Conn.(*writeTrackingConn)
+		c := info.Conn
+		if tc, ok := c.(*tls.Conn); ok {
+			c = tc.NetConn()
+		}
+		if conn, _ = c.(*writeTrackingConn); conn != nil {
+			before = conn.written.Load()
+		}
 	}}
 	resp, err := t.HTTPTransport.RoundTrip(req.WithContext(httptrace.WithClientTrace(req.Context(), trace)))
-	if err != nil && conn != nil && conn.writeFailed.Load() {
+	if err != nil && conn != nil && conn.written.Load() == before && req.Context().Err() == nil {
+		// Not one byte of this request reached the connection: the
+		// host cannot have seen it, so any method may be sent elsewhere.
 		return nil, reverseproxy.NewDialError(err)
 	}
 	return resp, err
 }
 
-// writeTrackingConn remembers whether a write on it failed. A failed write
-// ends an HTTP/1 connection, so it can only concern the request being sent
-// on it at the time; once that request's round trip has returned, the
-// writer has stopped.
+// writeTrackingConn counts the bytes written on it. An HTTP/1 connection
+// carries one request at a time, and once a round trip has failed its
+// writer has stopped, so the count tells whether any byte of that request
+// left.
 type writeTrackingConn struct {
 	net.Conn
-	writeFailed atomic.Bool
+	written atomic.Int64
 }
 
 func (c *writeTrackingConn) Write(p []byte) (int, error) {
 	n, err := c.Conn.Write(p)
-	if err != nil {
-		c.writeFailed.Store(true)
-	}
+	c.written.Add(int64(n))
 	return n, err
 }
 
@@ -115,15 +122,6 @@ func bodyReplayable(req *http.Request) bool {
 	return buffered
 }
 
-// UnmarshalCaddyfile takes the same options as `transport http`:
-//
-//	transport service_http {
-//		<any http transport option>
-//	}
-func (t *HTTPTransport) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
-	return t.HTTPTransport.UnmarshalCaddyfile(d)
-}
-
 // Interface guards
 var (
 	_ caddy.Provisioner                   = (*HTTPTransport)(nil)
@@ -131,5 +129,4 @@ var (
 	_ http.RoundTripper                   = (*HTTPTransport)(nil)
 	_ reverseproxy.TLSTransport           = (*HTTPTransport)(nil)
 	_ reverseproxy.ProxyProtocolTransport = (*HTTPTransport)(nil)
-	_ caddyfile.Unmarshaler               = (*HTTPTransport)(nil)
 )

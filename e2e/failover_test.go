@@ -32,6 +32,7 @@ type loadRun struct {
 	failed            []failedRequest
 	maxLatency        time.Duration
 	killed, restarted time.Time
+	servedBeforeKill  int64 // by the backend that is killed
 }
 
 // runFailover starts three backends and a Caddy with service_proxy
@@ -80,6 +81,7 @@ func runFailover(t *testing.T, send func(client *http.Client, url string, id int
 	}
 	time.Sleep(time.Until(start.Add(killAt)))
 	run.killed = time.Now()
+	run.servedBeforeKill = backends[1].served.Load()
 	backends[1].Kill()
 	time.Sleep(time.Until(start.Add(restartAt)))
 	backends[1].Start()
@@ -105,8 +107,11 @@ func sendGet(client *http.Client, url string, _ int) (int, error) {
 
 // checkRestarted asserts that the killed backend took traffic before it
 // died and again within 2 s of coming back.
-func checkRestarted(t *testing.T, b *backend) {
+func checkRestarted(t *testing.T, run *loadRun, b *backend) {
 	t.Helper()
+	if run.servedBeforeKill == 0 {
+		t.Errorf("the killed backend served nothing before it died: the test killed an idle host")
+	}
 	back := b.FirstRequestAfterStart()
 	if back < 0 || back > 2*time.Second {
 		t.Errorf("the restarted backend served its first request %v after it came back; want within 2s", back)
@@ -121,7 +126,7 @@ func TestFailoverUnderLoadGET(t *testing.T) {
 	if run.total.Load() < 500 {
 		t.Errorf("only %d requests in %v: the load did not run", run.total.Load(), loadFor)
 	}
-	checkRestarted(t, backends[1])
+	checkRestarted(t, run, backends[1])
 }
 
 func TestFailoverUnderLoadPOST(t *testing.T) {
@@ -160,5 +165,49 @@ func TestFailoverUnderLoadPOST(t *testing.T) {
 	if run.total.Load() < 300 {
 		t.Errorf("only %d requests in %v: the load did not run", run.total.Load(), loadFor)
 	}
-	checkRestarted(t, backends[1])
+	checkRestarted(t, run, backends[1])
+}
+
+// TestBalancingAvoidsASlowHost sends concurrent load to three hosts, one
+// of them slow: least_conn and p2c, which look at the requests in flight,
+// give it a much smaller share than round_robin, which does not.
+func TestBalancingAvoidsASlowHost(t *testing.T) {
+	fast1, fast2, slow := startBackend(t, "fast1"), startBackend(t, "fast2"), startBackend(t, "slow")
+	slow.delay = 200 * time.Millisecond
+	share := map[string]float64{}
+	for _, policy := range []string{"round_robin", "least_conn", "p2c"} {
+		c := startCaddy(t, fmt.Sprintf(`service_registry {
+		service users v1 %s %s %s
+	}`, fast1.Addr, fast2.Addr, slow.Addr), fmt.Sprintf(`{http} {
+	service_proxy {
+		lb_policy %s
+	}
+}`, policy), caddyOpts{})
+		before := []int64{fast1.served.Load(), fast2.served.Load(), slow.served.Load()}
+		client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 8}}
+		deadline := time.Now().Add(1500 * time.Millisecond)
+		var wg sync.WaitGroup
+		for range 8 {
+			wg.Go(func() {
+				for time.Now().Before(deadline) {
+					if status, err := sendGet(client, "http://"+c.HTTP+"/users/v1/x", 0); err != nil || status != 200 {
+						t.Errorf("%s: status %d, %v", policy, status, err)
+						return
+					}
+				}
+			})
+		}
+		wg.Wait()
+		client.CloseIdleConnections()
+		f1, f2, s := fast1.served.Load()-before[0], fast2.served.Load()-before[1], slow.served.Load()-before[2]
+		share[policy] = float64(s) / float64(f1+f2+s)
+		t.Logf("%s: fast %d + %d, slow %d (%.1f%%)", policy, f1, f2, s, 100*share[policy])
+		c.Stop()
+	}
+	for _, policy := range []string{"least_conn", "p2c"} {
+		if share[policy] > share["round_robin"]/2 {
+			t.Errorf("%s gave the slow host %.1f%% of the requests; round_robin gave it %.1f%%, want at most half of that",
+				policy, 100*share[policy], 100*share["round_robin"])
+		}
+	}
 }

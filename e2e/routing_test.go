@@ -205,17 +205,22 @@ func TestHostsExample(t *testing.T) {
 	startCaddy(t, global, "http://api.localhost"+sites, caddyOpts{HTTPPort: port})
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
 
-	for _, tc := range []struct{ host, path, want string }{
-		{"api.localhost", "/billing/v1/invoice", "billing GET /invoice"},
-		{"api.localhost", "/users/v1/me", "users-"},
-		{"www.localhost", "/static/app.js", "static file /app.js"},
-		{"www.localhost", "/svc/billing/v1/invoice", "billing GET /invoice [billing]"},
-		{"www.localhost", "/svc/nosuch/v1/x", `unknown service "nosuch"`},
-		{"admin.localhost", "/billing/v1/invoice", "admin site"},
+	for _, tc := range []struct {
+		host, path string
+		status     int
+		want       string
+	}{
+		{"api.localhost", "/billing/v1/invoice", 200, "billing GET /invoice"},
+		{"api.localhost", "/users/v1/me", 200, "users-"},
+		{"api.localhost", "/users/v2/me", 404, `unknown version "v2" of service "users"`},
+		{"www.localhost", "/static/app.js", 200, "static file /app.js"},
+		{"www.localhost", "/svc/billing/v1/invoice", 200, "billing GET /invoice [billing]"},
+		{"www.localhost", "/svc/nosuch/v1/x", 404, `unknown service "nosuch"`},
+		{"admin.localhost", "/billing/v1/invoice", 200, "admin site"},
 	} {
 		status, body, _ := rawGet(t, addr, tc.host, tc.path)
-		if !strings.HasPrefix(body, tc.want) {
-			t.Errorf("%s%s: %d %q, want %q", tc.host, tc.path, status, body, tc.want)
+		if status != tc.status || !strings.HasPrefix(body, tc.want) {
+			t.Errorf("%s%s: %d %q, want %d %q", tc.host, tc.path, status, body, tc.status, tc.want)
 		}
 	}
 }
