@@ -21,8 +21,9 @@ import (
 	"time"
 )
 
-// caddyBin is the binary TestMain built.
-var caddyBin string
+// Binaries TestMain built: Caddy with the plugin, and the etcd
+// self-registration program.
+var caddyBin, selfregBin string
 
 func TestMain(m *testing.M) {
 	os.Exit(run(m))
@@ -36,18 +37,23 @@ func run(m *testing.M) int {
 	}
 	defer os.RemoveAll(dir)
 	caddyBin = filepath.Join(dir, "caddy")
-	// Build with the same race setting as this test binary, so that the
-	// packages compiled for the tests are reused and nothing builds twice.
-	args := []string{"build", "-o", caddyBin}
-	if raceEnabled {
-		args = append(args, "-race")
-	}
-	args = append(args, "github.com/svcreg/caddy-svcreg/cmd/caddy")
-	build := exec.Command("go", args...)
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "building caddy:", err)
-		return 1
+	selfregBin = filepath.Join(dir, "selfreg")
+	for bin, pkg := range map[string]string{
+		caddyBin:   "github.com/svcreg/caddy-svcreg/cmd/caddy",
+		selfregBin: "github.com/svcreg/caddy-svcreg/examples/etcd/selfreg/cmd/selfreg",
+	} {
+		// Build with the same race setting as this test binary, so that
+		// the packages compiled for the tests are reused.
+		args := []string{"build", "-o", bin}
+		if raceEnabled {
+			args = append(args, "-race")
+		}
+		build := exec.Command("go", append(args, pkg)...)
+		build.Stdout, build.Stderr = os.Stderr, os.Stderr
+		if err := build.Run(); err != nil {
+			fmt.Fprintln(os.Stderr, "building", pkg+":", err)
+			return 1
+		}
 	}
 	return m.Run()
 }

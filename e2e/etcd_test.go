@@ -1,0 +1,224 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"os/exec"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/svcreg/caddy-svcreg/internal/etcdtest"
+)
+
+// etcdRegistry is the global service_registry block for an etcd backend.
+func etcdRegistry(endpoint string) string {
+	return fmt.Sprintf(`service_registry {
+		backend etcd {
+			endpoints %s
+			dial_timeout 2s
+		}
+	}`, endpoint)
+}
+
+const proxySite = `{http} {
+	service_proxy
+}`
+
+func etcdClient(t testing.TB, endpoint string) *clientv3.Client {
+	t.Helper()
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{endpoint}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	return cli
+}
+
+func put(t testing.TB, cli *clientv3.Client, key, value string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := cli.Put(ctx, key, value); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// routesTo reports whether a GET of path through c reaches the backend
+// named name.
+func routesTo(c *caddy, path, name string) bool {
+	resp, err := http.Get("http://" + c.HTTP + path)
+	if err != nil {
+		return false
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	return err == nil && resp.StatusCode == 200 && strings.HasPrefix(string(body), name+" ")
+}
+
+func TestEtcdSharedByTwoInstances(t *testing.T) {
+	srv := etcdtest.Start(t)
+	a := startCaddy(t, etcdRegistry(srv.Endpoint), proxySite, caddyOpts{})
+	b := startCaddy(t, etcdRegistry(srv.Endpoint), proxySite, caddyOpts{})
+	one, two := startBackend(t, "one"), startBackend(t, "two")
+
+	// Added through instance A: A routes it as soon as the API answers,
+	// B as soon as its watch delivers it.
+	if status, body := a.AdminDo("POST", "/service_registry/services/users/v1", "", `{"address":"`+one.Addr+`"}`); status != http.StatusCreated {
+		t.Fatalf("add through A: %d %s", status, body)
+	}
+	if !routesTo(a, "/users/v1/x", "one") {
+		t.Fatal("A does not route what its own admin API just added")
+	}
+	waitFor(t, 5*time.Second, "B to route what A added", func() bool { return routesTo(b, "/users/v1/x", "one") })
+
+	// Deleted through B: gone from A too.
+	if status, body := b.AdminDo("DELETE", "/service_registry/services/users/v1/"+one.Addr, "", ""); status != http.StatusOK {
+		t.Fatalf("delete through B: %d %s", status, body)
+	}
+	waitFor(t, 5*time.Second, "A to stop routing what B deleted", func() bool {
+		status, _, _ := a.Get("/users/v1/x")
+		return status == http.StatusNotFound
+	})
+
+	// Added through A with a TTL: A keeps the lease alive; once A stops,
+	// the endpoint leaves B's registry TTL later.
+	if status, body := a.AdminDo("POST", "/service_registry/services/users/v2", "", `{"address":"`+two.Addr+`","ttl":"2s"}`); status != http.StatusCreated {
+		t.Fatalf("add with a ttl: %d %s", status, body)
+	}
+	waitFor(t, 5*time.Second, "B to route the leased endpoint", func() bool { return routesTo(b, "/users/v2/x", "two") })
+	time.Sleep(3 * time.Second) // past the TTL: only A's keepalive holds it
+	if !routesTo(b, "/users/v2/x", "two") {
+		t.Fatal("the leased endpoint expired while A was keeping it alive")
+	}
+	a.Stop()
+	waitFor(t, 10*time.Second, "the leased endpoint to leave B once A stopped", func() bool {
+		status, _, _ := b.Get("/users/v2/x")
+		return status == http.StatusNotFound
+	})
+}
+
+// selfreg runs the self-registration program; it is killed when the test
+// ends if still running.
+func selfreg(t *testing.T, etcd, service, version, address, ttl string) *exec.Cmd {
+	t.Helper()
+	cmd := exec.Command(selfregBin, "-etcd", etcd, "-service", service, "-version", version, "-address", address, "-ttl", ttl)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	return cmd
+}
+
+func TestEtcdSelfRegistration(t *testing.T) {
+	srv := etcdtest.Start(t)
+	cli := etcdClient(t, srv.Endpoint)
+	steady, leaving, polite := startBackend(t, "steady"), startBackend(t, "leaving"), startBackend(t, "polite")
+	put(t, cli, "/svcreg/users/v1/"+steady.Addr, "{}")
+	dying := selfreg(t, srv.Endpoint, "users", "v1", leaving.Addr, "2s")
+	c := startCaddy(t, etcdRegistry(srv.Endpoint), proxySite, caddyOpts{})
+	waitFor(t, 10*time.Second, "the self-registered backend to get traffic", func() bool { return routesTo(c, "/users/v1/x", "leaving") })
+
+	// The backend and its registration die together (SIGKILL) under load:
+	// no request fails, and the key expires.
+	var total, failed atomic.Int64
+	deadline := time.Now().Add(5 * time.Second)
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 8}}
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			for time.Now().Before(deadline) {
+				status, err := sendGet(client, "http://"+c.HTTP+"/users/v1/x", 0)
+				total.Add(1)
+				if err != nil || status != 200 {
+					failed.Add(1)
+				}
+			}
+		})
+	}
+	time.Sleep(time.Second)
+	_ = dying.Process.Signal(syscall.SIGKILL)
+	leaving.Kill()
+	wg.Wait()
+	t.Logf("%d requests while a self-registered backend died, %d failed", total.Load(), failed.Load())
+	if failed.Load() != 0 {
+		t.Errorf("%d of %d requests failed", failed.Load(), total.Load())
+	}
+	waitFor(t, 10*time.Second, "the dead backend's key to expire from the registry", func() bool {
+		return !slices.ContainsFunc(c.Services(), func(s string) bool { return strings.Contains(s, leaving.Addr) })
+	})
+
+	// A clean stop deregisters at once, long before the TTL.
+	politeReg := selfreg(t, srv.Endpoint, "users", "v1", polite.Addr, "60s")
+	waitFor(t, 10*time.Second, "the polite backend to register", func() bool {
+		return slices.ContainsFunc(c.Services(), func(s string) bool { return strings.Contains(s, polite.Addr) })
+	})
+	_ = politeReg.Process.Signal(syscall.SIGTERM)
+	waitFor(t, 10*time.Second, "a SIGTERM to deregister at once", func() bool {
+		return !slices.ContainsFunc(c.Services(), func(s string) bool { return strings.Contains(s, polite.Addr) })
+	})
+}
+
+func TestEtcdLostDuringLoad(t *testing.T) {
+	srv := etcdtest.Start(t)
+	cli := etcdClient(t, srv.Endpoint)
+	backends := []*backend{startBackend(t, "a"), startBackend(t, "b"), startBackend(t, "c")}
+	for _, b := range backends {
+		put(t, cli, "/svcreg/users/v1/"+b.Addr, "{}")
+	}
+	c := startCaddy(t, etcdRegistry(srv.Endpoint), proxySite, caddyOpts{})
+	waitFor(t, 10*time.Second, "the first sync", func() bool { return len(c.Services()) == 1 })
+
+	var total, failed atomic.Int64
+	start := time.Now()
+	deadline := start.Add(5 * time.Second)
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: loadClients}}
+	var wg sync.WaitGroup
+	for range loadClients {
+		wg.Go(func() {
+			for time.Now().Before(deadline) {
+				status, err := sendGet(client, "http://"+c.HTTP+"/users/v1/x", 0)
+				total.Add(1)
+				if err != nil || status != 200 {
+					failed.Add(1)
+				}
+			}
+		})
+	}
+	time.Sleep(time.Until(start.Add(1500 * time.Millisecond)))
+	srv.Kill()
+	time.Sleep(time.Until(start.Add(3 * time.Second)))
+	srv.Restart()
+	wg.Wait()
+	t.Logf("%d requests while etcd was killed and restarted, %d failed", total.Load(), failed.Load())
+	if failed.Load() != 0 {
+		t.Errorf("%d of %d requests failed although every backend stayed up", failed.Load(), total.Load())
+	}
+
+	// A change made after the restart is routed.
+	fresh := startBackend(t, "fresh")
+	put(t, etcdClient(t, srv.Endpoint), "/svcreg/users/v2/"+fresh.Addr, "{}")
+	waitFor(t, 20*time.Second, "a change made after etcd came back to be routed", func() bool { return routesTo(c, "/users/v2/x", "fresh") })
+}
+
+func TestEtcdUnreachableWhenCaddyStarts(t *testing.T) {
+	srv := etcdtest.StartLater(t)
+	c := startCaddy(t, etcdRegistry(srv.Endpoint), proxySite, caddyOpts{})
+	status, body, hdr := c.Get("/users/v1/x")
+	if status != http.StatusServiceUnavailable || hdr.Get("Retry-After") != "1" || !strings.Contains(body, "no available host") {
+		t.Fatalf("before the first sync: %d %q Retry-After %q; want 503 with Retry-After", status, body, hdr.Get("Retry-After"))
+	}
+	srv.Restart()
+	b := startBackend(t, "late")
+	put(t, etcdClient(t, srv.Endpoint), "/svcreg/users/v1/"+b.Addr, "{}")
+	waitFor(t, 20*time.Second, "routing once etcd is up", func() bool { return routesTo(c, "/users/v1/x", "late") })
+}

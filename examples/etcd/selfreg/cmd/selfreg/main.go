@@ -1,0 +1,39 @@
+// Command selfreg registers a backend in the svcreg etcd registry for as
+// long as it runs:
+//
+//	selfreg -etcd 127.0.0.1:2379 -service users -version v1 -address 127.0.0.1:9091 -ttl 5s
+//
+// Run it beside the backend (and stop it with the backend): SIGTERM or
+// Ctrl-C deregisters at once; if it is killed, the key expires TTL later.
+package main
+
+import (
+	"context"
+	"flag"
+	"log"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/svcreg/caddy-svcreg/examples/etcd/selfreg"
+)
+
+func main() {
+	var cfg selfreg.Config
+	endpoints := flag.String("etcd", "127.0.0.1:2379", "etcd client endpoints, comma-separated")
+	flag.StringVar(&cfg.Prefix, "prefix", "/svcreg/", "registry key prefix")
+	flag.StringVar(&cfg.Service, "service", "", "service name (required)")
+	flag.StringVar(&cfg.Version, "version", "", "version name (required)")
+	flag.StringVar(&cfg.Address, "address", "", "host:port of the backend (required)")
+	flag.IntVar(&cfg.Weight, "weight", 1, "weight, 1 to 100")
+	flag.DurationVar(&cfg.TTL, "ttl", 0, "how long the registration outlives this process (default 5s)")
+	flag.Parse()
+	cfg.Endpoints = strings.Split(*endpoints, ",")
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := selfreg.Register(ctx, cfg); err != nil {
+		log.Fatal(err)
+	}
+}
