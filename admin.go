@@ -64,12 +64,17 @@ type serviceStatus struct {
 }
 
 type endpointStatus struct {
-	Address     string            `json:"address"`
-	Weight      int               `json:"weight"`
-	Metadata    map[string]string `json:"metadata,omitempty"`
-	Healthy     bool              `json:"healthy"`
-	Fails       int               `json:"fails"`
-	LastFailure *time.Time        `json:"last_failure,omitempty"`
+	Address       string            `json:"address"`
+	Weight        int               `json:"weight"`
+	Metadata      map[string]string `json:"metadata,omitempty"`
+	Healthy       bool              `json:"healthy"`
+	OutOfRotation string            `json:"out_of_rotation,omitempty"` // probe, passive, draining
+	Fails         int               `json:"fails"`
+	LastFailure   *time.Time        `json:"last_failure,omitempty"`
+	NextCheck     *time.Time        `json:"next_check,omitempty"` // while out after a failed request
+	InFlight      int               `json:"in_flight"`
+	Requests      uint64            `json:"requests"`
+	Failures      uint64            `json:"failures"`
 }
 
 func (adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
@@ -132,11 +137,13 @@ func (adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 		if err != nil {
 			return apiError(http.StatusBadRequest, err)
 		}
-		if err := reg.Delete(r.Context(), key, addr); err != nil {
+		drain, err := reg.Delete(r.Context(), key, addr)
+		if err != nil {
 			return changeError(err)
 		}
 		return writeJSON(w, http.StatusOK, map[string]any{
 			"name": key.Service, "version": key.Version, "address": addr, "deleted": true,
+			"drained": drain.Drained, "waited": drain.Waited.String(), "in_flight": drain.InFlight,
 		})
 	}
 }
@@ -186,9 +193,16 @@ func addEndpoint(w http.ResponseWriter, r *http.Request, reg Registry, key Servi
 func statusOf(svc *Service) serviceStatus {
 	st := serviceStatus{Name: svc.Name, Version: svc.Version, Endpoints: make([]endpointStatus, 0, len(svc.Endpoints))}
 	for _, ep := range svc.Endpoints {
-		es := endpointStatus{Address: ep.Address, Weight: ep.Weight, Metadata: ep.Metadata, Healthy: ep.Available(), Fails: ep.Fails()}
+		es := endpointStatus{
+			Address: ep.Address, Weight: ep.Weight, Metadata: ep.Metadata,
+			Healthy: ep.Available(), OutOfRotation: ep.OutOfRotation(), Fails: ep.Fails(),
+			InFlight: ep.InFlight(), Requests: ep.health.requests.Load(), Failures: ep.health.failures.Load(),
+		}
 		if t := ep.LastFailure(); !t.IsZero() {
 			es.LastFailure = &t
+		}
+		if t := unixTime(ep.health.nextProbe.Load()); !t.IsZero() && ep.OutOfRotation() == "passive" {
+			es.NextCheck = &t
 		}
 		st.Endpoints = append(st.Endpoints, es)
 	}

@@ -144,13 +144,13 @@ func TestRegistryDestructEndsProbes(t *testing.T) {
 	r := newRegistry(&MemoryBackend{StorageKey: "k.json"}, zap.NewNop())
 	dialing := make(chan struct{})
 	var dialEnded atomic.Bool
-	r.passive.dial = func(ctx context.Context, network, address string) (net.Conn, error) {
+	r.health.dial = func(ctx context.Context, network, address string) (net.Conn, error) {
 		close(dialing)
 		<-ctx.Done()
 		dialEnded.Store(true)
 		return nil, ctx.Err()
 	}
-	if err := r.start(testEnv(t.TempDir(), map[ServiceKey][]Endpoint{key: eps("127.0.0.1:9")})); err != nil {
+	if err := r.start(testEnv(t.TempDir(), map[ServiceKey][]Endpoint{key: eps("127.0.0.1:9")}), nil, nil); err != nil {
 		t.Fatal(err)
 	}
 	r.Failure(key, "127.0.0.1:9")

@@ -149,7 +149,7 @@ func TestEtcdAdminWritesAndLeases(t *testing.T) {
 	seeds := map[ServiceKey][]Endpoint{users: eps("127.0.0.1:9001")}
 	e, tbl, _ := startEtcdBackend(t, srv.Endpoint, seeds)
 	eventually(t, 10*time.Second, "the first sync", func() bool { return tbl.Snapshot().Synced() })
-	r := &registry{table: tbl, backend: e}
+	r := &registry{table: tbl, backend: e, health: newHealthChecker(tbl, zap.NewNop())}
 
 	// Add: in etcd, and in the table as soon as Add returns.
 	must(t, r.Add(ctx, users, Endpoint{Address: "127.0.0.1:9002", Weight: 2, Metadata: map[string]string{"zone": "a"}}))
@@ -162,7 +162,7 @@ func TestEtcdAdminWritesAndLeases(t *testing.T) {
 	}
 
 	// A seed lives in the config, not in etcd.
-	if err := r.Delete(ctx, users, "127.0.0.1:9001"); !errors.Is(err, ErrSeeded) {
+	if err := del(r, ctx, users, "127.0.0.1:9001"); !errors.Is(err, ErrSeeded) {
 		t.Errorf("deleting a seed: %v, want ErrSeeded", err)
 	}
 
@@ -186,7 +186,7 @@ func TestEtcdAdminWritesAndLeases(t *testing.T) {
 	}
 
 	// Delete: gone from etcd and the table when Delete returns.
-	must(t, r.Delete(ctx, users, "127.0.0.1:9002"))
+	must(t, del(r, ctx, users, "127.0.0.1:9002"))
 	if got := tableHas(tbl, users); !slices.Equal(got, []string{"127.0.0.1:9001", "127.0.0.1:9003"}) {
 		t.Fatalf("right after Delete: %v", got)
 	}

@@ -22,10 +22,10 @@ func TestMemoryBackendSeedsAndSavedChanges(t *testing.T) {
 	// First run: add one, delete a seed, add and delete another.
 	r := newTestRegistry(t, dir, seeds)
 	must(t, r.Add(ctx, users, Endpoint{Address: "127.0.0.1:3", Weight: 4}))
-	must(t, r.Delete(ctx, users, "127.0.0.1:1"))
+	must(t, del(r, ctx, users, "127.0.0.1:1"))
 	must(t, r.Add(ctx, orders, Endpoint{Address: "127.0.0.1:7"}))
 	must(t, r.Add(ctx, orders, Endpoint{Address: "127.0.0.1:8"}))
-	must(t, r.Delete(ctx, orders, "127.0.0.1:8"))
+	must(t, del(r, ctx, orders, "127.0.0.1:8"))
 
 	// A restart: a new registry on the same storage with the same seeds.
 	r2 := newTestRegistry(t, dir, seeds)
@@ -51,7 +51,7 @@ func TestMemoryBackendSeedsAndSavedChanges(t *testing.T) {
 
 	// A reload with other seeds: the deleted seed stays deleted, the API
 	// addition stays, a seed dropped from the config goes.
-	must(t, r2.start(testEnv(dir, map[ServiceKey][]Endpoint{users: eps("127.0.0.1:1", "127.0.0.1:5")})))
+	must(t, r2.start(testEnv(dir, map[ServiceKey][]Endpoint{users: eps("127.0.0.1:1", "127.0.0.1:5")}), nil, nil))
 	svc, _ := r2.Lookup(users)
 	if got := addresses(svc); !slices.Equal(got, []string{"127.0.0.1:3", "127.0.0.1:5"}) {
 		t.Errorf("after reseed = %v", got)
@@ -68,7 +68,7 @@ func TestMemoryBackendSeedsAndSavedChanges(t *testing.T) {
 	}
 
 	// Deleting the last endpoint of an API-only version forgets it.
-	must(t, r2.Delete(ctx, orders, "127.0.0.1:7"))
+	must(t, del(r2, ctx, orders, "127.0.0.1:7"))
 	if _, err := r2.Lookup(orders); !errors.Is(err, ErrUnknownService) {
 		t.Errorf("empty API-only version still known: %v", err)
 	}
@@ -89,7 +89,7 @@ func TestMemoryBackendFailedSaveChangesNothing(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "saving endpoints") {
 		t.Fatalf("Add with broken storage: %v, want a saving error", err)
 	}
-	err = r.Delete(ctx, users, "127.0.0.1:1")
+	err = del(r, ctx, users, "127.0.0.1:1")
 	if err == nil {
 		t.Fatalf("Delete with broken storage succeeded")
 	}

@@ -2,7 +2,9 @@ package svcreg
 
 import (
 	"encoding/json"
+	"regexp"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -40,10 +42,25 @@ func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 //			<backend options>
 //		}]
 //		service <name> <version> [<address>...]
+//		health_check [<service> [<version>]] {
+//			path                <path>
+//			port                <port>
+//			interval            <duration>
+//			timeout             <duration>
+//			status              <code>|<class>|<low>-<high>
+//			body                <regexp>
+//			rise                <n>
+//			fall                <n>
+//			slow_start          <duration>
+//			max_ejected_percent <1-100>
+//			drain_timeout       <duration>
+//		}
 //	}
 //
 // backend defaults to memory. service may repeat; the addresses of
-// repeated lines for the same service and version add up.
+// repeated lines for the same service and version add up. health_check
+// without arguments is the default for every service; with a service (and
+// version) it overrides the options it sets for that service.
 func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume option name
 	if d.NextArg() {
@@ -86,11 +103,101 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			a.Services = append(a.Services, sc)
 
+		case "health_check":
+			hc, err := parseHealthCheck(d)
+			if err != nil {
+				return err
+			}
+			for _, other := range a.HealthChecks {
+				if other.Service == hc.Service && other.Version == hc.Version {
+					return d.Errf("health_check %s %s: specified more than once", hc.Service, hc.Version)
+				}
+			}
+			a.HealthChecks = append(a.HealthChecks, hc)
+
 		default:
 			return d.Errf("service_registry: unknown subdirective %q", d.Val())
 		}
 	}
 	return nil
+}
+
+// parseHealthCheck parses one health_check block of the global option.
+func parseHealthCheck(d *caddyfile.Dispenser) (HealthCheck, error) {
+	var hc HealthCheck
+	args := d.RemainingArgs()
+	switch len(args) {
+	case 2:
+		hc.Version = args[1]
+		fallthrough
+	case 1:
+		hc.Service = args[0]
+	case 0:
+	default:
+		return hc, d.Errf("health_check: want [<service> [<version>]], got %d arguments", len(args))
+	}
+	if hc.Service != "" {
+		if err := checkName("service", hc.Service); err != nil {
+			return hc, d.Errf("health_check: %v", err)
+		}
+	}
+	if hc.Version != "" {
+		if err := checkName("version", hc.Version); err != nil {
+			return hc, d.Errf("health_check: %v", err)
+		}
+	}
+	seen := map[string]bool{}
+	for d.NextBlock(1) {
+		opt := d.Val()
+		if seen[opt] {
+			return hc, d.Errf("health_check: %s specified more than once", opt)
+		}
+		seen[opt] = true
+		if !d.NextArg() {
+			return hc, d.ArgErr()
+		}
+		val := d.Val()
+		if d.NextArg() {
+			return hc, d.ArgErr()
+		}
+		var err error
+		switch opt {
+		case "path":
+			if !strings.HasPrefix(val, "/") {
+				return hc, d.Errf("health_check: path %q must start with /", val)
+			}
+			hc.Path = val
+		case "status":
+			if _, err := parseStatus(val); err != nil {
+				return hc, d.Errf("health_check: %v", err)
+			}
+			hc.Status = val
+		case "body":
+			if _, err := regexp.Compile(val); err != nil {
+				return hc, d.Errf("health_check: body: %v", err)
+			}
+			hc.Body = val
+		case "port", "rise", "fall", "max_ejected_percent":
+			n, convErr := strconv.Atoi(val)
+			if convErr != nil {
+				return hc, d.Errf("health_check: %s: want a number, got %q", opt, val)
+			}
+			*map[string]*int{"port": &hc.Port, "rise": &hc.Rise, "fall": &hc.Fall, "max_ejected_percent": &hc.MaxEjectedPercent}[opt] = n
+		case "interval", "timeout", "slow_start", "drain_timeout":
+			var dur time.Duration
+			if dur, err = caddy.ParseDuration(val); err != nil || dur <= 0 {
+				return hc, d.Errf("health_check: %s: want a positive duration, got %q", opt, val)
+			}
+			*map[string]*caddy.Duration{"interval": &hc.Interval, "timeout": &hc.Timeout, "slow_start": &hc.SlowStart, "drain_timeout": &hc.DrainTimeout}[opt] = caddy.Duration(dur)
+		default:
+			return hc, d.Errf("health_check: unknown subdirective %q", opt)
+		}
+	}
+	// the same checks as at provision time, with the line to show
+	if _, err := newHealthPolicy([]HealthCheck{hc}); err != nil {
+		return hc, d.Errf("%v", err)
+	}
+	return hc, nil
 }
 
 // UnmarshalCaddyfile sets up the memory backend:

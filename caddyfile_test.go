@@ -199,6 +199,13 @@ func TestCaddyfileErrors(t *testing.T) {
 		{"service_proxy: static upstreams", ":80 {\n\tservice_proxy {\n\t\tto 127.0.0.1:1\n\t}\n}\n", 3, "service_proxy: to is not allowed"},
 		{"service_proxy: lb_retries", ":80 {\n\tservice_proxy {\n\t\tlb_retries 2\n\t}\n}\n", 3, "service_proxy: use retries instead of lb_retries"},
 		{"service_proxy: bad passthrough", ":80 {\n\tservice_proxy {\n\t\theader_up\n\t\tbogus_option 1\n\t}\n}\n", 3, "wrong argument count"},
+		{"health_check: unknown option", "{\n\tservice_registry {\n\t\thealth_check {\n\t\t\tpaht /x\n\t\t}\n\t}\n}\n", 4, `health_check: unknown subdirective "paht"`},
+		{"health_check: bad duration", "{\n\tservice_registry {\n\t\thealth_check {\n\t\t\tinterval soon\n\t\t}\n\t}\n}\n", 4, "health_check: interval: want a positive duration"},
+		{"health_check: bad status", "{\n\tservice_registry {\n\t\thealth_check {\n\t\t\tstatus 2x\n\t\t}\n\t}\n}\n", 4, `invalid status "2x"`},
+		{"health_check: missing value", "{\n\tservice_registry {\n\t\thealth_check {\n\t\t\trise\n\t\t}\n\t}\n}\n", 4, "wrong argument count"},
+		{"health_check: twice", "{\n\tservice_registry {\n\t\thealth_check users {\n\t\t}\n\t\thealth_check users {\n\t\t}\n\t}\n}\n", 6, "health_check users : specified more than once"},
+		{"etcd: unknown option", "{\n\tservice_registry {\n\t\tbackend etcd {\n\t\t\tendpoint x:1\n\t\t}\n\t}\n}\n", 4, `etcd backend: unknown subdirective "endpoint"`},
+		{"etcd: bad timeout", "{\n\tservice_registry {\n\t\tbackend etcd {\n\t\t\tdial_timeout -1s\n\t\t}\n\t}\n}\n", 4, "dial_timeout: want a positive duration"},
 		{"service_proxy: unknown passthrough", ":80 {\n\tservice_proxy {\n\t\tretries 1\n\n\t\tbogus_option 1\n\t}\n}\n", 5, "unrecognized subdirective bogus_option"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -12,6 +12,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/rewrite"
+	"go.uber.org/zap"
 )
 
 // testRegistry returns a registry holding the given services, with no
@@ -19,7 +20,7 @@ import (
 func testRegistry(all map[ServiceKey][]Endpoint) *registry {
 	tbl := NewTable()
 	tbl.Replace(all)
-	return &registry{table: tbl}
+	return &registry{table: tbl, health: newHealthChecker(tbl, zap.NewNop())}
 }
 
 // newRequest returns a request for rawPath carrying a replacer and vars,

@@ -16,7 +16,9 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyevents"
 	"github.com/caddyserver/certmagic"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 )
 
@@ -64,9 +66,11 @@ type Registry interface {
 	// registered is harmless; a new weight replaces the old one.
 	Add(ctx context.Context, key ServiceKey, ep Endpoint) error
 	// Delete removes the endpoint with the given address from key. It
-	// returns an error matching ErrUnknownVersion or ErrUnknownEndpoint
-	// when there is nothing to delete.
-	Delete(ctx context.Context, key ServiceKey, address string) error
+	// first drains it: no new requests, and up to the drain timeout for
+	// those in flight to finish. It returns an error matching
+	// ErrUnknownVersion or ErrUnknownEndpoint when there is nothing to
+	// delete.
+	Delete(ctx context.Context, key ServiceKey, address string) (Drain, error)
 	// Failure records that a request to the endpoint failed; the endpoint
 	// leaves rotation until it answers again.
 	Failure(key ServiceKey, address string)
@@ -197,10 +201,6 @@ func (ep Endpoint) normalize() (Endpoint, error) {
 	return Endpoint{Address: addr, Weight: w, Metadata: meta, TTL: ep.TTL}, nil
 }
 
-// Available reports whether the endpoint is in rotation, that is, not
-// taken out after a failure.
-func (ep *Endpoint) Available() bool { return !ep.health.ejected.Load() }
-
 // ParseAddress checks that s is host:port with a port from 1 to 65535 and
 // returns its canonical form. An http:// prefix is dropped; https:// is
 // refused, because TLS to upstreams is a setting of Caddy's transport
@@ -278,6 +278,8 @@ type Service struct {
 	// Values boxed once, so that setting placeholders does not allocate.
 	nameVal, versionVal, prefixVal any
 	unavailableMsg, failedMsg      any
+
+	retries prometheus.Counter
 }
 
 // Key returns the service version's key.
@@ -305,6 +307,7 @@ func newService(key ServiceKey, eps []*Endpoint) *Service {
 	s.nameVal, s.versionVal, s.prefixVal = s.Name, s.Version, s.Prefix
 	s.unavailableMsg = fmt.Sprintf("no available host for service %q version %q", s.Name, s.Version)
 	s.failedMsg = fmt.Sprintf("no host of service %q version %q answered", s.Name, s.Version)
+	s.retries = registryMetrics.retries.WithLabelValues(s.Name, s.Version)
 	return s
 }
 
@@ -503,7 +506,7 @@ func buildService(key ServiceKey, eps []Endpoint, prev *Service) *Service {
 			out = append(out, &ep)
 			same = false
 		default:
-			ep.health = new(endpointHealth)
+			ep.health = &endpointHealth{metrics: newEndpointMetrics(key, ep.Address)}
 			out = append(out, &ep)
 			same = false
 		}
@@ -558,7 +561,7 @@ type BackendEnv struct {
 type registry struct {
 	table   *Table
 	backend Backend
-	passive *passiveHealth
+	health  *healthChecker
 
 	mu      sync.Mutex // guards started and orders start calls
 	started bool
@@ -578,13 +581,14 @@ func newRegistry(backend Backend, logger *zap.Logger) *registry {
 		backend: backend,
 		cancel:  cancel,
 	}
-	r.passive = newPassiveHealth(r.table, logger)
-	r.done.Go(func() { r.passive.run(ctx) })
+	r.health = newHealthChecker(r.table, logger)
+	r.done.Go(func() { r.health.run(ctx) })
 	return r
 }
 
-// start starts the backend the first time and reconfigures it afterwards.
-func (r *registry) start(env BackendEnv) error {
+// start starts the backend the first time and reconfigures it afterwards,
+// and hands the health checker the config's policy and events.
+func (r *registry) start(env BackendEnv, policy *healthPolicy, emit eventEmitter) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if env.Logger == nil {
@@ -600,7 +604,7 @@ func (r *registry) start(env BackendEnv) error {
 		}
 		r.started = true
 	}
-	r.passive.setLogger(env.Logger)
+	r.health.configure(policy, env.Logger, emit)
 	return nil
 }
 
@@ -629,18 +633,60 @@ func (r *registry) Add(ctx context.Context, key ServiceKey, ep Endpoint) error {
 	return r.backend.Add(ctx, key, ep)
 }
 
-func (r *registry) Delete(ctx context.Context, key ServiceKey, address string) error {
+// Drain says how removing an endpoint went.
+type Drain struct {
+	// Drained is true when no request was in flight any more at removal,
+	// false when the drain timeout ran out first.
+	Drained bool
+	// Waited is how long the removal waited for requests in flight.
+	Waited time.Duration
+	// InFlight is how many requests were still in flight at removal.
+	InFlight int
+}
+
+// drainPoll is how often a drain looks at the requests in flight.
+const drainPoll = 10 * time.Millisecond
+
+func (r *registry) Delete(ctx context.Context, key ServiceKey, address string) (Drain, error) {
 	if err := key.Validate(); err != nil {
-		return err
+		return Drain{}, err
 	}
 	addr, err := ParseAddress(address)
 	if err != nil {
-		return err
+		return Drain{}, err
 	}
-	if !r.table.Snapshot().Synced() {
-		return fmt.Errorf("deleting %s from %s: %w", addr, key, ErrNotSynced)
+	snap := r.table.Snapshot()
+	if !snap.Synced() {
+		return Drain{}, fmt.Errorf("deleting %s from %s: %w", addr, key, ErrNotSynced)
 	}
-	return r.backend.Delete(ctx, key, addr)
+	var ep *Endpoint
+	if svc, err := snap.Lookup(key.Service, key.Version); err == nil {
+		ep = svc.Endpoint(addr)
+	}
+	drain := Drain{Drained: true}
+	if ep != nil && !ep.health.draining.Swap(true) {
+		// no new requests from now on; wait for those in flight
+		ep.health.metrics.healthy.Set(0)
+		timeout := time.Duration(r.health.policy.Load().forService(key).DrainTimeout)
+		begin := now()
+		tick := time.NewTicker(drainPoll)
+		for ep.InFlight() > 0 && now().Sub(begin) < timeout && ctx.Err() == nil {
+			select {
+			case <-tick.C:
+			case <-ctx.Done():
+			}
+		}
+		tick.Stop()
+		drain = Drain{Drained: ep.InFlight() == 0, Waited: now().Sub(begin), InFlight: ep.InFlight()}
+	}
+	if err := r.backend.Delete(context.WithoutCancel(ctx), key, addr); err != nil {
+		if ep != nil {
+			ep.health.draining.Store(false) // nothing half-applied
+			ep.health.metrics.healthy.Set(boolGauge(ep.Available()))
+		}
+		return Drain{}, err
+	}
+	return drain, nil
 }
 
 func (r *registry) Failure(key ServiceKey, address string) {
@@ -649,7 +695,7 @@ func (r *registry) Failure(key ServiceKey, address string) {
 		return
 	}
 	if ep := svc.Endpoint(address); ep != nil {
-		r.passive.failure(svc, ep)
+		r.health.failure(svc, ep)
 	}
 }
 
@@ -672,9 +718,16 @@ type App struct {
 	// how seeds combine with endpoints it stores; see its documentation.
 	Services []ServiceConfig `json:"services,omitempty"`
 
+	// HealthChecks configure endpoint health: the entry without service
+	// is the default, entries naming a service override it. Active checks
+	// are off unless an entry sets path or port.
+	HealthChecks []HealthCheck `json:"health_checks,omitempty"`
+
 	registry *registry
 	poolKey  string
 	env      BackendEnv
+	policy   *healthPolicy
+	emit     eventEmitter
 	logger   *zap.Logger
 	prev     *App        // the app that was current when this one started
 	stopped  atomic.Bool // Stop was called
@@ -707,6 +760,18 @@ func (a *App) Provision(ctx caddy.Context) error {
 		return err
 	}
 	a.env = BackendEnv{Seeds: seeds, Storage: ctx.Storage(), Logger: a.logger}
+	if a.policy, err = newHealthPolicy(a.HealthChecks); err != nil {
+		return err
+	}
+	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
+		return err
+	}
+	eventsApp, err := ctx.App("events")
+	if err != nil {
+		return fmt.Errorf("loading events app: %w", err)
+	}
+	events := eventsApp.(*caddyevents.App)
+	a.emit = func(name string, data map[string]any) { events.Emit(ctx, name, data) }
 
 	if a.BackendRaw == nil {
 		a.BackendRaw = json.RawMessage(`{"backend":"memory"}`)
@@ -783,7 +848,7 @@ var current atomic.Pointer[App]
 // Start starts the backend, or hands it this config's seeds, storage and
 // logger after a reload, and makes this app the one the admin API serves.
 func (a *App) Start() error {
-	if err := a.registry.start(a.env); err != nil {
+	if err := a.registry.start(a.env, a.policy, a.emit); err != nil {
 		return fmt.Errorf("starting service registry backend: %w", err)
 	}
 	a.prev = current.Swap(a)
@@ -805,7 +870,7 @@ func (a *App) Stop() error {
 		return nil
 	}
 	if prev.registry == a.registry {
-		if err := a.registry.start(prev.env); err != nil {
+		if err := a.registry.start(prev.env, prev.policy, prev.emit); err != nil {
 			return fmt.Errorf("restoring the running config's seeds: %w", err)
 		}
 	}

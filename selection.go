@@ -90,8 +90,11 @@ func (a *attempt) reportPrevious(reg Registry, repl *caddy.Replacer) {
 	if a.last < 0 {
 		return
 	}
-	if _, answered := repl.Get(statusPlaceholder); !answered && a.svc != nil && reg != nil {
-		reg.Failure(a.svc.Key(), a.svc.Endpoints[a.last].Address)
+	if a.svc != nil {
+		a.svc.retries.Inc()
+		if _, answered := repl.Get(statusPlaceholder); !answered && reg != nil {
+			reg.Failure(a.svc.Key(), a.svc.Endpoints[a.last].Address)
+		}
 	}
 	a.last = -1
 }
@@ -313,6 +316,14 @@ func (p *FailoverSelection) Select(pool reverseproxy.UpstreamPool, r *http.Reque
 	repl.Delete(statusPlaceholder) // so that the next Select can tell a failed try from an answered one
 	a.markTried(i)
 	a.last = i
+	if a.svc != nil {
+		h := a.svc.Endpoints[i].health
+		h.requests.Add(1)
+		h.metrics.requests.Inc()
+		if host := pool[i].Host; host != nil && h.host.Load() != host {
+			h.host.Store(host) // for the requests in flight that a drain waits for
+		}
+	}
 	return pool[i]
 }
 
@@ -341,13 +352,32 @@ func (a *attempt) weight(i int) int {
 }
 
 // candidate reports whether pool[i] may take this try: not tried yet,
-// available to reverse_proxy (not full, not tripped), and, unless in panic
-// mode, in the registry's rotation.
+// available to reverse_proxy (not full, not tripped), not being removed,
+// and, unless in panic mode, in the registry's rotation. An endpoint in
+// slow start is skipped at random in proportion to its ramp.
 func (a *attempt) candidate(i int, panicMode bool) bool {
 	if a.wasTried(i) || !a.pool[i].Available() {
 		return false
 	}
-	return panicMode || a.svc == nil || a.svc.Endpoints[i].Available()
+	if a.svc == nil {
+		return true
+	}
+	h := a.svc.Endpoints[i].health
+	if h.draining.Load() {
+		return false
+	}
+	if panicMode {
+		return true
+	}
+	if !h.available() {
+		return false
+	}
+	if h.rampEnd.Load() != 0 {
+		if share := h.slowStartShare(now().UnixNano()); share < 1 && rand.Float64() >= share {
+			return false
+		}
+	}
+	return true
 }
 
 // choose returns the pool index for this try, or -1 if no host qualifies.

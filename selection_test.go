@@ -9,6 +9,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+	"go.uber.org/zap"
 )
 
 var balances = []string{balanceRoundRobin, balanceRandom, balanceLeastConn, balanceP2C}
@@ -62,6 +63,16 @@ func (p *proxyTry) next() string {
 	return u.Dial
 }
 
+// allowAllEjections lifts the ejection limit of reg's health policy.
+func allowAllEjections(t testing.TB, reg *registry) {
+	t.Helper()
+	policy, err := newHealthPolicy([]HealthCheck{{MaxEjectedPercent: 100}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg.health.policy.Store(policy)
+}
+
 func hostList(n int) []Endpoint {
 	out := make([]Endpoint, n)
 	for i := range out {
@@ -77,8 +88,12 @@ func TestFailoverTriesEveryHostOnce(t *testing.T) {
 			reg := newTestRegistry(t, t.TempDir(), map[ServiceKey][]Endpoint{key: hostList(5)})
 			try := newProxyTry(t, reg, balance, key)
 			seen := map[string]bool{}
+			var first string
 			for range 5 {
 				addr := try.next()
+				if first == "" {
+					first = addr
+				}
 				if addr == "" || seen[addr] {
 					t.Fatalf("try %d: got %q after %v; want a host not tried yet", len(seen)+1, addr, seen)
 				}
@@ -87,12 +102,24 @@ func TestFailoverTriesEveryHostOnce(t *testing.T) {
 			if addr := try.next(); addr != "" {
 				t.Fatalf("after every host failed: got %q, want none", addr)
 			}
-			// Every try failed, so every host was reported and is out.
+			// Every try failed, so every host was reported; the default
+			// ejection limit (50%) keeps 2 of 5 out: the most recently
+			// failed ones.
 			svc, _ := reg.Lookup(key)
+			out := 0
 			for _, ep := range svc.Endpoints {
-				if ep.Available() || ep.Fails() != 1 {
-					t.Errorf("%s: available %v fails %d; want out of rotation after one failure", ep.Address, ep.Available(), ep.Fails())
+				if ep.Fails() != 1 {
+					t.Errorf("%s: %d failures reported, want 1", ep.Address, ep.Fails())
 				}
+				if !ep.Available() {
+					out++
+					if ep.LastFailure().Before(svc.Endpoint(first).LastFailure()) {
+						t.Errorf("%s is out although it failed before others that stayed in", ep.Address)
+					}
+				}
+			}
+			if out != 2 {
+				t.Errorf("%d of 5 hosts out of rotation, want 2 (max_ejected_percent 50)", out)
 			}
 		})
 	}
@@ -103,6 +130,7 @@ func TestFailoverSkipsFailedHosts(t *testing.T) {
 	for _, balance := range balances {
 		t.Run(balance, func(t *testing.T) {
 			reg := newTestRegistry(t, t.TempDir(), map[ServiceKey][]Endpoint{key: hostList(3)})
+			allowAllEjections(t, reg)
 			reg.Failure(key, "127.0.0.1:9001")
 			reg.Failure(key, "127.0.0.1:9003")
 			for i := range 50 {
@@ -119,6 +147,7 @@ func TestFailoverPanicMode(t *testing.T) {
 	for _, balance := range balances {
 		t.Run(balance, func(t *testing.T) {
 			reg := newTestRegistry(t, t.TempDir(), map[ServiceKey][]Endpoint{key: hostList(3)})
+			allowAllEjections(t, reg)
 			for _, ep := range hostList(3) {
 				reg.Failure(key, ep.Address)
 			}
@@ -248,7 +277,7 @@ func TestFailoverNewProxyLoopStartsAfresh(t *testing.T) {
 func TestFailoverRetryAfterClearedWhenSynced(t *testing.T) {
 	key := ServiceKey{"users", "v1"}
 	tbl := NewTable() // not synced yet
-	reg := &registry{table: tbl}
+	reg := &registry{table: tbl, health: newHealthChecker(tbl, zap.NewNop())}
 	try := newProxyTry(t, reg, balanceRoundRobin, key)
 	repl := try.r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	repl.Set(placeholderName, "users") // as the matcher does
@@ -273,6 +302,7 @@ func TestFailoverRetryAfterClearedWhenSynced(t *testing.T) {
 func TestFailoverRegistryChangesBetweenTries(t *testing.T) {
 	key := ServiceKey{"users", "v1"}
 	reg := newTestRegistry(t, t.TempDir(), map[ServiceKey][]Endpoint{key: hostList(2)})
+	allowAllEjections(t, reg)
 	try := newProxyTry(t, reg, balanceRoundRobin, key)
 	first := try.next()
 	// A third host is added while the first try is failing.

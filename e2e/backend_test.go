@@ -35,7 +35,11 @@ type backend struct {
 	posts      map[int]int // POST id -> times received (all generations)
 	badBodies  []string    // POSTs whose body did not match their id
 
-	served atomic.Int64
+	served  atomic.Int64 // requests other than health checks, answered
+	arrived atomic.Int64 // requests other than health checks, received
+
+	health atomic.Int32 // status /healthz answers with; 0 = 200
+	probes atomic.Int64 // health checks received
 }
 
 func startBackend(t testing.TB, name string) *backend {
@@ -87,6 +91,15 @@ func (b *backend) Start() {
 }
 
 func (b *backend) serve(gen int, w http.ResponseWriter, r *http.Request) {
+	if r.URL.Path == "/healthz" {
+		b.probes.Add(1)
+		if status := b.health.Load(); status != 0 {
+			w.WriteHeader(int(status))
+		}
+		fmt.Fprint(w, "health")
+		return
+	}
+	b.arrived.Add(1)
 	b.mu.Lock()
 	if gen == b.generation && b.firstReq.IsZero() {
 		b.firstReq = time.Now()

@@ -1,0 +1,306 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// healthRegistry is a service_registry block for users v1 on the given
+// backends with the given health_check body.
+func healthRegistry(hc string, backends ...*backend) string {
+	var addrs []string
+	for _, b := range backends {
+		addrs = append(addrs, b.Addr)
+	}
+	return fmt.Sprintf(`service_registry {
+		service users v1 %s
+		health_check {
+			%s
+		}
+	}`, strings.Join(addrs, " "), hc)
+}
+
+// endpointState returns the admin API's view of one endpoint.
+func endpointState(t testing.TB, c *caddy, addr string) map[string]any {
+	t.Helper()
+	status, body := c.AdminDo("GET", "/service_registry/services/users/v1", "", "")
+	if status != http.StatusOK {
+		t.Fatalf("listing: %d %s", status, body)
+	}
+	var svc struct{ Endpoints []map[string]any }
+	if err := jsonUnmarshal(body, &svc); err != nil {
+		t.Fatal(err)
+	}
+	for _, ep := range svc.Endpoints {
+		if ep["address"] == addr {
+			return ep
+		}
+	}
+	return nil
+}
+
+// trafficSplit sends n sequential requests and counts them per backend name.
+func trafficSplit(t testing.TB, c *caddy, n int) map[string]int {
+	t.Helper()
+	got := map[string]int{}
+	for range n {
+		status, body, _ := c.Get("/users/v1/x")
+		if status != 200 {
+			t.Fatalf("request failed: %d %q", status, body)
+		}
+		got[strings.Fields(body)[0]]++
+	}
+	return got
+}
+
+func TestActiveHealthChecks(t *testing.T) {
+	a, b := startBackend(t, "a"), startBackend(t, "b")
+	const interval, fall, rise = 100 * time.Millisecond, 2, 3
+	c := startCaddy(t, healthRegistry(fmt.Sprintf("path /healthz\n\t\t\tinterval %v\n\t\t\ttimeout 500ms\n\t\t\tfall %d\n\t\t\trise %d", interval, fall, rise), a, b), proxySite, caddyOpts{})
+
+	if split := trafficSplit(t, c, 20); split["a"] == 0 || split["b"] == 0 {
+		t.Fatalf("both healthy, traffic went %v", split)
+	}
+
+	// b's health path answers 503: after fall failed checks it gets no traffic.
+	b.health.Store(503)
+	began := time.Now()
+	waitFor(t, 20*interval*fall, "b to fail its checks", func() bool {
+		ep := endpointState(t, c, b.Addr)
+		return ep["healthy"] == false && ep["out_of_rotation"] == "probe"
+	})
+	t.Logf("out of rotation %v after its health path began to fail (fall %d x interval %v)", time.Since(began).Round(time.Millisecond), fall, interval)
+	if split := trafficSplit(t, c, 20); split["b"] != 0 {
+		t.Errorf("b failing its checks still got traffic: %v", split)
+	}
+
+	// b answers 200 again: back after rise passing checks.
+	b.health.Store(0)
+	began = time.Now()
+	waitFor(t, 20*interval*rise, "b to rejoin", func() bool { return endpointState(t, c, b.Addr)["healthy"] == true })
+	t.Logf("back in rotation %v after its health path recovered (rise %d x interval %v)", time.Since(began).Round(time.Millisecond), rise, interval)
+	if split := trafficSplit(t, c, 20); split["b"] == 0 {
+		t.Errorf("b passing its checks again gets no traffic: %v", split)
+	}
+}
+
+func TestSlowStart(t *testing.T) {
+	a, b := startBackend(t, "a"), startBackend(t, "b")
+	c := startCaddy(t, healthRegistry("path /healthz\n\t\t\tinterval 50ms\n\t\t\tfall 1\n\t\t\trise 1\n\t\t\tslow_start 3s", a, b), proxySite, caddyOpts{})
+	b.health.Store(503)
+	waitFor(t, 5*time.Second, "b to fail its checks", func() bool { return endpointState(t, c, b.Addr)["healthy"] == false })
+	b.health.Store(0)
+	waitFor(t, 5*time.Second, "b to rejoin", func() bool { return endpointState(t, c, b.Addr)["healthy"] == true })
+
+	// Its share ramps from about 10% of its weight to all of it over 3 s.
+	early := trafficSplit(t, c, 100)
+	time.Sleep(3 * time.Second) // past the end of the ramp
+	late := trafficSplit(t, c, 100)
+	t.Logf("b's share: %d%% right after rejoining, %d%% after the slow start", early["b"], late["b"])
+	if early["b"] >= 35 || late["b"] < 35 || early["b"] >= late["b"] {
+		t.Errorf("slow start did not ramp: b got %d of 100 right after rejoining and %d of 100 later", early["b"], late["b"])
+	}
+}
+
+func TestDrainOnRemoval(t *testing.T) {
+	stay, leave := startBackend(t, "stay"), startBackend(t, "leave")
+	c := startCaddy(t, healthRegistry("drain_timeout 10s", stay, leave), proxySite, caddyOpts{})
+
+	// A long request on the endpoint that is about to go.
+	leave.delay = 1500 * time.Millisecond
+	long := make(chan string, 1)
+	for i := 0; ; i++ {
+		// round robin: the second request of two goes to the other host
+		go func() { _, body, _ := c.Get("/users/v1/long"); long <- body }()
+		waitFor(t, 5*time.Second, "a request in flight", func() bool {
+			return endpointState(t, c, leave.Addr)["in_flight"].(float64) > 0 || len(long) > 0
+		})
+		if endpointState(t, c, leave.Addr)["in_flight"].(float64) > 0 {
+			break
+		}
+		<-long
+		if i > 4 {
+			t.Fatal("could not get a request in flight on the leaving endpoint")
+		}
+	}
+
+	deleted := make(chan string, 1)
+	go func() {
+		_, body := c.AdminDo("DELETE", "/service_registry/services/users/v1/"+leave.Addr, "", "")
+		deleted <- body
+	}()
+	waitFor(t, 5*time.Second, "the endpoint to drain", func() bool {
+		ep := endpointState(t, c, leave.Addr)
+		return ep != nil && ep["out_of_rotation"] == "draining"
+	})
+	// New requests go elsewhere while it drains.
+	before := leave.arrived.Load()
+	if split := trafficSplit(t, c, 10); split["stay"] != 10 {
+		t.Errorf("requests during the drain went %v", split)
+	}
+	if got := <-long; got != "leave GET /long" {
+		t.Errorf("the request in flight got %q, want it completed by the leaving endpoint", got)
+	}
+	body := <-deleted
+	if !strings.Contains(body, `"drained": true`) {
+		t.Errorf("DELETE answered %s, want drained", body)
+	}
+	if leave.arrived.Load() != before {
+		t.Errorf("the draining endpoint got %d new requests", leave.arrived.Load()-before)
+	}
+	if endpointState(t, c, leave.Addr) != nil {
+		t.Errorf("the endpoint is still registered after its drain")
+	}
+}
+
+func TestDrainTimeout(t *testing.T) {
+	stay, slow := startBackend(t, "stay"), startBackend(t, "slow")
+	slow.delay = 3 * time.Second
+	c := startCaddy(t, healthRegistry("drain_timeout 300ms", stay, slow), proxySite, caddyOpts{})
+	inFlight := make(chan struct{})
+	go func() {
+		defer close(inFlight)
+		for range 2 { // round robin: one of the two goes to the slow host
+			if resp, err := http.Get("http://" + c.HTTP + "/users/v1/x"); err == nil {
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+			}
+		}
+	}()
+	defer func() { <-inFlight }()
+	waitFor(t, 5*time.Second, "a request in flight", func() bool {
+		return endpointState(t, c, slow.Addr)["in_flight"].(float64) > 0
+	})
+	status, body := c.AdminDo("DELETE", "/service_registry/services/users/v1/"+slow.Addr, "", "")
+	if status != 200 || !strings.Contains(body, `"drained": false`) || !strings.Contains(body, `"in_flight": 1`) {
+		t.Errorf("DELETE with a request outlasting the drain timeout: %d %s; want drained false", status, body)
+	}
+}
+
+func TestEjectionLimit(t *testing.T) {
+	alive := startBackend(t, "alive")
+	var dead []*backend
+	for i := range 4 {
+		b := startBackend(t, fmt.Sprintf("dead%d", i))
+		b.Kill()
+		dead = append(dead, b)
+	}
+	c := startCaddy(t, healthRegistry("max_ejected_percent 50", append([]*backend{alive}, dead...)...), proxySite, caddyOpts{})
+	for range 20 {
+		if status, body, _ := c.Get("/users/v1/x"); status != 200 || !strings.HasPrefix(body, "alive ") {
+			t.Fatalf("with 4 of 5 hosts dead: %d %q", status, body)
+		}
+	}
+	out := 0
+	for _, b := range dead {
+		if ep := endpointState(t, c, b.Addr); ep["out_of_rotation"] == "passive" {
+			out++
+		}
+	}
+	if out != 2 {
+		t.Errorf("%d of 5 endpoints out for failed requests, want 2 (50%% of 5, rounded down)", out)
+	}
+}
+
+var metricLine = regexp.MustCompile(`(?m)^(caddy_service_registry_\w+)\{([^}]*)\} (\S+)$`)
+
+// metrics reads Caddy's /metrics and returns the service registry's series.
+func metrics(t testing.TB, c *caddy) map[string]float64 {
+	t.Helper()
+	resp, err := http.Get("http://" + c.Admin + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]float64{}
+	for _, m := range metricLine.FindAllStringSubmatch(string(b), -1) {
+		v, err := strconv.ParseFloat(m[3], 64)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[m[1]+"{"+m[2]+"}"] = v
+	}
+	return out
+}
+
+func TestMetrics(t *testing.T) {
+	up := startBackend(t, "up")
+	down := startBackend(t, "down")
+	down.Kill()
+	c := startCaddy(t, healthRegistry("", up, down), proxySite, caddyOpts{})
+	for range 10 {
+		if status, _, _ := c.Get("/users/v1/x"); status != 200 {
+			t.Fatal("request failed")
+		}
+	}
+	m := metrics(t, c)
+	upLabels := fmt.Sprintf(`service="users",upstream="%s",version="v1"`, up.Addr)
+	downLabels := fmt.Sprintf(`service="users",upstream="%s",version="v1"`, down.Addr)
+	for _, check := range []struct {
+		series string
+		ok     func(float64) bool
+		want   string
+	}{
+		{"caddy_service_registry_requests_total{" + upLabels + "}", func(v float64) bool { return v >= 10 }, ">= 10"},
+		{"caddy_service_registry_requests_total{" + downLabels + "}", func(v float64) bool { return v >= 1 }, ">= 1"},
+		{"caddy_service_registry_failures_total{" + downLabels + "}", func(v float64) bool { return v >= 1 }, ">= 1"},
+		{"caddy_service_registry_ejections_total{" + downLabels + "}", func(v float64) bool { return v == 1 }, "1"},
+		{`caddy_service_registry_retries_total{service="users",version="v1"}`, func(v float64) bool { return v >= 1 }, ">= 1"},
+		{"caddy_service_registry_upstream_healthy{" + upLabels + "}", func(v float64) bool { return v == 1 }, "1"},
+		{"caddy_service_registry_upstream_healthy{" + downLabels + "}", func(v float64) bool { return v == 0 }, "0"},
+	} {
+		v, ok := m[check.series]
+		if !ok || !check.ok(v) {
+			t.Errorf("%s = %v (present %v), want %s", check.series, v, ok, check.want)
+		}
+	}
+	before := m["caddy_service_registry_requests_total{"+upLabels+"}"]
+	for range 5 {
+		c.Get("/users/v1/x")
+	}
+	if after := metrics(t, c)["caddy_service_registry_requests_total{"+upLabels+"}"]; after != before+5 {
+		t.Errorf("requests_total went from %v to %v after 5 requests", before, after)
+	}
+}
+
+func TestOneProberAcrossReloads(t *testing.T) {
+	b := startBackend(t, "b")
+	const interval = 100 * time.Millisecond
+	global := healthRegistry(fmt.Sprintf("path /healthz\n\t\t\tinterval %v", interval), b)
+	c := startCaddy(t, global, proxySite, caddyOpts{})
+	rate := func() float64 {
+		start := b.probes.Load()
+		time.Sleep(2 * time.Second)
+		return float64(b.probes.Load()-start) / 2
+	}
+	before := rate()
+	// Reloads (several sites using the registry, too) must not add probers.
+	for i := range 3 {
+		c.Reload(global, fmt.Sprintf(`{http} {
+	service_proxy
+}
+
+http://127.0.0.1:%d {
+	service_proxy
+}`, freePort(t)+i))
+	}
+	after := rate()
+	t.Logf("health checks per second: %.1f before the reloads, %.1f after (interval %v)", before, after, interval)
+	if before < 5 || after > 1.5*before {
+		t.Errorf("health checks per second went from %.1f to %.1f: more than one prober per endpoint", before, after)
+	}
+}
+
+// jsonUnmarshal decodes an admin API answer.
+func jsonUnmarshal(body string, v any) error { return json.Unmarshal([]byte(body), v) }
