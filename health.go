@@ -208,6 +208,7 @@ func (h *HealthCheck) finish() error {
 type healthPolicy struct {
 	base      HealthCheck
 	overrides map[ServiceKey]HealthCheck // version "" = every version
+	anyActive bool                       // some service has active checks
 }
 
 // newHealthPolicy checks and resolves the configured entries.
@@ -244,10 +245,12 @@ func newHealthPolicy(entries []HealthCheck) (*healthPolicy, error) {
 			return nil, fmt.Errorf("health check for service %q %q: %w", key.Service, key.Version, err)
 		}
 		p.overrides[key] = h
+		p.anyActive = p.anyActive || h.active()
 	}
 	if err := p.base.finish(); err != nil {
 		return nil, fmt.Errorf("health check: %w", err)
 	}
+	p.anyActive = p.anyActive || p.base.active()
 	return p, nil
 }
 
@@ -274,11 +277,11 @@ type endpointHealth struct {
 	rampStart   atomic.Int64 // unix nanoseconds: slow start began
 	rampEnd     atomic.Int64 // unix nanoseconds: slow start ends; 0 = off
 
-	requests atomic.Uint64 // tries sent to it
-	failures atomic.Uint64 // tries that failed without an answer
+	requests  atomic.Uint64 // tries sent to it
+	failures  atomic.Uint64 // tries that failed without an answer
+	ejections atomic.Uint64 // times it was taken out after a failed request
 
-	host    atomic.Pointer[reverseproxy.Host] // reverse_proxy's state of the address, for requests in flight
-	metrics *endpointMetrics
+	host atomic.Pointer[reverseproxy.Host] // reverse_proxy's state of the address, for requests in flight
 }
 
 // available reports whether the endpoint takes new requests.
@@ -358,6 +361,7 @@ type healthChecker struct {
 	targets map[*endpointHealth]*probeTarget // owned by run
 	queue   probeQueue                       // owned by run
 	seen    *Snapshot                        // owned by run
+	seenFor *healthPolicy                    // owned by run
 }
 
 // eventEmitter emits Caddy events through the events app of a config.
@@ -444,7 +448,6 @@ func (c *healthChecker) failure(svc *Service, ep *Endpoint) {
 	t := now()
 	h.lastFailure.Store(t.UnixNano())
 	h.failures.Add(1)
-	h.metrics.failures.Inc()
 	if h.ejected.Load() || h.draining.Load() {
 		return
 	}
@@ -472,12 +475,10 @@ func (c *healthChecker) failure(svc *Service, ep *Endpoint) {
 		// Over the limit: the least recently failed one goes back in.
 		oldest.health.ejected.Store(false)
 		oldest.health.nextProbe.Store(0)
-		oldest.health.metrics.healthy.Set(boolGauge(oldest.health.available()))
 	}
 	h.ejected.Store(true)
 	h.nextProbe.Store(t.Add(probeBackoffMin).UnixNano())
-	h.metrics.ejections.Inc()
-	h.metrics.healthy.Set(0)
+	h.ejections.Add(1)
 	c.failed = append(c.failed, &probeTarget{key: svc.Key(), address: ep.Address, health: h})
 	c.poke()
 }
@@ -556,8 +557,8 @@ func (c *healthChecker) reconcile() {
 	t0 := now()
 
 	snap := c.table.Snapshot()
-	if snap != c.seen {
-		c.seen = snap
+	if (snap != c.seen || policy != c.seenFor) && (policy.anyActive || len(c.targets) > 0) {
+		c.seen, c.seenFor = snap, policy
 		live := map[*endpointHealth]bool{}
 		for _, svc := range snap.Services() {
 			hc := policy.forService(svc.Key())
@@ -574,7 +575,6 @@ func (c *healthChecker) reconcile() {
 		for h, t := range c.targets {
 			if !live[h] {
 				c.remove(t)
-				h.metrics.forget()
 			}
 		}
 	}
@@ -661,7 +661,6 @@ func (c *healthChecker) done(r probeResult) {
 		switch {
 		case !r.ok && t.fails >= hc.Fall && !h.probeDown.Load():
 			h.probeDown.Store(true)
-			h.metrics.healthy.Set(0)
 			c.emit("unhealthy", t, "probe")
 			if ce := c.logger.Load().Check(zapcore.WarnLevel, "endpoint failed its health checks; out of rotation"); ce != nil {
 				ce.Write(zap.String("service", t.key.Service), zap.String("version", t.key.Version), zap.String("upstream", t.address), zap.Int("fall", hc.Fall))
@@ -684,7 +683,6 @@ func (c *healthChecker) rejoined(t *probeTarget, hc *HealthCheck, why string) {
 		h.rampStart.Store(t0.UnixNano())
 		h.rampEnd.Store(t0.Add(time.Duration(hc.SlowStart)).UnixNano())
 	}
-	h.metrics.healthy.Set(boolGauge(h.available()))
 	if h.available() {
 		c.emit("healthy", t, why)
 	}

@@ -7,77 +7,81 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// Metrics of the registry, in Caddy's metrics registry (Caddy's /metrics):
-// per service, version and upstream (endpoint address).
-var registryMetrics = struct {
-	requests, failures, ejections *prometheus.CounterVec
-	retries                       *prometheus.CounterVec
-	healthy                       *prometheus.GaugeVec
-}{
-	requests: prometheus.NewCounterVec(prometheus.CounterOpts{
-		Namespace: "caddy", Subsystem: "service_registry", Name: "requests_total",
-		Help: "Tries sent to an endpoint.",
-	}, []string{"service", "version", "upstream"}),
-	failures: prometheus.NewCounterVec(prometheus.CounterOpts{
-		Namespace: "caddy", Subsystem: "service_registry", Name: "failures_total",
-		Help: "Tries to an endpoint that failed without an answer.",
-	}, []string{"service", "version", "upstream"}),
-	ejections: prometheus.NewCounterVec(prometheus.CounterOpts{
-		Namespace: "caddy", Subsystem: "service_registry", Name: "ejections_total",
-		Help: "Times an endpoint was taken out of rotation after a failed request.",
-	}, []string{"service", "version", "upstream"}),
-	retries: prometheus.NewCounterVec(prometheus.CounterOpts{
-		Namespace: "caddy", Subsystem: "service_registry", Name: "retries_total",
-		Help: "Tries after the first one of a request.",
-	}, []string{"service", "version"}),
-	healthy: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-		Namespace: "caddy", Subsystem: "service_registry", Name: "upstream_healthy",
-		Help: "1 if the endpoint is in rotation, 0 if not.",
-	}, []string{"service", "version", "upstream"}),
+// Metrics of the registry in Caddy's metrics registry (Caddy's /metrics),
+// per service, version and upstream (endpoint address). They are read at
+// scrape time from the counters every endpoint keeps anyway, so they cost
+// nothing per endpoint and nothing on the request path beyond an atomic add.
+var (
+	metricLabels = []string{"service", "version", "upstream"}
+	descRequests = prometheus.NewDesc("caddy_service_registry_requests_total",
+		"Tries sent to an endpoint.", metricLabels, nil)
+	descFailures = prometheus.NewDesc("caddy_service_registry_failures_total",
+		"Tries to an endpoint that failed without an answer.", metricLabels, nil)
+	descEjections = prometheus.NewDesc("caddy_service_registry_ejections_total",
+		"Times an endpoint was taken out of rotation after a failed request.", metricLabels, nil)
+	descHealthy = prometheus.NewDesc("caddy_service_registry_upstream_healthy",
+		"1 if the endpoint is in rotation, 0 if not.", metricLabels, nil)
+	descRetries = prometheus.NewDesc("caddy_service_registry_retries_total",
+		"Tries after the first one of a request.", []string{"service", "version"}, nil)
+)
+
+// registryCollector reports the endpoints of every running registry.
+type registryCollector struct{}
+
+// collector is registered in the metrics registry of every config.
+var collector registryCollector
+
+// Describe sends the metric descriptions.
+func (registryCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descRequests, descFailures, descEjections, descHealthy, descRetries} {
+		ch <- d
+	}
 }
 
-// registerMetrics adds the registry's metrics to a config's registry; the
-// collectors are shared by every config, like reverse_proxy's.
+// Collect reads the current snapshot of every registry. During a config
+// reload two registries may briefly hold the same endpoint; it is
+// reported once.
+func (registryCollector) Collect(ch chan<- prometheus.Metric) {
+	seenServices := map[ServiceKey]bool{}
+	seenEndpoints := map[[3]string]bool{}
+	registries.Range(func(_, v any) bool {
+		r, ok := v.(*registry)
+		if !ok {
+			return true
+		}
+		for _, svc := range r.table.Snapshot().Services() {
+			if !seenServices[svc.Key()] {
+				seenServices[svc.Key()] = true
+				ch <- prometheus.MustNewConstMetric(descRetries, prometheus.CounterValue, float64(svc.retries.Load()), svc.Name, svc.Version)
+			}
+			for _, ep := range svc.Endpoints {
+				labels := [3]string{svc.Name, svc.Version, ep.Address}
+				if seenEndpoints[labels] {
+					continue
+				}
+				seenEndpoints[labels] = true
+				h := ep.health
+				ch <- prometheus.MustNewConstMetric(descRequests, prometheus.CounterValue, float64(h.requests.Load()), labels[:]...)
+				ch <- prometheus.MustNewConstMetric(descFailures, prometheus.CounterValue, float64(h.failures.Load()), labels[:]...)
+				ch <- prometheus.MustNewConstMetric(descEjections, prometheus.CounterValue, float64(h.ejections.Load()), labels[:]...)
+				ch <- prometheus.MustNewConstMetric(descHealthy, prometheus.GaugeValue, boolGauge(h.available()), labels[:]...)
+			}
+		}
+		return true
+	})
+}
+
+// registerMetrics adds the collector to a config's metrics registry; like
+// reverse_proxy's metrics it is shared by every config.
 func registerMetrics(reg *prometheus.Registry) error {
 	if reg == nil {
 		return nil
 	}
-	for _, c := range []prometheus.Collector{registryMetrics.requests, registryMetrics.failures,
-		registryMetrics.ejections, registryMetrics.retries, registryMetrics.healthy} {
-		if err := reg.Register(c); err != nil {
-			var already prometheus.AlreadyRegisteredError
-			if !errors.As(err, &already) || already.ExistingCollector != c {
-				return fmt.Errorf("registering metrics: %w", err)
-			}
+	if err := reg.Register(collector); err != nil {
+		var already prometheus.AlreadyRegisteredError
+		if !errors.As(err, &already) {
+			return fmt.Errorf("registering metrics: %w", err)
 		}
 	}
 	return nil
-}
-
-// endpointMetrics are one endpoint's metrics, looked up once.
-type endpointMetrics struct {
-	labels                        []string
-	requests, failures, ejections prometheus.Counter
-	healthy                       prometheus.Gauge
-}
-
-func newEndpointMetrics(key ServiceKey, address string) *endpointMetrics {
-	l := []string{key.Service, key.Version, address}
-	m := &endpointMetrics{
-		labels:    l,
-		requests:  registryMetrics.requests.WithLabelValues(l...),
-		failures:  registryMetrics.failures.WithLabelValues(l...),
-		ejections: registryMetrics.ejections.WithLabelValues(l...),
-		healthy:   registryMetrics.healthy.WithLabelValues(l...),
-	}
-	m.healthy.Set(1)
-	return m
-}
-
-// forget drops the series of an endpoint that left the registry.
-func (m *endpointMetrics) forget() {
-	registryMetrics.requests.DeleteLabelValues(m.labels...)
-	registryMetrics.failures.DeleteLabelValues(m.labels...)
-	registryMetrics.ejections.DeleteLabelValues(m.labels...)
-	registryMetrics.healthy.DeleteLabelValues(m.labels...)
 }

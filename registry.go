@@ -18,7 +18,6 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyevents"
 	"github.com/caddyserver/certmagic"
-	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 )
 
@@ -279,7 +278,7 @@ type Service struct {
 	nameVal, versionVal, prefixVal any
 	unavailableMsg, failedMsg      any
 
-	retries prometheus.Counter
+	retries *atomic.Uint64 // tries after a request's first; kept across snapshots
 }
 
 // Key returns the service version's key.
@@ -303,11 +302,11 @@ func newService(key ServiceKey, eps []*Endpoint) *Service {
 		Prefix:    "/" + key.Service + "/" + key.Version,
 		Endpoints: eps,
 		schedule:  weightedSchedule(eps),
+		retries:   new(atomic.Uint64),
 	}
 	s.nameVal, s.versionVal, s.prefixVal = s.Name, s.Version, s.Prefix
 	s.unavailableMsg = fmt.Sprintf("no available host for service %q version %q", s.Name, s.Version)
 	s.failedMsg = fmt.Sprintf("no host of service %q version %q answered", s.Name, s.Version)
-	s.retries = registryMetrics.retries.WithLabelValues(s.Name, s.Version)
 	return s
 }
 
@@ -506,7 +505,7 @@ func buildService(key ServiceKey, eps []Endpoint, prev *Service) *Service {
 			out = append(out, &ep)
 			same = false
 		default:
-			ep.health = &endpointHealth{metrics: newEndpointMetrics(key, ep.Address)}
+			ep.health = new(endpointHealth)
 			out = append(out, &ep)
 			same = false
 		}
@@ -515,7 +514,11 @@ func buildService(key ServiceKey, eps []Endpoint, prev *Service) *Service {
 		return prev
 	}
 	slices.SortFunc(out, func(a, b *Endpoint) int { return strings.Compare(a.Address, b.Address) })
-	return newService(key, out)
+	svc := newService(key, out)
+	if prev != nil {
+		svc.retries = prev.retries
+	}
+	return svc
 }
 
 // Backend stores a registry's endpoints and keeps its Table current.
@@ -666,7 +669,6 @@ func (r *registry) Delete(ctx context.Context, key ServiceKey, address string) (
 	drain := Drain{Drained: true}
 	if ep != nil && !ep.health.draining.Swap(true) {
 		// no new requests from now on; wait for those in flight
-		ep.health.metrics.healthy.Set(0)
 		timeout := time.Duration(r.health.policy.Load().forService(key).DrainTimeout)
 		begin := now()
 		tick := time.NewTicker(drainPoll)
@@ -682,7 +684,6 @@ func (r *registry) Delete(ctx context.Context, key ServiceKey, address string) (
 	if err := r.backend.Delete(context.WithoutCancel(ctx), key, addr); err != nil {
 		if ep != nil {
 			ep.health.draining.Store(false) // nothing half-applied
-			ep.health.metrics.healthy.Set(boolGauge(ep.Available()))
 		}
 		return Drain{}, err
 	}

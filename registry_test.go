@@ -4,11 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
 	"testing"
 
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
 )
@@ -405,4 +408,58 @@ func BenchmarkLookup(b *testing.B) {
 func del(r Registry, ctx context.Context, key ServiceKey, address string) error {
 	_, err := r.Delete(ctx, key, address)
 	return err
+}
+
+// BenchmarkRegistryScale measures a registry of 10,000 services of 5
+// endpoints each: Lookup and a first try's Select on it, and the heap the
+// registry takes (B/registry).
+func BenchmarkRegistryScale(b *testing.B) {
+	all := map[ServiceKey][]Endpoint{}
+	for i := range 10000 {
+		all[ServiceKey{fmt.Sprintf("s%d", i), "v1"}] = []Endpoint{
+			{Address: fmt.Sprintf("10.0.%d.1:80", i%250), Weight: 1}, {Address: fmt.Sprintf("10.0.%d.2:80", i%250), Weight: 1},
+			{Address: fmt.Sprintf("10.0.%d.3:80", i%250), Weight: 1}, {Address: fmt.Sprintf("10.0.%d.4:80", i%250), Weight: 1},
+			{Address: fmt.Sprintf("10.0.%d.5:80", i%250), Weight: 1},
+		}
+	}
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	tbl := NewTable()
+	tbl.Replace(all)
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	heap := float64(after.HeapAlloc - before.HeapAlloc)
+	reg := &registry{table: tbl}
+	keys := make([]ServiceKey, 1024)
+	for i := range keys {
+		keys[i] = ServiceKey{fmt.Sprintf("s%d", i*9), "v1"}
+	}
+
+	b.Run("lookup", func(b *testing.B) {
+		b.ReportAllocs()
+		i := 0
+		for b.Loop() {
+			if _, err := reg.Lookup(keys[i%len(keys)]); err != nil {
+				b.Fatal(err)
+			}
+			i++
+		}
+		b.ReportMetric(heap, "B/registry")
+	})
+	b.Run("select", func(b *testing.B) {
+		try := newProxyTry(b, reg, balanceRoundRobin, keys[7])
+		pool, _ := try.source.GetUpstreams(try.r)
+		for _, u := range pool {
+			u.Host = new(reverseproxy.Host)
+		}
+		a := caddyhttp.GetVar(try.r.Context(), attemptVar).(*attempt)
+		b.ReportAllocs()
+		for b.Loop() {
+			a.tried[0], a.last = 0, -1
+			if try.policy.Select(pool, try.r, try.w) == nil {
+				b.Fatal("no host")
+			}
+		}
+	})
 }

@@ -91,7 +91,7 @@ func (a *attempt) reportPrevious(reg Registry, repl *caddy.Replacer) {
 		return
 	}
 	if a.svc != nil {
-		a.svc.retries.Inc()
+		a.svc.retries.Add(1)
 		if _, answered := repl.Get(statusPlaceholder); !answered && reg != nil {
 			reg.Failure(a.svc.Key(), a.svc.Endpoints[a.last].Address)
 		}
@@ -319,7 +319,6 @@ func (p *FailoverSelection) Select(pool reverseproxy.UpstreamPool, r *http.Reque
 	if a.svc != nil {
 		h := a.svc.Endpoints[i].health
 		h.requests.Add(1)
-		h.metrics.requests.Inc()
 		if host := pool[i].Host; host != nil && h.host.Load() != host {
 			h.host.Store(host) // for the requests in flight that a drain waits for
 		}

@@ -1,0 +1,187 @@
+// Command suite runs svcreg's benchmark scenarios on 127.0.0.1 and writes
+// what it measured to an output directory: results.json (everything),
+// report.md (the tables) and failover.svg (the failover timeline chart).
+//
+//	go run ./bench/suite -out bench/results            # everything (about 15 min)
+//	go run ./bench/suite -scenarios throughput -reps 5
+//
+// It builds Caddy with the plugin (./cmd/caddy) and the benchmark backend,
+// starts every process itself on fresh loopback ports, bounds every run in
+// time and stops every process by PID. nginx and HAProxy are compared when
+// their binaries are installed.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"log"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// env is what every scenario needs.
+type env struct {
+	root    string // repository root
+	tmp     string
+	caddy   string // binary
+	backend string // binary
+	nginx   string // binary or ""
+	haproxy string // binary or ""
+	reps    int
+}
+
+// Results is everything the suite measured.
+type Results struct {
+	Started    time.Time         `json:"started"`
+	Machine    string            `json:"machine"`
+	Throughput []ThroughputRun   `json:"throughput,omitempty"`
+	Failover   []FailoverRun     `json:"failover,omitempty"`
+	Scale      *ScaleResult      `json:"scale,omitempty"`
+	Skipped    map[string]string `json:"skipped,omitempty"`
+}
+
+func main() {
+	out := flag.String("out", "bench/results", "directory for results.json, report.md and failover.svg")
+	scenarios := flag.String("scenarios", "throughput,failover,scale", "comma-separated scenarios to run")
+	reps := flag.Int("reps", 3, "repetitions of each measurement")
+	flag.Parse()
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	defer stopAll()
+	go func() { <-ctx.Done(); stopAll(); os.Exit(130) }()
+
+	e, err := setup(*reps)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer os.RemoveAll(e.tmp)
+	if err := os.MkdirAll(*out, 0o755); err != nil {
+		log.Fatal(err)
+	}
+
+	res := &Results{Started: time.Now(), Machine: machine(), Skipped: map[string]string{}}
+	if e.nginx == "" {
+		res.Skipped["nginx"] = "nginx is not installed"
+	}
+	if e.haproxy == "" {
+		res.Skipped["haproxy"] = "haproxy is not installed"
+	}
+	for _, s := range strings.Split(*scenarios, ",") {
+		log.Printf("scenario %s", s)
+		switch strings.TrimSpace(s) {
+		case "throughput":
+			res.Throughput, err = runThroughput(e)
+		case "failover":
+			res.Failover, err = runFailover(e)
+		case "scale":
+			res.Scale, err = runScale(e)
+		default:
+			err = fmt.Errorf("unknown scenario %q", s)
+		}
+		if err != nil {
+			stopAll()
+			log.Fatalf("scenario %s: %v", s, err)
+		}
+	}
+
+	data, err := json.MarshalIndent(res, "", "  ")
+	if err != nil {
+		log.Fatal(err)
+	}
+	must(os.WriteFile(filepath.Join(*out, "results.json"), data, 0o644))
+	must(os.WriteFile(filepath.Join(*out, "report.md"), []byte(report(res)), 0o644))
+	if len(res.Failover) > 0 {
+		must(os.WriteFile(filepath.Join(*out, "failover.svg"), []byte(failoverSVG(res.Failover)), 0o644))
+	}
+	log.Printf("wrote %s", *out)
+}
+
+func must(err error) {
+	if err != nil {
+		log.Fatal(err)
+	}
+}
+
+// setup builds the binaries and finds the optional proxies.
+func setup(reps int) (*env, error) {
+	root, err := os.Getwd()
+	if err != nil {
+		return nil, err
+	}
+	if _, err := os.Stat(filepath.Join(root, "cmd", "caddy")); err != nil {
+		return nil, fmt.Errorf("run the suite from the repository root: %w", err)
+	}
+	tmp, err := os.MkdirTemp("", "svcreg-bench-")
+	if err != nil {
+		return nil, err
+	}
+	e := &env{root: root, tmp: tmp, caddy: filepath.Join(tmp, "caddy"), backend: filepath.Join(tmp, "backend"), reps: reps}
+	for bin, pkg := range map[string]string{e.caddy: "./cmd/caddy", e.backend: "./bench/backend"} {
+		log.Printf("building %s", pkg)
+		build := exec.Command("go", "build", "-o", bin, pkg)
+		build.Stdout, build.Stderr = os.Stderr, os.Stderr
+		if err := build.Run(); err != nil {
+			return nil, fmt.Errorf("building %s: %w", pkg, err)
+		}
+	}
+	for _, name := range []string{"nginx", "haproxy"} {
+		for _, dir := range []string{"", "/usr/sbin/", "/usr/local/sbin/"} {
+			if p, err := exec.LookPath(dir + name); err == nil {
+				if name == "nginx" {
+					e.nginx = p
+				} else {
+					e.haproxy = p
+				}
+				break
+			}
+		}
+	}
+	return e, nil
+}
+
+// machine describes the machine briefly.
+func machine() string {
+	model := "unknown CPU"
+	if data, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for line := range strings.SplitSeq(string(data), "\n") {
+			if name, ok := strings.CutPrefix(line, "model name"); ok {
+				model = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(name), ":"))
+				break
+			}
+		}
+	}
+	out, _ := exec.Command("go", "version").Output()
+	return fmt.Sprintf("%s, %d CPUs, %s", model, numCPU(), strings.TrimSpace(string(out)))
+}
+
+func numCPU() int {
+	out, err := exec.Command("nproc").Output()
+	if err != nil {
+		return 0
+	}
+	var n int
+	fmt.Sscan(string(out), &n)
+	return n
+}
+
+// median returns the median of xs.
+func median(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
