@@ -31,7 +31,7 @@ import (
 // no live request is spent finding that out.
 var (
 	probeBackoffMin = 250 * time.Millisecond
-	probeBackoffMax = time.Second
+	probeBackoffMax = 500 * time.Millisecond
 	dialTimeout     = time.Second // of a passive check without an active one
 )
 

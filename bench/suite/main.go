@@ -12,7 +12,6 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -54,10 +53,10 @@ func main() {
 	reps := flag.Int("reps", 3, "repetitions of each measurement")
 	flag.Parse()
 
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
 	defer stopAll()
-	go func() { <-ctx.Done(); stopAll(); os.Exit(130) }()
+	interrupted := make(chan os.Signal, 1)
+	signal.Notify(interrupted, os.Interrupt, syscall.SIGTERM)
+	go func() { <-interrupted; stopAll(); os.Exit(130) }()
 
 	e, err := setup(*reps)
 	if err != nil {

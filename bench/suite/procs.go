@@ -81,17 +81,44 @@ func stopAll() {
 	}
 }
 
-// cpuSeconds returns the user+system CPU time the process has used.
+// cpuSeconds returns the user+system CPU time the process and its
+// running children (nginx's workers) have used.
 func (p *proc) cpuSeconds() float64 {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.cmd.Process.Pid))
+	pid := p.cmd.Process.Pid
+	total := 0.0
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		n, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		ppid, cpu, ok := procStat(n)
+		if ok && (n == pid || ppid == pid) {
+			total += cpu
+		}
+	}
+	return total
+}
+
+// procStat reads a process's parent and user+system CPU seconds.
+func procStat(pid int) (ppid int, cpu float64, ok bool) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
-		return 0
+		return 0, 0, false
 	}
 	// fields after the command name, which is in parentheses
-	f := strings.Fields(string(data[bytes.LastIndexByte(data, ')')+2:]))
+	i := bytes.LastIndexByte(data, ')')
+	if i < 0 || i+2 > len(data) {
+		return 0, 0, false
+	}
+	f := strings.Fields(string(data[i+2:]))
+	if len(f) < 13 {
+		return 0, 0, false
+	}
+	ppid, _ = strconv.Atoi(f[1])
 	utime, _ := strconv.ParseFloat(f[11], 64)
 	stime, _ := strconv.ParseFloat(f[12], 64)
-	return (utime + stime) / 100 // clock ticks; 100 per second on Linux
+	return ppid, (utime + stime) / 100, true // clock ticks; 100 per second on Linux
 }
 
 // freePort returns a TCP port on 127.0.0.1 that was free a moment ago.
