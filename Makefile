@@ -1,6 +1,7 @@
 # make demo   builds Caddy with the plugin and runs the quickstart demo
 # make test   runs every check and test (what CI runs)
-.PHONY: demo test build
+# make bench  runs the benchmark suite into bench/results (about 12 minutes)
+.PHONY: demo test build bench
 
 demo:
 	./examples/quickstart/run.sh
@@ -10,3 +11,6 @@ test:
 
 build:
 	GOTOOLCHAIN=local go build -o bin/caddy ./cmd/caddy
+
+bench:
+	GOTOOLCHAIN=local go run ./bench/suite -out bench/results

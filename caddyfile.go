@@ -446,7 +446,9 @@ const (
 //		<any other reverse_proxy subdirective: transport, header_up, header_down, ...>
 //	}]
 //
-// It is the short form of
+// It is the short form of the following, with one difference: its
+// handlers sit in the matched route itself, where handle would put them in
+// a subroute (which rebuilds its middleware chain on every request).
 //
 //	@svc service_version [{ prefix <base path> }]
 //	handle @svc {
@@ -467,6 +469,8 @@ const (
 //	handle_errors {
 //		@svc_error not vars {svc.error} ""
 //		respond @svc_error "{svc.error}" {http.error.status_code}
+//		@svc_failed not vars {svc.name} ""
+//		respond @svc_failed `no host of service "{svc.name}" version "{svc.version}" answered` {http.error.status_code}
 //	}
 //
 // A request that fails to connect, or whose sending fails (service_http),
@@ -574,15 +578,24 @@ func parseServiceProxy(h httpcaddyfile.Helper) ([]httpcaddyfile.ConfigValue, err
 		return nil, h.Errf("service_proxy: %v", err)
 	}
 
+	// The handlers go straight into the matched route: a handle block
+	// would put them in a subroute, which builds its middleware chain
+	// again for every request.
 	var handlers []json.RawMessage
 	if strip {
 		handlers = append(handlers, caddyconfig.JSONModuleObject(rewrite.Rewrite{StripPathPrefix: "{" + placeholderPrefix + "}"}, "handler", "rewrite", nil))
 	}
 	handlers = append(handlers, caddyconfig.JSONModuleObject(rp, "handler", "reverse_proxy", nil))
-	matcherSet := caddy.ModuleMap{"service_version": h.JSON(matcher)}
-	vals := h.NewRoute(matcherSet, &caddyhttp.Subroute{Routes: caddyhttp.RouteList{{HandlersRaw: handlers}}})
-	return append(vals, serviceErrorRoute(h)), nil
+	route := caddyhttp.Route{
+		MatcherSetsRaw: []caddy.ModuleMap{{"service_version": h.JSON(matcher)}},
+		HandlersRaw:    handlers,
+	}
+	return []httpcaddyfile.ConfigValue{{Class: "route", Value: route}, serviceErrorRoute(h)}, nil
 }
+
+// failedBody is the error route's text for a matched request that no host
+// answered (502, or 504 on a timeout).
+const failedBody = `no host of service "{` + placeholderName + `}" version "{` + placeholderVersion + `}" answered`
 
 // serviceProxyDefaults fills in what service_proxy sets on reverse_proxy.
 func serviceProxyDefaults(rp *reverseproxy.Handler, balance string, retries int) error {
@@ -635,19 +648,31 @@ func serviceProxyDefaults(rp *reverseproxy.Handler, balance string, retries int)
 //	handle_errors {
 //		@svc_error not vars {svc.error} ""
 //		respond @svc_error "{svc.error}" {http.error.status_code}
+//		@svc_failed not vars {svc.name} ""
+//		respond @svc_failed `no host of service "{svc.name}" version "{svc.version}" answered` {http.error.status_code}
 //	}
 func serviceErrorRoute(h httpcaddyfile.Helper) httpcaddyfile.ConfigValue {
-	isSet := caddy.ModuleMap{"not": h.JSON(caddyhttp.MatchNot{MatcherSetsRaw: []caddy.ModuleMap{
-		{"vars": h.JSON(caddyhttp.VarsMatcher{"{" + placeholderError + "}": {""}})},
-	}})}
-	respond := caddyhttp.StaticResponse{
-		StatusCode: caddyhttp.WeakString("{http.error.status_code}"),
-		Body:       "{" + placeholderError + "}",
+	set := func(placeholder string) caddy.ModuleMap {
+		return caddy.ModuleMap{"not": h.JSON(caddyhttp.MatchNot{MatcherSetsRaw: []caddy.ModuleMap{
+			{"vars": h.JSON(caddyhttp.VarsMatcher{"{" + placeholder + "}": {""}})},
+		}})}
 	}
-	inner := &caddyhttp.Subroute{Routes: caddyhttp.RouteList{{
-		MatcherSetsRaw: []caddy.ModuleMap{isSet},
-		HandlersRaw:    []json.RawMessage{caddyconfig.JSONModuleObject(respond, "handler", "static_response", nil)},
-	}}}
+	respond := func(body string) json.RawMessage {
+		return caddyconfig.JSONModuleObject(caddyhttp.StaticResponse{
+			StatusCode: caddyhttp.WeakString("{http.error.status_code}"),
+			Body:       body,
+		}, "handler", "static_response", nil)
+	}
+	inner := &caddyhttp.Subroute{Routes: caddyhttp.RouteList{
+		{ // the matcher's 404 or service_failover's 503 said why
+			MatcherSetsRaw: []caddy.ModuleMap{set(placeholderError)},
+			HandlersRaw:    []json.RawMessage{respond("{" + placeholderError + "}")},
+		},
+		{ // a matched request that no host answered
+			MatcherSetsRaw: []caddy.ModuleMap{set(placeholderName)},
+			HandlersRaw:    []json.RawMessage{respond(failedBody)},
+		},
+	}}
 	return httpcaddyfile.ConfigValue{
 		Class: "error_route",
 		Value: &caddyhttp.Subroute{Routes: caddyhttp.RouteList{{

@@ -33,8 +33,9 @@ const (
 	placeholderVersion = "svc.version"
 	placeholderPrefix  = "svc.prefix"
 	// placeholderError holds the short text Caddy answers with when the
-	// request fails: unknown service (404), no available host (503) or no
-	// host answered (502). service_proxy's error route writes it.
+	// request fails with an unknown service (404) or no available host
+	// (503). service_proxy's error route writes it, or, for a matched
+	// request no host answered, a text made of {svc.name} and {svc.version}.
 	placeholderError = "svc.error"
 )
 
@@ -140,7 +141,6 @@ func (m MatchServiceVersion) MatchWithError(r *http.Request) (bool, error) {
 			prefix = m.Prefix + svc.Prefix
 		}
 		setServiceVars(r, repl, svc.nameVal, svc.versionVal, prefix)
-		repl.Set(placeholderError, svc.failedMsg)
 		return true, nil
 
 	case errors.Is(err, ErrNotSynced):

@@ -276,7 +276,7 @@ type Service struct {
 
 	// Values boxed once, so that setting placeholders does not allocate.
 	nameVal, versionVal, prefixVal any
-	unavailableMsg, failedMsg      any
+	unavailableMsg                 any
 
 	retries *atomic.Uint64 // tries after a request's first; kept across snapshots
 }
@@ -306,7 +306,6 @@ func newService(key ServiceKey, eps []*Endpoint) *Service {
 	}
 	s.nameVal, s.versionVal, s.prefixVal = s.Name, s.Version, s.Prefix
 	s.unavailableMsg = fmt.Sprintf("no available host for service %q version %q", s.Name, s.Version)
-	s.failedMsg = fmt.Sprintf("no host of service %q version %q answered", s.Name, s.Version)
 	return s
 }
 

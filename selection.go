@@ -25,7 +25,7 @@ const attemptVar = "service_registry.attempt"
 // statusPlaceholder is set by reverse_proxy once an upstream has answered.
 const statusPlaceholder = "http.reverse_proxy.status_code"
 
-// inlineHosts is how many hosts an attempt holds without a second allocation.
+// inlineHosts is how many upstream pointers an attempt holds inline.
 const inlineHosts = 8
 
 // attempt is what one request has tried so far. reverse_proxy calls
@@ -41,23 +41,22 @@ type attempt struct {
 	retryAfter bool // Retry-After was set on the response
 
 	triedInline [1]uint64
-	upsInline   [inlineHosts]reverseproxy.Upstream
 	poolInline  [inlineHosts]*reverseproxy.Upstream
 }
 
 // newAttempt starts an attempt on pool, or, when pool is nil, on fresh
-// upstreams for svc's endpoints.
+// upstreams for svc's endpoints: two allocations, the attempt and exactly
+// as many upstreams as the version has endpoints (each is ~100 bytes, and
+// every allocated byte is garbage after the request).
 func newAttempt(svc *Service, pool []*reverseproxy.Upstream) *attempt {
 	a := &attempt{svc: svc, pool: pool, last: -1}
 	if pool == nil && svc != nil {
 		n := len(svc.Endpoints)
-		ups := a.upsInline[:0]
 		a.pool = a.poolInline[:0]
 		if n > inlineHosts {
-			ups = make([]reverseproxy.Upstream, 0, n)
 			a.pool = make([]*reverseproxy.Upstream, 0, n)
 		}
-		ups = ups[:n]
+		ups := make([]reverseproxy.Upstream, n)
 		for i, ep := range svc.Endpoints {
 			ups[i].Dial = ep.Address
 			a.pool = append(a.pool, &ups[i])

@@ -21,17 +21,20 @@ func init() {
 // HTTPTransport is Caddy's http transport (every option of `transport
 // http` applies) with one addition: a request that failed before one byte
 // of it reached its upstream connection (the connection was already reset)
-// is reported to reverse_proxy as a dial error, which it retries on another host whatever the method, provided the
-// body can be sent again (no body, or a body reverse_proxy buffered whole
-// with request_buffers).
+// is reported to reverse_proxy as a dial error, which it retries on another
+// host whatever the method, provided the body can be sent again (no body,
+// or a body reverse_proxy buffered whole with request_buffers).
 //
 // This closes the window right after a host dies, when reverse_proxy may
 // still pick one of the host's pooled keep-alive connections before Go
 // notices the connection was reset: without it such a POST fails with 502
 // although the host never received a byte of it. A request that was even
 // partly sent is not retried (unless lb_retry_match says so), since the host
-// may have acted on it. The rule applies to HTTP/1 only: on a shared HTTP/2
-// connection a failed write says nothing about one request.
+// may have acted on it. The rule applies to HTTP/1 only (on a shared HTTP/2
+// connection a failed write says nothing about one request), and not to
+// GET, HEAD and OPTIONS, which reverse_proxy already retries after any
+// failure under service_proxy's lb_retry_match (and GET under Caddy's
+// default): leaving them alone keeps their path as cheap as plain http.
 type HTTPTransport struct {
 	reverseproxy.HTTPTransport
 
@@ -72,7 +75,7 @@ func (t *HTTPTransport) Provision(ctx caddy.Context) error {
 // RoundTrip sends req with the http transport and marks a request that
 // never left as safe to retry.
 func (t *HTTPTransport) RoundTrip(req *http.Request) (*http.Response, error) {
-	if !t.http1Only || !bodyReplayable(req) {
+	if !t.http1Only || retriedAnyway(req.Method) || !bodyReplayable(req) {
 		return t.HTTPTransport.RoundTrip(req)
 	}
 	var conn *writeTrackingConn
@@ -93,6 +96,12 @@ func (t *HTTPTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		return nil, reverseproxy.NewDialError(err)
 	}
 	return resp, err
+}
+
+// retriedAnyway reports whether service_proxy retries the method after any
+// failure.
+func retriedAnyway(method string) bool {
+	return method == http.MethodGet || method == http.MethodHead || method == http.MethodOptions
 }
 
 // writeTrackingConn counts the bytes written on it. An HTTP/1 connection

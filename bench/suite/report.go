@@ -33,28 +33,34 @@ func report(r *Results) string {
 			}
 			fmt.Fprintf(&b, "| %s | %d | %.0f | %.2f | %.2f | %s | %d |\n", name, len(runs), median(rps), median(p50), median(p99), cpuText, failed)
 		}
-		var ratios []float64
+		var ratios, cpuRatios []float64
 		for rep := 0; ; rep++ {
-			var plain, svc float64
-			for _, x := range r.Throughput {
+			var plain, svc *ThroughputRun
+			for i, x := range r.Throughput {
 				if x.Rep == rep && x.Proxy == "caddy_round_robin" {
-					plain = x.RPS
+					plain = &r.Throughput[i]
 				}
 				if x.Rep == rep && x.Proxy == "service_proxy" {
-					svc = x.RPS
+					svc = &r.Throughput[i]
 				}
 			}
-			if plain == 0 || svc == 0 {
+			if plain == nil || svc == nil {
 				break
 			}
-			ratios = append(ratios, svc/plain)
+			ratios = append(ratios, svc.RPS/plain.RPS)
+			cpuRatios = append(cpuRatios, svc.CPUus/plain.CPUus)
 		}
 		if len(ratios) > 0 {
-			var parts []string
-			for _, x := range ratios {
-				parts = append(parts, fmt.Sprintf("%.3f", x))
+			format := func(xs []float64) string {
+				var parts []string
+				for _, x := range xs {
+					parts = append(parts, fmt.Sprintf("%.3f", x))
+				}
+				return strings.Join(parts, ", ")
 			}
-			fmt.Fprintf(&b, "\nRequests/s of `service_proxy` / Caddy `reverse_proxy` round_robin, per repetition: %s; median **%.3f**.\n", strings.Join(parts, ", "), median(ratios))
+			fmt.Fprintf(&b, "\n`service_proxy` / Caddy `reverse_proxy` round_robin, run back to back in each repetition (alternating which goes first):\n\n")
+			fmt.Fprintf(&b, "- requests/s: %s; median **%.3f**\n", format(ratios), median(ratios))
+			fmt.Fprintf(&b, "- proxy CPU per request: %s; median **%.3f**\n", format(cpuRatios), median(cpuRatios))
 		}
 		b.WriteString("\nConfigurations:\n\n")
 		seen := map[string]bool{}

@@ -71,10 +71,29 @@ func runThroughput(e *env) ([]ThroughputRun, error) {
 		configs = append(configs, px)
 		running = append(running, r)
 	}
+	// Each repetition runs plain reverse_proxy and service_proxy back to
+	// back, in alternating order (ABBA), then the others in a rotating
+	// order, so that the ratio of the pair is measured under the same
+	// conditions.
 	var runs []ThroughputRun
 	for rep := range e.reps {
-		for k := range configs {
-			i := (k + rep) % len(configs) // a different order each time
+		var order []int
+		var others []int
+		for i, px := range configs {
+			if px.Name != caddyPlain.Name && px.Name != serviceProxy.Name {
+				others = append(others, i)
+			}
+		}
+		pair := []int{slices.IndexFunc(configs, func(p proxy) bool { return p.Name == caddyPlain.Name }),
+			slices.IndexFunc(configs, func(p proxy) bool { return p.Name == serviceProxy.Name })}
+		if rep%2 == 1 {
+			pair[0], pair[1] = pair[1], pair[0]
+		}
+		order = append(order, pair...)
+		for k := range others {
+			order = append(order, others[(k+rep)%len(others)])
+		}
+		for _, i := range order {
 			px, r := configs[i], running[i]
 			if _, err := loadgen.Run(context.Background(), loadgen.Config{Addr: r.addr, Path: r.path, Conns: conns, Duration: warmupTime}); err != nil {
 				return nil, err
