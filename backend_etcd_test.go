@@ -20,17 +20,6 @@ import (
 	"github.com/svcreg/caddy-svcreg/internal/etcdtest"
 )
 
-// etcdClient returns a client of the test's etcd.
-func etcdClient(t testing.TB, endpoint string) *clientv3.Client {
-	t.Helper()
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{endpoint}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cli.Close() })
-	return cli
-}
-
 // startEtcdBackend starts an etcd backend on endpoint with the given seeds
 // and returns it with its table and its log.
 func startEtcdBackend(t testing.TB, endpoint string, seeds map[ServiceKey][]Endpoint) (*EtcdBackend, *Table, *observer.ObservedLogs) {
@@ -78,7 +67,7 @@ func eventually(t testing.TB, timeout time.Duration, what string, cond func() bo
 
 func TestEtcdWatchPropagation(t *testing.T) {
 	srv := etcdtest.Start(t)
-	cli := etcdClient(t, srv.Endpoint)
+	cli := srv.Client(t)
 	ctx := context.Background()
 	users := ServiceKey{"users", "v1"}
 
@@ -143,7 +132,7 @@ func TestEtcdWatchPropagation(t *testing.T) {
 
 func TestEtcdAdminWritesAndLeases(t *testing.T) {
 	srv := etcdtest.Start(t)
-	cli := etcdClient(t, srv.Endpoint)
+	cli := srv.Client(t)
 	ctx := context.Background()
 	users := ServiceKey{"users", "v1"}
 	seeds := map[ServiceKey][]Endpoint{users: eps("127.0.0.1:9001")}
@@ -222,7 +211,7 @@ func TestEtcdUnreachableAtStart(t *testing.T) {
 	})
 
 	srv.Restart()
-	cli := etcdClient(t, srv.Endpoint)
+	cli := srv.Client(t)
 	if _, err := cli.Put(context.Background(), "/svcreg/users/v1/127.0.0.1:9002", "{}"); err != nil {
 		t.Fatal(err)
 	}
@@ -239,7 +228,7 @@ func TestEtcdUnreachableAtStart(t *testing.T) {
 
 func TestEtcdLostAndBack(t *testing.T) {
 	srv := etcdtest.Start(t)
-	cli := etcdClient(t, srv.Endpoint)
+	cli := srv.Client(t)
 	ctx := context.Background()
 	users := ServiceKey{"users", "v1"}
 	if _, err := cli.Put(ctx, "/svcreg/users/v1/127.0.0.1:9001", "{}"); err != nil {
@@ -329,7 +318,7 @@ func (p *tcpProxy) Mend() {
 
 func TestEtcdCompactionRelists(t *testing.T) {
 	srv := etcdtest.Start(t)
-	cli := etcdClient(t, srv.Endpoint)
+	cli := srv.Client(t)
 	ctx := context.Background()
 	users, orders := ServiceKey{"users", "v1"}, ServiceKey{"orders", "v1"}
 	if _, err := cli.Put(ctx, "/svcreg/users/v1/127.0.0.1:9001", "{}"); err != nil {
@@ -367,7 +356,7 @@ func TestEtcdCompactionRelists(t *testing.T) {
 // the snapshot that routing reads, and reports p50 and p99.
 func BenchmarkEtcdPropagation(b *testing.B) {
 	srv := etcdtest.Start(b)
-	cli := etcdClient(b, srv.Endpoint)
+	cli := srv.Client(b)
 	_, tbl, _ := startEtcdBackend(b, srv.Endpoint, nil)
 	eventually(b, 10*time.Second, "the first sync", func() bool { return tbl.Snapshot().Synced() })
 	ctx := context.Background()

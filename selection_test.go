@@ -343,7 +343,7 @@ func TestFailoverStaticPool(t *testing.T) {
 }
 
 // BenchmarkSelect measures one first try among 10 hosts, beside Caddy's
-// own round_robin on the same pool in the same run.
+// own round_robin, random and least_conn on the same pool in the same run.
 func BenchmarkSelect(b *testing.B) {
 	key := ServiceKey{"users", "v1"}
 	reg := testRegistry(map[ServiceKey][]Endpoint{key: hostList(10)})
@@ -364,21 +364,29 @@ func BenchmarkSelect(b *testing.B) {
 			}
 		})
 	}
-	b.Run("caddy_round_robin", func(b *testing.B) {
-		pool := make(reverseproxy.UpstreamPool, 10)
-		for i := range pool {
-			pool[i] = &reverseproxy.Upstream{Dial: fmt.Sprintf("127.0.0.1:%d", 9001+i), Host: new(reverseproxy.Host)}
-		}
-		policy := new(reverseproxy.RoundRobinSelection)
-		r, _ := newRequest(b, http.MethodGet, "/users/v1/x")
-		w := httptest.NewRecorder()
-		b.ReportAllocs()
-		for b.Loop() {
-			if policy.Select(pool, r, w) == nil {
-				b.Fatal("no host")
+	for _, caddyPolicy := range []struct {
+		name   string
+		policy reverseproxy.Selector
+	}{
+		{"caddy_round_robin", new(reverseproxy.RoundRobinSelection)},
+		{"caddy_random", reverseproxy.RandomSelection{}},
+		{"caddy_least_conn", reverseproxy.LeastConnSelection{}},
+	} {
+		b.Run(caddyPolicy.name, func(b *testing.B) {
+			pool := make(reverseproxy.UpstreamPool, 10)
+			for i := range pool {
+				pool[i] = &reverseproxy.Upstream{Dial: fmt.Sprintf("127.0.0.1:%d", 9001+i), Host: new(reverseproxy.Host)}
 			}
-		}
-	})
+			r, _ := newRequest(b, http.MethodGet, "/users/v1/x")
+			w := httptest.NewRecorder()
+			b.ReportAllocs()
+			for b.Loop() {
+				if caddyPolicy.policy.Select(pool, r, w) == nil {
+					b.Fatal("no host")
+				}
+			}
+		})
+	}
 }
 
 // BenchmarkUpstreamsAndSelect measures a request's first try as

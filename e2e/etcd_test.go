@@ -15,7 +15,6 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 
 	"github.com/svcreg/caddy-svcreg/internal/etcdtest"
 )
@@ -33,16 +32,6 @@ func etcdRegistry(endpoint string) string {
 const proxySite = `{http} {
 	service_proxy
 }`
-
-func etcdClient(t testing.TB, endpoint string) *clientv3.Client {
-	t.Helper()
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{endpoint}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cli.Close() })
-	return cli
-}
 
 func put(t testing.TB, cli *clientv3.Client, key, value string) {
 	t.Helper()
@@ -121,7 +110,7 @@ func selfreg(t *testing.T, etcd, service, version, address, ttl string) *exec.Cm
 
 func TestEtcdSelfRegistration(t *testing.T) {
 	srv := etcdtest.Start(t)
-	cli := etcdClient(t, srv.Endpoint)
+	cli := srv.Client(t)
 	steady, leaving, polite := startBackend(t, "steady"), startBackend(t, "leaving"), startBackend(t, "polite")
 	put(t, cli, "/svcreg/users/v1/"+steady.Addr, "{}")
 	dying := selfreg(t, srv.Endpoint, "users", "v1", leaving.Addr, "2s")
@@ -170,7 +159,7 @@ func TestEtcdSelfRegistration(t *testing.T) {
 
 func TestEtcdLostDuringLoad(t *testing.T) {
 	srv := etcdtest.Start(t)
-	cli := etcdClient(t, srv.Endpoint)
+	cli := srv.Client(t)
 	backends := []*backend{startBackend(t, "a"), startBackend(t, "b"), startBackend(t, "c")}
 	for _, b := range backends {
 		put(t, cli, "/svcreg/users/v1/"+b.Addr, "{}")
@@ -206,7 +195,7 @@ func TestEtcdLostDuringLoad(t *testing.T) {
 
 	// A change made after the restart is routed.
 	fresh := startBackend(t, "fresh")
-	put(t, etcdClient(t, srv.Endpoint), "/svcreg/users/v2/"+fresh.Addr, "{}")
+	put(t, srv.Client(t), "/svcreg/users/v2/"+fresh.Addr, "{}")
 	waitFor(t, 20*time.Second, "a change made after etcd came back to be routed", func() bool { return routesTo(c, "/users/v2/x", "fresh") })
 }
 
@@ -219,6 +208,6 @@ func TestEtcdUnreachableWhenCaddyStarts(t *testing.T) {
 	}
 	srv.Restart()
 	b := startBackend(t, "late")
-	put(t, etcdClient(t, srv.Endpoint), "/svcreg/users/v1/"+b.Addr, "{}")
+	put(t, srv.Client(t), "/svcreg/users/v1/"+b.Addr, "{}")
 	waitFor(t, 20*time.Second, "routing once etcd is up", func() bool { return routesTo(c, "/users/v1/x", "late") })
 }
