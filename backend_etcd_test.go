@@ -8,6 +8,7 @@ import (
 	"net"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -24,10 +25,18 @@ import (
 // and returns it with its table and its log.
 func startEtcdBackend(t testing.TB, endpoint string, seeds map[ServiceKey][]Endpoint) (*EtcdBackend, *Table, *observer.ObservedLogs) {
 	t.Helper()
+	return startEtcdBackendWith(t, &EtcdBackend{Endpoints: []string{endpoint}}, seeds)
+}
+
+// startEtcdBackendWith starts e (2s dial timeout unless set).
+func startEtcdBackendWith(t testing.TB, e *EtcdBackend, seeds map[ServiceKey][]Endpoint) (*EtcdBackend, *Table, *observer.ObservedLogs) {
+	t.Helper()
 	core, logs := observer.New(zap.InfoLevel)
 	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
 	t.Cleanup(cancel)
-	e := &EtcdBackend{Endpoints: []string{endpoint}, DialTimeout: caddy.Duration(2 * time.Second)}
+	if e.DialTimeout == 0 {
+		e.DialTimeout = caddy.Duration(2 * time.Second)
+	}
 	if err := e.Provision(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -381,4 +390,98 @@ func BenchmarkEtcdPropagation(b *testing.B) {
 	slices.Sort(lat)
 	b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50-µs")
 	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds()), "p99-µs")
+}
+
+func TestEtcdTLS(t *testing.T) {
+	files := etcdtest.WriteTLSFiles(t, t.TempDir())
+	srv := etcdtest.StartTLS(t, files)
+	if _, err := srv.Client(t).Put(context.Background(), "/svcreg/users/v1/127.0.0.1:9001", "{}"); err != nil {
+		t.Fatal(err)
+	}
+	users := ServiceKey{"users", "v1"}
+
+	// With the CA and a client certificate, the backend syncs.
+	_, tbl, _ := startEtcdBackendWith(t, &EtcdBackend{Endpoints: []string{srv.Endpoint},
+		TLS: &EtcdTLS{CA: files.CA, Cert: files.ClientCert, Key: files.ClientKey}}, nil)
+	eventually(t, 15*time.Second, "a sync over TLS", func() bool {
+		return slices.Equal(tableHas(tbl, users), []string{"127.0.0.1:9001"})
+	})
+
+	// Without the client certificate etcd refuses it: no sync, and the log
+	// says why.
+	_, noCert, logs := startEtcdBackendWith(t, &EtcdBackend{Endpoints: []string{srv.Endpoint},
+		TLS: &EtcdTLS{CA: files.CA}}, nil)
+	eventually(t, 15*time.Second, "the refusal to be logged", func() bool {
+		return logs.FilterMessageSnippet("etcd unreachable").Len() > 0
+	})
+	if noCert.Snapshot().Synced() {
+		t.Error("synced without a client certificate")
+	}
+
+	// Half a client certificate is refused at provision time.
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	defer cancel()
+	half := &EtcdBackend{TLS: &EtcdTLS{Cert: files.ClientCert}}
+	if err := half.Provision(ctx); err == nil || !strings.Contains(err.Error(), "both cert and key") {
+		t.Errorf("a cert without its key: %v", err)
+	}
+}
+
+func TestEtcdAuthAndSecrets(t *testing.T) {
+	srv := etcdtest.Start(t)
+	root := srv.Client(t)
+	ctx := context.Background()
+	const password = "s3cret-Passw0rd"
+	for _, step := range []func() error{
+		func() error { _, err := root.RoleAdd(ctx, "root"); return err },
+		func() error { _, err := root.UserAdd(ctx, "root", password); return err },
+		func() error { _, err := root.UserGrantRole(ctx, "root", "root"); return err },
+		func() error { _, err := root.AuthEnable(ctx); return err },
+	} {
+		must(t, step())
+	}
+	authed, err := clientv3.New(clientv3.Config{Endpoints: []string{srv.Endpoint}, Username: "root", Password: password, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	must(t, err)
+	defer authed.Close()
+	_, err = authed.Put(ctx, "/svcreg/users/v1/127.0.0.1:9001", "{}")
+	must(t, err)
+	users := ServiceKey{"users", "v1"}
+
+	// Endpoint and password from placeholders.
+	t.Setenv("SVCREG_TEST_ETCD", srv.Endpoint)
+	t.Setenv("SVCREG_TEST_ETCD_PASSWORD", password)
+	good, tbl, goodLogs := startEtcdBackendWith(t, &EtcdBackend{Endpoints: []string{"{env.SVCREG_TEST_ETCD}"},
+		Username: "root", Password: "{env.SVCREG_TEST_ETCD_PASSWORD}"}, nil)
+	eventually(t, 15*time.Second, "a sync with a user and password", func() bool {
+		return slices.Equal(tableHas(tbl, users), []string{"127.0.0.1:9001"})
+	})
+	r := &registry{table: tbl, backend: good, health: newHealthChecker(tbl, zap.NewNop())}
+	must(t, r.Add(ctx, users, Endpoint{Address: "127.0.0.1:9002"}))
+
+	// A wrong password: no sync; neither the log nor an error shows it.
+	const wrong = "wrong-Passw0rd-value"
+	bad, badTbl, badLogs := startEtcdBackendWith(t, &EtcdBackend{Endpoints: []string{srv.Endpoint},
+		Username: "root", Password: wrong}, nil)
+	eventually(t, 15*time.Second, "the failed sync to be logged", func() bool {
+		return badLogs.FilterMessageSnippet("etcd unreachable").Len() > 0
+	})
+	if badTbl.Snapshot().Synced() {
+		t.Error("synced with a wrong password")
+	}
+	addErr := bad.Add(ctx, users, Endpoint{Address: "127.0.0.1:9003", Weight: 1})
+	if addErr == nil {
+		t.Error("an add with a wrong password succeeded")
+	}
+	for _, entry := range append(goodLogs.All(), badLogs.All()...) {
+		text := entry.Message
+		for k, v := range entry.ContextMap() {
+			text += " " + k + "=" + fmt.Sprint(v)
+		}
+		if strings.Contains(text, password) || strings.Contains(text, wrong) {
+			t.Errorf("a log entry shows a password: %s", text)
+		}
+	}
+	if addErr != nil && (strings.Contains(addErr.Error(), wrong) || strings.Contains(addErr.Error(), password)) {
+		t.Errorf("an error shows a password: %v", addErr)
+	}
 }

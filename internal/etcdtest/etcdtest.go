@@ -10,7 +10,15 @@ package etcdtest
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"fmt"
+	"math/big"
 	"net"
 	"net/http"
 	"os"
@@ -28,7 +36,8 @@ import (
 
 // Server is a running etcd.
 type Server struct {
-	// Endpoint is the client address, 127.0.0.1:port.
+	// Endpoint is the client address, 127.0.0.1:port, or with TLS
+	// https://127.0.0.1:port.
 	Endpoint string
 
 	t          testing.TB
@@ -36,15 +45,48 @@ type Server struct {
 	dir        string
 	clientPort int
 	peerPort   int
+	tls        *TLSFiles
 
 	mu  sync.Mutex
 	cmd *exec.Cmd
 	log bytes.Buffer
 }
 
+// TLSFiles are the PEM files of an etcd that serves clients over TLS and
+// requires a client certificate signed by the same CA.
+type TLSFiles struct {
+	CA, ServerCert, ServerKey, ClientCert, ClientKey string
+}
+
+// Config returns a client TLS config with the client certificate.
+func (f *TLSFiles) Config() (*tls.Config, error) {
+	pool := x509.NewCertPool()
+	ca, err := os.ReadFile(f.CA)
+	if err != nil {
+		return nil, err
+	}
+	pool.AppendCertsFromPEM(ca)
+	pair, err := tls.LoadX509KeyPair(f.ClientCert, f.ClientKey)
+	if err != nil {
+		return nil, err
+	}
+	return &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12}, nil
+}
+
+// StartTLS starts etcd serving clients over TLS with the given files.
+func StartTLS(t testing.TB, files *TLSFiles) *Server {
+	t.Helper()
+	return start(t, files)
+}
+
 // Start starts etcd and waits until it is healthy. The server is stopped
 // when the test ends.
 func Start(t testing.TB) *Server {
+	t.Helper()
+	return start(t, nil)
+}
+
+func start(t testing.TB, files *TLSFiles) *Server {
 	t.Helper()
 	bin, err := exec.LookPath("etcd")
 	if err != nil {
@@ -53,8 +95,11 @@ func Start(t testing.TB) *Server {
 		}
 		t.Skip("skipping: no etcd binary on PATH; install etcd-server (Debian) to run the etcd tests")
 	}
-	s := &Server{t: t, bin: bin, dir: t.TempDir(), clientPort: freePort(t), peerPort: freePort(t)}
+	s := &Server{t: t, bin: bin, dir: t.TempDir(), clientPort: freePort(t), peerPort: freePort(t), tls: files}
 	s.Endpoint = fmt.Sprintf("127.0.0.1:%d", s.clientPort)
+	if files != nil {
+		s.Endpoint = "https://" + s.Endpoint
+	}
 	s.start()
 	t.Cleanup(s.Stop)
 	return s
@@ -72,17 +117,25 @@ func StartLater(t testing.TB) *Server {
 func (s *Server) start() {
 	s.t.Helper()
 	peer := fmt.Sprintf("http://127.0.0.1:%d", s.peerPort)
-	client := "http://" + s.Endpoint
-	cmd := exec.Command(s.bin,
+	client := s.Endpoint
+	if s.tls == nil {
+		client = "http://" + client
+	}
+	args := []string{
 		"--name", "svcreg-test",
 		"--data-dir", filepath.Join(s.dir, "data"),
 		"--listen-client-urls", client,
 		"--advertise-client-urls", client,
 		"--listen-peer-urls", peer,
 		"--initial-advertise-peer-urls", peer,
-		"--initial-cluster", "svcreg-test="+peer,
+		"--initial-cluster", "svcreg-test=" + peer,
 		"--log-level", "warn",
-	)
+	}
+	if s.tls != nil {
+		args = append(args, "--cert-file", s.tls.ServerCert, "--key-file", s.tls.ServerKey,
+			"--trusted-ca-file", s.tls.CA, "--client-cert-auth")
+	}
+	cmd := exec.Command(s.bin, args...)
 	cmd.Stdout, cmd.Stderr = &lockedWriter{s}, &lockedWriter{s}
 	if err := cmd.Start(); err != nil {
 		s.t.Fatalf("starting etcd: %v", err)
@@ -108,8 +161,16 @@ func (s *Server) Restart() {
 func (s *Server) healthy() bool {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+s.Endpoint+"/health", nil)
-	resp, err := http.DefaultClient.Do(req)
+	url, client := "http://"+s.Endpoint+"/health", http.DefaultClient
+	if s.tls != nil {
+		cfg, err := s.tls.Config()
+		if err != nil {
+			s.t.Fatal(err)
+		}
+		url, client = s.Endpoint+"/health", &http.Client{Transport: &http.Transport{TLSClientConfig: cfg}}
+	}
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	resp, err := client.Do(req)
 	if err != nil {
 		return false
 	}
@@ -147,7 +208,14 @@ func (s *Server) signal(sig syscall.Signal) {
 // Client returns a client of the server, closed when the test ends.
 func (s *Server) Client(t testing.TB) *clientv3.Client {
 	t.Helper()
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{s.Endpoint}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	cfg := clientv3.Config{Endpoints: []string{s.Endpoint}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()}
+	if s.tls != nil {
+		var err error
+		if cfg.TLS, err = s.tls.Config(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cli, err := clientv3.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -178,4 +246,61 @@ func freePort(t testing.TB) int {
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port
+}
+
+// WriteTLSFiles makes a CA, a server certificate for 127.0.0.1 and a client
+// certificate, and writes them as PEM files into dir.
+func WriteTLSFiles(t testing.TB, dir string) *TLSFiles {
+	t.Helper()
+	key := func() *ecdsa.PrivateKey {
+		k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return k
+	}
+	write := func(name, typ string, der []byte) string {
+		path := filepath.Join(dir, name)
+		if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	now := time.Now()
+	caKey := key()
+	caTmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "svcreg test CA"},
+		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(24 * time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
+	}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, err := x509.ParseCertificate(caDER)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf := func(serial int64, name string, usage x509.ExtKeyUsage) (string, string) {
+		k := key()
+		tmpl := &x509.Certificate{
+			SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: name},
+			NotBefore: now.Add(-time.Hour), NotAfter: now.Add(24 * time.Hour),
+			KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{usage},
+			IPAddresses: []net.IP{net.ParseIP("127.0.0.1")},
+		}
+		der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &k.PublicKey, caKey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		keyDER, err := x509.MarshalECPrivateKey(k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return write(name+".pem", "CERTIFICATE", der), write(name+"-key.pem", "EC PRIVATE KEY", keyDER)
+	}
+	f := &TLSFiles{CA: write("ca.pem", "CERTIFICATE", caDER)}
+	f.ServerCert, f.ServerKey = leaf(2, "server", x509.ExtKeyUsageServerAuth)
+	f.ClientCert, f.ClientKey = leaf(3, "client", x509.ExtKeyUsageClientAuth)
+	return f
 }
