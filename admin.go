@@ -71,7 +71,8 @@ type endpointStatus struct {
 	OutOfRotation string            `json:"out_of_rotation,omitempty"` // probe, passive, draining
 	Fails         int               `json:"fails"`
 	LastFailure   *time.Time        `json:"last_failure,omitempty"`
-	NextCheck     *time.Time        `json:"next_check,omitempty"` // while out after a failed request
+	NextCheck     *time.Time        `json:"next_check,omitempty"`       // while out after a failed request
+	SlowStartEnds *time.Time        `json:"slow_start_until,omitempty"` // while ramping up after rejoining
 	InFlight      int               `json:"in_flight"`
 	Requests      uint64            `json:"requests"`
 	Failures      uint64            `json:"failures"`
@@ -203,6 +204,9 @@ func statusOf(svc *Service) serviceStatus {
 		}
 		if t := unixTime(ep.health.nextProbe.Load()); !t.IsZero() && ep.OutOfRotation() == "passive" {
 			es.NextCheck = &t
+		}
+		if t := ep.SlowStartUntil(); !t.IsZero() {
+			es.SlowStartEnds = &t
 		}
 		st.Endpoints = append(st.Endpoints, es)
 	}

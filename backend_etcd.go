@@ -595,28 +595,21 @@ func (e *EtcdBackend) revoke(lease *etcdLease) {
 // Delete removes the endpoint's key from etcd and waits until the watch
 // has applied it.
 func (e *EtcdBackend) Delete(ctx context.Context, key ServiceKey, address string) error {
+	if err := e.CheckDelete(key, address); err != nil {
+		return err
+	}
 	k := e.key(key, address)
-	e.mu.Lock()
-	_, stored := e.stored[key][address]
-	seeded := slices.ContainsFunc(e.seeds[key], func(ep Endpoint) bool { return ep.Address == address })
-	_, known := e.compose(key)
-	lease := e.leases[k]
-	if stored {
-		delete(e.leases, k)
-	}
-	e.mu.Unlock()
-	switch {
-	case !stored && seeded:
-		return fmt.Errorf("deleting %s from %s: %w; remove it from the config", address, key, ErrSeeded)
-	case !known:
-		return fmt.Errorf("deleting %s from %s: %w", address, key, ErrUnknownVersion)
-	}
 	reqCtx, cancel := context.WithTimeout(ctx, time.Duration(e.DialTimeout))
 	defer cancel()
 	resp, err := e.client.Delete(reqCtx, k)
 	if err != nil {
 		return fmt.Errorf("deleting %s from etcd: %w: %w", k, ErrBackendUnavailable, err)
 	}
+	// the lease is ours to revoke only once the key is gone
+	e.mu.Lock()
+	lease := e.leases[k]
+	delete(e.leases, k)
+	e.mu.Unlock()
 	if lease != nil {
 		e.revoke(lease)
 	}
@@ -624,6 +617,24 @@ func (e *EtcdBackend) Delete(ctx context.Context, key ServiceKey, address string
 		return fmt.Errorf("deleting %s from %s: %w", address, key, ErrUnknownEndpoint)
 	}
 	return e.waitApplied(ctx, resp.Header.Revision)
+}
+
+// CheckDelete returns the error Delete would return for an unknown
+// service version or an endpoint only the config seeds. Whether etcd holds
+// the endpoint is known for sure only once Delete asks it.
+func (e *EtcdBackend) CheckDelete(key ServiceKey, address string) error {
+	e.mu.Lock()
+	_, stored := e.stored[key][address]
+	seeded := slices.ContainsFunc(e.seeds[key], func(ep Endpoint) bool { return ep.Address == address })
+	_, known := e.compose(key)
+	e.mu.Unlock()
+	switch {
+	case !stored && seeded:
+		return fmt.Errorf("deleting %s from %s: %w; remove it from the config", address, key, ErrSeeded)
+	case !known:
+		return fmt.Errorf("deleting %s from %s: %w", address, key, ErrUnknownVersion)
+	}
+	return nil
 }
 
 // compose merges key's seeds with what etcd holds, and says whether the
@@ -657,4 +668,5 @@ func (e *EtcdBackend) composeAll() map[ServiceKey][]Endpoint {
 var (
 	_ caddy.Provisioner = (*EtcdBackend)(nil)
 	_ Backend           = (*EtcdBackend)(nil)
+	_ DeleteChecker     = (*EtcdBackend)(nil)
 )

@@ -127,6 +127,22 @@ func (m *MemoryBackend) Add(ctx context.Context, key ServiceKey, ep Endpoint) er
 func (m *MemoryBackend) Delete(ctx context.Context, key ServiceKey, address string) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if err := m.checkDelete(key, address); err != nil {
+		return err
+	}
+	return m.apply(ctx, key, address, memoryChange{deleted: true})
+}
+
+// CheckDelete returns the error Delete would return for an unknown
+// service version or endpoint.
+func (m *MemoryBackend) CheckDelete(key ServiceKey, address string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.checkDelete(key, address)
+}
+
+// checkDelete is CheckDelete; the caller holds m.mu.
+func (m *MemoryBackend) checkDelete(key ServiceKey, address string) error {
 	eps, known := m.compose(key)
 	if !known {
 		return fmt.Errorf("deleting %s from %s: %w", address, key, ErrUnknownVersion)
@@ -134,7 +150,7 @@ func (m *MemoryBackend) Delete(ctx context.Context, key ServiceKey, address stri
 	if !slices.ContainsFunc(eps, func(ep Endpoint) bool { return ep.Address == address }) {
 		return fmt.Errorf("deleting %s from %s: %w", address, key, ErrUnknownEndpoint)
 	}
-	return m.apply(ctx, key, address, memoryChange{deleted: true})
+	return nil
 }
 
 // Stop does nothing: the memory backend runs no goroutines.
@@ -270,4 +286,5 @@ func (m *MemoryBackend) save(ctx context.Context, changes map[ServiceKey]map[str
 var (
 	_ caddy.Provisioner = (*MemoryBackend)(nil)
 	_ Backend           = (*MemoryBackend)(nil)
+	_ DeleteChecker     = (*MemoryBackend)(nil)
 )

@@ -2,6 +2,7 @@ package svcreg
 
 import (
 	"encoding/json"
+	"fmt"
 	"regexp"
 	"strconv"
 	"strings"
@@ -110,7 +111,7 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			for _, other := range a.HealthChecks {
 				if other.Service == hc.Service && other.Version == hc.Version {
-					return d.Errf("health_check %s %s: specified more than once", hc.Service, hc.Version)
+					return d.Errf("%s: specified more than once", strings.Join(strings.Fields("health_check "+hc.Service+" "+hc.Version), " "))
 				}
 			}
 			a.HealthChecks = append(a.HealthChecks, hc)
@@ -177,20 +178,27 @@ func parseHealthCheck(d *caddyfile.Dispenser) (HealthCheck, error) {
 				return hc, d.Errf("health_check: body: %v", err)
 			}
 			hc.Body = val
-		case "port", "rise", "fall", "max_ejected_percent":
-			n, convErr := strconv.Atoi(val)
-			if convErr != nil {
-				return hc, d.Errf("health_check: %s: want a number, got %q", opt, val)
-			}
-			*map[string]*int{"port": &hc.Port, "rise": &hc.Rise, "fall": &hc.Fall, "max_ejected_percent": &hc.MaxEjectedPercent}[opt] = n
-		case "interval", "timeout", "slow_start", "drain_timeout":
-			var dur time.Duration
-			if dur, err = caddy.ParseDuration(val); err != nil || dur <= 0 {
-				return hc, d.Errf("health_check: %s: want a positive duration, got %q", opt, val)
-			}
-			*map[string]*caddy.Duration{"interval": &hc.Interval, "timeout": &hc.Timeout, "slow_start": &hc.SlowStart, "drain_timeout": &hc.DrainTimeout}[opt] = caddy.Duration(dur)
+		case "port":
+			hc.Port, err = parseInt(val, 1, 65535)
+		case "rise":
+			hc.Rise, err = parseInt(val, 1, 1000)
+		case "fall":
+			hc.Fall, err = parseInt(val, 1, 1000)
+		case "max_ejected_percent":
+			hc.MaxEjectedPercent, err = parseInt(val, 1, 100)
+		case "interval":
+			hc.Interval, err = parsePositiveDuration(val)
+		case "timeout":
+			hc.Timeout, err = parsePositiveDuration(val)
+		case "slow_start":
+			hc.SlowStart, err = parsePositiveDuration(val)
+		case "drain_timeout":
+			hc.DrainTimeout, err = parsePositiveDuration(val)
 		default:
 			return hc, d.Errf("health_check: unknown subdirective %q", opt)
+		}
+		if err != nil {
+			return hc, d.Errf("health_check: %s: %v", opt, err)
 		}
 	}
 	// the same checks as at provision time, with the line to show
@@ -198,6 +206,24 @@ func parseHealthCheck(d *caddyfile.Dispenser) (HealthCheck, error) {
 		return hc, d.Errf("%v", err)
 	}
 	return hc, nil
+}
+
+// parseInt parses a whole number from lo to hi.
+func parseInt(s string, lo, hi int) (int, error) {
+	n, err := strconv.Atoi(s)
+	if err != nil || n < lo || n > hi {
+		return 0, fmt.Errorf("want a whole number from %d to %d, got %q", lo, hi, s)
+	}
+	return n, nil
+}
+
+// parsePositiveDuration parses a Caddy duration greater than zero.
+func parsePositiveDuration(s string) (caddy.Duration, error) {
+	dur, err := caddy.ParseDuration(s)
+	if err != nil || dur <= 0 {
+		return 0, fmt.Errorf("want a positive duration, got %q", s)
+	}
+	return caddy.Duration(dur), nil
 }
 
 // UnmarshalCaddyfile sets up the memory backend:

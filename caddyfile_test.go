@@ -52,15 +52,16 @@ func TestCaddyfileAdapt(t *testing.T) {
 }
 
 // flattenHandle replaces, in an adapted config, a subroute that holds a
-// single route without matchers by that route's handlers: what a handle
-// block adds around its directives, and service_proxy leaves out.
+// single route without matchers that ends in reverse_proxy by that route's
+// handlers: what a handle block adds around its directives, and
+// service_proxy leaves out.
 func flattenHandle(v any) any {
 	switch x := v.(type) {
 	case map[string]any:
 		if handlers, ok := x["handle"].([]any); ok && len(handlers) == 1 {
 			if sub, ok := handlers[0].(map[string]any); ok && sub["handler"] == "subroute" {
 				if routes, ok := sub["routes"].([]any); ok && len(routes) == 1 {
-					if inner, ok := routes[0].(map[string]any); ok && inner["match"] == nil && len(inner) == 1 {
+					if inner, ok := routes[0].(map[string]any); ok && inner["match"] == nil && len(inner) == 1 && proxies(inner["handle"]) {
 						x["handle"] = inner["handle"]
 					}
 				}
@@ -76,6 +77,17 @@ func flattenHandle(v any) any {
 		}
 	}
 	return v
+}
+
+// proxies reports whether a list of handlers ends in reverse_proxy: the
+// service routes flattenHandle compares.
+func proxies(handle any) bool {
+	handlers, ok := handle.([]any)
+	if !ok || len(handlers) == 0 {
+		return false
+	}
+	last, ok := handlers[len(handlers)-1].(map[string]any)
+	return ok && last["handler"] == "reverse_proxy"
 }
 
 // TestServiceProxyIsLongForm checks that service_proxy adapts to the long
@@ -235,7 +247,11 @@ func TestCaddyfileErrors(t *testing.T) {
 		{"health_check: bad duration", "{\n\tservice_registry {\n\t\thealth_check {\n\t\t\tinterval soon\n\t\t}\n\t}\n}\n", 4, "health_check: interval: want a positive duration"},
 		{"health_check: bad status", "{\n\tservice_registry {\n\t\thealth_check {\n\t\t\tstatus 2x\n\t\t}\n\t}\n}\n", 4, `invalid status "2x"`},
 		{"health_check: missing value", "{\n\tservice_registry {\n\t\thealth_check {\n\t\t\trise\n\t\t}\n\t}\n}\n", 4, "wrong argument count"},
-		{"health_check: twice", "{\n\tservice_registry {\n\t\thealth_check users {\n\t\t}\n\t\thealth_check users {\n\t\t}\n\t}\n}\n", 6, "health_check users : specified more than once"},
+		{"health_check: zero rise", "{\n\tservice_registry {\n\t\thealth_check {\n\t\t\trise 0\n\t\t}\n\t}\n}\n", 4, `health_check: rise: want a whole number from 1 to 1000, got "0"`},
+		{"health_check: port out of range", "{\n\tservice_registry {\n\t\thealth_check {\n\t\t\tport 70000\n\t\t}\n\t}\n}\n", 4, "health_check: port: want a whole number from 1 to 65535"},
+		{"health_check: zero percent", "{\n\tservice_registry {\n\t\thealth_check users {\n\t\t\tmax_ejected_percent 0\n\t\t}\n\t}\n}\n", 4, "max_ejected_percent: want a whole number from 1 to 100"},
+		{"health_check: global twice", "{\n\tservice_registry {\n\t\thealth_check {\n\t\t}\n\t\thealth_check {\n\t\t}\n\t}\n}\n", 6, "health_check: specified more than once"},
+		{"health_check: twice", "{\n\tservice_registry {\n\t\thealth_check users {\n\t\t}\n\t\thealth_check users {\n\t\t}\n\t}\n}\n", 6, "health_check users: specified more than once"},
 		{"etcd: unknown option", "{\n\tservice_registry {\n\t\tbackend etcd {\n\t\t\tendpoint x:1\n\t\t}\n\t}\n}\n", 4, `etcd backend: unknown subdirective "endpoint"`},
 		{"etcd: bad timeout", "{\n\tservice_registry {\n\t\tbackend etcd {\n\t\t\tdial_timeout -1s\n\t\t}\n\t}\n}\n", 4, "dial_timeout: want a positive duration"},
 		{"service_proxy: unknown passthrough", ":80 {\n\tservice_proxy {\n\t\tretries 1\n\n\t\tbogus_option 1\n\t}\n}\n", 5, "unrecognized subdirective bogus_option"},

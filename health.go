@@ -207,13 +207,13 @@ func (h *HealthCheck) finish() error {
 // healthPolicy is the resolved health configuration of a config.
 type healthPolicy struct {
 	base      HealthCheck
-	overrides map[ServiceKey]HealthCheck // version "" = every version
-	anyActive bool                       // some service has active checks
+	overrides map[ServiceKey]*HealthCheck // version "" = every version
+	anyActive bool                        // some service has active checks
 }
 
 // newHealthPolicy checks and resolves the configured entries.
 func newHealthPolicy(entries []HealthCheck) (*healthPolicy, error) {
-	p := &healthPolicy{overrides: map[ServiceKey]HealthCheck{}}
+	p := &healthPolicy{overrides: map[ServiceKey]*HealthCheck{}}
 	byKey := map[ServiceKey]HealthCheck{}
 	for _, e := range entries {
 		if e.Version != "" && e.Service == "" {
@@ -244,7 +244,7 @@ func newHealthPolicy(entries []HealthCheck) (*healthPolicy, error) {
 		if err := h.finish(); err != nil {
 			return nil, fmt.Errorf("health check for service %q %q: %w", key.Service, key.Version, err)
 		}
-		p.overrides[key] = h
+		p.overrides[key] = &h
 		p.anyActive = p.anyActive || h.active()
 	}
 	if err := p.base.finish(); err != nil {
@@ -257,10 +257,10 @@ func newHealthPolicy(entries []HealthCheck) (*healthPolicy, error) {
 // forService returns the health configuration of a service version.
 func (p *healthPolicy) forService(key ServiceKey) *HealthCheck {
 	if h, ok := p.overrides[key]; ok {
-		return &h
+		return h
 	}
 	if h, ok := p.overrides[ServiceKey{key.Service, ""}]; ok {
-		return &h
+		return h
 	}
 	return &p.base
 }
@@ -325,11 +325,25 @@ func (ep *Endpoint) InFlight() int {
 	return 0
 }
 
-// slowStartShare is the share of its weight a rejoining endpoint gets at t:
-// from 0.1 up to 1 over the slow start.
-func (h *endpointHealth) slowStartShare(t int64) float64 {
+// SlowStartUntil returns when the endpoint's slow start ends, or the zero
+// time when it is not ramping up.
+func (ep *Endpoint) SlowStartUntil() time.Time {
+	if end := ep.health.rampEnd.Load(); end > now().UnixNano() {
+		return time.Unix(0, end)
+	}
+	return time.Time{}
+}
+
+// rampShare is the share of its weight a rejoining endpoint gets at t: from
+// 0.1 up to 1 over the slow start. Past the end it switches the ramp off, so
+// later picks skip the clock and the random draw.
+func (h *endpointHealth) rampShare(t int64) float64 {
 	end := h.rampEnd.Load()
-	if end == 0 || t >= end {
+	if end == 0 {
+		return 1
+	}
+	if t >= end {
+		h.rampEnd.CompareAndSwap(end, 0)
 		return 1
 	}
 	start := h.rampStart.Load()
@@ -356,12 +370,13 @@ type healthChecker struct {
 
 	wake chan struct{}
 
-	mu      sync.Mutex // guards failed and limits ejections per service
-	failed  []*probeTarget
-	targets map[*endpointHealth]*probeTarget // owned by run
-	queue   probeQueue                       // owned by run
-	seen    *Snapshot                        // owned by run
-	seenFor *healthPolicy                    // owned by run
+	mu       sync.Mutex                       // guards failed, released; limits ejections per service
+	failed   []*probeTarget                   // taken out after a failed request
+	released []*probeTarget                   // put back by the ejection limit
+	targets  map[*endpointHealth]*probeTarget // owned by run
+	queue    probeQueue                       // owned by run
+	seen     *Snapshot                        // owned by run
+	seenFor  *healthPolicy                    // owned by run
 }
 
 // eventEmitter emits Caddy events through the events app of a config.
@@ -469,12 +484,11 @@ func (c *healthChecker) failure(svc *Service, ep *Endpoint) {
 		}
 	}
 	if ejected >= limit {
-		if oldest == nil {
-			return // the limit lets no endpoint out
-		}
-		// Over the limit: the least recently failed one goes back in.
+		// Over the limit (ejected >= 1, so oldest is set): the least
+		// recently failed one goes back in.
 		oldest.health.ejected.Store(false)
 		oldest.health.nextProbe.Store(0)
+		c.released = append(c.released, &probeTarget{key: svc.Key(), address: oldest.Address, health: oldest.health})
 	}
 	h.ejected.Store(true)
 	h.nextProbe.Store(t.Add(probeBackoffMin).UnixNano())
@@ -550,8 +564,8 @@ type probeResult struct {
 // the endpoints that failed requests. Only run calls it.
 func (c *healthChecker) reconcile() {
 	c.mu.Lock()
-	failed := c.failed
-	c.failed = nil
+	failed, released := c.failed, c.released
+	c.failed, c.released = nil, nil
 	c.mu.Unlock()
 	policy := c.policy.Load()
 	t0 := now()
@@ -578,9 +592,31 @@ func (c *healthChecker) reconcile() {
 			}
 		}
 	}
+	for _, r := range released {
+		t, ok := c.targets[r.health]
+		if !ok || t.backoff == 0 || r.health.ejected.Load() {
+			continue // not out, or taken out again since
+		}
+		t.backoff, t.passes = 0, 0
+		if !policy.forService(t.key).active() {
+			c.remove(t)
+		}
+		if r.health.available() {
+			c.emit("healthy", t, "limit")
+		}
+		if ce := c.logger.Load().Check(zapcore.InfoLevel, "endpoint back in rotation: too many of its service were out"); ce != nil {
+			ce.Write(zap.String("service", t.key.Service), zap.String("version", t.key.Version), zap.String("upstream", t.address))
+		}
+	}
 	for _, f := range failed {
+		if !f.health.ejected.Load() {
+			continue // put back by the ejection limit already
+		}
 		t, ok := c.targets[f.health]
 		if !ok {
+			if !inSnapshot(snap, f) {
+				continue // removed since it failed
+			}
 			t = f
 			c.add(t)
 		}
@@ -621,8 +657,8 @@ func (c *healthChecker) reschedule(t *probeTarget, next time.Time) {
 func (c *healthChecker) done(r probeResult) {
 	t := r.t
 	t.running = false
-	if _, ok := c.targets[t.health]; !ok {
-		return // removed while being checked
+	if c.targets[t.health] != t {
+		return // removed (or replaced) while being checked
 	}
 	hc := c.policy.Load().forService(t.key)
 	h := t.health
@@ -734,9 +770,15 @@ func (c *healthChecker) check(ctx context.Context, t *probeTarget) bool {
 	return hc.body == nil || hc.body.Match(body)
 }
 
-func boolGauge(b bool) float64 {
-	if b {
-		return 1
+// inSnapshot reports whether t's endpoint is still registered in snap.
+func inSnapshot(snap *Snapshot, t *probeTarget) bool {
+	svc, err := snap.Lookup(t.key.Service, t.key.Version)
+	if err != nil {
+		return false
 	}
-	return 0
+	ep := svc.Endpoint(t.address)
+	return ep != nil && ep.health == t.health
 }
+
+// Interface guards
+var _ heap.Interface = (*probeQueue)(nil)

@@ -2,6 +2,7 @@ package svcreg
 
 import (
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -83,7 +84,7 @@ func TestHealthPolicy(t *testing.T) {
 
 func TestSlowStartShare(t *testing.T) {
 	h := new(endpointHealth)
-	if got := h.slowStartShare(123); got != 1 {
+	if got := h.rampShare(123); got != 1 {
 		t.Errorf("without slow start: %v", got)
 	}
 	h.rampStart.Store(1000)
@@ -92,9 +93,12 @@ func TestSlowStartShare(t *testing.T) {
 		at   int64
 		want float64
 	}{{1000, 0.1}, {1050, 0.1}, {1500, 0.5}, {1900, 0.9}, {2000, 1}, {5000, 1}} {
-		if got := h.slowStartShare(tc.at); got < tc.want-1e-9 || got > tc.want+1e-9 {
+		if got := h.rampShare(tc.at); got < tc.want-1e-9 || got > tc.want+1e-9 {
 			t.Errorf("share at %d = %v, want %v", tc.at, got, tc.want)
 		}
+	}
+	if end := h.rampEnd.Load(); end != 0 {
+		t.Errorf("ramp still on after its end: rampEnd = %d", end)
 	}
 }
 
@@ -144,5 +148,46 @@ func TestHealthEvents(t *testing.T) {
 	svc, _ := r.Lookup(key)
 	if !svc.Endpoint(ln.Addr().String()).Available() {
 		t.Error("the endpoint that answers again is not back")
+	}
+}
+
+// TestEjectionLimitEvents checks that an endpoint the ejection limit puts
+// back is announced: with two dead endpoints and the default 50%, the
+// second failure puts the first back in ("healthy", reason "limit").
+func TestEjectionLimitEvents(t *testing.T) {
+	key := ServiceKey{"users", "v1"}
+	a, b := "127.0.0.1:1", "127.0.0.1:2"
+	r := newTestRegistry(t, t.TempDir(), map[ServiceKey][]Endpoint{key: eps(a, b)})
+	var mu sync.Mutex
+	var got []string
+	r.health.configure(nil, nil, func(name string, data map[string]any) {
+		mu.Lock()
+		defer mu.Unlock()
+		got = append(got, name+" "+data["host"].(string)+" "+data["reason"].(string))
+	})
+	waitEvents := func(n int) []string {
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			mu.Lock()
+			out := slices.Clone(got)
+			mu.Unlock()
+			if len(out) >= n || time.Now().After(deadline) {
+				return out
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	r.Failure(key, a)
+	waitEvents(1)
+	r.Failure(key, b)
+	events := waitEvents(3)
+	want := []string{"unhealthy " + a + " passive", "healthy " + a + " limit", "unhealthy " + b + " passive"}
+	if strings.Join(events, "; ") != strings.Join(want, "; ") {
+		t.Errorf("events %q, want %q", events, want)
+	}
+	svc, _ := r.Lookup(key)
+	if !svc.Endpoint(a).Available() || svc.Endpoint(b).Available() {
+		t.Errorf("available: %s %v, %s %v; want the first back, the second out",
+			a, svc.Endpoint(a).Available(), b, svc.Endpoint(b).Available())
 	}
 }

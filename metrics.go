@@ -85,3 +85,13 @@ func registerMetrics(reg *prometheus.Registry) error {
 	}
 	return nil
 }
+
+func boolGauge(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// Interface guards
+var _ prometheus.Collector = registryCollector{}

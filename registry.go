@@ -548,6 +548,16 @@ type Backend interface {
 	Stop() error
 }
 
+// DeleteChecker is implemented by backends that can tell ahead of Delete
+// whether it would be refused. The registry asks before it drains an
+// endpoint, so that a refused removal does not wait for nothing.
+type DeleteChecker interface {
+	// CheckDelete returns the error Delete would return for reasons
+	// other than the store being unreachable (an unknown service
+	// version or endpoint, an endpoint Delete cannot remove).
+	CheckDelete(key ServiceKey, address string) error
+}
+
 // BackendEnv is what a running config hands its registry's backend.
 type BackendEnv struct {
 	// Seeds are the config's service versions and their endpoints.
@@ -632,7 +642,23 @@ func (r *registry) Add(ctx context.Context, key ServiceKey, ep Endpoint) error {
 	if err != nil {
 		return err
 	}
-	return r.backend.Add(ctx, key, ep)
+	if err := r.backend.Add(ctx, key, ep); err != nil {
+		return err
+	}
+	// added again while a removal drained it: it stays, so it serves
+	if added := r.endpoint(key, ep.Address); added != nil {
+		added.health.draining.Store(false)
+	}
+	return nil
+}
+
+// endpoint returns the registered endpoint of key at address, or nil.
+func (r *registry) endpoint(key ServiceKey, address string) *Endpoint {
+	svc, err := r.Lookup(key)
+	if err != nil {
+		return nil
+	}
+	return svc.Endpoint(address)
 }
 
 // Drain says how removing an endpoint went.
@@ -661,24 +687,20 @@ func (r *registry) Delete(ctx context.Context, key ServiceKey, address string) (
 	if !snap.Synced() {
 		return Drain{}, fmt.Errorf("deleting %s from %s: %w", addr, key, ErrNotSynced)
 	}
-	var ep *Endpoint
-	if svc, err := snap.Lookup(key.Service, key.Version); err == nil {
-		ep = svc.Endpoint(addr)
+	// refuse what the backend would refuse before draining anything
+	if c, ok := r.backend.(DeleteChecker); ok {
+		if err := c.CheckDelete(key, addr); err != nil {
+			return Drain{}, err
+		}
 	}
 	drain := Drain{Drained: true}
-	if ep != nil && !ep.health.draining.Swap(true) {
-		// no new requests from now on; wait for those in flight
-		timeout := time.Duration(r.health.policy.Load().forService(key).DrainTimeout)
-		begin := now()
-		tick := time.NewTicker(drainPoll)
-		for ep.InFlight() > 0 && now().Sub(begin) < timeout && ctx.Err() == nil {
-			select {
-			case <-tick.C:
-			case <-ctx.Done():
-			}
-		}
-		tick.Stop()
-		drain = Drain{Drained: ep.InFlight() == 0, Waited: now().Sub(begin), InFlight: ep.InFlight()}
+	ep := r.endpoint(key, addr)
+	if ep != nil {
+		// No new requests from now on; wait for those in flight. A second
+		// removal of the same endpoint waits too, so that neither removes
+		// it before the requests in flight are done.
+		ep.health.draining.Store(true)
+		drain = r.drain(ctx, key, ep)
 	}
 	if err := r.backend.Delete(context.WithoutCancel(ctx), key, addr); err != nil {
 		if ep != nil {
@@ -686,7 +708,32 @@ func (r *registry) Delete(ctx context.Context, key ServiceKey, address string) (
 		}
 		return Drain{}, err
 	}
+	// still there (a seed the deleted entry overrode, or added back in
+	// the meantime): it serves again
+	if still := r.endpoint(key, addr); still != nil {
+		still.health.draining.Store(false)
+	}
 	return drain, nil
+}
+
+// drain waits until ep has no request in flight, its drain timeout runs
+// out or ctx is done.
+func (r *registry) drain(ctx context.Context, key ServiceKey, ep *Endpoint) Drain {
+	begin := now()
+	ctx, cancel := context.WithTimeout(ctx, time.Duration(r.health.policy.Load().forService(key).DrainTimeout))
+	defer cancel()
+	tick := time.NewTicker(drainPoll)
+	defer tick.Stop()
+	for ep.InFlight() > 0 {
+		select {
+		case <-tick.C:
+			continue
+		case <-ctx.Done():
+		}
+		break
+	}
+	n := ep.InFlight()
+	return Drain{Drained: n == 0, Waited: now().Sub(begin), InFlight: n}
 }
 
 func (r *registry) Failure(key ServiceKey, address string) {

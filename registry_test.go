@@ -463,3 +463,19 @@ func BenchmarkRegistryScale(b *testing.B) {
 		}
 	})
 }
+
+// TestAddStopsDrain checks that an endpoint added again while a removal
+// drains it goes back into rotation: the add wins.
+func TestAddStopsDrain(t *testing.T) {
+	users := ServiceKey{"users", "v1"}
+	r := newTestRegistry(t, t.TempDir(), map[ServiceKey][]Endpoint{users: eps("127.0.0.1:9091")})
+	ep := r.endpoint(users, "127.0.0.1:9091")
+	ep.health.draining.Store(true) // as Delete does before it waits
+	if ep.Available() {
+		t.Fatal("a draining endpoint is available")
+	}
+	must(t, r.Add(context.Background(), users, Endpoint{Address: "127.0.0.1:9091"}))
+	if !r.endpoint(users, "127.0.0.1:9091").Available() {
+		t.Error("an endpoint added again during its drain stays out of rotation")
+	}
+}

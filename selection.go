@@ -371,7 +371,7 @@ func (a *attempt) candidate(i int, panicMode bool) bool {
 		return false
 	}
 	if h.rampEnd.Load() != 0 {
-		if share := h.slowStartShare(now().UnixNano()); share < 1 && rand.Float64() >= share {
+		if share := h.rampShare(now().UnixNano()); share < 1 && rand.Float64() >= share {
 			return false
 		}
 	}
@@ -443,54 +443,46 @@ func leastConn(a *attempt, ignoreHealth bool) int {
 }
 
 // powerOfTwo returns the less busy of two random candidates.
-func powerOfTwo(a *attempt, ignoreHealth bool) int {
+func powerOfTwo(a *attempt, panicMode bool) int {
 	if n := len(a.pool); n > 1 {
 		// the common case: two random hosts, both candidates
 		i, j := rand.IntN(n), rand.IntN(n-1)
 		if j >= i {
 			j++
 		}
-		if a.candidate(i, ignoreHealth) && a.candidate(j, ignoreHealth) {
-			if a.busier(i, j) {
-				return j
-			}
-			return i
+		if a.candidate(i, panicMode) && a.candidate(j, panicMode) {
+			return a.lessBusy(i, j)
 		}
 	}
-	count := 0
+	// Otherwise pick two among the candidates, asking candidate once per
+	// host: its answer may change between two calls (slow start is random,
+	// health changes under us).
+	var buf [16]int
+	cands := buf[:0]
 	for i := range a.pool {
-		if a.candidate(i, ignoreHealth) {
-			count++
+		if a.candidate(i, panicMode) {
+			cands = append(cands, i)
 		}
 	}
-	switch count {
+	switch len(cands) {
 	case 0:
 		return -1
 	case 1:
-		return scan(a, 0, ignoreHealth)
+		return cands[0]
 	}
-	k1 := rand.IntN(count)
-	k2 := rand.IntN(count - 1)
+	k1, k2 := rand.IntN(len(cands)), rand.IntN(len(cands)-1)
 	if k2 >= k1 {
 		k2++
 	}
-	first, second, k := -1, -1, 0
-	for i := range a.pool {
-		if !a.candidate(i, ignoreHealth) {
-			continue
-		}
-		if k == k1 {
-			first = i
-		}
-		if k == k2 {
-			second = i
-		}
-		k++
+	return a.lessBusy(cands[k1], cands[k2])
+}
+
+// lessBusy returns whichever of pool[i] and pool[j] is less busy.
+func (a *attempt) lessBusy(i, j int) int {
+	if a.busier(i, j) {
+		return j
 	}
-	if a.busier(first, second) {
-		return second
-	}
-	return first
+	return i
 }
 
 // Interface guards

@@ -4,7 +4,9 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"testing"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -88,38 +90,34 @@ func TestFailoverTriesEveryHostOnce(t *testing.T) {
 			reg := newTestRegistry(t, t.TempDir(), map[ServiceKey][]Endpoint{key: hostList(5)})
 			try := newProxyTry(t, reg, balance, key)
 			seen := map[string]bool{}
-			var first string
+			var tried []string
 			for range 5 {
 				addr := try.next()
-				if first == "" {
-					first = addr
-				}
 				if addr == "" || seen[addr] {
-					t.Fatalf("try %d: got %q after %v; want a host not tried yet", len(seen)+1, addr, seen)
+					t.Fatalf("try %d: got %q after %v; want a host not tried yet", len(tried)+1, addr, tried)
 				}
 				seen[addr] = true
+				tried = append(tried, addr)
 			}
 			if addr := try.next(); addr != "" {
 				t.Fatalf("after every host failed: got %q, want none", addr)
 			}
 			// Every try failed, so every host was reported; the default
-			// ejection limit (50%) keeps 2 of 5 out: the most recently
-			// failed ones.
+			// ejection limit (50%) keeps 2 of 5 out: the two that failed
+			// last.
 			svc, _ := reg.Lookup(key)
-			out := 0
+			var out []string
 			for _, ep := range svc.Endpoints {
 				if ep.Fails() != 1 {
 					t.Errorf("%s: %d failures reported, want 1", ep.Address, ep.Fails())
 				}
 				if !ep.Available() {
-					out++
-					if ep.LastFailure().Before(svc.Endpoint(first).LastFailure()) {
-						t.Errorf("%s is out although it failed before others that stayed in", ep.Address)
-					}
+					out = append(out, ep.Address)
 				}
 			}
-			if out != 2 {
-				t.Errorf("%d of 5 hosts out of rotation, want 2 (max_ejected_percent 50)", out)
+			want := slices.Sorted(slices.Values(tried[3:]))
+			if !slices.Equal(out, want) {
+				t.Errorf("out of rotation: %v; want the last two tried, %v (tried %v)", out, want, tried)
 			}
 		})
 	}
@@ -410,5 +408,37 @@ func BenchmarkUpstreamsAndSelect(b *testing.B) {
 		if try.policy.Select(pool, try.r, try.w) == nil {
 			b.Fatal("no host")
 		}
+	}
+}
+
+// TestSlowStartEveryBalance picks among hosts that all ramp up after
+// coming back. Whether a ramping host is a candidate is drawn at random on
+// every look, so a balance that looks twice must not trust its first
+// count. Every pick must be a host of the service, and every request
+// finds one: when the draw skips every ramping host, panic mode takes any
+// host not tried yet.
+func TestSlowStartEveryBalance(t *testing.T) {
+	key := ServiceKey{"users", "v1"}
+	for _, balance := range balances {
+		t.Run(balance, func(t *testing.T) {
+			reg := newTestRegistry(t, t.TempDir(), map[ServiceKey][]Endpoint{key: hostList(5)})
+			svc, _ := reg.Lookup(key)
+			start := now()
+			for _, ep := range svc.Endpoints {
+				ep.health.rampStart.Store(start.UnixNano())
+				ep.health.rampEnd.Store(start.Add(time.Hour).UnixNano())
+			}
+			picked := 0
+			for range 2000 {
+				addr := newProxyTry(t, reg, balance, key).next()
+				if svc.Endpoint(addr) == nil {
+					t.Fatalf("picked %q, not a host of the service", addr)
+				}
+				picked++
+			}
+			if picked != 2000 {
+				t.Errorf("%d of 2000 requests found a host, want all", picked)
+			}
+		})
 	}
 }

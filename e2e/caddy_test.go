@@ -219,11 +219,18 @@ func (c *caddy) Restart() {
 // Reload rewrites the config and applies it with `caddy reload`.
 func (c *caddy) Reload(globalBody, site string) {
 	c.t.Helper()
-	c.writeConfig(globalBody, site)
-	out, err := exec.Command(caddyBin, "reload", "--config", c.config, "--adapter", "caddyfile", "--address", c.Admin).CombinedOutput()
-	if err != nil {
+	if out, err := c.TryReload(globalBody, site); err != nil {
 		c.t.Fatalf("caddy reload: %v\n%s", err, out)
 	}
+}
+
+// TryReload is Reload for a config that may be refused: it returns the
+// error and the output of `caddy reload`.
+func (c *caddy) TryReload(globalBody, site string) (string, error) {
+	c.t.Helper()
+	c.writeConfig(globalBody, site)
+	out, err := exec.Command(caddyBin, "reload", "--config", c.config, "--adapter", "caddyfile", "--address", c.Admin).CombinedOutput()
+	return string(out), err
 }
 
 // AdminDo sends a request to the admin API and returns status and body.

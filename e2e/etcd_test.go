@@ -211,3 +211,49 @@ func TestEtcdUnreachableWhenCaddyStarts(t *testing.T) {
 	put(t, srv.Client(t), "/svcreg/users/v1/"+b.Addr, "{}")
 	waitFor(t, 20*time.Second, "routing once etcd is up", func() bool { return routesTo(c, "/users/v1/x", "late") })
 }
+
+// TestEtcdWrongPasswordKeepsConfig reloads a running Caddy onto an etcd
+// that refuses its password: the reload fails and says why without
+// showing the password, and the running config keeps routing.
+func TestEtcdWrongPasswordKeepsConfig(t *testing.T) {
+	srv := etcdtest.Start(t)
+	root := srv.Client(t)
+	ctx := context.Background()
+	for _, step := range []func() error{
+		func() error { _, err := root.RoleAdd(ctx, "root"); return err },
+		func() error { _, err := root.UserAdd(ctx, "root", "right-Passw0rd"); return err },
+		func() error { _, err := root.UserGrantRole(ctx, "root", "root"); return err },
+		func() error { _, err := root.AuthEnable(ctx); return err },
+	} {
+		if err := step(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a := startBackend(t, "a")
+	memory := fmt.Sprintf("service_registry {\n\t\tservice users v1 %s\n\t}", a.Addr)
+	c := startCaddy(t, memory, proxySite, caddyOpts{})
+	if !routesTo(c, "/users/v1/x", "a") {
+		t.Fatal("the first config does not route")
+	}
+	const wrong = "wrong-Passw0rd-value"
+	out, err := c.TryReload(fmt.Sprintf(`service_registry {
+		backend etcd {
+			endpoints %s
+			username root
+			password %s
+			dial_timeout 2s
+		}
+	}`, srv.Endpoint, wrong), proxySite)
+	if err == nil {
+		t.Fatalf("the reload with a wrong password succeeded:\n%s", out)
+	}
+	if !strings.Contains(out, "authentication failed") {
+		t.Errorf("the reload's error does not say why:\n%s", out)
+	}
+	if strings.Contains(out, wrong) || strings.Contains(c.Log(), wrong) {
+		t.Error("the password shows in the reload's output or Caddy's log")
+	}
+	if !routesTo(c, "/users/v1/x", "a") {
+		t.Error("the running config stopped routing after a refused reload")
+	}
+}
