@@ -46,7 +46,7 @@ func startBackend(t testing.TB, name string) *backend {
 	t.Helper()
 	b := &backend{t: t, name: name, Addr: fmt.Sprintf("127.0.0.1:%d", freePort(t)), posts: map[int]int{}}
 	b.Start()
-	t.Cleanup(b.Kill)
+	t.Cleanup(func() { b.Kill() })
 	return b
 }
 
@@ -79,6 +79,14 @@ func (b *backend) Start() {
 			defer b.mu.Unlock()
 			switch s {
 			case http.StateNew:
+				if b.generation != gen || b.ln == nil {
+					// Accepted just before this generation was killed.
+					if tc, ok := c.(*net.TCPConn); ok {
+						_ = tc.SetLinger(0)
+					}
+					_ = c.Close()
+					return
+				}
 				b.conns[c] = struct{}{}
 			case http.StateClosed, http.StateHijacked:
 				delete(b.conns, c)
@@ -134,12 +142,16 @@ func (b *backend) serve(gen int, w http.ResponseWriter, r *http.Request) {
 }
 
 // Kill closes the listener and every open connection at once, with a
-// reset, the way a crashed process loses them.
-func (b *backend) Kill() {
+// reset, the way a crashed process loses them. It returns when the kill
+// began and ended: under load, on a busy machine, the two can be
+// milliseconds apart, and a request that started in between may still
+// have been in flight on the backend.
+func (b *backend) Kill() (begin, end time.Time) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	begin = time.Now()
 	if b.ln == nil {
-		return
+		return begin, begin
 	}
 	_ = b.ln.Close()
 	b.ln = nil
@@ -150,6 +162,7 @@ func (b *backend) Kill() {
 		_ = c.Close()
 	}
 	b.conns = nil
+	return begin, time.Now()
 }
 
 // FirstRequestAfterStart returns how long after the current generation

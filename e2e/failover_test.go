@@ -27,12 +27,13 @@ type failedRequest struct {
 }
 
 type loadRun struct {
-	total             atomic.Int64
-	mu                sync.Mutex
-	failed            []failedRequest
-	maxLatency        time.Duration
-	killed, restarted time.Time
-	servedBeforeKill  int64 // by the backend that is killed
+	total            atomic.Int64
+	mu               sync.Mutex
+	failed           []failedRequest
+	maxLatency       time.Duration
+	killed, killDone time.Time // the kill began, ended
+	restarted        time.Time
+	servedBeforeKill int64 // by the backend that is killed
 }
 
 // runFailover starts three backends and a Caddy with service_proxy
@@ -80,9 +81,8 @@ func runFailover(t *testing.T, send func(client *http.Client, url string, id int
 		})
 	}
 	time.Sleep(time.Until(start.Add(killAt)))
-	run.killed = time.Now()
 	run.servedBeforeKill = backends[1].served.Load()
-	backends[1].Kill()
+	run.killed, run.killDone = backends[1].Kill()
 	time.Sleep(time.Until(start.Add(restartAt)))
 	backends[1].Start()
 	run.restarted = time.Now()
@@ -148,15 +148,16 @@ func TestFailoverUnderLoadPOST(t *testing.T) {
 		}
 	}
 	// Only a POST in flight on the killed backend may fail: it started
-	// before the kill, ended after it, and no live backend executed it.
+	// before the kill was over, ended after it began, and no live backend
+	// executed it.
 	backends[1].mu.Lock()
 	onKilled := backends[1].posts
 	backends[1].mu.Unlock()
 	for _, f := range run.failed {
-		inFlight := f.start.Before(run.killed) && !f.end.Before(run.killed)
+		inFlight := f.start.Before(run.killDone) && !f.end.Before(run.killed)
 		if !inFlight || received[f.id] != onKilled[f.id] {
-			t.Errorf("POST %d failed (%s) but was not in flight on the killed backend (started %v, ended %v, killed %v)",
-				f.id, f.err, f.start.Sub(run.killed), f.end.Sub(run.killed), 0)
+			t.Errorf("POST %d failed (%s) but was not in flight on the killed backend (started %v, ended %v after the kill began; it took %v)",
+				f.id, f.err, f.start.Sub(run.killed), f.end.Sub(run.killed), run.killDone.Sub(run.killed))
 		}
 	}
 	if len(run.failed) > loadClients {
