@@ -472,9 +472,11 @@ const (
 //		<any other reverse_proxy subdirective: transport, header_up, header_down, ...>
 //	}]
 //
-// It is the short form of the following, with one difference: its
+// It is the short form of the following, with two differences: its
 // handlers sit in the matched route itself, where handle would put them in
-// a subroute (which rebuilds its middleware chain on every request).
+// a subroute (which rebuilds its middleware chain on every request); and
+// the handler service_no_body (which has no Caddyfile form) comes before
+// reverse_proxy, so that a request without a body skips request_buffers.
 //
 //	@svc service_version [{ prefix <base path> }]
 //	handle @svc {
@@ -611,7 +613,9 @@ func parseServiceProxy(h httpcaddyfile.Helper) ([]httpcaddyfile.ConfigValue, err
 	if strip {
 		handlers = append(handlers, caddyconfig.JSONModuleObject(rewrite.Rewrite{StripPathPrefix: "{" + placeholderPrefix + "}"}, "handler", "rewrite", nil))
 	}
-	handlers = append(handlers, caddyconfig.JSONModuleObject(rp, "handler", "reverse_proxy", nil))
+	handlers = append(handlers,
+		caddyconfig.JSONModuleObject(NoBodyHandler{}, "handler", "service_no_body", nil),
+		caddyconfig.JSONModuleObject(rp, "handler", "reverse_proxy", nil))
 	route := caddyhttp.Route{
 		MatcherSetsRaw: []caddy.ModuleMap{{"service_version": h.JSON(matcher)}},
 		HandlersRaw:    handlers,

@@ -90,8 +90,38 @@ func proxies(handle any) bool {
 	return ok && last["handler"] == "reverse_proxy"
 }
 
+// dropNoBody removes, in an adapted config, the service_no_body handler
+// right before a reverse_proxy (which service_proxy adds and the long form
+// leaves out), and reports whether there was one.
+func dropNoBody(v any) bool {
+	found := false
+	switch x := v.(type) {
+	case map[string]any:
+		if handlers, ok := x["handle"].([]any); ok {
+			for i := 0; i+1 < len(handlers); i++ {
+				h, _ := handlers[i].(map[string]any)
+				next, _ := handlers[i+1].(map[string]any)
+				if h != nil && next != nil && h["handler"] == "service_no_body" && len(h) == 1 && next["handler"] == "reverse_proxy" {
+					x["handle"] = append(handlers[:i:i], handlers[i+1:]...)
+					found = true
+					break
+				}
+			}
+		}
+		for _, e := range x {
+			found = dropNoBody(e) || found
+		}
+	case []any:
+		for _, e := range x {
+			found = dropNoBody(e) || found
+		}
+	}
+	return found
+}
+
 // TestServiceProxyIsLongForm checks that service_proxy adapts to the long
-// form that README.md documents, but for the handle block's subroute.
+// form that README.md documents, but for the handle block's subroute and
+// the service_no_body handler.
 func TestServiceProxyIsLongForm(t *testing.T) {
 	for _, tc := range []struct{ name, short, long string }{
 		{
@@ -170,6 +200,9 @@ func TestServiceProxyIsLongForm(t *testing.T) {
 			long, err := adapt(t, "long", ":9090 {\n\t"+tc.long+"\n}\n")
 			if err != nil {
 				t.Fatal(err)
+			}
+			if !dropNoBody(short) {
+				t.Errorf("service_proxy has no service_no_body handler before reverse_proxy")
 			}
 			long = flattenHandle(long)
 			if !reflect.DeepEqual(short, long) {

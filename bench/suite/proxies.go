@@ -22,9 +22,10 @@ type proxy struct {
 
 // runningProxy is a started proxy.
 type runningProxy struct {
-	addr string // host:port the load goes to
-	path string // request path
-	proc *proc  // nil for "direct"
+	addr  string // host:port the load goes to
+	path  string // request path
+	proc  *proc  // nil for "direct"
+	admin string // Caddy's admin address; "" for other proxies
 }
 
 func (r *runningProxy) stop() {
@@ -68,7 +69,7 @@ func caddyProxy(name, desc, global, site, path string) proxy {
 			p.stop(syscall.SIGKILL)
 			return nil, fmt.Errorf("%s: %w\n%s", name, err, p.out.String())
 		}
-		return &runningProxy{addr: addr, path: path, proc: p}, nil
+		return &runningProxy{addr: addr, path: path, proc: p, admin: fmt.Sprintf("127.0.0.1:%d", admin)}, nil
 	}}
 }
 

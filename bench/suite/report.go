@@ -17,23 +17,27 @@ func report(r *Results) string {
 	if len(r.Throughput) > 0 {
 		b.WriteString("\n### Throughput\n\n")
 		fmt.Fprintf(&b, "%d keep-alive connections, %v per run after %v of warm-up, three backends; medians of the runs.\n\n", conns, throughputTime, warmupTime)
-		b.WriteString("| configuration | runs | requests/s | p50 ms | p99 ms | proxy CPU µs/request | failed |\n|---|---:|---:|---:|---:|---:|---:|\n")
+		b.WriteString("| configuration | runs | requests/s | p50 ms | p99 ms | proxy CPU µs/request | allocations/request | failed |\n|---|---:|---:|---:|---:|---:|---:|---:|\n")
 		byProxy, order := groupThroughput(r.Throughput)
 		for _, name := range order {
 			runs := byProxy[name]
-			var rps, p50, p99, cpu []float64
+			var rps, p50, p99, cpu, allocs []float64
 			failed := 0
 			for _, x := range runs {
 				rps, p50, p99, cpu = append(rps, x.RPS), append(p50, x.P50ms), append(p99, x.P99ms), append(cpu, x.CPUus)
+				allocs = append(allocs, x.Allocs)
 				failed += x.Failed
 			}
-			cpuText := fmt.Sprintf("%.1f", median(cpu))
+			cpuText, allocText := fmt.Sprintf("%.1f", median(cpu)), fmt.Sprintf("%.1f", median(allocs))
 			if name == "direct" {
 				cpuText = "-"
 			}
-			fmt.Fprintf(&b, "| %s | %d | %.0f | %.2f | %.2f | %s | %d |\n", name, len(runs), median(rps), median(p50), median(p99), cpuText, failed)
+			if median(allocs) == 0 {
+				allocText = "-"
+			}
+			fmt.Fprintf(&b, "| %s | %d | %.0f | %.2f | %.2f | %s | %s | %d |\n", name, len(runs), median(rps), median(p50), median(p99), cpuText, allocText, failed)
 		}
-		var ratios, cpuRatios []float64
+		var ratios, cpuRatios, allocDiffs []float64
 		for rep := 0; ; rep++ {
 			var plain, svc *ThroughputRun
 			for i, x := range r.Throughput {
@@ -49,6 +53,7 @@ func report(r *Results) string {
 			}
 			ratios = append(ratios, svc.RPS/plain.RPS)
 			cpuRatios = append(cpuRatios, svc.CPUus/plain.CPUus)
+			allocDiffs = append(allocDiffs, svc.Allocs-plain.Allocs)
 		}
 		if len(ratios) > 0 {
 			format := func(xs []float64) string {
@@ -61,6 +66,7 @@ func report(r *Results) string {
 			fmt.Fprintf(&b, "\n`service_proxy` / Caddy `reverse_proxy` round_robin, run back to back in each repetition (alternating which goes first):\n\n")
 			fmt.Fprintf(&b, "- requests/s: %s; median **%.3f**\n", format(ratios), median(ratios))
 			fmt.Fprintf(&b, "- proxy CPU per request: %s; median **%.3f**\n", format(cpuRatios), median(cpuRatios))
+			fmt.Fprintf(&b, "- allocations per request, `service_proxy` minus plain: median **%+.1f**\n", median(allocDiffs))
 		}
 		b.WriteString("\nConfigurations:\n\n")
 		seen := map[string]bool{}

@@ -47,6 +47,10 @@ type ThroughputRun struct {
 	P99ms  float64 `json:"p99_ms"`
 	// CPUus is the proxy's CPU time (user + system) per request.
 	CPUus float64 `json:"cpu_us_per_request"`
+	// Allocs is the heap allocations per request of a Caddy proxy (from
+	// the Go runtime's count, read through Caddy's /debug/vars); 0 for
+	// the others.
+	Allocs float64 `json:"allocs_per_request,omitempty"`
 }
 
 // runThroughput compares the proxies on the same three backends,
@@ -99,8 +103,14 @@ func runThroughput(e *env) ([]ThroughputRun, error) {
 				return nil, err
 			}
 			var cpu0 float64
+			var mallocs0 uint64
 			if r.proc != nil {
 				cpu0 = r.proc.cpuSeconds()
+			}
+			if r.admin != "" {
+				if mallocs0, err = caddyMallocs(r.admin); err != nil {
+					return nil, err
+				}
 			}
 			res, err := loadgen.Run(context.Background(), loadgen.Config{Addr: r.addr, Path: r.path, Conns: conns, Duration: throughputTime})
 			if err != nil {
@@ -110,12 +120,38 @@ func runThroughput(e *env) ([]ThroughputRun, error) {
 			if r.proc != nil && res.Total > 0 {
 				run.CPUus = (r.proc.cpuSeconds() - cpu0) / float64(res.Total) * 1e6
 			}
-			log.Printf("throughput %-20s rep %d: %8.0f req/s p50 %.2f ms p99 %.2f ms cpu %.1f µs/req failed %d",
-				px.Name, rep, run.RPS, run.P50ms, run.P99ms, run.CPUus, run.Failed)
+			if r.admin != "" && res.Total > 0 {
+				mallocs1, err := caddyMallocs(r.admin)
+				if err != nil {
+					return nil, err
+				}
+				run.Allocs = float64(mallocs1-mallocs0) / float64(res.Total)
+			}
+			log.Printf("throughput %-20s rep %d: %8.0f req/s p50 %.2f ms p99 %.2f ms cpu %.1f µs/req allocs %.1f/req failed %d",
+				px.Name, rep, run.RPS, run.P50ms, run.P99ms, run.CPUus, run.Allocs, run.Failed)
 			runs = append(runs, run)
 		}
 	}
 	return runs, nil
+}
+
+// caddyMallocs returns how many heap objects the Caddy with the given
+// admin address has allocated since it started.
+func caddyMallocs(admin string) (uint64, error) {
+	resp, err := http.Get("http://" + admin + "/debug/vars")
+	if err != nil {
+		return 0, fmt.Errorf("reading allocations: %w", err)
+	}
+	defer resp.Body.Close()
+	var vars struct {
+		Memstats struct {
+			Mallocs uint64
+		} `json:"memstats"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&vars); err != nil {
+		return 0, fmt.Errorf("reading allocations: %w", err)
+	}
+	return vars.Memstats.Mallocs, nil
 }
 
 // FailoverRun is one failover run of one configuration.
