@@ -191,13 +191,5 @@ func sendPost(client *http.Client, url string, id int) (int, error) {
 		return 0, err
 	}
 	req.Header.Set("X-Req-Id", strconv.Itoa(id))
-	resp, err := client.Do(req)
-	if err != nil {
-		return 0, err
-	}
-	defer resp.Body.Close()
-	if _, err := io.Copy(io.Discard, resp.Body); err != nil {
-		return 0, err
-	}
-	return resp.StatusCode, nil
+	return statusOf(client.Do(req))
 }

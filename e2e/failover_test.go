@@ -94,7 +94,12 @@ func runFailover(t *testing.T, send func(client *http.Client, url string, id int
 }
 
 func sendGet(client *http.Client, url string, _ int) (int, error) {
-	resp, err := client.Get(url)
+	return statusOf(client.Get(url))
+}
+
+// statusOf reads a response whole and returns its status; a response cut
+// short is an error.
+func statusOf(resp *http.Response, err error) (int, error) {
 	if err != nil {
 		return 0, err
 	}

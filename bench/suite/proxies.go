@@ -38,13 +38,26 @@ func (r *runningProxy) stop() {
 // either stands for the backend addresses.
 func caddyProxy(name, desc, global, site, path string) proxy {
 	return proxy{Name: name, Desc: desc, start: func(e *env, backends []string) (*runningProxy, error) {
-		dir, err := os.MkdirTemp(e.tmp, name+"-")
+		b := strings.Join(backends, " ")
+		r, err := startCaddy(e, name, strings.ReplaceAll(global, "{b}", b), strings.ReplaceAll(site, "{b}", b))
 		if err != nil {
 			return nil, err
 		}
-		port, admin := freePort(), freePort()
-		b := strings.Join(backends, " ")
-		cfg := fmt.Sprintf(`{
+		r.path = path
+		return r, nil
+	}}
+}
+
+// startCaddy runs Caddy with the given global options and site body on
+// fresh loopback ports and returns once its admin endpoint answers and its
+// site listens.
+func startCaddy(e *env, name, global, site string) (*runningProxy, error) {
+	dir, err := os.MkdirTemp(e.tmp, name+"-")
+	if err != nil {
+		return nil, err
+	}
+	port, admin := freePort(), freePort()
+	cfg := fmt.Sprintf(`{
 	admin 127.0.0.1:%d
 	persist_config off
 	auto_https off
@@ -55,22 +68,25 @@ func caddyProxy(name, desc, global, site, path string) proxy {
 :%d {
 	%s
 }
-`, admin, filepath.Join(dir, "storage"), strings.ReplaceAll(global, "{b}", b), port, strings.ReplaceAll(site, "{b}", b))
-		file := filepath.Join(dir, "Caddyfile")
-		if err := os.WriteFile(file, []byte(cfg), 0o644); err != nil {
-			return nil, err
-		}
-		p, err := start(name, dir, e.caddy, "run", "--config", file, "--adapter", "caddyfile")
-		if err != nil {
-			return nil, err
-		}
-		addr := fmt.Sprintf("127.0.0.1:%d", port)
-		if err := waitTCP(addr, 30*time.Second); err != nil {
-			p.stop(syscall.SIGKILL)
-			return nil, fmt.Errorf("%s: %w\n%s", name, err, p.out.String())
-		}
-		return &runningProxy{addr: addr, path: path, proc: p, admin: fmt.Sprintf("127.0.0.1:%d", admin)}, nil
-	}}
+`, admin, filepath.Join(dir, "storage"), global, port, site)
+	file := filepath.Join(dir, "Caddyfile")
+	if err := os.WriteFile(file, []byte(cfg), 0o644); err != nil {
+		return nil, err
+	}
+	p, err := start(name, dir, e.caddy, "run", "--config", file, "--adapter", "caddyfile")
+	if err != nil {
+		return nil, err
+	}
+	r := &runningProxy{addr: fmt.Sprintf("127.0.0.1:%d", port), proc: p, admin: fmt.Sprintf("127.0.0.1:%d", admin)}
+	err = waitHTTP("http://"+r.admin+"/config/", 60*time.Second)
+	if err == nil {
+		err = waitTCP(r.addr, 30*time.Second)
+	}
+	if err != nil {
+		p.stop(syscall.SIGKILL)
+		return nil, fmt.Errorf("%s: %w\n%s", name, err, p.out.String())
+	}
+	return r, nil
 }
 
 const benchPath = "/bench/v1/x"

@@ -322,14 +322,14 @@ func runScale(e *env) (*ScaleResult, error) {
 		seeds.WriteString("\n")
 	}
 	seeds.WriteString("\t}")
-	empty, err := startCaddyAdmin(e, "scale-empty", "service_registry {\n\t\tservice bench v1 "+b+"\n\t}")
+	empty, err := startCaddy(e, "scale-empty", "service_registry {\n\t\tservice bench v1 "+b+"\n\t}", "service_proxy")
 	if err != nil {
 		return nil, err
 	}
 	res.BaselineRSSMB = rssMB(empty.proc)
 	empty.proc.stop(syscall.SIGTERM)
 
-	full, err := startCaddyAdmin(e, "scale-memory", seeds.String())
+	full, err := startCaddy(e, "scale-memory", seeds.String(), "service_proxy")
 	if err != nil {
 		return nil, err
 	}
@@ -369,7 +369,7 @@ func runScale(e *env) (*ScaleResult, error) {
 			}
 		}
 	}
-	ec, err := startCaddyAdmin(e, "scale-etcd", fmt.Sprintf("service_registry {\n\t\tbackend etcd {\n\t\t\tendpoints %s\n\t\t}\n\t}", endpoint))
+	ec, err := startCaddy(e, "scale-etcd", fmt.Sprintf("service_registry {\n\t\tbackend etcd {\n\t\t\tendpoints %s\n\t\t}\n\t}", endpoint), "service_proxy")
 	if err != nil {
 		return nil, err
 	}
@@ -409,37 +409,6 @@ func runScale(e *env) (*ScaleResult, error) {
 	}
 	log.Printf("scale: etcd: propagation p50 %.2f ms p99 %.2f ms, %.0f adds/s", res.EtcdPropP50ms, res.EtcdPropP99ms, res.EtcdAddsPerSec)
 	return res, nil
-}
-
-// caddyAdmin is a Caddy started for the scale scenario.
-type caddyAdmin struct {
-	proc  *proc
-	addr  string
-	admin string
-}
-
-func startCaddyAdmin(e *env, name, registry string) (*caddyAdmin, error) {
-	dir, err := os.MkdirTemp(e.tmp, name+"-")
-	if err != nil {
-		return nil, err
-	}
-	port, admin := freePort(), freePort()
-	cfg := fmt.Sprintf("{\n\tadmin 127.0.0.1:%d\n\tpersist_config off\n\tauto_https off\n\tstorage file_system %s\n\t%s\n}\n\n:%d {\n\tservice_proxy\n}\n",
-		admin, filepath.Join(dir, "storage"), registry, port)
-	file := filepath.Join(dir, "Caddyfile")
-	if err := os.WriteFile(file, []byte(cfg), 0o644); err != nil {
-		return nil, err
-	}
-	p, err := start(name, dir, e.caddy, "run", "--config", file, "--adapter", "caddyfile")
-	if err != nil {
-		return nil, err
-	}
-	c := &caddyAdmin{proc: p, addr: fmt.Sprintf("127.0.0.1:%d", port), admin: fmt.Sprintf("127.0.0.1:%d", admin)}
-	if err := waitHTTP("http://"+c.admin+"/config/", 60*time.Second); err != nil {
-		p.stop(syscall.SIGKILL)
-		return nil, fmt.Errorf("%s: %w\n%s", name, err, p.out.String())
-	}
-	return c, nil
 }
 
 // adminAdds adds n endpoints through the admin API from 8 clients and
