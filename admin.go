@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+
+	"github.com/svcreg/caddy-svcreg/registry"
 )
 
 func init() {
@@ -53,7 +55,7 @@ type endpointAdd struct {
 	Address  string            `json:"address"`
 	Weight   int               `json:"weight,omitempty"`
 	Metadata map[string]string `json:"metadata,omitempty"`
-	TTL      caddy.Duration    `json:"ttl,omitempty"`
+	TTL      registry.Duration `json:"ttl,omitempty"`
 }
 
 // serviceStatus is how the admin API shows a service version.
@@ -109,7 +111,7 @@ func (adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 		return writeJSON(w, http.StatusOK, out)
 
 	case 3: // /services/<name>/<version>
-		key := ServiceKey{segs[1], segs[2]}
+		key := registry.ServiceKey{Service: segs[1], Version: segs[2]}
 		if err := key.Validate(); err != nil {
 			return apiError(http.StatusBadRequest, err)
 		}
@@ -130,11 +132,11 @@ func (adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 		if r.Method != http.MethodDelete {
 			return methodNotAllowed(w, http.MethodDelete)
 		}
-		key := ServiceKey{segs[1], segs[2]}
+		key := registry.ServiceKey{Service: segs[1], Version: segs[2]}
 		if err := key.Validate(); err != nil {
 			return apiError(http.StatusBadRequest, err)
 		}
-		addr, err := ParseAddress(segs[3])
+		addr, err := registry.ParseAddress(segs[3])
 		if err != nil {
 			return apiError(http.StatusBadRequest, err)
 		}
@@ -149,7 +151,7 @@ func (adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 	}
 }
 
-func addEndpoint(w http.ResponseWriter, r *http.Request, reg Registry, key ServiceKey) error {
+func addEndpoint(w http.ResponseWriter, r *http.Request, reg registry.Registry, key registry.ServiceKey) error {
 	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/json") {
 		return apiError(http.StatusBadRequest, fmt.Errorf("content type %q: want application/json", ct))
 	}
@@ -172,7 +174,7 @@ func addEndpoint(w http.ResponseWriter, r *http.Request, reg Registry, key Servi
 	if req.Address == "" {
 		return apiError(http.StatusBadRequest, errors.New(`missing "address": want {"address":"host:port"}`))
 	}
-	ep, err := Endpoint{Address: req.Address, Weight: req.Weight, Metadata: req.Metadata, TTL: req.TTL}.normalize()
+	ep, err := registry.Endpoint{Address: req.Address, Weight: req.Weight, Metadata: req.Metadata, TTL: req.TTL}.Normalize()
 	if err != nil {
 		return apiError(http.StatusBadRequest, err)
 	}
@@ -191,26 +193,27 @@ func addEndpoint(w http.ResponseWriter, r *http.Request, reg Registry, key Servi
 	return writeJSON(w, status, statusOf(svc))
 }
 
-func statusOf(svc *Service) serviceStatus {
+func statusOf(svc *registry.Service) serviceStatus {
 	st := serviceStatus{Name: svc.Name, Version: svc.Version, Endpoints: make([]endpointStatus, 0, len(svc.Endpoints))}
 	for _, ep := range svc.Endpoints {
-		es := endpointStatus{
+		stats := ep.Stats()
+		st.Endpoints = append(st.Endpoints, endpointStatus{
 			Address: ep.Address, Weight: ep.Weight, Metadata: ep.Metadata,
-			Healthy: ep.Available(), OutOfRotation: ep.OutOfRotation(), Fails: ep.Fails(),
-			InFlight: ep.InFlight(), Requests: ep.health.requests.Load(), Failures: ep.health.failures.Load(),
-		}
-		if t := ep.LastFailure(); !t.IsZero() {
-			es.LastFailure = &t
-		}
-		if t := unixTime(ep.health.nextProbe.Load()); !t.IsZero() && ep.OutOfRotation() == "passive" {
-			es.NextCheck = &t
-		}
-		if t := ep.SlowStartUntil(); !t.IsZero() {
-			es.SlowStartEnds = &t
-		}
-		st.Endpoints = append(st.Endpoints, es)
+			Healthy: stats.Available, OutOfRotation: stats.OutOfRotation, Fails: stats.Fails,
+			LastFailure: timeOrNil(stats.LastFailure), NextCheck: timeOrNil(stats.NextCheck),
+			SlowStartEnds: timeOrNil(stats.SlowStartUntil),
+			InFlight:      stats.InFlight, Requests: stats.Requests, Failures: stats.Failures,
+		})
 	}
 	return st
+}
+
+// timeOrNil returns &t, or nil for the zero time (left out of the JSON).
+func timeOrNil(t time.Time) *time.Time {
+	if t.IsZero() {
+		return nil
+	}
+	return &t
 }
 
 // pathSegments splits the escaped path below prefix into unescaped
@@ -238,11 +241,11 @@ func pathSegments(escaped, prefix string) ([]string, error) {
 	return parts, nil
 }
 
-func lookupError(key ServiceKey, err error) error {
-	if errors.Is(err, ErrUnknownService) || errors.Is(err, ErrUnknownVersion) {
+func lookupError(key registry.ServiceKey, err error) error {
+	if errors.Is(err, registry.ErrUnknownService) || errors.Is(err, registry.ErrUnknownVersion) {
 		return apiError(http.StatusNotFound, fmt.Errorf("service %s: %w", key, err))
 	}
-	if errors.Is(err, ErrNotSynced) {
+	if errors.Is(err, registry.ErrNotSynced) {
 		return apiError(http.StatusServiceUnavailable, err)
 	}
 	return apiError(http.StatusInternalServerError, err)
@@ -251,13 +254,13 @@ func lookupError(key ServiceKey, err error) error {
 // changeError maps an Add or Delete error to a status.
 func changeError(err error) error {
 	switch {
-	case errors.Is(err, ErrInvalid):
+	case errors.Is(err, registry.ErrInvalid):
 		return apiError(http.StatusBadRequest, err)
-	case errors.Is(err, ErrUnknownService), errors.Is(err, ErrUnknownVersion), errors.Is(err, ErrUnknownEndpoint):
+	case errors.Is(err, registry.ErrUnknownService), errors.Is(err, registry.ErrUnknownVersion), errors.Is(err, registry.ErrUnknownEndpoint):
 		return apiError(http.StatusNotFound, err)
-	case errors.Is(err, ErrSeeded):
+	case errors.Is(err, registry.ErrSeeded):
 		return apiError(http.StatusConflict, err)
-	case errors.Is(err, ErrNotSynced), errors.Is(err, ErrBackendUnavailable):
+	case errors.Is(err, registry.ErrNotSynced), errors.Is(err, registry.ErrBackendUnavailable):
 		return apiError(http.StatusServiceUnavailable, err)
 	default:
 		return apiError(http.StatusInternalServerError, err)

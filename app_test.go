@@ -4,13 +4,16 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"os"
+	"runtime"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
+	"weak"
 
 	"github.com/caddyserver/caddy/v2"
-	"go.uber.org/zap"
+
+	"github.com/svcreg/caddy-svcreg/registry"
 )
 
 func poolSize() int {
@@ -19,21 +22,67 @@ func poolSize() int {
 	return n
 }
 
+// loadConfig loads a config into Caddy in this process. The configs of
+// these tests turn the admin endpoint off and do not persist: a test must
+// not write the developer's own autosave.json.
+func loadConfig(t *testing.T, cfg string) error {
+	t.Helper()
+	if !strings.Contains(cfg, `"persist": false`) {
+		t.Fatal("a test config must not persist")
+	}
+	return caddy.Load([]byte(cfg), true)
+}
+
+// autosaveUnchanged checks, when the test ends, that Caddy's autosave file
+// is as it was when the test began.
+func autosaveUnchanged(t *testing.T) {
+	t.Helper()
+	stat := func() string {
+		fi, err := os.Stat(caddy.ConfigAutosavePath)
+		if err != nil {
+			return err.Error()
+		}
+		return fmt.Sprint(fi.Size(), fi.ModTime().UnixNano())
+	}
+	before := stat()
+	t.Cleanup(func() {
+		if after := stat(); after != before {
+			t.Errorf("%s changed during the test (%s, was %s)", caddy.ConfigAutosavePath, after, before)
+		}
+	})
+}
+
+// registryGoroutines returns the stacks of goroutines running code of the
+// registry or its backends.
+func registryGoroutines() []string {
+	buf := make([]byte, 1<<20)
+	buf = buf[:runtime.Stack(buf, true)]
+	var out []string
+	for g := range strings.SplitSeq(string(buf), "\n\n") {
+		if strings.Contains(g, "caddy-svcreg/registry.") || strings.Contains(g, "caddy-svcreg/backends/") {
+			out = append(out, g)
+		}
+	}
+	return out
+}
+
+func appConfig(dir, storageKey, seed string) string {
+	return fmt.Sprintf(`{
+		"admin": {"disabled": true, "config": {"persist": false}},
+		"storage": {"module": "file_system", "root": %q},
+		"apps": {"service_registry": {
+			"backend": {"backend": "memory", "storage_key": %q},
+			"services": [{"name": "users", "version": "v1", "endpoints": [{"address": %q}]}]
+		}}
+	}`, dir, storageKey, seed)
+}
+
 // TestAppLifecycle loads real configs into Caddy in this process: the
 // registry survives a reload with the same backend settings, is replaced
 // when they change, and nothing of it outlives caddy.Stop.
 func TestAppLifecycle(t *testing.T) {
+	autosaveUnchanged(t)
 	dir := t.TempDir()
-	config := func(storageKey, seed string) []byte {
-		return []byte(fmt.Sprintf(`{
-			"admin": {"disabled": true},
-			"storage": {"module": "file_system", "root": %q},
-			"apps": {"service_registry": {
-				"backend": {"backend": "memory", "storage_key": %q},
-				"services": [{"name": "users", "version": "v1", "endpoints": [{"address": %q}]}]
-			}}
-		}`, dir, storageKey, seed))
-	}
 	running := func() *App {
 		app := current.Load()
 		if app == nil {
@@ -41,27 +90,20 @@ func TestAppLifecycle(t *testing.T) {
 		}
 		return app
 	}
+	users := registry.ServiceKey{Service: "users", Version: "v1"}
 
-	if err := caddy.Load(config("a.json", "127.0.0.1:1"), true); err != nil {
-		t.Fatal(err)
-	}
-	first := running().registry
-	if err := first.Add(context.Background(), ServiceKey{"users", "v1"}, Endpoint{Address: "127.0.0.1:9"}); err != nil {
-		t.Fatal(err)
-	}
-	first.Failure(ServiceKey{"users", "v1"}, "127.0.0.1:9") // keeps the prober busy
+	must(t, loadConfig(t, appConfig(dir, "a.json", "127.0.0.1:1")))
+	first := running().reg
+	must(t, first.Add(context.Background(), users, registry.Endpoint{Address: "127.0.0.1:9"}))
+	first.Failure(users, "127.0.0.1:9") // keeps the checker busy
 
 	// Reload with a new seed: same registry, admin addition and health kept.
-	if err := caddy.Load(config("a.json", "127.0.0.1:2"), true); err != nil {
-		t.Fatal(err)
-	}
-	if got := running().registry; got != first {
+	must(t, loadConfig(t, appConfig(dir, "a.json", "127.0.0.1:2")))
+	if got := running().reg; got != first {
 		t.Fatal("a reload with the same backend settings replaced the registry")
 	}
-	svc, err := first.Lookup(ServiceKey{"users", "v1"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	svc, err := first.Lookup(users)
+	must(t, err)
 	if got := strings.Join(addresses(svc), ","); got != "127.0.0.1:2,127.0.0.1:9" {
 		t.Errorf("after reload: %s, want the new seed and the admin addition", got)
 	}
@@ -73,10 +115,8 @@ func TestAppLifecycle(t *testing.T) {
 	}
 
 	// Other backend settings: a new registry; the old one is destroyed.
-	if err := caddy.Load(config("b.json", "127.0.0.1:3"), true); err != nil {
-		t.Fatal(err)
-	}
-	if running().registry == first {
+	must(t, loadConfig(t, appConfig(dir, "b.json", "127.0.0.1:3")))
+	if running().reg == first {
 		t.Error("changing the backend settings kept the old registry")
 	}
 	if n := poolSize(); n != 1 {
@@ -86,83 +126,85 @@ func TestAppLifecycle(t *testing.T) {
 	// A config that fails to start (its http app cannot listen) hands the
 	// registry and the admin API back to the running config. Apps start in
 	// random order, so try a few times: sometimes the registry started first.
-	second := running().registry
+	second := running().reg
 	running2 := running()
 	busy, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	must(t, err)
 	defer busy.Close()
 	for range 8 {
-		failing := strings.Replace(string(config("b.json", "127.0.0.1:5")), `"apps": {`,
+		failing := strings.Replace(appConfig(dir, "b.json", "127.0.0.1:5"), `"apps": {`,
 			fmt.Sprintf(`"apps": {"http": {"servers": {"s": {"listen": [%q]}}},`, busy.Addr().String()), 1)
-		if err := caddy.Load([]byte(failing), true); err == nil {
+		if err := loadConfig(t, failing); err == nil {
 			t.Fatal("a config whose server cannot listen loaded")
 		}
 		if running() != running2 {
 			t.Fatal("after a failed start the admin API does not serve the running config's app")
 		}
-		if svc, _ := second.Lookup(ServiceKey{"users", "v1"}); strings.Join(addresses(svc), ",") != "127.0.0.1:3" {
+		if svc, _ := second.Lookup(users); strings.Join(addresses(svc), ",") != "127.0.0.1:3" {
 			t.Fatalf("a config that failed to start left its seeds in the registry: %v", addresses(svc))
 		}
 	}
 
 	// A config that fails to provision changes nothing either.
-	bad := strings.Replace(string(config("b.json", "127.0.0.1:4")), `"name": "users"`, `"name": "us/ers"`, 1)
-	if err := caddy.Load([]byte(bad), true); err == nil || !strings.Contains(err.Error(), "service name") {
+	bad := strings.Replace(appConfig(dir, "b.json", "127.0.0.1:4"), `"name": "users"`, `"name": "us/ers"`, 1)
+	if err := loadConfig(t, bad); err == nil || !strings.Contains(err.Error(), "service name") {
 		t.Fatalf("loading a bad config: %v", err)
 	}
-	if svc, _ := second.Lookup(ServiceKey{"users", "v1"}); strings.Join(addresses(svc), ",") != "127.0.0.1:3" {
+	if svc, _ := second.Lookup(users); strings.Join(addresses(svc), ",") != "127.0.0.1:3" {
 		t.Errorf("a config that failed to load changed the registry: %v", addresses(svc))
 	}
 
-	if err := caddy.Stop(); err != nil {
-		t.Fatal(err)
-	}
+	must(t, caddy.Stop())
 	if n := poolSize(); n != 0 {
 		t.Errorf("%d registries left after caddy.Stop", n)
 	}
 	if current.Load() != nil {
 		t.Error("the admin API still sees an app after caddy.Stop")
 	}
-	for _, r := range []*registry{first, second} {
-		ended := make(chan struct{})
-		go func() { r.done.Wait(); close(ended) }()
-		select {
-		case <-ended:
-		case <-time.After(5 * time.Second):
-			t.Error("a registry's goroutines outlived caddy.Stop")
+	deadline := time.Now().Add(5 * time.Second)
+	for left := registryGoroutines(); len(left) > 0; left = registryGoroutines() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d goroutines of the registry outlived caddy.Stop; the first:\n%s", len(left), left[0])
 		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
 
-// TestRegistryDestructEndsProbes checks that a probe in progress (a dial
-// that would hang) ends when the registry is destroyed, before Destruct
-// returns.
-func TestRegistryDestructEndsProbes(t *testing.T) {
-	key := ServiceKey{"users", "v1"}
-	r := newRegistry(&MemoryBackend{StorageKey: "k.json"}, zap.NewNop())
-	dialing := make(chan struct{})
-	var dialEnded atomic.Bool
-	r.health.dial = func(ctx context.Context, network, address string) (net.Conn, error) {
-		close(dialing)
-		<-ctx.Done()
-		dialEnded.Store(true)
-		return nil, ctx.Err()
+// TestReloadsKeepNoOldApp reloads many times: once a reload is done, no
+// earlier App (and so none of the configs and contexts it holds) stays
+// reachable, but for the running one.
+func TestReloadsKeepNoOldApp(t *testing.T) {
+	autosaveUnchanged(t)
+	dir := t.TempDir()
+	const reloads = 20
+	apps := make([]weak.Pointer[App], 0, reloads)
+	for i := range reloads {
+		must(t, loadConfig(t, appConfig(dir, "a.json", fmt.Sprintf("127.0.0.1:%d", 100+i))))
+		apps = append(apps, weak.Make(current.Load()))
 	}
-	if err := r.start(testEnv(t.TempDir(), map[ServiceKey][]Endpoint{key: eps("127.0.0.1:9")}), nil, nil); err != nil {
-		t.Fatal(err)
+	if prev := current.Load().prev.Load(); prev != nil {
+		t.Error("the running app still holds the one it replaced after the reload finished")
 	}
-	r.Failure(key, "127.0.0.1:9")
-	select {
-	case <-dialing:
-	case <-time.After(10 * time.Second):
-		t.Fatal("the prober never probed the failed endpoint")
+	alive := 0
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		runtime.GC()
+		alive = 0
+		for _, w := range apps[:reloads-1] {
+			if w.Value() != nil {
+				alive++
+			}
+		}
+		if alive == 0 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
-	if err := r.Destruct(); err != nil {
-		t.Fatal(err)
+	if alive > 0 {
+		t.Errorf("%d of %d replaced apps are still reachable after %d reloads", alive, reloads-1, reloads)
 	}
-	if !dialEnded.Load() {
-		t.Error("Destruct returned while a probe was still running")
+	if apps[reloads-1].Value() == nil {
+		t.Error("the running app was collected")
 	}
+	must(t, caddy.Stop())
 }

@@ -15,6 +15,8 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/rewrite"
+
+	"github.com/svcreg/caddy-svcreg/registry"
 )
 
 func init() {
@@ -88,16 +90,16 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if len(args) < 2 {
 				return d.Errf("service: want <name> <version> [<address>...], got %d arguments", len(args))
 			}
-			key := ServiceKey{args[0], args[1]}
+			key := registry.ServiceKey{Service: args[0], Version: args[1]}
 			if err := key.Validate(); err != nil {
 				return d.Errf("service: %v", err)
 			}
 			sc := ServiceConfig{Name: key.Service, Version: key.Version}
 			for _, addr := range args[2:] {
-				if _, err := ParseAddress(addr); err != nil {
+				if _, err := registry.ParseAddress(addr); err != nil {
 					return d.Errf("service %s: %v", key, err)
 				}
-				sc.Endpoints = append(sc.Endpoints, Endpoint{Address: addr})
+				sc.Endpoints = append(sc.Endpoints, registry.Endpoint{Address: addr})
 			}
 			if d.NextBlock(d.Nesting()) {
 				return d.Errf("service: unexpected block")
@@ -124,29 +126,13 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 }
 
 // parseHealthCheck parses one health_check block of the global option.
-func parseHealthCheck(d *caddyfile.Dispenser) (HealthCheck, error) {
-	var hc HealthCheck
-	args := d.RemainingArgs()
-	switch len(args) {
-	case 2:
-		hc.Version = args[1]
-		fallthrough
-	case 1:
-		hc.Service = args[0]
-	case 0:
-	default:
-		return hc, d.Errf("health_check: want [<service> [<version>]], got %d arguments", len(args))
+func parseHealthCheck(d *caddyfile.Dispenser) (registry.HealthCheck, error) {
+	var hc registry.HealthCheck
+	key, err := parseServiceArgs(d, "health_check")
+	if err != nil {
+		return hc, err
 	}
-	if hc.Service != "" {
-		if err := checkName("service", hc.Service); err != nil {
-			return hc, d.Errf("health_check: %v", err)
-		}
-	}
-	if hc.Version != "" {
-		if err := checkName("version", hc.Version); err != nil {
-			return hc, d.Errf("health_check: %v", err)
-		}
-	}
+	hc.Service, hc.Version = key.Service, key.Version
 	seen := map[string]bool{}
 	for d.NextBlock(1) {
 		opt := d.Val()
@@ -154,6 +140,12 @@ func parseHealthCheck(d *caddyfile.Dispenser) (HealthCheck, error) {
 			return hc, d.Errf("health_check: %s specified more than once", opt)
 		}
 		seen[opt] = true
+		if opt == "tls" {
+			if hc.TLS, err = parseHealthCheckTLS(d); err != nil {
+				return hc, err
+			}
+			continue
+		}
 		if !d.NextArg() {
 			return hc, d.ArgErr()
 		}
@@ -161,7 +153,6 @@ func parseHealthCheck(d *caddyfile.Dispenser) (HealthCheck, error) {
 		if d.NextArg() {
 			return hc, d.ArgErr()
 		}
-		var err error
 		switch opt {
 		case "path":
 			if !strings.HasPrefix(val, "/") {
@@ -169,7 +160,7 @@ func parseHealthCheck(d *caddyfile.Dispenser) (HealthCheck, error) {
 			}
 			hc.Path = val
 		case "status":
-			if _, err := parseStatus(val); err != nil {
+			if err := registry.ParseStatus(val); err != nil {
 				return hc, d.Errf("health_check: %v", err)
 			}
 			hc.Status = val
@@ -202,10 +193,72 @@ func parseHealthCheck(d *caddyfile.Dispenser) (HealthCheck, error) {
 		}
 	}
 	// the same checks as at provision time, with the line to show
-	if _, err := newHealthPolicy([]HealthCheck{hc}); err != nil {
+	if _, err := registry.NewHealthPolicy([]registry.HealthCheck{hc}); err != nil {
 		return hc, d.Errf("%v", err)
 	}
 	return hc, nil
+}
+
+// parseHealthCheckTLS parses the tls block of a health_check:
+//
+//	tls [{
+//		ca                   <PEM file>
+//		server_name          <name>
+//		insecure_skip_verify
+//	}]
+func parseHealthCheckTLS(d *caddyfile.Dispenser) (*registry.HealthCheckTLS, error) {
+	if d.NextArg() {
+		return nil, d.ArgErr()
+	}
+	t := new(registry.HealthCheckTLS)
+	seen := map[string]bool{}
+	for d.NextBlock(2) {
+		opt := d.Val()
+		if seen[opt] {
+			return nil, d.Errf("health_check: tls: %s specified more than once", opt)
+		}
+		seen[opt] = true
+		switch opt {
+		case "insecure_skip_verify":
+			t.InsecureSkipVerify = true
+		case "ca", "server_name":
+			if !d.NextArg() {
+				return nil, d.ArgErr()
+			}
+			if opt == "ca" {
+				t.CA = d.Val()
+			} else {
+				t.ServerName = d.Val()
+			}
+		default:
+			return nil, d.Errf("health_check: tls: unknown subdirective %q", opt)
+		}
+		if d.NextArg() {
+			return nil, d.ArgErr()
+		}
+	}
+	return t, nil
+}
+
+// parseServiceArgs reads the optional [<service> [<version>]] arguments
+// of directive, which select the service versions it applies to.
+func parseServiceArgs(d *caddyfile.Dispenser, directive string) (registry.ServiceKey, error) {
+	var key registry.ServiceKey
+	args := d.RemainingArgs()
+	switch len(args) {
+	case 2:
+		key.Version = args[1]
+		fallthrough
+	case 1:
+		key.Service = args[0]
+	case 0:
+	default:
+		return key, d.Errf("%s: want [<service> [<version>]], got %d arguments", directive, len(args))
+	}
+	if err := key.ValidateFilter(); err != nil {
+		return key, d.Errf("%s: %v", directive, err)
+	}
+	return key, nil
 }
 
 // parseInt parses a whole number from lo to hi.
@@ -218,132 +271,12 @@ func parseInt(s string, lo, hi int) (int, error) {
 }
 
 // parsePositiveDuration parses a Caddy duration greater than zero.
-func parsePositiveDuration(s string) (caddy.Duration, error) {
+func parsePositiveDuration(s string) (registry.Duration, error) {
 	dur, err := caddy.ParseDuration(s)
 	if err != nil || dur <= 0 {
 		return 0, fmt.Errorf("want a positive duration, got %q", s)
 	}
-	return caddy.Duration(dur), nil
-}
-
-// UnmarshalCaddyfile sets up the memory backend:
-//
-//	backend memory {
-//		storage_key <key>
-//	}
-func (m *MemoryBackend) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
-	d.Next() // consume backend name
-	if d.NextArg() {
-		return d.ArgErr()
-	}
-	for d.NextBlock(0) {
-		switch d.Val() {
-		case "storage_key":
-			if m.StorageKey != "" {
-				return d.Err("storage_key: specified more than once")
-			}
-			if !d.NextArg() {
-				return d.ArgErr()
-			}
-			m.StorageKey = d.Val()
-			if d.NextArg() {
-				return d.ArgErr()
-			}
-		default:
-			return d.Errf("memory backend: unknown subdirective %q", d.Val())
-		}
-	}
-	return nil
-}
-
-// UnmarshalCaddyfile sets up the etcd backend:
-//
-//	backend etcd {
-//		endpoints    <host:port or URL>...
-//		prefix       <key prefix>
-//		dial_timeout <duration>
-//		username     <name>
-//		password     <password>
-//		tls {
-//			ca          <PEM file>
-//			cert        <PEM file>
-//			key         <PEM file>
-//			server_name <name>
-//		}
-//	}
-//
-// Values may be placeholders such as {env.ETCD_PASSWORD}.
-func (e *EtcdBackend) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
-	d.Next() // consume backend name
-	if d.NextArg() {
-		return d.ArgErr()
-	}
-	seen := map[string]bool{}
-	for d.NextBlock(0) {
-		opt := d.Val()
-		if seen[opt] {
-			return d.Errf("etcd backend: %s specified more than once", opt)
-		}
-		seen[opt] = true
-		switch opt {
-		case "endpoints":
-			e.Endpoints = d.RemainingArgs()
-			if len(e.Endpoints) == 0 {
-				return d.ArgErr()
-			}
-		case "prefix", "username", "password":
-			if !d.NextArg() {
-				return d.ArgErr()
-			}
-			switch opt {
-			case "prefix":
-				e.Prefix = d.Val()
-			case "username":
-				e.Username = d.Val()
-			default:
-				e.Password = d.Val()
-			}
-			if d.NextArg() {
-				return d.ArgErr()
-			}
-		case "dial_timeout":
-			if !d.NextArg() {
-				return d.ArgErr()
-			}
-			dur, err := caddy.ParseDuration(d.Val())
-			if err != nil || dur <= 0 {
-				return d.Errf("etcd backend: dial_timeout: want a positive duration, got %q", d.Val())
-			}
-			e.DialTimeout = caddy.Duration(dur)
-			if d.NextArg() {
-				return d.ArgErr()
-			}
-		case "tls":
-			if d.NextArg() {
-				return d.ArgErr()
-			}
-			e.TLS = new(EtcdTLS)
-			for d.NextBlock(1) {
-				field := map[string]*string{"ca": &e.TLS.CA, "cert": &e.TLS.Cert, "key": &e.TLS.Key, "server_name": &e.TLS.ServerName}[d.Val()]
-				if field == nil {
-					return d.Errf("etcd backend: tls: unknown subdirective %q", d.Val())
-				}
-				if *field != "" {
-					return d.Errf("etcd backend: tls: %s specified more than once", d.Val())
-				}
-				if !d.NextArg() {
-					return d.ArgErr()
-				}
-				*field = d.Val()
-				if d.NextArg() {
-					return d.ArgErr()
-				}
-			}
-		default:
-			return d.Errf("etcd backend: unknown subdirective %q", opt)
-		}
-	}
-	return nil
+	return registry.Duration(dur), nil
 }
 
 // UnmarshalCaddyfile sets up the matcher:
@@ -353,27 +286,11 @@ func (e *EtcdBackend) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 //	}]
 func (m *MatchServiceVersion) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume matcher name
-	args := d.RemainingArgs()
-	switch len(args) {
-	case 2:
-		m.Version = args[1]
-		fallthrough
-	case 1:
-		m.Service = args[0]
-	case 0:
-	default:
-		return d.Errf("service_version: want [<service> [<version>]], got %d arguments", len(args))
+	key, err := parseServiceArgs(d, "service_version")
+	if err != nil {
+		return err
 	}
-	if m.Service != "" {
-		if err := checkName("service", m.Service); err != nil {
-			return d.Errf("service_version: %v", err)
-		}
-	}
-	if m.Version != "" {
-		if err := checkName("version", m.Version); err != nil {
-			return d.Errf("service_version: %v", err)
-		}
-	}
+	m.Service, m.Version = key.Service, key.Version
 	for d.NextBlock(0) {
 		switch d.Val() {
 		case "prefix":
@@ -429,7 +346,7 @@ func (p *FailoverSelection) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		return d.Errf("service_failover: want at most one balancing algorithm, got %d arguments", len(args))
 	}
 	if len(args) == 1 {
-		if err := checkBalance(args[0]); err != nil {
+		if _, err := registry.ParseBalance(args[0]); err != nil {
 			return d.Errf("service_failover: %v", err)
 		}
 		p.Balance = args[0]
@@ -516,7 +433,7 @@ func parseServiceProxy(h httpcaddyfile.Helper) ([]httpcaddyfile.ConfigValue, err
 	}
 
 	matcher := MatchServiceVersion{}
-	balance, retries, strip := balanceRoundRobin, defaultRetries, true
+	balance, retries, strip := registry.RoundRobin.String(), defaultRetries, true
 	seen := map[string]bool{}
 	proxyTokens := []caddyfile.Token{nameTok}
 	lastLine := nameTok.Line
@@ -546,7 +463,7 @@ func parseServiceProxy(h httpcaddyfile.Helper) ([]httpcaddyfile.ConfigValue, err
 			if len(args) != 1 {
 				return nil, h.Errf("service_proxy: lb_policy: want round_robin, random, least_conn or p2c")
 			}
-			if err := checkBalance(args[0]); err != nil {
+			if _, err := registry.ParseBalance(args[0]); err != nil {
 				return nil, h.Errf("service_proxy: lb_policy: %v", err)
 			}
 			balance = args[0]
@@ -714,8 +631,6 @@ func serviceErrorRoute(h httpcaddyfile.Helper) httpcaddyfile.ConfigValue {
 // Interface guards
 var (
 	_ caddyfile.Unmarshaler = (*App)(nil)
-	_ caddyfile.Unmarshaler = (*MemoryBackend)(nil)
-	_ caddyfile.Unmarshaler = (*EtcdBackend)(nil)
 	_ caddyfile.Unmarshaler = (*MatchServiceVersion)(nil)
 	_ caddyfile.Unmarshaler = (*UpstreamSource)(nil)
 	_ caddyfile.Unmarshaler = (*FailoverSelection)(nil)

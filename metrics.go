@@ -5,6 +5,8 @@ import (
 	"fmt"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/svcreg/caddy-svcreg/registry"
 )
 
 // Metrics of the registry in Caddy's metrics registry (Caddy's /metrics),
@@ -42,17 +44,17 @@ func (registryCollector) Describe(ch chan<- *prometheus.Desc) {
 // reload two registries may briefly hold the same endpoint; it is
 // reported once.
 func (registryCollector) Collect(ch chan<- prometheus.Metric) {
-	seenServices := map[ServiceKey]bool{}
+	seenServices := map[registry.ServiceKey]bool{}
 	seenEndpoints := map[[3]string]bool{}
 	registries.Range(func(_, v any) bool {
-		r, ok := v.(*registry)
+		r, ok := v.(*pooledRegistry)
 		if !ok {
 			return true
 		}
-		for _, svc := range r.table.Snapshot().Services() {
+		for _, svc := range r.Snapshot().Services() {
 			if !seenServices[svc.Key()] {
 				seenServices[svc.Key()] = true
-				ch <- prometheus.MustNewConstMetric(descRetries, prometheus.CounterValue, float64(svc.retries.Load()), svc.Name, svc.Version)
+				ch <- prometheus.MustNewConstMetric(descRetries, prometheus.CounterValue, float64(svc.Retries()), svc.Name, svc.Version)
 			}
 			for _, ep := range svc.Endpoints {
 				labels := [3]string{svc.Name, svc.Version, ep.Address}
@@ -60,11 +62,11 @@ func (registryCollector) Collect(ch chan<- prometheus.Metric) {
 					continue
 				}
 				seenEndpoints[labels] = true
-				h := ep.health
-				ch <- prometheus.MustNewConstMetric(descRequests, prometheus.CounterValue, float64(h.requests.Load()), labels[:]...)
-				ch <- prometheus.MustNewConstMetric(descFailures, prometheus.CounterValue, float64(h.failures.Load()), labels[:]...)
-				ch <- prometheus.MustNewConstMetric(descEjections, prometheus.CounterValue, float64(h.ejections.Load()), labels[:]...)
-				ch <- prometheus.MustNewConstMetric(descHealthy, prometheus.GaugeValue, boolGauge(h.available()), labels[:]...)
+				st := ep.Stats()
+				ch <- prometheus.MustNewConstMetric(descRequests, prometheus.CounterValue, float64(st.Requests), labels[:]...)
+				ch <- prometheus.MustNewConstMetric(descFailures, prometheus.CounterValue, float64(st.Failures), labels[:]...)
+				ch <- prometheus.MustNewConstMetric(descEjections, prometheus.CounterValue, float64(st.Ejections), labels[:]...)
+				ch <- prometheus.MustNewConstMetric(descHealthy, prometheus.GaugeValue, boolGauge(st.Available), labels[:]...)
 			}
 		}
 		return true

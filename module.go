@@ -2,11 +2,16 @@
 // to the hosts registered for that service and version, balances every
 // request, and retries a request that fails on a host it has not tried.
 //
-// The service_registry app owns the Registry and its backend (memory by
-// default, or etcd); the admin API adds and removes endpoints live. The
-// service_version matcher finds the service of a request, the
-// service_registry upstream source hands its endpoints to reverse_proxy,
-// and the service_failover selection policy balances and fails over.
+// The registry itself, its backends' interface, health and balancing are
+// in the Caddy-free package registry; the backends (memory, etcd) are
+// packages of their own. This package is the Caddy glue, one concept per
+// file: the service_registry app (registry.go) owns the registry and its
+// backend; the service_version matcher (module.go) finds the service of a
+// request; the service_registry upstream source and the service_failover
+// selection policy (selection.go) hand its endpoints to reverse_proxy and
+// fail over; service_proxy and the other Caddyfile syntax (caddyfile.go),
+// the service_http transport (transport.go), the service_no_body handler
+// (body.go), the admin API (admin.go) and the metrics (metrics.go).
 package svcreg
 
 import (
@@ -18,6 +23,8 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	"github.com/svcreg/caddy-svcreg/registry"
 )
 
 func init() {
@@ -63,7 +70,7 @@ type MatchServiceVersion struct {
 	// is /api/users/v1. Default: none.
 	Prefix string `json:"prefix,omitempty"`
 
-	registry Registry
+	registry registry.Registry
 }
 
 // CaddyModule returns the Caddy module information.
@@ -87,18 +94,8 @@ func (m *MatchServiceVersion) Provision(ctx caddy.Context) error {
 
 // Validate checks the restriction and the prefix.
 func (m *MatchServiceVersion) Validate() error {
-	if m.Service != "" {
-		if err := checkName("service", m.Service); err != nil {
-			return err
-		}
-	}
-	if m.Version != "" {
-		if m.Service == "" {
-			return errors.New("a version restriction needs a service")
-		}
-		if err := checkName("version", m.Version); err != nil {
-			return err
-		}
+	if err := (registry.ServiceKey{Service: m.Service, Version: m.Version}).ValidateFilter(); err != nil {
+		return err
 	}
 	return checkPrefix(m.Prefix)
 }
@@ -112,8 +109,8 @@ func checkPrefix(prefix string) error {
 		return fmt.Errorf("prefix %q must start with /", prefix)
 	}
 	for seg := range strings.SplitSeq(prefix[1:], "/") {
-		if !validName(seg) {
-			return fmt.Errorf("prefix %q: segment %q must be 1 to %d characters of A-Z a-z 0-9 . _ - (not only dots)", prefix, seg, maxNameLen)
+		if !registry.ValidName(seg) {
+			return fmt.Errorf("prefix %q: segment %q must be 1 to %d characters of A-Z a-z 0-9 . _ - (not only dots)", prefix, seg, registry.MaxNameLen)
 		}
 	}
 	return nil
@@ -133,17 +130,17 @@ func (m MatchServiceVersion) MatchWithError(r *http.Request) (bool, error) {
 		return false, nil
 	}
 	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
-	svc, err := m.registry.Lookup(ServiceKey{name, version})
+	svc, err := m.registry.Lookup(registry.ServiceKey{Service: name, Version: version})
 	switch {
 	case err == nil:
-		prefix := svc.prefixVal
+		nameVal, versionVal, prefix := svc.Values()
 		if m.Prefix != "" {
 			prefix = m.Prefix + svc.Prefix
 		}
-		setServiceVars(r, repl, svc.nameVal, svc.versionVal, prefix)
+		setServiceVars(r, repl, nameVal, versionVal, prefix)
 		return true, nil
 
-	case errors.Is(err, ErrNotSynced):
+	case errors.Is(err, registry.ErrNotSynced):
 		// The backend has not loaded yet: let the request through, so
 		// that reverse_proxy answers 503 with Retry-After.
 		setServiceVars(r, repl, name, version, m.Prefix+"/"+name+"/"+version)
@@ -151,7 +148,7 @@ func (m MatchServiceVersion) MatchWithError(r *http.Request) (bool, error) {
 
 	default:
 		var msg string
-		if errors.Is(err, ErrUnknownService) {
+		if errors.Is(err, registry.ErrUnknownService) {
 			msg = fmt.Sprintf("unknown service %q", name)
 		} else {
 			msg = fmt.Sprintf("unknown version %q of service %q", version, name)
@@ -201,7 +198,7 @@ func splitServicePath(escapedPath, prefix string) (service, version string, ok b
 
 // unescapeName unescapes a path segment and checks it is a valid name.
 func unescapeName(seg string) (string, bool) {
-	if len(seg) > 3*maxNameLen {
+	if len(seg) > 3*registry.MaxNameLen {
 		return "", false
 	}
 	if strings.IndexByte(seg, '%') >= 0 {
@@ -210,7 +207,7 @@ func unescapeName(seg string) (string, bool) {
 			return "", false
 		}
 	}
-	return seg, validName(seg)
+	return seg, registry.ValidName(seg)
 }
 
 // Interface guards

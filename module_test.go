@@ -12,16 +12,9 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/rewrite"
-	"go.uber.org/zap"
-)
 
-// testRegistry returns a registry holding the given services, with no
-// backend (enough for the request path).
-func testRegistry(all map[ServiceKey][]Endpoint) *registry {
-	tbl := NewTable()
-	tbl.Replace(all)
-	return &registry{table: tbl, health: newHealthChecker(tbl, zap.NewNop())}
-}
+	"github.com/svcreg/caddy-svcreg/registry"
+)
 
 // newRequest returns a request for rawPath carrying a replacer and vars,
 // as Caddy's server sets them up.
@@ -40,15 +33,15 @@ func newRequest(t testing.TB, method, rawPath string) (*http.Request, *caddy.Rep
 	return r.WithContext(ctx), repl
 }
 
-var matcherServices = map[ServiceKey][]Endpoint{
-	{"users", "v1"}:    eps("127.0.0.1:1"),
-	{"users", "v2"}:    eps("127.0.0.1:2"),
-	{"orders", "v1"}:   eps("127.0.0.1:3"),
-	{"a.b_c-d", "1.0"}: eps("127.0.0.1:4"),
+var matcherServices = map[registry.ServiceKey][]registry.Endpoint{
+	{Service: "users", Version: "v1"}:    eps("127.0.0.1:1"),
+	{Service: "users", Version: "v2"}:    eps("127.0.0.1:2"),
+	{Service: "orders", Version: "v1"}:   eps("127.0.0.1:3"),
+	{Service: "a.b_c-d", Version: "1.0"}: eps("127.0.0.1:4"),
 }
 
 func TestMatchServiceVersion(t *testing.T) {
-	reg := testRegistry(matcherServices)
+	reg := newTestRegistry(t, matcherServices)
 	for _, tc := range []struct {
 		name    string
 		matcher MatchServiceVersion
@@ -147,7 +140,7 @@ func FuzzMatchServiceVersion(f *testing.F) {
 		f.Add(seed, false)
 		f.Add(seed, true)
 	}
-	reg := testRegistry(matcherServices)
+	reg := newTestRegistry(f, matcherServices)
 	f.Fuzz(func(t *testing.T, rawPath string, withPrefix bool) {
 		u, err := url.Parse("http://example.com" + rawPath)
 		if err != nil || u.Host != "example.com" || u.Path == "" || u.Path[0] != '/' {
@@ -168,7 +161,7 @@ func FuzzMatchServiceVersion(f *testing.F) {
 		name, _ := repl.GetString(placeholderName)
 		version, _ := repl.GetString(placeholderVersion)
 		prefix, _ := repl.GetString(placeholderPrefix)
-		if _, ok := matcherServices[ServiceKey{name, version}]; !ok {
+		if _, ok := matcherServices[registry.ServiceKey{Service: name, Version: version}]; !ok {
 			t.Fatalf("matched %q %q, which is not registered", name, version)
 		}
 		segs := strings.Split(caddyhttp.CleanPath(u.EscapedPath(), true), "/")
@@ -196,7 +189,7 @@ func FuzzMatchServiceVersion(f *testing.F) {
 }
 
 func BenchmarkMatchServiceVersion(b *testing.B) {
-	reg := testRegistry(matcherServices)
+	reg := newTestRegistry(b, matcherServices)
 	m := MatchServiceVersion{registry: reg}
 	r, _ := newRequest(b, http.MethodGet, "/users/v1/list/of/things")
 	b.ReportAllocs()

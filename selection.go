@@ -2,16 +2,15 @@ package svcreg
 
 import (
 	"errors"
-	"fmt"
 	"math/bits"
-	"math/rand/v2"
 	"net/http"
 	"slices"
-	"sync/atomic"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+
+	"github.com/svcreg/caddy-svcreg/registry"
 )
 
 func init() {
@@ -32,7 +31,7 @@ const inlineHosts = 8
 // GetUpstreams and then Select once per try, on one goroutine, so the
 // attempt needs no locking.
 type attempt struct {
-	svc   *Service // where pool came from; nil for pools not from the registry
+	svc   *registry.Service // where pool came from; nil for pools not from the registry
 	pool  []*reverseproxy.Upstream
 	tried []uint64 // bit i: pool[i] was tried
 	last  int      // pool index of the previous try; -1 for none
@@ -48,7 +47,7 @@ type attempt struct {
 // upstreams for svc's endpoints: two allocations, the attempt and exactly
 // as many upstreams as the version has endpoints (each is ~100 bytes, and
 // every allocated byte is garbage after the request).
-func newAttempt(svc *Service, pool []*reverseproxy.Upstream) *attempt {
+func newAttempt(svc *registry.Service, pool []*reverseproxy.Upstream) *attempt {
 	a := &attempt{svc: svc, pool: pool, last: -1}
 	if pool == nil && svc != nil {
 		n := len(svc.Endpoints)
@@ -85,12 +84,12 @@ func (a *attempt) untried() int {
 // reportPrevious tells reg that the previous try failed, unless its host
 // answered (a retry on the response, through lb_retry_match). reverse_proxy
 // only asks for another host after a failed or rejected try.
-func (a *attempt) reportPrevious(reg Registry, repl *caddy.Replacer) {
+func (a *attempt) reportPrevious(reg registry.Registry, repl *caddy.Replacer) {
 	if a.last < 0 {
 		return
 	}
 	if a.svc != nil {
-		a.svc.retries.Add(1)
+		a.svc.CountRetry()
 		if _, answered := repl.Get(statusPlaceholder); !answered && reg != nil {
 			reg.Failure(a.svc.Key(), a.svc.Endpoints[a.last].Address)
 		}
@@ -114,7 +113,7 @@ type UpstreamSource struct {
 	// Default: the service_version matcher's {svc.version}.
 	Version string `json:"version,omitempty"`
 
-	registry Registry
+	registry registry.Registry
 }
 
 // CaddyModule returns the Caddy module information.
@@ -156,7 +155,7 @@ func (u *UpstreamSource) GetUpstreams(r *http.Request) ([]*reverseproxy.Upstream
 	if err != nil {
 		return nil, err
 	}
-	svc, err := u.registry.Lookup(ServiceKey{name, version})
+	svc, err := u.registry.Lookup(registry.ServiceKey{Service: name, Version: version})
 	if err != nil {
 		svc = nil
 	}
@@ -178,7 +177,7 @@ func (u *UpstreamSource) GetUpstreams(r *http.Request) ([]*reverseproxy.Upstream
 		if prev.svc != nil && svc != nil {
 			for i, ep := range prev.svc.Endpoints {
 				if prev.wasTried(i) {
-					if j := slices.IndexFunc(svc.Endpoints, func(e *Endpoint) bool { return e.Address == ep.Address }); j >= 0 {
+					if j := slices.IndexFunc(svc.Endpoints, func(e *registry.Endpoint) bool { return e.Address == ep.Address }); j >= 0 {
 						a.markTried(j)
 					}
 				}
@@ -213,14 +212,6 @@ func (u *UpstreamSource) serviceOf(r *http.Request) (string, string, error) {
 	return name, version, nil
 }
 
-// Balancing algorithms of FailoverSelection.
-const (
-	balanceRoundRobin = "round_robin"
-	balanceRandom     = "random"
-	balanceLeastConn  = "least_conn"
-	balanceP2C        = "p2c"
-)
-
 // FailoverSelection is the service_failover selection policy. It balances
 // every request across the available hosts of the pool, honoring endpoint
 // weights, and on a retry never picks a host that the request already
@@ -243,8 +234,9 @@ type FailoverSelection struct {
 	// random hosts).
 	Balance string `json:"balance,omitempty"`
 
-	registry Registry
-	next     atomic.Uint64 // round-robin position for pools not from the registry
+	balance  registry.Balance
+	registry registry.Registry
+	rotation registry.Rotation // for pools not from the registry
 }
 
 // CaddyModule returns the Caddy module information.
@@ -258,7 +250,11 @@ func (*FailoverSelection) CaddyModule() caddy.ModuleInfo {
 // Provision sets the default algorithm and attaches to the registry.
 func (p *FailoverSelection) Provision(ctx caddy.Context) error {
 	if p.Balance == "" {
-		p.Balance = balanceRoundRobin
+		p.Balance = registry.RoundRobin.String()
+	}
+	var err error
+	if p.balance, err = registry.ParseBalance(p.Balance); err != nil {
+		return err
 	}
 	app, err := registryApp(ctx)
 	if err != nil {
@@ -268,19 +264,6 @@ func (p *FailoverSelection) Provision(ctx caddy.Context) error {
 	return nil
 }
 
-// Validate checks the algorithm.
-func (p *FailoverSelection) Validate() error {
-	return checkBalance(p.Balance)
-}
-
-func checkBalance(b string) error {
-	switch b {
-	case balanceRoundRobin, balanceRandom, balanceLeastConn, balanceP2C:
-		return nil
-	}
-	return fmt.Errorf("unknown balancing algorithm %q: want round_robin, random, least_conn or p2c", b)
-}
-
 // Select picks the host for the request's next try, or nil when there is
 // none (empty pool, nothing available, or every host already tried).
 func (p *FailoverSelection) Select(pool reverseproxy.UpstreamPool, r *http.Request, w http.ResponseWriter) *reverseproxy.Upstream {
@@ -288,12 +271,13 @@ func (p *FailoverSelection) Select(pool reverseproxy.UpstreamPool, r *http.Reque
 	a := attemptFor(r, pool)
 	a.reportPrevious(p.registry, repl)
 
-	i := -1
-	if len(pool) > 0 {
-		i = p.choose(a, false)
-		if i < 0 && a.untried() > 0 {
-			i = p.choose(a, true) // panic mode: every untried host is out of rotation
-		}
+	rot := &p.rotation
+	if a.svc != nil {
+		rot = a.svc.Rotation()
+	}
+	i := p.balance.Pick(a, rot, false)
+	if i < 0 && a.untried() > 0 {
+		i = p.balance.Pick(a, rot, true) // panic mode: every untried host is out of rotation
 	}
 	if i < 0 {
 		if len(pool) == 0 || a.untried() > 0 {
@@ -301,9 +285,9 @@ func (p *FailoverSelection) Select(pool reverseproxy.UpstreamPool, r *http.Reque
 			w.Header().Set("Retry-After", "1")
 			a.retryAfter = true
 			if a.svc != nil {
-				repl.Set(placeholderError, a.svc.unavailableMsg)
+				repl.Set(placeholderError, a.svc.Unavailable())
 			} else if _, matched := repl.Get(placeholderName); matched {
-				repl.Set(placeholderError, noAvailableHostMsg)
+				repl.Set(placeholderError, registry.ErrNoAvailableHost)
 			}
 		}
 		return nil
@@ -316,18 +300,16 @@ func (p *FailoverSelection) Select(pool reverseproxy.UpstreamPool, r *http.Reque
 	a.markTried(i)
 	a.last = i
 	if a.svc != nil {
-		h := a.svc.Endpoints[i].health
-		h.requests.Add(1)
-		if host := pool[i].Host; host != nil && h.host.Load() != host {
-			h.host.Store(host) // for the requests in flight that a drain waits for
+		// count the try, and tell the registry where reverse_proxy counts
+		// the requests in flight that drains and least_conn look at
+		if host := pool[i].Host; host != nil {
+			a.svc.Endpoints[i].Sent(host)
+		} else {
+			a.svc.Endpoints[i].Sent(nil)
 		}
 	}
 	return pool[i]
 }
-
-// noAvailableHostMsg is the 503 text when the service version has no
-// snapshot entry (the registry is not synced, or the version just went).
-var noAvailableHostMsg any = "no available host"
 
 // attemptFor returns the request's attempt for pool, starting one for a
 // pool that did not come from the service_registry upstream source.
@@ -341,148 +323,28 @@ func attemptFor(r *http.Request, pool []*reverseproxy.Upstream) *attempt {
 	return a
 }
 
-// weight returns the weight of pool[i].
-func (a *attempt) weight(i int) int {
+// Len returns the size of the request's pool (registry.Pool).
+func (a *attempt) Len() int { return len(a.pool) }
+
+// Weight returns the weight of pool[i].
+func (a *attempt) Weight(i int) int {
 	if a.svc == nil {
 		return 1
 	}
 	return a.svc.Endpoints[i].Weight
 }
 
-// candidate reports whether pool[i] may take this try: not tried yet,
-// available to reverse_proxy (not full, not tripped), not being removed,
-// and, unless in panic mode, in the registry's rotation. An endpoint in
-// slow start is skipped at random in proportion to its ramp.
-func (a *attempt) candidate(i int, panicMode bool) bool {
+// InFlight returns reverse_proxy's count of requests in flight to pool[i].
+func (a *attempt) InFlight(i int) int { return a.pool[i].Host.NumRequests() }
+
+// Candidate reports whether pool[i] may take this try: not tried yet,
+// available to reverse_proxy (not full, not tripped), and pickable by the
+// registry's health (see registry.Endpoint.Pickable).
+func (a *attempt) Candidate(i int, ignoreHealth bool) bool {
 	if a.wasTried(i) || !a.pool[i].Available() {
 		return false
 	}
-	if a.svc == nil {
-		return true
-	}
-	h := a.svc.Endpoints[i].health
-	if h.draining.Load() {
-		return false
-	}
-	if panicMode {
-		return true
-	}
-	if !h.available() {
-		return false
-	}
-	if h.rampEnd.Load() != 0 {
-		if share := h.rampShare(now().UnixNano()); share < 1 && rand.Float64() >= share {
-			return false
-		}
-	}
-	return true
-}
-
-// choose returns the pool index for this try, or -1 if no host qualifies.
-func (p *FailoverSelection) choose(a *attempt, ignoreHealth bool) int {
-	switch p.Balance {
-	case balanceRandom:
-		return scan(a, rand.Uint64(), ignoreHealth)
-	case balanceLeastConn:
-		return leastConn(a, ignoreHealth)
-	case balanceP2C:
-		return powerOfTwo(a, ignoreHealth)
-	default:
-		counter := &p.next
-		if a.svc != nil {
-			counter = &a.svc.next
-		}
-		return scan(a, counter.Add(1)-1, ignoreHealth)
-	}
-}
-
-// scan walks the pool in (weighted) round-robin order from position start
-// and returns the first candidate.
-func scan(a *attempt, start uint64, ignoreHealth bool) int {
-	var sched []int32
-	if a.svc != nil {
-		sched = a.svc.schedule
-	}
-	if sched != nil {
-		n := uint64(len(sched))
-		for k := range n {
-			if i := int(sched[(start+k)%n]); a.candidate(i, ignoreHealth) {
-				return i
-			}
-		}
-		return -1
-	}
-	n := uint64(len(a.pool))
-	for k := range n {
-		if i := int((start + k) % n); a.candidate(i, ignoreHealth) {
-			return i
-		}
-	}
-	return -1
-}
-
-// busier reports whether pool[i] has more requests in flight per unit of
-// weight than pool[j].
-func (a *attempt) busier(i, j int) bool {
-	return a.pool[i].Host.NumRequests()*a.weight(j) > a.pool[j].Host.NumRequests()*a.weight(i)
-}
-
-// leastConn returns the candidate with the fewest requests in flight per
-// unit of weight; scanning from a random offset breaks ties at random.
-func leastConn(a *attempt, ignoreHealth bool) int {
-	n := len(a.pool)
-	start := rand.IntN(n)
-	best := -1
-	for k := range n {
-		i := (start + k) % n
-		if a.candidate(i, ignoreHealth) && (best < 0 || a.busier(best, i)) {
-			best = i
-		}
-	}
-	return best
-}
-
-// powerOfTwo returns the less busy of two random candidates.
-func powerOfTwo(a *attempt, panicMode bool) int {
-	if n := len(a.pool); n > 1 {
-		// the common case: two random hosts, both candidates
-		i, j := rand.IntN(n), rand.IntN(n-1)
-		if j >= i {
-			j++
-		}
-		if a.candidate(i, panicMode) && a.candidate(j, panicMode) {
-			return a.lessBusy(i, j)
-		}
-	}
-	// Otherwise pick two among the candidates, asking candidate once per
-	// host: its answer may change between two calls (slow start is random,
-	// health changes under us).
-	var buf [16]int
-	cands := buf[:0]
-	for i := range a.pool {
-		if a.candidate(i, panicMode) {
-			cands = append(cands, i)
-		}
-	}
-	switch len(cands) {
-	case 0:
-		return -1
-	case 1:
-		return cands[0]
-	}
-	k1, k2 := rand.IntN(len(cands)), rand.IntN(len(cands)-1)
-	if k2 >= k1 {
-		k2++
-	}
-	return a.lessBusy(cands[k1], cands[k2])
-}
-
-// lessBusy returns whichever of pool[i] and pool[j] is less busy.
-func (a *attempt) lessBusy(i, j int) int {
-	if a.busier(i, j) {
-		return j
-	}
-	return i
+	return a.svc == nil || a.svc.Endpoints[i].Pickable(ignoreHealth)
 }
 
 // Interface guards
@@ -491,6 +353,10 @@ var (
 	_ caddy.Validator             = (*UpstreamSource)(nil)
 	_ reverseproxy.UpstreamSource = (*UpstreamSource)(nil)
 	_ caddy.Provisioner           = (*FailoverSelection)(nil)
-	_ caddy.Validator             = (*FailoverSelection)(nil)
 	_ reverseproxy.Selector       = (*FailoverSelection)(nil)
+	_ registry.Pool               = (*attempt)(nil)
+	// service_failover depends on reverse_proxy calling ResetCache before
+	// the GetUpstreams of a retry, an interface Caddy marks experimental:
+	// if it changes, this stops compiling instead of failover breaking.
+	_ reverseproxy.CachingUpstreamSource = (*UpstreamSource)(nil)
 )

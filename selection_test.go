@@ -4,17 +4,18 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"slices"
 	"testing"
-	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
-	"go.uber.org/zap"
+
+	"github.com/svcreg/caddy-svcreg/registry"
 )
 
-var balances = []string{balanceRoundRobin, balanceRandom, balanceLeastConn, balanceP2C}
+var balances = []string{"round_robin", "random", "least_conn", "p2c"}
 
 // proxyTry is one request going through the upstream source and the
 // policy the way reverse_proxy drives them: GetUpstreams, then Select, and
@@ -28,7 +29,7 @@ type proxyTry struct {
 	tries  int
 }
 
-func newProxyTry(t testing.TB, reg Registry, balance string, key ServiceKey) *proxyTry {
+func newProxyTry(t testing.TB, reg registry.Registry, balance string, key registry.ServiceKey) *proxyTry {
 	t.Helper()
 	r, _ := newRequest(t, http.MethodGet, "/"+key.Service+"/"+key.Version+"/x")
 	caddyhttp.SetVar(r.Context(), varName, key.Service)
@@ -36,7 +37,7 @@ func newProxyTry(t testing.TB, reg Registry, balance string, key ServiceKey) *pr
 	return &proxyTry{
 		t:      t,
 		source: &UpstreamSource{registry: reg},
-		policy: &FailoverSelection{Balance: balance, registry: reg},
+		policy: failoverPolicy(t, balance, reg),
 		r:      r,
 		w:      httptest.NewRecorder(),
 	}
@@ -65,29 +66,32 @@ func (p *proxyTry) next() string {
 	return u.Dial
 }
 
-// allowAllEjections lifts the ejection limit of reg's health policy.
-func allowAllEjections(t testing.TB, reg *registry) {
+// failoverPolicy returns a provisioned service_failover policy on reg.
+func failoverPolicy(t testing.TB, balance string, reg registry.Registry) *FailoverSelection {
 	t.Helper()
-	policy, err := newHealthPolicy([]HealthCheck{{MaxEjectedPercent: 100}})
+	b, err := registry.ParseBalance(balance)
 	if err != nil {
 		t.Fatal(err)
 	}
-	reg.health.policy.Store(policy)
+	return &FailoverSelection{Balance: balance, balance: b, registry: reg}
 }
 
-func hostList(n int) []Endpoint {
-	out := make([]Endpoint, n)
+// allEjections lets every endpoint leave rotation for failed requests.
+var allEjections = registry.HealthCheck{MaxEjectedPercent: 100}
+
+func hostList(n int) []registry.Endpoint {
+	out := make([]registry.Endpoint, n)
 	for i := range out {
-		out[i] = Endpoint{Address: fmt.Sprintf("127.0.0.1:%d", 9001+i), Weight: 1}
+		out[i] = registry.Endpoint{Address: fmt.Sprintf("127.0.0.1:%d", 9001+i), Weight: 1}
 	}
 	return out
 }
 
 func TestFailoverTriesEveryHostOnce(t *testing.T) {
-	key := ServiceKey{"users", "v1"}
+	key := registry.ServiceKey{Service: "users", Version: "v1"}
 	for _, balance := range balances {
 		t.Run(balance, func(t *testing.T) {
-			reg := newTestRegistry(t, t.TempDir(), map[ServiceKey][]Endpoint{key: hostList(5)})
+			reg := newTestRegistry(t, map[registry.ServiceKey][]registry.Endpoint{key: hostList(5)})
 			try := newProxyTry(t, reg, balance, key)
 			seen := map[string]bool{}
 			var tried []string
@@ -108,8 +112,8 @@ func TestFailoverTriesEveryHostOnce(t *testing.T) {
 			svc, _ := reg.Lookup(key)
 			var out []string
 			for _, ep := range svc.Endpoints {
-				if ep.Fails() != 1 {
-					t.Errorf("%s: %d failures reported, want 1", ep.Address, ep.Fails())
+				if ep.Stats().Fails != 1 {
+					t.Errorf("%s: %d failures reported, want 1", ep.Address, ep.Stats().Fails)
 				}
 				if !ep.Available() {
 					out = append(out, ep.Address)
@@ -124,11 +128,10 @@ func TestFailoverTriesEveryHostOnce(t *testing.T) {
 }
 
 func TestFailoverSkipsFailedHosts(t *testing.T) {
-	key := ServiceKey{"users", "v1"}
+	key := registry.ServiceKey{Service: "users", Version: "v1"}
 	for _, balance := range balances {
 		t.Run(balance, func(t *testing.T) {
-			reg := newTestRegistry(t, t.TempDir(), map[ServiceKey][]Endpoint{key: hostList(3)})
-			allowAllEjections(t, reg)
+			reg := newTestRegistry(t, map[registry.ServiceKey][]registry.Endpoint{key: hostList(3)}, allEjections)
 			reg.Failure(key, "127.0.0.1:9001")
 			reg.Failure(key, "127.0.0.1:9003")
 			for i := range 50 {
@@ -141,11 +144,10 @@ func TestFailoverSkipsFailedHosts(t *testing.T) {
 }
 
 func TestFailoverPanicMode(t *testing.T) {
-	key := ServiceKey{"users", "v1"}
+	key := registry.ServiceKey{Service: "users", Version: "v1"}
 	for _, balance := range balances {
 		t.Run(balance, func(t *testing.T) {
-			reg := newTestRegistry(t, t.TempDir(), map[ServiceKey][]Endpoint{key: hostList(3)})
-			allowAllEjections(t, reg)
+			reg := newTestRegistry(t, map[registry.ServiceKey][]registry.Endpoint{key: hostList(3)}, allEjections)
 			for _, ep := range hostList(3) {
 				reg.Failure(key, ep.Address)
 			}
@@ -163,22 +165,22 @@ func TestFailoverPanicMode(t *testing.T) {
 }
 
 func TestFailoverBalances(t *testing.T) {
-	key := ServiceKey{"users", "v1"}
-	weighted := []Endpoint{{Address: "127.0.0.1:9001", Weight: 3}, {Address: "127.0.0.1:9002", Weight: 1}, {Address: "127.0.0.1:9003", Weight: 1}}
+	key := registry.ServiceKey{Service: "users", Version: "v1"}
+	weighted := []registry.Endpoint{{Address: "127.0.0.1:9001", Weight: 3}, {Address: "127.0.0.1:9002", Weight: 1}, {Address: "127.0.0.1:9003", Weight: 1}}
 	for _, tc := range []struct {
 		balance string
-		eps     []Endpoint
+		eps     []registry.Endpoint
 		n       int
 		want    map[string]int // exact counts, or nil to just require every host
 	}{
-		{balanceRoundRobin, hostList(3), 300, map[string]int{"127.0.0.1:9001": 100, "127.0.0.1:9002": 100, "127.0.0.1:9003": 100}},
-		{balanceRoundRobin, weighted, 500, map[string]int{"127.0.0.1:9001": 300, "127.0.0.1:9002": 100, "127.0.0.1:9003": 100}},
-		{balanceRandom, hostList(3), 300, nil},
-		{balanceLeastConn, hostList(3), 300, nil},
-		{balanceP2C, hostList(3), 300, nil},
+		{"round_robin", hostList(3), 300, map[string]int{"127.0.0.1:9001": 100, "127.0.0.1:9002": 100, "127.0.0.1:9003": 100}},
+		{"round_robin", weighted, 500, map[string]int{"127.0.0.1:9001": 300, "127.0.0.1:9002": 100, "127.0.0.1:9003": 100}},
+		{"random", hostList(3), 300, nil},
+		{"least_conn", hostList(3), 300, nil},
+		{"p2c", hostList(3), 300, nil},
 	} {
 		t.Run(fmt.Sprintf("%s/%d", tc.balance, len(tc.eps)), func(t *testing.T) {
-			reg := newTestRegistry(t, t.TempDir(), map[ServiceKey][]Endpoint{key: tc.eps})
+			reg := newTestRegistry(t, map[registry.ServiceKey][]registry.Endpoint{key: tc.eps})
 			got := map[string]int{}
 			for range tc.n {
 				got[newProxyTry(t, reg, tc.balance, key).next()]++
@@ -201,9 +203,9 @@ func TestFailoverBalances(t *testing.T) {
 }
 
 func TestFailoverNoAvailableHost(t *testing.T) {
-	key := ServiceKey{"users", "v1"}
-	reg := newTestRegistry(t, t.TempDir(), map[ServiceKey][]Endpoint{key: {}})
-	try := newProxyTry(t, reg, balanceRoundRobin, key)
+	key := registry.ServiceKey{Service: "users", Version: "v1"}
+	reg := newTestRegistry(t, map[registry.ServiceKey][]registry.Endpoint{key: {}})
+	try := newProxyTry(t, reg, "round_robin", key)
 	if addr := try.next(); addr != "" {
 		t.Fatalf("empty version: got %q", addr)
 	}
@@ -216,7 +218,7 @@ func TestFailoverNoAvailableHost(t *testing.T) {
 	}
 	// A host shows up before the next try: it is used, and the response
 	// no longer says to retry later.
-	reg.table.Set(key, hostList(1))
+	reg.Table().Set(key, normalize(t, hostList(1)))
 	if addr := try.next(); addr != "127.0.0.1:9001" {
 		t.Fatalf("after a host was added: got %q", addr)
 	}
@@ -226,9 +228,9 @@ func TestFailoverNoAvailableHost(t *testing.T) {
 }
 
 func TestFailoverRetryOnAnswerIsNoFailure(t *testing.T) {
-	key := ServiceKey{"users", "v1"}
-	reg := newTestRegistry(t, t.TempDir(), map[ServiceKey][]Endpoint{key: hostList(2)})
-	try := newProxyTry(t, reg, balanceRoundRobin, key)
+	key := registry.ServiceKey{Service: "users", Version: "v1"}
+	reg := newTestRegistry(t, map[registry.ServiceKey][]registry.Endpoint{key: hostList(2)})
+	try := newProxyTry(t, reg, "round_robin", key)
 	first := try.next()
 	// The host answered, and lb_retry_match asked for a retry on its
 	// answer: reverse_proxy has set the status placeholder.
@@ -238,7 +240,7 @@ func TestFailoverRetryOnAnswerIsNoFailure(t *testing.T) {
 		t.Fatalf("retry after an answer: got %q after %q", second, first)
 	}
 	svc, _ := reg.Lookup(key)
-	if ep := svc.Endpoint(first); !ep.Available() || ep.Fails() != 0 {
+	if ep := svc.Endpoint(first); !ep.Available() || ep.Stats().Fails != 0 {
 		t.Errorf("a host that answered was counted as failed")
 	}
 	// A try that failed without an answer is still reported.
@@ -251,9 +253,9 @@ func TestFailoverRetryOnAnswerIsNoFailure(t *testing.T) {
 }
 
 func TestFailoverNewProxyLoopStartsAfresh(t *testing.T) {
-	key := ServiceKey{"users", "v1"}
-	reg := newTestRegistry(t, t.TempDir(), map[ServiceKey][]Endpoint{key: hostList(2)})
-	try := newProxyTry(t, reg, balanceRoundRobin, key)
+	key := registry.ServiceKey{Service: "users", Version: "v1"}
+	reg := newTestRegistry(t, map[registry.ServiceKey][]registry.Endpoint{key: hostList(2)})
+	try := newProxyTry(t, reg, "round_robin", key)
 	first := try.next()
 	// The same request goes through reverse_proxy again (say, from a
 	// handle_response route): no ResetCache, so it is a new loop.
@@ -273,10 +275,10 @@ func TestFailoverNewProxyLoopStartsAfresh(t *testing.T) {
 }
 
 func TestFailoverRetryAfterClearedWhenSynced(t *testing.T) {
-	key := ServiceKey{"users", "v1"}
-	tbl := NewTable() // not synced yet
-	reg := &registry{table: tbl, health: newHealthChecker(tbl, zap.NewNop())}
-	try := newProxyTry(t, reg, balanceRoundRobin, key)
+	key := registry.ServiceKey{Service: "users", Version: "v1"}
+	reg := registry.New(nil, registry.Options{}) // not started: not synced yet
+	tbl := reg.Table()
+	try := newProxyTry(t, reg, "round_robin", key)
 	repl := try.r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	repl.Set(placeholderName, "users") // as the matcher does
 	if addr := try.next(); addr != "" {
@@ -288,7 +290,7 @@ func TestFailoverRetryAfterClearedWhenSynced(t *testing.T) {
 	if msg, _ := repl.GetString(placeholderError); msg == "" {
 		t.Errorf("unsynced registry: no {svc.error}")
 	}
-	tbl.Replace(map[ServiceKey][]Endpoint{key: hostList(1)})
+	tbl.Replace(map[registry.ServiceKey][]registry.Endpoint{key: normalize(t, hostList(1))})
 	if addr := try.next(); addr != "127.0.0.1:9001" {
 		t.Fatalf("after the sync: got %q", addr)
 	}
@@ -298,13 +300,12 @@ func TestFailoverRetryAfterClearedWhenSynced(t *testing.T) {
 }
 
 func TestFailoverRegistryChangesBetweenTries(t *testing.T) {
-	key := ServiceKey{"users", "v1"}
-	reg := newTestRegistry(t, t.TempDir(), map[ServiceKey][]Endpoint{key: hostList(2)})
-	allowAllEjections(t, reg)
-	try := newProxyTry(t, reg, balanceRoundRobin, key)
+	key := registry.ServiceKey{Service: "users", Version: "v1"}
+	reg := newTestRegistry(t, map[registry.ServiceKey][]registry.Endpoint{key: hostList(2)}, allEjections)
+	try := newProxyTry(t, reg, "round_robin", key)
 	first := try.next()
 	// A third host is added while the first try is failing.
-	reg.table.Set(key, hostList(3))
+	reg.Table().Set(key, normalize(t, hostList(3)))
 	second := try.next()
 	third := try.next()
 	if second == first || third == first || second == third || second == "" || third == "" {
@@ -323,7 +324,7 @@ func TestFailoverStaticPool(t *testing.T) {
 	}
 	for _, balance := range balances {
 		t.Run(balance, func(t *testing.T) {
-			p := &FailoverSelection{Balance: balance}
+			p := failoverPolicy(t, balance, nil)
 			r, _ := newRequest(t, http.MethodGet, "/x")
 			seen := map[string]bool{}
 			for range 3 {
@@ -343,8 +344,8 @@ func TestFailoverStaticPool(t *testing.T) {
 // BenchmarkSelect measures one first try among 10 hosts, beside Caddy's
 // own round_robin, random and least_conn on the same pool in the same run.
 func BenchmarkSelect(b *testing.B) {
-	key := ServiceKey{"users", "v1"}
-	reg := testRegistry(map[ServiceKey][]Endpoint{key: hostList(10)})
+	key := registry.ServiceKey{Service: "users", Version: "v1"}
+	reg := newTestRegistry(b, map[registry.ServiceKey][]registry.Endpoint{key: hostList(10)})
 	for _, balance := range balances {
 		b.Run("service_failover_"+balance, func(b *testing.B) {
 			try := newProxyTry(b, reg, balance, key)
@@ -391,9 +392,9 @@ func BenchmarkSelect(b *testing.B) {
 // reverse_proxy runs it: GetUpstreams (fresh upstreams for 5 hosts) and
 // Select.
 func BenchmarkUpstreamsAndSelect(b *testing.B) {
-	key := ServiceKey{"users", "v1"}
-	reg := testRegistry(map[ServiceKey][]Endpoint{key: hostList(5)})
-	try := newProxyTry(b, reg, balanceRoundRobin, key)
+	key := registry.ServiceKey{Service: "users", Version: "v1"}
+	reg := newTestRegistry(b, map[registry.ServiceKey][]registry.Endpoint{key: hostList(5)})
+	try := newProxyTry(b, reg, "round_robin", key)
 	host := new(reverseproxy.Host)
 	b.ReportAllocs()
 	for b.Loop() {
@@ -411,34 +412,55 @@ func BenchmarkUpstreamsAndSelect(b *testing.B) {
 	}
 }
 
-// TestSlowStartEveryBalance picks among hosts that all ramp up after
-// coming back. Whether a ramping host is a candidate is drawn at random on
-// every look, so a balance that looks twice must not trust its first
-// count. Every pick must be a host of the service, and every request
-// finds one: when the draw skips every ramping host, panic mode takes any
-// host not tried yet.
-func TestSlowStartEveryBalance(t *testing.T) {
-	key := ServiceKey{"users", "v1"}
-	for _, balance := range balances {
-		t.Run(balance, func(t *testing.T) {
-			reg := newTestRegistry(t, t.TempDir(), map[ServiceKey][]Endpoint{key: hostList(5)})
-			svc, _ := reg.Lookup(key)
-			start := now()
-			for _, ep := range svc.Endpoints {
-				ep.health.rampStart.Store(start.UnixNano())
-				ep.health.rampEnd.Store(start.Add(time.Hour).UnixNano())
-			}
-			picked := 0
-			for range 2000 {
-				addr := newProxyTry(t, reg, balance, key).next()
-				if svc.Endpoint(addr) == nil {
-					t.Fatalf("picked %q, not a host of the service", addr)
-				}
-				picked++
-			}
-			if picked != 2000 {
-				t.Errorf("%d of 2000 requests found a host, want all", picked)
-			}
-		})
+// BenchmarkRegistryScale measures a registry of 10,000 services of 5
+// endpoints each: Lookup and a first try's Select on it, and the heap the
+// registry takes (B/registry).
+func BenchmarkRegistryScale(b *testing.B) {
+	all := map[registry.ServiceKey][]registry.Endpoint{}
+	for i := range 10000 {
+		all[registry.ServiceKey{Service: fmt.Sprintf("s%d", i), Version: "v1"}] = []registry.Endpoint{
+			{Address: fmt.Sprintf("10.0.%d.1:80", i%250), Weight: 1}, {Address: fmt.Sprintf("10.0.%d.2:80", i%250), Weight: 1},
+			{Address: fmt.Sprintf("10.0.%d.3:80", i%250), Weight: 1}, {Address: fmt.Sprintf("10.0.%d.4:80", i%250), Weight: 1},
+			{Address: fmt.Sprintf("10.0.%d.5:80", i%250), Weight: 1},
+		}
 	}
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	reg := registry.New(nil, registry.Options{}) // fed by hand: no backend
+	reg.Table().Replace(all)
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	heap := float64(after.HeapAlloc - before.HeapAlloc)
+	keys := make([]registry.ServiceKey, 1024)
+	for i := range keys {
+		keys[i] = registry.ServiceKey{Service: fmt.Sprintf("s%d", i*9), Version: "v1"}
+	}
+
+	b.Run("lookup", func(b *testing.B) {
+		b.ReportAllocs()
+		i := 0
+		for b.Loop() {
+			if _, err := reg.Lookup(keys[i%len(keys)]); err != nil {
+				b.Fatal(err)
+			}
+			i++
+		}
+		b.ReportMetric(heap, "B/registry")
+	})
+	b.Run("select", func(b *testing.B) {
+		try := newProxyTry(b, reg, "round_robin", keys[7])
+		pool, _ := try.source.GetUpstreams(try.r)
+		for _, u := range pool {
+			u.Host = new(reverseproxy.Host)
+		}
+		a := caddyhttp.GetVar(try.r.Context(), attemptVar).(*attempt)
+		b.ReportAllocs()
+		for b.Loop() {
+			a.tried[0], a.last = 0, -1
+			if try.policy.Select(pool, try.r, try.w) == nil {
+				b.Fatal("no host")
+			}
+		}
+	})
 }

@@ -40,7 +40,7 @@ func run(m *testing.M) int {
 	selfregBin = filepath.Join(dir, "selfreg")
 	for bin, pkg := range map[string]string{
 		caddyBin:   "github.com/svcreg/caddy-svcreg/cmd/caddy",
-		selfregBin: "github.com/svcreg/caddy-svcreg/examples/etcd/selfreg/cmd/selfreg",
+		selfregBin: "github.com/svcreg/caddy-svcreg/selfreg/cmd/selfreg",
 	} {
 		// Build with the same race setting as this test binary, so that
 		// the packages compiled for the tests are reused.

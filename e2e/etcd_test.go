@@ -146,8 +146,10 @@ func TestEtcdSelfRegistration(t *testing.T) {
 		return !slices.ContainsFunc(c.Services(), func(s string) bool { return strings.Contains(s, leaving.Addr) })
 	})
 
-	// A clean stop deregisters at once, long before the TTL.
-	politeReg := selfreg(t, srv.Endpoint, "users", "v1", polite.Addr, "60s")
+	// An address given with http:// is registered in canonical form, so
+	// Caddy routes to it; a clean stop deregisters at once, long before
+	// the TTL.
+	politeReg := selfreg(t, srv.Endpoint, "users", "v1", "http://"+polite.Addr, "60s")
 	waitFor(t, 10*time.Second, "the polite backend to register", func() bool {
 		return slices.ContainsFunc(c.Services(), func(s string) bool { return strings.Contains(s, polite.Addr) })
 	})

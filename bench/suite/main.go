@@ -124,7 +124,7 @@ func setup(reps int) (*env, error) {
 		return nil, err
 	}
 	e := &env{root: root, tmp: tmp, caddy: filepath.Join(tmp, "caddy"), backend: filepath.Join(tmp, "backend"), reps: reps}
-	for bin, pkg := range map[string]string{e.caddy: "./cmd/caddy", e.backend: "./bench/backend"} {
+	for bin, pkg := range map[string]string{e.caddy: "./cmd/caddy", e.backend: "./examples/backend"} {
 		log.Printf("building %s", pkg)
 		build := exec.Command("go", "build", "-o", bin, pkg)
 		build.Stdout, build.Stderr = os.Stderr, os.Stderr

@@ -1,15 +1,18 @@
-// Command backend is a small HTTP server for trying svcreg: it answers
-// every request with its name, the method and path it received, and the
-// X-Service header if one came with it. GET /healthz answers 200.
+// Command backend is a small HTTP server for trying and benchmarking
+// svcreg: it answers every request with its name, the method and path it
+// received, and the X-Service header if one came with it, and names
+// itself in an X-Backend header. GET /healthz answers 200. SIGTERM stops
+// it gracefully (no new connections, requests in flight finish, idle
+// keep-alive connections close); SIGKILL stops it abruptly, as a crash
+// would.
 //
-//	go run ./examples/backend -listen 127.0.0.1:9091 -name users-v1-a
+//	go run ./examples/backend -listen 127.0.0.1:9091 -name users-v1-a [-delay 1ms]
 package main
 
 import (
 	"context"
 	"errors"
 	"flag"
-	"fmt"
 	"log"
 	"net/http"
 	"os"
@@ -20,7 +23,8 @@ import (
 
 func main() {
 	listen := flag.String("listen", "127.0.0.1:9091", "address to listen on")
-	name := flag.String("name", "", "name to answer with (default: the listen address)")
+	name := flag.String("name", "", "name to answer with, also in the X-Backend header (default: the listen address)")
+	delay := flag.Duration("delay", 0, "how long each request takes")
 	flag.Parse()
 	if *name == "" {
 		*name = *listen
@@ -28,14 +32,19 @@ func main() {
 
 	mux := http.NewServeMux()
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
-		fmt.Fprintln(w, "ok")
+		w.Write([]byte("ok\n"))
 	})
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		fmt.Fprintf(w, "%s: %s %s", *name, r.Method, r.URL.RequestURI())
-		if svc := r.Header.Get("X-Service"); svc != "" {
-			fmt.Fprintf(w, " (X-Service: %s)", svc)
+		if *delay > 0 {
+			time.Sleep(*delay)
 		}
-		fmt.Fprintln(w)
+		w.Header().Set("X-Backend", *name)
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		body := *name + ": " + r.Method + " " + r.URL.RequestURI()
+		if svc := r.Header.Get("X-Service"); svc != "" {
+			body += " (X-Service: " + svc + ")"
+		}
+		w.Write([]byte(body + "\n"))
 	})
 	srv := &http.Server{Addr: *listen, Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 
@@ -43,7 +52,7 @@ func main() {
 	defer stop()
 	go func() {
 		<-ctx.Done()
-		shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		shutdown, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		_ = srv.Shutdown(shutdown)
 	}()

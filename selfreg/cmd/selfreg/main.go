@@ -16,7 +16,7 @@ import (
 	"strings"
 	"syscall"
 
-	"github.com/svcreg/caddy-svcreg/examples/etcd/selfreg"
+	"github.com/svcreg/caddy-svcreg/selfreg"
 )
 
 func main() {
@@ -25,7 +25,7 @@ func main() {
 	flag.StringVar(&cfg.Prefix, "prefix", "/svcreg/", "registry key prefix")
 	flag.StringVar(&cfg.Service, "service", "", "service name (required)")
 	flag.StringVar(&cfg.Version, "version", "", "version name (required)")
-	flag.StringVar(&cfg.Address, "address", "", "host:port of the backend (required)")
+	flag.StringVar(&cfg.Address, "address", "", "host:port of the backend (required; registered in canonical form)")
 	flag.IntVar(&cfg.Weight, "weight", 1, "weight, 1 to 100")
 	flag.DurationVar(&cfg.TTL, "ttl", 0, "how long the registration outlives this process (default 5s)")
 	flag.Parse()

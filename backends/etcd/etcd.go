@@ -1,13 +1,14 @@
-package svcreg
+// Package etcd is the service_registry.backends.etcd backend: the
+// registry in etcd, shared by every Caddy instance on the same prefix,
+// watched so that no etcd call is made on the request path.
+package etcd
 
 import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"maps"
 	"os"
 	"slices"
 	"strings"
@@ -21,15 +22,14 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+
+	"github.com/svcreg/caddy-svcreg/backends/etcd/etcdkv"
+	"github.com/svcreg/caddy-svcreg/registry"
 )
 
 func init() {
-	caddy.RegisterModule(new(EtcdBackend))
+	caddy.RegisterModule(new(Backend))
 }
-
-// ErrSeeded means an endpoint comes from the config's seeds, which the
-// etcd backend does not store: remove it from the config instead.
-var ErrSeeded = errors.New("endpoint is seeded by the config, not stored in the backend")
 
 // Timing of the etcd backend.
 var (
@@ -39,7 +39,7 @@ var (
 	etcdApplyTimeout = 10 * time.Second       // how long Add and Delete wait to see their write
 )
 
-// EtcdBackend keeps the registry in etcd, so that several Caddy instances
+// Backend keeps the registry in etcd, so that several Caddy instances
 // share it and backends can register themselves under leases.
 //
 // Layout: one key per endpoint, <prefix><service>/<version>/<address>
@@ -59,7 +59,7 @@ var (
 // backoff; if it is lost later, routing keeps the last snapshot; when it is
 // back the watch resumes where it stopped, or re-lists everything if that
 // revision was compacted. Each change of reachability is logged once.
-type EtcdBackend struct {
+type Backend struct {
 	// Endpoints are the etcd client endpoints, as host:port or URLs.
 	// Placeholders such as {env.ETCD_ENDPOINTS} are expanded.
 	// Default: 127.0.0.1:2379.
@@ -73,7 +73,7 @@ type EtcdBackend struct {
 	DialTimeout caddy.Duration `json:"dial_timeout,omitempty"`
 
 	// TLS configures a TLS connection to etcd. Default: plaintext.
-	TLS *EtcdTLS `json:"tls,omitempty"`
+	TLS *TLS `json:"tls,omitempty"`
 
 	// Username for etcd authentication; placeholders are expanded.
 	Username string `json:"username,omitempty"`
@@ -92,9 +92,9 @@ type EtcdBackend struct {
 	mu        sync.Mutex // guards everything below
 	stopped   bool
 	client    *clientv3.Client
-	table     *Table
-	seeds     map[ServiceKey][]Endpoint
-	stored    map[ServiceKey]map[string]Endpoint // what etcd holds
+	table     *registry.Table
+	seeds     map[registry.ServiceKey][]registry.Endpoint
+	stored    map[registry.ServiceKey]map[string]registry.Change // what etcd holds
 	synced    bool
 	reachable bool
 	applied   int64         // etcd revision the table reflects
@@ -103,8 +103,8 @@ type EtcdBackend struct {
 	leases    map[string]*etcdLease // by key, for endpoints added with a TTL
 }
 
-// EtcdTLS are the files of a TLS connection to etcd.
-type EtcdTLS struct {
+// TLS are the files of a TLS connection to etcd.
+type TLS struct {
 	// CA is a PEM file of the certificate authorities that sign etcd's
 	// certificate. Default: the system's.
 	CA string `json:"ca,omitempty"`
@@ -122,22 +122,16 @@ type etcdLease struct {
 	cancel context.CancelFunc
 }
 
-// etcdValue is the value of an endpoint key.
-type etcdValue struct {
-	Weight   int               `json:"weight,omitempty"`
-	Metadata map[string]string `json:"metadata,omitempty"`
-}
-
 // CaddyModule returns the Caddy module information.
-func (*EtcdBackend) CaddyModule() caddy.ModuleInfo {
+func (*Backend) CaddyModule() caddy.ModuleInfo {
 	return caddy.ModuleInfo{
 		ID:  "service_registry.backends.etcd",
-		New: func() caddy.Module { return new(EtcdBackend) },
+		New: func() caddy.Module { return new(Backend) },
 	}
 }
 
 // Provision expands placeholders, sets defaults and loads the TLS files.
-func (e *EtcdBackend) Provision(ctx caddy.Context) error {
+func (e *Backend) Provision(ctx caddy.Context) error {
 	e.logger.Store(ctx.Logger())
 	repl := caddy.NewReplacer()
 	if len(e.Endpoints) == 0 {
@@ -155,13 +149,7 @@ func (e *EtcdBackend) Provision(ctx caddy.Context) error {
 	if len(endpoints) == 0 {
 		return errors.New("etcd backend: no endpoints")
 	}
-	if e.Prefix == "" {
-		e.Prefix = "/svcreg/"
-	}
-	e.Prefix = repl.ReplaceKnown(e.Prefix, "")
-	if !strings.HasSuffix(e.Prefix, "/") {
-		e.Prefix += "/"
-	}
+	e.Prefix = etcdkv.Prefix(repl.ReplaceKnown(e.Prefix, ""))
 	if e.DialTimeout == 0 {
 		e.DialTimeout = caddy.Duration(5 * time.Second)
 	}
@@ -182,7 +170,7 @@ func (e *EtcdBackend) Provision(ctx caddy.Context) error {
 }
 
 // load reads the TLS files.
-func (t *EtcdTLS) load(repl *caddy.Replacer) (*tls.Config, error) {
+func (t *TLS) load(repl *caddy.Replacer) (*tls.Config, error) {
 	cfg := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: repl.ReplaceKnown(t.ServerName, "")}
 	if ca := repl.ReplaceKnown(t.CA, ""); ca != "" {
 		pem, err := os.ReadFile(ca)
@@ -208,11 +196,24 @@ func (t *EtcdTLS) load(repl *caddy.Replacer) (*tls.Config, error) {
 	return cfg, nil
 }
 
+// goSafe runs f in a goroutine that Stop waits for; a panic in f is
+// logged, not fatal to Caddy.
+func (e *Backend) goSafe(what string, f func()) {
+	e.done.Go(func() {
+		defer func() {
+			if p := recover(); p != nil {
+				e.log().Error("panic "+what, zap.String("backend", "etcd"), zap.Any("panic", p), zap.Stack("stack"))
+			}
+		}()
+		f()
+	})
+}
+
 // log returns the logger of the config that started last.
-func (e *EtcdBackend) log() *zap.Logger { return e.logger.Load() }
+func (e *Backend) log() *zap.Logger { return e.logger.Load() }
 
 // Start begins syncing in the background; it never waits for etcd.
-func (e *EtcdBackend) Start(table *Table, env BackendEnv) error {
+func (e *Backend) Start(table *registry.Table, env registry.BackendEnv) error {
 	e.logger.Store(env.Logger)
 	config := e.config
 	config.Logger = env.Logger.Named("etcd_client").WithOptions(zap.IncreaseLevel(zapcore.ErrorLevel))
@@ -224,33 +225,33 @@ func (e *EtcdBackend) Start(table *Table, env BackendEnv) error {
 	ctx, cancel := context.WithCancel(context.Background())
 	e.mu.Lock()
 	e.client, e.table, e.seeds, e.ctx, e.cancel = client, table, seeds, ctx, cancel
-	e.stored = map[ServiceKey]map[string]Endpoint{}
+	e.stored = map[registry.ServiceKey]map[string]registry.Change{}
 	e.appliedCh = make(chan struct{})
 	e.warned = map[string]int64{}
 	e.leases = map[string]*etcdLease{}
 	e.reachable = true // until shown otherwise, so that a first failure is logged
 	e.mu.Unlock()
-	e.done.Go(func() { e.sync(ctx) })
-	e.done.Go(func() { e.monitor(ctx) })
+	e.goSafe("watching etcd", func() { e.sync(ctx) })
+	e.goSafe("checking etcd", func() { e.monitor(ctx) })
 	return nil
 }
 
 // Reconfigure takes a newer config's seeds and logger, and republishes
 // the registry once synced. The etcd client keeps the logger it started with.
-func (e *EtcdBackend) Reconfigure(env BackendEnv) error {
+func (e *Backend) Reconfigure(env registry.BackendEnv) error {
 	e.logger.Store(env.Logger)
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.seeds = env.Seeds
 	if e.synced {
-		e.table.Replace(e.composeAll())
+		e.table.Replace(registry.MergeAll(e.seeds, e.stored))
 	}
 	return nil
 }
 
 // Stop ends the sync, the monitor and every lease keepalive, and closes
 // the client. Leases are left to expire, TTL after this.
-func (e *EtcdBackend) Stop() error {
+func (e *Backend) Stop() error {
 	e.mu.Lock()
 	if e.stopped {
 		e.mu.Unlock()
@@ -265,7 +266,7 @@ func (e *EtcdBackend) Stop() error {
 
 // sync lists the prefix and watches it until ctx is done, listing again
 // after a failure or a compacted watch.
-func (e *EtcdBackend) sync(ctx context.Context) {
+func (e *Backend) sync(ctx context.Context) {
 	wait := etcdRetryMin
 	for ctx.Err() == nil {
 		rev, err := e.list(ctx)
@@ -294,14 +295,14 @@ func (e *EtcdBackend) sync(ctx context.Context) {
 }
 
 // list reads the whole prefix and publishes it.
-func (e *EtcdBackend) list(ctx context.Context) (int64, error) {
+func (e *Backend) list(ctx context.Context) (int64, error) {
 	ctx, cancel := context.WithTimeout(ctx, time.Duration(e.DialTimeout))
 	defer cancel()
 	resp, err := e.client.Get(ctx, e.Prefix, clientv3.WithPrefix())
 	if err != nil {
 		return 0, err
 	}
-	stored := map[ServiceKey]map[string]Endpoint{}
+	stored := map[registry.ServiceKey]map[string]registry.Change{}
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	for _, kv := range resp.Kvs {
@@ -310,19 +311,19 @@ func (e *EtcdBackend) list(ctx context.Context) (int64, error) {
 			continue
 		}
 		if stored[key] == nil {
-			stored[key] = map[string]Endpoint{}
+			stored[key] = map[string]registry.Change{}
 		}
-		stored[key][ep.Address] = ep
+		stored[key][ep.Address] = registry.Change{Endpoint: ep}
 	}
 	e.stored = stored
 	e.synced = true
-	e.table.Replace(e.composeAll())
+	e.table.Replace(registry.MergeAll(e.seeds, e.stored))
 	e.setApplied(resp.Header.Revision)
 	return resp.Header.Revision, nil
 }
 
 // watch applies changes from revision rev on until the watch fails.
-func (e *EtcdBackend) watch(ctx context.Context, rev int64) error {
+func (e *Backend) watch(ctx context.Context, rev int64) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	for resp := range e.client.Watch(ctx, e.Prefix, clientv3.WithPrefix(), clientv3.WithRev(rev), clientv3.WithProgressNotify()) {
@@ -335,15 +336,15 @@ func (e *EtcdBackend) watch(ctx context.Context, rev int64) error {
 }
 
 // apply folds watch events into the table.
-func (e *EtcdBackend) apply(events []*clientv3.Event, rev int64) {
+func (e *Backend) apply(events []*clientv3.Event, rev int64) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	changed := map[ServiceKey]bool{}
+	changed := map[registry.ServiceKey]bool{}
 	for _, ev := range events {
-		key, addr, ok := e.parseKey(string(ev.Kv.Key))
+		key, addr, ok := etcdkv.ParseKey(e.Prefix, string(ev.Kv.Key))
 		if !ok {
 			if ev.Type == mvccpb.PUT {
-				e.warnOnce(string(ev.Kv.Key), ev.Kv.ModRevision, "not <prefix><service>/<version>/<host:port>")
+				e.warnOnce(string(ev.Kv.Key), ev.Kv.ModRevision, etcdkv.ErrNotEndpointKey.Error())
 			}
 			continue
 		}
@@ -359,9 +360,9 @@ func (e *EtcdBackend) apply(events []*clientv3.Event, rev int64) {
 		switch {
 		case valid:
 			if e.stored[key] == nil {
-				e.stored[key] = map[string]Endpoint{}
+				e.stored[key] = map[string]registry.Change{}
 			}
-			e.stored[key][addr] = ep
+			e.stored[key][addr] = registry.Change{Endpoint: ep}
 			changed[key] = true
 		case had: // rewritten with a bad value: it is no longer usable
 			delete(e.stored[key], addr)
@@ -372,7 +373,7 @@ func (e *EtcdBackend) apply(events []*clientv3.Event, rev int64) {
 		if len(e.stored[key]) == 0 {
 			delete(e.stored, key)
 		}
-		if eps, known := e.compose(key); known {
+		if eps, known := e.merge(key); known {
 			e.table.Set(key, eps)
 		} else {
 			e.table.Remove(key)
@@ -381,51 +382,19 @@ func (e *EtcdBackend) apply(events []*clientv3.Event, rev int64) {
 	e.setApplied(rev)
 }
 
-// parseKey splits an endpoint key into service version and address.
-func (e *EtcdBackend) parseKey(k string) (ServiceKey, string, bool) {
-	rest, ok := strings.CutPrefix(k, e.Prefix)
-	if !ok {
-		return ServiceKey{}, "", false
-	}
-	parts := strings.Split(rest, "/")
-	if len(parts) != 3 {
-		return ServiceKey{}, "", false
-	}
-	key := ServiceKey{parts[0], parts[1]}
-	if key.Validate() != nil {
-		return ServiceKey{}, "", false
-	}
-	if addr, err := ParseAddress(parts[2]); err != nil || addr != parts[2] {
-		return ServiceKey{}, "", false
-	}
-	return key, parts[2], true
-}
-
 // parse reads one key-value pair, warning once about a bad one. The
 // caller holds e.mu.
-func (e *EtcdBackend) parse(kv *mvccpb.KeyValue) (ServiceKey, Endpoint, bool) {
-	key, addr, ok := e.parseKey(string(kv.Key))
-	if !ok {
-		e.warnOnce(string(kv.Key), kv.ModRevision, "not <prefix><service>/<version>/<host:port> with a canonical address")
-		return ServiceKey{}, Endpoint{}, false
-	}
-	var val etcdValue
-	if len(strings.TrimSpace(string(kv.Value))) > 0 {
-		if err := json.Unmarshal(kv.Value, &val); err != nil {
-			e.warnOnce(string(kv.Key), kv.ModRevision, "value is not a JSON object like {\"weight\":1}")
-			return ServiceKey{}, Endpoint{}, false
-		}
-	}
-	ep, err := Endpoint{Address: addr, Weight: val.Weight, Metadata: val.Metadata}.normalize()
+func (e *Backend) parse(kv *mvccpb.KeyValue) (registry.ServiceKey, registry.Endpoint, bool) {
+	key, ep, err := etcdkv.Decode(e.Prefix, kv.Key, kv.Value)
 	if err != nil {
 		e.warnOnce(string(kv.Key), kv.ModRevision, err.Error())
-		return ServiceKey{}, Endpoint{}, false
+		return registry.ServiceKey{}, registry.Endpoint{}, false
 	}
 	return key, ep, true
 }
 
 // warnOnce logs a skipped key once per version of it. The caller holds e.mu.
-func (e *EtcdBackend) warnOnce(key string, modRev int64, why string) {
+func (e *Backend) warnOnce(key string, modRev int64, why string) {
 	if e.warned[key] == modRev {
 		return
 	}
@@ -435,7 +404,7 @@ func (e *EtcdBackend) warnOnce(key string, modRev int64, why string) {
 
 // setApplied records that the table reflects revision rev and wakes
 // writers waiting for it. The caller holds e.mu.
-func (e *EtcdBackend) setApplied(rev int64) {
+func (e *Backend) setApplied(rev int64) {
 	if rev <= e.applied {
 		return
 	}
@@ -445,7 +414,7 @@ func (e *EtcdBackend) setApplied(rev int64) {
 }
 
 // waitApplied waits until the table reflects revision rev.
-func (e *EtcdBackend) waitApplied(ctx context.Context, rev int64) error {
+func (e *Backend) waitApplied(ctx context.Context, rev int64) error {
 	ctx, cancel := context.WithTimeout(ctx, etcdApplyTimeout)
 	defer cancel()
 	for {
@@ -458,14 +427,14 @@ func (e *EtcdBackend) waitApplied(ctx context.Context, rev int64) error {
 		select {
 		case <-ch:
 		case <-ctx.Done():
-			return fmt.Errorf("written to etcd at revision %d, but the watch has not delivered it yet: %w: %w", rev, ErrBackendUnavailable, ctx.Err())
+			return fmt.Errorf("written to etcd at revision %d, but the watch has not delivered it yet: %w: %w", rev, registry.ErrBackendUnavailable, ctx.Err())
 		}
 	}
 }
 
 // monitor checks etcd's reachability, so that losing it is logged even
 // while the watch waits quietly to resume.
-func (e *EtcdBackend) monitor(ctx context.Context) {
+func (e *Backend) monitor(ctx context.Context) {
 	tick := time.NewTicker(etcdHealthPeriod)
 	defer tick.Stop()
 	for {
@@ -491,7 +460,7 @@ func (e *EtcdBackend) monitor(ctx context.Context) {
 }
 
 // setReachable logs a change of etcd's reachability.
-func (e *EtcdBackend) setReachable(ok bool, err error) {
+func (e *Backend) setReachable(ok bool, err error) {
 	e.mu.Lock()
 	changed := e.reachable != ok
 	e.reachable = ok
@@ -511,20 +480,13 @@ func (e *EtcdBackend) setReachable(ok bool, err error) {
 	}
 }
 
-// key returns the etcd key of an endpoint.
-func (e *EtcdBackend) key(key ServiceKey, address string) string {
-	return e.Prefix + key.Service + "/" + key.Version + "/" + address
-}
-
 // Add writes the endpoint to etcd (under a lease this Caddy keeps alive
 // when ep.TTL is set) and waits until the watch has applied it.
-func (e *EtcdBackend) Add(ctx context.Context, key ServiceKey, ep Endpoint) error {
-	val := etcdValue{Weight: ep.Weight, Metadata: ep.Metadata}
-	data, err := json.Marshal(val)
+func (e *Backend) Add(ctx context.Context, key registry.ServiceKey, ep registry.Endpoint) error {
+	k, val, err := etcdkv.Encode(e.Prefix, key, ep)
 	if err != nil {
 		return err
 	}
-	k := e.key(key, ep.Address)
 	reqCtx, cancel := context.WithTimeout(ctx, time.Duration(e.DialTimeout))
 	defer cancel()
 
@@ -534,17 +496,17 @@ func (e *EtcdBackend) Add(ctx context.Context, key ServiceKey, ep Endpoint) erro
 		seconds := int64((time.Duration(ep.TTL) + time.Second - 1) / time.Second)
 		grant, err := e.client.Grant(reqCtx, seconds)
 		if err != nil {
-			return fmt.Errorf("granting etcd lease for %s: %w: %w", k, ErrBackendUnavailable, err)
+			return fmt.Errorf("granting etcd lease for %s: %w: %w", k, registry.ErrBackendUnavailable, err)
 		}
 		lease = &etcdLease{id: grant.ID}
 		opts = append(opts, clientv3.WithLease(grant.ID))
 	}
-	resp, err := e.client.Put(reqCtx, k, string(data), opts...)
+	resp, err := e.client.Put(reqCtx, k, val, opts...)
 	if err != nil {
 		if lease != nil {
 			e.revoke(lease)
 		}
-		return fmt.Errorf("writing %s to etcd: %w: %w", k, ErrBackendUnavailable, err)
+		return fmt.Errorf("writing %s to etcd: %w: %w", k, registry.ErrBackendUnavailable, err)
 	}
 
 	e.mu.Lock()
@@ -562,14 +524,14 @@ func (e *EtcdBackend) Add(ctx context.Context, key ServiceKey, ep Endpoint) erro
 
 // keepAlive keeps lease alive until the backend stops or the lease is
 // dropped. The caller holds e.mu.
-func (e *EtcdBackend) keepAlive(k string, lease *etcdLease) {
+func (e *Backend) keepAlive(k string, lease *etcdLease) {
 	if e.stopped {
 		return
 	}
 	e.leases[k] = lease
 	ctx, cancel := context.WithCancel(e.ctx)
 	lease.cancel = cancel
-	e.done.Go(func() {
+	e.goSafe("keeping an etcd lease alive", func() {
 		ch, err := e.client.KeepAlive(ctx, lease.id)
 		if err != nil {
 			e.log().Error("keeping etcd lease alive", zap.String("backend", "etcd"), zap.String("key", k), zap.Error(err))
@@ -581,7 +543,7 @@ func (e *EtcdBackend) keepAlive(k string, lease *etcdLease) {
 }
 
 // revoke stops keeping lease alive and revokes it.
-func (e *EtcdBackend) revoke(lease *etcdLease) {
+func (e *Backend) revoke(lease *etcdLease) {
 	if lease.cancel != nil {
 		lease.cancel()
 	}
@@ -594,16 +556,16 @@ func (e *EtcdBackend) revoke(lease *etcdLease) {
 
 // Delete removes the endpoint's key from etcd and waits until the watch
 // has applied it.
-func (e *EtcdBackend) Delete(ctx context.Context, key ServiceKey, address string) error {
+func (e *Backend) Delete(ctx context.Context, key registry.ServiceKey, address string) error {
 	if err := e.CheckDelete(key, address); err != nil {
 		return err
 	}
-	k := e.key(key, address)
+	k := etcdkv.Key(e.Prefix, key, address)
 	reqCtx, cancel := context.WithTimeout(ctx, time.Duration(e.DialTimeout))
 	defer cancel()
 	resp, err := e.client.Delete(reqCtx, k)
 	if err != nil {
-		return fmt.Errorf("deleting %s from etcd: %w: %w", k, ErrBackendUnavailable, err)
+		return fmt.Errorf("deleting %s from etcd: %w: %w", k, registry.ErrBackendUnavailable, err)
 	}
 	// the lease is ours to revoke only once the key is gone
 	e.mu.Lock()
@@ -614,7 +576,7 @@ func (e *EtcdBackend) Delete(ctx context.Context, key ServiceKey, address string
 		e.revoke(lease)
 	}
 	if resp.Deleted == 0 {
-		return fmt.Errorf("deleting %s from %s: %w", address, key, ErrUnknownEndpoint)
+		return fmt.Errorf("deleting %s from %s: %w", address, key, registry.ErrUnknownEndpoint)
 	}
 	return e.waitApplied(ctx, resp.Header.Revision)
 }
@@ -622,51 +584,31 @@ func (e *EtcdBackend) Delete(ctx context.Context, key ServiceKey, address string
 // CheckDelete returns the error Delete would return for an unknown
 // service version or an endpoint only the config seeds. Whether etcd holds
 // the endpoint is known for sure only once Delete asks it.
-func (e *EtcdBackend) CheckDelete(key ServiceKey, address string) error {
+func (e *Backend) CheckDelete(key registry.ServiceKey, address string) error {
 	e.mu.Lock()
 	_, stored := e.stored[key][address]
-	seeded := slices.ContainsFunc(e.seeds[key], func(ep Endpoint) bool { return ep.Address == address })
-	_, known := e.compose(key)
+	seeded := slices.ContainsFunc(e.seeds[key], func(ep registry.Endpoint) bool { return ep.Address == address })
+	_, known := e.merge(key)
 	e.mu.Unlock()
 	switch {
 	case !stored && seeded:
-		return fmt.Errorf("deleting %s from %s: %w; remove it from the config", address, key, ErrSeeded)
+		return fmt.Errorf("deleting %s from %s: %w; remove it from the config", address, key, registry.ErrSeeded)
 	case !known:
-		return fmt.Errorf("deleting %s from %s: %w", address, key, ErrUnknownVersion)
+		return fmt.Errorf("deleting %s from %s: %w", address, key, registry.ErrUnknownVersion)
 	}
 	return nil
 }
 
-// compose merges key's seeds with what etcd holds, and says whether the
+// merge merges key's seeds with what etcd holds, and says whether the
 // service version is known. The caller holds e.mu.
-func (e *EtcdBackend) compose(key ServiceKey) ([]Endpoint, bool) {
+func (e *Backend) merge(key registry.ServiceKey) ([]registry.Endpoint, bool) {
 	seeds, seeded := e.seeds[key]
-	byAddr := make(map[string]Endpoint, len(seeds)+len(e.stored[key]))
-	for _, ep := range seeds {
-		byAddr[ep.Address] = ep
-	}
-	maps.Copy(byAddr, e.stored[key])
-	eps := slices.Collect(maps.Values(byAddr))
-	return eps, seeded || len(eps) > 0
-}
-
-// composeAll composes every known service version. The caller holds e.mu.
-func (e *EtcdBackend) composeAll() map[ServiceKey][]Endpoint {
-	all := map[ServiceKey][]Endpoint{}
-	for key := range e.seeds {
-		all[key], _ = e.compose(key)
-	}
-	for key := range e.stored {
-		if eps, known := e.compose(key); known {
-			all[key] = eps
-		}
-	}
-	return all
+	return registry.Merge(seeds, seeded, e.stored[key])
 }
 
 // Interface guards
 var (
-	_ caddy.Provisioner = (*EtcdBackend)(nil)
-	_ Backend           = (*EtcdBackend)(nil)
-	_ DeleteChecker     = (*EtcdBackend)(nil)
+	_ caddy.Provisioner      = (*Backend)(nil)
+	_ registry.Backend       = (*Backend)(nil)
+	_ registry.DeleteChecker = (*Backend)(nil)
 )

@@ -1,4 +1,4 @@
-package svcreg
+package etcd
 
 import (
 	"context"
@@ -19,29 +19,23 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/svcreg/caddy-svcreg/internal/etcdtest"
+	"github.com/svcreg/caddy-svcreg/registry"
 )
 
 // startEtcdBackend starts an etcd backend on endpoint with the given seeds
 // and returns it with its table and its log.
-func startEtcdBackend(t testing.TB, endpoint string, seeds map[ServiceKey][]Endpoint) (*EtcdBackend, *Table, *observer.ObservedLogs) {
+func startEtcdBackend(t testing.TB, endpoint string, seeds map[registry.ServiceKey][]registry.Endpoint) (*Backend, *registry.Table, *observer.ObservedLogs) {
 	t.Helper()
-	return startEtcdBackendWith(t, &EtcdBackend{Endpoints: []string{endpoint}}, seeds)
+	return startEtcdBackendWith(t, &Backend{Endpoints: []string{endpoint}}, seeds)
 }
 
 // startEtcdBackendWith starts e (2s dial timeout unless set).
-func startEtcdBackendWith(t testing.TB, e *EtcdBackend, seeds map[ServiceKey][]Endpoint) (*EtcdBackend, *Table, *observer.ObservedLogs) {
+func startEtcdBackendWith(t testing.TB, e *Backend, seeds map[registry.ServiceKey][]registry.Endpoint) (*Backend, *registry.Table, *observer.ObservedLogs) {
 	t.Helper()
 	core, logs := observer.New(zap.InfoLevel)
-	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
-	t.Cleanup(cancel)
-	if e.DialTimeout == 0 {
-		e.DialTimeout = caddy.Duration(2 * time.Second)
-	}
-	if err := e.Provision(ctx); err != nil {
-		t.Fatal(err)
-	}
-	table := NewTable()
-	if err := e.Start(table, BackendEnv{Seeds: seeds, Logger: zap.New(core)}); err != nil {
+	provision(t, e)
+	table := registry.NewTable()
+	if err := e.Start(table, registry.BackendEnv{Seeds: seeds, Logger: zap.New(core)}); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
@@ -52,9 +46,41 @@ func startEtcdBackendWith(t testing.TB, e *EtcdBackend, seeds map[ServiceKey][]E
 	return e, table, logs
 }
 
+// provision provisions e (2s dial timeout unless set).
+func provision(t testing.TB, e *Backend) {
+	t.Helper()
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	t.Cleanup(cancel)
+	if e.DialTimeout == 0 {
+		e.DialTimeout = caddy.Duration(2 * time.Second)
+	}
+	if err := e.Provision(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// startRegistry starts a registry on e (wrapped in a spyBackend), with
+// the given seeds, and waits for its first sync.
+func startRegistry(t testing.TB, e *Backend, seeds map[registry.ServiceKey][]registry.Endpoint) (*registry.Local, *spyBackend) {
+	t.Helper()
+	provision(t, e)
+	spy := &spyBackend{Backend: e}
+	r := registry.New(spy, registry.Options{})
+	t.Cleanup(func() {
+		if err := r.Stop(); err != nil {
+			t.Error(err)
+		}
+	})
+	if err := r.Start(registry.BackendEnv{Seeds: seeds, Logger: zap.NewNop()}, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 15*time.Second, "the first sync", func() bool { return r.Snapshot().Synced() })
+	return r, spy
+}
+
 // tableHas returns the sorted addresses of key in the table ("" entries
 // for an unknown key).
-func tableHas(tbl *Table, key ServiceKey) []string {
+func tableHas(tbl *registry.Table, key registry.ServiceKey) []string {
 	svc, err := tbl.Snapshot().Lookup(key.Service, key.Version)
 	if err != nil {
 		return nil
@@ -78,7 +104,7 @@ func TestEtcdWatchPropagation(t *testing.T) {
 	srv := etcdtest.Start(t)
 	cli := srv.Client(t)
 	ctx := context.Background()
-	users := ServiceKey{"users", "v1"}
+	users := registry.ServiceKey{Service: "users", Version: "v1"}
 
 	// Present before the backend starts: listed by the initial Get, with
 	// junk beside it that must be skipped with a warning.
@@ -143,14 +169,14 @@ func TestEtcdAdminWritesAndLeases(t *testing.T) {
 	srv := etcdtest.Start(t)
 	cli := srv.Client(t)
 	ctx := context.Background()
-	users := ServiceKey{"users", "v1"}
-	seeds := map[ServiceKey][]Endpoint{users: eps("127.0.0.1:9001")}
-	e, tbl, _ := startEtcdBackend(t, srv.Endpoint, seeds)
-	eventually(t, 10*time.Second, "the first sync", func() bool { return tbl.Snapshot().Synced() })
-	r := &registry{table: tbl, backend: e, health: newHealthChecker(tbl, zap.NewNop())}
+	users := registry.ServiceKey{Service: "users", Version: "v1"}
+	seeds := map[registry.ServiceKey][]registry.Endpoint{users: eps("127.0.0.1:9001")}
+	e := &Backend{Endpoints: []string{srv.Endpoint}}
+	r, spy := startRegistry(t, e, seeds)
+	tbl := r.Table()
 
 	// Add: in etcd, and in the table as soon as Add returns.
-	must(t, r.Add(ctx, users, Endpoint{Address: "127.0.0.1:9002", Weight: 2, Metadata: map[string]string{"zone": "a"}}))
+	must(t, r.Add(ctx, users, registry.Endpoint{Address: "127.0.0.1:9002", Weight: 2, Metadata: map[string]string{"zone": "a"}}))
 	if got := tableHas(tbl, users); !slices.Equal(got, []string{"127.0.0.1:9001", "127.0.0.1:9002"}) {
 		t.Fatalf("right after Add: %v", got)
 	}
@@ -161,12 +187,14 @@ func TestEtcdAdminWritesAndLeases(t *testing.T) {
 
 	// A seed lives in the config, not in etcd: deleting it is refused
 	// before it is drained (out of rotation) for nothing.
-	seed := tbl.Snapshot().services["users"]["v1"].Endpoint("127.0.0.1:9001")
+	svc, err := r.Lookup(users)
+	must(t, err)
+	seed := svc.Endpoint("127.0.0.1:9001")
 	drainedSeed := false
-	r.backend = &spyBackend{EtcdBackend: e, onDelete: func(ServiceKey, string) {
-		drainedSeed = drainedSeed || seed.health.draining.Load()
-	}}
-	if err := del(r, ctx, users, "127.0.0.1:9001"); !errors.Is(err, ErrSeeded) {
+	spy.onDelete = func(registry.ServiceKey, string) {
+		drainedSeed = drainedSeed || seed.Stats().OutOfRotation == "draining"
+	}
+	if err := del(r, ctx, users, "127.0.0.1:9001"); !errors.Is(err, registry.ErrSeeded) {
 		t.Errorf("deleting a seed: %v, want ErrSeeded", err)
 	}
 	if drainedSeed || !seed.Available() {
@@ -174,7 +202,7 @@ func TestEtcdAdminWritesAndLeases(t *testing.T) {
 	}
 
 	// Add with a TTL: bound to a lease this backend keeps alive.
-	must(t, r.Add(ctx, users, Endpoint{Address: "127.0.0.1:9003", TTL: caddy.Duration(2 * time.Second)}))
+	must(t, r.Add(ctx, users, registry.Endpoint{Address: "127.0.0.1:9003", TTL: registry.Duration(2 * time.Second)}))
 	resp, err = cli.Get(ctx, "/svcreg/users/v1/127.0.0.1:9003")
 	if err != nil || len(resp.Kvs) != 1 || resp.Kvs[0].Lease == 0 {
 		t.Fatalf("leased endpoint in etcd: %v (%v)", resp.Kvs, err)
@@ -186,7 +214,7 @@ func TestEtcdAdminWritesAndLeases(t *testing.T) {
 	}
 
 	// Re-adding it without a TTL detaches it from the lease, which is revoked.
-	must(t, r.Add(ctx, users, Endpoint{Address: "127.0.0.1:9003"}))
+	must(t, r.Add(ctx, users, registry.Endpoint{Address: "127.0.0.1:9003"}))
 	ttl, err := cli.TimeToLive(ctx, lease)
 	if err != nil || ttl.TTL != -1 {
 		t.Errorf("the old lease is still alive: %+v (%v)", ttl, err)
@@ -199,7 +227,7 @@ func TestEtcdAdminWritesAndLeases(t *testing.T) {
 	}
 
 	// A leased endpoint disappears TTL after its keeper stops.
-	must(t, r.Add(ctx, users, Endpoint{Address: "127.0.0.1:9004", TTL: caddy.Duration(time.Second)}))
+	must(t, r.Add(ctx, users, registry.Endpoint{Address: "127.0.0.1:9004", TTL: registry.Duration(time.Second)}))
 	_, watched, _ := startEtcdBackend(t, srv.Endpoint, nil)
 	eventually(t, 10*time.Second, "a second instance to see the leased endpoint", func() bool {
 		return slices.Contains(tableHas(watched, users), "127.0.0.1:9004")
@@ -215,14 +243,14 @@ func TestEtcdAdminWritesAndLeases(t *testing.T) {
 
 func TestEtcdUnreachableAtStart(t *testing.T) {
 	srv := etcdtest.StartLater(t) // ports reserved, etcd not running
-	users := ServiceKey{"users", "v1"}
+	users := registry.ServiceKey{Service: "users", Version: "v1"}
 	begin := time.Now()
-	_, tbl, logs := startEtcdBackend(t, srv.Endpoint, map[ServiceKey][]Endpoint{users: eps("127.0.0.1:9001")})
+	_, tbl, logs := startEtcdBackend(t, srv.Endpoint, map[registry.ServiceKey][]registry.Endpoint{users: eps("127.0.0.1:9001")})
 	if d := time.Since(begin); d > time.Second {
 		t.Errorf("Start waited %v for an unreachable etcd", d)
 	}
-	if _, err := tbl.Snapshot().Lookup("users", "v1"); !errors.Is(err, ErrNotSynced) {
-		t.Fatalf("before the first sync: %v, want ErrNotSynced (503)", err)
+	if _, err := tbl.Snapshot().Lookup("users", "v1"); !errors.Is(err, registry.ErrNotSynced) {
+		t.Fatalf("before the first sync: %v, want registry.ErrNotSynced (503)", err)
 	}
 	eventually(t, 10*time.Second, "the unreachable state to be logged", func() bool {
 		return logs.FilterMessageSnippet("etcd unreachable").Len() > 0
@@ -248,7 +276,7 @@ func TestEtcdLostAndBack(t *testing.T) {
 	srv := etcdtest.Start(t)
 	cli := srv.Client(t)
 	ctx := context.Background()
-	users := ServiceKey{"users", "v1"}
+	users := registry.ServiceKey{Service: "users", Version: "v1"}
 	if _, err := cli.Put(ctx, "/svcreg/users/v1/127.0.0.1:9001", "{}"); err != nil {
 		t.Fatal(err)
 	}
@@ -338,7 +366,7 @@ func TestEtcdCompactionRelists(t *testing.T) {
 	srv := etcdtest.Start(t)
 	cli := srv.Client(t)
 	ctx := context.Background()
-	users, orders := ServiceKey{"users", "v1"}, ServiceKey{"orders", "v1"}
+	users, orders := registry.ServiceKey{Service: "users", Version: "v1"}, registry.ServiceKey{Service: "orders", Version: "v1"}
 	if _, err := cli.Put(ctx, "/svcreg/users/v1/127.0.0.1:9001", "{}"); err != nil {
 		t.Fatal(err)
 	}
@@ -383,7 +411,7 @@ func BenchmarkEtcdPropagation(b *testing.B) {
 	for b.Loop() {
 		i++
 		addr := fmt.Sprintf("127.0.0.1:%d", 10000+i%50000)
-		key := ServiceKey{"bench", fmt.Sprintf("v%d", i)}
+		key := registry.ServiceKey{Service: "bench", Version: fmt.Sprintf("v%d", i)}
 		start := time.Now()
 		if _, err := cli.Put(ctx, "/svcreg/bench/"+key.Version+"/"+addr, "{}"); err != nil {
 			b.Fatal(err)
@@ -407,19 +435,19 @@ func TestEtcdTLS(t *testing.T) {
 	if _, err := srv.Client(t).Put(context.Background(), "/svcreg/users/v1/127.0.0.1:9001", "{}"); err != nil {
 		t.Fatal(err)
 	}
-	users := ServiceKey{"users", "v1"}
+	users := registry.ServiceKey{Service: "users", Version: "v1"}
 
 	// With the CA and a client certificate, the backend syncs.
-	_, tbl, _ := startEtcdBackendWith(t, &EtcdBackend{Endpoints: []string{srv.Endpoint},
-		TLS: &EtcdTLS{CA: files.CA, Cert: files.ClientCert, Key: files.ClientKey}}, nil)
+	_, tbl, _ := startEtcdBackendWith(t, &Backend{Endpoints: []string{srv.Endpoint},
+		TLS: &TLS{CA: files.CA, Cert: files.ClientCert, Key: files.ClientKey}}, nil)
 	eventually(t, 15*time.Second, "a sync over TLS", func() bool {
 		return slices.Equal(tableHas(tbl, users), []string{"127.0.0.1:9001"})
 	})
 
 	// Without the client certificate etcd refuses it: no sync, and the log
 	// says why.
-	_, noCert, logs := startEtcdBackendWith(t, &EtcdBackend{Endpoints: []string{srv.Endpoint},
-		TLS: &EtcdTLS{CA: files.CA}}, nil)
+	_, noCert, logs := startEtcdBackendWith(t, &Backend{Endpoints: []string{srv.Endpoint},
+		TLS: &TLS{CA: files.CA}}, nil)
 	eventually(t, 15*time.Second, "the refusal to be logged", func() bool {
 		return logs.FilterMessageSnippet("etcd unreachable").Len() > 0
 	})
@@ -430,7 +458,7 @@ func TestEtcdTLS(t *testing.T) {
 	// Half a client certificate is refused at provision time.
 	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
 	defer cancel()
-	half := &EtcdBackend{TLS: &EtcdTLS{Cert: files.ClientCert}}
+	half := &Backend{TLS: &TLS{Cert: files.ClientCert}}
 	if err := half.Provision(ctx); err == nil || !strings.Contains(err.Error(), "both cert and key") {
 		t.Errorf("a cert without its key: %v", err)
 	}
@@ -454,28 +482,29 @@ func TestEtcdAuthAndSecrets(t *testing.T) {
 	defer authed.Close()
 	_, err = authed.Put(ctx, "/svcreg/users/v1/127.0.0.1:9001", "{}")
 	must(t, err)
-	users := ServiceKey{"users", "v1"}
+	users := registry.ServiceKey{Service: "users", Version: "v1"}
 
 	// Endpoint and password from placeholders.
 	t.Setenv("SVCREG_TEST_ETCD", srv.Endpoint)
 	t.Setenv("SVCREG_TEST_ETCD_PASSWORD", password)
-	good, tbl, goodLogs := startEtcdBackendWith(t, &EtcdBackend{Endpoints: []string{"{env.SVCREG_TEST_ETCD}"},
+	_, tbl, goodLogs := startEtcdBackendWith(t, &Backend{Endpoints: []string{"{env.SVCREG_TEST_ETCD}"},
 		Username: "root", Password: "{env.SVCREG_TEST_ETCD_PASSWORD}"}, nil)
 	eventually(t, 15*time.Second, "a sync with a user and password", func() bool {
 		return slices.Equal(tableHas(tbl, users), []string{"127.0.0.1:9001"})
 	})
-	r := &registry{table: tbl, backend: good, health: newHealthChecker(tbl, zap.NewNop())}
-	must(t, r.Add(ctx, users, Endpoint{Address: "127.0.0.1:9002"}))
+	r, _ := startRegistry(t, &Backend{Endpoints: []string{"{env.SVCREG_TEST_ETCD}"},
+		Username: "root", Password: "{env.SVCREG_TEST_ETCD_PASSWORD}"}, nil)
+	must(t, r.Add(ctx, users, registry.Endpoint{Address: "127.0.0.1:9002"}))
 
 	// A wrong password while etcd is up: the client cannot be created, so
 	// the backend (and the config that holds it) does not start, with an
 	// error that says why and does not show the password.
 	const wrong = "wrong-Passw0rd-value"
-	bad := &EtcdBackend{Endpoints: []string{srv.Endpoint}, Username: "root", Password: wrong, DialTimeout: caddy.Duration(5 * time.Second)}
+	bad := &Backend{Endpoints: []string{srv.Endpoint}, Username: "root", Password: wrong, DialTimeout: caddy.Duration(5 * time.Second)}
 	pctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
 	defer cancel()
 	must(t, bad.Provision(pctx))
-	startErr := bad.Start(NewTable(), BackendEnv{Logger: zap.NewNop()})
+	startErr := bad.Start(registry.NewTable(), registry.BackendEnv{Logger: zap.NewNop()})
 	if startErr == nil {
 		bad.Stop()
 		t.Fatal("started with a wrong password")
@@ -499,11 +528,41 @@ func TestEtcdAuthAndSecrets(t *testing.T) {
 
 // spyBackend is an etcd backend that reports every Delete before doing it.
 type spyBackend struct {
-	*EtcdBackend
-	onDelete func(key ServiceKey, address string)
+	*Backend
+	onDelete func(key registry.ServiceKey, address string)
 }
 
-func (s *spyBackend) Delete(ctx context.Context, key ServiceKey, address string) error {
-	s.onDelete(key, address)
-	return s.EtcdBackend.Delete(ctx, key, address)
+func (s *spyBackend) Delete(ctx context.Context, key registry.ServiceKey, address string) error {
+	if s.onDelete != nil {
+		s.onDelete(key, address)
+	}
+	return s.Backend.Delete(ctx, key, address)
+}
+
+func eps(addrs ...string) []registry.Endpoint {
+	out := make([]registry.Endpoint, len(addrs))
+	for i, a := range addrs {
+		out[i] = registry.Endpoint{Address: a, Weight: 1}
+	}
+	return out
+}
+
+func addresses(svc *registry.Service) []string {
+	out := []string{}
+	for _, ep := range svc.Endpoints {
+		out = append(out, ep.Address)
+	}
+	return out
+}
+
+func del(r registry.Registry, ctx context.Context, key registry.ServiceKey, address string) error {
+	_, err := r.Delete(ctx, key, address)
+	return err
+}
+
+func must(t testing.TB, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
 }

@@ -1,8 +1,8 @@
-// Package selfreg registers a backend in the svcreg etcd registry under a
-// lease and keeps the lease alive: while the process runs, Caddy routes to
-// it; when it dies, the key expires TTL later and traffic moves elsewhere
-// (svcreg's failover covers the gap); when it stops cleanly, it
-// deregisters at once.
+// Package selfreg registers a service's endpoint in the svcreg etcd
+// registry under a lease and keeps the lease alive: while the process
+// runs, Caddy routes to it; when it dies, the key expires TTL later and
+// traffic moves elsewhere (svcreg's failover covers the gap); when it stops
+// cleanly, it deregisters at once. It imports nothing of Caddy.
 //
 // Embed it in a Go service:
 //
@@ -11,19 +11,22 @@
 //		Service:   "users", Version: "v1", Address: "127.0.0.1:9091",
 //	})
 //
-// or run the selfreg program beside any backend (see cmd/selfreg).
+// or run the selfreg program beside any backend (see cmd/selfreg). What it
+// writes is validated and canonical (package etcdkv), exactly what the
+// etcd backend reads.
 package selfreg
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"log"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+
+	"github.com/svcreg/caddy-svcreg/backends/etcd/etcdkv"
+	"github.com/svcreg/caddy-svcreg/registry"
 )
 
 // Config says what to register where.
@@ -32,45 +35,50 @@ type Config struct {
 	Endpoints []string
 	// Prefix is the registry's key prefix. Default: /svcreg/.
 	Prefix string
-	// Service, Version and Address say what this backend serves and where.
+	// Service, Version and Address say what this backend serves and
+	// where: valid names (registry.ValidName) and a host:port, which is
+	// registered in canonical form (http://127.0.0.1:09091 as
+	// 127.0.0.1:9091).
 	Service, Version, Address string
-	// Weight is the backend's share relative to the others. Default: 1.
+	// Weight is the backend's share relative to the others, 1 to 100.
+	// Default: 1.
 	Weight int
-	// TTL is how long the key outlives this process. Default: 5s.
+	// TTL is how long the key outlives this process, 1s to 24h.
+	// Default: 5s.
 	TTL time.Duration
 	// Logf reports registration changes. Default: log.Printf.
 	Logf func(format string, args ...any)
 }
 
-// Key returns the etcd key of the registration.
-func (c Config) Key() string {
-	prefix := c.Prefix
-	if prefix == "" {
-		prefix = "/svcreg/"
+// Key returns the etcd key and value of the registration, or an error
+// (matching registry.ErrInvalid) saying what is wrong with it.
+func (c Config) Key() (key, value string, err error) {
+	if c.Service == "" || c.Version == "" || c.Address == "" {
+		return "", "", registry.Invalidf("selfreg: service, version and address are required")
 	}
-	return prefix + c.Service + "/" + c.Version + "/" + c.Address
+	ep := registry.Endpoint{Address: c.Address, Weight: c.Weight, TTL: registry.Duration(c.TTL)}
+	key, value, err = etcdkv.Encode(etcdkv.Prefix(c.Prefix), registry.ServiceKey{Service: c.Service, Version: c.Version}, ep)
+	if err != nil {
+		return "", "", fmt.Errorf("selfreg: %w", err)
+	}
+	return key, value, nil
 }
 
 // Register registers the backend and keeps it registered until ctx is
 // done, then deregisters it. If etcd is lost, it registers again under a
-// new lease when etcd is back.
+// new lease when etcd is back. A config it cannot register (a bad name or
+// address) is an error at once.
 func Register(ctx context.Context, cfg Config) error {
-	if cfg.Service == "" || cfg.Version == "" || cfg.Address == "" {
-		return errors.New("selfreg: service, version and address are required")
-	}
 	if len(cfg.Endpoints) == 0 {
 		cfg.Endpoints = []string{"127.0.0.1:2379"}
 	}
 	if cfg.TTL == 0 {
 		cfg.TTL = 5 * time.Second
 	}
-	if cfg.Weight == 0 {
-		cfg.Weight = 1
-	}
 	if cfg.Logf == nil {
 		cfg.Logf = log.Printf
 	}
-	value, err := json.Marshal(map[string]int{"weight": cfg.Weight})
+	key, value, err := cfg.Key()
 	if err != nil {
 		return err
 	}
@@ -80,10 +88,9 @@ func Register(ctx context.Context, cfg Config) error {
 	}
 	defer cli.Close()
 
-	key := cfg.Key()
 	wait := 100 * time.Millisecond
 	for ctx.Err() == nil {
-		lease, err := register(ctx, cli, key, string(value), cfg.TTL)
+		lease, err := register(ctx, cli, key, value, cfg.TTL)
 		if err != nil {
 			cfg.Logf("selfreg: registering %s: %v; retrying in %v", key, err, wait)
 			select {

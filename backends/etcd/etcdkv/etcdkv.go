@@ -1,0 +1,109 @@
+// Package etcdkv is the key/value layout of the svcreg etcd registry, for
+// the etcd backend and for services that register themselves: what one
+// writes, the other reads. It imports nothing of Caddy.
+//
+// One key per endpoint, <prefix><service>/<version>/<address> with the
+// address in canonical host:port form (registry.ParseAddress), and a
+// small JSON value such as {"weight":2,"metadata":{"zone":"a"}}; an empty
+// value or {} means the defaults.
+package etcdkv
+
+import (
+	"encoding/json"
+	"errors"
+	"strings"
+
+	"github.com/svcreg/caddy-svcreg/registry"
+)
+
+// DefaultPrefix is the key prefix of the registry unless configured.
+const DefaultPrefix = "/svcreg/"
+
+// Prefix returns prefix as keys use it: DefaultPrefix for "", and ending
+// in a slash.
+func Prefix(prefix string) string {
+	if prefix == "" {
+		return DefaultPrefix
+	}
+	if !strings.HasSuffix(prefix, "/") {
+		prefix += "/"
+	}
+	return prefix
+}
+
+// value is the JSON value of an endpoint key.
+type value struct {
+	Weight   int               `json:"weight,omitempty"`
+	Metadata map[string]string `json:"metadata,omitempty"`
+}
+
+// Key returns the key of the endpoint at address (canonical) of key,
+// under prefix (as Prefix returns it).
+func Key(prefix string, key registry.ServiceKey, address string) string {
+	return prefix + key.Service + "/" + key.Version + "/" + address
+}
+
+// Encode validates and normalizes ep (registry.Endpoint.Normalize) of key
+// and returns its key under prefix (as Prefix returns it) and its value.
+// Its TTL is not part of either: it is the key's lease.
+func Encode(prefix string, key registry.ServiceKey, ep registry.Endpoint) (k, v string, err error) {
+	if err := key.Validate(); err != nil {
+		return "", "", err
+	}
+	ep, err = ep.Normalize()
+	if err != nil {
+		return "", "", err
+	}
+	data, err := json.Marshal(value{Weight: ep.Weight, Metadata: ep.Metadata})
+	if err != nil {
+		return "", "", err
+	}
+	return Key(prefix, key, ep.Address), string(data), nil
+}
+
+// ParseKey splits a key under prefix into service version and address. It
+// reports false for any other key, and for one whose address is not in
+// canonical form.
+func ParseKey(prefix, k string) (registry.ServiceKey, string, bool) {
+	rest, ok := strings.CutPrefix(k, prefix)
+	if !ok {
+		return registry.ServiceKey{}, "", false
+	}
+	parts := strings.Split(rest, "/")
+	if len(parts) != 3 {
+		return registry.ServiceKey{}, "", false
+	}
+	key := registry.ServiceKey{Service: parts[0], Version: parts[1]}
+	if key.Validate() != nil {
+		return registry.ServiceKey{}, "", false
+	}
+	if addr, err := registry.ParseAddress(parts[2]); err != nil || addr != parts[2] {
+		return registry.ServiceKey{}, "", false
+	}
+	return key, parts[2], true
+}
+
+// Errors of Decode, which say why a key is skipped.
+var (
+	ErrNotEndpointKey = errors.New("not <prefix><service>/<version>/<host:port> with a canonical address")
+	ErrBadValue       = errors.New(`value is not a JSON object like {"weight":1}`)
+)
+
+// Decode reads the key and value of one endpoint under prefix.
+func Decode(prefix string, k, v []byte) (registry.ServiceKey, registry.Endpoint, error) {
+	key, addr, ok := ParseKey(prefix, string(k))
+	if !ok {
+		return registry.ServiceKey{}, registry.Endpoint{}, ErrNotEndpointKey
+	}
+	var val value
+	if len(strings.TrimSpace(string(v))) > 0 {
+		if err := json.Unmarshal(v, &val); err != nil {
+			return registry.ServiceKey{}, registry.Endpoint{}, ErrBadValue
+		}
+	}
+	ep, err := registry.Endpoint{Address: addr, Weight: val.Weight, Metadata: val.Metadata}.Normalize()
+	if err != nil {
+		return registry.ServiceKey{}, registry.Endpoint{}, err
+	}
+	return key, ep, nil
+}

@@ -1,0 +1,263 @@
+// Package memory is the default backend of the service_registry app,
+// service_registry.backends.memory: the registry in memory, with every
+// admin-API change saved in Caddy's storage.
+package memory
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"maps"
+	"slices"
+	"sync"
+
+	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
+
+	"github.com/svcreg/caddy-svcreg/registry"
+)
+
+func init() {
+	caddy.RegisterModule(new(Backend))
+}
+
+// Backend keeps the registry in memory and saves every admin-API change in
+// Caddy's storage (the file system by default), so that changes survive a
+// restart of Caddy.
+//
+// How seeds and saved changes combine: at every start and config reload
+// the registry is the config's `service` seeds with the saved changes
+// applied on top, in that order. An endpoint added through the admin API
+// is registered even if the config does not list it; a seeded endpoint
+// deleted through the admin API stays deleted, even across restarts, until
+// it is added again through the admin API. Removing a seed from the config
+// removes it from the registry unless it was also added through the API.
+type Backend struct {
+	// StorageKey is the key in Caddy's storage under which admin-API
+	// changes are saved. Default: service_registry/memory.json.
+	StorageKey string `json:"storage_key,omitempty"`
+
+	storage registry.Storage
+	logger  *zap.Logger
+
+	mu      sync.Mutex // guards everything below and orders saves
+	table   *registry.Table
+	seeds   map[registry.ServiceKey][]registry.Endpoint
+	changes map[registry.ServiceKey]map[string]registry.Change // copy-on-write
+}
+
+// file is the saved form of the changes.
+type file struct {
+	Changes []record `json:"changes"`
+}
+
+type record struct {
+	Service  string            `json:"service"`
+	Version  string            `json:"version"`
+	Address  string            `json:"address"`
+	Weight   int               `json:"weight,omitempty"`
+	Metadata map[string]string `json:"metadata,omitempty"`
+	Deleted  bool              `json:"deleted,omitempty"`
+}
+
+// CaddyModule returns the Caddy module information.
+func (*Backend) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "service_registry.backends.memory",
+		New: func() caddy.Module { return new(Backend) },
+	}
+}
+
+// Provision sets defaults.
+func (m *Backend) Provision(caddy.Context) error {
+	if m.StorageKey == "" {
+		m.StorageKey = "service_registry/memory.json"
+	}
+	return nil
+}
+
+// Start loads the saved changes and publishes seeds plus changes.
+func (m *Backend) Start(table *registry.Table, env registry.BackendEnv) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.table = table
+	return m.reconfigure(env)
+}
+
+// Reconfigure takes a newer config's seeds and storage: the saved changes
+// are read again from that storage, so a config pointing Caddy at other
+// storage finds the changes saved there.
+func (m *Backend) Reconfigure(env registry.BackendEnv) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.reconfigure(env)
+}
+
+// reconfigure loads the changes from env's storage and publishes env's
+// seeds with them; on error nothing changes. The caller holds m.mu.
+func (m *Backend) reconfigure(env registry.BackendEnv) error {
+	if env.Storage == nil {
+		return errors.New("memory backend: no storage")
+	}
+	changes, err := m.load(env.Storage)
+	if err != nil {
+		return err
+	}
+	m.storage, m.logger, m.seeds, m.changes = env.Storage, env.Logger, env.Seeds, changes
+	m.table.Replace(registry.MergeAll(m.seeds, m.changes))
+	m.logger.Debug("memory backend loaded", zap.String("backend", "memory"), zap.Int("saved_changes", len(changes)), zap.String("storage_key", m.StorageKey))
+	return nil
+}
+
+// Add saves the endpoint, then publishes it.
+func (m *Backend) Add(ctx context.Context, key registry.ServiceKey, ep registry.Endpoint) error {
+	if ep.TTL != 0 {
+		return registry.Invalidf("the memory backend has no leases: ttl needs the etcd backend")
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.apply(ctx, key, registry.Change{Endpoint: registry.Endpoint{Address: ep.Address, Weight: ep.Weight, Metadata: ep.Metadata}})
+}
+
+// Delete saves the deletion, then publishes it.
+func (m *Backend) Delete(ctx context.Context, key registry.ServiceKey, address string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if err := m.checkDelete(key, address); err != nil {
+		return err
+	}
+	return m.apply(ctx, key, registry.Change{Endpoint: registry.Endpoint{Address: address}, Deleted: true})
+}
+
+// CheckDelete returns the error Delete would return for an unknown
+// service version or endpoint.
+func (m *Backend) CheckDelete(key registry.ServiceKey, address string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.checkDelete(key, address)
+}
+
+// checkDelete is CheckDelete; the caller holds m.mu.
+func (m *Backend) checkDelete(key registry.ServiceKey, address string) error {
+	eps, known := m.merge(key)
+	if !known {
+		return fmt.Errorf("deleting %s from %s: %w", address, key, registry.ErrUnknownVersion)
+	}
+	if !slices.ContainsFunc(eps, func(ep registry.Endpoint) bool { return ep.Address == address }) {
+		return fmt.Errorf("deleting %s from %s: %w", address, key, registry.ErrUnknownEndpoint)
+	}
+	return nil
+}
+
+// Stop does nothing: the memory backend runs no goroutines.
+func (m *Backend) Stop() error { return nil }
+
+// merge returns key's seeds with the saved changes applied, and whether
+// the service version is known. The caller holds m.mu.
+func (m *Backend) merge(key registry.ServiceKey) ([]registry.Endpoint, bool) {
+	seeds, seeded := m.seeds[key]
+	return registry.Merge(seeds, seeded, m.changes[key])
+}
+
+// apply saves the registry with one more change and, only if that
+// worked, publishes it. The caller holds m.mu.
+func (m *Backend) apply(ctx context.Context, key registry.ServiceKey, c registry.Change) error {
+	forKey := maps.Clone(m.changes[key])
+	if forKey == nil {
+		forKey = map[string]registry.Change{}
+	}
+	seeded := slices.ContainsFunc(m.seeds[key], func(ep registry.Endpoint) bool { return ep.Address == c.Address })
+	if c.Deleted && !seeded {
+		delete(forKey, c.Address) // nothing to hide: just forget the addition
+	} else {
+		forKey[c.Address] = c
+	}
+	next := maps.Clone(m.changes)
+	if next == nil {
+		next = map[registry.ServiceKey]map[string]registry.Change{}
+	}
+	if len(forKey) == 0 {
+		delete(next, key)
+	} else {
+		next[key] = forKey
+	}
+	if err := m.save(ctx, next); err != nil {
+		return err
+	}
+	m.changes = next
+	if eps, known := m.merge(key); known {
+		m.table.Set(key, eps)
+	} else {
+		m.table.Remove(key)
+	}
+	return nil
+}
+
+// load reads the saved changes from storage; a missing key means none.
+func (m *Backend) load(storage registry.Storage) (map[registry.ServiceKey]map[string]registry.Change, error) {
+	data, err := storage.Load(context.Background(), m.StorageKey)
+	if errors.Is(err, fs.ErrNotExist) {
+		return map[registry.ServiceKey]map[string]registry.Change{}, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("loading saved endpoints from storage key %q: %w", m.StorageKey, err)
+	}
+	var saved file
+	if err := json.Unmarshal(data, &saved); err != nil {
+		return nil, fmt.Errorf("reading saved endpoints from storage key %q: %w", m.StorageKey, err)
+	}
+	changes := map[registry.ServiceKey]map[string]registry.Change{}
+	for _, rec := range saved.Changes {
+		key := registry.ServiceKey{Service: rec.Service, Version: rec.Version}
+		ep, err := registry.Endpoint{Address: rec.Address, Weight: rec.Weight, Metadata: rec.Metadata}.Normalize()
+		if err == nil {
+			err = key.Validate()
+		}
+		if err != nil {
+			return nil, fmt.Errorf("reading saved endpoints from storage key %q: %w", m.StorageKey, err)
+		}
+		if changes[key] == nil {
+			changes[key] = map[string]registry.Change{}
+		}
+		c := registry.Change{Endpoint: ep}
+		if rec.Deleted {
+			c = registry.Change{Endpoint: registry.Endpoint{Address: ep.Address}, Deleted: true}
+		}
+		changes[key][ep.Address] = c
+	}
+	return changes, nil
+}
+
+// save writes changes to storage.
+func (m *Backend) save(ctx context.Context, changes map[registry.ServiceKey]map[string]registry.Change) error {
+	saved := file{Changes: []record{}}
+	for key, forKey := range changes {
+		for addr, c := range forKey {
+			saved.Changes = append(saved.Changes, record{
+				Service: key.Service, Version: key.Version, Address: addr,
+				Weight: c.Weight, Metadata: c.Metadata, Deleted: c.Deleted,
+			})
+		}
+	}
+	slices.SortFunc(saved.Changes, func(a, b record) int {
+		return cmp.Or(cmp.Compare(a.Service, b.Service), cmp.Compare(a.Version, b.Version), cmp.Compare(a.Address, b.Address))
+	})
+	data, err := json.MarshalIndent(saved, "", "\t")
+	if err != nil {
+		return fmt.Errorf("encoding endpoints: %w", err)
+	}
+	if err := m.storage.Store(ctx, m.StorageKey, data); err != nil {
+		return fmt.Errorf("saving endpoints to storage key %q: %w", m.StorageKey, err)
+	}
+	return nil
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner      = (*Backend)(nil)
+	_ registry.Backend       = (*Backend)(nil)
+	_ registry.DeleteChecker = (*Backend)(nil)
+)

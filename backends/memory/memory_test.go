@@ -1,0 +1,171 @@
+package memory
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/caddyserver/certmagic"
+	"go.uber.org/zap"
+
+	"github.com/svcreg/caddy-svcreg/registry"
+)
+
+// start starts a registry on a memory backend saving to dir, with seeds.
+func start(t *testing.T, dir string, seeds map[registry.ServiceKey][]registry.Endpoint) *registry.Local {
+	t.Helper()
+	r := registry.New(&Backend{StorageKey: "service_registry/memory.json"}, registry.Options{})
+	t.Cleanup(func() {
+		if err := r.Stop(); err != nil {
+			t.Error(err)
+		}
+	})
+	must(t, r.Start(env(dir, seeds), nil, nil))
+	return r
+}
+
+// env is what a config with these seeds and file storage in dir hands
+// its backend.
+func env(dir string, seeds map[registry.ServiceKey][]registry.Endpoint) registry.BackendEnv {
+	return registry.BackendEnv{Seeds: seeds, Storage: &certmagic.FileStorage{Path: dir}, Logger: zap.NewNop()}
+}
+
+func eps(addrs ...string) []registry.Endpoint {
+	out := make([]registry.Endpoint, len(addrs))
+	for i, a := range addrs {
+		out[i] = registry.Endpoint{Address: a, Weight: 1}
+	}
+	return out
+}
+
+func addresses(r registry.Registry, key registry.ServiceKey) ([]string, error) {
+	svc, err := r.Lookup(key)
+	if err != nil {
+		return nil, err
+	}
+	out := []string{}
+	for _, ep := range svc.Endpoints {
+		out = append(out, ep.Address)
+	}
+	return out, nil
+}
+
+func del(r registry.Registry, key registry.ServiceKey, address string) error {
+	_, err := r.Delete(context.Background(), key, address)
+	return err
+}
+
+func must(t testing.TB, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestSeedsAndSavedChanges(t *testing.T) {
+	ctx := context.Background()
+	users, orders := registry.ServiceKey{Service: "users", Version: "v1"}, registry.ServiceKey{Service: "orders", Version: "v1"}
+	empty := registry.ServiceKey{Service: "empty", Version: "v1"}
+	dir := t.TempDir()
+	seeds := map[registry.ServiceKey][]registry.Endpoint{
+		users: eps("127.0.0.1:1", "127.0.0.1:2"),
+		empty: {},
+	}
+
+	// First run: add one, delete a seed, add and delete another.
+	r := start(t, dir, seeds)
+	must(t, r.Add(ctx, users, registry.Endpoint{Address: "127.0.0.1:3", Weight: 4}))
+	must(t, del(r, users, "127.0.0.1:1"))
+	must(t, r.Add(ctx, orders, registry.Endpoint{Address: "127.0.0.1:7"}))
+	must(t, r.Add(ctx, orders, registry.Endpoint{Address: "127.0.0.1:8"}))
+	must(t, del(r, orders, "127.0.0.1:8"))
+	if err := r.Add(ctx, users, registry.Endpoint{Address: "127.0.0.1:9", TTL: registry.Duration(5e9)}); !errors.Is(err, registry.ErrInvalid) || !strings.Contains(err.Error(), "ttl needs the etcd backend") {
+		t.Errorf("adding with a ttl: %v, want a refusal naming etcd", err)
+	}
+
+	// A restart: a new registry on the same storage with the same seeds.
+	r2 := start(t, dir, seeds)
+	for _, tc := range []struct {
+		key  registry.ServiceKey
+		want []string
+	}{
+		{users, []string{"127.0.0.1:2", "127.0.0.1:3"}},
+		{orders, []string{"127.0.0.1:7"}},
+		{empty, []string{}},
+	} {
+		got, err := addresses(r2, tc.key)
+		if err != nil {
+			t.Fatalf("%s after restart: %v", tc.key, err)
+		}
+		if !slices.Equal(got, tc.want) {
+			t.Errorf("%s after restart = %v, want %v", tc.key, got, tc.want)
+		}
+	}
+	if svc, _ := r2.Lookup(users); svc.Endpoint("127.0.0.1:3").Weight != 4 {
+		t.Errorf("saved weight lost")
+	}
+
+	// A reload with other seeds: the deleted seed stays deleted, the API
+	// addition stays, a seed dropped from the config goes.
+	must(t, r2.Start(env(dir, map[registry.ServiceKey][]registry.Endpoint{users: eps("127.0.0.1:1", "127.0.0.1:5")}), nil, nil))
+	if got, _ := addresses(r2, users); !slices.Equal(got, []string{"127.0.0.1:3", "127.0.0.1:5"}) {
+		t.Errorf("after reseed = %v", got)
+	}
+	if _, err := r2.Lookup(empty); !errors.Is(err, registry.ErrUnknownService) {
+		t.Errorf("version dropped from the config is still known: %v", err)
+	}
+
+	// Adding the deleted seed through the API brings it back.
+	must(t, r2.Add(ctx, users, registry.Endpoint{Address: "127.0.0.1:1"}))
+	if got, _ := addresses(r2, users); !slices.Equal(got, []string{"127.0.0.1:1", "127.0.0.1:3", "127.0.0.1:5"}) {
+		t.Errorf("after re-adding a deleted seed = %v", got)
+	}
+
+	// Deleting the last endpoint of an API-only version forgets it.
+	must(t, del(r2, orders, "127.0.0.1:7"))
+	if _, err := r2.Lookup(orders); !errors.Is(err, registry.ErrUnknownService) {
+		t.Errorf("empty API-only version still known: %v", err)
+	}
+}
+
+func TestFailedSaveChangesNothing(t *testing.T) {
+	ctx := context.Background()
+	users := registry.ServiceKey{Service: "users", Version: "v1"}
+	dir := t.TempDir()
+	r := start(t, dir, map[registry.ServiceKey][]registry.Endpoint{users: eps("127.0.0.1:1")})
+
+	// Make the storage unwritable: its directory becomes a file.
+	storeDir := filepath.Join(dir, "service_registry")
+	must(t, os.RemoveAll(storeDir))
+	must(t, os.WriteFile(storeDir, []byte("not a directory"), 0o600))
+
+	err := r.Add(ctx, users, registry.Endpoint{Address: "127.0.0.1:2"})
+	if err == nil || !strings.Contains(err.Error(), "saving endpoints") {
+		t.Fatalf("Add with broken storage: %v, want a saving error", err)
+	}
+	if err := del(r, users, "127.0.0.1:1"); err == nil {
+		t.Fatalf("Delete with broken storage succeeded")
+	}
+	if got, _ := addresses(r, users); !slices.Equal(got, []string{"127.0.0.1:1"}) {
+		t.Errorf("registry changed although saving failed: %v", got)
+	}
+}
+
+func TestCorruptStorage(t *testing.T) {
+	dir := t.TempDir()
+	must(t, os.MkdirAll(filepath.Join(dir, "service_registry"), 0o700))
+	must(t, os.WriteFile(filepath.Join(dir, "service_registry", "memory.json"), []byte(`{"changes":[{"service":"a/b","version":"v1","address":"x:1"}]}`), 0o600))
+	backend := &Backend{StorageKey: "service_registry/memory.json"}
+	table := registry.NewTable()
+	err := backend.Start(table, env(dir, nil))
+	if err == nil || !strings.Contains(err.Error(), "service name") {
+		t.Fatalf("Start with a bad saved record: %v, want an error naming it", err)
+	}
+	if table.Snapshot().Synced() {
+		t.Errorf("table published although loading failed")
+	}
+}

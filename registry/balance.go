@@ -1,0 +1,175 @@
+package registry
+
+import (
+	"math/rand/v2"
+	"sync/atomic"
+)
+
+// Balance is a balancing algorithm: how a request's next try chooses
+// among the hosts it may take.
+type Balance uint8
+
+// The balancing algorithms.
+const (
+	// RoundRobin takes the hosts in turn, honoring weights with a smooth
+	// weighted order (as nginx does).
+	RoundRobin Balance = iota
+	// Random takes a random host.
+	Random
+	// LeastConn takes the host with the fewest requests in flight per
+	// unit of weight, ties broken at random.
+	LeastConn
+	// P2C takes the less busy of two random hosts ("power of two
+	// choices").
+	P2C
+)
+
+var balanceNames = [...]string{RoundRobin: "round_robin", Random: "random", LeastConn: "least_conn", P2C: "p2c"}
+
+// String returns the algorithm's name: round_robin, random, least_conn or p2c.
+func (b Balance) String() string {
+	if int(b) < len(balanceNames) {
+		return balanceNames[b]
+	}
+	return "unknown"
+}
+
+// ParseBalance returns the algorithm of the given name.
+func ParseBalance(name string) (Balance, error) {
+	for b, n := range balanceNames {
+		if n == name {
+			return Balance(b), nil
+		}
+	}
+	return 0, Invalidf("unknown balancing algorithm %q: want round_robin, random, least_conn or p2c", name)
+}
+
+// Pool is the set of hosts one request chooses from, indexed from 0 to
+// Len()-1; for a pool made from a Service, index i is Endpoints[i].
+type Pool interface {
+	// Len returns the number of hosts.
+	Len() int
+	// Candidate reports whether host i may take the request's next try:
+	// not tried by it yet, and (see Endpoint.Pickable) in rotation, or,
+	// with ignoreHealth, merely not being removed.
+	Candidate(i int, ignoreHealth bool) bool
+	// Weight returns host i's weight (1 to 100).
+	Weight(i int) int
+	// InFlight returns host i's requests in flight.
+	InFlight(i int) int
+}
+
+// Rotation is a position in a round-robin order, shared by the requests
+// that balance over the same hosts; a Service carries one with its
+// weighted schedule. The zero value is a plain rotation over however many
+// hosts a pool has.
+type Rotation struct {
+	schedule []int32 // weighted order of host indexes; nil when weights are equal
+	next     atomic.Uint64
+}
+
+// Pick returns the index of the host for the request's next try, or -1
+// when no host is a candidate. rot is a Service's rotation, or one the
+// caller keeps for a pool of equal hosts: RoundRobin turns it, and
+// RoundRobin and Random follow its weighted order. Pick takes no lock and
+// does not allocate.
+func (b Balance) Pick(p Pool, rot *Rotation, ignoreHealth bool) int {
+	if p.Len() == 0 {
+		return -1
+	}
+	switch b {
+	case Random:
+		return scan(p, rot.schedule, rand.Uint64(), ignoreHealth)
+	case LeastConn:
+		return leastConn(p, ignoreHealth)
+	case P2C:
+		return powerOfTwo(p, ignoreHealth)
+	default:
+		return scan(p, rot.schedule, rot.next.Add(1)-1, ignoreHealth)
+	}
+}
+
+// scan walks the pool in (weighted) round-robin order from position start
+// and returns the first candidate.
+func scan(p Pool, sched []int32, start uint64, ignoreHealth bool) int {
+	if sched != nil {
+		n := uint64(len(sched))
+		for k := range n {
+			if i := int(sched[(start+k)%n]); p.Candidate(i, ignoreHealth) {
+				return i
+			}
+		}
+		return -1
+	}
+	n := uint64(p.Len())
+	for k := range n {
+		if i := int((start + k) % n); p.Candidate(i, ignoreHealth) {
+			return i
+		}
+	}
+	return -1
+}
+
+// busier reports whether host i has more requests in flight per unit of
+// weight than host j.
+func busier(p Pool, i, j int) bool {
+	return p.InFlight(i)*p.Weight(j) > p.InFlight(j)*p.Weight(i)
+}
+
+// leastConn returns the candidate with the fewest requests in flight per
+// unit of weight; scanning from a random offset breaks ties at random.
+func leastConn(p Pool, ignoreHealth bool) int {
+	n := p.Len()
+	start := rand.IntN(n)
+	best := -1
+	for k := range n {
+		i := (start + k) % n
+		if p.Candidate(i, ignoreHealth) && (best < 0 || busier(p, best, i)) {
+			best = i
+		}
+	}
+	return best
+}
+
+// powerOfTwo returns the less busy of two random candidates.
+func powerOfTwo(p Pool, ignoreHealth bool) int {
+	if n := p.Len(); n > 1 {
+		// the common case: two random hosts, both candidates
+		i, j := rand.IntN(n), rand.IntN(n-1)
+		if j >= i {
+			j++
+		}
+		if p.Candidate(i, ignoreHealth) && p.Candidate(j, ignoreHealth) {
+			return lessBusy(p, i, j)
+		}
+	}
+	// Otherwise pick two among the candidates, asking Candidate once per
+	// host: its answer may change between two calls (slow start is random,
+	// health changes under us).
+	var buf [16]int
+	cands := buf[:0]
+	for i := range p.Len() {
+		if p.Candidate(i, ignoreHealth) {
+			cands = append(cands, i)
+		}
+	}
+	switch len(cands) {
+	case 0:
+		return -1
+	case 1:
+		return cands[0]
+	}
+	k1, k2 := rand.IntN(len(cands)), rand.IntN(len(cands)-1)
+	if k2 >= k1 {
+		k2++
+	}
+	return lessBusy(p, cands[k1], cands[k2])
+}
+
+// lessBusy returns whichever of hosts i and j is less busy.
+func lessBusy(p Pool, i, j int) int {
+	if busier(p, i, j) {
+		return j
+	}
+	return i
+}

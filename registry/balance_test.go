@@ -1,0 +1,122 @@
+package registry
+
+import (
+	"testing"
+	"time"
+)
+
+var balances = []Balance{RoundRobin, Random, LeastConn, P2C}
+
+// svcPool is a Pool over a Service's endpoints for one request.
+type svcPool struct {
+	svc      *Service
+	tried    map[int]bool
+	inFlight []int
+}
+
+func newSvcPool(svc *Service) *svcPool {
+	return &svcPool{svc: svc, tried: map[int]bool{}, inFlight: make([]int, len(svc.Endpoints))}
+}
+
+func (p *svcPool) Len() int           { return len(p.svc.Endpoints) }
+func (p *svcPool) Weight(i int) int   { return p.svc.Endpoints[i].Weight }
+func (p *svcPool) InFlight(i int) int { return p.inFlight[i] }
+func (p *svcPool) Candidate(i int, ignoreHealth bool) bool {
+	return !p.tried[i] && p.svc.Endpoints[i].Pickable(ignoreHealth)
+}
+
+func TestParseBalance(t *testing.T) {
+	for _, b := range balances {
+		if got, err := ParseBalance(b.String()); err != nil || got != b {
+			t.Errorf("ParseBalance(%q) = %v, %v", b, got, err)
+		}
+	}
+	if _, err := ParseBalance("fastest"); err == nil {
+		t.Error("ParseBalance accepted fastest")
+	}
+}
+
+// TestPickEveryHostOnce picks until nothing is left: every host once.
+func TestPickEveryHostOnce(t *testing.T) {
+	tbl := NewTable()
+	key := ServiceKey{"users", "v1"}
+	tbl.Replace(normalized(t, map[ServiceKey][]Endpoint{key: {{Address: "127.0.0.1:1", Weight: 3}, {Address: "127.0.0.1:2"}, {Address: "127.0.0.1:3", Weight: 2}}}))
+	svc, _ := tbl.Snapshot().Lookup("users", "v1")
+	for _, b := range balances {
+		p := newSvcPool(svc)
+		for range 3 {
+			i := b.Pick(p, svc.Rotation(), false)
+			if i < 0 || p.tried[i] {
+				t.Fatalf("%s: picked %d after %v", b, i, p.tried)
+			}
+			p.tried[i] = true
+		}
+		if i := b.Pick(p, svc.Rotation(), false); i != -1 {
+			t.Errorf("%s: picked %d with every host tried", b, i)
+		}
+	}
+}
+
+// TestPickShares checks each algorithm's shares over many requests: the
+// weights for round_robin and random; the idle host for least_conn and
+// for p2c the less busy per unit of weight of two random hosts (host 0,
+// with 9 in flight and weight 3, is less busy than host 2 with 5 and 1).
+func TestPickShares(t *testing.T) {
+	tbl := NewTable()
+	key := ServiceKey{"users", "v1"}
+	tbl.Replace(normalized(t, map[ServiceKey][]Endpoint{key: {{Address: "127.0.0.1:1", Weight: 3}, {Address: "127.0.0.1:2"}, {Address: "127.0.0.1:3"}}}))
+	svc, _ := tbl.Snapshot().Lookup("users", "v1")
+	const n = 10000
+	for _, tc := range []struct {
+		b        Balance
+		inFlight []int
+		lo, hi   [3]float64
+	}{
+		{RoundRobin, []int{0, 0, 0}, [3]float64{0.6, 0.2, 0.2}, [3]float64{0.6, 0.2, 0.2}},
+		{Random, []int{0, 0, 0}, [3]float64{0.57, 0.18, 0.18}, [3]float64{0.63, 0.22, 0.22}},
+		{LeastConn, []int{9, 0, 5}, [3]float64{0, 1, 0}, [3]float64{0, 1, 0}},
+		{P2C, []int{9, 0, 5}, [3]float64{0.3, 0.63, 0}, [3]float64{0.37, 0.7, 0}},
+	} {
+		counts := [3]float64{}
+		for range n {
+			p := newSvcPool(svc)
+			copy(p.inFlight, tc.inFlight)
+			counts[tc.b.Pick(p, svc.Rotation(), false)]++
+		}
+		for i := range counts {
+			if share := counts[i] / n; share < tc.lo[i]-1e-9 || share > tc.hi[i]+1e-9 {
+				t.Errorf("%s: host %d got %.3f, want %.2f to %.2f", tc.b, i, share, tc.lo[i], tc.hi[i])
+			}
+		}
+	}
+}
+
+// TestSlowStartEveryBalance picks among hosts that all ramp up after
+// coming back. Whether a ramping host is a candidate is drawn at random on
+// every look, so a balance that looks twice must not trust its first
+// count. Every pick must be a host of the service, and every request
+// finds one: when the draw skips every ramping host, panic mode takes any
+// host not tried yet.
+func TestSlowStartEveryBalance(t *testing.T) {
+	clock := newFakeClock()
+	tbl := newTable(clock.Now)
+	key := ServiceKey{"users", "v1"}
+	tbl.Replace(normalized(t, map[ServiceKey][]Endpoint{key: eps("127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3", "127.0.0.1:4", "127.0.0.1:5")}))
+	svc, _ := tbl.Snapshot().Lookup("users", "v1")
+	for _, ep := range svc.Endpoints {
+		ep.health.rampStart.Store(clock.Now().UnixNano())
+		ep.health.rampEnd.Store(clock.Now().Add(time.Hour).UnixNano())
+	}
+	for _, b := range balances {
+		for range 2000 {
+			p := newSvcPool(svc)
+			i := b.Pick(p, svc.Rotation(), false)
+			if i < 0 {
+				i = b.Pick(p, svc.Rotation(), true)
+			}
+			if i < 0 || i >= len(svc.Endpoints) {
+				t.Fatalf("%s: picked %d", b, i)
+			}
+		}
+	}
+}

@@ -1,0 +1,49 @@
+// Package registry is the core of svcreg: a registry of the endpoints
+// (host:port) of every version of every service, that a proxy reads on
+// every request without locks or I/O, and that keeps each endpoint's
+// health. It imports nothing of Caddy; the Caddy modules of
+// github.com/svcreg/caddy-svcreg are thin glue around it, and any Go
+// program can use it the same way.
+//
+// The parts:
+//
+//   - ServiceKey names a service version; ValidName and ParseAddress say
+//     what names and addresses are, and Endpoint.Normalize makes an
+//     endpoint canonical.
+//   - A Table holds the registry as an immutable Snapshot of Services,
+//     each with its sorted Endpoints and weighted round-robin Rotation.
+//     Readers load the snapshot atomically; writers publish a new one.
+//   - A Backend (memory, etcd, ...) stores the endpoints and feeds the
+//     Table; see the backends directory.
+//   - Local ties a Backend, its Table and a health checker together and
+//     implements Registry: Add, Delete (which drains the endpoint first),
+//     Failure (passive health) and Lookup.
+//   - A HealthPolicy, built from HealthCheck entries, configures active
+//     checks, rise and fall, slow start, the ejection limit and the drain
+//     timeout; the probe itself is a ProbeFunc (Prober by default).
+//   - Balance.Pick chooses a request's next host from a Pool, never one
+//     the request already tried.
+//
+// A program that balances its own requests over a registry:
+//
+//	reg := registry.New(backend, registry.Options{})
+//	if err := reg.Start(registry.BackendEnv{Seeds: seeds}, nil, nil); err != nil {
+//		return err
+//	}
+//	defer reg.Stop()
+//
+//	svc, err := reg.Lookup(registry.ServiceKey{Service: "users", Version: "v1"})
+//	if err != nil {
+//		return err // unknown service or version, or not synced yet
+//	}
+//	pool := newPool(svc) // a Pool over svc.Endpoints that remembers what was tried
+//	i := registry.RoundRobin.Pick(pool, svc.Rotation(), false)
+//	if i < 0 {
+//		return svc.Unavailable()
+//	}
+//	ep := svc.Endpoints[i]
+//	ep.Sent(nil)
+//	if err := call(ep.Address); err != nil {
+//		reg.Failure(svc.Key(), ep.Address) // out of rotation until it answers
+//	}
+package registry

@@ -1,0 +1,197 @@
+package registry
+
+import (
+	"maps"
+	"math/rand/v2"
+	"time"
+)
+
+// Endpoint is one host of a service version. Values handed out by a
+// Snapshot are shared and must not be modified.
+type Endpoint struct {
+	// Address is the host:port to dial, for example 127.0.0.1:9091 or
+	// [::1]:9091. An http:// prefix is accepted and dropped.
+	Address string `json:"address,omitempty"`
+
+	// Weight is the endpoint's share of requests relative to the other
+	// endpoints of its service version, from 1 to 100. Default: 1.
+	Weight int `json:"weight,omitempty"`
+
+	// Metadata is free-form information about the endpoint (at most 16
+	// entries of up to 256 bytes each), shown by the admin API.
+	Metadata map[string]string `json:"metadata,omitempty"`
+
+	// TTL, given when adding an endpoint, binds it to a lease of that
+	// length that the registry keeps alive while the endpoint stays
+	// registered: if the registry's process stops, the endpoint disappears
+	// TTL later. Only backends with leases (etcd) accept it; 1s to 24h. It
+	// is an input of Registry.Add only: snapshots do not carry it.
+	// Default: none.
+	TTL Duration `json:"ttl,omitempty"`
+
+	// health is shared by every snapshot that holds this endpoint.
+	health *endpointHealth
+}
+
+// Limits of an endpoint's weight, metadata and TTL.
+const (
+	MaxWeight          = 100
+	maxMetadataEntries = 16
+	maxMetadataLen     = 256
+	minTTL             = Duration(time.Second)
+	maxTTL             = Duration(24 * time.Hour)
+)
+
+// sameConfig reports whether ep and other have the same settings.
+func (ep *Endpoint) sameConfig(other Endpoint) bool {
+	return ep.Weight == other.Weight && maps.Equal(ep.Metadata, other.Metadata)
+}
+
+// Normalize validates ep and returns it with a canonical address (see
+// ParseAddress), a weight of 1 for 0, and its own copy of the metadata.
+// Errors match ErrInvalid.
+func (ep Endpoint) Normalize() (Endpoint, error) {
+	addr, err := ParseAddress(ep.Address)
+	if err != nil {
+		return Endpoint{}, err
+	}
+	w := ep.Weight
+	if w == 0 {
+		w = 1
+	}
+	if w < 1 || w > MaxWeight {
+		return Endpoint{}, Invalidf("invalid weight %d for %s: want 1 to %d", ep.Weight, addr, MaxWeight)
+	}
+	if len(ep.Metadata) > maxMetadataEntries {
+		return Endpoint{}, Invalidf("metadata of %s: %d entries, want at most %d", addr, len(ep.Metadata), maxMetadataEntries)
+	}
+	for k, v := range ep.Metadata {
+		if k == "" || len(k) > maxMetadataLen || len(v) > maxMetadataLen {
+			return Endpoint{}, Invalidf("metadata of %s: keys must be 1 to %d bytes, values at most %d", addr, maxMetadataLen, maxMetadataLen)
+		}
+	}
+	if ep.TTL != 0 && (ep.TTL < minTTL || ep.TTL > maxTTL) {
+		return Endpoint{}, Invalidf("invalid ttl %s for %s: want 1s to 24h", time.Duration(ep.TTL), addr)
+	}
+	var meta map[string]string
+	if len(ep.Metadata) > 0 {
+		meta = maps.Clone(ep.Metadata)
+	}
+	return Endpoint{Address: addr, Weight: w, Metadata: meta, TTL: ep.TTL}, nil
+}
+
+// Available reports whether the endpoint is in rotation: not failed, not
+// failing its active checks, not being removed.
+func (ep *Endpoint) Available() bool { return ep.health.available() }
+
+// Pickable reports whether a new request may go to the endpoint. An
+// endpoint being removed never may; with ignoreHealth (panic mode: every
+// other choice is out of rotation too) any other may. Otherwise it must be
+// in rotation, and an endpoint in slow start is pickable with the
+// probability of its current share, drawn anew at every call.
+func (ep *Endpoint) Pickable(ignoreHealth bool) bool {
+	h := ep.health
+	if h.draining.Load() {
+		return false
+	}
+	if ignoreHealth {
+		return true
+	}
+	if !h.available() {
+		return false
+	}
+	if h.rampEnd.Load() != 0 {
+		if share := h.rampShare(h.now().UnixNano()); share < 1 && rand.Float64() >= share {
+			return false
+		}
+	}
+	return true
+}
+
+// InFlight returns how many requests the proxy has in flight to the
+// endpoint, as counted by the InFlightCounter last given to TrackInFlight.
+func (ep *Endpoint) InFlight() int {
+	if c, _ := ep.health.inFlight.Load().(InFlightCounter); c != nil {
+		return c.NumRequests()
+	}
+	return 0
+}
+
+// InFlightCounter counts the requests a proxy has in flight to one
+// address, such as Caddy's reverseproxy.Host.
+type InFlightCounter interface {
+	NumRequests() int
+}
+
+// Sent records that a request's try goes to the endpoint, and where the
+// proxy counts its requests in flight (used by drains, least_conn and the
+// stats); c must always be of the same type and comparable. It is meant
+// for the request path: no allocation, no lock.
+func (ep *Endpoint) Sent(c InFlightCounter) {
+	h := ep.health
+	h.requests.Add(1)
+	if c != nil && h.inFlight.Load() != c {
+		h.inFlight.Store(c)
+	}
+}
+
+// EndpointStats is a point-in-time view of an endpoint's health and
+// counters.
+type EndpointStats struct {
+	// Available is true when the endpoint is in rotation.
+	Available bool
+	// OutOfRotation says why it is not: "draining" (being removed),
+	// "probe" (failing its active checks), "passive" (failed a request),
+	// or "" when it is in rotation.
+	OutOfRotation string
+	// Fails counts its failed requests in a row since it last answered.
+	Fails int
+	// LastFailure is when it last failed a request, or zero.
+	LastFailure time.Time
+	// NextCheck is when it is checked next while out after a failed
+	// request, or zero.
+	NextCheck time.Time
+	// SlowStartUntil is when its slow start ends, or zero when it is not
+	// ramping up.
+	SlowStartUntil time.Time
+	// InFlight counts the requests in flight to it.
+	InFlight int
+	// Requests counts the tries sent to it, Failures those that failed
+	// without an answer, Ejections the times it left rotation after a
+	// failed request.
+	Requests, Failures, Ejections uint64
+}
+
+// Stats returns the endpoint's current health and counters.
+func (ep *Endpoint) Stats() EndpointStats {
+	h := ep.health
+	st := EndpointStats{
+		Available:   h.available(),
+		Fails:       int(h.fails.Load()),
+		LastFailure: unixTime(h.lastFailure.Load()),
+		InFlight:    ep.InFlight(),
+		Requests:    h.requests.Load(),
+		Failures:    h.failures.Load(),
+		Ejections:   h.ejections.Load(),
+	}
+	switch {
+	case h.draining.Load():
+		st.OutOfRotation = "draining"
+	case h.probeDown.Load():
+		st.OutOfRotation = "probe"
+	case h.ejected.Load():
+		st.OutOfRotation = "passive"
+		st.NextCheck = unixTime(h.nextProbe.Load())
+	}
+	if end := h.rampEnd.Load(); end > h.now().UnixNano() {
+		st.SlowStartUntil = time.Unix(0, end)
+	}
+	return st
+}
+
+func unixTime(n int64) time.Time {
+	if n == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, n)
+}

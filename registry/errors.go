@@ -1,0 +1,45 @@
+package registry
+
+import (
+	"errors"
+	"fmt"
+)
+
+// Errors that callers tell apart with errors.Is.
+var (
+	// ErrInvalid is wrapped by every error about bad input: a bad service
+	// or version name, a bad address, a bad weight.
+	ErrInvalid = errors.New("invalid input")
+	// ErrUnknownService means no version of the service is registered.
+	ErrUnknownService = errors.New("unknown service")
+	// ErrUnknownVersion means the service is registered, but not this version.
+	ErrUnknownVersion = errors.New("unknown version")
+	// ErrUnknownEndpoint means the service version has no such endpoint.
+	ErrUnknownEndpoint = errors.New("unknown endpoint")
+	// ErrNotSynced means the backend has not loaded its endpoints yet.
+	ErrNotSynced = errors.New("registry not synced with its backend yet")
+	// ErrBackendUnavailable means the backend's store could not be reached
+	// to make a change; nothing was changed.
+	ErrBackendUnavailable = errors.New("registry backend unavailable")
+	// ErrSeeded means an endpoint comes from the config's seeds, which the
+	// backend does not store: remove it from the config instead.
+	ErrSeeded = errors.New("endpoint is seeded by the config, not stored in the backend")
+	// ErrNoAvailableHost means a known service version has no endpoint
+	// that takes requests.
+	ErrNoAvailableHost = errors.New("no available host")
+)
+
+// inputError is an error about bad input; it matches ErrInvalid.
+type inputError struct{ msg string }
+
+func (e inputError) Error() string        { return e.msg }
+func (e inputError) Is(target error) bool { return target == ErrInvalid }
+
+// Invalidf returns an error about bad input, formatted as fmt.Sprintf
+// does, that matches ErrInvalid.
+func Invalidf(format string, args ...any) error {
+	return inputError{msg: fmt.Sprintf(format, args...)}
+}
+
+// errStopped says a stopped registry was started again.
+var errStopped = errors.New("the registry was stopped")

@@ -1,0 +1,105 @@
+package registry
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"time"
+)
+
+// ProbeFunc checks one endpoint and returns nil when it passes. It must
+// return once ctx is done.
+type ProbeFunc func(ctx context.Context, target ProbeTarget) error
+
+// ProbeTarget is what a probe checks.
+type ProbeTarget struct {
+	// Key and Address name the endpoint.
+	Key     ServiceKey
+	Address string
+	// Check is the service version's health configuration.
+	Check *HealthCheck
+}
+
+// Prober is the default probe: for a service version with active checks
+// an HTTP (or, with TLS, HTTPS) GET of the check's path and port, that
+// must answer within its timeout with a status in its range and a body
+// matching its pattern, without following redirects; without active
+// checks, a TCP connect (which is how a passively failed endpoint is
+// seen to answer again).
+type Prober struct {
+	// Dial opens connections: the TCP connects, and the connections of
+	// plain-HTTP checks. Default: a net.Dialer with a 1s timeout.
+	Dial func(ctx context.Context, network, address string) (net.Conn, error)
+
+	plain *http.Transport
+}
+
+// dialTimeout bounds the TCP connect of a check without an active check.
+const dialTimeout = time.Second
+
+// NewProber returns the default probe. Close releases its idle
+// connections.
+func NewProber() *Prober {
+	d := &net.Dialer{Timeout: dialTimeout}
+	p := &Prober{Dial: d.DialContext}
+	p.plain = &http.Transport{
+		DialContext:         func(ctx context.Context, n, a string) (net.Conn, error) { return p.Dial(ctx, n, a) },
+		MaxIdleConnsPerHost: 1,
+		IdleConnTimeout:     30 * time.Second,
+	}
+	return p
+}
+
+// Probe checks target.
+func (p *Prober) Probe(ctx context.Context, target ProbeTarget) error {
+	hc := target.Check
+	if hc == nil || !hc.Active() {
+		conn, err := p.Dial(ctx, "tcp", target.Address)
+		if err != nil {
+			return err
+		}
+		return conn.Close()
+	}
+	addr := target.Address
+	if hc.Port != 0 {
+		host, _, _ := net.SplitHostPort(addr)
+		addr = net.JoinHostPort(host, strconv.Itoa(hc.Port))
+	}
+	path := hc.Path
+	if path == "" {
+		path = "/"
+	}
+	scheme, transport := "http", http.RoundTripper(p.plain)
+	if hc.transport != nil {
+		scheme, transport = "https", hc.transport
+	}
+	ctx, cancel := context.WithTimeout(ctx, time.Duration(hc.Timeout))
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, scheme+"://"+addr+path, nil)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("User-Agent", "caddy-svcreg-health-check")
+	resp, err := transport.RoundTrip(req) // a round trip follows no redirect
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	if err != nil {
+		return fmt.Errorf("reading the body: %w", err)
+	}
+	if !hc.status.has(resp.StatusCode) {
+		return fmt.Errorf("status %d, want %s", resp.StatusCode, hc.Status)
+	}
+	if hc.body != nil && !hc.body.Match(body) {
+		return fmt.Errorf("body does not match %q", hc.Body)
+	}
+	return nil
+}
+
+// Close closes the probe's idle connections.
+func (p *Prober) Close() { p.plain.CloseIdleConnections() }

@@ -1,0 +1,258 @@
+package registry
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// Registry holds the endpoints of every service version. Lookup and
+// Failure are on the request path: they read an immutable snapshot, take
+// no lock and do no I/O. Add and Delete go through the registry's backend
+// and are visible to the next Lookup once they return.
+type Registry interface {
+	// Add registers ep under key. Adding an endpoint that is already
+	// registered is harmless; a new weight replaces the old one.
+	Add(ctx context.Context, key ServiceKey, ep Endpoint) error
+	// Delete removes the endpoint with the given address from key. It
+	// first drains it: no new requests, and up to the drain timeout for
+	// those in flight to finish. It returns an error matching
+	// ErrUnknownVersion or ErrUnknownEndpoint when there is nothing to
+	// delete.
+	Delete(ctx context.Context, key ServiceKey, address string) (Drain, error)
+	// Failure records that a request to the endpoint failed; the endpoint
+	// leaves rotation until it answers again.
+	Failure(key ServiceKey, address string)
+	// Lookup returns the service version's endpoints, or an error matching
+	// ErrUnknownService, ErrUnknownVersion or ErrNotSynced.
+	Lookup(key ServiceKey) (*Service, error)
+	// Snapshot returns the current immutable view of the whole registry.
+	Snapshot() *Snapshot
+}
+
+// Drain says how removing an endpoint went.
+type Drain struct {
+	// Drained is true when no request was in flight any more at removal,
+	// false when the drain timeout ran out first.
+	Drained bool
+	// Waited is how long the removal waited for requests in flight.
+	Waited time.Duration
+	// InFlight is how many requests were still in flight at removal.
+	InFlight int
+}
+
+// drainPoll is how often a drain looks at the requests in flight.
+const drainPoll = 10 * time.Millisecond
+
+// Options configure a Local registry.
+type Options struct {
+	// Logger is used until a Start hands over a BackendEnv's. Default: none.
+	Logger *zap.Logger
+	// Now is the registry's clock. Default: time.Now.
+	Now func() time.Time
+	// Probe checks an endpoint for the health checker. Default: a
+	// Prober (HTTP checks, and TCP connects for passive re-checks).
+	Probe ProbeFunc
+}
+
+// Local is a Registry in this process: a Backend feeding a Table that
+// requests read, a health checker, and drains. Make it with New, start it
+// with Start, and Stop it when done.
+type Local struct {
+	table   *Table
+	backend Backend
+	health  *checker
+	now     func() time.Time
+	prober  *Prober // the default probe, if used
+
+	mu      sync.Mutex // guards started, stopped and orders Start calls
+	started bool
+	stopped bool
+	cancel  context.CancelFunc
+	done    sync.WaitGroup
+}
+
+// New returns a registry on backend; it does nothing until Start.
+func New(backend Backend, opts Options) *Local {
+	if opts.Logger == nil {
+		opts.Logger = zap.NewNop()
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	l := &Local{backend: backend, now: opts.Now, table: newTable(opts.Now)}
+	if opts.Probe == nil {
+		l.prober = NewProber()
+		opts.Probe = l.prober.Probe
+	}
+	l.health = newChecker(l.table, opts.Now, opts.Probe, opts.Logger)
+	return l
+}
+
+// Start starts the backend with env and the health checker the first
+// time; later calls (a configuration that starts later) hand the backend
+// env instead. Then the health checker takes policy (nil: the defaults,
+// or the previous one) and events (nil: none, or the previous ones). On
+// error nothing changed.
+func (l *Local) Start(env BackendEnv, policy *HealthPolicy, events EventFunc) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.stopped {
+		return fmt.Errorf("starting registry: %w", errStopped)
+	}
+	if env.Logger == nil {
+		env.Logger = zap.NewNop()
+	}
+	if l.started {
+		if err := l.backend.Reconfigure(env); err != nil {
+			return err
+		}
+	} else {
+		if err := l.backend.Start(l.table, env); err != nil {
+			return err
+		}
+		l.started = true
+		ctx, cancel := context.WithCancel(context.Background())
+		l.cancel = cancel
+		l.done.Go(func() { l.health.run(ctx) })
+	}
+	l.health.configure(policy, env.Logger, events)
+	return nil
+}
+
+// Stop ends the health checker and its probes, then stops the backend.
+// A stopped registry cannot start again.
+func (l *Local) Stop() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.stopped {
+		return nil
+	}
+	l.stopped = true
+	if !l.started {
+		return nil
+	}
+	l.cancel()
+	l.done.Wait()
+	if l.prober != nil {
+		l.prober.Close()
+	}
+	return l.backend.Stop()
+}
+
+// Table returns the table the backend feeds.
+func (l *Local) Table() *Table { return l.table }
+
+// Add validates and normalizes ep and stores it through the backend.
+func (l *Local) Add(ctx context.Context, key ServiceKey, ep Endpoint) error {
+	if err := key.Validate(); err != nil {
+		return err
+	}
+	ep, err := ep.Normalize()
+	if err != nil {
+		return err
+	}
+	if err := l.backend.Add(ctx, key, ep); err != nil {
+		return err
+	}
+	// added again while a removal drained it: it stays, so it serves
+	if added := l.endpoint(key, ep.Address); added != nil {
+		added.health.draining.Store(false)
+	}
+	return nil
+}
+
+// endpoint returns the registered endpoint of key at address, or nil.
+func (l *Local) endpoint(key ServiceKey, address string) *Endpoint {
+	svc, err := l.Lookup(key)
+	if err != nil {
+		return nil
+	}
+	return svc.Endpoint(address)
+}
+
+// Delete drains the endpoint, then removes it through the backend.
+func (l *Local) Delete(ctx context.Context, key ServiceKey, address string) (Drain, error) {
+	if err := key.Validate(); err != nil {
+		return Drain{}, err
+	}
+	addr, err := ParseAddress(address)
+	if err != nil {
+		return Drain{}, err
+	}
+	if !l.table.Snapshot().Synced() {
+		return Drain{}, fmt.Errorf("deleting %s from %s: %w", addr, key, ErrNotSynced)
+	}
+	// refuse what the backend would refuse before draining anything
+	if c, ok := l.backend.(DeleteChecker); ok {
+		if err := c.CheckDelete(key, addr); err != nil {
+			return Drain{}, err
+		}
+	}
+	drain := Drain{Drained: true}
+	ep := l.endpoint(key, addr)
+	if ep != nil {
+		// No new requests from now on; wait for those in flight. A second
+		// removal of the same endpoint waits too, so that neither removes
+		// it before the requests in flight are done.
+		ep.health.draining.Store(true)
+		drain = l.drain(ctx, key, ep)
+	}
+	if err := l.backend.Delete(context.WithoutCancel(ctx), key, addr); err != nil {
+		if ep != nil {
+			ep.health.draining.Store(false) // nothing half-applied
+		}
+		return Drain{}, err
+	}
+	// still there (a seed the deleted entry overrode, or added back in
+	// the meantime): it serves again
+	if still := l.endpoint(key, addr); still != nil {
+		still.health.draining.Store(false)
+	}
+	return drain, nil
+}
+
+// drain waits until ep has no request in flight, its drain timeout (on
+// the registry's clock) runs out or ctx is done.
+func (l *Local) drain(ctx context.Context, key ServiceKey, ep *Endpoint) Drain {
+	begin := l.now()
+	deadline := begin.Add(time.Duration(l.health.policy.Load().For(key).DrainTimeout))
+	tick := time.NewTicker(drainPoll)
+	defer tick.Stop()
+	for ep.InFlight() > 0 && l.now().Before(deadline) {
+		select {
+		case <-tick.C:
+			continue
+		case <-ctx.Done():
+		}
+		break
+	}
+	n := ep.InFlight()
+	return Drain{Drained: n == 0, Waited: l.now().Sub(begin), InFlight: n}
+}
+
+// Failure takes the endpoint out of rotation, within its service's
+// ejection limit, until a check sees it answer.
+func (l *Local) Failure(key ServiceKey, address string) {
+	svc, err := l.Lookup(key)
+	if err != nil {
+		return
+	}
+	if ep := svc.Endpoint(address); ep != nil {
+		l.health.failure(svc, ep)
+	}
+}
+
+// Lookup returns a service version from the current snapshot.
+func (l *Local) Lookup(key ServiceKey) (*Service, error) {
+	return l.table.Snapshot().Lookup(key.Service, key.Version)
+}
+
+// Snapshot returns the current snapshot.
+func (l *Local) Snapshot() *Snapshot { return l.table.Snapshot() }
+
+// Interface guards
+var _ Registry = (*Local)(nil)

@@ -1,0 +1,107 @@
+package registry
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+	"sync/atomic"
+)
+
+// Service is one version of a service and its endpoints, as seen in one
+// Snapshot. It never changes once published, but for its counters.
+type Service struct {
+	// Name and Version identify the service version.
+	Name, Version string
+	// Prefix is the request path prefix, /<name>/<version>.
+	Prefix string
+	// Endpoints are sorted by address. The slice is shared: never modify it.
+	Endpoints []*Endpoint
+
+	rotation Rotation
+
+	// Values made once, so that storing them as interfaces does not allocate.
+	nameVal, versionVal, prefixVal any
+	unavailable                    error
+
+	retries *atomic.Uint64 // tries after a request's first; kept across snapshots
+}
+
+// Key returns the service version's key.
+func (s *Service) Key() ServiceKey { return ServiceKey{s.Name, s.Version} }
+
+// Endpoint returns the endpoint with the given canonical address, or nil.
+func (s *Service) Endpoint(address string) *Endpoint {
+	i, ok := slices.BinarySearchFunc(s.Endpoints, address, func(ep *Endpoint, a string) int {
+		return strings.Compare(ep.Address, a)
+	})
+	if !ok {
+		return nil
+	}
+	return s.Endpoints[i]
+}
+
+// Rotation returns the service version's round-robin position, shared by
+// every request to it.
+func (s *Service) Rotation() *Rotation { return &s.rotation }
+
+// Values returns the name, version and prefix as interface values made
+// once per Service, for code that stores them as `any` on every request
+// (Caddy's placeholders do) without allocating.
+func (s *Service) Values() (name, version, prefix any) {
+	return s.nameVal, s.versionVal, s.prefixVal
+}
+
+// Unavailable returns the error for a request that finds no available
+// endpoint of the service version: it matches ErrNoAvailableHost and
+// names the service and version. It is made once per Service.
+func (s *Service) Unavailable() error { return s.unavailable }
+
+// CountRetry counts one more try after a request's first.
+func (s *Service) CountRetry() { s.retries.Add(1) }
+
+// Retries returns how many tries came after a request's first, over the
+// service version's life in the registry.
+func (s *Service) Retries() uint64 { return s.retries.Load() }
+
+func newService(key ServiceKey, eps []*Endpoint) *Service {
+	s := &Service{
+		Name:      key.Service,
+		Version:   key.Version,
+		Prefix:    "/" + key.Service + "/" + key.Version,
+		Endpoints: eps,
+		rotation:  Rotation{schedule: weightedSchedule(eps)},
+		retries:   new(atomic.Uint64),
+	}
+	s.nameVal, s.versionVal, s.prefixVal = s.Name, s.Version, s.Prefix
+	s.unavailable = fmt.Errorf("%w for service %q version %q", ErrNoAvailableHost, s.Name, s.Version)
+	return s
+}
+
+// weightedSchedule returns a smooth weighted round-robin order (as nginx
+// does it) of indexes into eps, or nil when all weights are equal.
+func weightedSchedule(eps []*Endpoint) []int32 {
+	equal, total := true, 0
+	for _, ep := range eps {
+		total += ep.Weight
+		if ep.Weight != eps[0].Weight {
+			equal = false
+		}
+	}
+	if equal {
+		return nil
+	}
+	sched := make([]int32, 0, total)
+	current := make([]int, len(eps))
+	for range total {
+		best := 0
+		for i, ep := range eps {
+			current[i] += ep.Weight
+			if current[i] > current[best] {
+				best = i
+			}
+		}
+		current[best] -= total
+		sched = append(sched, int32(best))
+	}
+	return sched
+}

@@ -1,0 +1,148 @@
+package registry
+
+import (
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"testing"
+)
+
+func TestWeightedSchedule(t *testing.T) {
+	eps := []*Endpoint{{Address: "a", Weight: 3}, {Address: "b", Weight: 1}, {Address: "c", Weight: 1}}
+	sched := weightedSchedule(eps)
+	if want := []int32{0, 1, 0, 2, 0}; !slices.Equal(sched, want) {
+		t.Errorf("schedule = %v, want %v (smooth weighted round robin)", sched, want)
+	}
+	if s := weightedSchedule([]*Endpoint{{Weight: 2}, {Weight: 2}}); s != nil {
+		t.Errorf("equal weights: schedule = %v, want nil", s)
+	}
+}
+
+func TestTable(t *testing.T) {
+	users := ServiceKey{"users", "v1"}
+	tbl := NewTable()
+	if _, err := tbl.Snapshot().Lookup("users", "v1"); !errors.Is(err, ErrNotSynced) {
+		t.Fatalf("new table: Lookup error = %v, want ErrNotSynced", err)
+	}
+	tbl.Replace(map[ServiceKey][]Endpoint{users: eps("b:1", "a:1")})
+
+	svc, err := tbl.Snapshot().Lookup("users", "v1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := addresses(svc); !slices.Equal(got, []string{"a:1", "b:1"}) {
+		t.Errorf("endpoints = %v, want sorted [a:1 b:1]", got)
+	}
+	if svc.Prefix != "/users/v1" {
+		t.Errorf("prefix = %q", svc.Prefix)
+	}
+	if name, version, prefix := svc.Values(); name != "users" || version != "v1" || prefix != "/users/v1" {
+		t.Errorf("values = %v %v %v", name, version, prefix)
+	}
+	if err := svc.Unavailable(); !errors.Is(err, ErrNoAvailableHost) || err.Error() != `no available host for service "users" version "v1"` {
+		t.Errorf("unavailable = %v", err)
+	}
+	if _, err := tbl.Snapshot().Lookup("users", "v2"); !errors.Is(err, ErrUnknownVersion) {
+		t.Errorf("unknown version: %v", err)
+	}
+	if _, err := tbl.Snapshot().Lookup("orders", "v1"); !errors.Is(err, ErrUnknownService) {
+		t.Errorf("unknown service: %v", err)
+	}
+
+	// Health and counters survive a write that keeps the endpoint.
+	a := svc.Endpoint("a:1")
+	a.health.ejected.Store(true)
+	svc.CountRetry()
+	tbl.Set(users, eps("a:1", "b:1"))
+	if same, _ := tbl.Snapshot().Lookup("users", "v1"); same != svc {
+		t.Errorf("setting the same endpoints published a new Service")
+	}
+	tbl.Set(users, []Endpoint{{Address: "a:1", Weight: 5}, {Address: "c:1", Weight: 1}})
+	svc2, _ := tbl.Snapshot().Lookup("users", "v1")
+	if got := addresses(svc2); !slices.Equal(got, []string{"a:1", "c:1"}) {
+		t.Errorf("after Set: %v", got)
+	}
+	if a2 := svc2.Endpoint("a:1"); a2.Weight != 5 || a2.Available() {
+		t.Errorf("reweighted endpoint: weight %d available %v; want 5 and the old (ejected) health", a2.Weight, a2.Available())
+	}
+	if svc2.Retries() != 1 {
+		t.Errorf("retries = %d after a rewrite, want the 1 counted before", svc2.Retries())
+	}
+	// The old Service a reader may still hold is unchanged.
+	if got := addresses(svc); !slices.Equal(got, []string{"a:1", "b:1"}) {
+		t.Errorf("old snapshot changed under its reader: %v", got)
+	}
+
+	// A known version with no endpoints, then removal.
+	tbl.Set(users, nil)
+	if svc3, err := tbl.Snapshot().Lookup("users", "v1"); err != nil || len(svc3.Endpoints) != 0 {
+		t.Errorf("empty version: %v, %v", svc3, err)
+	}
+	tbl.Remove(users)
+	if _, err := tbl.Snapshot().Lookup("users", "v1"); !errors.Is(err, ErrUnknownService) {
+		t.Errorf("after Remove: %v", err)
+	}
+}
+
+func TestMerge(t *testing.T) {
+	users, orders, empty, gone := ServiceKey{"users", "v1"}, ServiceKey{"orders", "v1"}, ServiceKey{"empty", "v1"}, ServiceKey{"gone", "v1"}
+	seeds := map[ServiceKey][]Endpoint{
+		users: eps("a:1", "b:1"),
+		empty: {},
+	}
+	changes := map[ServiceKey]map[string]Change{
+		users:  {"a:1": {Endpoint: Endpoint{Address: "a:1", Weight: 3}}, "b:1": {Endpoint: Endpoint{Address: "b:1"}, Deleted: true}, "c:1": {Endpoint: Endpoint{Address: "c:1", Weight: 1}}},
+		orders: {"d:1": {Endpoint: Endpoint{Address: "d:1", Weight: 1}}},
+		gone:   {"e:1": {Endpoint: Endpoint{Address: "e:1"}, Deleted: true}},
+	}
+	all := MergeAll(seeds, changes)
+	got := map[ServiceKey][]string{}
+	for key, eps := range all {
+		slices.SortFunc(eps, func(a, b Endpoint) int { return cmpString(a.Address, b.Address) })
+		for _, ep := range eps {
+			got[key] = append(got[key], fmt.Sprintf("%s/%d", ep.Address, ep.Weight))
+		}
+		if got[key] == nil {
+			got[key] = []string{}
+		}
+	}
+	want := map[ServiceKey][]string{
+		users:  {"a:1/3", "c:1/1"}, // a reweighted, b deleted, c added
+		orders: {"d:1/1"},          // only added
+		empty:  {},                 // seeded with no endpoints: known
+	}
+	if !maps.EqualFunc(got, want, slices.Equal) {
+		t.Errorf("MergeAll = %v, want %v (gone: only a deletion, so unknown)", got, want)
+	}
+}
+
+func cmpString(a, b string) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+func BenchmarkLookup(b *testing.B) {
+	tbl := NewTable()
+	all := map[ServiceKey][]Endpoint{}
+	for i := range 1000 {
+		all[ServiceKey{fmt.Sprintf("svc%d", i), "v1"}] = eps("127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3")
+	}
+	tbl.Replace(all)
+	r := &Local{table: tbl}
+	key := ServiceKey{"svc500", "v1"}
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			svc, err := r.Lookup(key)
+			if err != nil || len(svc.Endpoints) != 3 {
+				b.Fatal("bad lookup")
+			}
+		}
+	})
+}
