@@ -7,6 +7,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/svcreg/caddy-svcreg/backends/memory"
+	"github.com/svcreg/caddy-svcreg/internal/testutil"
 	"github.com/svcreg/caddy-svcreg/registry"
 )
 
@@ -50,25 +51,8 @@ func normalize(t testing.TB, eps []registry.Endpoint) []registry.Endpoint {
 	return out
 }
 
-func eps(addrs ...string) []registry.Endpoint {
-	out := make([]registry.Endpoint, len(addrs))
-	for i, a := range addrs {
-		out[i] = registry.Endpoint{Address: a, Weight: 1}
-	}
-	return out
-}
-
-func addresses(svc *registry.Service) []string {
-	out := []string{}
-	for _, ep := range svc.Endpoints {
-		out = append(out, ep.Address)
-	}
-	return out
-}
-
-func must(t testing.TB, err error) {
-	t.Helper()
-	if err != nil {
-		t.Fatal(err)
-	}
-}
+var (
+	eps       = testutil.Endpoints
+	addresses = testutil.Addresses
+	must      = testutil.Must
+)

@@ -300,12 +300,14 @@ func (p *FailoverSelection) Select(pool reverseproxy.UpstreamPool, r *http.Reque
 	a.markTried(i)
 	a.last = i
 	if a.svc != nil {
-		// count the try, and tell the registry where reverse_proxy counts
-		// the requests in flight that drains and least_conn look at
+		ep := a.svc.Endpoints[i]
+		ep.Sent()
+		// tell the registry where reverse_proxy counts the requests in
+		// flight that drains and least_conn look at
 		if host := pool[i].Host; host != nil {
-			a.svc.Endpoints[i].Sent(host)
-		} else {
-			a.svc.Endpoints[i].Sent(nil)
+			if known, _ := ep.InFlightCounter().(*reverseproxy.Host); known != host {
+				ep.CountInFlight(host)
+			}
 		}
 	}
 	return pool[i]
@@ -326,16 +328,14 @@ func attemptFor(r *http.Request, pool []*reverseproxy.Upstream) *attempt {
 // Len returns the size of the request's pool (registry.Pool).
 func (a *attempt) Len() int { return len(a.pool) }
 
-// Weight returns the weight of pool[i].
-func (a *attempt) Weight(i int) int {
+// Load returns reverse_proxy's count of requests in flight to pool[i],
+// and its weight.
+func (a *attempt) Load(i int) (inFlight, weight int) {
 	if a.svc == nil {
-		return 1
+		return a.pool[i].Host.NumRequests(), 1
 	}
-	return a.svc.Endpoints[i].Weight
+	return a.pool[i].Host.NumRequests(), a.svc.Endpoints[i].Weight
 }
-
-// InFlight returns reverse_proxy's count of requests in flight to pool[i].
-func (a *attempt) InFlight(i int) int { return a.pool[i].Host.NumRequests() }
 
 // Candidate reports whether pool[i] may take this try: not tried yet,
 // available to reverse_proxy (not full, not tripped), and pickable by the

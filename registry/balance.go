@@ -53,10 +53,8 @@ type Pool interface {
 	// not tried by it yet, and (see Endpoint.Pickable) in rotation, or,
 	// with ignoreHealth, merely not being removed.
 	Candidate(i int, ignoreHealth bool) bool
-	// Weight returns host i's weight (1 to 100).
-	Weight(i int) int
-	// InFlight returns host i's requests in flight.
-	InFlight(i int) int
+	// Load returns host i's requests in flight and its weight (1 to 100).
+	Load(i int) (inFlight, weight int)
 }
 
 // Rotation is a position in a round-robin order, shared by the requests
@@ -110,22 +108,20 @@ func scan(p Pool, sched []int32, start uint64, ignoreHealth bool) int {
 	return -1
 }
 
-// busier reports whether host i has more requests in flight per unit of
-// weight than host j.
-func busier(p Pool, i, j int) bool {
-	return p.InFlight(i)*p.Weight(j) > p.InFlight(j)*p.Weight(i)
-}
-
 // leastConn returns the candidate with the fewest requests in flight per
 // unit of weight; scanning from a random offset breaks ties at random.
 func leastConn(p Pool, ignoreHealth bool) int {
 	n := p.Len()
 	start := rand.IntN(n)
-	best := -1
+	best, bestIn, bestW := -1, 0, 1
 	for k := range n {
 		i := (start + k) % n
-		if p.Candidate(i, ignoreHealth) && (best < 0 || busier(p, best, i)) {
-			best = i
+		if !p.Candidate(i, ignoreHealth) {
+			continue
+		}
+		// i is less busy than best: in/w < bestIn/bestW
+		if in, w := p.Load(i); best < 0 || in*bestW < bestIn*w {
+			best, bestIn, bestW = i, in, w
 		}
 	}
 	return best
@@ -166,9 +162,12 @@ func powerOfTwo(p Pool, ignoreHealth bool) int {
 	return lessBusy(p, cands[k1], cands[k2])
 }
 
-// lessBusy returns whichever of hosts i and j is less busy.
+// lessBusy returns whichever of hosts i and j has fewer requests in
+// flight per unit of weight (i on a tie).
 func lessBusy(p Pool, i, j int) int {
-	if busier(p, i, j) {
+	inI, wI := p.Load(i)
+	inJ, wJ := p.Load(j)
+	if inI*wJ > inJ*wI {
 		return j
 	}
 	return i

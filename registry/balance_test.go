@@ -18,9 +18,8 @@ func newSvcPool(svc *Service) *svcPool {
 	return &svcPool{svc: svc, tried: map[int]bool{}, inFlight: make([]int, len(svc.Endpoints))}
 }
 
-func (p *svcPool) Len() int           { return len(p.svc.Endpoints) }
-func (p *svcPool) Weight(i int) int   { return p.svc.Endpoints[i].Weight }
-func (p *svcPool) InFlight(i int) int { return p.inFlight[i] }
+func (p *svcPool) Len() int              { return len(p.svc.Endpoints) }
+func (p *svcPool) Load(i int) (int, int) { return p.inFlight[i], p.svc.Endpoints[i].Weight }
 func (p *svcPool) Candidate(i int, ignoreHealth bool) bool {
 	return !p.tried[i] && p.svc.Endpoints[i].Pickable(ignoreHealth)
 }

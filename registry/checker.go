@@ -136,7 +136,7 @@ func (c *checker) failure(svc *Service, ep *Endpoint) {
 	t := c.now()
 	h.lastFailure.Store(t.UnixNano())
 	h.failures.Add(1)
-	if h.ejected.Load() || h.draining.Load() {
+	if h.out(outPassive | outDraining) {
 		return
 	}
 	// at least one may always go, whatever the percentage
@@ -144,12 +144,12 @@ func (c *checker) failure(svc *Service, ep *Endpoint) {
 
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if h.ejected.Load() {
+	if h.out(outPassive) {
 		return
 	}
 	ejected, oldest := 0, (*Endpoint)(nil)
 	for _, other := range svc.Endpoints {
-		if other.health.ejected.Load() {
+		if other.health.out(outPassive) {
 			ejected++
 			if oldest == nil || other.health.lastFailure.Load() < oldest.health.lastFailure.Load() {
 				oldest = other
@@ -159,11 +159,11 @@ func (c *checker) failure(svc *Service, ep *Endpoint) {
 	if ejected >= limit {
 		// Over the limit (ejected >= 1, so oldest is set): the least
 		// recently failed one goes back in.
-		oldest.health.ejected.Store(false)
+		oldest.health.setOut(outPassive, false)
 		oldest.health.nextProbe.Store(0)
 		c.released = append(c.released, &probeTarget{key: svc.Key(), address: oldest.Address, health: oldest.health})
 	}
-	h.ejected.Store(true)
+	h.setOut(outPassive, true)
 	h.nextProbe.Store(t.Add(probeBackoffMin).UnixNano())
 	h.ejections.Add(1)
 	c.failed = append(c.failed, &probeTarget{key: svc.Key(), address: ep.Address, health: h})
@@ -288,7 +288,7 @@ func (c *checker) reconcile(now time.Time) {
 	}
 	for _, r := range released {
 		t, ok := c.targets[r.health]
-		if !ok || t.backoff == 0 || r.health.ejected.Load() {
+		if !ok || t.backoff == 0 || r.health.out(outPassive) {
 			continue // not out, or taken out again since
 		}
 		t.backoff, t.passes = 0, 0
@@ -303,7 +303,7 @@ func (c *checker) reconcile(now time.Time) {
 		}
 	}
 	for _, f := range failed {
-		if !f.health.ejected.Load() {
+		if !f.health.out(outPassive) {
 			continue // put back by the ejection limit already
 		}
 		t, ok := c.targets[f.health]
@@ -367,10 +367,10 @@ func (c *checker) done(r probeResult, now time.Time) {
 		rise = hc.Rise
 	}
 
-	if h.ejected.Load() {
+	if h.out(outPassive) {
 		// passively failed: re-checked on a short backoff until it passes
 		if ok && t.passes >= rise {
-			h.ejected.Store(false)
+			h.setOut(outPassive, false)
 			h.fails.Store(0)
 			h.nextProbe.Store(0)
 			t.backoff = 0
@@ -389,15 +389,15 @@ func (c *checker) done(r probeResult, now time.Time) {
 
 	if hc.Active() {
 		switch {
-		case !ok && t.fails >= hc.Fall && !h.probeDown.Load():
-			h.probeDown.Store(true)
+		case !ok && t.fails >= hc.Fall && !h.out(outProbe):
+			h.setOut(outProbe, true)
 			c.emit("unhealthy", t, "probe")
 			if ce := c.logger.Load().Check(zapcore.WarnLevel, "endpoint failed its health checks; out of rotation"); ce != nil {
 				ce.Write(zap.String("service", t.key.Service), zap.String("version", t.key.Version), zap.String("upstream", t.address),
 					zap.Int("fall", hc.Fall), zap.Error(r.err))
 			}
-		case ok && t.passes >= hc.Rise && h.probeDown.Load():
-			h.probeDown.Store(false)
+		case ok && t.passes >= hc.Rise && h.out(outProbe):
+			h.setOut(outProbe, false)
 			c.rejoined(t, hc, "probe", now)
 		}
 		c.reschedule(t, now.Add(time.Duration(hc.Interval)))

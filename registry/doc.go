@@ -42,7 +42,7 @@
 //		return svc.Unavailable()
 //	}
 //	ep := svc.Endpoints[i]
-//	ep.Sent(nil)
+//	ep.Sent()
 //	if err := call(ep.Address); err != nil {
 //		reg.Failure(svc.Key(), ep.Address) // out of rotation until it answers
 //	}

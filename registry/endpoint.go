@@ -91,31 +91,22 @@ func (ep *Endpoint) Available() bool { return ep.health.available() }
 // probability of its current share, drawn anew at every call.
 func (ep *Endpoint) Pickable(ignoreHealth bool) bool {
 	h := ep.health
-	if h.draining.Load() {
-		return false
-	}
+	state := h.state.Load()
 	if ignoreHealth {
-		return true
+		return state&outDraining == 0
 	}
-	if !h.available() {
-		return false
-	}
-	if h.rampEnd.Load() != 0 {
-		if share := h.rampShare(h.now().UnixNano()); share < 1 && rand.Float64() >= share {
-			return false
-		}
-	}
-	return true
+	return state == 0 && (h.rampEnd.Load() == 0 || h.rampPick())
 }
 
-// InFlight returns how many requests the proxy has in flight to the
-// endpoint, as counted by the InFlightCounter last given to TrackInFlight.
-func (ep *Endpoint) InFlight() int {
-	if c, _ := ep.health.inFlight.Load().(InFlightCounter); c != nil {
-		return c.NumRequests()
-	}
-	return 0
+// rampPick draws whether an endpoint in slow start takes a request.
+func (h *endpointHealth) rampPick() bool {
+	share := h.rampShare(h.now().UnixNano())
+	return share >= 1 || rand.Float64() < share
 }
+
+// Sent counts a request's try sent to the endpoint. It is meant for the
+// request path: no allocation, no lock.
+func (ep *Endpoint) Sent() { ep.health.requests.Add(1) }
 
 // InFlightCounter counts the requests a proxy has in flight to one
 // address, such as Caddy's reverseproxy.Host.
@@ -123,16 +114,32 @@ type InFlightCounter interface {
 	NumRequests() int
 }
 
-// Sent records that a request's try goes to the endpoint, and where the
-// proxy counts its requests in flight (used by drains, least_conn and the
-// stats); c must always be of the same type and comparable. It is meant
-// for the request path: no allocation, no lock.
-func (ep *Endpoint) Sent(c InFlightCounter) {
-	h := ep.health
-	h.requests.Add(1)
-	if c != nil && h.inFlight.Load() != c {
-		h.inFlight.Store(c)
+// inFlightBox holds an InFlightCounter for an atomic pointer.
+type inFlightBox struct{ c InFlightCounter }
+
+// InFlightCounter returns the counter last given to CountInFlight, or nil.
+func (ep *Endpoint) InFlightCounter() InFlightCounter {
+	if b := ep.health.inFlight.Load(); b != nil {
+		return b.c
 	}
+	return nil
+}
+
+// CountInFlight tells the registry where the proxy counts the endpoint's
+// requests in flight, which drains, least_conn and the stats read. A proxy
+// calls it when that changes: compare InFlightCounter first, which is
+// cheaper than this.
+func (ep *Endpoint) CountInFlight(c InFlightCounter) {
+	ep.health.inFlight.Store(&inFlightBox{c})
+}
+
+// InFlight returns how many requests the proxy has in flight to the
+// endpoint, as its InFlightCounter counts them.
+func (ep *Endpoint) InFlight() int {
+	if c := ep.InFlightCounter(); c != nil {
+		return c.NumRequests()
+	}
+	return 0
 }
 
 // EndpointStats is a point-in-time view of an endpoint's health and
@@ -175,11 +182,11 @@ func (ep *Endpoint) Stats() EndpointStats {
 		Ejections:   h.ejections.Load(),
 	}
 	switch {
-	case h.draining.Load():
+	case h.out(outDraining):
 		st.OutOfRotation = "draining"
-	case h.probeDown.Load():
+	case h.out(outProbe):
 		st.OutOfRotation = "probe"
-	case h.ejected.Load():
+	case h.out(outPassive):
 		st.OutOfRotation = "passive"
 		st.NextCheck = unixTime(h.nextProbe.Load())
 	}

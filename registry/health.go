@@ -283,20 +283,18 @@ func (p *HealthPolicy) For(key ServiceKey) *HealthCheck {
 // endpointHealth is the health state of one endpoint. It is shared by
 // every snapshot that holds the endpoint; all fields are atomic.
 type endpointHealth struct {
-	ejected     atomic.Bool  // out of rotation after a failed request (passive)
-	probeDown   atomic.Bool  // out of rotation after failed active checks
-	draining    atomic.Bool  // being removed: no new requests
-	fails       atomic.Int64 // failed requests in a row since it last answered
-	lastFailure atomic.Int64 // unix nanoseconds
-	nextProbe   atomic.Int64 // unix nanoseconds of the next check while out
-	rampStart   atomic.Int64 // unix nanoseconds: slow start began
-	rampEnd     atomic.Int64 // unix nanoseconds: slow start ends; 0 = off
+	state       atomic.Uint32 // why it is out of rotation: out* bits; 0 = in rotation
+	fails       atomic.Int64  // failed requests in a row since it last answered
+	lastFailure atomic.Int64  // unix nanoseconds
+	nextProbe   atomic.Int64  // unix nanoseconds of the next check while out
+	rampStart   atomic.Int64  // unix nanoseconds: slow start began
+	rampEnd     atomic.Int64  // unix nanoseconds: slow start ends; 0 = off
 
 	requests  atomic.Uint64 // tries sent to it
 	failures  atomic.Uint64 // tries that failed without an answer
 	ejections atomic.Uint64 // times it was taken out after a failed request
 
-	inFlight atomic.Value // InFlightCounter of the proxy, for requests in flight
+	inFlight atomic.Pointer[inFlightBox] // where the proxy counts requests in flight
 
 	now func() time.Time // the registry's clock
 }
@@ -305,10 +303,28 @@ func newEndpointHealth(now func() time.Time) *endpointHealth {
 	return &endpointHealth{now: now}
 }
 
-// available reports whether the endpoint takes new requests.
-func (h *endpointHealth) available() bool {
-	return !h.ejected.Load() && !h.probeDown.Load() && !h.draining.Load()
+// Why an endpoint is out of rotation: bits of endpointHealth.state, one
+// word so that the request path reads them in one load.
+const (
+	outPassive  uint32 = 1 << iota // failed a request
+	outProbe                       // failing its active checks
+	outDraining                    // being removed: no new requests
+)
+
+// out reports whether any of the given reasons holds.
+func (h *endpointHealth) out(reasons uint32) bool { return h.state.Load()&reasons != 0 }
+
+// setOut sets or clears one reason.
+func (h *endpointHealth) setOut(reason uint32, on bool) {
+	if on {
+		h.state.Or(reason)
+	} else {
+		h.state.And(^reason)
+	}
 }
+
+// available reports whether the endpoint takes new requests.
+func (h *endpointHealth) available() bool { return h.state.Load() == 0 }
 
 // rampShare is the share of its weight a rejoining endpoint gets at t: from
 // 0.1 up to 1 over the slow start. Past the end it switches the ramp off, so

@@ -160,7 +160,7 @@ func (l *Local) Add(ctx context.Context, key ServiceKey, ep Endpoint) error {
 	}
 	// added again while a removal drained it: it stays, so it serves
 	if added := l.endpoint(key, ep.Address); added != nil {
-		added.health.draining.Store(false)
+		added.health.setOut(outDraining, false)
 	}
 	return nil
 }
@@ -198,19 +198,19 @@ func (l *Local) Delete(ctx context.Context, key ServiceKey, address string) (Dra
 		// No new requests from now on; wait for those in flight. A second
 		// removal of the same endpoint waits too, so that neither removes
 		// it before the requests in flight are done.
-		ep.health.draining.Store(true)
+		ep.health.setOut(outDraining, true)
 		drain = l.drain(ctx, key, ep)
 	}
 	if err := l.backend.Delete(context.WithoutCancel(ctx), key, addr); err != nil {
 		if ep != nil {
-			ep.health.draining.Store(false) // nothing half-applied
+			ep.health.setOut(outDraining, false) // nothing half-applied
 		}
 		return Drain{}, err
 	}
 	// still there (a seed the deleted entry overrode, or added back in
 	// the meantime): it serves again
 	if still := l.endpoint(key, addr); still != nil {
-		still.health.draining.Store(false)
+		still.health.setOut(outDraining, false)
 	}
 	return drain, nil
 }

@@ -208,7 +208,7 @@ func TestAddStopsDrain(t *testing.T) {
 	users := ServiceKey{"users", "v1"}
 	r := startRegistry(t, map[ServiceKey][]Endpoint{users: eps("127.0.0.1:9091")}, Options{})
 	ep := r.endpoint(users, "127.0.0.1:9091")
-	ep.health.draining.Store(true) // as Delete does before it waits
+	ep.health.setOut(outDraining, true) // as Delete does before it waits
 	if ep.Available() || ep.Pickable(true) {
 		t.Fatal("a draining endpoint takes requests")
 	}
@@ -246,7 +246,7 @@ func TestDrain(t *testing.T) {
 			ep := r.endpoint(users, "127.0.0.1:1")
 			counter := new(inFlight)
 			counter.n.Store(2)
-			ep.Sent(counter)
+			ep.CountInFlight(counter)
 
 			type result struct {
 				d   Drain

@@ -52,7 +52,7 @@ func TestTable(t *testing.T) {
 
 	// Health and counters survive a write that keeps the endpoint.
 	a := svc.Endpoint("a:1")
-	a.health.ejected.Store(true)
+	a.health.setOut(outPassive, true)
 	svc.CountRetry()
 	tbl.Set(users, eps("a:1", "b:1"))
 	if same, _ := tbl.Snapshot().Lookup("users", "v1"); same != svc {

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs every test: gofmt and go vet checks, go test -race ./... (the etcd
+# Runs every test: gofmt and go vet checks, that the core imports nothing of
+# Caddy, go test -race ./... (the etcd
 # tests start their own etcd from the etcd binary on PATH), the xcaddy
 # build, and the quickstart demo check.
 set -euo pipefail
@@ -13,6 +14,13 @@ if [ -n "$unformatted" ]; then
 	exit 1
 fi
 go vet ./...
+# The core and the self-registration library import nothing of Caddy.
+caddy_deps=$(go list -deps ./registry ./selfreg ./backends/etcd/etcdkv | grep caddyserver || true)
+if [ -n "$caddy_deps" ]; then
+	echo "the Caddy-free packages import Caddy:" >&2
+	echo "$caddy_deps" >&2
+	exit 1
+fi
 go test -race -count=1 -timeout 45m ./...
 ./scripts/xcaddy-build.sh
 ./examples/quickstart/run.sh --check

@@ -19,6 +19,7 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/svcreg/caddy-svcreg/internal/etcdtest"
+	"github.com/svcreg/caddy-svcreg/internal/testutil"
 	"github.com/svcreg/caddy-svcreg/registry"
 )
 
@@ -86,18 +87,6 @@ func tableHas(tbl *registry.Table, key registry.ServiceKey) []string {
 		return nil
 	}
 	return addresses(svc)
-}
-
-// eventually polls cond until it holds, for up to timeout.
-func eventually(t testing.TB, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
 }
 
 func TestEtcdWatchPropagation(t *testing.T) {
@@ -539,30 +528,14 @@ func (s *spyBackend) Delete(ctx context.Context, key registry.ServiceKey, addres
 	return s.Backend.Delete(ctx, key, address)
 }
 
-func eps(addrs ...string) []registry.Endpoint {
-	out := make([]registry.Endpoint, len(addrs))
-	for i, a := range addrs {
-		out[i] = registry.Endpoint{Address: a, Weight: 1}
-	}
-	return out
-}
-
-func addresses(svc *registry.Service) []string {
-	out := []string{}
-	for _, ep := range svc.Endpoints {
-		out = append(out, ep.Address)
-	}
-	return out
-}
+var (
+	eps        = testutil.Endpoints
+	addresses  = testutil.Addresses
+	must       = testutil.Must
+	eventually = testutil.Eventually
+)
 
 func del(r registry.Registry, ctx context.Context, key registry.ServiceKey, address string) error {
 	_, err := r.Delete(ctx, key, address)
 	return err
-}
-
-func must(t testing.TB, err error) {
-	t.Helper()
-	if err != nil {
-		t.Fatal(err)
-	}
 }

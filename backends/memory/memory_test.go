@@ -12,6 +12,7 @@ import (
 	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
 
+	"github.com/svcreg/caddy-svcreg/internal/testutil"
 	"github.com/svcreg/caddy-svcreg/registry"
 )
 
@@ -34,14 +35,6 @@ func env(dir string, seeds map[registry.ServiceKey][]registry.Endpoint) registry
 	return registry.BackendEnv{Seeds: seeds, Storage: &certmagic.FileStorage{Path: dir}, Logger: zap.NewNop()}
 }
 
-func eps(addrs ...string) []registry.Endpoint {
-	out := make([]registry.Endpoint, len(addrs))
-	for i, a := range addrs {
-		out[i] = registry.Endpoint{Address: a, Weight: 1}
-	}
-	return out
-}
-
 func addresses(r registry.Registry, key registry.ServiceKey) ([]string, error) {
 	svc, err := r.Lookup(key)
 	if err != nil {
@@ -59,12 +52,10 @@ func del(r registry.Registry, key registry.ServiceKey, address string) error {
 	return err
 }
 
-func must(t testing.TB, err error) {
-	t.Helper()
-	if err != nil {
-		t.Fatal(err)
-	}
-}
+var (
+	eps  = testutil.Endpoints
+	must = testutil.Must
+)
 
 func TestSeedsAndSavedChanges(t *testing.T) {
 	ctx := context.Background()
