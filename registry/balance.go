@@ -172,3 +172,58 @@ func lessBusy(p Pool, i, j int) int {
 	}
 	return i
 }
+
+// Tries is a Pool over a Service's endpoints for one request: a program
+// that proxies or calls a service itself uses it to balance the request
+// and fail over, never trying an endpoint twice.
+//
+//	tries := registry.NewTries(svc)
+//	for ep := tries.Next(registry.RoundRobin); ep != nil; ep = tries.Next(registry.RoundRobin) {
+//		ep.Sent()
+//		if err := call(ep.Address); err == nil {
+//			break
+//		}
+//		reg.Failure(svc.Key(), ep.Address)
+//	}
+type Tries struct {
+	svc   *Service
+	tried []bool
+}
+
+// NewTries starts a request's tries on svc.
+func NewTries(svc *Service) *Tries {
+	return &Tries{svc: svc, tried: make([]bool, len(svc.Endpoints))}
+}
+
+// Next picks the endpoint for the next try with b, and marks it tried: one
+// in rotation if any is left untried, else (panic mode) any untried one
+// not being removed. It returns nil once none is left.
+func (t *Tries) Next(b Balance) *Endpoint {
+	i := b.Pick(t, t.svc.Rotation(), false)
+	if i < 0 {
+		i = b.Pick(t, t.svc.Rotation(), true)
+	}
+	if i < 0 {
+		return nil
+	}
+	t.tried[i] = true
+	return t.svc.Endpoints[i]
+}
+
+// Len returns the number of endpoints.
+func (t *Tries) Len() int { return len(t.tried) }
+
+// Candidate reports whether endpoint i is untried and pickable.
+func (t *Tries) Candidate(i int, ignoreHealth bool) bool {
+	return !t.tried[i] && t.svc.Endpoints[i].Pickable(ignoreHealth)
+}
+
+// Load returns endpoint i's requests in flight (see
+// Endpoint.CountInFlight) and weight.
+func (t *Tries) Load(i int) (inFlight, weight int) {
+	ep := t.svc.Endpoints[i]
+	return ep.InFlight(), ep.Weight
+}
+
+// Interface guards
+var _ Pool = (*Tries)(nil)

@@ -1,6 +1,9 @@
 package registry
 
 import (
+	"context"
+	"errors"
+	"slices"
 	"testing"
 	"time"
 )
@@ -116,6 +119,31 @@ func TestSlowStartEveryBalance(t *testing.T) {
 			if i < 0 || i >= len(svc.Endpoints) {
 				t.Fatalf("%s: picked %d", b, i)
 			}
+		}
+	}
+}
+
+// TestTries fails over through a service as a program would: every
+// endpoint once, those in rotation first, then the failed ones (panic
+// mode), never one being removed.
+func TestTries(t *testing.T) {
+	key := ServiceKey{"users", "v1"}
+	r := startRegistry(t, map[ServiceKey][]Endpoint{key: eps("127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3", "127.0.0.1:4")},
+		Options{Probe: func(context.Context, ProbeTarget) error { return errors.New("down") }})
+	policy, err := NewHealthPolicy([]HealthCheck{{MaxEjectedPercent: 100}})
+	must(t, err)
+	must(t, r.Start(BackendEnv{Seeds: normalized(t, map[ServiceKey][]Endpoint{key: eps("127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3", "127.0.0.1:4")})}, policy, nil))
+	r.Failure(key, "127.0.0.1:2")
+	svc, _ := r.Lookup(key)
+	svc.Endpoint("127.0.0.1:4").health.setOut(outDraining, true)
+	for _, b := range balances {
+		tries := NewTries(svc)
+		var got []string
+		for ep := tries.Next(b); ep != nil; ep = tries.Next(b) {
+			got = append(got, ep.Address)
+		}
+		if len(got) != 3 || got[2] != "127.0.0.1:2" || slices.Contains(got, "127.0.0.1:4") {
+			t.Errorf("%s tried %v; want 1 and 3 in some order, then the failed 2, never the draining 4", b, got)
 		}
 	}
 }

@@ -24,7 +24,7 @@
 //   - Balance.Pick chooses a request's next host from a Pool, never one
 //     the request already tried.
 //
-// A program that balances its own requests over a registry:
+// A program that balances its own calls over a registry and fails over:
 //
 //	reg := registry.New(backend, registry.Options{})
 //	if err := reg.Start(registry.BackendEnv{Seeds: seeds}, nil, nil); err != nil {
@@ -36,14 +36,13 @@
 //	if err != nil {
 //		return err // unknown service or version, or not synced yet
 //	}
-//	pool := newPool(svc) // a Pool over svc.Endpoints that remembers what was tried
-//	i := registry.RoundRobin.Pick(pool, svc.Rotation(), false)
-//	if i < 0 {
-//		return svc.Unavailable()
-//	}
-//	ep := svc.Endpoints[i]
-//	ep.Sent()
-//	if err := call(ep.Address); err != nil {
+//	tries := registry.NewTries(svc)
+//	for ep := tries.Next(registry.RoundRobin); ep != nil; ep = tries.Next(registry.RoundRobin) {
+//		ep.Sent()
+//		if err := call(ep.Address); err == nil {
+//			return nil
+//		}
 //		reg.Failure(svc.Key(), ep.Address) // out of rotation until it answers
 //	}
+//	return svc.Unavailable()
 package registry

@@ -33,9 +33,11 @@ type Endpoint struct {
 	health *endpointHealth
 }
 
-// Limits of an endpoint's weight, metadata and TTL.
+// MaxWeight is the largest endpoint weight.
+const MaxWeight = 100
+
+// Limits of an endpoint's metadata and TTL.
 const (
-	MaxWeight          = 100
 	maxMetadataEntries = 16
 	maxMetadataLen     = 256
 	minTTL             = Duration(time.Second)
