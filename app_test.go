@@ -2,9 +2,13 @@ package svcreg
 
 import (
 	"context"
+	"encoding/pem"
 	"fmt"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"testing"
@@ -206,5 +210,29 @@ func TestReloadsKeepNoOldApp(t *testing.T) {
 	if apps[reloads-1].Value() == nil {
 		t.Error("the running app was collected")
 	}
+	must(t, caddy.Stop())
+}
+
+// TestHealthCheckTLSFiles checks that a health check's CA file is read
+// when the config loads, not when it is adapted: the Caddyfile adapts
+// without the file, the config then fails to load naming it, and loads
+// once the file (named through a placeholder) is there.
+func TestHealthCheckTLSFiles(t *testing.T) {
+	autosaveUnchanged(t)
+	dir := t.TempDir()
+	ca := filepath.Join(dir, "ca.pem")
+	t.Setenv("SVCREG_TEST_CA", ca)
+	if _, err := adapt(t, "Caddyfile", "{\n\tservice_registry {\n\t\thealth_check {\n\t\t\tpath /h\n\t\t\ttls {\n\t\t\t\tca {env.SVCREG_TEST_CA}\n\t\t\t}\n\t\t}\n\t}\n}\n"); err != nil {
+		t.Fatalf("adapting with a CA file that is not there yet: %v", err)
+	}
+	config := strings.Replace(appConfig(dir, "a.json", "127.0.0.1:1"), `"services":`,
+		`"health_checks": [{"path": "/h", "tls": {"ca": "{env.SVCREG_TEST_CA}"}}], "services":`, 1)
+	if err := loadConfig(t, config); err == nil || !strings.Contains(err.Error(), "reading CA file") {
+		t.Fatalf("loading without the CA file: %v, want an error naming it", err)
+	}
+	srv := httptest.NewTLSServer(http.NotFoundHandler())
+	srv.Close()
+	must(t, os.WriteFile(ca, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}), 0o600))
+	must(t, loadConfig(t, config))
 	must(t, caddy.Stop())
 }

@@ -160,7 +160,7 @@ func parseHealthCheck(d *caddyfile.Dispenser) (registry.HealthCheck, error) {
 			}
 			hc.Path = val
 		case "status":
-			if err := registry.ParseStatus(val); err != nil {
+			if err := registry.CheckStatus(val); err != nil {
 				return hc, d.Errf("health_check: %v", err)
 			}
 			hc.Status = val
@@ -193,7 +193,7 @@ func parseHealthCheck(d *caddyfile.Dispenser) (registry.HealthCheck, error) {
 		}
 	}
 	// the same checks as at provision time, with the line to show
-	if _, err := registry.NewHealthPolicy([]registry.HealthCheck{hc}); err != nil {
+	if err := registry.CheckHealthChecks([]registry.HealthCheck{hc}); err != nil {
 		return hc, d.Errf("%v", err)
 	}
 	return hc, nil

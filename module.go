@@ -133,11 +133,12 @@ func (m MatchServiceVersion) MatchWithError(r *http.Request) (bool, error) {
 	svc, err := m.registry.Lookup(registry.ServiceKey{Service: name, Version: version})
 	switch {
 	case err == nil:
-		nameVal, versionVal, prefix := svc.Values()
+		b := svc.Boxed()
+		prefix := b.Prefix
 		if m.Prefix != "" {
 			prefix = m.Prefix + svc.Prefix
 		}
-		setServiceVars(r, repl, nameVal, versionVal, prefix)
+		setServiceVars(r, repl, b.Name, b.Version, prefix)
 		return true, nil
 
 	case errors.Is(err, registry.ErrNotSynced):

@@ -91,6 +91,14 @@ func (a *App) Provision(ctx caddy.Context) error {
 		return err
 	}
 	a.env = registry.BackendEnv{Seeds: seeds, Storage: ctx.Storage(), Logger: a.logger}
+	repl := caddy.NewReplacer()
+	for i, hc := range a.HealthChecks {
+		if hc.TLS != nil { // file names and server name may be placeholders
+			t := *hc.TLS
+			t.CA, t.ServerName = repl.ReplaceKnown(t.CA, ""), repl.ReplaceKnown(t.ServerName, "")
+			a.HealthChecks[i].TLS = &t
+		}
+	}
 	if a.policy, err = registry.NewHealthPolicy(a.HealthChecks); err != nil {
 		return err
 	}

@@ -252,16 +252,19 @@ func (p *FailoverSelection) Provision(ctx caddy.Context) error {
 	if p.Balance == "" {
 		p.Balance = registry.RoundRobin.String()
 	}
-	var err error
-	if p.balance, err = registry.ParseBalance(p.Balance); err != nil {
-		return err
-	}
+	p.balance, _ = registry.ParseBalance(p.Balance) // Validate reports an error
 	app, err := registryApp(ctx)
 	if err != nil {
 		return err
 	}
 	p.registry = app.Registry()
 	return nil
+}
+
+// Validate checks the algorithm.
+func (p *FailoverSelection) Validate() error {
+	_, err := registry.ParseBalance(p.Balance)
+	return err
 }
 
 // Select picks the host for the request's next try, or nil when there is
@@ -285,9 +288,9 @@ func (p *FailoverSelection) Select(pool reverseproxy.UpstreamPool, r *http.Reque
 			w.Header().Set("Retry-After", "1")
 			a.retryAfter = true
 			if a.svc != nil {
-				repl.Set(placeholderError, a.svc.Unavailable())
+				repl.Set(placeholderError, a.svc.Boxed().Unavailable)
 			} else if _, matched := repl.Get(placeholderName); matched {
-				repl.Set(placeholderError, registry.ErrNoAvailableHost)
+				repl.Set(placeholderError, noAvailableHostMsg)
 			}
 		}
 		return nil
@@ -312,6 +315,10 @@ func (p *FailoverSelection) Select(pool reverseproxy.UpstreamPool, r *http.Reque
 	}
 	return pool[i]
 }
+
+// noAvailableHostMsg is the 503 text when the service version has no
+// snapshot entry (the registry is not synced, or the version just went).
+var noAvailableHostMsg any = registry.ErrNoAvailableHost.Error()
 
 // attemptFor returns the request's attempt for pool, starting one for a
 // pool that did not come from the service_registry upstream source.
@@ -353,6 +360,7 @@ var (
 	_ caddy.Validator             = (*UpstreamSource)(nil)
 	_ reverseproxy.UpstreamSource = (*UpstreamSource)(nil)
 	_ caddy.Provisioner           = (*FailoverSelection)(nil)
+	_ caddy.Validator             = (*FailoverSelection)(nil)
 	_ reverseproxy.Selector       = (*FailoverSelection)(nil)
 	_ registry.Pool               = (*attempt)(nil)
 	// service_failover depends on reverse_proxy calling ResetCache before

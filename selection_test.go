@@ -464,3 +464,35 @@ func BenchmarkRegistryScale(b *testing.B) {
 		}
 	})
 }
+
+// TestSelectAllocs checks that Select, on the request path, allocates
+// nothing: on a first try and on a retry after a failure.
+func TestSelectAllocs(t *testing.T) {
+	key := registry.ServiceKey{Service: "users", Version: "v1"}
+	reg := newTestRegistry(t, map[registry.ServiceKey][]registry.Endpoint{key: hostList(10)}, allEjections)
+	for _, balance := range balances {
+		try := newProxyTry(t, reg, balance, key)
+		pool, _ := try.source.GetUpstreams(try.r)
+		for _, u := range pool {
+			u.Host = new(reverseproxy.Host)
+		}
+		a := caddyhttp.GetVar(try.r.Context(), attemptVar).(*attempt)
+		if n := testing.AllocsPerRun(100, func() {
+			a.tried[0], a.last = 0, -1 // a new request
+			if try.policy.Select(pool, try.r, try.w) == nil {
+				t.Fatal("no host")
+			}
+		}); n != 0 {
+			t.Errorf("%s: a first try allocates %v times", balance, n)
+		}
+		if n := testing.AllocsPerRun(100, func() {
+			a.tried[0], a.last = 0, -1
+			try.policy.Select(pool, try.r, try.w)
+			if try.policy.Select(pool, try.r, try.w) == nil { // a retry: the first try failed
+				t.Fatal("no host")
+			}
+		}); n != 0 {
+			t.Errorf("%s: a first try and a retry allocate %v times", balance, n)
+		}
+	}
+}

@@ -67,8 +67,8 @@ type Rotation struct {
 }
 
 // Pick returns the index of the host for the request's next try, or -1
-// when no host is a candidate. rot is a Service's rotation, or one the
-// caller keeps for a pool of equal hosts: RoundRobin turns it, and
+// when no host is a candidate. rot, which must not be nil, is a Service's
+// rotation, or one the caller keeps for a pool of equal hosts: RoundRobin turns it, and
 // RoundRobin and Random follow its weighted order. Pick takes no lock and
 // does not allocate.
 func (b Balance) Pick(p Pool, rot *Rotation, ignoreHealth bool) int {

@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"errors"
 	"strconv"
-	"strings"
 	"time"
 )
 
@@ -32,40 +31,31 @@ func (d *Duration) UnmarshalJSON(b []byte) error {
 }
 
 // ParseDuration parses a duration as time.ParseDuration does, with the
-// unit d for days of 24h: "1d12h" is 36 hours.
+// unit d for days of 24h ("1d12h" is 36 hours), exactly as Caddy's
+// caddy.ParseDuration does.
 func ParseDuration(s string) (time.Duration, error) {
 	if len(s) > 1024 {
 		return 0, errors.New("parsing duration: input string too long")
 	}
-	if !strings.Contains(s, "d") {
-		return time.ParseDuration(s)
-	}
-	// Rewrite every <number>d as its hours.
-	var out strings.Builder
-	start := 0 // where the current number begins
+	// Rewrite each <number>d as <number*24>h, where the number is the run
+	// of digits, dots and signs before the d.
+	numStart, inNumber := 0, false
 	for i := 0; i < len(s); i++ {
 		c := s[i]
-		switch {
-		case c >= '0' && c <= '9' || c == '.' || c == '-' || c == '+':
-			continue
-		case c == 'd':
-			days, err := strconv.ParseFloat(s[start:i], 64)
+		if c == 'd' {
+			days, err := strconv.ParseFloat(s[numStart:i], 64)
 			if err != nil {
-				return 0, errors.New("parsing duration " + strconv.Quote(s) + ": bad number of days")
+				return 0, err
 			}
-			out.WriteString(strconv.FormatFloat(days*24, 'f', -1, 64))
-			out.WriteByte('h')
-			start = i + 1
-		default:
-			// a unit: copy the number and the unit's letters
-			j := i
-			for j < len(s) && !(s[j] >= '0' && s[j] <= '9' || s[j] == '.') {
-				j++
-			}
-			out.WriteString(s[start:j])
-			start, i = j, j-1
+			hours := strconv.FormatFloat(days*24, 'f', -1, 64)
+			s = s[:numStart] + hours + "h" + s[i+1:]
+			i-- // go on from where the d was, as Caddy does
+			continue
 		}
+		if !inNumber {
+			numStart = i
+		}
+		inNumber = c >= '0' && c <= '9' || c == '.' || c == '-' || c == '+'
 	}
-	out.WriteString(s[start:])
-	return time.ParseDuration(out.String())
+	return time.ParseDuration(s)
 }

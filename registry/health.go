@@ -87,9 +87,9 @@ type statusRange struct{ min, max int }
 
 func (r statusRange) has(code int) bool { return code >= r.min && code <= r.max }
 
-// ParseStatus checks a status given as a code (200), a class (2xx) or a
+// CheckStatus checks a status given as a code (200), a class (2xx) or a
 // range (200-399), as HealthCheck.Status takes it.
-func ParseStatus(s string) error {
+func CheckStatus(s string) error {
 	_, err := parseStatus(s)
 	return err
 }
@@ -151,8 +151,9 @@ func (h HealthCheck) merge(o HealthCheck) HealthCheck {
 	return h
 }
 
-// finish fills in defaults and checks h.
-func (h *HealthCheck) finish() error {
+// finish fills in defaults and checks h; with load, it also loads its TLS
+// files.
+func (h *HealthCheck) finish(load bool) error {
 	if h.Interval == 0 {
 		h.Interval = Duration(5 * time.Second)
 	}
@@ -198,7 +199,7 @@ func (h *HealthCheck) finish() error {
 			return Invalidf("body: %v", err)
 		}
 	}
-	if h.TLS != nil {
+	if h.TLS != nil && load {
 		cfg, err := h.TLS.config()
 		if err != nil {
 			return err
@@ -235,9 +236,20 @@ type HealthPolicy struct {
 	anyActive bool                        // some service has active checks
 }
 
-// NewHealthPolicy checks and resolves the configured entries; nil or
-// empty gives the defaults, without active checks.
+// NewHealthPolicy checks and resolves the configured entries, and loads
+// their TLS files; nil or empty gives the defaults, without active checks.
 func NewHealthPolicy(entries []HealthCheck) (*HealthPolicy, error) {
+	return newHealthPolicy(entries, true)
+}
+
+// CheckHealthChecks returns the error NewHealthPolicy would return for
+// entries, but for their TLS files, which it does not read.
+func CheckHealthChecks(entries []HealthCheck) error {
+	_, err := newHealthPolicy(entries, false)
+	return err
+}
+
+func newHealthPolicy(entries []HealthCheck, load bool) (*HealthPolicy, error) {
 	p := &HealthPolicy{overrides: map[ServiceKey]*HealthCheck{}}
 	byKey := map[ServiceKey]HealthCheck{}
 	for _, e := range entries {
@@ -256,20 +268,21 @@ func NewHealthPolicy(entries []HealthCheck) (*HealthPolicy, error) {
 			continue
 		}
 		h := p.base.merge(byKey[ServiceKey{key.Service, ""}]).merge(e)
-		if err := h.finish(); err != nil {
+		if err := h.finish(load); err != nil {
 			return nil, fmt.Errorf("health check for service %q %q: %w", key.Service, key.Version, err)
 		}
 		p.overrides[key] = &h
 		p.anyActive = p.anyActive || h.Active()
 	}
-	if err := p.base.finish(); err != nil {
+	if err := p.base.finish(load); err != nil {
 		return nil, fmt.Errorf("health check: %w", err)
 	}
 	p.anyActive = p.anyActive || p.base.Active()
 	return p, nil
 }
 
-// For returns the health configuration of a service version.
+// For returns the health configuration of a service version, with its
+// defaults filled in; it must not be modified.
 func (p *HealthPolicy) For(key ServiceKey) *HealthCheck {
 	if h, ok := p.overrides[key]; ok {
 		return h

@@ -158,18 +158,15 @@ func (m *machine) due() []*probeTarget {
 // check runs the check of addr, which must be due now, with the given outcome.
 func (m *machine) check(addr string, ok bool) {
 	m.t.Helper()
-	for _, t := range m.due() {
-		if t.address != addr {
-			m.t.Fatalf("%s is due at %v, not only %s", t.address, m.clock.Now(), addr)
-		}
-		var err error
-		if !ok {
-			err = errors.New("check failed")
-		}
-		m.c.done(probeResult{t, err}, m.clock.Now())
-		return
+	due := m.due()
+	if len(due) != 1 || due[0].address != addr {
+		m.t.Fatalf("%d checks due at %v, want exactly the one of %s", len(due), m.clock.Now(), addr)
 	}
-	m.t.Fatalf("no check of %s due at %v", addr, m.clock.Now())
+	var err error
+	if !ok {
+		err = errors.New("check failed")
+	}
+	m.c.done(probeResult{due[0], err}, m.clock.Now())
 }
 
 // idle checks that no check is due now.

@@ -6,6 +6,7 @@ type ServiceKey struct {
 	Version string
 }
 
+// String returns "<service> <version>".
 func (k ServiceKey) String() string { return k.Service + " " + k.Version }
 
 // Validate checks both names.

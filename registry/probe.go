@@ -19,7 +19,8 @@ type ProbeTarget struct {
 	// Key and Address name the endpoint.
 	Key     ServiceKey
 	Address string
-	// Check is the service version's health configuration.
+	// Check is the service version's health configuration, as
+	// HealthPolicy.For returns it (with its defaults filled in).
 	Check *HealthCheck
 }
 

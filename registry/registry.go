@@ -49,7 +49,8 @@ const drainPoll = 10 * time.Millisecond
 
 // Options configure a Local registry.
 type Options struct {
-	// Logger is used until a Start hands over a BackendEnv's. Default: none.
+	// Logger is the registry's logger when a BackendEnv brings none.
+	// Default: none.
 	Logger *zap.Logger
 	// Now is the registry's clock. Default: time.Now.
 	Now func() time.Time
@@ -66,6 +67,7 @@ type Local struct {
 	backend Backend
 	health  *checker
 	now     func() time.Time
+	logger  *zap.Logger
 	prober  *Prober // the default probe, if used
 
 	mu      sync.Mutex // guards started, stopped and orders Start calls
@@ -76,6 +78,7 @@ type Local struct {
 }
 
 // New returns a registry on backend; it does nothing until Start.
+// Options' zero value gives the defaults.
 func New(backend Backend, opts Options) *Local {
 	if opts.Logger == nil {
 		opts.Logger = zap.NewNop()
@@ -83,7 +86,7 @@ func New(backend Backend, opts Options) *Local {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	l := &Local{backend: backend, now: opts.Now, table: newTable(opts.Now)}
+	l := &Local{backend: backend, now: opts.Now, logger: opts.Logger, table: newTable(opts.Now)}
 	if opts.Probe == nil {
 		l.prober = NewProber()
 		opts.Probe = l.prober.Probe
@@ -104,7 +107,7 @@ func (l *Local) Start(env BackendEnv, policy *HealthPolicy, events EventFunc) er
 		return fmt.Errorf("starting registry: %w", errStopped)
 	}
 	if env.Logger == nil {
-		env.Logger = zap.NewNop()
+		env.Logger = l.logger
 	}
 	if l.started {
 		if err := l.backend.Reconfigure(env); err != nil {
@@ -143,7 +146,9 @@ func (l *Local) Stop() error {
 	return l.backend.Stop()
 }
 
-// Table returns the table the backend feeds.
+// Table returns the table the backend feeds. Writing to it directly
+// bypasses the backend: it is for backends, and for registries fed by
+// hand (with no backend, never started), as tests and benchmarks do.
 func (l *Local) Table() *Table { return l.table }
 
 // Add validates and normalizes ep and stores it through the backend.

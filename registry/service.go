@@ -17,11 +17,9 @@ type Service struct {
 	// Endpoints are sorted by address. The slice is shared: never modify it.
 	Endpoints []*Endpoint
 
-	rotation Rotation
-
-	// Values made once, so that storing them as interfaces does not allocate.
-	nameVal, versionVal, prefixVal any
-	unavailable                    error
+	rotation    Rotation
+	boxed       Boxed
+	unavailable error
 
 	retries *atomic.Uint64 // tries after a request's first; kept across snapshots
 }
@@ -44,12 +42,19 @@ func (s *Service) Endpoint(address string) *Endpoint {
 // every request to it.
 func (s *Service) Rotation() *Rotation { return &s.rotation }
 
-// Values returns the name, version and prefix as interface values made
-// once per Service, for code that stores them as `any` on every request
-// (Caddy's placeholders do) without allocating.
-func (s *Service) Values() (name, version, prefix any) {
-	return s.nameVal, s.versionVal, s.prefixVal
+// Boxed holds a Service's strings as interface values, made once per
+// Service, so that code storing them as `any` on every request (Caddy's
+// placeholders do) does not allocate. They are strings.
+type Boxed struct {
+	// Name, Version and Prefix are the Service's.
+	Name, Version, Prefix any
+	// Unavailable is the text of Service.Unavailable.
+	Unavailable any
 }
+
+// Boxed returns the service version's boxed strings; they must not be
+// modified.
+func (s *Service) Boxed() *Boxed { return &s.boxed }
 
 // Unavailable returns the error for a request that finds no available
 // endpoint of the service version: it matches ErrNoAvailableHost and
@@ -72,8 +77,8 @@ func newService(key ServiceKey, eps []*Endpoint) *Service {
 		rotation:  Rotation{schedule: weightedSchedule(eps)},
 		retries:   new(atomic.Uint64),
 	}
-	s.nameVal, s.versionVal, s.prefixVal = s.Name, s.Version, s.Prefix
 	s.unavailable = fmt.Errorf("%w for service %q version %q", ErrNoAvailableHost, s.Name, s.Version)
+	s.boxed = Boxed{Name: s.Name, Version: s.Version, Prefix: s.Prefix, Unavailable: s.unavailable.Error()}
 	return s
 }
 

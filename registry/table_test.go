@@ -37,8 +37,8 @@ func TestTable(t *testing.T) {
 	if svc.Prefix != "/users/v1" {
 		t.Errorf("prefix = %q", svc.Prefix)
 	}
-	if name, version, prefix := svc.Values(); name != "users" || version != "v1" || prefix != "/users/v1" {
-		t.Errorf("values = %v %v %v", name, version, prefix)
+	if b := svc.Boxed(); b.Name != "users" || b.Version != "v1" || b.Prefix != "/users/v1" || b.Unavailable != `no available host for service "users" version "v1"` {
+		t.Errorf("boxed = %+v", *b)
 	}
 	if err := svc.Unavailable(); !errors.Is(err, ErrNoAvailableHost) || err.Error() != `no available host for service "users" version "v1"` {
 		t.Errorf("unavailable = %v", err)
@@ -145,4 +145,20 @@ func BenchmarkLookup(b *testing.B) {
 			}
 		}
 	})
+}
+
+// TestLookupAllocs checks that Lookup, on the request path, allocates
+// nothing.
+func TestLookupAllocs(t *testing.T) {
+	tbl := NewTable()
+	tbl.Replace(map[ServiceKey][]Endpoint{{"users", "v1"}: eps("127.0.0.1:1", "127.0.0.1:2")})
+	r := &Local{table: tbl}
+	key := ServiceKey{"users", "v1"}
+	if n := testing.AllocsPerRun(100, func() {
+		if _, err := r.Lookup(key); err != nil {
+			t.Fatal(err)
+		}
+	}); n != 0 {
+		t.Errorf("Lookup allocates %v times", n)
+	}
 }

@@ -50,9 +50,9 @@ type Config struct {
 	Logf func(format string, args ...any)
 }
 
-// Key returns the etcd key and value of the registration, or an error
+// Encode returns the etcd key and value of the registration, or an error
 // (matching registry.ErrInvalid) saying what is wrong with it.
-func (c Config) Key() (key, value string, err error) {
+func (c Config) Encode() (key, value string, err error) {
 	if c.Service == "" || c.Version == "" || c.Address == "" {
 		return "", "", registry.Invalidf("selfreg: service, version and address are required")
 	}
@@ -78,7 +78,7 @@ func Register(ctx context.Context, cfg Config) error {
 	if cfg.Logf == nil {
 		cfg.Logf = log.Printf
 	}
-	key, value, err := cfg.Key()
+	key, value, err := cfg.Encode()
 	if err != nil {
 		return err
 	}

@@ -14,7 +14,7 @@ import (
 	"github.com/svcreg/caddy-svcreg/registry"
 )
 
-func TestConfigKey(t *testing.T) {
+func TestConfigEncode(t *testing.T) {
 	for _, tc := range []struct {
 		cfg     Config
 		key     string
@@ -28,7 +28,7 @@ func TestConfigKey(t *testing.T) {
 		{cfg: Config{Service: "users", Version: "v1", Address: "127.0.0.1:99999"}, wantErr: "port must be"},
 		{cfg: Config{Service: "users", Version: "v1", Address: "127.0.0.1:1", TTL: time.Millisecond}, wantErr: "invalid ttl"},
 	} {
-		key, _, err := tc.cfg.Key()
+		key, _, err := tc.cfg.Encode()
 		if tc.wantErr != "" {
 			if err == nil || !strings.Contains(err.Error(), tc.wantErr) || !errors.Is(err, registry.ErrInvalid) {
 				t.Errorf("%+v: %q, %v; want an ErrInvalid naming %q", tc.cfg, key, err, tc.wantErr)

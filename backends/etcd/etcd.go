@@ -149,7 +149,11 @@ func (e *Backend) Provision(ctx caddy.Context) error {
 	if len(endpoints) == 0 {
 		return errors.New("etcd backend: no endpoints")
 	}
-	e.Prefix = etcdkv.Prefix(repl.ReplaceKnown(e.Prefix, ""))
+	prefix := repl.ReplaceKnown(e.Prefix, "")
+	if e.Prefix != "" && prefix == "" {
+		return fmt.Errorf("etcd backend: prefix %q is empty once expanded", e.Prefix)
+	}
+	e.Prefix = etcdkv.Prefix(prefix)
 	if e.DialTimeout == 0 {
 		e.DialTimeout = caddy.Duration(5 * time.Second)
 	}
@@ -196,17 +200,17 @@ func (t *TLS) load(repl *caddy.Replacer) (*tls.Config, error) {
 	return cfg, nil
 }
 
-// goSafe runs f in a goroutine that Stop waits for; a panic in f is
-// logged, not fatal to Caddy.
-func (e *Backend) goSafe(what string, f func()) {
-	e.done.Go(func() {
-		defer func() {
-			if p := recover(); p != nil {
-				e.log().Error("panic "+what, zap.String("backend", "etcd"), zap.Any("panic", p), zap.Stack("stack"))
-			}
-		}()
-		f()
-	})
+// safely runs f, turning a panic into a logged error, so that a bug in
+// handling one response does not end a goroutine the registry depends on:
+// the caller goes on as after any other failure.
+func (e *Backend) safely(what string, f func() error) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("panic %s: %v", what, p)
+			e.log().Error("panic "+what, zap.String("backend", "etcd"), zap.Any("panic", p), zap.Stack("stack"))
+		}
+	}()
+	return f()
 }
 
 // log returns the logger of the config that started last.
@@ -231,8 +235,8 @@ func (e *Backend) Start(table *registry.Table, env registry.BackendEnv) error {
 	e.leases = map[string]*etcdLease{}
 	e.reachable = true // until shown otherwise, so that a first failure is logged
 	e.mu.Unlock()
-	e.goSafe("watching etcd", func() { e.sync(ctx) })
-	e.goSafe("checking etcd", func() { e.monitor(ctx) })
+	e.done.Go(func() { e.sync(ctx) })
+	e.done.Go(func() { e.monitor(ctx) })
 	return nil
 }
 
@@ -269,7 +273,11 @@ func (e *Backend) Stop() error {
 func (e *Backend) sync(ctx context.Context) {
 	wait := etcdRetryMin
 	for ctx.Err() == nil {
-		rev, err := e.list(ctx)
+		var rev int64
+		err := e.safely("listing etcd", func() (err error) {
+			rev, err = e.list(ctx)
+			return err
+		})
 		if err != nil {
 			e.setReachable(false, err)
 			select {
@@ -282,7 +290,7 @@ func (e *Backend) sync(ctx context.Context) {
 		}
 		wait = etcdRetryMin
 		e.setReachable(true, nil)
-		err = e.watch(ctx, rev+1)
+		err = e.safely("watching etcd", func() error { return e.watch(ctx, rev+1) })
 		if ctx.Err() != nil {
 			return
 		}
@@ -531,7 +539,7 @@ func (e *Backend) keepAlive(k string, lease *etcdLease) {
 	e.leases[k] = lease
 	ctx, cancel := context.WithCancel(e.ctx)
 	lease.cancel = cancel
-	e.goSafe("keeping an etcd lease alive", func() {
+	e.done.Go(func() {
 		ch, err := e.client.KeepAlive(ctx, lease.id)
 		if err != nil {
 			e.log().Error("keeping etcd lease alive", zap.String("backend", "etcd"), zap.String("key", k), zap.Error(err))

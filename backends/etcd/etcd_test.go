@@ -539,3 +539,32 @@ func del(r registry.Registry, ctx context.Context, key registry.ServiceKey, addr
 	_, err := r.Delete(ctx, key, address)
 	return err
 }
+
+// TestProvisionPrefix checks the prefix a backend watches: the default,
+// a slash added, a placeholder expanded, and one that expands to nothing
+// refused (it would have watched the whole keyspace).
+func TestProvisionPrefix(t *testing.T) {
+	t.Setenv("SVCREG_TEST_PREFIX", "/team/")
+	for _, tc := range []struct {
+		prefix, want, wantErr string
+	}{
+		{"", "/svcreg/", ""},
+		{"/reg", "/reg/", ""},
+		{"{env.SVCREG_TEST_PREFIX}", "/team/", ""},
+		{"{env.SVCREG_TEST_UNSET_PREFIX}", "", "empty once expanded"},
+	} {
+		ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+		e := &Backend{Prefix: tc.prefix}
+		err := e.Provision(ctx)
+		cancel()
+		if tc.wantErr != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Errorf("prefix %q: %v, want an error saying %q", tc.prefix, err, tc.wantErr)
+			}
+			continue
+		}
+		if err != nil || e.Prefix != tc.want {
+			t.Errorf("prefix %q: %q, %v; want %q", tc.prefix, e.Prefix, err, tc.want)
+		}
+	}
+}
