@@ -344,6 +344,15 @@ func (a *attempt) Load(i int) (inFlight, weight int) {
 	return a.pool[i].Host.NumRequests(), a.svc.Endpoints[i].Weight
 }
 
+// Endpoint returns pool[i]'s registry endpoint, or nil for a pool not
+// from the registry.
+func (a *attempt) Endpoint(i int) *registry.Endpoint {
+	if a.svc == nil {
+		return nil
+	}
+	return a.svc.Endpoints[i]
+}
+
 // Candidate reports whether pool[i] may take this try: not tried yet,
 // available to reverse_proxy (not full, not tripped), and pickable by the
 // registry's health (see registry.Endpoint.Pickable).

@@ -3,6 +3,7 @@ package registry
 import (
 	"math/rand/v2"
 	"sync/atomic"
+	"time"
 )
 
 // Balance is a balancing algorithm: how a request's next try chooses
@@ -20,11 +21,16 @@ const (
 	// unit of weight, ties broken at random.
 	LeastConn
 	// P2C takes the less busy of two random hosts ("power of two
-	// choices").
+	// choices"): fewer requests in flight per unit of weight.
 	P2C
+	// PeakEWMA takes the cheaper of two random hosts, where a host's cost
+	// is its peak-EWMA latency times its requests in flight plus one, per
+	// unit of weight, as Finagle's and Linkerd's balancers do: a slow or
+	// busy host gets fewer requests, in proportion.
+	PeakEWMA
 )
 
-var balanceNames = [...]string{RoundRobin: "round_robin", Random: "random", LeastConn: "least_conn", P2C: "p2c"}
+var balanceNames = [...]string{RoundRobin: "round_robin", Random: "random", LeastConn: "least_conn", P2C: "p2c", PeakEWMA: "peak_ewma"}
 
 // String returns the algorithm's name: round_robin, random, least_conn or p2c.
 func (b Balance) String() string {
@@ -41,7 +47,7 @@ func ParseBalance(name string) (Balance, error) {
 			return Balance(b), nil
 		}
 	}
-	return 0, Invalidf("unknown balancing algorithm %q: want round_robin, random, least_conn or p2c", name)
+	return 0, Invalidf("unknown balancing algorithm %q: want round_robin, random, least_conn, p2c or peak_ewma", name)
 }
 
 // Pool is the set of hosts one request chooses from, indexed from 0 to
@@ -55,6 +61,9 @@ type Pool interface {
 	Candidate(i int, ignoreHealth bool) bool
 	// Load returns host i's requests in flight and its weight (1 to 100).
 	Load(i int) (inFlight, weight int)
+	// Endpoint returns host i's endpoint in the registry, or nil for a
+	// host that does not come from it (whose latency is then unknown).
+	Endpoint(i int) *Endpoint
 }
 
 // Rotation is a position in a round-robin order, shared by the requests
@@ -81,27 +90,36 @@ func (b Balance) Pick(p Pool, rot *Rotation, ignoreHealth bool) int {
 	case LeastConn:
 		return leastConn(p, ignoreHealth)
 	case P2C:
-		return powerOfTwo(p, ignoreHealth)
+		return powerOfTwo(p, ignoreHealth, inFlightCost)
+	case PeakEWMA:
+		return powerOfTwo(p, ignoreHealth, ewmaCost)
 	default:
 		return scan(p, rot.schedule, rot.next.Add(1)-1, ignoreHealth)
 	}
 }
 
-// scan walks the pool in (weighted) round-robin order from position start
-// and returns the first candidate.
+// scan returns the host at position start of the pool's (weighted)
+// round-robin order if it is a candidate. Otherwise it walks the order
+// from a random position: the share of a host that cannot take the
+// request spreads over all the others, rather than doubling the next
+// one's.
 func scan(p Pool, sched []int32, start uint64, ignoreHealth bool) int {
-	if sched != nil {
-		n := uint64(len(sched))
-		for k := range n {
-			if i := int(sched[(start+k)%n]); p.Candidate(i, ignoreHealth) {
-				return i
-			}
-		}
-		return -1
-	}
 	n := uint64(p.Len())
+	if sched != nil {
+		n = uint64(len(sched))
+	}
+	at := func(k uint64) int {
+		if sched != nil {
+			return int(sched[k%n])
+		}
+		return int(k % n)
+	}
+	if i := at(start); p.Candidate(i, ignoreHealth) {
+		return i
+	}
+	from := rand.Uint64()
 	for k := range n {
-		if i := int((start + k) % n); p.Candidate(i, ignoreHealth) {
+		if i := at(from + k); p.Candidate(i, ignoreHealth) {
 			return i
 		}
 	}
@@ -127,8 +145,29 @@ func leastConn(p Pool, ignoreHealth bool) int {
 	return best
 }
 
-// powerOfTwo returns the less busy of two random candidates.
-func powerOfTwo(p Pool, ignoreHealth bool) int {
+// costFunc returns what it costs host i to take one more request.
+type costFunc func(p Pool, i int, now int64) float64
+
+// inFlightCost is the host's requests in flight per unit of weight.
+func inFlightCost(p Pool, i int, _ int64) float64 {
+	in, w := p.Load(i)
+	return float64(in) / float64(w)
+}
+
+// ewmaCost is the host's peak-EWMA latency (plus a microsecond, so that
+// hosts without one yet still compare by load) times its requests in
+// flight plus one, per unit of weight.
+func ewmaCost(p Pool, i int, now int64) float64 {
+	in, w := p.Load(i)
+	lat := float64(time.Microsecond)
+	if ep := p.Endpoint(i); ep != nil {
+		lat += ep.health.ewma.at(now)
+	}
+	return lat * float64(in+1) / float64(w)
+}
+
+// powerOfTwo returns the cheaper of two random candidates.
+func powerOfTwo(p Pool, ignoreHealth bool, cost costFunc) int {
 	if n := p.Len(); n > 1 {
 		// the common case: two random hosts, both candidates
 		i, j := rand.IntN(n), rand.IntN(n-1)
@@ -136,7 +175,7 @@ func powerOfTwo(p Pool, ignoreHealth bool) int {
 			j++
 		}
 		if p.Candidate(i, ignoreHealth) && p.Candidate(j, ignoreHealth) {
-			return lessBusy(p, i, j)
+			return cheaper(p, i, j, cost)
 		}
 	}
 	// Otherwise pick two among the candidates, asking Candidate once per
@@ -159,15 +198,16 @@ func powerOfTwo(p Pool, ignoreHealth bool) int {
 	if k2 >= k1 {
 		k2++
 	}
-	return lessBusy(p, cands[k1], cands[k2])
+	return cheaper(p, cands[k1], cands[k2], cost)
 }
 
-// lessBusy returns whichever of hosts i and j has fewer requests in
-// flight per unit of weight (i on a tie).
-func lessBusy(p Pool, i, j int) int {
-	inI, wI := p.Load(i)
-	inJ, wJ := p.Load(j)
-	if inI*wJ > inJ*wI {
+// cheaper returns whichever of hosts i and j costs less (i on a tie).
+func cheaper(p Pool, i, j int, cost costFunc) int {
+	var now int64
+	if ep := p.Endpoint(i); ep != nil {
+		now = ep.health.now().UnixNano()
+	}
+	if cost(p, j, now) < cost(p, i, now) {
 		return j
 	}
 	return i
@@ -224,6 +264,9 @@ func (t *Tries) Load(i int) (inFlight, weight int) {
 	ep := t.svc.Endpoints[i]
 	return ep.InFlight(), ep.Weight
 }
+
+// Endpoint returns endpoint i.
+func (t *Tries) Endpoint(i int) *Endpoint { return t.svc.Endpoints[i] }
 
 // Interface guards
 var _ Pool = (*Tries)(nil)

@@ -8,7 +8,7 @@ import (
 	"time"
 )
 
-var balances = []Balance{RoundRobin, Random, LeastConn, P2C}
+var balances = []Balance{RoundRobin, Random, LeastConn, P2C, PeakEWMA}
 
 // svcPool is a Pool over a Service's endpoints for one request.
 type svcPool struct {
@@ -21,8 +21,9 @@ func newSvcPool(svc *Service) *svcPool {
 	return &svcPool{svc: svc, tried: map[int]bool{}, inFlight: make([]int, len(svc.Endpoints))}
 }
 
-func (p *svcPool) Len() int              { return len(p.svc.Endpoints) }
-func (p *svcPool) Load(i int) (int, int) { return p.inFlight[i], p.svc.Endpoints[i].Weight }
+func (p *svcPool) Len() int                 { return len(p.svc.Endpoints) }
+func (p *svcPool) Load(i int) (int, int)    { return p.inFlight[i], p.svc.Endpoints[i].Weight }
+func (p *svcPool) Endpoint(i int) *Endpoint { return p.svc.Endpoints[i] }
 func (p *svcPool) Candidate(i int, ignoreHealth bool) bool {
 	return !p.tried[i] && p.svc.Endpoints[i].Pickable(ignoreHealth)
 }

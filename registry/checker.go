@@ -127,16 +127,48 @@ func (c *checker) emit(name string, t *probeTarget, reason string) {
 	}
 }
 
-// failure records a failed request to ep of svc and takes it out of
-// rotation, within the service's ejection limit. It is called on the
-// request path: no I/O, no blocking beyond a short lock.
-func (c *checker) failure(svc *Service, ep *Endpoint) {
+// report applies the outcome of one try to ep of svc at t. It is called
+// on the request path: no I/O, no blocking beyond a short lock when the
+// endpoint leaves rotation.
+func (c *checker) report(svc *Service, ep *Endpoint, o Outcome, latency time.Duration, t time.Time) {
 	h := ep.health
+	now := t.UnixNano()
+	if o == Answered {
+		if h.fails.Load() != 0 {
+			h.fails.Store(0)
+		}
+		if h.gatewayErrs.Load() != 0 {
+			h.gatewayErrs.Store(0)
+		}
+		h.ewma.observe(latency, now)
+		svc.stats.latency.observe(latency, now)
+		return
+	}
 	h.fails.Add(1)
-	t := c.now()
-	h.lastFailure.Store(t.UnixNano())
+	h.lastFailure.Store(now)
 	h.failures.Add(1)
-	if h.out(outPassive | outDraining) {
+	switch o {
+	case GatewayError, TimedOut:
+		if o == TimedOut {
+			h.ewma.observe(latency, now) // at least this slow: picked less at once
+		}
+		if n := h.gatewayErrs.Add(1); n >= int64(c.policy.Load().For(svc.Key()).EjectAfter) {
+			c.eject(svc, ep, outPassive, t)
+		}
+	case Unreachable:
+		c.eject(svc, ep, outUnreachable, t)
+	default:
+		c.eject(svc, ep, outPassive, t)
+	}
+}
+
+// eject takes ep of svc out of rotation for reason: outPassive (failed
+// requests), within the service's ejection limit, or outUnreachable (no
+// connection), which the limit does not bound: a host that cannot be
+// reached serves nobody in rotation.
+func (c *checker) eject(svc *Service, ep *Endpoint, reason uint32, t time.Time) {
+	h := ep.health
+	if h.out(outPassive | outUnreachable | outDraining) {
 		return
 	}
 	// at least one may always go, whatever the percentage
@@ -144,8 +176,11 @@ func (c *checker) failure(svc *Service, ep *Endpoint) {
 
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if h.out(outPassive) {
+	if h.out(outPassive | outUnreachable) {
 		return
+	}
+	if reason == outUnreachable {
+		limit = len(svc.Endpoints) + 1
 	}
 	ejected, oldest := 0, (*Endpoint)(nil)
 	for _, other := range svc.Endpoints {
@@ -163,7 +198,7 @@ func (c *checker) failure(svc *Service, ep *Endpoint) {
 		oldest.health.nextProbe.Store(0)
 		c.released = append(c.released, &probeTarget{key: svc.Key(), address: oldest.Address, health: oldest.health})
 	}
-	h.setOut(outPassive, true)
+	h.setOut(reason, true)
 	h.nextProbe.Store(t.Add(probeBackoffMin).UnixNano())
 	h.ejections.Add(1)
 	c.failed = append(c.failed, &probeTarget{key: svc.Key(), address: ep.Address, health: h})
@@ -252,7 +287,7 @@ func (c *checker) check(ctx context.Context, t *probeTarget) (err error) {
 				zap.String("version", t.key.Version), zap.String("upstream", t.address), zap.Any("panic", p), zap.Stack("stack"))
 		}
 	}()
-	return c.probe(ctx, ProbeTarget{Key: t.key, Address: t.address, Check: c.policy.Load().For(t.key)})
+	return c.probe(ctx, ProbeTarget{Key: t.key, Address: t.address, Check: c.policy.Load().For(t.key), TLS: t.health.tls.Load()})
 }
 
 // reconcile brings the targets in line with the snapshot, the policy and
@@ -303,7 +338,7 @@ func (c *checker) reconcile(now time.Time) {
 		}
 	}
 	for _, f := range failed {
-		if !f.health.out(outPassive) {
+		if !f.health.out(outPassive | outUnreachable) {
 			continue // put back by the ejection limit already
 		}
 		t, ok := c.targets[f.health]
@@ -315,8 +350,12 @@ func (c *checker) reconcile(now time.Time) {
 			c.add(t)
 		}
 		if t.backoff == 0 {
-			c.emit("unhealthy", t, "passive")
-			if ce := c.logger.Load().Check(zapcore.WarnLevel, "endpoint failed a request; out of rotation until it answers"); ce != nil {
+			why, msg := "passive", "endpoint failed requests; out of rotation until it answers"
+			if f.health.out(outUnreachable) {
+				why, msg = "unreachable", "endpoint cannot be reached; out of rotation until it answers"
+			}
+			c.emit("unhealthy", t, why)
+			if ce := c.logger.Load().Check(zapcore.WarnLevel, msg); ce != nil {
 				ce.Write(zap.String("service", t.key.Service), zap.String("version", t.key.Version), zap.String("upstream", t.address))
 			}
 		}
@@ -367,14 +406,19 @@ func (c *checker) done(r probeResult, now time.Time) {
 		rise = hc.Rise
 	}
 
-	if h.out(outPassive) {
+	if h.out(outPassive | outUnreachable) {
 		// passively failed: re-checked on a short backoff until it passes
 		if ok && t.passes >= rise {
-			h.setOut(outPassive, false)
+			why := "passive"
+			if h.out(outUnreachable) {
+				why = "unreachable"
+			}
+			h.setOut(outPassive|outUnreachable, false)
 			h.fails.Store(0)
+			h.gatewayErrs.Store(0)
 			h.nextProbe.Store(0)
 			t.backoff = 0
-			c.rejoined(t, hc, "passive", now)
+			c.rejoined(t, hc, why, now)
 		} else {
 			if !ok {
 				t.backoff = min(2*t.backoff, probeBackoffMax)

@@ -110,6 +110,14 @@ func (h *endpointHealth) rampPick() bool {
 // request path: no allocation, no lock.
 func (ep *Endpoint) Sent() { ep.health.requests.Add(1) }
 
+// UsesTLS reports whether the proxy speaks TLS to the endpoint (see
+// SetUsesTLS).
+func (ep *Endpoint) UsesTLS() bool { return ep.health.tls.Load() }
+
+// SetUsesTLS tells the registry whether the proxy speaks TLS to the
+// endpoint, so that the checks that bring it back after failures do too.
+func (ep *Endpoint) SetUsesTLS(on bool) { ep.health.tls.Store(on) }
+
 // InFlightCounter counts the requests a proxy has in flight to one
 // address, such as Caddy's reverseproxy.Host.
 type InFlightCounter interface {
@@ -150,9 +158,12 @@ type EndpointStats struct {
 	// Available is true when the endpoint is in rotation.
 	Available bool
 	// OutOfRotation says why it is not: "draining" (being removed),
-	// "probe" (failing its active checks), "passive" (failed a request),
-	// or "" when it is in rotation.
+	// "probe" (failing its active checks), "unreachable" (could not be
+	// connected to), "passive" (failed requests), or "" when it is in
+	// rotation.
 	OutOfRotation string
+	// Latency is its peak-EWMA response time, as balancing sees it.
+	Latency time.Duration
 	// Fails counts its failed requests in a row since it last answered.
 	Fails int
 	// LastFailure is when it last failed a request, or zero.
@@ -188,10 +199,14 @@ func (ep *Endpoint) Stats() EndpointStats {
 		st.OutOfRotation = "draining"
 	case h.out(outProbe):
 		st.OutOfRotation = "probe"
+	case h.out(outUnreachable):
+		st.OutOfRotation = "unreachable"
+		st.NextCheck = unixTime(h.nextProbe.Load())
 	case h.out(outPassive):
 		st.OutOfRotation = "passive"
 		st.NextCheck = unixTime(h.nextProbe.Load())
 	}
+	st.Latency = time.Duration(h.ewma.at(h.now().UnixNano()))
 	if end := h.rampEnd.Load(); end > h.now().UnixNano() {
 		st.SlowStartUntil = time.Unix(0, end)
 	}

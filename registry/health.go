@@ -53,13 +53,20 @@ type HealthCheck struct {
 	// leave rotation. Default: 2.
 	Fall int `json:"fall,omitempty"`
 
+	// EjectAfter is how many gateway errors (502, 503, 504) or tries
+	// without a response header before their deadline, in a row, take an
+	// endpoint out of rotation, as Envoy's consecutive_gateway_failure
+	// does. A try whose connection fails takes it out at once. Default: 3.
+	EjectAfter int `json:"eject_after,omitempty"`
+
 	// SlowStart ramps a rejoining endpoint's share of requests up from
 	// a tenth to its full weight over this long. Default: off.
 	SlowStart Duration `json:"slow_start,omitempty"`
 	// MaxEjectedPercent caps the share of a service version's endpoints
 	// out of rotation for failed requests (passive) at once, from 1 to 100
 	// (one endpoint may always go); beyond it the least recently failed
-	// ones stay in. Default: 50.
+	// ones stay in. Endpoints that cannot be connected to are out whatever
+	// this says, and do not count. Default: 50.
 	MaxEjectedPercent int `json:"max_ejected_percent,omitempty"`
 	// DrainTimeout bounds how long removing an endpoint waits for its
 	// requests in flight. Default: 30s.
@@ -145,6 +152,7 @@ func (h HealthCheck) merge(o HealthCheck) HealthCheck {
 	set(&h.Body, o.Body)
 	setInt(&h.Rise, o.Rise)
 	setInt(&h.Fall, o.Fall)
+	setInt(&h.EjectAfter, o.EjectAfter)
 	setDur(&h.SlowStart, o.SlowStart)
 	setInt(&h.MaxEjectedPercent, o.MaxEjectedPercent)
 	setDur(&h.DrainTimeout, o.DrainTimeout)
@@ -172,6 +180,9 @@ func (h *HealthCheck) finish(load bool) error {
 	if h.MaxEjectedPercent == 0 {
 		h.MaxEjectedPercent = 50
 	}
+	if h.EjectAfter == 0 {
+		h.EjectAfter = 3
+	}
 	if h.DrainTimeout == 0 {
 		h.DrainTimeout = Duration(30 * time.Second)
 	}
@@ -185,6 +196,8 @@ func (h *HealthCheck) finish(load bool) error {
 		err = Invalidf("durations must not be negative")
 	case h.Rise < 1 || h.Fall < 1:
 		err = Invalidf("rise and fall must be at least 1")
+	case h.EjectAfter < 1:
+		err = Invalidf("eject_after must be at least 1")
 	case h.MaxEjectedPercent < 1 || h.MaxEjectedPercent > 100:
 		err = Invalidf("max_ejected_percent %d: want 1 to 100", h.MaxEjectedPercent)
 	}
@@ -297,6 +310,9 @@ func (p *HealthPolicy) For(key ServiceKey) *HealthCheck {
 // every snapshot that holds the endpoint; all fields are atomic.
 type endpointHealth struct {
 	state       atomic.Uint32 // why it is out of rotation: out* bits; 0 = in rotation
+	gatewayErrs atomic.Int64  // gateway errors and timed-out tries in a row
+	ewma        peakEWMA      // latency estimate, for balancing
+	tls         atomic.Bool   // the proxy speaks TLS to it
 	fails       atomic.Int64  // failed requests in a row since it last answered
 	lastFailure atomic.Int64  // unix nanoseconds
 	nextProbe   atomic.Int64  // unix nanoseconds of the next check while out
@@ -319,9 +335,10 @@ func newEndpointHealth(now func() time.Time) *endpointHealth {
 // Why an endpoint is out of rotation: bits of endpointHealth.state, one
 // word so that the request path reads them in one load.
 const (
-	outPassive  uint32 = 1 << iota // failed a request
-	outProbe                       // failing its active checks
-	outDraining                    // being removed: no new requests
+	outPassive     uint32 = 1 << iota // failed requests
+	outUnreachable                    // could not be connected to
+	outProbe                          // failing its active checks
+	outDraining                       // being removed: no new requests
 )
 
 // out reports whether any of the given reasons holds.

@@ -3,7 +3,8 @@ package registry
 import (
 	"context"
 	"errors"
-	"net"
+	"net/http"
+	"net/http/httptest"
 	"slices"
 	"strings"
 	"testing"
@@ -140,7 +141,7 @@ func (m *machine) endpoint(key ServiceKey, addr string) *Endpoint {
 func (m *machine) fail(key ServiceKey, addr string) {
 	svc, err := m.table.Snapshot().Lookup(key.Service, key.Version)
 	must(m.t, err)
-	m.c.failure(svc, svc.Endpoint(addr))
+	m.c.report(svc, svc.Endpoint(addr), Failed, 0, m.clock.Now())
 	m.c.reconcile(m.clock.Now()) // the scheduler, woken by the failure
 }
 
@@ -349,29 +350,12 @@ func TestRemovedWhileOut(t *testing.T) {
 	m.idle()
 }
 
-// listen returns a TCP listener on 127.0.0.1 that accepts and closes
-// connections until the test ends.
-func listen(t *testing.T) net.Listener {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	must(t, err)
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
-	return ln
-}
-
-// TestHealthEvents runs a real registry, real clock and real TCP checks:
+// TestHealthEvents runs a real registry, real clock and real HTTP checks:
 // a passive failure and the recovery emit "unhealthy" and then "healthy".
 func TestHealthEvents(t *testing.T) {
-	addr := listen(t).Addr().String()
+	srv := httptest.NewServer(http.NotFoundHandler()) // a 404 answers
+	defer srv.Close()
+	addr := srv.Listener.Addr().String()
 	key := ServiceKey{"users", "v1"}
 	r := startRegistry(t, map[ServiceKey][]Endpoint{key: eps(addr, "127.0.0.1:1")}, Options{})
 	events := new(recorder)

@@ -2,6 +2,7 @@ package registry
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"net"
@@ -22,23 +23,30 @@ type ProbeTarget struct {
 	// Check is the service version's health configuration, as
 	// HealthPolicy.For returns it (with its defaults filled in).
 	Check *HealthCheck
+	// TLS says the proxy speaks TLS to the endpoint (Endpoint.UsesTLS).
+	TLS bool
 }
 
-// Prober is the default probe: for a service version with active checks
-// an HTTP (or, with TLS, HTTPS) GET of the check's path and port, that
-// must answer within its timeout with a status in its range and a body
-// matching its pattern, without following redirects; without active
-// checks, a TCP connect (which is how a passively failed endpoint is
-// seen to answer again).
+// Prober is the default probe. For a service version with active checks
+// it sends an HTTP (or, with the check's TLS, HTTPS) GET of the check's
+// path and port, that must answer within its timeout with a status in its
+// range and a body matching its pattern, without following redirects.
+// Without active checks (how an endpoint out for failed requests is seen
+// to answer again) it sends HEAD / (over TLS if the proxy uses TLS to the
+// endpoint, without checking its certificate), which passes with any
+// status below 500 within the check's timeout: a host that accepts
+// connections but does not answer HTTP, or answers 5xx, stays out.
 type Prober struct {
-	// Dial opens connections: the TCP connects, and the connections of
-	// plain-HTTP checks. Default: a net.Dialer with a 1s timeout.
+	// Dial opens the connections of plain-HTTP checks. Default: a
+	// net.Dialer with a 1s timeout.
 	Dial func(ctx context.Context, network, address string) (net.Conn, error)
 
-	plain *http.Transport
+	plain    *http.Transport
+	anyTLS   *http.Transport // for HEAD checks of endpoints behind TLS
+	fallback *HealthCheck    // the defaults, for a target without a check
 }
 
-// dialTimeout bounds the TCP connect of a check without an active check.
+// dialTimeout bounds connecting for a check.
 const dialTimeout = time.Second
 
 // NewProber returns the default probe. Close releases its idle
@@ -51,18 +59,24 @@ func NewProber() *Prober {
 		MaxIdleConnsPerHost: 1,
 		IdleConnTimeout:     30 * time.Second,
 	}
+	p.anyTLS = &http.Transport{
+		DialContext:       (&net.Dialer{Timeout: dialTimeout}).DialContext,
+		TLSClientConfig:   &tls.Config{InsecureSkipVerify: true}, // a liveness check, nothing is exchanged
+		DisableKeepAlives: true,
+	}
+	defaults, _ := NewHealthPolicy(nil)
+	p.fallback = defaults.For(ServiceKey{})
 	return p
 }
 
 // Probe checks target.
 func (p *Prober) Probe(ctx context.Context, target ProbeTarget) error {
 	hc := target.Check
-	if hc == nil || !hc.Active() {
-		conn, err := p.Dial(ctx, "tcp", target.Address)
-		if err != nil {
-			return err
-		}
-		return conn.Close()
+	if hc == nil {
+		hc = p.fallback
+	}
+	if !hc.Active() {
+		return p.answers(ctx, target, hc)
 	}
 	addr := target.Address
 	if hc.Port != 0 {
@@ -102,5 +116,33 @@ func (p *Prober) Probe(ctx context.Context, target ProbeTarget) error {
 	return nil
 }
 
+// answers checks that the endpoint answers HTTP at all: HEAD / with any
+// status below 500.
+func (p *Prober) answers(ctx context.Context, target ProbeTarget, hc *HealthCheck) error {
+	scheme, transport := "http", p.plain
+	if target.TLS {
+		scheme, transport = "https", p.anyTLS
+	}
+	ctx, cancel := context.WithTimeout(ctx, time.Duration(hc.Timeout))
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodHead, scheme+"://"+target.Address+"/", nil)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("User-Agent", "caddy-svcreg-health-check")
+	resp, err := transport.RoundTrip(req)
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	if resp.StatusCode >= 500 {
+		return fmt.Errorf("status %d", resp.StatusCode)
+	}
+	return nil
+}
+
 // Close closes the probe's idle connections.
-func (p *Prober) Close() { p.plain.CloseIdleConnections() }
+func (p *Prober) Close() {
+	p.plain.CloseIdleConnections()
+	p.anyTLS.CloseIdleConnections()
+}

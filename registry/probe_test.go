@@ -18,15 +18,16 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 )
 
-// probe runs the default probe with the policy made of check.
-func probe(t *testing.T, addr string, check HealthCheck) error {
+// probe runs the default probe with the policy made of check; tls says
+// the proxy speaks TLS to the endpoint.
+func probe(t *testing.T, addr string, check HealthCheck, tls ...bool) error {
 	t.Helper()
 	policy, err := NewHealthPolicy([]HealthCheck{check})
 	must(t, err)
 	p := NewProber()
 	defer p.Close()
 	key := ServiceKey{"users", "v1"}
-	return p.Probe(context.Background(), ProbeTarget{Key: key, Address: addr, Check: policy.For(key)})
+	return p.Probe(context.Background(), ProbeTarget{Key: key, Address: addr, Check: policy.For(key), TLS: len(tls) > 0 && tls[0]})
 }
 
 func TestProbeHTTP(t *testing.T) {
@@ -50,7 +51,7 @@ func TestProbeHTTP(t *testing.T) {
 		{"body does not match", HealthCheck{Path: "/healthz", Body: "^bad"}, "body does not match"},
 		{"bad status", HealthCheck{Path: "/sick"}, "status 503, want 2xx"},
 		{"expected status", HealthCheck{Path: "/sick", Status: "503"}, ""},
-		{"no active check: TCP connect", HealthCheck{}, ""},
+		{"no active check: any answer", HealthCheck{}, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			err := probe(t, addr, tc.check)
@@ -61,7 +62,7 @@ func TestProbeHTTP(t *testing.T) {
 	}
 	srv.Close()
 	if err := probe(t, addr, HealthCheck{}); err == nil {
-		t.Error("a TCP connect to a closed port passed")
+		t.Error("a check of a closed port passed")
 	}
 }
 

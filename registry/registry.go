@@ -24,8 +24,15 @@ type Registry interface {
 	// delete.
 	Delete(ctx context.Context, key ServiceKey, address string) (Drain, error)
 	// Failure records that a request to the endpoint failed; the endpoint
-	// leaves rotation until it answers again.
+	// leaves rotation until it answers again. It is Report with Failed.
 	Failure(key ServiceKey, address string)
+	// Report records how one try sent to ep, an endpoint of svc from the
+	// same snapshot, ended, and latency, the time from sending it to its
+	// response header (or to its deadline, for TimedOut). Every failed
+	// try counts; see Outcome for which take the endpoint out of
+	// rotation. It does no I/O and allocates only when the endpoint
+	// leaves rotation.
+	Report(svc *Service, ep *Endpoint, o Outcome, latency time.Duration)
 	// Lookup returns the service version's endpoints, or an error matching
 	// ErrUnknownService, ErrUnknownVersion or ErrNotSynced.
 	Lookup(key ServiceKey) (*Service, error)
@@ -247,8 +254,46 @@ func (l *Local) Failure(key ServiceKey, address string) {
 		return
 	}
 	if ep := svc.Endpoint(address); ep != nil {
-		l.health.failure(svc, ep)
+		l.Report(svc, ep, Failed, 0)
 	}
+}
+
+// Report records how a try ended.
+func (l *Local) Report(svc *Service, ep *Endpoint, o Outcome, latency time.Duration) {
+	l.health.report(svc, ep, o, latency, l.now())
+}
+
+// Outcome is how one try sent to an endpoint ended.
+type Outcome uint8
+
+// The outcomes of a try.
+const (
+	// Answered: the endpoint answered, with any status but a gateway
+	// error. Its latency feeds balancing and the service's p99.
+	Answered Outcome = iota
+	// GatewayError: it answered 502, 503 or 504. HealthCheck.EjectAfter
+	// of these or TimedOut in a row take it out of rotation.
+	GatewayError
+	// TimedOut: no response header before the try's deadline.
+	TimedOut
+	// Failed: the connection failed once the request may have been sent
+	// (a reset, an early close). It takes the endpoint out of rotation at
+	// once, within the ejection limit (HealthCheck.MaxEjectedPercent).
+	Failed
+	// Unreachable: no connection (refused, or the connect timed out): the
+	// request was not sent. It takes the endpoint out of rotation at once,
+	// whatever the ejection limit.
+	Unreachable
+)
+
+var outcomeNames = [...]string{Answered: "answered", GatewayError: "gateway_error", TimedOut: "timed_out", Failed: "failed", Unreachable: "unreachable"}
+
+// String returns the outcome's name, such as "timed_out".
+func (o Outcome) String() string {
+	if int(o) < len(outcomeNames) {
+		return outcomeNames[o]
+	}
+	return "unknown"
 }
 
 // Lookup returns a service version from the current snapshot.

@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strings"
 	"sync/atomic"
+	"time"
 )
 
 // Service is one version of a service and its endpoints, as seen in one
@@ -21,7 +22,15 @@ type Service struct {
 	boxed       Boxed
 	unavailable error
 
-	retries *atomic.Uint64 // tries after a request's first; kept across snapshots
+	stats *serviceStats // kept across snapshots
+}
+
+// serviceStats are what a service version keeps while it stays
+// registered, whatever its endpoints do.
+type serviceStats struct {
+	retries atomic.Uint64 // tries after a request's first
+	latency latencyHist   // response times of its tries
+	budget  retryBudget   // retries after requests its hosts received
 }
 
 // Key returns the service version's key.
@@ -62,11 +71,28 @@ func (s *Service) Boxed() *Boxed { return &s.boxed }
 func (s *Service) Unavailable() error { return s.unavailable }
 
 // CountRetry counts one more try after a request's first.
-func (s *Service) CountRetry() { s.retries.Add(1) }
+func (s *Service) CountRetry() { s.stats.retries.Add(1) }
 
 // Retries returns how many tries came after a request's first, over the
 // service version's life in the registry.
-func (s *Service) Retries() uint64 { return s.retries.Load() }
+func (s *Service) Retries() uint64 { return s.stats.retries.Load() }
+
+// LatencyP99 returns the 99th percentile of the time its endpoints took
+// to answer (to the response header) over the last 10 to 20 s, or 0
+// before 20 answers. It is cheap to call on every request.
+func (s *Service) LatencyP99(now time.Time) time.Duration {
+	return s.stats.latency.quantile99(now.UnixNano())
+}
+
+// DepositRetry credits the service version's retry budget with one
+// request: call it once per request (not per try).
+func (s *Service) DepositRetry(b RetryBudget) { s.stats.budget.deposit(b) }
+
+// WithdrawRetry takes a retry after a request its host received out of
+// the budget, and reports whether one was left.
+func (s *Service) WithdrawRetry(b RetryBudget, now time.Time) bool {
+	return s.stats.budget.withdraw(b, now.UnixNano())
+}
 
 func newService(key ServiceKey, eps []*Endpoint) *Service {
 	s := &Service{
@@ -75,7 +101,7 @@ func newService(key ServiceKey, eps []*Endpoint) *Service {
 		Prefix:    "/" + key.Service + "/" + key.Version,
 		Endpoints: eps,
 		rotation:  Rotation{schedule: weightedSchedule(eps)},
-		retries:   new(atomic.Uint64),
+		stats:     new(serviceStats),
 	}
 	s.unavailable = fmt.Errorf("%w for service %q version %q", ErrNoAvailableHost, s.Name, s.Version)
 	s.boxed = Boxed{Name: s.Name, Version: s.Version, Prefix: s.Prefix, Unavailable: s.unavailable.Error()}

@@ -190,7 +190,7 @@ func (t *Table) buildService(key ServiceKey, eps []Endpoint, prev *Service) *Ser
 	slices.SortFunc(out, func(a, b *Endpoint) int { return strings.Compare(a.Address, b.Address) })
 	svc := newService(key, out)
 	if prev != nil {
-		svc.retries = prev.retries
+		svc.stats = prev.stats
 	}
 	return svc
 }
