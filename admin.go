@@ -76,6 +76,7 @@ type endpointStatus struct {
 	NextCheck     *time.Time        `json:"next_check,omitempty"`       // while out after a failed request
 	SlowStartEnds *time.Time        `json:"slow_start_until,omitempty"` // while ramping up after rejoining
 	InFlight      int               `json:"in_flight"`
+	Latency       string            `json:"latency,omitempty"` // peak EWMA, as balancing sees it
 	Requests      uint64            `json:"requests"`
 	Failures      uint64            `json:"failures"`
 }
@@ -203,9 +204,18 @@ func statusOf(svc *registry.Service) serviceStatus {
 			LastFailure: timeOrNil(stats.LastFailure), NextCheck: timeOrNil(stats.NextCheck),
 			SlowStartEnds: timeOrNil(stats.SlowStartUntil),
 			InFlight:      stats.InFlight, Requests: stats.Requests, Failures: stats.Failures,
+			Latency:       latencyText(stats.Latency),
 		})
 	}
 	return st
+}
+
+// latencyText shows a latency, or nothing before the first answer.
+func latencyText(d time.Duration) string {
+	if d <= 0 {
+		return ""
+	}
+	return d.Round(time.Microsecond).String()
 }
 
 // timeOrNil returns &t, or nil for the zero time (left out of the JSON).

@@ -56,7 +56,13 @@ func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 //			fall                <n>
 //			slow_start          <duration>
 //			max_ejected_percent <1-100>
+//			eject_after         <n>
 //			drain_timeout       <duration>
+//			tls {
+//				ca                   <PEM file>
+//				server_name          <name>
+//				insecure_skip_verify
+//			}
 //		}
 //	}
 //
@@ -177,6 +183,8 @@ func parseHealthCheck(d *caddyfile.Dispenser) (registry.HealthCheck, error) {
 			hc.Fall, err = parseInt(val, 1, 1000)
 		case "max_ejected_percent":
 			hc.MaxEjectedPercent, err = parseInt(val, 1, 100)
+		case "eject_after":
+			hc.EjectAfter, err = parseInt(val, 1, 1000)
 		case "interval":
 			hc.Interval, err = parsePositiveDuration(val)
 		case "timeout":
@@ -357,17 +365,131 @@ func (p *FailoverSelection) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	return nil
 }
 
-// UnmarshalCaddyfile takes the same options as `transport http`:
+// UnmarshalCaddyfile takes the options of `transport http`, and its own:
 //
 //	transport service_http {
+//		try_timeout     auto|off|<duration>
+//		try_timeout_min <duration>
+//		try_timeout_max <duration>
+//		retry_status    <status>...|off
+//		retry_budget    <percent>% [<per second> [<burst>]]
 //		<any http transport option>
 //	}
 func (t *HTTPTransport) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
-	return t.HTTPTransport.UnmarshalCaddyfile(d)
+	d.Next() // consume transport name
+	nameTok := d.Token()
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	passed := []caddyfile.Token{nameTok}
+	seen := map[string]bool{}
+	for d.NextBlock(0) {
+		opt := d.Val()
+		switch opt {
+		case "try_timeout", "try_timeout_min", "try_timeout_max", "retry_status", "retry_budget":
+			if seen[opt] {
+				return d.Errf("service_http: %s specified more than once", opt)
+			}
+			seen[opt] = true
+		default:
+			passed = append(passed, d.NextSegment()...)
+			continue
+		}
+		args := d.RemainingArgs()
+		if len(args) == 0 {
+			return d.ArgErr()
+		}
+		if err := t.setFailoverOption(opt, args); err != nil {
+			return d.Errf("service_http: %s: %v", opt, err)
+		}
+		// the checks Provision makes, with the line to show
+		check := HTTPTransport{TryTimeout: t.TryTimeout, TryTimeoutMin: t.TryTimeoutMin, TryTimeoutMax: t.TryTimeoutMax,
+			RetryStatus: t.RetryStatus, RetryBudget: t.RetryBudget}
+		if err := check.provisionFailover(); err != nil {
+			return d.Errf("service_http: %v", err)
+		}
+	}
+	return t.HTTPTransport.UnmarshalCaddyfile(caddyfile.NewDispenser(block(passed)))
+}
+
+// setFailoverOption sets one of service_http's own options.
+func (t *HTTPTransport) setFailoverOption(opt string, args []string) error {
+	one := func() (string, error) {
+		if len(args) != 1 {
+			return "", fmt.Errorf("want one value, got %d", len(args))
+		}
+		return args[0], nil
+	}
+	switch opt {
+	case "try_timeout":
+		v, err := one()
+		t.TryTimeout = v
+		return err
+	case "try_timeout_min", "try_timeout_max":
+		v, err := one()
+		if err != nil {
+			return err
+		}
+		dur, err := parsePositiveDuration(v)
+		if opt == "try_timeout_min" {
+			t.TryTimeoutMin = caddy.Duration(dur)
+		} else {
+			t.TryTimeoutMax = caddy.Duration(dur)
+		}
+		return err
+	case "retry_status":
+		t.RetryStatus = []int{}
+		if len(args) == 1 && args[0] == "off" {
+			return nil
+		}
+		for _, a := range args {
+			code, err := strconv.Atoi(a)
+			if err != nil {
+				return fmt.Errorf("want statuses or off, got %q", a)
+			}
+			t.RetryStatus = append(t.RetryStatus, code)
+		}
+		return nil
+	default: // retry_budget
+		if len(args) > 3 {
+			return fmt.Errorf("want <percent>%% [<per second> [<burst>]], got %d values", len(args))
+		}
+		pct, err := strconv.ParseFloat(strings.TrimSuffix(args[0], "%"), 64)
+		if err != nil || !strings.HasSuffix(args[0], "%") {
+			return fmt.Errorf("want a percentage such as 20%%, got %q", args[0])
+		}
+		b := &RetryBudget{Percent: &pct}
+		for i, dst := range []**int{&b.PerSecond, &b.Burst}[:len(args)-1] {
+			n, err := parseInt(args[i+1], 0, 1<<20)
+			if err != nil {
+				return err
+			}
+			*dst = &n
+		}
+		t.RetryBudget = b
+		return nil
+	}
+}
+
+// block returns the tokens of a directive with a block: name, then
+// segments (each a subdirective line with its own block) between braces
+// on their own lines, so that a parser that expects a block reads them as
+// written, errors pointing at the user's lines. With no segments it is
+// the name alone.
+func block(name []caddyfile.Token) []caddyfile.Token {
+	if len(name) == 1 {
+		return name
+	}
+	open, closing := name[0], name[0]
+	open.Text, closing.Text, closing.Line = "{", "}", name[len(name)-1].Line+1
+	return append(append([]caddyfile.Token{name[0], open}, name[1:]...), closing)
 }
 
 // Defaults of service_proxy.
 const (
+	// defaultBalance balances by latency and load: a slow or busy host
+	// gets fewer requests.
+	defaultBalance = "peak_ewma"
 	// defaultRetries lets a request try up to 17 hosts: every host of
 	// any service version with up to that many, since service_failover
 	// never tries a host twice.
@@ -433,10 +555,9 @@ func parseServiceProxy(h httpcaddyfile.Helper) ([]httpcaddyfile.ConfigValue, err
 	}
 
 	matcher := MatchServiceVersion{}
-	balance, retries, strip := registry.RoundRobin.String(), defaultRetries, true
+	balance, retries, strip := defaultBalance, defaultRetries, true
 	seen := map[string]bool{}
 	proxyTokens := []caddyfile.Token{nameTok}
-	lastLine := nameTok.Line
 	for h.NextBlock(0) {
 		opt := h.Val()
 		switch opt {
@@ -494,9 +615,7 @@ func parseServiceProxy(h httpcaddyfile.Helper) ([]httpcaddyfile.ConfigValue, err
 			return nil, h.Err("service_proxy: use retries instead of lb_retries")
 		default:
 			// a reverse_proxy subdirective: hand it over as written
-			seg := h.NextSegment()
-			proxyTokens = append(proxyTokens, seg...)
-			lastLine = max(lastLine, seg[len(seg)-1].Line)
+			proxyTokens = append(proxyTokens, h.NextSegment()...)
 			continue
 		}
 		if h.NextArg() {
@@ -506,12 +625,7 @@ func parseServiceProxy(h httpcaddyfile.Helper) ([]httpcaddyfile.ConfigValue, err
 
 	// Parse the passed-through subdirectives with reverse_proxy's own
 	// parser, so that errors point at the user's lines.
-	if len(proxyTokens) > 1 {
-		open, closing := nameTok, nameTok
-		open.Text, closing.Text, closing.Line = "{", "}", lastLine+1
-		proxyTokens = append(append([]caddyfile.Token{nameTok, open}, proxyTokens[1:]...), closing)
-	}
-	d := caddyfile.NewDispenser(proxyTokens)
+	d := caddyfile.NewDispenser(block(proxyTokens))
 	rp := new(reverseproxy.Handler)
 	if err := rp.UnmarshalCaddyfile(d); err != nil {
 		return nil, err
@@ -552,13 +666,12 @@ func serviceProxyDefaults(rp *reverseproxy.Handler, balance string, retries int)
 	}
 	rp.LoadBalancing.SelectionPolicyRaw = caddyconfig.JSONModuleObject(&FailoverSelection{Balance: balance}, "policy", "service_failover", nil)
 	rp.LoadBalancing.Retries = retries
-	if rp.LoadBalancing.RetryMatchRaw == nil {
-		methods, err := json.Marshal(caddyhttp.MatchMethod{"GET", "HEAD", "OPTIONS"})
-		if err != nil {
-			return err
-		}
-		rp.LoadBalancing.RetryMatchRaw = caddyhttp.RawMatcherSets{{"method": methods}}
+	// a user's lb_retry_match adds to the retries of idempotent methods
+	methods, err := json.Marshal(caddyhttp.MatchMethod{"GET", "HEAD", "OPTIONS"})
+	if err != nil {
+		return err
 	}
+	rp.LoadBalancing.RetryMatchRaw = append(rp.LoadBalancing.RetryMatchRaw, caddy.ModuleMap{"method": methods})
 	if rp.RequestBuffers == 0 {
 		rp.RequestBuffers = defaultRequestBuffers
 	}

@@ -135,7 +135,7 @@ func TestServiceProxyIsLongForm(t *testing.T) {
 		uri strip_prefix {svc.prefix}
 		reverse_proxy {
 			dynamic service_registry
-			lb_policy service_failover round_robin
+			lb_policy service_failover peak_ewma
 			lb_retries 16
 			lb_retry_match {
 				method GET HEAD OPTIONS
@@ -178,6 +178,9 @@ func TestServiceProxyIsLongForm(t *testing.T) {
 			lb_retries 3
 			lb_retry_match {
 				method GET PUT
+			}
+			lb_retry_match {
+				method GET HEAD OPTIONS
 			}
 			header_up X-Service {svc.name}
 			request_buffers 64KiB
@@ -292,6 +295,12 @@ func TestCaddyfileErrors(t *testing.T) {
 		{"health_check: tls option twice", "{\n\tservice_registry {\n\t\thealth_check {\n\t\t\ttls {\n\t\t\t\tca a\n\t\t\t\tca b\n\t\t\t}\n\t\t}\n\t}\n}\n", 6, "health_check: tls: ca specified more than once"},
 		{"health_check: tls argument", "{\n\tservice_registry {\n\t\thealth_check {\n\t\t\ttls on\n\t\t}\n\t}\n}\n", 4, "wrong argument count"},
 		{"health_check: bad service name", "{\n\tservice_registry {\n\t\thealth_check us/ers {\n\t\t}\n\t}\n}\n", 3, `health_check: invalid service name "us/ers"`},
+		{"service_http: bad try_timeout", ":80 {\n\tservice_proxy {\n\t\ttransport service_http {\n\t\t\ttry_timeout soon\n\t\t}\n\t}\n}\n", 4, `service_http: try_timeout "soon": want auto, off or a positive duration`},
+		{"service_http: bad retry_status", ":80 {\n\tservice_proxy {\n\t\ttransport service_http {\n\t\t\tretry_status 404\n\t\t}\n\t}\n}\n", 4, "service_http: retry_status 404: want a status from 500 to 507"},
+		{"service_http: bad retry_budget", ":80 {\n\tservice_proxy {\n\t\ttransport service_http {\n\t\t\tretry_budget 20\n\t\t}\n\t}\n}\n", 4, `service_http: retry_budget: want a percentage such as 20%, got "20"`},
+		{"service_http: min over max", ":80 {\n\tservice_proxy {\n\t\ttransport service_http {\n\t\t\ttry_timeout_min 5s\n\t\t\ttry_timeout_max 1s\n\t\t}\n\t}\n}\n", 5, "want 0 < min <= max"},
+		{"service_http: repeated", ":80 {\n\tservice_proxy {\n\t\ttransport service_http {\n\t\t\ttry_timeout 1s\n\t\t\ttry_timeout 2s\n\t\t}\n\t}\n}\n", 5, "service_http: try_timeout specified more than once"},
+		{"service_http: http option error", ":80 {\n\tservice_proxy {\n\t\ttransport service_http {\n\t\t\ttry_timeout 1s\n\t\t\tbogus_opt 1\n\t\t}\n\t}\n}\n", 5, "bogus_opt"},
 		{"etcd: unknown option", "{\n\tservice_registry {\n\t\tbackend etcd {\n\t\t\tendpoint x:1\n\t\t}\n\t}\n}\n", 4, `etcd backend: unknown subdirective "endpoint"`},
 		{"etcd: bad timeout", "{\n\tservice_registry {\n\t\tbackend etcd {\n\t\t\tdial_timeout -1s\n\t\t}\n\t}\n}\n", 4, "dial_timeout: want a positive duration"},
 		{"service_proxy: unknown passthrough", ":80 {\n\tservice_proxy {\n\t\tretries 1\n\n\t\tbogus_option 1\n\t}\n}\n", 5, "unrecognized subdirective bogus_option"},

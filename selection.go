@@ -39,6 +39,12 @@ type attempt struct {
 	retrying   bool // reverse_proxy announced a retry (ResetCache)
 	retryAfter bool // Retry-After was set on the response
 
+	// Set by the service_http transport:
+	reg       registry.Registry // where tries are reported
+	reported  bool              // the last try's outcome was reported
+	deposited bool              // the request paid into the retry budget
+	noRetry   bool              // the retry budget refused the next try
+
 	triedInline [1]uint64
 	poolInline  [inlineHosts]*reverseproxy.Upstream
 }
@@ -84,17 +90,21 @@ func (a *attempt) untried() int {
 // reportPrevious tells reg that the previous try failed, unless its host
 // answered (a retry on the response, through lb_retry_match). reverse_proxy
 // only asks for another host after a failed or rejected try.
+//
+// The service_http transport reports every try itself; this is for other
+// transports.
 func (a *attempt) reportPrevious(reg registry.Registry, repl *caddy.Replacer) {
 	if a.last < 0 {
 		return
 	}
 	if a.svc != nil {
 		a.svc.CountRetry()
-		if _, answered := repl.Get(statusPlaceholder); !answered && reg != nil {
+		if _, answered := repl.Get(statusPlaceholder); !answered && reg != nil && !a.reported {
 			reg.Failure(a.svc.Key(), a.svc.Endpoints[a.last].Address)
 		}
 	}
 	a.last = -1
+	a.reported = false
 }
 
 // UpstreamSource is the service_registry dynamic upstream source: the
@@ -170,6 +180,7 @@ func (u *UpstreamSource) GetUpstreams(r *http.Request) ([]*reverseproxy.Upstream
 		}
 	}
 	a := newAttempt(svc, nil)
+	a.reg = u.registry
 	if prev != nil {
 		// The registry changed between two tries: report the failed try
 		// against the old snapshot and carry over what was tried.
@@ -184,6 +195,7 @@ func (u *UpstreamSource) GetUpstreams(r *http.Request) ([]*reverseproxy.Upstream
 			}
 		}
 		a.retryAfter = prev.retryAfter
+		a.deposited, a.noRetry = prev.deposited, prev.noRetry
 	}
 	caddyhttp.SetVar(r.Context(), attemptVar, a)
 	return a.pool, nil
@@ -273,6 +285,9 @@ func (p *FailoverSelection) Select(pool reverseproxy.UpstreamPool, r *http.Reque
 	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	a := attemptFor(r, pool)
 	a.reportPrevious(p.registry, repl)
+	if a.noRetry {
+		return nil // the retry budget is spent: the last try's error stands
+	}
 
 	rot := &p.rotation
 	if a.svc != nil {

@@ -3,15 +3,23 @@ package svcreg
 import (
 	"context"
 	"crypto/tls"
+	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptrace"
 	"slices"
+	"strconv"
+	"strings"
 	"sync/atomic"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+
+	"github.com/svcreg/caddy-svcreg/registry"
 )
 
 func init() {
@@ -19,26 +27,77 @@ func init() {
 }
 
 // HTTPTransport is Caddy's http transport (every option of `transport
-// http` applies) with one addition: a request that failed before one byte
-// of it reached its upstream connection (the connection was already reset)
-// is reported to reverse_proxy as a dial error, which it retries on another
-// host whatever the method, provided the body can be sent again (no body,
-// or a body reverse_proxy buffered whole with request_buffers).
+// http` applies) made to fail over well, for the requests the
+// service_registry upstream source and the service_failover policy send:
 //
-// This closes the window right after a host dies, when reverse_proxy may
-// still pick one of the host's pooled keep-alive connections before Go
-// notices the connection was reset: without it such a POST fails with 502
-// although the host never received a byte of it. A request that was even
-// partly sent is not retried (unless lb_retry_match says so), since the host
-// may have acted on it. The rule applies to HTTP/1 only (on a shared HTTP/2
-// connection a failed write says nothing about one request), and not to
-// GET, HEAD and OPTIONS, which reverse_proxy already retries after any
-// failure under service_proxy's lb_retry_match (and GET under Caddy's
-// default): leaving them alone keeps their path as cheap as plain http.
+//   - Every try has a deadline for its response header (TryTimeout). A try
+//     that misses it fails with 504 Gateway Timeout; reverse_proxy retries
+//     GET, HEAD and OPTIONS on another host (service_proxy's
+//     lb_retry_match), other methods are answered 504.
+//   - A GET, HEAD or OPTIONS answered 502, 503 or 504 is retried on another
+//     host while there is an untried one and the retry budget allows.
+//   - Every try's outcome goes to the registry: its latency (balancing,
+//     the deadline), a gateway error or a timeout (EjectAfter in a row
+//     take the host out), a failed or refused connection (out at once).
+//   - Retries after requests a host received (answered with a gateway
+//     error, timed out, cut off) are limited by a per-service retry
+//     budget, so that a whole version failing does not multiply its load;
+//     retries after a host could not be reached are free.
+//   - A request that failed before one byte of it reached its upstream
+//     connection (a pooled keep-alive connection the host had already
+//     reset) is reported to reverse_proxy as a dial error, which it
+//     retries on another host whatever the method, provided the body can
+//     be sent again (no body, or a body buffered whole by
+//     request_buffers). HTTP/1 only, and not for GET, HEAD and OPTIONS,
+//     which are retried anyway.
+//
+// Requests that do not come from the registry are sent as by `transport
+// http`, with the last rule only.
 type HTTPTransport struct {
 	reverseproxy.HTTPTransport
 
-	http1Only bool
+	// TryTimeout is how long one try waits for its response header: auto
+	// (4 times the service version's recent p99 latency, within
+	// TryTimeoutMin and TryTimeoutMax; TryTimeoutMin until it has 20
+	// answers, timed-out tries counting as answers at the deadline until
+	// then, so that a service slower than the minimum learns its latency
+	// within its first few requests), a duration, or off. Default: auto.
+	TryTimeout string `json:"try_timeout,omitempty"`
+
+	// TryTimeoutMin is the shortest automatic deadline: a host is never
+	// cut sooner, however fast its peers. Default: 2s, or TryTimeoutMax if
+	// that is shorter.
+	TryTimeoutMin caddy.Duration `json:"try_timeout_min,omitempty"`
+
+	// TryTimeoutMax is the longest automatic deadline. Default: 30s, or
+	// TryTimeoutMin if that is longer.
+	TryTimeoutMax caddy.Duration `json:"try_timeout_max,omitempty"`
+
+	// RetryStatus are the statuses with which a host's answer to a GET,
+	// HEAD or OPTIONS request is retried on another host, within the retry
+	// budget. Default: 502, 503 and 504. An empty list turns it off.
+	RetryStatus []int `json:"retry_status,omitempty"`
+
+	// RetryBudget limits the retries that follow requests the service
+	// version's hosts received. Default: 20% of requests, at least 10 a
+	// second, saving up to 100.
+	RetryBudget *RetryBudget `json:"retry_budget,omitempty"`
+
+	http1Only   bool
+	tryTimeout  time.Duration // 0 = auto, < 0 = off
+	budget      registry.RetryBudget
+	retryStatus [8]bool // retryStatus[code-500] for 500-507
+}
+
+// RetryBudget configures a retry budget (see HTTPTransport.RetryBudget).
+type RetryBudget struct {
+	// Percent of requests that may be retried, from 0 to 100. Default: 20.
+	Percent *float64 `json:"percent,omitempty"`
+	// PerSecond is how many retries a second are allowed whatever the
+	// traffic. Default: 10.
+	PerSecond *int `json:"per_second,omitempty"`
+	// Burst is how many retries the budget can save up. Default: 100.
+	Burst *int `json:"burst,omitempty"`
 }
 
 // CaddyModule returns the Caddy module information.
@@ -52,6 +111,9 @@ func (HTTPTransport) CaddyModule() caddy.ModuleInfo {
 // Provision sets up the embedded http transport and, for HTTP/1, makes
 // its connections remember a failed write.
 func (t *HTTPTransport) Provision(ctx caddy.Context) error {
+	if err := t.provisionFailover(); err != nil {
+		return err
+	}
 	if err := t.HTTPTransport.Provision(ctx); err != nil {
 		return err
 	}
@@ -72,11 +134,241 @@ func (t *HTTPTransport) Provision(ctx caddy.Context) error {
 	return nil
 }
 
-// RoundTrip sends req with the http transport and marks a request that
-// never left as safe to retry.
+// Defaults of the failover settings.
+const (
+	defaultTryTimeoutMin = caddy.Duration(2 * time.Second)
+	defaultTryTimeoutMax = caddy.Duration(30 * time.Second)
+	tryTimeoutFactor     = 4
+)
+
+// provisionFailover checks the failover settings and fills in defaults.
+func (t *HTTPTransport) provisionFailover() error {
+	switch t.TryTimeout {
+	case "", "auto":
+		t.tryTimeout = 0
+	case "off":
+		t.tryTimeout = -1
+	default:
+		d, err := caddy.ParseDuration(t.TryTimeout)
+		if err != nil || d <= 0 {
+			return fmt.Errorf("try_timeout %q: want auto, off or a positive duration", t.TryTimeout)
+		}
+		t.tryTimeout = d
+	}
+	if t.TryTimeoutMax == 0 {
+		t.TryTimeoutMax = max(defaultTryTimeoutMax, t.TryTimeoutMin)
+	}
+	if t.TryTimeoutMin == 0 {
+		t.TryTimeoutMin = min(defaultTryTimeoutMin, t.TryTimeoutMax)
+	}
+	if t.TryTimeoutMin < 0 || t.TryTimeoutMax < t.TryTimeoutMin {
+		return fmt.Errorf("try_timeout_min %v and try_timeout_max %v: want 0 < min <= max",
+			time.Duration(t.TryTimeoutMin), time.Duration(t.TryTimeoutMax))
+	}
+	if t.RetryStatus == nil {
+		t.RetryStatus = []int{502, 503, 504}
+	}
+	for _, code := range t.RetryStatus {
+		if code < 500 || code >= 500+len(t.retryStatus) {
+			return fmt.Errorf("retry_status %d: want a status from 500 to %d", code, 500+len(t.retryStatus)-1)
+		}
+		t.retryStatus[code-500] = true
+	}
+	t.budget = registry.DefaultRetryBudget
+	if b := t.RetryBudget; b != nil {
+		if b.Percent != nil {
+			if *b.Percent < 0 || *b.Percent > 100 {
+				return fmt.Errorf("retry_budget percent %v: want 0 to 100", *b.Percent)
+			}
+			t.budget.Ratio = *b.Percent / 100
+		}
+		if b.PerSecond != nil {
+			if *b.PerSecond < 0 {
+				return fmt.Errorf("retry_budget per_second %d: want 0 or more", *b.PerSecond)
+			}
+			t.budget.PerSecond = *b.PerSecond
+		}
+		if b.Burst != nil {
+			if *b.Burst < 0 {
+				return fmt.Errorf("retry_budget burst %d: want 0 or more", *b.Burst)
+			}
+			t.budget.Burst = *b.Burst
+		}
+	}
+	return nil
+}
+
+// RoundTrip sends one try of a request.
 func (t *HTTPTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	a, _ := caddyhttp.GetVar(req.Context(), attemptVar).(*attempt)
+	if a == nil || a.svc == nil || a.last < 0 {
+		resp, err, _ := t.send(req)
+		return resp, err
+	}
+	return t.try(req, a, a.svc.Endpoints[a.last])
+}
+
+// try sends a try of a request from the registry to ep, with its
+// deadline, and reports its outcome.
+func (t *HTTPTransport) try(req *http.Request, a *attempt, ep *registry.Endpoint) (*http.Response, error) {
+	svc := a.svc
+	if tlsOn := t.TLSEnabled(); ep.UsesTLS() != tlsOn {
+		ep.SetUsesTLS(tlsOn)
+	}
+	start := time.Now()
+	if !a.deposited {
+		a.deposited = true
+		svc.DepositRetry(t.budget)
+	}
+	deadline := t.deadline(svc, start)
+	resp, err, neverSent, timedOut := t.sendWithin(req, deadline)
+	latency := time.Since(start)
+	a.reported = true
+	retried := retriedAnyway(req.Method)
+	switch {
+	case timedOut:
+		svcReport(a, ep, registry.TimedOut, deadline)
+		if retried && !svc.WithdrawRetry(t.budget, start.Add(latency)) {
+			a.noRetry = true
+		}
+		return nil, tryTimeoutError{deadline}
+	case err != nil:
+		if req.Context().Err() != nil {
+			return nil, err // the client went away: not the host's failure
+		}
+		var dialErr reverseproxy.DialError
+		if !neverSent && errors.As(err, &dialErr) {
+			svcReport(a, ep, registry.Unreachable, 0)
+			return nil, err // nothing was sent: retrying is free
+		}
+		svcReport(a, ep, registry.Failed, 0)
+		if retried && !svc.WithdrawRetry(t.budget, start.Add(latency)) {
+			a.noRetry = true
+		}
+		return nil, err
+	case resp.StatusCode >= 500 && resp.StatusCode < 500+len(t.retryStatus) && isGatewayError(resp.StatusCode):
+		svcReport(a, ep, registry.GatewayError, latency)
+		if retried && t.retryStatus[resp.StatusCode-500] && a.untried() > 0 && svc.WithdrawRetry(t.budget, start.Add(latency)) {
+			// another host takes the request: this answer goes nowhere
+			_, _ = io.CopyN(io.Discard, resp.Body, 4<<10) // so that the connection can be reused
+			resp.Body.Close()
+			return nil, gatewayStatusError{resp.StatusCode}
+		}
+		return resp, nil
+	default:
+		svcReport(a, ep, registry.Answered, latency)
+		return resp, nil
+	}
+}
+
+// svcReport reports a try's outcome to the request's registry.
+func svcReport(a *attempt, ep *registry.Endpoint, o registry.Outcome, latency time.Duration) {
+	if a.reg != nil {
+		a.reg.Report(a.svc, ep, o, latency)
+	}
+}
+
+// isGatewayError reports whether a status says the host could not serve
+// the request as a gateway: 502, 503 or 504.
+func isGatewayError(code int) bool {
+	return code == http.StatusBadGateway || code == http.StatusServiceUnavailable || code == http.StatusGatewayTimeout
+}
+
+// deadline returns the deadline of a try to svc that starts at now, or 0
+// for none.
+func (t *HTTPTransport) deadline(svc *registry.Service, now time.Time) time.Duration {
+	switch {
+	case t.tryTimeout < 0:
+		return 0
+	case t.tryTimeout > 0:
+		return t.tryTimeout
+	}
+	p99 := svc.LatencyP99(now)
+	return min(max(tryTimeoutFactor*p99, time.Duration(t.TryTimeoutMin)), time.Duration(t.TryTimeoutMax))
+}
+
+// sendWithin sends req with a deadline for its response header (none for
+// d <= 0). timedOut says the deadline passed first.
+func (t *HTTPTransport) sendWithin(req *http.Request, d time.Duration) (resp *http.Response, err error, neverSent, timedOut bool) {
+	if d <= 0 {
+		resp, err, neverSent = t.send(req)
+		return resp, err, neverSent, false
+	}
+	ctx, cancel := context.WithCancel(req.Context())
+	w := &watchdog{cancel: cancel}
+	w.timer = time.AfterFunc(d, w.fire)
+	resp, err, neverSent = t.send(req.WithContext(ctx))
+	if !w.timer.Stop() && w.fired.Load() {
+		if resp != nil {
+			resp.Body.Close()
+		}
+		cancel()
+		if req.Context().Err() != nil {
+			return nil, req.Context().Err(), false, false // the client went away
+		}
+		return nil, nil, false, true
+	}
+	if err != nil {
+		cancel()
+		return nil, err, neverSent, false
+	}
+	if resp.StatusCode == http.StatusSwitchingProtocols {
+		// An upgraded connection is the body: it must stay a
+		// ReadWriteCloser, and lives as long as the request.
+		return resp, nil, false, false
+	}
+	resp.Body = &cancelOnClose{ReadCloser: resp.Body, cancel: cancel}
+	return resp, nil, false, false
+}
+
+// watchdog cancels a try that gets no response header in time.
+type watchdog struct {
+	timer  *time.Timer
+	cancel context.CancelFunc
+	fired  atomic.Bool
+}
+
+func (w *watchdog) fire() {
+	w.fired.Store(true)
+	w.cancel()
+}
+
+// cancelOnClose ends a try's context when its response body is closed.
+type cancelOnClose struct {
+	io.ReadCloser
+	cancel context.CancelFunc
+}
+
+func (b *cancelOnClose) Close() error {
+	err := b.ReadCloser.Close()
+	b.cancel()
+	return err
+}
+
+// tryTimeoutError is a try that got no response header before its
+// deadline. It is a net.Error that timed out, which reverse_proxy answers
+// with 504.
+type tryTimeoutError struct{ deadline time.Duration }
+
+func (e tryTimeoutError) Error() string {
+	return "no response header within the try's deadline of " + e.deadline.String()
+}
+func (tryTimeoutError) Timeout() bool   { return true }
+func (tryTimeoutError) Temporary() bool { return true }
+
+// gatewayStatusError is a gateway error answer that another host retries.
+type gatewayStatusError struct{ status int }
+
+func (e gatewayStatusError) Error() string {
+	return "upstream answered " + strconv.Itoa(e.status) + " " + http.StatusText(e.status) + "; retrying on another host"
+}
+
+// send sends req with the http transport and marks a request that never
+// left as safe to retry (neverSent).
+func (t *HTTPTransport) send(req *http.Request) (*http.Response, error, bool) {
 	if !t.http1Only || retriedAnyway(req.Method) || !bodyReplayable(req) {
-		return t.HTTPTransport.RoundTrip(req)
+		resp, err := t.HTTPTransport.RoundTrip(req)
+		return resp, err, false
 	}
 	var conn *writeTrackingConn
 	var before int64
@@ -93,9 +385,9 @@ func (t *HTTPTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if err != nil && conn != nil && conn.written.Load() == before && req.Context().Err() == nil {
 		// Not one byte of this request reached the connection: the
 		// host cannot have seen it, so any method may be sent elsewhere.
-		return nil, reverseproxy.NewDialError(err)
+		return nil, reverseproxy.NewDialError(err), true
 	}
-	return resp, err
+	return resp, err, false
 }
 
 // retriedAnyway reports whether service_proxy retries the method after any
@@ -131,6 +423,15 @@ func bodyReplayable(req *http.Request) bool {
 	return buffered
 }
 
+// formatStatuses lists statuses for the Caddyfile and error messages.
+func formatStatuses(codes []int) string {
+	s := make([]string, len(codes))
+	for i, c := range codes {
+		s[i] = strconv.Itoa(c)
+	}
+	return strings.Join(s, " ")
+}
+
 // Interface guards
 var (
 	_ caddy.Provisioner                   = (*HTTPTransport)(nil)
@@ -138,4 +439,5 @@ var (
 	_ http.RoundTripper                   = (*HTTPTransport)(nil)
 	_ reverseproxy.TLSTransport           = (*HTTPTransport)(nil)
 	_ reverseproxy.ProxyProtocolTransport = (*HTTPTransport)(nil)
+	_ net.Error                           = tryTimeoutError{}
 )

@@ -8,11 +8,16 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+
+	"github.com/svcreg/caddy-svcreg/registry"
 )
 
 func newTestTransport(t *testing.T) *HTTPTransport {
@@ -126,5 +131,211 @@ func TestBodyReplayable(t *testing.T) {
 	}
 	if bodyReplayable(get(io.NopCloser(io.LimitReader(strings.NewReader("x"), 1)))) {
 		t.Error("a streamed body must not be replayable")
+	}
+}
+
+// registryTry sets up a request from the registry the way reverse_proxy
+// runs it: the matcher's vars, GetUpstreams and Select; it returns the
+// request (aimed at the selected host, as reverse_proxy aims it) and the
+// request's attempt.
+func registryTry(t *testing.T, reg registry.Registry, key registry.ServiceKey, method string) (*http.Request, *attempt, *registry.Endpoint) {
+	t.Helper()
+	try := newProxyTry(t, reg, "round_robin", key)
+	addr := try.next()
+	if addr == "" {
+		t.Fatal("no host selected")
+	}
+	r := try.r.Clone(try.r.Context())
+	r.Method = method
+	r.URL.Scheme, r.URL.Host = "http", addr
+	a := caddyhttp.GetVar(r.Context(), attemptVar).(*attempt)
+	return r, a, a.svc.Endpoints[a.last]
+}
+
+// transportWith returns a provisioned service_http transport with the
+// given failover settings.
+func transportWith(t *testing.T, set func(*HTTPTransport)) *HTTPTransport {
+	t.Helper()
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	t.Cleanup(cancel)
+	tr := new(HTTPTransport)
+	set(tr)
+	if err := tr.Provision(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tr.Cleanup() })
+	return tr
+}
+
+// TestTryDeadline sends tries to a host that never answers: each fails
+// after the deadline with a timeout (which reverse_proxy answers 504, and
+// retries for GET), counts, and takes the host out of rotation (it is
+// tried again all the same: it is the only one).
+func TestTryDeadline(t *testing.T) {
+	release := make(chan struct{})
+	hung := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}))
+	defer hung.Close()
+	defer close(release)
+	key := registry.ServiceKey{Service: "users", Version: "v1"}
+	addr := hung.Listener.Addr().String()
+	reg := newTestRegistry(t, map[registry.ServiceKey][]registry.Endpoint{key: eps(addr)})
+	tr := transportWith(t, func(tr *HTTPTransport) { tr.TryTimeout = "200ms" })
+	for i := range 3 {
+		req, a, ep := registryTry(t, reg, key, http.MethodGet)
+		start := time.Now()
+		resp, err := tr.RoundTrip(req)
+		took := time.Since(start)
+		if err == nil {
+			resp.Body.Close()
+			t.Fatal("a try to a host that never answers succeeded")
+		}
+		var netErr net.Error
+		if !errors.As(err, &netErr) || !netErr.Timeout() || errors.Is(err, context.Canceled) {
+			t.Errorf("error %v: want a timeout that is not a client cancellation (504, retried for GET)", err)
+		}
+		if took < 200*time.Millisecond {
+			t.Errorf("the try failed after %v, before its deadline", took)
+		}
+		if !a.reported {
+			t.Error("the try's outcome was not reported")
+		}
+		if st := ep.Stats(); st.Failures != uint64(i+1) || st.Available {
+			t.Errorf("after %d timeouts: %+v; want %d failures, out of rotation", i+1, st, i+1)
+		}
+	}
+}
+
+// TestTryGatewayErrors sends tries to hosts answering 503: a GET with an
+// untried host left fails over (the answer is dropped), a POST gets the
+// answer; both count.
+func TestTryGatewayErrors(t *testing.T) {
+	busy := func() *httptest.Server {
+		return httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			w.Write([]byte("busy"))
+		}))
+	}
+	a1, a2 := busy(), busy()
+	defer a1.Close()
+	defer a2.Close()
+	key := registry.ServiceKey{Service: "users", Version: "v1"}
+	reg := newTestRegistry(t, map[registry.ServiceKey][]registry.Endpoint{key: eps(a1.Listener.Addr().String(), a2.Listener.Addr().String())})
+	tr := transportWith(t, func(*HTTPTransport) {})
+
+	req, _, ep := registryTry(t, reg, key, http.MethodGet)
+	if resp, err := tr.RoundTrip(req); err == nil || !strings.Contains(err.Error(), "503") {
+		if resp != nil {
+			resp.Body.Close()
+		}
+		t.Errorf("GET answered 503 with another host untried: %v, want an error that reverse_proxy retries", err)
+	}
+	if st := ep.Stats(); st.Failures != 1 {
+		t.Errorf("the 503 was not counted: %+v", st)
+	}
+	req, _, ep = registryTry(t, reg, key, http.MethodPost)
+	resp, err := tr.RoundTrip(req)
+	if err != nil || resp.StatusCode != http.StatusServiceUnavailable {
+		t.Fatalf("POST answered 503: %v, %v; want the answer itself (a POST is not retried)", resp, err)
+	}
+	resp.Body.Close()
+	if st := ep.Stats(); st.Failures != 1 {
+		t.Errorf("the POST's 503 was not counted: %+v", st)
+	}
+}
+
+// TestTryRetryBudget spends a service's retry budget on GETs answered
+// 502: once it is spent, the answer goes to the client.
+func TestTryRetryBudget(t *testing.T) {
+	key := registry.ServiceKey{Service: "users", Version: "v1"}
+	failing := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusBadGateway)
+	}))
+	defer failing.Close()
+	other := httptest.NewServer(http.NotFoundHandler())
+	defer other.Close()
+	reg := newTestRegistry(t, map[registry.ServiceKey][]registry.Endpoint{key: eps(failing.Listener.Addr().String(), other.Listener.Addr().String())},
+		registry.HealthCheck{EjectAfter: 1000})
+	zero, two := 0.0, 2
+	tr := transportWith(t, func(tr *HTTPTransport) {
+		tr.RetryBudget = &RetryBudget{Percent: &zero, PerSecond: new(int), Burst: &two}
+	})
+	retried := 0
+	for range 10 {
+		req, _, ep := registryTry(t, reg, key, http.MethodGet)
+		if ep.Address != failing.Listener.Addr().String() {
+			continue
+		}
+		resp, err := tr.RoundTrip(req)
+		if err != nil {
+			retried++
+			continue
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusBadGateway {
+			t.Fatalf("status %d", resp.StatusCode)
+		}
+	}
+	if retried != 2 {
+		t.Errorf("%d 502s were retried with a budget of 2", retried)
+	}
+}
+
+// TestTryUnreachable sends a try to a closed port: the host is out of
+// rotation as unreachable, and the error is a dial error (retried for any
+// method).
+func TestTryUnreachable(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	key := registry.ServiceKey{Service: "users", Version: "v1"}
+	reg := newTestRegistry(t, map[registry.ServiceKey][]registry.Endpoint{key: eps(addr)})
+	tr := transportWith(t, func(*HTTPTransport) {})
+	req, _, ep := registryTry(t, reg, key, http.MethodPost)
+	if resp, err := tr.RoundTrip(req); err == nil {
+		resp.Body.Close()
+		t.Fatal("a try to a closed port succeeded")
+	} else if !errors.As(err, new(reverseproxy.DialError)) {
+		t.Errorf("error %v: want a dial error", err)
+	}
+	if st := ep.Stats(); st.OutOfRotation != "unreachable" {
+		t.Errorf("after a refused connection: %+v, want out of rotation as unreachable", st)
+	}
+}
+
+// TestTryTimeoutAuto checks the automatic deadline: the maximum until a
+// service has answers, then 4 times its p99 within the bounds.
+func TestTryTimeoutAuto(t *testing.T) {
+	key := registry.ServiceKey{Service: "users", Version: "v1"}
+	reg := newTestRegistry(t, map[registry.ServiceKey][]registry.Endpoint{key: eps("127.0.0.1:1")})
+	svc, _ := reg.Lookup(key)
+	tr := transportWith(t, func(tr *HTTPTransport) {
+		tr.TryTimeoutMin, tr.TryTimeoutMax = caddy.Duration(100*time.Millisecond), caddy.Duration(5*time.Second)
+	})
+	now := time.Now()
+	if d := tr.deadline(svc, now); d != 100*time.Millisecond {
+		t.Errorf("deadline with no answers yet: %v, want the minimum", d)
+	}
+	for range 100 {
+		reg.Report(svc, svc.Endpoints[0], registry.Answered, 200*time.Millisecond)
+	}
+	if d := tr.deadline(svc, now.Add(time.Second)); d < 800*time.Millisecond || d > time.Second {
+		t.Errorf("deadline with a p99 of 200ms: %v, want about 4 times it", d)
+	}
+	for _, tc := range []struct {
+		setting string
+		want    time.Duration
+	}{{"off", 0}, {"750ms", 750 * time.Millisecond}} {
+		fixed := transportWith(t, func(tr *HTTPTransport) { tr.TryTimeout = tc.setting })
+		if d := fixed.deadline(svc, now); d != tc.want {
+			t.Errorf("try_timeout %s: deadline %v, want %v", tc.setting, d, tc.want)
+		}
 	}
 }

@@ -40,6 +40,12 @@ type backend struct {
 
 	health atomic.Int32 // status /healthz answers with; 0 = 200
 	probes atomic.Int64 // health checks received
+
+	// Gray failures, switched on and off while it runs:
+	hang   atomic.Bool  // no request (health checks included) gets an answer while on, as with a frozen process
+	status atomic.Int32 // status other requests get; 0 = 200
+	reset  atomic.Bool  // a connection is reset once a request on it has arrived
+	slow   atomic.Int64 // extra time each request other than a health check takes, in ns
 }
 
 func startBackend(t testing.TB, name string) *backend {
@@ -99,12 +105,38 @@ func (b *backend) Start() {
 }
 
 func (b *backend) serve(gen int, w http.ResponseWriter, r *http.Request) {
-	if r.URL.Path == "/healthz" {
+	check := r.URL.Path == "/healthz" || r.Header.Get("User-Agent") == "caddy-svcreg-health-check"
+	if check {
 		b.probes.Add(1)
+	}
+	for b.hang.Load() {
+		select {
+		case <-r.Context().Done():
+			return
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	if b.reset.Load() {
+		if conn, _, err := http.NewResponseController(w).Hijack(); err == nil {
+			if tc, ok := conn.(*net.TCPConn); ok {
+				_ = tc.SetLinger(0)
+			}
+			_ = conn.Close()
+		}
+		return
+	}
+	if r.URL.Path == "/healthz" {
 		if status := b.health.Load(); status != 0 {
 			w.WriteHeader(int(status))
 		}
 		fmt.Fprint(w, "health")
+		return
+	}
+	if check {
+		// the check that brings a host back after failed requests
+		if status := b.status.Load(); status != 0 {
+			w.WriteHeader(int(status))
+		}
 		return
 	}
 	b.arrived.Add(1)
@@ -133,6 +165,12 @@ func (b *backend) serve(gen int, w http.ResponseWriter, r *http.Request) {
 	}
 	if b.delay > 0 {
 		time.Sleep(b.delay)
+	}
+	if slow := time.Duration(b.slow.Load()); slow > 0 {
+		time.Sleep(slow)
+	}
+	if status := b.status.Load(); status != 0 {
+		w.WriteHeader(int(status))
 	}
 	b.served.Add(1)
 	fmt.Fprintf(w, "%s %s %s", b.name, r.Method, r.URL.RequestURI())

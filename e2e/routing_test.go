@@ -109,10 +109,11 @@ func TestRouting(t *testing.T) {
 	}
 
 	// Balancing is per request: consecutive requests on one keep-alive
-	// connection alternate between the two hosts of users v1.
+	// connection go to both hosts of users v1 (peak_ewma: at random,
+	// shares inversely proportional to latency, even for equal hosts).
 	client := &http.Client{}
 	counts := map[string]int{}
-	for range 10 {
+	for range 40 {
 		resp, err := client.Get("http://" + c.HTTP + "/users/v1/x")
 		if err != nil {
 			t.Fatal(err)
@@ -121,8 +122,8 @@ func TestRouting(t *testing.T) {
 		resp.Body.Close()
 		counts[strings.Fields(string(b))[0]]++
 	}
-	if counts["users-v1-a"] != 5 || counts["users-v1-b"] != 5 {
-		t.Errorf("10 requests on one connection went %v; want 5 and 5", counts)
+	if counts["users-v1-a"] < 5 || counts["users-v1-b"] < 5 {
+		t.Errorf("40 requests on one connection went %v; want both hosts", counts)
 	}
 
 	// An endpoint added through the admin API is routed by the next

@@ -23,10 +23,12 @@ const (
 	// P2C takes the less busy of two random hosts ("power of two
 	// choices"): fewer requests in flight per unit of weight.
 	P2C
-	// PeakEWMA takes the cheaper of two random hosts, where a host's cost
-	// is its peak-EWMA latency times its requests in flight plus one, per
-	// unit of weight, as Finagle's and Linkerd's balancers do: a slow or
-	// busy host gets fewer requests, in proportion.
+	// PeakEWMA takes one of two random hosts with a chance inversely
+	// proportional to its cost: its peak-EWMA latency times its requests
+	// in flight plus one, per unit of weight, as in Finagle's and
+	// Linkerd's balancers. A host twice as slow or as busy as another
+	// gets half as many of the requests the two could both take; one a
+	// thousand times slower, almost none; equal hosts share evenly.
 	PeakEWMA
 )
 
@@ -90,9 +92,9 @@ func (b Balance) Pick(p Pool, rot *Rotation, ignoreHealth bool) int {
 	case LeastConn:
 		return leastConn(p, ignoreHealth)
 	case P2C:
-		return powerOfTwo(p, ignoreHealth, inFlightCost)
+		return powerOfTwo(p, ignoreHealth, inFlightCost, false)
 	case PeakEWMA:
-		return powerOfTwo(p, ignoreHealth, ewmaCost)
+		return powerOfTwo(p, ignoreHealth, ewmaCost, true)
 	default:
 		return scan(p, rot.schedule, rot.next.Add(1)-1, ignoreHealth)
 	}
@@ -154,20 +156,26 @@ func inFlightCost(p Pool, i int, _ int64) float64 {
 	return float64(in) / float64(w)
 }
 
-// ewmaCost is the host's peak-EWMA latency (plus a microsecond, so that
-// hosts without one yet still compare by load) times its requests in
-// flight plus one, per unit of weight.
+// defaultLatency is the latency of a host with no answers yet, as
+// Linkerd's default RTT: not so low that a new (or black-holed) host
+// attracts every request.
+const defaultLatency = 30 * time.Millisecond
+
+// ewmaCost is the host's peak-EWMA latency times its requests in flight
+// plus one, per unit of weight.
 func ewmaCost(p Pool, i int, now int64) float64 {
 	in, w := p.Load(i)
-	lat := float64(time.Microsecond)
-	if ep := p.Endpoint(i); ep != nil {
-		lat += ep.health.ewma.at(now)
+	lat := float64(defaultLatency)
+	if ep := p.Endpoint(i); ep != nil && ep.health.ewma.stamp.Load() != 0 {
+		lat = ep.health.ewma.at(now) + float64(time.Microsecond)
 	}
 	return lat * float64(in+1) / float64(w)
 }
 
-// powerOfTwo returns the cheaper of two random candidates.
-func powerOfTwo(p Pool, ignoreHealth bool, cost costFunc) int {
+// powerOfTwo returns one of two random candidates: the cheaper one, or
+// with byChance one drawn with a chance inversely proportional to its
+// cost.
+func powerOfTwo(p Pool, ignoreHealth bool, cost costFunc, byChance bool) int {
 	if n := p.Len(); n > 1 {
 		// the common case: two random hosts, both candidates
 		i, j := rand.IntN(n), rand.IntN(n-1)
@@ -175,7 +183,7 @@ func powerOfTwo(p Pool, ignoreHealth bool, cost costFunc) int {
 			j++
 		}
 		if p.Candidate(i, ignoreHealth) && p.Candidate(j, ignoreHealth) {
-			return cheaper(p, i, j, cost)
+			return choose(p, i, j, cost, byChance)
 		}
 	}
 	// Otherwise pick two among the candidates, asking Candidate once per
@@ -198,16 +206,24 @@ func powerOfTwo(p Pool, ignoreHealth bool, cost costFunc) int {
 	if k2 >= k1 {
 		k2++
 	}
-	return cheaper(p, cands[k1], cands[k2], cost)
+	return choose(p, cands[k1], cands[k2], cost, byChance)
 }
 
-// cheaper returns whichever of hosts i and j costs less (i on a tie).
-func cheaper(p Pool, i, j int, cost costFunc) int {
+// choose returns whichever of hosts i and j costs less (i on a tie), or
+// with byChance i with the chance cost(j) / (cost(i) + cost(j)).
+func choose(p Pool, i, j int, cost costFunc, byChance bool) int {
 	var now int64
 	if ep := p.Endpoint(i); ep != nil {
 		now = ep.health.now().UnixNano()
 	}
-	if cost(p, j, now) < cost(p, i, now) {
+	ci, cj := cost(p, i, now), cost(p, j, now)
+	if byChance {
+		if rand.Float64()*(ci+cj) < cj {
+			return i
+		}
+		return j
+	}
+	if cj < ci {
 		return j
 	}
 	return i

@@ -148,13 +148,20 @@ func (c *checker) report(svc *Service, ep *Endpoint, o Outcome, latency time.Dur
 	h.lastFailure.Store(now)
 	h.failures.Add(1)
 	switch o {
-	case GatewayError, TimedOut:
-		if o == TimedOut {
-			h.ewma.observe(latency, now) // at least this slow: picked less at once
-		}
+	case GatewayError:
 		if n := h.gatewayErrs.Add(1); n >= int64(c.policy.Load().For(svc.Key()).EjectAfter) {
 			c.eject(svc, ep, outPassive, t)
 		}
+	case TimedOut:
+		// At least this slow: picked less at once, and out until it
+		// answers a check (soon, if this was a fluke).
+		h.ewma.observe(latency, now)
+		if svc.stats.latency.learning(now) {
+			// A service with no latency yet, slower than its first
+			// deadlines: this is the best guess of how slow it is.
+			svc.stats.latency.observe(latency, now)
+		}
+		c.eject(svc, ep, outPassive, t)
 	case Unreachable:
 		c.eject(svc, ep, outUnreachable, t)
 	default:

@@ -53,10 +53,10 @@ type HealthCheck struct {
 	// leave rotation. Default: 2.
 	Fall int `json:"fall,omitempty"`
 
-	// EjectAfter is how many gateway errors (502, 503, 504) or tries
-	// without a response header before their deadline, in a row, take an
-	// endpoint out of rotation, as Envoy's consecutive_gateway_failure
-	// does. A try whose connection fails takes it out at once. Default: 3.
+	// EjectAfter is how many gateway errors (502, 503, 504) in a row take
+	// an endpoint out of rotation, as Envoy's consecutive_gateway_failure
+	// does. A try that gets no response header before its deadline, or
+	// whose connection fails, takes it out at once. Default: 3.
 	EjectAfter int `json:"eject_after,omitempty"`
 
 	// SlowStart ramps a rejoining endpoint's share of requests up from

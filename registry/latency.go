@@ -121,6 +121,10 @@ func (w *histWindowCounts) clear() {
 	w.total.Store(0)
 }
 
+// learning reports whether the histogram has too few samples for a
+// quantile.
+func (h *latencyHist) learning(now int64) bool { return h.quantile99(now) == 0 }
+
 // quantile99 returns the 99th percentile of the recent samples, or 0 with
 // fewer than histMinimum of them. It is recomputed at most every
 // histRefresh.

@@ -24,7 +24,8 @@ func TestReportOutcomes(t *testing.T) {
 	}{
 		{"answers", []Outcome{Answered, Answered}, "", 0},
 		{"two gateway errors", []Outcome{GatewayError, GatewayError}, "", 2},
-		{"three gateway errors", []Outcome{GatewayError, TimedOut, GatewayError}, "passive", 3},
+		{"three gateway errors", []Outcome{GatewayError, GatewayError, GatewayError}, "passive", 3},
+		{"timed out", []Outcome{TimedOut}, "passive", 1},
 		{"an answer in between", []Outcome{GatewayError, GatewayError, Answered, GatewayError, GatewayError}, "", 4},
 		{"failed", []Outcome{Failed}, "passive", 1},
 		{"unreachable", []Outcome{Unreachable}, "unreachable", 1},
@@ -239,6 +240,9 @@ func TestPeakEWMABalance(t *testing.T) {
 	if counts[2] > 30 {
 		t.Errorf("the slow host got %d of 3000 picks (%v)", counts[2], counts)
 	}
+	if counts[0] < 1200 || counts[1] < 1200 {
+		t.Errorf("two equal hosts did not share evenly: %v", counts)
+	}
 	// two minutes on, the fast hosts answering all along: its slowness is
 	// old news
 	for range 1200 {
@@ -254,5 +258,36 @@ func TestPeakEWMABalance(t *testing.T) {
 	}
 	if counts[2] < 300 {
 		t.Errorf("two minutes on, the once slow host got %d of 3000 picks (%v)", counts[2], counts)
+	}
+}
+
+// TestTimeoutsTeachANewService checks the latency a service's deadline
+// follows: timed-out tries count at their deadline only while the service
+// has no latency yet (so a slow new service learns it), never after (so a
+// hung host does not stretch its peers' deadlines).
+func TestTimeoutsTeachANewService(t *testing.T) {
+	key := ServiceKey{"users", "v1"}
+	m := newMachine(t, map[ServiceKey][]Endpoint{key: eps("127.0.0.1:1", "127.0.0.1:2")}, HealthCheck{MaxEjectedPercent: 100})
+	svc, _ := m.table.Snapshot().Lookup("users", "v1")
+	for range 20 {
+		m.c.report(svc, svc.Endpoints[0], TimedOut, 2*time.Second, m.clock.Now())
+	}
+	m.clock.Advance(histRefresh)
+	if p := svc.LatencyP99(m.clock.Now()); p < 2*time.Second || p > 3*time.Second {
+		t.Errorf("a new service whose tries all timed out at 2s: p99 %v, want about 2s", p)
+	}
+
+	m = newMachine(t, map[ServiceKey][]Endpoint{key: eps("127.0.0.1:1", "127.0.0.1:2")}, HealthCheck{MaxEjectedPercent: 100})
+	svc, _ = m.table.Snapshot().Lookup("users", "v1")
+	for range 100 {
+		m.c.report(svc, svc.Endpoints[1], Answered, time.Millisecond, m.clock.Now())
+	}
+	m.clock.Advance(histRefresh)
+	for range 20 {
+		m.c.report(svc, svc.Endpoints[0], TimedOut, 2*time.Second, m.clock.Now())
+	}
+	m.clock.Advance(histRefresh)
+	if p := svc.LatencyP99(m.clock.Now()); p > 2*time.Millisecond {
+		t.Errorf("a service with a latency, one host timing out: p99 %v, want its peers' 1ms", p)
 	}
 }

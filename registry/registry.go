@@ -272,9 +272,11 @@ const (
 	// error. Its latency feeds balancing and the service's p99.
 	Answered Outcome = iota
 	// GatewayError: it answered 502, 503 or 504. HealthCheck.EjectAfter
-	// of these or TimedOut in a row take it out of rotation.
+	// of these in a row take it out of rotation.
 	GatewayError
-	// TimedOut: no response header before the try's deadline.
+	// TimedOut: no response header before the try's deadline. It takes
+	// the endpoint out of rotation at once (within the ejection limit),
+	// and its latency counts as at least the deadline.
 	TimedOut
 	// Failed: the connection failed once the request may have been sent
 	// (a reset, an early close). It takes the endpoint out of rotation at
