@@ -204,7 +204,7 @@ func statusOf(svc *registry.Service) serviceStatus {
 			LastFailure: timeOrNil(stats.LastFailure), NextCheck: timeOrNil(stats.NextCheck),
 			SlowStartEnds: timeOrNil(stats.SlowStartUntil),
 			InFlight:      stats.InFlight, Requests: stats.Requests, Failures: stats.Failures,
-			Latency:       latencyText(stats.Latency),
+			Latency: latencyText(stats.Latency),
 		})
 	}
 	return st
