@@ -33,6 +33,15 @@ const proxySite = `{http} {
 	service_proxy
 }`
 
+// roundRobinSite is service_proxy with round_robin balancing, for tests
+// that need each host tried in turn (the default, peak_ewma, seldom sends
+// to a host that has not answered yet).
+const roundRobinSite = `{http} {
+	service_proxy {
+		lb_policy round_robin
+	}
+}`
+
 func put(t testing.TB, cli *clientv3.Client, key, value string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

@@ -169,7 +169,7 @@ func TestDrainOnRemoval(t *testing.T) {
 func TestDrainTimeout(t *testing.T) {
 	stay, slow := startBackend(t, "stay"), startBackend(t, "slow")
 	slow.delay = 3 * time.Second
-	c := startCaddy(t, healthRegistry("drain_timeout 300ms", stay, slow), proxySite, caddyOpts{})
+	c := startCaddy(t, healthRegistry("drain_timeout 300ms", stay, slow), roundRobinSite, caddyOpts{})
 	inFlight := make(chan struct{})
 	go func() {
 		defer close(inFlight)
@@ -272,7 +272,7 @@ func TestMetrics(t *testing.T) {
 	up := startBackend(t, "up")
 	down := startBackend(t, "down")
 	down.Kill()
-	c := startCaddy(t, healthRegistry("", up, down), proxySite, caddyOpts{})
+	c := startCaddy(t, healthRegistry("", up, down), roundRobinSite, caddyOpts{})
 	for range 10 {
 		if status, _, _ := c.Get("/users/v1/x"); status != 200 {
 			t.Fatal("request failed")

@@ -60,6 +60,41 @@ type Result struct {
 	Backends map[string]int `json:"backends"` // 2xx responses by backend
 	// Timeline has one entry per bucket since the start.
 	Timeline []Bucket `json:"timeline"`
+
+	samples []sample
+}
+
+// Window returns what the requests that began in [from, to) after the
+// start measured: how many there were and failed, and their p99 and
+// maximum latency in milliseconds (failed requests included).
+func (r *Result) Window(from, to time.Duration) (total, failed int, p99ms, maxms float64) {
+	var lat []time.Duration
+	for _, s := range r.samples {
+		if begin := s.end - s.latency; begin < from || begin >= to {
+			continue
+		}
+		total++
+		if s.status < 200 || s.status >= 300 {
+			failed++
+		}
+		lat = append(lat, s.latency)
+	}
+	if len(lat) == 0 {
+		return 0, 0, 0, 0
+	}
+	slices.Sort(lat)
+	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+	return total, failed, ms(lat[len(lat)*99/100]), ms(lat[len(lat)-1])
+}
+
+// OKPerSecond returns the answered (2xx) requests per second that
+// completed in [from, to) after the start, from the timeline.
+func (r *Result) OKPerSecond(from, to, bucket time.Duration) float64 {
+	ok := 0
+	for k := int(from / bucket); k < int(to/bucket) && k < len(r.Timeline); k++ {
+		ok += r.Timeline[k].OK
+	}
+	return float64(ok) / (to - from).Seconds()
 }
 
 // Bucket counts the requests that completed in one timeline bucket.
@@ -197,7 +232,7 @@ func errKind(err error, op string) string {
 }
 
 func summarize(samples []sample, elapsed, bucket time.Duration) *Result {
-	r := &Result{Statuses: map[int]int{}, Errors: map[string]int{}, Backends: map[string]int{}, Seconds: elapsed.Seconds()}
+	r := &Result{Statuses: map[int]int{}, Errors: map[string]int{}, Backends: map[string]int{}, Seconds: elapsed.Seconds(), samples: samples}
 	var lat []time.Duration
 	r.Timeline = make([]Bucket, int(elapsed/bucket)+1)
 	for _, s := range samples {

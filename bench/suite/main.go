@@ -1,6 +1,7 @@
 // Command suite runs svcreg's benchmark scenarios on 127.0.0.1 and writes
 // what it measured to an output directory: results.json (everything),
-// report.md (the tables) and failover.svg (the failover timeline chart).
+// report.md (the tables), failover.svg (the failover timeline chart) and
+// chaos.svg (the chaos matrix).
 //
 //	go run ./bench/suite -out bench/results            # everything (about 15 min)
 //	go run ./bench/suite -scenarios throughput -reps 5
@@ -43,14 +44,16 @@ type Results struct {
 	Machine    string            `json:"machine"`
 	Throughput []ThroughputRun   `json:"throughput,omitempty"`
 	Failover   []FailoverRun     `json:"failover,omitempty"`
+	Chaos      []ChaosRun        `json:"chaos,omitempty"`
 	Scale      *ScaleResult      `json:"scale,omitempty"`
 	Skipped    map[string]string `json:"skipped,omitempty"`
 }
 
 func main() {
 	out := flag.String("out", "bench/results", "directory for results.json, report.md and failover.svg")
-	scenarios := flag.String("scenarios", "throughput,failover,scale", "comma-separated scenarios to run")
+	scenarios := flag.String("scenarios", "throughput,failover,chaos,scale", "comma-separated scenarios to run")
 	reps := flag.Int("reps", 3, "repetitions of each measurement")
+	faults := flag.String("faults", "", "comma-separated faults of the chaos scenario to run (default all)")
 	flag.Parse()
 
 	defer stopAll()
@@ -81,6 +84,8 @@ func main() {
 			res.Throughput, err = runThroughput(e)
 		case "failover":
 			res.Failover, err = runFailover(e)
+		case "chaos":
+			res.Chaos, err = runChaos(e, *faults)
 		case "scale":
 			res.Scale, err = runScale(e)
 		default:
@@ -100,6 +105,9 @@ func main() {
 	must(os.WriteFile(filepath.Join(*out, "report.md"), []byte(report(res)), 0o644))
 	if len(res.Failover) > 0 {
 		must(os.WriteFile(filepath.Join(*out, "failover.svg"), []byte(failoverSVG(res.Failover)), 0o644))
+	}
+	if len(res.Chaos) > 0 {
+		must(os.WriteFile(filepath.Join(*out, "chaos.svg"), []byte(chaosSVG(res.Chaos)), 0o644))
 	}
 	log.Printf("wrote %s", *out)
 }

@@ -102,6 +102,8 @@ var (
 		"", "reverse_proxy {b} {\n\t\tlb_retries 2\n\t}", benchPath)
 	caddyTryDuration = caddyProxy("caddy_lb_try_duration_2s", "`reverse_proxy {b} { lb_try_duration 2s }` (250 ms between tries)",
 		"", "reverse_proxy {b} {\n\t\tlb_try_duration 2s\n\t}", benchPath)
+	caddyTimeouts = caddyProxy("caddy_tuned", "`reverse_proxy {b} { lb_retries 2; fail_duration 10s; transport http { response_header_timeout 1s; dial_timeout 1s } }`",
+		"", "reverse_proxy {b} {\n\t\tlb_retries 2\n\t\tfail_duration 10s\n\t\ttransport http {\n\t\t\tresponse_header_timeout 1s\n\t\t\tdial_timeout 1s\n\t\t}\n\t}", benchPath)
 	caddyPassive = caddyProxy("caddy_passive_health", "`reverse_proxy {b} { lb_retries 2; fail_duration 10s }` (passive health, max_fails 1)",
 		"", "reverse_proxy {b} {\n\t\tlb_retries 2\n\t\tfail_duration 10s\n\t}", benchPath)
 )

@@ -139,6 +139,10 @@ func report(r *Results) string {
 		}
 	}
 
+	if len(r.Chaos) > 0 {
+		b.WriteString(chaosReport(r.Chaos))
+	}
+
 	if s := r.Scale; s != nil {
 		b.WriteString("\n### Registry scale\n\n")
 		fmt.Fprintf(&b, "%d services × %d endpoints.\n\n```\n%s\n```\n\n", s.Services, s.Endpoints, strings.Join(s.GoBench, "\n"))

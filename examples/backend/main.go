@@ -4,9 +4,10 @@
 // itself in an X-Backend header. GET /healthz answers 200. SIGTERM stops
 // it gracefully (no new connections, requests in flight finish, idle
 // keep-alive connections close); SIGKILL stops it abruptly, as a crash
-// would.
+// would. For fault drills, SIGUSR1 switches answering 503 to every request
+// on and off, and SIGUSR2 switches taking -slow longer on and off.
 //
-//	go run ./examples/backend -listen 127.0.0.1:9091 -name users-v1-a [-delay 1ms]
+//	go run ./examples/backend -listen 127.0.0.1:9091 -name users-v1-a [-delay 1ms] [-slow 1s]
 package main
 
 import (
@@ -17,6 +18,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -25,10 +27,25 @@ func main() {
 	listen := flag.String("listen", "127.0.0.1:9091", "address to listen on")
 	name := flag.String("name", "", "name to answer with, also in the X-Backend header (default: the listen address)")
 	delay := flag.Duration("delay", 0, "how long each request takes")
+	slowBy := flag.Duration("slow", time.Second, "how much longer each request takes while slow (SIGUSR2)")
 	flag.Parse()
 	if *name == "" {
 		*name = *listen
 	}
+	var failing, slow atomic.Bool
+	toggles := make(chan os.Signal, 4)
+	signal.Notify(toggles, syscall.SIGUSR1, syscall.SIGUSR2)
+	go func() {
+		for sig := range toggles {
+			if sig == syscall.SIGUSR1 {
+				log.Printf("%s: answering 503: %v", *name, !failing.Load())
+				failing.Store(!failing.Load())
+			} else {
+				log.Printf("%s: %v slower: %v", *name, *slowBy, !slow.Load())
+				slow.Store(!slow.Load())
+			}
+		}
+	}()
 
 	mux := http.NewServeMux()
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
@@ -38,7 +55,13 @@ func main() {
 		if *delay > 0 {
 			time.Sleep(*delay)
 		}
+		if slow.Load() {
+			time.Sleep(*slowBy)
+		}
 		w.Header().Set("X-Backend", *name)
+		if failing.Load() {
+			w.WriteHeader(http.StatusServiceUnavailable)
+		}
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		body := *name + ": " + r.Method + " " + r.URL.RequestURI()
 		if svc := r.Header.Get("X-Service"); svc != "" {

@@ -1,0 +1,293 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log"
+	"net"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/svcreg/caddy-svcreg/bench/loadgen"
+)
+
+// Timeline of a chaos run: healthy, then the fault from faultAt to
+// healAt, then healed.
+const (
+	chaosTime    = 10 * time.Second
+	chaosFault   = 3 * time.Second
+	chaosHeal    = 8 * time.Second
+	chaosHealthy = time.Second // the healthy phase measured: [chaosHealthy, chaosFault)
+	chaosGrace   = time.Second // p99 is taken from this long after the fault began
+)
+
+// ChaosRun is one run of one configuration through one fault.
+type ChaosRun struct {
+	Fault    string         `json:"fault"`
+	Proxy    string         `json:"proxy"`
+	Rep      int            `json:"rep"`
+	Total    int            `json:"total"`
+	Failed   int            `json:"failed"`
+	Statuses map[int]int    `json:"statuses"`
+	Errors   map[string]int `json:"errors"`
+	// HealthyRPS and FaultRPS are answered requests per second in the
+	// healthy phase and during the fault; Ratio is FaultRPS / HealthyRPS.
+	HealthyRPS float64 `json:"healthy_rps"`
+	FaultRPS   float64 `json:"fault_rps"`
+	Ratio      float64 `json:"ratio"`
+	// P99AfterMs and FailedAfter are of the requests that began from one
+	// second into the fault to its end.
+	P99AfterMs  float64          `json:"p99_after_first_second_ms"`
+	FailedAfter int              `json:"failed_after_first_second"`
+	MaxMs       float64          `json:"max_ms"`
+	Timeline    []loadgen.Bucket `json:"timeline"`
+}
+
+// fault is something that goes wrong with the backends during a run.
+type fault struct {
+	Name, Desc string
+	// inject starts the fault at chaosFault; heal ends it at chaosHeal
+	// (nil: the fault ends on its own).
+	inject, heal func(b *backendSet, h *holes) error
+}
+
+// holes are the listeners a fault puts where a backend was.
+type holes struct {
+	mu    sync.Mutex
+	close []func()
+}
+
+func (h *holes) add(f func()) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.close = append(h.close, f)
+}
+
+func (h *holes) closeAll() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, f := range h.close {
+		f()
+	}
+	h.close = nil
+}
+
+// signalBackend sends sig to backend i without waiting for it.
+func signalBackend(i int, sig syscall.Signal) func(*backendSet, *holes) error {
+	return func(b *backendSet, _ *holes) error { return b.procs[i].cmd.Process.Signal(sig) }
+}
+
+// replaceBackends stops backends (SIGKILL) and puts a hole made by mk on
+// each one's address.
+func replaceBackends(mk func(addr string) (func(), error), which ...int) func(*backendSet, *holes) error {
+	return func(b *backendSet, h *holes) error {
+		for _, i := range which {
+			b.procs[i].stop(syscall.SIGKILL)
+			closeHole, err := mk(b.addrs[i])
+			if err != nil {
+				return err
+			}
+			h.add(closeHole)
+		}
+		return nil
+	}
+}
+
+// restoreBackends removes the holes and starts the backends again.
+func restoreBackends(which ...int) func(*backendSet, *holes) error {
+	return func(b *backendSet, h *holes) error {
+		h.closeAll()
+		for _, i := range which {
+			if err := b.startOne(i); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+}
+
+// rolling restarts every backend in turn, 1.5 s apart: with SIGTERM at
+// once (a graceful deploy), with SIGKILL after 300 ms down (a crash loop).
+func rolling(sig syscall.Signal) func(*backendSet, *holes) error {
+	return func(b *backendSet, _ *holes) error {
+		for i := range b.procs {
+			if i > 0 {
+				time.Sleep(1500 * time.Millisecond)
+			}
+			b.procs[i].stop(sig)
+			if sig == syscall.SIGKILL {
+				time.Sleep(300 * time.Millisecond)
+			}
+			if err := b.startOne(i); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+}
+
+var chaosFaults = []fault{
+	{Name: "hang", Desc: "one of three hosts frozen (SIGSTOP) for 5 s",
+		inject: signalBackend(1, syscall.SIGSTOP), heal: signalBackend(1, syscall.SIGCONT)},
+	{Name: "black_hole", Desc: "one host replaced for 5 s by a listener that accepts and never reads",
+		inject: replaceBackends(blackHole, 1), heal: restoreBackends(1)},
+	{Name: "slow", Desc: "one host 1 s slower for 5 s",
+		inject: signalBackend(1, syscall.SIGUSR2), heal: signalBackend(1, syscall.SIGUSR2)},
+	{Name: "5xx", Desc: "one host answering 503 to everything for 5 s",
+		inject: signalBackend(1, syscall.SIGUSR1), heal: signalBackend(1, syscall.SIGUSR1)},
+	{Name: "unreachable_1", Desc: "one host unreachable for 5 s (connects time out: a full listen backlog)",
+		inject: replaceBackends(fullBacklog, 1), heal: restoreBackends(1)},
+	{Name: "unreachable_2", Desc: "two of three hosts unreachable for 5 s",
+		inject: replaceBackends(fullBacklog, 1, 2), heal: restoreBackends(1, 2)},
+	{Name: "rolling_sigterm", Desc: "every host restarted in turn, 1.5 s apart (SIGTERM, started again at once)",
+		inject: rolling(syscall.SIGTERM)},
+	{Name: "rolling_sigkill", Desc: "every host killed in turn, 1.5 s apart (SIGKILL, started again 300 ms later)",
+		inject: rolling(syscall.SIGKILL)},
+}
+
+// chaosConfigs are compared in the chaos matrix.
+var chaosConfigs = []proxy{serviceProxy, caddyRetries, caddyTimeouts, nginxProxy, haproxyProxy}
+
+// runChaos runs every configuration through every fault.
+func runChaos(e *env, only string) ([]ChaosRun, error) {
+	var runs []ChaosRun
+	for rep := range e.reps {
+		for _, f := range chaosFaults {
+			if only != "" && !strings.Contains(","+only+",", ","+f.Name+",") {
+				continue
+			}
+			for _, px := range chaosConfigs {
+				run, err := chaosOnce(e, px, f, rep)
+				if err != nil {
+					return nil, fmt.Errorf("%s, %s: %w", f.Name, px.Name, err)
+				}
+				if run == nil {
+					continue
+				}
+				log.Printf("chaos %-16s %-26s rep %d: %6d requests, %5d failed (%d after 1 s), %5.0f%% of healthy req/s, p99 after 1 s %7.1f ms, max %7.1f ms",
+					f.Name, px.Name, rep, run.Total, run.Failed, run.FailedAfter, 100*run.Ratio, run.P99AfterMs, run.MaxMs)
+				runs = append(runs, *run)
+			}
+		}
+	}
+	return runs, nil
+}
+
+func chaosOnce(e *env, px proxy, f fault, rep int) (*ChaosRun, error) {
+	backends, err := startBackends(e, 3, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer backends.stopAll()
+	h := new(holes)
+	defer h.closeAll()
+	r, err := px.start(e, backends.addrs)
+	if err != nil || r == nil {
+		return nil, err
+	}
+	defer r.stop()
+	if _, err := loadgen.Run(context.Background(), loadgen.Config{Addr: r.addr, Path: r.path, Conns: conns, Duration: 500 * time.Millisecond}); err != nil {
+		return nil, err
+	}
+
+	start := time.Now()
+	var faultErr error
+	faults := make(chan struct{})
+	go func() {
+		defer close(faults)
+		time.Sleep(time.Until(start.Add(chaosFault)))
+		if faultErr = f.inject(backends, h); faultErr != nil || f.heal == nil {
+			return
+		}
+		time.Sleep(time.Until(start.Add(chaosHeal)))
+		faultErr = f.heal(backends, h)
+	}()
+	res, err := loadgen.Run(context.Background(), loadgen.Config{Addr: r.addr, Path: r.path, Conns: conns, Duration: chaosTime})
+	<-faults
+	// a frozen backend must be able to stop
+	_ = backends.procs[1].cmd.Process.Signal(syscall.SIGCONT)
+	if err != nil {
+		return nil, err
+	}
+	if faultErr != nil {
+		return nil, faultErr
+	}
+	bucket := 100 * time.Millisecond
+	run := &ChaosRun{Fault: f.Name, Proxy: px.Name, Rep: rep, Total: res.Total, Failed: res.Failed,
+		Statuses: res.Statuses, Errors: res.Errors, MaxMs: res.MaxMs, Timeline: res.Timeline,
+		HealthyRPS: res.OKPerSecond(chaosHealthy, chaosFault, bucket),
+		FaultRPS:   res.OKPerSecond(chaosFault, chaosHeal, bucket)}
+	if run.HealthyRPS > 0 {
+		run.Ratio = run.FaultRPS / run.HealthyRPS
+	}
+	_, run.FailedAfter, run.P99AfterMs, _ = res.Window(chaosFault+chaosGrace, chaosHeal)
+	return run, nil
+}
+
+// blackHole listens on addr, accepts connections and never reads from
+// them, until closed.
+func blackHole(addr string) (func(), error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("black hole on %s: %w", addr, err)
+	}
+	var mu sync.Mutex
+	var held []net.Conn
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			held = append(held, c)
+			mu.Unlock()
+		}
+	}()
+	return func() {
+		ln.Close()
+		<-done
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range held {
+			c.Close()
+		}
+	}, nil
+}
+
+// fullBacklog listens on addr with a backlog of one connection, fills it,
+// and never accepts: further connects get no answer to their SYN and time
+// out, as with a host that is down behind a firewall.
+func fullBacklog(addr string) (func(), error) {
+	host, portText, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, err
+	}
+	var port int
+	fmt.Sscan(portText, &port)
+	ip := net.ParseIP(host).To4()
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
+	if err != nil {
+		return nil, err
+	}
+	closeFD := func() { syscall.Close(fd) }
+	_ = syscall.SetsockoptInt(fd, syscall.SOL_SOCKET, syscall.SO_REUSEADDR, 1)
+	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Port: port, Addr: [4]byte(ip)}); err != nil {
+		closeFD()
+		return nil, fmt.Errorf("full backlog on %s: %w", addr, err)
+	}
+	if err := syscall.Listen(fd, 0); err != nil {
+		closeFD()
+		return nil, err
+	}
+	filler, err := net.DialTimeout("tcp", addr, time.Second)
+	if err != nil {
+		closeFD()
+		return nil, fmt.Errorf("filling the backlog of %s: %w", addr, err)
+	}
+	return func() { filler.Close(); closeFD() }, nil
+}

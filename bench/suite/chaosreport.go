@@ -1,0 +1,152 @@
+package main
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+)
+
+// chaosCell is the summary of the runs of one configuration through one
+// fault: medians, and the worst count of failures.
+type chaosCell struct {
+	runs                               int
+	failed, worst, failedAfter         int
+	ratio, p99After, maxMs, healthyRPS float64
+}
+
+// chaosCells groups the runs by fault and configuration, in run order.
+func chaosCells(runs []ChaosRun) (cells map[[2]string]*chaosCell, faults, configs []string) {
+	cells = map[[2]string]*chaosCell{}
+	by := map[[2]string][]ChaosRun{}
+	for _, x := range runs {
+		k := [2]string{x.Fault, x.Proxy}
+		if by[k] == nil {
+			if !contains(faults, x.Fault) {
+				faults = append(faults, x.Fault)
+			}
+			if !contains(configs, x.Proxy) {
+				configs = append(configs, x.Proxy)
+			}
+		}
+		by[k] = append(by[k], x)
+	}
+	for k, xs := range by {
+		var failed, after, ratio, p99, maxMs, healthy []float64
+		c := &chaosCell{runs: len(xs)}
+		for _, x := range xs {
+			failed, after = append(failed, float64(x.Failed)), append(after, float64(x.FailedAfter))
+			ratio, p99, maxMs = append(ratio, x.Ratio), append(p99, x.P99AfterMs), append(maxMs, x.MaxMs)
+			healthy = append(healthy, x.HealthyRPS)
+			c.worst = max(c.worst, x.Failed)
+		}
+		c.failed, c.failedAfter = int(median(failed)), int(median(after))
+		c.ratio, c.p99After, c.maxMs, c.healthyRPS = median(ratio), median(p99), median(maxMs), median(healthy)
+		cells[k] = c
+	}
+	return cells, faults, configs
+}
+
+func contains(xs []string, s string) bool {
+	for _, x := range xs {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+// chaosReport renders the chaos matrix: one table per fault.
+func chaosReport(runs []ChaosRun) string {
+	var b strings.Builder
+	cells, faults, configs := chaosCells(runs)
+	b.WriteString("\n### Chaos matrix\n\n")
+	fmt.Fprintf(&b, "Three backends, %d keep-alive connections for %v, GETs, no client retry. The fault begins at %v and ends at %v. "+
+		"`req/s in fault` is answered requests per second during the fault over the same run's healthy phase (%v-%v); "+
+		"`p99 after 1 s` is the p99 latency of the requests begun from %v into the fault to its end. Medians of the runs; `failed` also shows the worst run.\n\n",
+		conns, chaosTime, chaosFault, chaosHeal, chaosHealthy, chaosFault, chaosGrace)
+	for _, f := range faults {
+		desc := f
+		for _, cf := range chaosFaults {
+			if cf.Name == f {
+				desc = cf.Desc
+			}
+		}
+		fmt.Fprintf(&b, "#### %s: %s\n\n", f, desc)
+		b.WriteString("| configuration | runs | failed (worst) | failed after 1 s | req/s in fault | p99 after 1 s, ms | max ms |\n|---|---:|---:|---:|---:|---:|---:|\n")
+		for _, cfg := range configs {
+			c := cells[[2]string{f, cfg}]
+			if c == nil {
+				continue
+			}
+			fmt.Fprintf(&b, "| %s | %d | %d (%d) | %d | %.0f%% | %.1f | %.0f |\n", cfg, c.runs, c.failed, c.worst, c.failedAfter, 100*c.ratio, c.p99After, c.maxMs)
+		}
+		b.WriteString("\n")
+	}
+	b.WriteString("Configurations:\n\n")
+	for _, cfg := range configs {
+		for _, px := range chaosConfigs {
+			if px.Name == cfg {
+				fmt.Fprintf(&b, "- `%s`: %s\n", cfg, strings.ReplaceAll(px.Desc, "{b}", "b1 b2 b3"))
+			}
+		}
+	}
+	b.WriteString("\nWhat the failed requests got (all runs):\n\n")
+	for _, x := range runs {
+		if x.Failed == 0 {
+			continue
+		}
+		var kinds []string
+		for k, n := range x.Errors {
+			kinds = append(kinds, fmt.Sprintf("%s ×%d", k, n))
+		}
+		for code, n := range x.Statuses {
+			if code >= 300 {
+				kinds = append(kinds, fmt.Sprintf("HTTP %d ×%d", code, n))
+			}
+		}
+		sort.Strings(kinds)
+		fmt.Fprintf(&b, "- %s, %s, run %d: %s\n", x.Fault, x.Proxy, x.Rep+1, strings.Join(kinds, ", "))
+	}
+	return b.String()
+}
+
+// chaosSVG draws the chaos matrix: a row per fault, a column per
+// configuration; each cell says the failed requests and the req/s kept
+// during the fault, green when none failed and at least 80% was kept,
+// amber when none failed, red otherwise.
+func chaosSVG(runs []ChaosRun) string {
+	cells, faults, configs := chaosCells(runs)
+	const left, top, cw, ch = 150, 60, 150, 46
+	width, height := left+len(configs)*cw+20, top+len(faults)*ch+50
+	var b strings.Builder
+	fmt.Fprintf(&b, `<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" font-family="sans-serif" font-size="12">`+"\n", width, height)
+	b.WriteString(`<rect width="100%" height="100%" fill="white"/>` + "\n")
+	fmt.Fprintf(&b, `<text x="10" y="20" font-size="14">Chaos matrix: failed GETs (median of runs) and req/s kept during a %v fault</text>`+"\n", chaosHeal-chaosFault)
+	for j, cfg := range configs {
+		fmt.Fprintf(&b, `<text x="%d" y="%d" text-anchor="middle" font-weight="bold">%s</text>`+"\n", left+j*cw+cw/2, top-10, cfg)
+	}
+	for i, f := range faults {
+		y := top + i*ch
+		fmt.Fprintf(&b, `<text x="10" y="%d">%s</text>`+"\n", y+ch/2+4, f)
+		for j, cfg := range configs {
+			c := cells[[2]string{f, cfg}]
+			if c == nil {
+				continue
+			}
+			fill := "#e8a0a0" // failures
+			switch {
+			case c.failed == 0 && c.worst == 0 && c.ratio >= 0.8:
+				fill = "#a8d8a0"
+			case c.failed == 0:
+				fill = "#f0d890"
+			}
+			x := left + j*cw
+			fmt.Fprintf(&b, `<rect x="%d" y="%d" width="%d" height="%d" fill="%s" stroke="white"/>`+"\n", x, y, cw, ch, fill)
+			fmt.Fprintf(&b, `<text x="%d" y="%d" text-anchor="middle">%d failed</text>`+"\n", x+cw/2, y+18, c.failed)
+			fmt.Fprintf(&b, `<text x="%d" y="%d" text-anchor="middle">%.0f%% req/s, p99 %.0f ms</text>`+"\n", x+cw/2, y+34, 100*c.ratio, c.p99After)
+		}
+	}
+	fmt.Fprintf(&b, `<text x="10" y="%d">green: none failed and at least 80%% of the healthy req/s; amber: none failed; red: failures. p99 of the requests begun from 1 s into the fault.</text>`+"\n", top+len(faults)*ch+25)
+	b.WriteString("</svg>\n")
+	return b.String()
+}
