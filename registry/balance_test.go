@@ -148,3 +148,49 @@ func TestTries(t *testing.T) {
 		}
 	}
 }
+
+// TestOutHostShareSpreads takes one of four hosts out: with round_robin
+// and random its share goes to the three others evenly, not all to the
+// host after it in the order (which made 50/25/25).
+func TestOutHostShareSpreads(t *testing.T) {
+	tbl := NewTable()
+	key := ServiceKey{"users", "v1"}
+	tbl.Replace(normalized(t, map[ServiceKey][]Endpoint{key: eps("127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3", "127.0.0.1:4")}))
+	svc, _ := tbl.Snapshot().Lookup("users", "v1")
+	svc.Endpoints[1].health.setOut(outPassive, true)
+	for _, b := range []Balance{RoundRobin, Random} {
+		counts := make([]int, 4)
+		for range 12000 {
+			counts[b.Pick(newSvcPool(svc), svc.Rotation(), false)]++
+		}
+		for _, i := range []int{0, 2, 3} {
+			if counts[i] < 3400 || counts[i] > 4600 {
+				t.Errorf("%s with host 2 of 4 out: %v, want about 4000 each for the others", b, counts)
+				break
+			}
+		}
+		if counts[1] != 0 {
+			t.Errorf("%s sent %d requests to a host out of rotation", b, counts[1])
+		}
+	}
+}
+
+// TestPeakEWMAProportional checks that peak_ewma shares requests between
+// two hosts in inverse proportion to their latency.
+func TestPeakEWMAProportional(t *testing.T) {
+	clock := newFakeClock()
+	tbl := newTable(clock.Now)
+	key := ServiceKey{"users", "v1"}
+	tbl.Replace(normalized(t, map[ServiceKey][]Endpoint{key: eps("127.0.0.1:1", "127.0.0.1:2")}))
+	svc, _ := tbl.Snapshot().Lookup("users", "v1")
+	now := clock.Now().UnixNano()
+	svc.Endpoints[0].health.ewma.observe(10*time.Millisecond, now)
+	svc.Endpoints[1].health.ewma.observe(20*time.Millisecond, now)
+	counts := make([]int, 2)
+	for range 9000 {
+		counts[PeakEWMA.Pick(newSvcPool(svc), svc.Rotation(), false)]++
+	}
+	if counts[0] < 5600 || counts[0] > 6400 {
+		t.Errorf("10ms and 20ms hosts got %v, want about 2:1", counts)
+	}
+}
