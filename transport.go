@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -221,17 +222,23 @@ func (t *HTTPTransport) try(req *http.Request, a *attempt, ep *registry.Endpoint
 		svc.DepositRetry(t.budget)
 	}
 	deadline := t.deadline(svc, start)
-	resp, err, neverSent, timedOut := t.sendWithin(req, deadline)
+	var silence *silenceCheck
+	if retriedAnyway(req.Method) {
+		// a request that is retried anyway need not wait out a host that
+		// has stopped answering
+		silence = &silenceCheck{svc: svc, ep: ep, begin: start, after: t.silenceAfter(svc, start, deadline)}
+	}
+	resp, err, neverSent, timedOut := t.sendWithin(req, deadline, silence)
 	latency := time.Since(start)
 	a.reported = true
 	retried := retriedAnyway(req.Method)
 	switch {
 	case timedOut:
-		svcReport(a, ep, registry.TimedOut, deadline)
+		svcReport(a, ep, registry.TimedOut, latency)
 		if retried && !svc.WithdrawRetry(t.budget, start.Add(latency)) {
 			a.noRetry = true
 		}
-		return nil, tryTimeoutError{deadline}
+		return nil, tryTimeoutError{latency.Round(time.Millisecond)}
 	case err != nil:
 		if req.Context().Err() != nil {
 			return nil, err // the client went away: not the host's failure
@@ -287,18 +294,52 @@ func (t *HTTPTransport) deadline(svc *registry.Service, now time.Time) time.Dura
 	return min(max(tryTimeoutFactor*p99, time.Duration(t.TryTimeoutMin)), time.Duration(t.TryTimeoutMax))
 }
 
+// silenceAfterMin is the shortest wait before a try's host is checked for
+// silence.
+const silenceAfterMin = 100 * time.Millisecond
+
+// silenceAfter returns when a try that began at now checks whether its
+// host went silent: 4 times the service's p99, at least 100 ms; 0 (never)
+// when that is not before the deadline.
+func (t *HTTPTransport) silenceAfter(svc *registry.Service, now time.Time, deadline time.Duration) time.Duration {
+	after := max(tryTimeoutFactor*svc.LatencyP99(now), silenceAfterMin)
+	if deadline > 0 && after >= deadline {
+		return 0
+	}
+	return after
+}
+
+// silenceCheck ends a try early when its host has answered nothing for a
+// while (after) though its service's other hosts answered.
+type silenceCheck struct {
+	svc   *registry.Service
+	ep    *registry.Endpoint
+	begin time.Time
+	after time.Duration // 0: no check
+}
+
 // sendWithin sends req with a deadline for its response header (none for
-// d <= 0). timedOut says the deadline passed first.
-func (t *HTTPTransport) sendWithin(req *http.Request, d time.Duration) (resp *http.Response, err error, neverSent, timedOut bool) {
-	if d <= 0 {
+// d <= 0), and the silence check s (nil: none). timedOut says the
+// deadline passed first, or the host went silent.
+func (t *HTTPTransport) sendWithin(req *http.Request, d time.Duration, s *silenceCheck) (resp *http.Response, err error, neverSent, timedOut bool) {
+	if s != nil && s.after == 0 {
+		s = nil
+	}
+	if d <= 0 && s == nil {
 		resp, err, neverSent = t.send(req)
 		return resp, err, neverSent, false
 	}
 	ctx, cancel := context.WithCancel(req.Context())
-	w := &watchdog{cancel: cancel}
-	w.timer = time.AfterFunc(d, w.fire)
+	w := &watchdog{cancel: cancel, silence: s, deadline: d}
+	first := d
+	if s != nil {
+		first = s.after
+	}
+	w.mu.Lock() // fire may run before AfterFunc returns
+	w.timer = time.AfterFunc(first, w.fire)
+	w.mu.Unlock()
 	resp, err, neverSent = t.send(req.WithContext(ctx))
-	if !w.timer.Stop() && w.fired.Load() {
+	if w.stop() {
 		if resp != nil {
 			resp.Body.Close()
 		}
@@ -321,16 +362,52 @@ func (t *HTTPTransport) sendWithin(req *http.Request, d time.Duration) (resp *ht
 	return resp, nil, false, false
 }
 
-// watchdog cancels a try that gets no response header in time.
+// watchdog cancels a try that gets no response header in time, or whose
+// host goes silent.
 type watchdog struct {
-	timer  *time.Timer
-	cancel context.CancelFunc
-	fired  atomic.Bool
+	timer    *time.Timer
+	cancel   context.CancelFunc
+	silence  *silenceCheck // checked every silence.after; nil: none
+	deadline time.Duration // 0: none
+
+	mu    sync.Mutex // guards everything below, and orders fire and stop
+	done  bool       // the try has its answer, or failed
+	fired bool       // the watchdog ended the try
 }
 
 func (w *watchdog) fire() {
-	w.fired.Store(true)
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.done {
+		return
+	}
+	if s := w.silence; s != nil {
+		now := time.Now()
+		if !s.svc.Silent(s.ep, now, s.after) {
+			// not silent: check again, up to the deadline
+			next := s.after
+			if w.deadline > 0 {
+				left := w.deadline - now.Sub(s.begin)
+				if left <= next {
+					w.silence = nil // the deadline comes first
+					next = max(left, 0)
+				}
+			}
+			w.timer.Reset(next)
+			return
+		}
+	}
+	w.fired = true
 	w.cancel()
+}
+
+// stop ends the watchdog, and reports whether it ended the try.
+func (w *watchdog) stop() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.done = true
+	w.timer.Stop()
+	return w.fired
 }
 
 // cancelOnClose ends a try's context when its response body is closed.
@@ -346,12 +423,12 @@ func (b *cancelOnClose) Close() error {
 }
 
 // tryTimeoutError is a try that got no response header before its
-// deadline. It is a net.Error that timed out, which reverse_proxy answers
-// with 504.
-type tryTimeoutError struct{ deadline time.Duration }
+// deadline, or before its host went silent. It is a net.Error that timed
+// out, which reverse_proxy answers with 504.
+type tryTimeoutError struct{ after time.Duration }
 
 func (e tryTimeoutError) Error() string {
-	return "no response header within the try's deadline of " + e.deadline.String()
+	return "no response header after " + e.after.String() + " (the try's deadline, or its host stopped answering)"
 }
 func (tryTimeoutError) Timeout() bool   { return true }
 func (tryTimeoutError) Temporary() bool { return true }

@@ -162,12 +162,18 @@ func inFlightCost(p Pool, i int, _ int64) float64 {
 const defaultLatency = 30 * time.Millisecond
 
 // ewmaCost is the host's peak-EWMA latency times its requests in flight
-// plus one, per unit of weight.
+// plus one, per unit of weight. While it has requests in flight, its
+// latency is at least the time since its last response: a host that
+// stops answering (frozen, black-holed) looks slower every millisecond,
+// long before its requests time out, and gets no more.
 func ewmaCost(p Pool, i int, now int64) float64 {
 	in, w := p.Load(i)
 	lat := float64(defaultLatency)
 	if ep := p.Endpoint(i); ep != nil && ep.health.ewma.stamp.Load() != 0 {
 		lat = ep.health.ewma.at(now) + float64(time.Microsecond)
+		if in > 0 {
+			lat = max(lat, float64(now-ep.health.lastReply.Load()))
+		}
 	}
 	return lat * float64(in+1) / float64(w)
 }

@@ -133,6 +133,10 @@ func (c *checker) emit(name string, t *probeTarget, reason string) {
 func (c *checker) report(svc *Service, ep *Endpoint, o Outcome, latency time.Duration, t time.Time) {
 	h := ep.health
 	now := t.UnixNano()
+	if o == Answered || o == GatewayError {
+		h.lastReply.Store(now)
+		svc.stats.lastReply.Store(now)
+	}
 	if o == Answered {
 		if h.fails.Load() != 0 {
 			h.fails.Store(0)

@@ -312,6 +312,7 @@ type endpointHealth struct {
 	state       atomic.Uint32 // why it is out of rotation: out* bits; 0 = in rotation
 	gatewayErrs atomic.Int64  // gateway errors and timed-out tries in a row
 	ewma        peakEWMA      // latency estimate, for balancing
+	lastReply   atomic.Int64  // unix nanoseconds of its last response header
 	tls         atomic.Bool   // the proxy speaks TLS to it
 	fails       atomic.Int64  // failed requests in a row since it last answered
 	lastFailure atomic.Int64  // unix nanoseconds

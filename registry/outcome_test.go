@@ -230,6 +230,7 @@ func TestPeakEWMABalance(t *testing.T) {
 			lat = time.Second
 		}
 		ep.health.ewma.observe(lat, now)
+		ep.health.lastReply.Store(now)
 	}
 	counts := make([]int, 3)
 	for range 3000 {
@@ -247,8 +248,10 @@ func TestPeakEWMABalance(t *testing.T) {
 	// old news
 	for range 1200 {
 		now = clock.Advance(100 * time.Millisecond).UnixNano()
-		svc.Endpoints[0].health.ewma.observe(time.Millisecond, now)
-		svc.Endpoints[1].health.ewma.observe(time.Millisecond, now)
+		for _, ep := range svc.Endpoints[:2] {
+			ep.health.ewma.observe(time.Millisecond, now)
+			ep.health.lastReply.Store(now)
+		}
 	}
 	counts = make([]int, 3)
 	for range 3000 {
@@ -289,5 +292,34 @@ func TestTimeoutsTeachANewService(t *testing.T) {
 	m.clock.Advance(histRefresh)
 	if p := svc.LatencyP99(m.clock.Now()); p > 2*time.Millisecond {
 		t.Errorf("a service with a latency, one host timing out: p99 %v, want its peers' 1ms", p)
+	}
+}
+
+// TestPeakEWMAStoppedAnswering checks that a host with requests in flight
+// and no answer for a while costs as much as that wait: it stops getting
+// requests long before they time out.
+func TestPeakEWMAStoppedAnswering(t *testing.T) {
+	clock := newFakeClock()
+	tbl := newTable(clock.Now)
+	key := ServiceKey{"users", "v1"}
+	tbl.Replace(normalized(t, map[ServiceKey][]Endpoint{key: eps("127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3")}))
+	svc, _ := tbl.Snapshot().Lookup("users", "v1")
+	now := clock.Now().UnixNano()
+	for _, ep := range svc.Endpoints {
+		ep.health.ewma.observe(time.Millisecond, now)
+		ep.health.lastReply.Store(now)
+	}
+	// 50 ms later, host 0 has not answered since; the others just did.
+	now = clock.Advance(50 * time.Millisecond).UnixNano()
+	svc.Endpoints[1].health.lastReply.Store(now)
+	svc.Endpoints[2].health.lastReply.Store(now)
+	counts := make([]int, 3)
+	for range 3000 {
+		p := newSvcPool(svc)
+		p.inFlight = []int{3, 5, 5}
+		counts[PeakEWMA.Pick(p, svc.Rotation(), false)]++
+	}
+	if counts[0] > 300 {
+		t.Errorf("a host silent for 50 ms with requests in flight got %d of 3000 (%v)", counts[0], counts)
 	}
 }

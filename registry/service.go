@@ -28,9 +28,10 @@ type Service struct {
 // serviceStats are what a service version keeps while it stays
 // registered, whatever its endpoints do.
 type serviceStats struct {
-	retries atomic.Uint64 // tries after a request's first
-	latency latencyHist   // response times of its tries
-	budget  retryBudget   // retries after requests its hosts received
+	retries   atomic.Uint64 // tries after a request's first
+	lastReply atomic.Int64  // unix nanoseconds of its last response header
+	latency   latencyHist   // response times of its tries
+	budget    retryBudget   // retries after requests its hosts received
 }
 
 // Key returns the service version's key.
@@ -82,6 +83,15 @@ func (s *Service) Retries() uint64 { return s.stats.retries.Load() }
 // before 20 answers. It is cheap to call on every request.
 func (s *Service) LatencyP99(now time.Time) time.Duration {
 	return s.stats.latency.quantile99(now.UnixNano())
+}
+
+// Silent reports whether ep, an endpoint of the service version, has sent
+// no response header for the last window before now while another of its
+// endpoints has: a sign that it stopped answering (frozen, black-holed),
+// not that the service is slow.
+func (s *Service) Silent(ep *Endpoint, now time.Time, window time.Duration) bool {
+	since := now.Add(-window).UnixNano()
+	return ep.health.lastReply.Load() < since && s.stats.lastReply.Load() >= since
 }
 
 // DepositRetry credits the service version's retry budget with one
