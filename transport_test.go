@@ -339,3 +339,62 @@ func TestTryTimeoutAuto(t *testing.T) {
 		}
 	}
 }
+
+// TestTrySilentHost sends a GET to a host that never answers while the
+// service's other host keeps answering: the try ends long before its
+// deadline, as a timeout (retried elsewhere); a POST waits for the
+// deadline.
+func TestTrySilentHost(t *testing.T) {
+	release := make(chan struct{})
+	hung := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}))
+	defer hung.Close()
+	defer close(release)
+	key := registry.ServiceKey{Service: "users", Version: "v1"}
+	for _, tc := range []struct {
+		method   string
+		min, max time.Duration
+	}{{http.MethodGet, 100 * time.Millisecond, time.Second}, {http.MethodPost, 3 * time.Second, 10 * time.Second}} {
+		t.Run(tc.method, func(t *testing.T) {
+			reg := newTestRegistry(t, map[registry.ServiceKey][]registry.Endpoint{key: eps(hung.Listener.Addr().String(), "127.0.0.1:1")})
+			svc, _ := reg.Lookup(key)
+			other := svc.Endpoint("127.0.0.1:1")
+			var req *http.Request
+			for req == nil { // a try aimed at the hung host
+				r, _, ep := registryTry(t, reg, key, tc.method)
+				if ep.Address == hung.Listener.Addr().String() {
+					req = r
+				}
+			}
+			stop := make(chan struct{})
+			answering := make(chan struct{})
+			go func() { // the other host answers every 10 ms
+				defer close(answering)
+				for {
+					reg.Report(svc, other, registry.Answered, time.Millisecond)
+					select {
+					case <-stop:
+						return
+					case <-time.After(10 * time.Millisecond):
+					}
+				}
+			}()
+			defer func() { close(stop); <-answering }()
+			tr := transportWith(t, func(tr *HTTPTransport) { tr.TryTimeout = "3s" })
+			start := time.Now()
+			resp, err := tr.RoundTrip(req)
+			took := time.Since(start)
+			if err == nil {
+				resp.Body.Close()
+				t.Fatalf("%s to a silent host succeeded", tc.method)
+			}
+			if took < tc.min || took > tc.max {
+				t.Errorf("%s to a silent host failed after %v, want %v to %v", tc.method, took, tc.min, tc.max)
+			}
+		})
+	}
+}
