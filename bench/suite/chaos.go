@@ -37,8 +37,9 @@ type ChaosRun struct {
 	HealthyRPS float64 `json:"healthy_rps"`
 	FaultRPS   float64 `json:"fault_rps"`
 	Ratio      float64 `json:"ratio"`
-	// P99AfterMs and FailedAfter are of the requests that began from one
-	// second into the fault to its end.
+	// BegunAfter counts the requests that began from one second into the
+	// fault to its end; P99AfterMs and FailedAfter are of those.
+	BegunAfter  int              `json:"begun_after_first_second"`
 	P99AfterMs  float64          `json:"p99_after_first_second_ms"`
 	FailedAfter int              `json:"failed_after_first_second"`
 	MaxMs       float64          `json:"max_ms"`
@@ -222,7 +223,7 @@ func chaosOnce(e *env, px proxy, f fault, rep int) (*ChaosRun, error) {
 	if run.HealthyRPS > 0 {
 		run.Ratio = run.FaultRPS / run.HealthyRPS
 	}
-	_, run.FailedAfter, run.P99AfterMs, _ = res.Window(chaosFault+chaosGrace, chaosHeal)
+	run.BegunAfter, run.FailedAfter, run.P99AfterMs, _ = res.Window(chaosFault+chaosGrace, chaosHeal)
 	return run, nil
 }
 
