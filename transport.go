@@ -228,13 +228,17 @@ func (t *HTTPTransport) try(req *http.Request, a *attempt, ep *registry.Endpoint
 		// has stopped answering
 		silence = &silenceCheck{svc: svc, ep: ep, begin: start, after: t.silenceAfter(svc, start, deadline)}
 	}
-	resp, err, neverSent, timedOut := t.sendWithin(req, deadline, silence)
+	resp, err, neverSent, cut := t.sendWithin(req, deadline, silence)
 	latency := time.Since(start)
 	a.reported = true
 	retried := retriedAnyway(req.Method)
 	switch {
-	case timedOut:
-		svcReport(a, ep, registry.TimedOut, latency)
+	case cut != notCut:
+		outcome := registry.TimedOut
+		if cut == cutSilent {
+			outcome = registry.Silent
+		}
+		svcReport(a, ep, outcome, latency)
 		if retried && !svc.WithdrawRetry(t.budget, start.Add(latency)) {
 			a.noRetry = true
 		}
@@ -318,16 +322,23 @@ type silenceCheck struct {
 	after time.Duration // 0: no check
 }
 
+// Why a watchdog ended a try.
+const (
+	notCut      = iota
+	cutDeadline // the try's deadline passed
+	cutSilent   // the host went silent
+)
+
 // sendWithin sends req with a deadline for its response header (none for
-// d <= 0), and the silence check s (nil: none). timedOut says the
-// deadline passed first, or the host went silent.
-func (t *HTTPTransport) sendWithin(req *http.Request, d time.Duration, s *silenceCheck) (resp *http.Response, err error, neverSent, timedOut bool) {
+// d <= 0), and the silence check s (nil: none). cut says whether, and
+// why, the watchdog ended the try.
+func (t *HTTPTransport) sendWithin(req *http.Request, d time.Duration, s *silenceCheck) (resp *http.Response, err error, neverSent bool, cut int) {
 	if s != nil && s.after == 0 {
 		s = nil
 	}
 	if d <= 0 && s == nil {
 		resp, err, neverSent = t.send(req)
-		return resp, err, neverSent, false
+		return resp, err, neverSent, notCut
 	}
 	ctx, cancel := context.WithCancel(req.Context())
 	w := &watchdog{cancel: cancel, silence: s, deadline: d}
@@ -339,27 +350,27 @@ func (t *HTTPTransport) sendWithin(req *http.Request, d time.Duration, s *silenc
 	w.timer = time.AfterFunc(first, w.fire)
 	w.mu.Unlock()
 	resp, err, neverSent = t.send(req.WithContext(ctx))
-	if w.stop() {
+	if why := w.stop(); why != notCut {
 		if resp != nil {
 			resp.Body.Close()
 		}
 		cancel()
 		if req.Context().Err() != nil {
-			return nil, req.Context().Err(), false, false // the client went away
+			return nil, req.Context().Err(), false, notCut // the client went away
 		}
-		return nil, nil, false, true
+		return nil, nil, false, why
 	}
 	if err != nil {
 		cancel()
-		return nil, err, neverSent, false
+		return nil, err, neverSent, notCut
 	}
 	if resp.StatusCode == http.StatusSwitchingProtocols {
 		// An upgraded connection is the body: it must stay a
 		// ReadWriteCloser, and lives as long as the request.
-		return resp, nil, false, false
+		return resp, nil, false, notCut
 	}
 	resp.Body = &cancelOnClose{ReadCloser: resp.Body, cancel: cancel}
-	return resp, nil, false, false
+	return resp, nil, false, notCut
 }
 
 // watchdog cancels a try that gets no response header in time, or whose
@@ -370,9 +381,9 @@ type watchdog struct {
 	silence  *silenceCheck // checked every silence.after; nil: none
 	deadline time.Duration // 0: none
 
-	mu    sync.Mutex // guards everything below, and orders fire and stop
-	done  bool       // the try has its answer, or failed
-	fired bool       // the watchdog ended the try
+	mu   sync.Mutex // guards everything below, and orders fire and stop
+	done bool       // the try has its answer, or failed
+	cut  int        // why the watchdog ended the try; notCut: it did not
 }
 
 func (w *watchdog) fire() {
@@ -396,18 +407,20 @@ func (w *watchdog) fire() {
 			w.timer.Reset(next)
 			return
 		}
+		w.cut = cutSilent
+	} else {
+		w.cut = cutDeadline
 	}
-	w.fired = true
 	w.cancel()
 }
 
-// stop ends the watchdog, and reports whether it ended the try.
-func (w *watchdog) stop() bool {
+// stop ends the watchdog, and says whether, and why, it ended the try.
+func (w *watchdog) stop() int {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.done = true
 	w.timer.Stop()
-	return w.fired
+	return w.cut
 }
 
 // cancelOnClose ends a try's context when its response body is closed.

@@ -166,6 +166,9 @@ func (c *checker) report(svc *Service, ep *Endpoint, o Outcome, latency time.Dur
 			svc.stats.latency.observe(latency, now)
 		}
 		c.eject(svc, ep, outPassive, t)
+	case Silent:
+		h.ewma.observe(latency, now)
+		c.eject(svc, ep, outUnreachable, t)
 	case Unreachable:
 		c.eject(svc, ep, outUnreachable, t)
 	default:

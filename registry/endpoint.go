@@ -159,8 +159,8 @@ type EndpointStats struct {
 	Available bool
 	// OutOfRotation says why it is not: "draining" (being removed),
 	// "probe" (failing its active checks), "unreachable" (could not be
-	// connected to), "passive" (failed requests), or "" when it is in
-	// rotation.
+	// connected to, or answered nobody while its peers answered),
+	// "passive" (failed requests), or "" when it is in rotation.
 	OutOfRotation string
 	// Latency is its peak-EWMA response time, as balancing sees it.
 	Latency time.Duration

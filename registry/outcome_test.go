@@ -29,6 +29,7 @@ func TestReportOutcomes(t *testing.T) {
 		{"an answer in between", []Outcome{GatewayError, GatewayError, Answered, GatewayError, GatewayError}, "", 4},
 		{"failed", []Outcome{Failed}, "passive", 1},
 		{"unreachable", []Outcome{Unreachable}, "unreachable", 1},
+		{"silent", []Outcome{Silent}, "unreachable", 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			m := newMachine(t, map[ServiceKey][]Endpoint{key: eps(a, "127.0.0.1:2", "127.0.0.1:3")})
@@ -53,7 +54,7 @@ func TestUnreachableOutsideTheLimit(t *testing.T) {
 	for _, tc := range []struct {
 		o    Outcome
 		want int // endpoints out
-	}{{Failed, 1}, {Unreachable, 2}} {
+	}{{Failed, 1}, {Unreachable, 2}, {Silent, 2}} {
 		m := newMachine(t, map[ServiceKey][]Endpoint{key: eps(hosts...)})
 		svc, _ := m.table.Snapshot().Lookup("users", "v1")
 		for _, h := range hosts[:2] {

@@ -286,9 +286,15 @@ const (
 	// request was not sent. It takes the endpoint out of rotation at once,
 	// whatever the ejection limit.
 	Unreachable
+	// Silent: no response header while the endpoint answered nobody for
+	// a while and its peers answered (see Service.Silent); the try was
+	// ended early. Like Unreachable, it takes the endpoint out at once,
+	// whatever the ejection limit: a host that answers nobody serves
+	// nobody in rotation.
+	Silent
 )
 
-var outcomeNames = [...]string{Answered: "answered", GatewayError: "gateway_error", TimedOut: "timed_out", Failed: "failed", Unreachable: "unreachable"}
+var outcomeNames = [...]string{Answered: "answered", GatewayError: "gateway_error", TimedOut: "timed_out", Failed: "failed", Unreachable: "unreachable", Silent: "silent"}
 
 // String returns the outcome's name, such as "timed_out".
 func (o Outcome) String() string {
