@@ -1,6 +1,6 @@
 # make demo   builds Caddy with the plugin and runs the quickstart demo
 # make test   runs every check and test (what CI runs)
-# make bench  runs the benchmark suite into bench/results (about 12 minutes)
+# make bench  runs the benchmark suite into bench/results (about 40 minutes)
 .PHONY: demo test build bench
 
 demo:
