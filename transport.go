@@ -11,7 +11,6 @@ import (
 	"net/http/httptrace"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -43,7 +42,8 @@ func init() {
 //   - Retries after requests a host received (answered with a gateway
 //     error, timed out, cut off) are limited by a per-service retry
 //     budget, so that a whole version failing does not multiply its load;
-//     retries after a host could not be reached are free.
+//     retries after a host could not be reached, or went silent while its
+//     peers answered, are free.
 //   - A request that failed before one byte of it reached its upstream
 //     connection (a pooled keep-alive connection the host had already
 //     reset) is reported to reverse_proxy as a dial error, which it
@@ -239,7 +239,9 @@ func (t *HTTPTransport) try(req *http.Request, a *attempt, ep *registry.Endpoint
 			outcome = registry.Silent
 		}
 		svcReport(a, ep, outcome, latency)
-		if retried && !svc.WithdrawRetry(t.budget, start.Add(latency)) {
+		// A silent host's peers are answering: retrying on them does not
+		// pile load on a failing version, so it costs no budget.
+		if retried && cut == cutDeadline && !svc.WithdrawRetry(t.budget, start.Add(latency)) {
 			a.noRetry = true
 		}
 		return nil, tryTimeoutError{latency.Round(time.Millisecond)}
@@ -511,15 +513,6 @@ func bodyReplayable(req *http.Request) bool {
 	}
 	_, buffered := req.Body.(io.WriterTo)
 	return buffered
-}
-
-// formatStatuses lists statuses for the Caddyfile and error messages.
-func formatStatuses(codes []int) string {
-	s := make([]string, len(codes))
-	for i, c := range codes {
-		s[i] = strconv.Itoa(c)
-	}
-	return strings.Join(s, " ")
 }
 
 // Interface guards
