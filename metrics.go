@@ -18,9 +18,9 @@ var (
 	descRequests = prometheus.NewDesc("caddy_service_registry_requests_total",
 		"Tries sent to an endpoint.", metricLabels, nil)
 	descFailures = prometheus.NewDesc("caddy_service_registry_failures_total",
-		"Tries to an endpoint that failed without an answer.", metricLabels, nil)
+		"Tries to an endpoint that failed: no connection, no answer in time, a cut connection, or a gateway error (502, 503, 504).", metricLabels, nil)
 	descEjections = prometheus.NewDesc("caddy_service_registry_ejections_total",
-		"Times an endpoint was taken out of rotation after a failed request.", metricLabels, nil)
+		"Times an endpoint was taken out of rotation after failed tries.", metricLabels, nil)
 	descHealthy = prometheus.NewDesc("caddy_service_registry_upstream_healthy",
 		"1 if the endpoint is in rotation, 0 if not.", metricLabels, nil)
 	descRetries = prometheus.NewDesc("caddy_service_registry_retries_total",
