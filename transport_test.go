@@ -172,15 +172,7 @@ func transportWith(t *testing.T, set func(*HTTPTransport)) *HTTPTransport {
 // retries for GET), counts, and takes the host out of rotation (it is
 // tried again all the same: it is the only one).
 func TestTryDeadline(t *testing.T) {
-	release := make(chan struct{})
-	hung := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		select {
-		case <-release:
-		case <-r.Context().Done():
-		}
-	}))
-	defer hung.Close()
-	defer close(release)
+	hung := hungServer(t)
 	key := registry.ServiceKey{Service: "users", Version: "v1"}
 	addr := hung.Listener.Addr().String()
 	reg := newTestRegistry(t, map[registry.ServiceKey][]registry.Endpoint{key: eps(addr)})
@@ -345,15 +337,7 @@ func TestTryTimeoutAuto(t *testing.T) {
 // deadline, as a timeout (retried elsewhere); a POST waits for the
 // deadline.
 func TestTrySilentHost(t *testing.T) {
-	release := make(chan struct{})
-	hung := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		select {
-		case <-release:
-		case <-r.Context().Done():
-		}
-	}))
-	defer hung.Close()
-	defer close(release)
+	hung := hungServer(t)
 	key := registry.ServiceKey{Service: "users", Version: "v1"}
 	for _, tc := range []struct {
 		method   string
@@ -397,4 +381,19 @@ func TestTrySilentHost(t *testing.T) {
 			}
 		})
 	}
+}
+
+// hungServer returns a server that takes requests and never answers them,
+// until the test ends.
+func hungServer(t *testing.T) *httptest.Server {
+	t.Helper()
+	release := make(chan struct{})
+	hung := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}))
+	t.Cleanup(func() { close(release); hung.Close() })
+	return hung
 }

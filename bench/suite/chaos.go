@@ -25,13 +25,10 @@ const (
 
 // ChaosRun is one run of one configuration through one fault.
 type ChaosRun struct {
-	Fault    string         `json:"fault"`
-	Proxy    string         `json:"proxy"`
-	Rep      int            `json:"rep"`
-	Total    int            `json:"total"`
-	Failed   int            `json:"failed"`
-	Statuses map[int]int    `json:"statuses"`
-	Errors   map[string]int `json:"errors"`
+	Fault string `json:"fault"`
+	Proxy string `json:"proxy"`
+	Rep   int    `json:"rep"`
+	Outcome
 	// HealthyRPS and FaultRPS are answered requests per second in the
 	// healthy phase and during the fault; Ratio is FaultRPS / HealthyRPS.
 	HealthyRPS float64 `json:"healthy_rps"`
@@ -216,8 +213,7 @@ func chaosOnce(e *env, px proxy, f fault, rep int) (*ChaosRun, error) {
 		return nil, faultErr
 	}
 	bucket := 100 * time.Millisecond
-	run := &ChaosRun{Fault: f.Name, Proxy: px.Name, Rep: rep, Total: res.Total, Failed: res.Failed,
-		Statuses: res.Statuses, Errors: res.Errors, MaxMs: res.MaxMs, Timeline: res.Timeline,
+	run := &ChaosRun{Fault: f.Name, Proxy: px.Name, Rep: rep, Outcome: outcomeOf(res), MaxMs: res.MaxMs, Timeline: res.Timeline,
 		HealthyRPS: res.OKPerSecond(chaosHealthy, chaosFault, bucket),
 		FaultRPS:   res.OKPerSecond(chaosFault, chaosHeal, bucket)}
 	if run.HealthyRPS > 0 {

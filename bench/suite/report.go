@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"sort"
 	"strings"
 )
 
@@ -125,17 +124,7 @@ func report(r *Results) string {
 			if x.Failed == 0 {
 				continue
 			}
-			var kinds []string
-			for k, n := range x.Errors {
-				kinds = append(kinds, fmt.Sprintf("%s ×%d", k, n))
-			}
-			for code, n := range x.Statuses {
-				if code >= 300 {
-					kinds = append(kinds, fmt.Sprintf("HTTP %d ×%d", code, n))
-				}
-			}
-			sort.Strings(kinds)
-			fmt.Fprintf(&b, "- %s, %s, run %d: %s\n", x.Proxy, x.Signal, x.Rep+1, strings.Join(kinds, ", "))
+			fmt.Fprintf(&b, "- %s, %s, run %d: %s\n", x.Proxy, x.Signal, x.Rep+1, x.failures())
 		}
 	}
 

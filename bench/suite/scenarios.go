@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -154,18 +155,44 @@ func caddyMallocs(admin string) (uint64, error) {
 	return vars.Memstats.Mallocs, nil
 }
 
-// FailoverRun is one failover run of one configuration.
-type FailoverRun struct {
-	Proxy    string         `json:"proxy"`
-	Desc     string         `json:"desc"`
-	Signal   string         `json:"signal"`
-	Rep      int            `json:"rep"`
+// Outcome is what the requests of a load run got.
+type Outcome struct {
 	Total    int            `json:"total"`
 	Failed   int            `json:"failed"`
-	Statuses map[int]int    `json:"statuses"`
-	Errors   map[string]int `json:"errors"`
-	P99ms    float64        `json:"p99_ms"`
-	MaxMs    float64        `json:"max_ms"`
+	Statuses map[int]int    `json:"statuses"` // every response by status
+	Errors   map[string]int `json:"errors"`   // requests without a response, by kind
+}
+
+// outcomeOf takes a load run's outcome.
+func outcomeOf(res *loadgen.Result) Outcome {
+	return Outcome{Total: res.Total, Failed: res.Failed, Statuses: res.Statuses, Errors: res.Errors}
+}
+
+// failures lists what the failed requests got, such as "HTTP 502 ×3,
+// read: connection closed ×2".
+func (o Outcome) failures() string {
+	var kinds []string
+	for k, n := range o.Errors {
+		kinds = append(kinds, fmt.Sprintf("%s ×%d", k, n))
+	}
+	for code, n := range o.Statuses {
+		if code >= 300 {
+			kinds = append(kinds, fmt.Sprintf("HTTP %d ×%d", code, n))
+		}
+	}
+	sort.Strings(kinds)
+	return strings.Join(kinds, ", ")
+}
+
+// FailoverRun is one failover run of one configuration.
+type FailoverRun struct {
+	Proxy  string `json:"proxy"`
+	Desc   string `json:"desc"`
+	Signal string `json:"signal"`
+	Rep    int    `json:"rep"`
+	Outcome
+	P99ms float64 `json:"p99_ms"`
+	MaxMs float64 `json:"max_ms"`
 	// BackAfterMs bounds the time from the restart to the restarted
 	// backend's first answered request (100 ms buckets); -1: never.
 	BackAfterMs float64 `json:"back_after_ms"`
@@ -240,8 +267,8 @@ func failoverOnce(e *env, px proxy, sig syscall.Signal, rep int) (*FailoverRun, 
 	}
 
 	run := &FailoverRun{Proxy: px.Name, Desc: px.Desc, Signal: strings.TrimPrefix(sig.String(), "signal "), Rep: rep,
-		Total: res.Total, Failed: res.Failed, Statuses: res.Statuses, Errors: res.Errors,
-		P99ms: res.P99ms, MaxMs: res.MaxMs, BackAfterMs: -1, RestartedAtMs: float64(restartedAt.Milliseconds()), Timeline: res.Timeline}
+		Outcome: outcomeOf(res),
+		P99ms:   res.P99ms, MaxMs: res.MaxMs, BackAfterMs: -1, RestartedAtMs: float64(restartedAt.Milliseconds()), Timeline: res.Timeline}
 	switch sig {
 	case syscall.SIGKILL:
 		run.Signal = "SIGKILL"
