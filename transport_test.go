@@ -332,18 +332,25 @@ func TestTryTimeoutAuto(t *testing.T) {
 	}
 }
 
-// TestTrySilentHost sends a GET to a host that never answers while the
-// service's other host keeps answering: the try ends long before its
-// deadline, as a timeout (retried elsewhere); a POST waits for the
-// deadline.
+// TestTrySilentHost sends tries to a host that never answers while the
+// service's other host keeps answering: a GET, with other requests in
+// flight on that host, ends long before its deadline, as a timeout
+// (retried elsewhere); a GET alone on the host (perhaps just slow), and a
+// POST, wait for the deadline.
 func TestTrySilentHost(t *testing.T) {
 	hung := hungServer(t)
 	key := registry.ServiceKey{Service: "users", Version: "v1"}
 	for _, tc := range []struct {
+		name     string
 		method   string
+		inFlight int
 		min, max time.Duration
-	}{{http.MethodGet, 100 * time.Millisecond, time.Second}, {http.MethodPost, 3 * time.Second, 10 * time.Second}} {
-		t.Run(tc.method, func(t *testing.T) {
+	}{
+		{"GET among others", http.MethodGet, 3, 100 * time.Millisecond, time.Second},
+		{"GET alone", http.MethodGet, 1, 3 * time.Second, 10 * time.Second},
+		{"POST among others", http.MethodPost, 3, 3 * time.Second, 10 * time.Second},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
 			reg := newTestRegistry(t, map[registry.ServiceKey][]registry.Endpoint{key: eps(hung.Listener.Addr().String(), "127.0.0.1:1")})
 			svc, _ := reg.Lookup(key)
 			other := svc.Endpoint("127.0.0.1:1")
@@ -352,6 +359,7 @@ func TestTrySilentHost(t *testing.T) {
 				r, _, ep := registryTry(t, reg, key, tc.method)
 				if ep.Address == hung.Listener.Addr().String() {
 					req = r
+					ep.CountInFlight(inFlight(tc.inFlight)) // as reverse_proxy counts them
 				}
 			}
 			stop := make(chan struct{})
@@ -397,3 +405,8 @@ func hungServer(t *testing.T) *httptest.Server {
 	t.Cleanup(func() { close(release); hung.Close() })
 	return hung
 }
+
+// inFlight is a fixed count of requests in flight.
+type inFlight int
+
+func (n inFlight) NumRequests() int { return int(n) }

@@ -117,7 +117,7 @@ func TestSlowStart(t *testing.T) {
 
 func TestDrainOnRemoval(t *testing.T) {
 	stay, leave := startBackend(t, "stay"), startBackend(t, "leave")
-	c := startCaddy(t, healthRegistry("drain_timeout 10s", stay, leave), proxySite, caddyOpts{})
+	c := startCaddy(t, healthRegistry("drain_timeout 10s", stay, leave), roundRobinSite, caddyOpts{})
 
 	// A long request on the endpoint that is about to go.
 	leave.delay = 1500 * time.Millisecond

@@ -85,13 +85,16 @@ func (s *Service) LatencyP99(now time.Time) time.Duration {
 	return s.stats.latency.quantile99(now.UnixNano())
 }
 
-// Silent reports whether ep, an endpoint of the service version, has sent
-// no response header for the last window before now while another of its
-// endpoints has: a sign that it stopped answering (frozen, black-holed),
-// not that the service is slow.
+// Silent reports whether ep, an endpoint of the service version, has
+// stopped answering (frozen, black-holed) rather than being slow: it has
+// sent no response header for the last window before now while another of
+// its endpoints has, though it has more than one request in flight (one
+// slow request on an otherwise idle host says nothing) and is not being
+// drained (which sends it none).
 func (s *Service) Silent(ep *Endpoint, now time.Time, window time.Duration) bool {
 	since := now.Add(-window).UnixNano()
-	return ep.health.lastReply.Load() < since && s.stats.lastReply.Load() >= since
+	return ep.health.lastReply.Load() < since && s.stats.lastReply.Load() >= since &&
+		ep.InFlight() >= 2 && !ep.health.out(outDraining)
 }
 
 // DepositRetry credits the service version's retry budget with one
