@@ -496,7 +496,7 @@ const (
 	defaultRetries = 16
 	// defaultRequestBuffers is how much of a request body is buffered so
 	// that a retry can send it again.
-	defaultRequestBuffers = 64 << 10
+	defaultRequestBuffers = 1 << 20
 	// defaultDialTimeout bounds how long a try waits to connect.
 	defaultDialTimeout = caddy.Duration(time.Second)
 )
@@ -527,7 +527,13 @@ const (
 //			lb_retry_match {
 //				method GET HEAD OPTIONS
 //			}
-//			request_buffers 64KiB
+//			lb_retry_match {
+//				header Idempotency-Key *
+//			}
+//			lb_retry_match {
+//				header X-Idempotency-Key *
+//			}
+//			request_buffers 1MiB
 //			transport service_http {
 //				dial_timeout 1s
 //			}
@@ -671,7 +677,17 @@ func serviceProxyDefaults(rp *reverseproxy.Handler, balance string, retries int)
 	if err != nil {
 		return err
 	}
-	rp.LoadBalancing.RetryMatchRaw = append(rp.LoadBalancing.RetryMatchRaw, caddy.ModuleMap{"method": methods})
+	// and so does a request the client marked idempotent
+	marked, err := json.Marshal(caddyhttp.MatchHeader{"Idempotency-Key": {"*"}})
+	if err != nil {
+		return err
+	}
+	xmarked, err := json.Marshal(caddyhttp.MatchHeader{"X-Idempotency-Key": {"*"}})
+	if err != nil {
+		return err
+	}
+	rp.LoadBalancing.RetryMatchRaw = append(rp.LoadBalancing.RetryMatchRaw,
+		caddy.ModuleMap{"method": methods}, caddy.ModuleMap{"header": marked}, caddy.ModuleMap{"header": xmarked})
 	if rp.RequestBuffers == 0 {
 		rp.RequestBuffers = defaultRequestBuffers
 	}

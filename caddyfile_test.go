@@ -140,7 +140,13 @@ func TestServiceProxyIsLongForm(t *testing.T) {
 			lb_retry_match {
 				method GET HEAD OPTIONS
 			}
-			request_buffers 64KiB
+			lb_retry_match {
+				header Idempotency-Key *
+			}
+			lb_retry_match {
+				header X-Idempotency-Key *
+			}
+			request_buffers 1MiB
 			transport service_http {
 				dial_timeout 1s
 			}
@@ -182,8 +188,14 @@ func TestServiceProxyIsLongForm(t *testing.T) {
 			lb_retry_match {
 				method GET HEAD OPTIONS
 			}
+			lb_retry_match {
+				header Idempotency-Key *
+			}
+			lb_retry_match {
+				header X-Idempotency-Key *
+			}
 			header_up X-Service {svc.name}
-			request_buffers 64KiB
+			request_buffers 1MiB
 			transport service_http {
 				keepalive 30s
 				dial_timeout 1s

@@ -1,6 +1,7 @@
 package svcreg
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -222,8 +223,12 @@ func (t *HTTPTransport) try(req *http.Request, a *attempt, ep *registry.Endpoint
 		svc.DepositRetry(t.budget)
 	}
 	deadline := t.deadline(svc, start)
+	// A body that is not buffered whole cannot be sent again once read:
+	// its request is retried only if it never left.
+	replayable := bodyReplayable(req)
+	retried := replayable && retriedAnyway(req)
 	var silence *silenceCheck
-	if retriedAnyway(req.Method) {
+	if retried {
 		// a request that is retried anyway need not wait out a host that
 		// has stopped answering
 		silence = &silenceCheck{svc: svc, ep: ep, begin: start, after: t.silenceAfter(svc, start, deadline)}
@@ -231,7 +236,6 @@ func (t *HTTPTransport) try(req *http.Request, a *attempt, ep *registry.Endpoint
 	resp, err, neverSent, cut := t.sendWithin(req, deadline, silence)
 	latency := time.Since(start)
 	a.reported = true
-	retried := retriedAnyway(req.Method)
 	switch {
 	case cut != notCut:
 		outcome := registry.TimedOut
@@ -241,7 +245,7 @@ func (t *HTTPTransport) try(req *http.Request, a *attempt, ep *registry.Endpoint
 		svcReport(a, ep, outcome, latency)
 		// A silent host's peers are answering: retrying on them does not
 		// pile load on a failing version, so it costs no budget.
-		if retried && cut == cutDeadline && !svc.WithdrawRetry(t.budget, start.Add(latency)) {
+		if !replayable || retried && cut == cutDeadline && !svc.WithdrawRetry(t.budget, start.Add(latency)) {
 			a.noRetry = true
 		}
 		return nil, tryTimeoutError{latency.Round(time.Millisecond)}
@@ -255,7 +259,7 @@ func (t *HTTPTransport) try(req *http.Request, a *attempt, ep *registry.Endpoint
 			return nil, err // nothing was sent: retrying is free
 		}
 		svcReport(a, ep, registry.Failed, 0)
-		if retried && !svc.WithdrawRetry(t.budget, start.Add(latency)) {
+		if !neverSent && !replayable || retried && !svc.WithdrawRetry(t.budget, start.Add(latency)) {
 			a.noRetry = true
 		}
 		return nil, err
@@ -455,10 +459,34 @@ func (e gatewayStatusError) Error() string {
 	return "upstream answered " + strconv.Itoa(e.status) + " " + http.StatusText(e.status) + "; retrying on another host"
 }
 
-// send sends req with the http transport and marks a request that never
-// left as safe to retry (neverSent).
+// send sends req with the http transport and marks a request that the
+// host provably did not get whole as safe to retry (neverSent).
+//
+// A request whose body is buffered whole gets a GetBody, so that the
+// transport itself sends it again on another connection when the host
+// provably did not process it: an HTTP/2 stream above a GOAWAY's last
+// stream ID or refused (REFUSED_STREAM), an HTTP/1 request of which not
+// one byte was written.
+//
+// Over HTTP/1, a request that the host may not see twice (neither
+// retried anyway nor marked idempotent) is held to stricter rules, since
+// a host that closes an idle keep-alive connection cannot say whether it
+// read the request that crossed the close:
+//   - before its first byte goes out on a reused connection, the
+//     connection is checked: if the host has already closed it (or sent
+//     something unasked, as a server does before it closes), nothing is
+//     written and the request goes out on another connection;
+//   - if it failed before one byte of it was written, it is retried on
+//     another host.
+//
+// Once its first byte is written, a request whose connection then breaks
+// is not sent again: the host may have read its header and acted on it.
 func (t *HTTPTransport) send(req *http.Request) (*http.Response, error, bool) {
-	if !t.http1Only || retriedAnyway(req.Method) || !bodyReplayable(req) {
+	replayable := bodyReplayable(req)
+	if replayable && req.Body != nil && req.Body != http.NoBody && req.GetBody == nil {
+		req = withGetBody(req)
+	}
+	if !t.http1Only || retriedAnyway(req) || !replayable {
 		resp, err := t.HTTPTransport.RoundTrip(req)
 		return resp, err, false
 	}
@@ -471,21 +499,70 @@ func (t *HTTPTransport) send(req *http.Request) (*http.Response, error, bool) {
 		}
 		if conn, _ = c.(*writeTrackingConn); conn != nil {
 			before = conn.written.Load()
+			conn.checkPeer.Store(info.Reused)
 		}
 	}}
 	resp, err := t.HTTPTransport.RoundTrip(req.WithContext(httptrace.WithClientTrace(req.Context(), trace)))
-	if err != nil && conn != nil && conn.written.Load() == before && req.Context().Err() == nil {
-		// Not one byte of this request reached the connection: the
-		// host cannot have seen it, so any method may be sent elsewhere.
-		return nil, reverseproxy.NewDialError(err), true
+	if err != nil && conn != nil && req.Context().Err() == nil {
+		if conn.written.Load() == before {
+			// Not one byte of this request reached the connection: the
+			// host cannot have seen it, so any method may be sent
+			// elsewhere.
+			return nil, reverseproxy.NewDialError(err), true
+		}
 	}
 	return resp, err, false
 }
 
-// retriedAnyway reports whether service_proxy retries the method after any
-// failure.
-func retriedAnyway(method string) bool {
-	return method == http.MethodGet || method == http.MethodHead || method == http.MethodOptions
+// withGetBody returns a shallow copy of req, whose body is buffered whole,
+// with a GetBody that returns the body from its start.
+func withGetBody(req *http.Request) *http.Request {
+	var b bodyBytes
+	if _, err := req.Body.(io.WriterTo).WriteTo(&b); err != nil {
+		return req // a bytes.Reader does not fail; leave any other alone
+	}
+	r := new(http.Request)
+	*r = *req
+	body := []byte(b)
+	r.Body = io.NopCloser(bytes.NewReader(body))
+	r.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
+	return r
+}
+
+// bodyBytes collects a buffered body from its WriteTo. The first write is
+// kept as it is: a bytes.Reader hands over its whole buffer in one write,
+// which outlives every try of the request (reverse_proxy frees it once
+// the request is done).
+type bodyBytes []byte
+
+func (b *bodyBytes) Write(p []byte) (int, error) {
+	if *b == nil {
+		*b = p[:len(p):len(p)]
+	} else {
+		*b = append(*b, p...)
+	}
+	return len(p), nil
+}
+
+// retriedAnyway reports whether service_proxy retries req after any
+// failure: GET, HEAD and OPTIONS, and requests that the client marked
+// idempotent with an Idempotency-Key or X-Idempotency-Key header (as Go's
+// own transport does).
+func retriedAnyway(req *http.Request) bool {
+	switch req.Method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions:
+		return true
+	}
+	return markedIdempotent(req.Header)
+}
+
+// markedIdempotent reports whether a request's header marks it idempotent.
+func markedIdempotent(h http.Header) bool {
+	if _, ok := h["Idempotency-Key"]; ok {
+		return true
+	}
+	_, ok := h["X-Idempotency-Key"]
+	return ok
 }
 
 // writeTrackingConn counts the bytes written on it. An HTTP/1 connection
@@ -495,13 +572,24 @@ func retriedAnyway(method string) bool {
 type writeTrackingConn struct {
 	net.Conn
 	written atomic.Int64
+	// checkPeer asks the next write to check first that the host has
+	// not closed the connection.
+	checkPeer atomic.Bool
 }
 
 func (c *writeTrackingConn) Write(p []byte) (int, error) {
+	if c.checkPeer.Swap(false) && peerClosed(c.Conn) {
+		// nothing written: the transport sends the request elsewhere
+		return 0, errPeerClosed
+	}
 	n, err := c.Conn.Write(p)
 	c.written.Add(int64(n))
 	return n, err
 }
+
+// errPeerClosed is a write refused because the host had closed the
+// connection (or sent something unasked) before it.
+var errPeerClosed = errors.New("upstream closed the idle connection before the request was sent")
 
 // bodyReplayable reports whether reverse_proxy can send req's body again:
 // there is none, or request_buffers holds all of it (reverse_proxy then

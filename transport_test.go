@@ -410,3 +410,151 @@ func hungServer(t *testing.T) *httptest.Server {
 type inFlight int
 
 func (n inFlight) NumRequests() int { return int(n) }
+
+// A POST the client marked idempotent is retried like a GET after a 503;
+// one with a body that is not buffered whole is not retried, whatever its
+// method, since its body cannot be sent again.
+func TestTryIdempotencyKey(t *testing.T) {
+	busy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}))
+	defer busy.Close()
+	other := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	defer other.Close()
+	key := registry.ServiceKey{Service: "users", Version: "v1"}
+	tr := transportWith(t, func(*HTTPTransport) {})
+
+	for _, tc := range []struct {
+		name      string
+		header    string
+		body      io.ReadCloser
+		wantRetry bool
+	}{
+		{"Idempotency-Key", "Idempotency-Key", io.NopCloser(bytes.NewReader([]byte("a=1"))), true},
+		{"X-Idempotency-Key", "X-Idempotency-Key", io.NopCloser(bytes.NewReader([]byte("a=1"))), true},
+		{"no key", "", io.NopCloser(bytes.NewReader([]byte("a=1"))), false},
+		{"streamed body", "Idempotency-Key", io.NopCloser(io.LimitReader(strings.NewReader("a=1"), 3)), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			reg := newTestRegistry(t, map[registry.ServiceKey][]registry.Endpoint{key: eps(busy.Listener.Addr().String(), other.Listener.Addr().String())})
+			for range 4 {
+				req, a, _ := registryTry(t, reg, key, http.MethodPost)
+				if req.URL.Host != busy.Listener.Addr().String() {
+					continue // round robin: the next try goes to the busy host
+				}
+				if tc.header != "" {
+					req.Header.Set(tc.header, "k1")
+				}
+				req.Body = tc.body
+				resp, err := tr.RoundTrip(req)
+				if resp != nil {
+					resp.Body.Close()
+				}
+				if got := err != nil && !a.noRetry; got != tc.wantRetry {
+					t.Errorf("503 to a POST: retried = %v (%v, noRetry %v), want %v", got, err, a.noRetry, tc.wantRetry)
+				}
+				return
+			}
+			t.Fatal("round robin never picked the busy host")
+		})
+	}
+}
+
+// A buffered body gets a GetBody that gives it whole again, in a copy of
+// the request; the request itself is left alone.
+func TestWithGetBody(t *testing.T) {
+	payload := bytes.Repeat([]byte("0123456789"), 10000)
+	req := httptest.NewRequest(http.MethodPost, "http://127.0.0.1/x", nil)
+	req.Body = io.NopCloser(bytes.NewReader(payload))
+	r := withGetBody(req)
+	if r == req || req.GetBody != nil {
+		t.Fatal("withGetBody changed the request it was given")
+	}
+	for i := range 3 {
+		body := r.Body
+		if i > 0 {
+			var err error
+			if body, err = r.GetBody(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		got, err := io.ReadAll(body)
+		if err != nil || !bytes.Equal(got, payload) {
+			t.Fatalf("body %d: %d bytes, %v; want the %d bytes sent", i, len(got), err, len(payload))
+		}
+	}
+}
+
+// peerClosed tells an idle connection whose host closed it, or sent
+// something unasked, from one still open, and consumes nothing.
+func TestPeerClosed(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			accepted <- c
+		}
+	}()
+	dial := func() (client, server net.Conn) {
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		s := <-accepted
+		t.Cleanup(func() { s.Close() })
+		return c, s
+	}
+	// waitReadable waits until c has something to read (without reading).
+	waitReadable := func(c net.Conn) {
+		for range 1000 {
+			if peerClosed(c) {
+				return
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+
+	open, _ := dial()
+	if peerClosed(open) {
+		t.Error("an open idle connection was reported closed")
+	}
+	closed, s := dial()
+	s.Close()
+	waitReadable(closed)
+	if !peerClosed(closed) {
+		t.Error("a connection the host closed was reported open")
+	}
+	talking, s := dial()
+	s.Write([]byte("HTTP/1.1 408 Request Timeout\r\n\r\n"))
+	waitReadable(talking)
+	if !peerClosed(talking) {
+		t.Error("a connection the host sent something unasked on was reported open")
+	}
+	buf := make([]byte, 8)
+	if n, _ := talking.Read(buf); string(buf[:n]) != "HTTP/1.1" {
+		t.Errorf("the check consumed data: read %q", buf[:n])
+	}
+
+	// A write through writeTrackingConn checks first when asked to, and
+	// then writes nothing.
+	wc := &writeTrackingConn{Conn: closed}
+	wc.checkPeer.Store(true)
+	if n, err := wc.Write([]byte("POST / HTTP/1.1\r\n")); n != 0 || err != errPeerClosed {
+		t.Errorf("write on a closed idle connection: %d, %v; want 0, errPeerClosed", n, err)
+	}
+	wc = &writeTrackingConn{Conn: open}
+	wc.checkPeer.Store(true)
+	if n, err := wc.Write([]byte("x")); n != 1 || err != nil || wc.written.Load() != 1 {
+		t.Errorf("write on an open idle connection: %d, %v", n, err)
+	}
+}

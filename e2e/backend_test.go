@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"net"
@@ -24,6 +25,9 @@ type backend struct {
 
 	// delay is how long each request takes.
 	delay time.Duration
+	// h2c makes it speak HTTP/2 without TLS besides HTTP/1; set it
+	// before Start.
+	h2c bool
 
 	mu         sync.Mutex
 	ln         net.Listener
@@ -79,7 +83,8 @@ func (b *backend) Start() {
 	b.started = time.Now()
 	b.firstReq = time.Time{}
 	b.srv = &http.Server{
-		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { b.serve(gen, w, r) }),
+		Handler:   http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { b.serve(gen, w, r) }),
+		Protocols: b.protocols(),
 		ConnState: func(c net.Conn, s http.ConnState) {
 			b.mu.Lock()
 			defer b.mu.Unlock()
@@ -179,6 +184,30 @@ func (b *backend) serve(gen int, w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+func (b *backend) protocols() *http.Protocols {
+	p := new(http.Protocols)
+	p.SetHTTP1(true)
+	p.SetUnencryptedHTTP2(b.h2c)
+	return p
+}
+
+// Shutdown stops the backend gracefully, as a Go service does on SIGTERM:
+// it stops listening, closes idle connections (HTTP/2 ones with a
+// GOAWAY), lets the requests in flight finish, and returns when they have.
+func (b *backend) Shutdown() {
+	b.mu.Lock()
+	srv := b.srv
+	b.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(ctx); err != nil {
+		b.t.Errorf("backend %s: shutdown: %v", b.name, err)
+	}
+	b.mu.Lock()
+	b.ln = nil
+	b.mu.Unlock()
+}
+
 // Kill closes the listener and every open connection at once, with a
 // reset, the way a crashed process loses them. It returns when the kill
 // began and ended: under load, on a busy machine, the two can be
@@ -218,7 +247,7 @@ func (b *backend) FirstRequestAfterStart() time.Duration {
 // that a truncated, empty or swapped body shows.
 func postBody(id int) string {
 	chunk := "id=" + strconv.Itoa(id) + ";"
-	size := 64 + (id*7919)%(48<<10)
+	size := 1<<10 + (id*7919)%(99<<10) // 1 KiB to 100 KiB
 	return strings.Repeat(chunk, size/len(chunk)+1)[:size]
 }
 

@@ -51,7 +51,24 @@ func runFailover(t *testing.T, send func(client *http.Client, url string, id int
 	service_proxy
 }`, caddyOpts{})
 	url := "http://" + c.HTTP + "/users/v1/work"
+	run := sendLoad(url, send, func(start time.Time, run *loadRun) {
+		time.Sleep(time.Until(start.Add(killAt)))
+		run.servedBeforeKill = backends[1].served.Load()
+		run.killed, run.killDone = backends[1].Kill()
+		time.Sleep(time.Until(start.Add(restartAt)))
+		backends[1].Start()
+		run.restarted = time.Now()
+		time.Sleep(time.Until(start.Add(loadFor)))
+	})
 
+	t.Logf("%d requests, %d failed, max latency %v; restarted backend served its first request %v after it came back",
+		run.total.Load(), len(run.failed), run.maxLatency, backends[1].FirstRequestAfterStart())
+	return run, backends
+}
+
+// sendLoad sends requests made by send to url from loadClients
+// keep-alive clients, which never retry, until during returns.
+func sendLoad(url string, send func(client *http.Client, url string, id int) (int, error), during func(start time.Time, run *loadRun)) *loadRun {
 	client := &http.Client{
 		Transport: &http.Transport{MaxIdleConnsPerHost: loadClients, DisableCompression: true},
 		Timeout:   10 * time.Second,
@@ -60,12 +77,12 @@ func runFailover(t *testing.T, send func(client *http.Client, url string, id int
 
 	run := new(loadRun)
 	var ids atomic.Int64
+	var stop atomic.Bool
 	start := time.Now()
-	deadline := start.Add(loadFor)
 	var wg sync.WaitGroup
 	for range loadClients {
 		wg.Go(func() {
-			for time.Now().Before(deadline) {
+			for !stop.Load() {
 				id := int(ids.Add(1))
 				t0 := time.Now()
 				status, err := send(client, url, id)
@@ -80,17 +97,10 @@ func runFailover(t *testing.T, send func(client *http.Client, url string, id int
 			}
 		})
 	}
-	time.Sleep(time.Until(start.Add(killAt)))
-	run.servedBeforeKill = backends[1].served.Load()
-	run.killed, run.killDone = backends[1].Kill()
-	time.Sleep(time.Until(start.Add(restartAt)))
-	backends[1].Start()
-	run.restarted = time.Now()
+	during(start, run)
+	stop.Store(true)
 	wg.Wait()
-
-	t.Logf("%d requests, %d failed, max latency %v; restarted backend served its first request %v after it came back",
-		run.total.Load(), len(run.failed), run.maxLatency, backends[1].FirstRequestAfterStart())
-	return run, backends
+	return run
 }
 
 func sendGet(client *http.Client, url string, _ int) (int, error) {
@@ -136,6 +146,22 @@ func TestFailoverUnderLoadGET(t *testing.T) {
 
 func TestFailoverUnderLoadPOST(t *testing.T) {
 	run, backends := runFailover(t, sendPost)
+	received := checkPosts(t, backends)
+	checkFailedInFlight(t, run.failed, received, []kill{{backends[1], run.killed, run.killDone}})
+	if len(run.failed) > loadClients {
+		t.Errorf("%d POSTs failed; at most %d can be in flight at once", len(run.failed), loadClients)
+	}
+	if run.total.Load() < 300 {
+		t.Errorf("only %d requests in %v: the load did not run", run.total.Load(), loadFor)
+	}
+	checkRestarted(t, run, backends[1])
+}
+
+// checkPosts asserts that no backend got a wrong body and that no POST
+// was executed twice, and returns how many times each POST id was
+// received.
+func checkPosts(t *testing.T, backends []*backend) map[int]int {
+	t.Helper()
 	received := map[int]int{} // POST id -> times any backend received it
 	for _, b := range backends {
 		b.mu.Lock()
@@ -152,26 +178,35 @@ func TestFailoverUnderLoadPOST(t *testing.T) {
 			t.Errorf("POST %d was executed %d times", id, n)
 		}
 	}
-	// Only a POST in flight on the killed backend may fail: it started
-	// before the kill was over, ended after it began, and no live backend
-	// executed it.
-	backends[1].mu.Lock()
-	onKilled := backends[1].posts
-	backends[1].mu.Unlock()
-	for _, f := range run.failed {
-		inFlight := f.start.Before(run.killDone) && !f.end.Before(run.killed)
-		if !inFlight || received[f.id] != onKilled[f.id] {
-			t.Errorf("POST %d failed (%s) but was not in flight on the killed backend (started %v, ended %v after the kill began; it took %v)",
-				f.id, f.err, f.start.Sub(run.killed), f.end.Sub(run.killed), run.killDone.Sub(run.killed))
+	return received
+}
+
+// kill is a backend killed abruptly between begin and end.
+type kill struct {
+	b          *backend
+	begin, end time.Time
+}
+
+// checkFailedInFlight asserts that every failed request was in flight on
+// a killed backend: it started before the kill was over, ended after it
+// began, and no live backend executed it.
+func checkFailedInFlight(t *testing.T, failed []failedRequest, received map[int]int, kills []kill) {
+	t.Helper()
+	for _, f := range failed {
+		ok := false
+		for _, k := range kills {
+			k.b.mu.Lock()
+			onKilled := k.b.posts[f.id]
+			k.b.mu.Unlock()
+			if f.start.Before(k.end) && !f.end.Before(k.begin) && received[f.id] == onKilled {
+				ok = true
+			}
+		}
+		if !ok {
+			t.Errorf("request %d failed (%s) but was not in flight on a killed backend (started %v, ended %v after the first kill began)",
+				f.id, f.err, f.start.Sub(kills[0].begin), f.end.Sub(kills[0].begin))
 		}
 	}
-	if len(run.failed) > loadClients {
-		t.Errorf("%d POSTs failed; at most %d can be in flight at once", len(run.failed), loadClients)
-	}
-	if run.total.Load() < 300 {
-		t.Errorf("only %d requests in %v: the load did not run", run.total.Load(), loadFor)
-	}
-	checkRestarted(t, run, backends[1])
 }
 
 // TestBalancingAvoidsASlowHost sends concurrent load to three hosts, one

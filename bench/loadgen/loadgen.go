@@ -41,6 +41,9 @@ type Config struct {
 	// BackendHeader names the response header that says which backend
 	// answered. Default: X-Backend.
 	BackendHeader string
+	// PostBody, when above 0, makes every request a POST with a body of
+	// that many bytes; 0 sends GETs.
+	PostBody int
 }
 
 // Result is what a run measured.
@@ -136,6 +139,11 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		cfg.Path = "/"
 	}
 	request := []byte(fmt.Sprintf("GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: svcreg-loadgen\r\n\r\n", cfg.Path, cfg.Host))
+	if cfg.PostBody > 0 {
+		request = fmt.Appendf(nil, "POST %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: svcreg-loadgen\r\nContent-Type: application/octet-stream\r\nContent-Length: %d\r\n\r\n",
+			cfg.Path, cfg.Host, cfg.PostBody)
+		request = append(request, strings.Repeat("x", cfg.PostBody)...)
+	}
 
 	ctx, cancel := context.WithTimeout(ctx, cfg.Duration)
 	defer cancel()

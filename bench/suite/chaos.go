@@ -28,6 +28,8 @@ type ChaosRun struct {
 	Fault string `json:"fault"`
 	Proxy string `json:"proxy"`
 	Rep   int    `json:"rep"`
+	// PostBody is the size of the POST bodies sent; 0: GETs.
+	PostBody int `json:"post_body,omitempty"`
 	Outcome
 	// HealthyRPS and FaultRPS are answered requests per second in the
 	// healthy phase and during the fault; Ratio is FaultRPS / HealthyRPS.
@@ -186,7 +188,7 @@ func chaosOnce(e *env, px proxy, f fault, rep int) (*ChaosRun, error) {
 		return nil, err
 	}
 	defer r.stop()
-	if _, err := loadgen.Run(context.Background(), loadgen.Config{Addr: r.addr, Path: r.path, Conns: conns, Duration: 500 * time.Millisecond}); err != nil {
+	if _, err := loadgen.Run(context.Background(), loadgen.Config{Addr: r.addr, Path: r.path, Conns: conns, Duration: 500 * time.Millisecond, PostBody: e.post}); err != nil {
 		return nil, err
 	}
 
@@ -202,7 +204,7 @@ func chaosOnce(e *env, px proxy, f fault, rep int) (*ChaosRun, error) {
 		time.Sleep(time.Until(start.Add(chaosHeal)))
 		faultErr = f.heal(backends, h)
 	}()
-	res, err := loadgen.Run(context.Background(), loadgen.Config{Addr: r.addr, Path: r.path, Conns: conns, Duration: chaosTime})
+	res, err := loadgen.Run(context.Background(), loadgen.Config{Addr: r.addr, Path: r.path, Conns: conns, Duration: chaosTime, PostBody: e.post})
 	<-faults
 	// a frozen backend must be able to stop
 	_ = backends.procs[1].cmd.Process.Signal(syscall.SIGCONT)
@@ -213,7 +215,7 @@ func chaosOnce(e *env, px proxy, f fault, rep int) (*ChaosRun, error) {
 		return nil, faultErr
 	}
 	bucket := 100 * time.Millisecond
-	run := &ChaosRun{Fault: f.Name, Proxy: px.Name, Rep: rep, Outcome: outcomeOf(res), MaxMs: res.MaxMs, Timeline: res.Timeline,
+	run := &ChaosRun{Fault: f.Name, Proxy: px.Name, Rep: rep, PostBody: e.post, Outcome: outcomeOf(res), MaxMs: res.MaxMs, Timeline: res.Timeline,
 		HealthyRPS: res.OKPerSecond(chaosHealthy, chaosFault, bucket),
 		FaultRPS:   res.OKPerSecond(chaosFault, chaosHeal, bucket)}
 	if run.HealthyRPS > 0 {

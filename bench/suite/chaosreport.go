@@ -74,10 +74,14 @@ func chaosReport(runs []ChaosRun) string {
 	var b strings.Builder
 	cells, faults, configs := chaosCells(runs)
 	b.WriteString("\n### Chaos matrix\n\n")
-	fmt.Fprintf(&b, "Three backends, %d keep-alive connections for %v, GETs, no client retry. The fault begins at %v and ends at %v. "+
+	what := "GETs"
+	if len(runs) > 0 && runs[0].PostBody > 0 {
+		what = fmt.Sprintf("POSTs with %d-byte bodies", runs[0].PostBody)
+	}
+	fmt.Fprintf(&b, "Three backends, %d keep-alive connections for %v, %s, no client retry. The fault begins at %v and ends at %v. "+
 		"`req/s in fault` is answered requests per second during the fault over the same run's healthy phase (%v-%v); "+
 		"`p99 after 1 s` is the p99 latency of the requests begun from %v into the fault to its end. Medians of the runs; `failed` also shows the worst run.\n\n",
-		conns, chaosTime, chaosFault, chaosHeal, chaosHealthy, chaosFault, chaosGrace)
+		conns, chaosTime, what, chaosFault, chaosHeal, chaosHealthy, chaosFault, chaosGrace)
 	for _, f := range faults {
 		desc := f
 		for _, cf := range chaosFaults {

@@ -36,6 +36,7 @@ type env struct {
 	nginx   string // binary or ""
 	haproxy string // binary or ""
 	reps    int
+	post    int // the chaos scenario's POST body size; 0: GETs
 }
 
 // Results is everything the suite measured.
@@ -54,6 +55,7 @@ func main() {
 	scenarios := flag.String("scenarios", "throughput,failover,chaos,scale", "comma-separated scenarios to run")
 	reps := flag.Int("reps", 3, "repetitions of each measurement")
 	faults := flag.String("faults", "", "comma-separated faults of the chaos scenario to run (default all)")
+	post := flag.Int("post", 0, "the chaos scenario sends POSTs with bodies of this many bytes instead of GETs")
 	flag.Parse()
 
 	defer stopAll()
@@ -65,6 +67,7 @@ func main() {
 	if err != nil {
 		log.Fatal(err)
 	}
+	e.post = *post
 	defer os.RemoveAll(e.tmp)
 	if err := os.MkdirAll(*out, 0o755); err != nil {
 		log.Fatal(err)
