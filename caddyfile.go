@@ -549,7 +549,8 @@ const (
 // A request that fails to connect, or whose sending fails (service_http),
 // is retried on another host whatever its method; GET, HEAD and OPTIONS
 // are also retried after a failure once sent (give lb_retry_match to change
-// that). Bodies up to 64 KiB are buffered so that a retry sends them whole;
+// that), and so are requests with an Idempotency-Key or X-Idempotency-Key
+// header. Bodies up to 1 MiB are buffered so that a retry sends them whole;
 // a larger body is streamed, and its request is retried only if the
 // connection failed. A transport http block runs as service_http with the
 // same options, and gets the 1s dial_timeout unless it sets one.

@@ -45,16 +45,20 @@ func init() {
 //     budget, so that a whole version failing does not multiply its load;
 //     retries after a host could not be reached, or went silent while its
 //     peers answered, are free.
-//   - A request that failed before one byte of it reached its upstream
-//     connection (a pooled keep-alive connection the host had already
-//     reset) is reported to reverse_proxy as a dial error, which it
-//     retries on another host whatever the method, provided the body can
-//     be sent again (no body, or a body buffered whole by
-//     request_buffers). HTTP/1 only, and not for GET, HEAD and OPTIONS,
-//     which are retried anyway.
+//   - A request whose body can be sent again is sent again when its host
+//     provably did not process it, whatever its method: an HTTP/2 stream
+//     refused or left unprocessed by a GOAWAY; an HTTP/1 request that
+//     failed before one byte of it was written (reported to reverse_proxy
+//     as a dial error, which it retries on another host). Before a request
+//     that is not retried anyway is written on a reused HTTP/1 connection,
+//     the connection is checked, so that it does not go out on one its
+//     host has already closed.
+//   - GET, HEAD, OPTIONS and requests with an Idempotency-Key or
+//     X-Idempotency-Key header are "retried anyway": the rules above that
+//     speak of GET, HEAD and OPTIONS apply to them all.
 //
 // Requests that do not come from the registry are sent as by `transport
-// http`, with the last rule only.
+// http`, with the rules for requests not processed only.
 type HTTPTransport struct {
 	reverseproxy.HTTPTransport
 
