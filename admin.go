@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 
@@ -163,6 +164,9 @@ func addEndpoint(w http.ResponseWriter, r *http.Request, reg registry.Registry, 
 	if len(body) > maxAdminBody {
 		return apiError(http.StatusRequestEntityTooLarge, fmt.Errorf("request body over %d bytes", maxAdminBody))
 	}
+	if err := checkJSONObject(body, "address", "weight", "metadata", "ttl"); err != nil {
+		return apiError(http.StatusBadRequest, fmt.Errorf("decoding JSON body: %w", err))
+	}
 	var req endpointAdd
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
@@ -188,10 +192,86 @@ func addEndpoint(w http.ResponseWriter, r *http.Request, reg registry.Registry, 
 		return changeError(err)
 	}
 	svc, err := reg.Lookup(key)
-	if err != nil {
-		return lookupError(key, err)
+	if err != nil || svc.Endpoint(ep.Address) == nil {
+		// The add was applied, and a change made meanwhile (a DELETE of
+		// the endpoint or its version) undid it: say what this request did.
+		return writeJSON(w, status, map[string]any{
+			"name": key.Service, "version": key.Version, "address": ep.Address, "added": true,
+			"note": "removed again since by another change",
+		})
 	}
 	return writeJSON(w, status, statusOf(svc))
+}
+
+// checkJSONObject checks what encoding/json lets through: body must be one
+// object whose field names are exactly among fields (encoding/json
+// matches them without regard to case), and no object in it may name a
+// field twice (encoding/json keeps the last).
+func checkJSONObject(body []byte, fields ...string) error {
+	dec := json.NewDecoder(bytes.NewReader(body))
+	tok, err := dec.Token()
+	if err != nil {
+		return err
+	}
+	if tok != json.Delim('{') {
+		return errors.New("want a JSON object")
+	}
+	seen := map[string]bool{}
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return err
+		}
+		name := tok.(string)
+		if !slices.Contains(fields, name) {
+			return fmt.Errorf("unknown field %q (fields are %s, in lower case)", name, strings.Join(fields, ", "))
+		}
+		if seen[name] {
+			return fmt.Errorf("field %q given twice", name)
+		}
+		seen[name] = true
+		if err := checkNoDuplicates(dec); err != nil {
+			return err
+		}
+	}
+	_, err = dec.Token() // the closing brace
+	return err
+}
+
+// checkNoDuplicates reads the next JSON value from dec, and fails if an
+// object in it names a field twice.
+func checkNoDuplicates(dec *json.Decoder) error {
+	tok, err := dec.Token()
+	if err != nil {
+		return err
+	}
+	switch tok {
+	case json.Delim('{'):
+		seen := map[string]bool{}
+		for dec.More() {
+			key, err := dec.Token()
+			if err != nil {
+				return err
+			}
+			name := key.(string)
+			if seen[name] {
+				return fmt.Errorf("field %q given twice", name)
+			}
+			seen[name] = true
+			if err := checkNoDuplicates(dec); err != nil {
+				return err
+			}
+		}
+		_, err = dec.Token()
+	case json.Delim('['):
+		for dec.More() {
+			if err := checkNoDuplicates(dec); err != nil {
+				return err
+			}
+		}
+		_, err = dec.Token()
+	}
+	return err
 }
 
 func statusOf(svc *registry.Service) serviceStatus {

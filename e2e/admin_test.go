@@ -33,6 +33,13 @@ func TestAdminAPI(t *testing.T) {
 	}{
 		{"bad JSON", "POST", svc + "/users/v1", "application/json", `{"address":`, 400, "decoding JSON"},
 		{"unknown field", "POST", svc + "/users/v1", "", `{"adress":"127.0.0.1:1"}`, 400, `unknown field \"adress\"`},
+		{"field name in capitals", "POST", svc + "/users/v1", "", `{"ADDRESS":"127.0.0.1:1"}`, 400, `unknown field \"ADDRESS\"`},
+		{"field given twice", "POST", svc + "/users/v1", "", `{"address":"127.0.0.1:1","address":"127.0.0.1:2"}`, 400, `\"address\" given twice`},
+		{"metadata key twice", "POST", svc + "/users/v1", "", `{"address":"127.0.0.1:1","metadata":{"zone":"a","zone":"b"}}`, 400, `\"zone\" given twice`},
+		{"not an object", "POST", svc + "/users/v1", "", `["127.0.0.1:1"]`, 400, "want a JSON object"},
+		{"signed port", "POST", svc + "/users/v1", "", `{"address":"127.0.0.1:+80"}`, 400, "port must be"},
+		{"IP out of range", "POST", svc + "/users/v1", "", `{"address":"999.1.1.1:80"}`, 400, "not an IP address"},
+		{"five numbers", "POST", svc + "/users/v1", "", `{"address":"1.2.3.4.5:80"}`, 400, "not an IP address"},
 		{"two JSON values", "POST", svc + "/users/v1", "", `{"address":"127.0.0.1:1"} {}`, 400, "more than one JSON value"},
 		{"missing address", "POST", svc + "/users/v1", "", `{}`, 400, `missing \"address\"`},
 		{"no port", "POST", svc + "/users/v1", "", `{"address":"127.0.0.1"}`, 400, "want host:port"},

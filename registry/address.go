@@ -33,7 +33,7 @@ func ParseAddress(s string) (string, error) {
 		return "", Invalidf("invalid address %q: want host:port", raw)
 	}
 	p, err := strconv.Atoi(port)
-	if err != nil || p < 1 || p > 65535 {
+	if err != nil || p < 1 || p > 65535 || strings.TrimLeft(port, "0123456789") != "" {
 		return "", Invalidf("invalid address %q: port must be a number from 1 to 65535", raw)
 	}
 	if ip, err := netip.ParseAddr(host); err == nil {
@@ -44,6 +44,12 @@ func ParseAddress(s string) (string, error) {
 	}
 	if !validHostname(host) {
 		return "", Invalidf("invalid address %q: bad host name %q", raw, host)
+	}
+	if last := host[strings.LastIndexByte(host, '.')+1:]; strings.TrimLeft(last, "0123456789") == "" {
+		// A DNS name's last label is never all digits (RFC 3696, 2):
+		// this is a mistyped IP address, which a resolver might still
+		// take for one.
+		return "", Invalidf("invalid address %q: %q is not an IP address, nor a host name (its last label is a number)", raw, host)
 	}
 	return net.JoinHostPort(strings.ToLower(host), strconv.Itoa(p)), nil
 }

@@ -86,6 +86,14 @@ func TestParseAddress(t *testing.T) {
 		{in: "bad..host:80", wantErr: "bad host name"},
 		{in: "[fe80::1%eth0]:80", wantErr: "zones"},
 		{in: "::1:80", wantErr: "want host:port"},
+		{in: "127.0.0.1:+80", wantErr: "port must be"},
+		{in: "127.0.0.1: 80", wantErr: "want host:port"},
+		{in: "999.1.1.1:80", wantErr: "not an IP address"},
+		{in: "1.2.3.4.5:80", wantErr: "not an IP address"},
+		{in: "01.2.3.4:80", wantErr: "not an IP address"},
+		{in: "host.123:80", wantErr: "not an IP address"},
+		{in: "123host.example:80", want: "123host.example:80"},
+		{in: "3com.com:80", want: "3com.com:80"},
 	} {
 		t.Run(tc.in, func(t *testing.T) {
 			got, err := ParseAddress(tc.in)
