@@ -350,6 +350,8 @@ func changeError(err error) error {
 		return apiError(http.StatusNotFound, err)
 	case errors.Is(err, registry.ErrSeeded):
 		return apiError(http.StatusConflict, err)
+	case errors.Is(err, registry.ErrOutcomeUnknown):
+		return apiError(http.StatusGatewayTimeout, err)
 	case errors.Is(err, registry.ErrNotSynced), errors.Is(err, registry.ErrBackendUnavailable):
 		return apiError(http.StatusServiceUnavailable, err)
 	default:

@@ -21,6 +21,11 @@ var (
 	// ErrBackendUnavailable means the backend's store could not be reached
 	// to make a change; nothing was changed.
 	ErrBackendUnavailable = errors.New("registry backend unavailable")
+	// ErrOutcomeUnknown means a change reached, or may have reached, the
+	// backend's store, but whether it was applied is not known: it may
+	// still apply. Adding and deleting are idempotent, so the change can
+	// be sent again safely.
+	ErrOutcomeUnknown = errors.New("the change may or may not have been applied; it may still apply, and sending it again is safe")
 	// ErrSeeded means an endpoint comes from the config's seeds, which the
 	// backend does not store: remove it from the config instead.
 	ErrSeeded = errors.New("endpoint is seeded by the config, not stored in the backend")

@@ -17,11 +17,15 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/connectivity"
+	"google.golang.org/grpc/status"
 
 	"github.com/svcreg/caddy-svcreg/backends/etcd/etcdkv"
 	"github.com/svcreg/caddy-svcreg/registry"
@@ -97,10 +101,18 @@ type Backend struct {
 	stored    map[registry.ServiceKey]map[string]registry.Change // what etcd holds
 	synced    bool
 	reachable bool
-	applied   int64         // etcd revision the table reflects
+	applied   int64         // etcd revision the table reflects; 0 while a re-list is due
 	appliedCh chan struct{} // closed and replaced whenever applied moves
-	warned    map[string]int64
-	leases    map[string]*etcdLease // by key, for endpoints added with a TTL
+	// What identifies the etcd history the table reflects: its cluster ID
+	// and the highest raft term seen. A revision below applied, a term
+	// below term or another cluster ID means etcd was replaced or restored
+	// from an older snapshot: everything is listed again.
+	clusterID   uint64
+	term        uint64
+	epoch       int                // counts the lists; a watch applies only in its own
+	watchCancel context.CancelFunc // ends the current watch
+	warned      map[string]int64
+	leases      map[string]*etcdLease // by key, for endpoints added with a TTL
 }
 
 // TLS are the files of a TLS connection to etcd.
@@ -290,9 +302,19 @@ func (e *Backend) sync(ctx context.Context) {
 		}
 		wait = etcdRetryMin
 		e.setReachable(true, nil)
-		err = e.safely("watching etcd", func() error { return e.watch(ctx, rev+1) })
+		watchCtx, cancel := context.WithCancel(ctx)
+		e.mu.Lock()
+		e.watchCancel = cancel
+		epoch := e.epoch
+		e.mu.Unlock()
+		err = e.safely("watching etcd", func() error { return e.watch(watchCtx, rev+1, epoch) })
+		relist := watchCtx.Err() != nil // observe ended the watch
+		cancel()
 		if ctx.Err() != nil {
 			return
+		}
+		if relist {
+			continue // observe logged why
 		}
 		if errors.Is(err, rpctypes.ErrCompacted) {
 			e.log().Info("etcd watch revision was compacted; listing everything again", zap.String("backend", "etcd"))
@@ -326,27 +348,69 @@ func (e *Backend) list(ctx context.Context) (int64, error) {
 	e.stored = stored
 	e.synced = true
 	e.table.Replace(registry.MergeAll(e.seeds, e.stored))
+	e.clusterID, e.term = resp.Header.ClusterId, resp.Header.RaftTerm
+	e.epoch++
 	e.setApplied(resp.Header.Revision)
 	return resp.Header.Revision, nil
 }
 
-// watch applies changes from revision rev on until the watch fails.
-func (e *Backend) watch(ctx context.Context, rev int64) error {
+// observe checks the header of an etcd response against the history the
+// table reflects. If etcd went back in time (a lower revision or raft
+// term: restored from an older snapshot, or wiped and started afresh) or
+// is another cluster, what the table holds may be stale and the watch may
+// wait for revisions that never come: observe ends the watch, so that
+// everything is listed again, and holds back writers until then. It
+// returns whether it did.
+func (e *Backend) observe(h *etcdserverpb.ResponseHeader) bool {
+	if h == nil {
+		return false
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if !e.synced || e.applied == 0 {
+		return false // not listed yet, or a re-list is already due
+	}
+	if h.ClusterId == e.clusterID && h.RaftTerm >= e.term && h.Revision >= e.applied {
+		e.term = h.RaftTerm
+		return false
+	}
+	e.log().Warn("etcd went back in time (restored from a snapshot, or replaced); listing everything again",
+		zap.String("backend", "etcd"), zap.Int64("revision", h.Revision), zap.Int64("applied_revision", e.applied),
+		zap.Uint64("raft_term", h.RaftTerm), zap.Uint64("last_raft_term", e.term),
+		zap.Bool("other_cluster", h.ClusterId != e.clusterID))
+	e.applied = 0 // writers wait for the re-list
+	e.epoch++     // the old watch applies nothing more
+	if e.watchCancel != nil {
+		e.watchCancel()
+	}
+	return true
+}
+
+// watch applies changes from revision rev on until the watch fails, as
+// long as epoch is current.
+func (e *Backend) watch(ctx context.Context, rev int64, epoch int) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	for resp := range e.client.Watch(ctx, e.Prefix, clientv3.WithPrefix(), clientv3.WithRev(rev), clientv3.WithProgressNotify()) {
 		if err := resp.Err(); err != nil {
 			return err
 		}
-		e.apply(resp.Events, resp.Header.Revision)
+		if e.observe(&resp.Header) {
+			return nil
+		}
+		e.apply(resp.Events, resp.Header.Revision, epoch)
 	}
 	return ctx.Err()
 }
 
-// apply folds watch events into the table.
-func (e *Backend) apply(events []*clientv3.Event, rev int64) {
+// apply folds watch events into the table, unless a re-list has begun
+// since the watch's list (epoch).
+func (e *Backend) apply(events []*clientv3.Event, rev int64, epoch int) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	if epoch != e.epoch {
+		return
+	}
 	changed := map[registry.ServiceKey]bool{}
 	for _, ev := range events {
 		key, addr, ok := etcdkv.ParseKey(e.Prefix, string(ev.Kv.Key))
@@ -435,7 +499,7 @@ func (e *Backend) waitApplied(ctx context.Context, rev int64) error {
 		select {
 		case <-ch:
 		case <-ctx.Done():
-			return fmt.Errorf("written to etcd at revision %d, but the watch has not delivered it yet: %w: %w", rev, registry.ErrBackendUnavailable, ctx.Err())
+			return fmt.Errorf("written to etcd at revision %d, but this instance has not seen it yet: %w: %w", rev, registry.ErrOutcomeUnknown, ctx.Err())
 		}
 	}
 }
@@ -458,12 +522,15 @@ func (e *Backend) monitor(ctx context.Context) {
 			continue // the sync loop reports on its own until the first sync
 		}
 		check, cancel := context.WithTimeout(ctx, time.Duration(e.DialTimeout))
-		_, err := e.client.Get(check, e.Prefix) // one key: cheap whatever the registry's size
+		resp, err := e.client.Get(check, e.Prefix) // one key: cheap whatever the registry's size
 		cancel()
 		if ctx.Err() != nil {
 			return
 		}
 		e.setReachable(err == nil, err)
+		if err == nil {
+			e.observe(resp.Header)
+		}
 	}
 }
 
@@ -509,14 +576,17 @@ func (e *Backend) Add(ctx context.Context, key registry.ServiceKey, ep registry.
 		lease = &etcdLease{id: grant.ID}
 		opts = append(opts, clientv3.WithLease(grant.ID))
 	}
+	wasReady := e.connected()
 	resp, err := e.client.Put(reqCtx, k, val, opts...)
 	if err != nil {
-		if lease != nil {
-			e.revoke(lease)
+		err = e.writeFailed("writing "+k+" to etcd", wasReady, err)
+		if lease != nil && errors.Is(err, registry.ErrBackendUnavailable) {
+			e.revoke(lease) // else the key may be on it: let the lease expire
 		}
-		return fmt.Errorf("writing %s to etcd: %w: %w", k, registry.ErrBackendUnavailable, err)
+		return err
 	}
 
+	e.observe(resp.Header)
 	e.mu.Lock()
 	old := e.leases[k]
 	delete(e.leases, k)
@@ -528,6 +598,34 @@ func (e *Backend) Add(ctx context.Context, key registry.ServiceKey, ep registry.
 		e.revoke(old) // the key now lives on the new lease, or on none
 	}
 	return e.waitApplied(ctx, resp.Header.Revision)
+}
+
+// connected reports whether the client has a ready connection to etcd.
+func (e *Backend) connected() bool {
+	conn := e.client.ActiveConnection()
+	return conn != nil && conn.GetState() == connectivity.Ready
+}
+
+// writeFailed says what a failed write means for the change. etcd refused
+// it (a permission, a bad request, too many requests), or it never left
+// (no connection to etcd before or after): nothing changed. Otherwise it
+// may have reached etcd, and have been applied or still be: the outcome is
+// unknown.
+func (e *Backend) writeFailed(what string, wasReady bool, err error) error {
+	code := status.Code(err)
+	var ee rpctypes.EtcdError
+	if errors.As(err, &ee) {
+		code = ee.Code()
+	}
+	switch code {
+	case codes.PermissionDenied, codes.Unauthenticated, codes.InvalidArgument, codes.FailedPrecondition,
+		codes.ResourceExhausted, codes.OutOfRange, codes.NotFound, codes.AlreadyExists:
+		return fmt.Errorf("%s: %w: %w", what, registry.ErrBackendUnavailable, err)
+	}
+	if !wasReady && !e.connected() {
+		return fmt.Errorf("%s: %w (no connection): %w", what, registry.ErrBackendUnavailable, err)
+	}
+	return fmt.Errorf("%s: %w: %w", what, registry.ErrOutcomeUnknown, err)
 }
 
 // keepAlive keeps lease alive until the backend stops or the lease is
@@ -571,10 +669,12 @@ func (e *Backend) Delete(ctx context.Context, key registry.ServiceKey, address s
 	k := etcdkv.Key(e.Prefix, key, address)
 	reqCtx, cancel := context.WithTimeout(ctx, time.Duration(e.DialTimeout))
 	defer cancel()
+	wasReady := e.connected()
 	resp, err := e.client.Delete(reqCtx, k)
 	if err != nil {
-		return fmt.Errorf("deleting %s from etcd: %w: %w", k, registry.ErrBackendUnavailable, err)
+		return e.writeFailed("deleting "+k+" from etcd", wasReady, err)
 	}
+	e.observe(resp.Header)
 	// the lease is ours to revoke only once the key is gone
 	e.mu.Lock()
 	lease := e.leases[k]

@@ -180,6 +180,33 @@ func (s *Server) healthy() bool {
 	return resp.StatusCode == http.StatusOK && strings.Contains(body.String(), `"true"`)
 }
 
+// Wipe stops etcd, deletes its data and starts it again empty on the
+// same ports: an etcd replaced, or restored from a snapshot without the
+// latest changes. Its revision starts again from 1.
+func (s *Server) Wipe() {
+	s.t.Helper()
+	s.Stop()
+	if err := os.RemoveAll(filepath.Join(s.dir, "data")); err != nil {
+		s.t.Fatal(err)
+	}
+	s.start()
+}
+
+// Pause freezes etcd (SIGSTOP): it accepts connections and answers
+// nothing until Resume.
+func (s *Server) Pause() { s.send(syscall.SIGSTOP) }
+
+// Resume lets a paused etcd go on (SIGCONT).
+func (s *Server) Resume() { s.send(syscall.SIGCONT) }
+
+func (s *Server) send(sig syscall.Signal) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cmd != nil {
+		_ = s.cmd.Process.Signal(sig)
+	}
+}
+
 // Kill stops etcd with SIGKILL, the way a crash would.
 func (s *Server) Kill() { s.signal(syscall.SIGKILL) }
 
@@ -194,6 +221,7 @@ func (s *Server) signal(sig syscall.Signal) {
 	if cmd == nil {
 		return
 	}
+	_ = cmd.Process.Signal(syscall.SIGCONT) // a paused etcd must be able to stop
 	_ = cmd.Process.Signal(sig)
 	done := make(chan struct{})
 	go func() { _ = cmd.Wait(); close(done) }()
