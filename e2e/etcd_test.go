@@ -267,4 +267,20 @@ func TestEtcdWrongPasswordKeepsConfig(t *testing.T) {
 	if !routesTo(c, "/users/v1/x", "a") {
 		t.Error("the running config stopped routing after a refused reload")
 	}
+
+	// A password placeholder that expands to nothing (the variable is
+	// not set where Caddy runs) is refused too, before etcd is asked.
+	out, err = c.TryReload(fmt.Sprintf(`service_registry {
+		backend etcd {
+			endpoints %s
+			username root
+			password {env.SVCREG_TEST_UNSET_PASSWORD}
+		}
+	}`, srv.Endpoint), proxySite)
+	if err == nil || !strings.Contains(out, "password") || !strings.Contains(out, "empty") {
+		t.Errorf("the reload with an empty password: %v\n%s\nwant an error saying the password is empty", err, out)
+	}
+	if !routesTo(c, "/users/v1/x", "a") {
+		t.Error("the running config stopped routing after a refused reload")
+	}
 }

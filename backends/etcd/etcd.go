@@ -175,6 +175,16 @@ func (e *Backend) Provision(ctx caddy.Context) error {
 		Username:    repl.ReplaceKnown(e.Username, ""),
 		Password:    repl.ReplaceKnown(e.Password, ""),
 	}
+	// A credential that expands to nothing is a variable not set where
+	// Caddy runs: without it every etcd request would be refused.
+	switch {
+	case e.Username != "" && e.config.Username == "":
+		return fmt.Errorf("etcd backend: username %q is empty once expanded", e.Username)
+	case e.Password != "" && e.config.Password == "":
+		return fmt.Errorf("etcd backend: password %q is empty once expanded", e.Password)
+	case e.config.Password != "" && e.config.Username == "":
+		return errors.New("etcd backend: a password needs a username")
+	}
 	if e.TLS != nil {
 		tlsConfig, err := e.TLS.load(repl)
 		if err != nil {
