@@ -132,6 +132,9 @@ type TLS struct {
 type etcdLease struct {
 	id     clientv3.LeaseID
 	cancel context.CancelFunc
+	// what to write again under a new lease if this one is lost
+	value   string
+	seconds int64
 }
 
 // CaddyModule returns the Caddy module information.
@@ -431,6 +434,9 @@ func (e *Backend) apply(events []*clientv3.Event, rev int64, epoch int) {
 			continue
 		}
 		if ev.Type == mvccpb.DELETE {
+			if lease := e.leases[string(ev.Kv.Key)]; lease != nil && !e.stopped {
+				e.done.Go(func() { e.disown(string(ev.Kv.Key), lease) })
+			}
 			if _, had := e.stored[key][addr]; had {
 				delete(e.stored[key], addr)
 				changed[key] = true
@@ -583,7 +589,7 @@ func (e *Backend) Add(ctx context.Context, key registry.ServiceKey, ep registry.
 		if err != nil {
 			return fmt.Errorf("granting etcd lease for %s: %w: %w", k, registry.ErrBackendUnavailable, err)
 		}
-		lease = &etcdLease{id: grant.ID}
+		lease = &etcdLease{id: grant.ID, value: val, seconds: seconds}
 		opts = append(opts, clientv3.WithLease(grant.ID))
 	}
 	wasReady := e.connected()
@@ -639,7 +645,9 @@ func (e *Backend) writeFailed(what string, wasReady bool, err error) error {
 }
 
 // keepAlive keeps lease alive until the backend stops or the lease is
-// dropped. The caller holds e.mu.
+// dropped. If etcd loses the lease (it expired while etcd could not be
+// reached, or someone revoked it), the endpoint is written again under a
+// new lease, as long as this backend still owns it. The caller holds e.mu.
 func (e *Backend) keepAlive(k string, lease *etcdLease) {
 	if e.stopped {
 		return
@@ -648,14 +656,91 @@ func (e *Backend) keepAlive(k string, lease *etcdLease) {
 	ctx, cancel := context.WithCancel(e.ctx)
 	lease.cancel = cancel
 	e.done.Go(func() {
-		ch, err := e.client.KeepAlive(ctx, lease.id)
-		if err != nil {
-			e.log().Error("keeping etcd lease alive", zap.String("backend", "etcd"), zap.String("key", k), zap.Error(err))
-			return
-		}
-		for range ch { // drain the acknowledgements until ctx ends
+		id := lease.id
+		wait := etcdRetryMin
+		for {
+			ch, err := e.client.KeepAlive(ctx, id)
+			if err == nil {
+				for range ch { // drain the acknowledgements until the lease or ctx ends
+				}
+			}
+			if ctx.Err() != nil {
+				return
+			}
+			e.log().Warn("etcd lease lost; registering the endpoint again under a new lease",
+				zap.String("backend", "etcd"), zap.String("key", k), zap.Error(err))
+			for {
+				if id, err = e.regrant(ctx, k, lease); err == nil {
+					e.log().Info("endpoint registered again under a new etcd lease", zap.String("backend", "etcd"), zap.String("key", k))
+					wait = etcdRetryMin
+					break
+				}
+				if ctx.Err() != nil {
+					return
+				}
+				e.log().Warn("registering the endpoint again", zap.String("backend", "etcd"), zap.String("key", k), zap.Error(err), zap.Duration("retry_in", wait))
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(wait):
+				}
+				wait = min(2*wait, etcdRetryMax)
+			}
 		}
 	})
+}
+
+// regrant writes k again under a new lease, if this backend still owns it
+// (its lease is lease), and returns the new lease's ID.
+func (e *Backend) regrant(ctx context.Context, k string, lease *etcdLease) (clientv3.LeaseID, error) {
+	reqCtx, cancel := context.WithTimeout(ctx, time.Duration(e.DialTimeout))
+	defer cancel()
+	grant, err := e.client.Grant(reqCtx, lease.seconds)
+	if err != nil {
+		return 0, err
+	}
+	e.mu.Lock()
+	owned := e.leases[k] == lease
+	e.mu.Unlock()
+	if owned {
+		_, err = e.client.Put(reqCtx, k, lease.value, clientv3.WithLease(grant.ID))
+	}
+	if !owned || err != nil {
+		_, _ = e.client.Revoke(reqCtx, grant.ID)
+		if err == nil {
+			err = context.Canceled // dropped meanwhile: nothing to keep alive
+		}
+		return 0, err
+	}
+	e.mu.Lock()
+	lease.id = grant.ID // revoke and disown see the new one
+	e.mu.Unlock()
+	return grant.ID, nil
+}
+
+// disown stops keeping k's lease alive after k was deleted in etcd by
+// someone else (another instance's admin API, etcdctl), unless the lease
+// itself is gone, which deleted k (keepAlive then writes it again). It
+// runs on its own: it asks etcd.
+func (e *Backend) disown(k string, lease *etcdLease) {
+	e.mu.Lock()
+	id := lease.id
+	e.mu.Unlock()
+	ctx, cancel := context.WithTimeout(e.ctx, time.Duration(e.DialTimeout))
+	defer cancel()
+	ttl, err := e.client.TimeToLive(ctx, id)
+	if err != nil || ttl.TTL <= 0 {
+		return // the lease is gone (or etcd cannot say): keepAlive decides
+	}
+	e.mu.Lock()
+	owned := e.leases[k] == lease
+	if owned {
+		delete(e.leases, k)
+	}
+	e.mu.Unlock()
+	if owned {
+		e.revoke(lease)
+	}
 }
 
 // revoke stops keeping lease alive and revokes it.
@@ -663,9 +748,12 @@ func (e *Backend) revoke(lease *etcdLease) {
 	if lease.cancel != nil {
 		lease.cancel()
 	}
+	e.mu.Lock()
+	id := lease.id
+	e.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(e.DialTimeout))
 	defer cancel()
-	if _, err := e.client.Revoke(ctx, lease.id); err != nil && !errors.Is(err, rpctypes.ErrLeaseNotFound) {
+	if _, err := e.client.Revoke(ctx, id); err != nil && !errors.Is(err, rpctypes.ErrLeaseNotFound) {
 		e.log().Warn("revoking etcd lease", zap.String("backend", "etcd"), zap.Error(err))
 	}
 }

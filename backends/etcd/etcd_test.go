@@ -568,3 +568,58 @@ func TestProvisionPrefix(t *testing.T) {
 		}
 	}
 }
+
+// A lease lost in etcd (expired while etcd was out of reach, or revoked
+// by someone) takes its endpoint with it: the backend that added it
+// registers it again under a new lease and says so. An endpoint deleted
+// in etcd by someone else stays deleted, and its lease is let go.
+func TestEtcdLostLeaseRegranted(t *testing.T) {
+	srv := etcdtest.Start(t)
+	cli := srv.Client(t)
+	ctx := context.Background()
+	users := registry.ServiceKey{Service: "users", Version: "v1"}
+	e, tbl, logs := startEtcdBackend(t, srv.Endpoint, nil)
+	eventually(t, 10*time.Second, "the first sync", func() bool { return tbl.Snapshot().Synced() })
+	const key = "/svcreg/users/v1/127.0.0.1:9005"
+	leaseOf := func() clientv3.LeaseID {
+		resp, err := cli.Get(ctx, key)
+		if err != nil || len(resp.Kvs) != 1 {
+			return 0
+		}
+		return clientv3.LeaseID(resp.Kvs[0].Lease)
+	}
+
+	must(t, e.Add(ctx, users, registry.Endpoint{Address: "127.0.0.1:9005", TTL: registry.Duration(2 * time.Second)}))
+	first := leaseOf()
+	if first == 0 {
+		t.Fatal("the endpoint is not in etcd under a lease")
+	}
+	if _, err := cli.Revoke(ctx, first); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "the endpoint to be registered again under a new lease", func() bool {
+		id := leaseOf()
+		return id != 0 && id != first && slices.Contains(tableHas(tbl, users), "127.0.0.1:9005")
+	})
+	if logs.FilterMessageSnippet("lease lost").Len() == 0 {
+		t.Error("losing the lease was not logged")
+	}
+	time.Sleep(3 * time.Second) // longer than the TTL: the new lease is kept alive
+	if leaseOf() == 0 {
+		t.Fatal("the new lease was not kept alive")
+	}
+
+	// Deleted by someone else: it stays deleted, and the lease goes.
+	second := leaseOf()
+	if _, err := cli.Delete(ctx, key); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "the lease of an endpoint deleted elsewhere to be let go", func() bool {
+		ttl, err := cli.TimeToLive(ctx, second)
+		return err == nil && ttl.TTL == -1
+	})
+	time.Sleep(500 * time.Millisecond)
+	if leaseOf() != 0 || slices.Contains(tableHas(tbl, users), "127.0.0.1:9005") {
+		t.Error("an endpoint deleted in etcd came back")
+	}
+}
