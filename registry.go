@@ -1,10 +1,12 @@
 package svcreg
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"strings"
 	"sync/atomic"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyevents"
@@ -119,15 +121,22 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return fmt.Errorf("reading backend settings: %w", err)
 	}
-	val, _, err := registries.LoadOrNew(key, func() (caddy.Destructor, error) {
-		mod, err := ctx.LoadModule(a, "BackendRaw")
-		if err != nil {
-			return nil, fmt.Errorf("loading backend: %w", err)
-		}
-		backend, ok := mod.(registry.Backend)
-		if !ok {
-			return nil, fmt.Errorf("module %T is not a service registry backend", mod)
-		}
+	// Loading the backend reads its settings (placeholders, files) but
+	// starts nothing: the registry it joins decides whether it runs.
+	mod, err := ctx.LoadModule(a, "BackendRaw")
+	if err != nil {
+		return fmt.Errorf("loading backend: %w", err)
+	}
+	backend, ok := mod.(registry.Backend)
+	if !ok {
+		return fmt.Errorf("module %T is not a service registry backend", mod)
+	}
+	if f, ok := backend.(interface{ Fingerprint() string }); ok {
+		// settings as read, so that a rotated credential or file makes
+		// a new backend that reads it
+		key += " " + f.Fingerprint()
+	}
+	val, loaded, err := registries.LoadOrNew(key, func() (caddy.Destructor, error) {
 		return &pooledRegistry{registry.New(backend, registry.Options{Logger: a.logger})}, nil
 	})
 	if err != nil {
@@ -135,7 +144,34 @@ func (a *App) Provision(ctx caddy.Context) error {
 	}
 	a.poolKey = key
 	a.reg = val.(*pooledRegistry)
+	if prev := current.Load(); !loaded && prev != nil && prev.reg != a.reg {
+		a.handOver(prev)
+	}
 	return nil
+}
+
+// handoverWait bounds how long a reload onto new backend settings waits
+// for the new backend to sync before it goes on (and the new config's
+// registry-routed requests get 503 until it does).
+var handoverWait = 10 * time.Second
+
+// handOver starts a new registry while prev's runs, so that the new config
+// routes nothing before its backend has synced: it waits for that (up to
+// handoverWait) before the config goes on to start, while the running
+// config keeps serving. (When prev's config is retired, the new backend
+// adopts what prev's kept registered: see Cleanup.)
+func (a *App) handOver(prev *App) {
+	if err := a.reg.Start(a.env, a.policy, a.emit); err != nil {
+		return // App.Start tries again and reports it
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), handoverWait)
+	defer cancel()
+	if a.reg.WaitSynced(ctx) {
+		a.logger.Info("new registry backend synced; taking over from the previous config's")
+	} else {
+		a.logger.Warn("new registry backend did not sync in time; its requests get 503 until it does",
+			zap.Duration("waited", handoverWait))
+	}
 }
 
 // seedMap validates the configured services and merges repeated ones.
@@ -225,6 +261,14 @@ func (a *App) Cleanup() error {
 	}
 	if a.poolKey == "" {
 		return nil
+	}
+	if next := current.Load(); next != nil && next != a && next.reg != a.reg {
+		if refs, _ := registries.References(a.poolKey); refs == 1 {
+			// This registry stops now: the running config's takes over
+			// the endpoints it keeps registered (TTL endpoints added
+			// through the admin API), before their leases run out.
+			next.reg.Adopt(a.reg.Owned())
+		}
 	}
 	_, err := registries.Delete(a.poolKey)
 	a.poolKey = ""

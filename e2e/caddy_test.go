@@ -226,10 +226,11 @@ func (c *caddy) Reload(globalBody, site string) {
 
 // TryReload is Reload for a config that may be refused: it returns the
 // error and the output of `caddy reload`.
-func (c *caddy) TryReload(globalBody, site string) (string, error) {
+func (c *caddy) TryReload(globalBody, site string, flags ...string) (string, error) {
 	c.t.Helper()
 	c.writeConfig(globalBody, site)
-	out, err := exec.Command(caddyBin, "reload", "--config", c.config, "--adapter", "caddyfile", "--address", c.Admin).CombinedOutput()
+	args := append([]string{"reload", "--config", c.config, "--adapter", "caddyfile", "--address", c.Admin}, flags...)
+	out, err := exec.Command(caddyBin, args...).CombinedOutput()
 	return string(out), err
 }
 

@@ -1,12 +1,17 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
 	"net/http"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/svcreg/caddy-svcreg/internal/etcdtest"
 )
@@ -86,5 +91,121 @@ func TestEtcdWriteOutcomeUnknown(t *testing.T) {
 	status, body = c.AdminDo(http.MethodDelete, "/service_registry/services/users/v1/"+a.Addr, "", "")
 	if status != http.StatusServiceUnavailable {
 		t.Errorf("a write with etcd down: %d %s; want 503", status, body)
+	}
+}
+
+// Reloads that change the etcd backend's settings hand over from the old
+// backend to the new: no request gets a 503 while the new one syncs, and
+// an endpoint added with a TTL through this Caddy stays registered.
+func TestEtcdReloadHandsOver(t *testing.T) {
+	srv := etcdtest.Start(t)
+	cli := srv.Client(t)
+	backends := []*backend{startBackend(t, "a"), startBackend(t, "b"), startBackend(t, "c")}
+	for _, b := range backends {
+		put(t, cli, "/svcreg/users/v1/"+b.Addr, "{}")
+	}
+	withTimeout := func(d string) string {
+		return fmt.Sprintf(`service_registry {
+		backend etcd {
+			endpoints %s
+			dial_timeout %s
+		}
+	}`, srv.Endpoint, d)
+	}
+	c := startCaddy(t, withTimeout("2s"), proxySite, caddyOpts{})
+	waitFor(t, 10*time.Second, "the first sync", func() bool { return len(c.Services()) == 1 })
+	leased := startBackend(t, "leased")
+	if status, body := c.AdminDo(http.MethodPost, "/service_registry/services/users/v1", "application/json",
+		`{"address":"`+leased.Addr+`","ttl":"2s"}`); status != http.StatusCreated {
+		t.Fatalf("adding an endpoint with a TTL: %d %s", status, body)
+	}
+
+	run := sendLoad("http://"+c.HTTP+"/users/v1/x", sendGet, func(time.Time, *loadRun) {
+		for i := range 10 {
+			c.Reload(withTimeout([]string{"3s", "2s"}[i%2]), proxySite)
+			time.Sleep(100 * time.Millisecond)
+		}
+	})
+	t.Logf("%d requests across 10 reloads, %d failed", run.total.Load(), len(run.failed))
+	for _, f := range run.failed {
+		t.Errorf("request %d failed: %s", f.id, f.err)
+	}
+
+	time.Sleep(3 * time.Second) // longer than the TTL: only a kept lease keeps it
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	resp, err := cli.Get(ctx, "/svcreg/users/v1/"+leased.Addr)
+	if err != nil || len(resp.Kvs) != 1 {
+		t.Fatalf("the endpoint added with a TTL is gone from etcd after the reloads: %v %v", resp, err)
+	}
+	if !slices.Contains(c.Services(), "users v1 "+strings.Join(sortedAddrs(append(backends, leased)), ",")) {
+		t.Errorf("after the reloads: %q", c.Services())
+	}
+}
+
+func sortedAddrs(bs []*backend) []string {
+	var out []string
+	for _, b := range bs {
+		out = append(out, b.Addr)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// A reload reads the backend's credentials again, even when the config's
+// text is the same: a password rotated in etcd and in the file the
+// config names ({file.*}) is used from the next reload on.
+func TestEtcdReloadRereadsCredentials(t *testing.T) {
+	srv := etcdtest.Start(t)
+	root := srv.Client(t)
+	ctx := context.Background()
+	for _, step := range []func() error{
+		func() error { _, err := root.RoleAdd(ctx, "root"); return err },
+		func() error { _, err := root.UserAdd(ctx, "root", "first-Passw0rd"); return err },
+		func() error { _, err := root.UserGrantRole(ctx, "root", "root"); return err },
+		func() error { _, err := root.AuthEnable(ctx); return err },
+	} {
+		if err := step(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pwFile := filepath.Join(t.TempDir(), "etcd-password")
+	if err := os.WriteFile(pwFile, []byte("first-Passw0rd"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	global := fmt.Sprintf(`service_registry {
+		backend etcd {
+			endpoints %s
+			username root
+			password {file.%s}
+			dial_timeout 2s
+		}
+	}`, srv.Endpoint, pwFile)
+	c := startCaddy(t, global, proxySite, caddyOpts{})
+	waitFor(t, 10*time.Second, "the first sync", func() bool {
+		_, body := c.AdminDo(http.MethodGet, "/service_registry/services", "", "")
+		return strings.Contains(body, `"synced": true`)
+	})
+
+	// Rotate: etcd takes only the new password from now on.
+	admin, err := clientv3.New(clientv3.Config{Endpoints: []string{srv.Endpoint}, Username: "root", Password: "first-Passw0rd", DialTimeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	if _, err := admin.UserChangePassword(ctx, "root", "second-Passw0rd"); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(pwFile, []byte("second-Passw0rd"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// The same config: Caddy reloads it only when forced.
+	if out, err := c.TryReload(global, proxySite, "--force"); err != nil {
+		t.Fatalf("reload: %v\n%s", err, out)
+	}
+	a := startBackend(t, "a")
+	status, body := c.AdminDo(http.MethodPost, "/service_registry/services/users/v1", "application/json", `{"address":"`+a.Addr+`"}`)
+	if status != http.StatusCreated {
+		t.Errorf("a write after the rotation and a reload: %d %s; want 201", status, body)
 	}
 }

@@ -59,6 +59,25 @@ type BackendEnv struct {
 	Logger *zap.Logger
 }
 
+// Owned is an endpoint a backend keeps registered for this process: one
+// added with a TTL, which the store drops unless the backend keeps it
+// alive.
+type Owned struct {
+	Key      ServiceKey
+	Endpoint Endpoint
+}
+
+// Owner is implemented by backends that keep endpoints registered for
+// this process (leases), so that a backend replacing one (a new
+// configuration's) can adopt them before it stops.
+type Owner interface {
+	// Owned returns the endpoints the backend keeps registered.
+	Owned() []Owned
+	// Adopt registers endpoints that another backend kept registered,
+	// under this one's own keeping (new leases), in the background.
+	Adopt(owned []Owned)
+}
+
 // Storage is a key-value store of files, such as Caddy's storage
 // (certmagic.Storage has these methods). Load returns an error matching
 // fs.ErrNotExist for a key it does not hold.

@@ -153,6 +153,38 @@ func (l *Local) Stop() error {
 	return l.backend.Stop()
 }
 
+// Owned returns the endpoints the registry's backend keeps registered for
+// this process (see Owner), for a backend that replaces it to adopt.
+func (l *Local) Owned() []Owned {
+	if o, ok := l.backend.(Owner); ok {
+		return o.Owned()
+	}
+	return nil
+}
+
+// Adopt hands the registry's backend endpoints another registry's backend
+// kept registered (see Owner); a backend that keeps none ignores them.
+func (l *Local) Adopt(owned []Owned) {
+	if o, ok := l.backend.(Owner); ok && len(owned) > 0 {
+		o.Adopt(owned)
+	}
+}
+
+// WaitSynced waits until the registry has synced with its backend, or ctx
+// ends; it reports whether it synced.
+func (l *Local) WaitSynced(ctx context.Context) bool {
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for !l.table.Snapshot().Synced() {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-tick.C:
+		}
+	}
+	return true
+}
+
 // Table returns the table the backend feeds. Writing to it directly
 // bypasses the backend: it is for backends, and for registries fed by
 // hand (with no backend, never started), as tests and benchmarks do.

@@ -5,10 +5,13 @@ package etcd
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"slices"
 	"strings"
@@ -86,8 +89,9 @@ type Backend struct {
 	// {env.ETCD_PASSWORD} keeps it out of the config. Never logged.
 	Password string `json:"password,omitempty"`
 
-	logger atomic.Pointer[zap.Logger] // the latest config's
-	config clientv3.Config
+	logger      atomic.Pointer[zap.Logger] // the latest config's
+	config      clientv3.Config
+	fingerprint string // of the settings as read: expanded placeholders, file contents
 
 	ctx    context.Context // ends at Stop
 	cancel context.CancelFunc
@@ -188,24 +192,35 @@ func (e *Backend) Provision(ctx caddy.Context) error {
 	case e.config.Password != "" && e.config.Username == "":
 		return errors.New("etcd backend: a password needs a username")
 	}
+	h := sha256.New()
+	fmt.Fprintf(h, "%q %q %d %q %q\n", endpoints, e.Prefix, e.DialTimeout, e.config.Username, e.config.Password)
 	if e.TLS != nil {
-		tlsConfig, err := e.TLS.load(repl)
+		tlsConfig, err := e.TLS.load(repl, h)
 		if err != nil {
 			return fmt.Errorf("etcd backend: %w", err)
 		}
 		e.config.TLS = tlsConfig
 	}
+	e.fingerprint = hex.EncodeToString(h.Sum(nil))
 	return nil
 }
 
-// load reads the TLS files.
-func (t *TLS) load(repl *caddy.Replacer) (*tls.Config, error) {
+// Fingerprint identifies the backend's settings as read when it was
+// provisioned: placeholders expanded, TLS files' contents included. Two
+// configs whose backends have the same fingerprint share one registry; a
+// rotated password or certificate gives another.
+func (e *Backend) Fingerprint() string { return e.fingerprint }
+
+// load reads the TLS files, and writes what it read to h.
+func (t *TLS) load(repl *caddy.Replacer, h io.Writer) (*tls.Config, error) {
 	cfg := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: repl.ReplaceKnown(t.ServerName, "")}
+	fmt.Fprintf(h, "tls %q\n", cfg.ServerName)
 	if ca := repl.ReplaceKnown(t.CA, ""); ca != "" {
 		pem, err := os.ReadFile(ca)
 		if err != nil {
 			return nil, fmt.Errorf("reading CA file: %w", err)
 		}
+		h.Write(pem)
 		cfg.RootCAs = x509.NewCertPool()
 		if !cfg.RootCAs.AppendCertsFromPEM(pem) {
 			return nil, fmt.Errorf("CA file %s holds no PEM certificate", ca)
@@ -216,10 +231,20 @@ func (t *TLS) load(repl *caddy.Replacer) (*tls.Config, error) {
 		return nil, errors.New("a client certificate needs both cert and key")
 	}
 	if cert != "" {
-		pair, err := tls.LoadX509KeyPair(cert, key)
+		certPEM, err := os.ReadFile(cert)
 		if err != nil {
 			return nil, fmt.Errorf("loading client certificate: %w", err)
 		}
+		keyPEM, err := os.ReadFile(key)
+		if err != nil {
+			return nil, fmt.Errorf("loading client certificate: %w", err)
+		}
+		pair, err := tls.X509KeyPair(certPEM, keyPEM)
+		if err != nil {
+			return nil, fmt.Errorf("loading client certificate: %w", err)
+		}
+		h.Write(certPEM)
+		h.Write(keyPEM)
 		cfg.Certificates = []tls.Certificate{pair}
 	}
 	return cfg, nil
@@ -616,6 +641,55 @@ func (e *Backend) Add(ctx context.Context, key registry.ServiceKey, ep registry.
 	return e.waitApplied(ctx, resp.Header.Revision)
 }
 
+// Adopt registers endpoints that another backend kept alive under leases
+// of this backend's, in the background.
+func (e *Backend) Adopt(owned []registry.Owned) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.stopped || e.ctx == nil {
+		return
+	}
+	for _, o := range owned {
+		e.done.Go(func() { e.adoptOne(e.ctx, o) })
+	}
+}
+
+// adoptOne registers an endpoint that a backend this one replaced kept
+// alive, under a lease of this backend's, retrying for a while.
+func (e *Backend) adoptOne(ctx context.Context, o registry.Owned) {
+	wait := etcdRetryMin
+	for range 8 {
+		err := e.Add(ctx, o.Key, o.Endpoint)
+		if err == nil || ctx.Err() != nil {
+			return
+		}
+		e.log().Warn("taking over an endpoint from the previous config's etcd backend", zap.String("backend", "etcd"),
+			zap.String("service", o.Key.Service), zap.String("version", o.Key.Version), zap.String("address", o.Endpoint.Address), zap.Error(err))
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, etcdRetryMax)
+	}
+}
+
+// Owned returns the endpoints this backend keeps registered under leases.
+func (e *Backend) Owned() []registry.Owned {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	var out []registry.Owned
+	for k, lease := range e.leases {
+		key, ep, err := etcdkv.Decode(e.Prefix, []byte(k), []byte(lease.value))
+		if err != nil {
+			continue
+		}
+		ep.TTL = registry.Duration(time.Duration(lease.seconds) * time.Second)
+		out = append(out, registry.Owned{Key: key, Endpoint: ep})
+	}
+	return out
+}
+
 // connected reports whether the client has a ready connection to etcd.
 func (e *Backend) connected() bool {
 	conn := e.client.ActiveConnection()
@@ -817,4 +891,5 @@ var (
 	_ caddy.Provisioner      = (*Backend)(nil)
 	_ registry.Backend       = (*Backend)(nil)
 	_ registry.DeleteChecker = (*Backend)(nil)
+	_ registry.Owner         = (*Backend)(nil)
 )
