@@ -150,6 +150,11 @@ var chaosFaults = []fault{
 // chaosConfigs are compared in the chaos matrix.
 var chaosConfigs = []proxy{serviceProxy, caddyRetries, caddyTimeouts, nginxProxy, haproxyProxy}
 
+// chaosPostConfigs are compared in the chaos matrix with POSTs (-post):
+// the same, and service_proxy over h2c, which tells which requests a host
+// did not process.
+var chaosPostConfigs = []proxy{serviceProxy, serviceProxyH2C, caddyRetries, caddyTimeouts, nginxProxy, haproxyProxy}
+
 // runChaos runs every configuration through every fault.
 func runChaos(e *env, only string) ([]ChaosRun, error) {
 	var runs []ChaosRun
@@ -158,7 +163,11 @@ func runChaos(e *env, only string) ([]ChaosRun, error) {
 			if only != "" && !strings.Contains(","+only+",", ","+f.Name+",") {
 				continue
 			}
-			for _, px := range chaosConfigs {
+			configs := chaosConfigs
+			if e.post > 0 {
+				configs = chaosPostConfigs
+			}
+			for _, px := range configs {
 				run, err := chaosOnce(e, px, f, rep)
 				if err != nil {
 					return nil, fmt.Errorf("%s, %s: %w", f.Name, px.Name, err)

@@ -102,7 +102,7 @@ func chaosReport(runs []ChaosRun) string {
 	}
 	b.WriteString("Configurations:\n\n")
 	for _, cfg := range configs {
-		for _, px := range chaosConfigs {
+		for _, px := range chaosPostConfigs {
 			if px.Name == cfg {
 				fmt.Fprintf(&b, "- `%s`: %s\n", cfg, strings.ReplaceAll(px.Desc, "{b}", "b1 b2 b3"))
 			}

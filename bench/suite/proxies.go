@@ -94,6 +94,8 @@ const benchPath = "/bench/v1/x"
 var (
 	serviceProxy = caddyProxy("service_proxy", "`service_proxy` with its defaults",
 		"service_registry {\n\t\tservice bench v1 {b}\n\t}", "service_proxy", benchPath)
+	serviceProxyH2C = caddyProxy("service_proxy_h2c", "`service_proxy { transport http { versions h2c } }`: the same over HTTP/2 without TLS to the hosts",
+		"service_registry {\n\t\tservice bench v1 {b}\n\t}", "service_proxy {\n\t\ttransport http {\n\t\t\tversions h2c\n\t\t}\n\t}", benchPath)
 	caddyPlain = caddyProxy("caddy_round_robin", "`reverse_proxy {b} { lb_policy round_robin }` (static upstreams)",
 		"", "reverse_proxy {b} {\n\t\tlb_policy round_robin\n\t}", benchPath)
 	caddyDefault = caddyProxy("caddy_default", "`reverse_proxy {b}`: Caddy's defaults (random, no retries)",
@@ -249,7 +251,8 @@ func (s *backendSet) startOne(i int) error {
 		s.procs = append(s.procs, nil)
 	}
 	name := fmt.Sprintf("b%d", i+1)
-	p, err := start(name, s.e.tmp, s.e.backend, "-listen", s.addrs[i], "-name", name, "-delay", s.delay.String())
+	// -h2c: the backends also take HTTP/2 without TLS, for service_proxy_h2c
+	p, err := start(name, s.e.tmp, s.e.backend, "-listen", s.addrs[i], "-name", name, "-delay", s.delay.String(), "-h2c")
 	if err != nil {
 		return err
 	}

@@ -3,11 +3,13 @@
 // received, and the X-Service header if one came with it, and names
 // itself in an X-Backend header. GET /healthz answers 200. SIGTERM stops
 // it gracefully (no new connections, requests in flight finish, idle
-// keep-alive connections close); SIGKILL stops it abruptly, as a crash
-// would. For fault drills, SIGUSR1 switches answering 503 to every request
-// on and off, and SIGUSR2 switches taking -slow longer on and off.
+// keep-alive connections close; over h2c, a GOAWAY); SIGKILL stops it
+// abruptly, as a crash would. -h2c makes it speak HTTP/2 without TLS
+// besides HTTP/1. For fault drills, SIGUSR1 switches answering 503 to
+// every request on and off, and SIGUSR2 switches taking -slow longer on
+// and off.
 //
-//	go run ./examples/backend -listen 127.0.0.1:9091 -name users-v1-a [-delay 1ms] [-slow 1s]
+//	go run ./examples/backend -listen 127.0.0.1:9091 -name users-v1-a [-delay 1ms] [-slow 1s] [-h2c]
 package main
 
 import (
@@ -28,6 +30,7 @@ func main() {
 	name := flag.String("name", "", "name to answer with, also in the X-Backend header (default: the listen address)")
 	delay := flag.Duration("delay", 0, "how long each request takes")
 	slowBy := flag.Duration("slow", time.Second, "how much longer each request takes while slow (SIGUSR2)")
+	h2c := flag.Bool("h2c", false, "also speak HTTP/2 without TLS (h2c, prior knowledge)")
 	flag.Parse()
 	if *name == "" {
 		*name = *listen
@@ -69,7 +72,9 @@ func main() {
 		}
 		w.Write([]byte(body + "\n"))
 	})
-	srv := &http.Server{Addr: *listen, Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Addr: *listen, Handler: mux, ReadHeaderTimeout: 10 * time.Second, Protocols: new(http.Protocols)}
+	srv.Protocols.SetHTTP1(true)
+	srv.Protocols.SetUnencryptedHTTP2(*h2c)
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
