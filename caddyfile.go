@@ -22,7 +22,9 @@ import (
 func init() {
 	httpcaddyfile.RegisterGlobalOption("service_registry", parseGlobalOption)
 	httpcaddyfile.RegisterDirective("service_proxy", parseServiceProxy)
-	httpcaddyfile.RegisterDirectiveOrder("service_proxy", httpcaddyfile.Before, "reverse_proxy")
+	// After reverse_proxy: a path-matched reverse_proxy in the same site
+	// (reverse_proxy /static/* ...) keeps its paths.
+	httpcaddyfile.RegisterDirectiveOrder("service_proxy", httpcaddyfile.After, "reverse_proxy")
 }
 
 // parseGlobalOption turns the service_registry global option into the
@@ -290,7 +292,8 @@ func parsePositiveDuration(s string) (registry.Duration, error) {
 // UnmarshalCaddyfile sets up the matcher:
 //
 //	@name service_version [<service> [<version>]] [{
-//		prefix <base path>
+//		prefix  <base path>
+//		unknown error|match
 //	}]
 func (m *MatchServiceVersion) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume matcher name
@@ -312,6 +315,20 @@ func (m *MatchServiceVersion) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("service_version: %v", err)
 			}
 			m.Prefix = d.Val()
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+		case "unknown":
+			if m.Unknown != "" {
+				return d.Err("service_version: unknown specified more than once")
+			}
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			if v := d.Val(); v != "error" && v != "match" {
+				return d.Errf("service_version: unknown %q: want error or match", v)
+			}
+			m.Unknown = d.Val()
 			if d.NextArg() {
 				return d.ArgErr()
 			}
@@ -511,11 +528,15 @@ const (
 //		<any other reverse_proxy subdirective: transport, header_up, header_down, ...>
 //	}]
 //
-// It is the short form of the following, with two differences: its
+// It is the short form of the following, with three differences: its
 // handlers sit in the matched route itself, where handle would put them in
-// a subroute (which rebuilds its middleware chain on every request); and
-// the handler service_no_body (which has no Caddyfile form) comes before
-// reverse_proxy, so that a request without a body skips request_buffers.
+// a subroute (which rebuilds its middleware chain on every request); the
+// handler service_no_body (which has no Caddyfile form) comes before
+// reverse_proxy, so that a request without a body skips request_buffers;
+// and instead of the handle_errors block, the route answers its errors
+// itself with the same texts (its matcher in unknown match mode, and the
+// handler service_errors first), so that it needs no error route and may
+// sit inside route, handle and handle_path blocks.
 //
 //	@svc service_version [{ prefix <base path> }]
 //	handle @svc {
@@ -647,7 +668,11 @@ func parseServiceProxy(h httpcaddyfile.Helper) ([]httpcaddyfile.ConfigValue, err
 	// The handlers go straight into the matched route: a handle block
 	// would put them in a subroute, which builds its middleware chain
 	// again for every request.
-	var handlers []json.RawMessage
+	// The route answers everything it claims by itself (service_errors),
+	// so that it needs no error route and may sit inside route, handle
+	// and handle_path blocks.
+	matcher.Unknown = "match"
+	handlers := []json.RawMessage{caddyconfig.JSONModuleObject(ErrorsHandler{}, "handler", "service_errors", nil)}
 	if strip {
 		handlers = append(handlers, caddyconfig.JSONModuleObject(rewrite.Rewrite{StripPathPrefix: "{" + placeholderPrefix + "}"}, "handler", "rewrite", nil))
 	}
@@ -658,7 +683,7 @@ func parseServiceProxy(h httpcaddyfile.Helper) ([]httpcaddyfile.ConfigValue, err
 		MatcherSetsRaw: []caddy.ModuleMap{{"service_version": h.JSON(matcher)}},
 		HandlersRaw:    handlers,
 	}
-	return []httpcaddyfile.ConfigValue{{Class: "route", Value: route}, serviceErrorRoute(h)}, nil
+	return []httpcaddyfile.ConfigValue{{Class: "route", Value: route}}, nil
 }
 
 // failedBody is the error route's text for a matched request that no host
@@ -715,47 +740,6 @@ func serviceProxyDefaults(rp *reverseproxy.Handler, balance string, retries int)
 	}
 	rp.TransportRaw = raw
 	return nil
-}
-
-// serviceErrorRoute is the error route service_proxy adds to its site:
-// the short text of {svc.error} for the errors the service_version matcher
-// and service_failover produce (unknown service 404, no available host 503,
-// no host answered 502). It is what this adapts to:
-//
-//	handle_errors {
-//		@svc_error not vars {svc.error} ""
-//		respond @svc_error "{svc.error}" {http.error.status_code}
-//		@svc_failed not vars {svc.name} ""
-//		respond @svc_failed `no host of service "{svc.name}" version "{svc.version}" answered` {http.error.status_code}
-//	}
-func serviceErrorRoute(h httpcaddyfile.Helper) httpcaddyfile.ConfigValue {
-	set := func(placeholder string) caddy.ModuleMap {
-		return caddy.ModuleMap{"not": h.JSON(caddyhttp.MatchNot{MatcherSetsRaw: []caddy.ModuleMap{
-			{"vars": h.JSON(caddyhttp.VarsMatcher{"{" + placeholder + "}": {""}})},
-		}})}
-	}
-	respond := func(body string) json.RawMessage {
-		return caddyconfig.JSONModuleObject(caddyhttp.StaticResponse{
-			StatusCode: caddyhttp.WeakString("{http.error.status_code}"),
-			Body:       body,
-		}, "handler", "static_response", nil)
-	}
-	inner := &caddyhttp.Subroute{Routes: caddyhttp.RouteList{
-		{ // the matcher's 404 or service_failover's 503 said why
-			MatcherSetsRaw: []caddy.ModuleMap{set(placeholderError)},
-			HandlersRaw:    []json.RawMessage{respond("{" + placeholderError + "}")},
-		},
-		{ // a matched request that no host answered
-			MatcherSetsRaw: []caddy.ModuleMap{set(placeholderName)},
-			HandlersRaw:    []json.RawMessage{respond(failedBody)},
-		},
-	}}
-	return httpcaddyfile.ConfigValue{
-		Class: "error_route",
-		Value: &caddyhttp.Subroute{Routes: caddyhttp.RouteList{{
-			HandlersRaw: []json.RawMessage{caddyconfig.JSONModuleObject(inner, "handler", "subroute", nil)},
-		}}},
-	}
 }
 
 // Interface guards

@@ -122,9 +122,61 @@ func dropNoBody(v any) bool {
 	return found
 }
 
+// dropOwnErrors removes, in an adapted config, what makes service_proxy's
+// route answer its own errors (the service_errors handler first, the
+// matcher's unknown match mode), and reports whether there was both.
+func dropOwnErrors(v any) bool {
+	found := false
+	switch x := v.(type) {
+	case map[string]any:
+		match, _ := x["match"].([]any)
+		handlers, _ := x["handle"].([]any)
+		if len(match) == 1 && len(handlers) > 0 {
+			set, _ := match[0].(map[string]any)
+			sv, _ := set["service_version"].(map[string]any)
+			first, _ := handlers[0].(map[string]any)
+			if sv != nil && sv["unknown"] == "match" && first["handler"] == "service_errors" && len(first) == 1 {
+				delete(sv, "unknown")
+				x["handle"] = handlers[1:]
+				found = true
+			}
+		}
+		for _, e := range x {
+			found = dropOwnErrors(e) || found
+		}
+	case []any:
+		for _, e := range x {
+			found = dropOwnErrors(e) || found
+		}
+	}
+	return found
+}
+
+// dropErrorRoutes removes the servers' error routes from an adapted
+// config, and reports whether there were any.
+func dropErrorRoutes(v any) bool {
+	found := false
+	switch x := v.(type) {
+	case map[string]any:
+		if _, ok := x["errors"]; ok {
+			delete(x, "errors")
+			found = true
+		}
+		for _, e := range x {
+			found = dropErrorRoutes(e) || found
+		}
+	case []any:
+		for _, e := range x {
+			found = dropErrorRoutes(e) || found
+		}
+	}
+	return found
+}
+
 // TestServiceProxyIsLongForm checks that service_proxy adapts to the long
-// form that README.md documents, but for the handle block's subroute and
-// the service_no_body handler.
+// form that README.md documents, but for the handle block's subroute, the
+// service_no_body handler, and its errors answered in its route rather
+// than by handle_errors.
 func TestServiceProxyIsLongForm(t *testing.T) {
 	for _, tc := range []struct{ name, short, long string }{
 		{
@@ -221,6 +273,12 @@ func TestServiceProxyIsLongForm(t *testing.T) {
 			}
 			if !dropNoBody(short) {
 				t.Errorf("service_proxy has no service_no_body handler before reverse_proxy")
+			}
+			if !dropOwnErrors(short) {
+				t.Errorf("service_proxy's route does not answer its own errors (service_errors first, matcher in unknown match mode)")
+			}
+			if !dropErrorRoutes(long) {
+				t.Errorf("the long form has no error routes")
 			}
 			long = flattenHandle(long)
 			if !reflect.DeepEqual(short, long) {

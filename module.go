@@ -44,6 +44,10 @@ const (
 	// (503). service_proxy's error route writes it, or, for a matched
 	// request no host answered, a text made of {svc.name} and {svc.version}.
 	placeholderError = "svc.error"
+	// varUnknown is set (true) on a request the matcher matched, in
+	// Unknown "match" mode, although it names an unknown service or
+	// version: service_errors answers it 404 with {svc.error}.
+	varUnknown = "svc_unknown"
 )
 
 // MatchServiceVersion matches requests whose cleaned path is
@@ -70,6 +74,15 @@ type MatchServiceVersion struct {
 	// is /api/users/v1. Default: none.
 	Prefix string `json:"prefix,omitempty"`
 
+	// Unknown is what a path naming a service or version the registry
+	// does not know does: "error" (the default) fails the request with
+	// 404 in the matcher, for the site's error routes to answer; "match"
+	// matches it with {svc.error} set, for the route's service_errors
+	// handler to answer 404, so that the route answers everything it
+	// claims by itself (service_proxy uses it, which lets it sit inside
+	// route, handle and handle_path blocks).
+	Unknown string `json:"unknown,omitempty"`
+
 	registry registry.Registry
 }
 
@@ -92,10 +105,13 @@ func (m *MatchServiceVersion) Provision(ctx caddy.Context) error {
 	return nil
 }
 
-// Validate checks the restriction and the prefix.
+// Validate checks the restriction, the prefix and Unknown.
 func (m *MatchServiceVersion) Validate() error {
 	if err := (registry.ServiceKey{Service: m.Service, Version: m.Version}).ValidateFilter(); err != nil {
 		return err
+	}
+	if m.Unknown != "" && m.Unknown != "error" && m.Unknown != "match" {
+		return fmt.Errorf("unknown %q: want error or match", m.Unknown)
 	}
 	return checkPrefix(m.Prefix)
 }
@@ -155,6 +171,10 @@ func (m MatchServiceVersion) MatchWithError(r *http.Request) (bool, error) {
 			msg = fmt.Sprintf("unknown version %q of service %q", version, name)
 		}
 		repl.Set(placeholderError, msg)
+		if m.Unknown == "match" {
+			caddyhttp.SetVar(r.Context(), varUnknown, true)
+			return true, nil
+		}
 		return false, caddyhttp.Error(http.StatusNotFound, errors.New(msg))
 	}
 }

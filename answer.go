@@ -1,0 +1,80 @@
+package svcreg
+
+import (
+	"errors"
+	"net/http"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+)
+
+func init() {
+	caddy.RegisterModule(ErrorsHandler{})
+}
+
+// ErrorsHandler answers, inside its own route, what the site's error
+// routes would otherwise answer for a service request, with the same
+// short text bodies:
+//
+//   - a request the service_version matcher matched in Unknown "match"
+//     mode although it names an unknown service or version: 404 with
+//     {svc.error};
+//   - an error of the handlers after it (reverse_proxy) for a request
+//     the matcher matched: its status (503 with Retry-After when no host
+//     is available, 502 or 504 when no host answered) with {svc.error}
+//     when set, else `no host of service "<name>" version "<version>"
+//     answered`.
+//
+// Other errors go on to the error routes. service_proxy puts it first in
+// its route, so that the route needs no error route beside it and can sit
+// inside route, handle and handle_path blocks, where only routes may go.
+// It has no options and no Caddyfile directive.
+type ErrorsHandler struct{}
+
+// CaddyModule returns the Caddy module information.
+func (ErrorsHandler) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.service_errors",
+		New: func() caddy.Module { return new(ErrorsHandler) },
+	}
+}
+
+// ServeHTTP answers an unknown service, or the next handler's error.
+func (ErrorsHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	if unknown, _ := caddyhttp.GetVar(r.Context(), varUnknown).(bool); unknown {
+		msg, _ := repl.GetString(placeholderError)
+		return answer(w, http.StatusNotFound, msg)
+	}
+	err := next.ServeHTTP(w, r)
+	if err == nil {
+		return nil
+	}
+	var herr caddyhttp.HandlerError
+	if !errors.As(err, &herr) {
+		return err
+	}
+	if _, matched := repl.Get(placeholderName); !matched {
+		return err
+	}
+	status := herr.StatusCode
+	if status == 0 {
+		status = http.StatusInternalServerError
+	}
+	msg, _ := repl.GetString(placeholderError)
+	if msg == "" {
+		msg = repl.ReplaceKnown(failedBody, "")
+	}
+	return answer(w, status, msg)
+}
+
+// answer writes a short text response.
+func answer(w http.ResponseWriter, status int, text string) error {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.WriteHeader(status)
+	_, err := w.Write([]byte(text))
+	return err
+}
+
+// Interface guards
+var _ caddyhttp.MiddlewareHandler = (*ErrorsHandler)(nil)
