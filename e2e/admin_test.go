@@ -1,10 +1,13 @@
 package e2e
 
 import (
+	"fmt"
 	"net/http"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 )
 
 const seededRegistry = `service_registry {
@@ -126,5 +129,33 @@ func TestAdminChangesSurviveRestart(t *testing.T) {
 	want := []string{"orders v1 127.0.0.1:9097", "users v1 127.0.0.1:9092", "users v2 127.0.0.1:9093"}
 	if got := c.Services(); !slices.Equal(got, want) {
 		t.Errorf("after restart = %q, want %q", got, want)
+	}
+}
+
+// Two Caddy instances with the memory backend on one storage, as a Caddy
+// cluster shares storage for certificates: admin changes made through
+// both at once are all kept, and each instance routes them within a few
+// seconds.
+func TestMemorySharedStorage(t *testing.T) {
+	dir := t.TempDir()
+	a := startCaddy(t, seededRegistry, plainSite, caddyOpts{Dir: dir})
+	b := startCaddy(t, seededRegistry, plainSite, caddyOpts{Dir: dir})
+	var want []string
+	var wg sync.WaitGroup
+	for i := range 20 {
+		addr := fmt.Sprintf("127.0.0.1:%d", 20000+i)
+		want = append(want, addr)
+		c := []*caddy{a, b}[i%2]
+		wg.Go(func() {
+			if status, body := c.AdminDo("POST", "/service_registry/services/orders/v1", "", `{"address":"`+addr+`"}`); status != http.StatusCreated && status != http.StatusOK {
+				t.Errorf("add %s: %d %s", addr, status, body)
+			}
+		})
+	}
+	wg.Wait()
+	slices.Sort(want)
+	line := "orders v1 " + strings.Join(want, ",")
+	for _, c := range []*caddy{a, b} {
+		waitFor(t, 5*time.Second, "both instances to list every change", func() bool { return slices.Contains(c.Services(), line) })
 	}
 }

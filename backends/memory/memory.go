@@ -13,8 +13,10 @@ import (
 	"maps"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
 
 	"github.com/svcreg/caddy-svcreg/registry"
@@ -28,6 +30,12 @@ func init() {
 // Caddy's storage (the file system by default), so that changes survive a
 // restart of Caddy.
 //
+// Several Caddy instances may share the storage (as Caddy clusters share
+// it for certificates): every change is a read-modify-write of the saved
+// changes under the storage's lock, so that none is lost, and each
+// instance checks the storage every PollInterval, so that it routes the
+// others' changes within about that long.
+//
 // How seeds and saved changes combine: at every start and config reload
 // the registry is the config's `service` seeds with the saved changes
 // applied on top, in that order. An endpoint added through the admin API
@@ -40,13 +48,29 @@ type Backend struct {
 	// changes are saved. Default: service_registry/memory.json.
 	StorageKey string `json:"storage_key,omitempty"`
 
+	// PollInterval is how often the storage is checked for changes that
+	// other Caddy instances sharing it saved. Default: 2s.
+	PollInterval caddy.Duration `json:"poll_interval,omitempty"`
+
 	storage registry.Storage
 	logger  *zap.Logger
+	cancel  context.CancelFunc
+	done    sync.WaitGroup
 
 	mu      sync.Mutex // guards everything below and orders saves
 	table   *registry.Table
 	seeds   map[registry.ServiceKey][]registry.Endpoint
 	changes map[registry.ServiceKey]map[string]registry.Change // copy-on-write
+	seen    stamp                                              // the saved changes last read or written
+}
+
+// defaultPollInterval is how often the storage is checked by default.
+const defaultPollInterval = caddy.Duration(2 * time.Second)
+
+// stamp tells one version of the saved changes from another.
+type stamp struct {
+	modified time.Time
+	size     int64
 }
 
 // file is the saved form of the changes.
@@ -76,15 +100,115 @@ func (m *Backend) Provision(caddy.Context) error {
 	if m.StorageKey == "" {
 		m.StorageKey = "service_registry/memory.json"
 	}
+	if m.PollInterval == 0 {
+		m.PollInterval = defaultPollInterval
+	}
+	if m.PollInterval < caddy.Duration(100*time.Millisecond) {
+		return fmt.Errorf("memory backend: poll_interval %v: want at least 100ms", time.Duration(m.PollInterval))
+	}
 	return nil
 }
 
-// Start loads the saved changes and publishes seeds plus changes.
+// Start loads the saved changes, publishes seeds plus changes, and starts
+// checking the storage for changes other instances save.
 func (m *Backend) Start(table *registry.Table, env registry.BackendEnv) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.table = table
-	return m.reconfigure(env)
+	if err := m.reconfigure(env); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	m.cancel = cancel
+	m.done.Go(func() { m.poll(ctx) })
+	return nil
+}
+
+// poll reloads the saved changes whenever the storage holds another
+// version of them than the one last read or written.
+func (m *Backend) poll(ctx context.Context) {
+	interval := time.Duration(m.PollInterval)
+	if interval <= 0 {
+		interval = time.Duration(defaultPollInterval) // a Backend used without Provision
+	}
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		m.mu.Lock()
+		if st, ok := m.stat(ctx); ok && st != m.seen {
+			if err := m.refresh(ctx); err != nil {
+				m.logger.Warn("reading changes saved by other instances", zap.String("backend", "memory"), zap.Error(err))
+			}
+		}
+		m.mu.Unlock()
+	}
+}
+
+// stat returns the saved changes' stamp, if the storage can tell it.
+// The caller holds m.mu.
+func (m *Backend) stat(ctx context.Context) (stamp, bool) {
+	st, ok := m.storage.(interface {
+		Stat(context.Context, string) (certmagic.KeyInfo, error)
+	})
+	if !ok {
+		return stamp{}, false
+	}
+	info, err := st.Stat(ctx, m.StorageKey)
+	if errors.Is(err, fs.ErrNotExist) {
+		return stamp{}, true
+	}
+	if err != nil {
+		return stamp{}, false
+	}
+	return stamp{info.Modified, info.Size}, true
+}
+
+// refresh reads the saved changes again and publishes them if they
+// differ. The caller holds m.mu.
+func (m *Backend) refresh(ctx context.Context) error {
+	st, _ := m.stat(ctx)
+	changes, err := m.load(m.storage)
+	if err != nil {
+		return err
+	}
+	m.seen = st
+	if !sameChanges(changes, m.changes) {
+		m.changes = changes
+		m.table.Replace(registry.MergeAll(m.seeds, m.changes))
+	}
+	return nil
+}
+
+// sameChanges reports whether two sets of changes are equal.
+func sameChanges(a, b map[registry.ServiceKey]map[string]registry.Change) bool {
+	return maps.EqualFunc(a, b, func(x, y map[string]registry.Change) bool {
+		return maps.EqualFunc(x, y, func(c, d registry.Change) bool {
+			return c.Address == d.Address && c.Weight == d.Weight && c.Deleted == d.Deleted && maps.Equal(c.Metadata, d.Metadata)
+		})
+	})
+}
+
+// lockStorage takes the storage's lock on the saved changes, if it has
+// locks, and returns its release.
+func (m *Backend) lockStorage(ctx context.Context) (func(), error) {
+	locker, ok := m.storage.(certmagic.Locker)
+	if !ok {
+		return func() {}, nil
+	}
+	name := m.StorageKey + ".lock"
+	if err := locker.Lock(ctx, name); err != nil {
+		return nil, fmt.Errorf("locking storage key %q: %w: %w", m.StorageKey, registry.ErrBackendUnavailable, err)
+	}
+	return func() {
+		if err := locker.Unlock(context.Background(), name); err != nil {
+			m.logger.Error("unlocking storage", zap.String("backend", "memory"), zap.String("lock", name), zap.Error(err))
+		}
+	}, nil
 }
 
 // Reconfigure takes a newer config's seeds and storage: the saved changes
@@ -107,6 +231,7 @@ func (m *Backend) reconfigure(env registry.BackendEnv) error {
 		return err
 	}
 	m.storage, m.logger, m.seeds, m.changes = env.Storage, env.Logger, env.Seeds, changes
+	m.seen, _ = m.stat(context.Background())
 	m.table.Replace(registry.MergeAll(m.seeds, m.changes))
 	m.logger.Debug("memory backend loaded", zap.String("backend", "memory"), zap.Int("saved_changes", len(changes)), zap.String("storage_key", m.StorageKey))
 	return nil
@@ -119,13 +244,38 @@ func (m *Backend) Add(ctx context.Context, key registry.ServiceKey, ep registry.
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	unlock, err := m.fresh(ctx)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	return m.apply(ctx, key, registry.Change{Endpoint: registry.Endpoint{Address: ep.Address, Weight: ep.Weight, Metadata: ep.Metadata}})
+}
+
+// fresh takes the storage's lock and reads the saved changes again, so
+// that a change applies on top of what other instances saved. The caller
+// holds m.mu, and calls the returned release when done.
+func (m *Backend) fresh(ctx context.Context) (func(), error) {
+	unlock, err := m.lockStorage(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := m.refresh(ctx); err != nil {
+		unlock()
+		return nil, fmt.Errorf("%w: %w", registry.ErrBackendUnavailable, err)
+	}
+	return unlock, nil
 }
 
 // Delete saves the deletion, then publishes it.
 func (m *Backend) Delete(ctx context.Context, key registry.ServiceKey, address string) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	unlock, err := m.fresh(ctx)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	if err := m.checkDelete(key, address); err != nil {
 		return err
 	}
@@ -152,8 +302,17 @@ func (m *Backend) checkDelete(key registry.ServiceKey, address string) error {
 	return nil
 }
 
-// Stop does nothing: the memory backend runs no goroutines.
-func (m *Backend) Stop() error { return nil }
+// Stop ends the polling.
+func (m *Backend) Stop() error {
+	m.mu.Lock()
+	cancel := m.cancel
+	m.mu.Unlock()
+	if cancel != nil {
+		cancel()
+	}
+	m.done.Wait()
+	return nil
+}
 
 // merge returns key's seeds with the saved changes applied, and whether
 // the service version is known. The caller holds m.mu.
@@ -187,6 +346,7 @@ func (m *Backend) apply(ctx context.Context, key registry.ServiceKey, c registry
 	if err := m.save(ctx, next); err != nil {
 		return err
 	}
+	m.seen, _ = m.stat(ctx)
 	m.changes = next
 	if eps, known := m.merge(key); known {
 		m.table.Set(key, eps)
@@ -250,7 +410,7 @@ func (m *Backend) save(ctx context.Context, changes map[registry.ServiceKey]map[
 		return fmt.Errorf("encoding endpoints: %w", err)
 	}
 	if err := m.storage.Store(ctx, m.StorageKey, data); err != nil {
-		return fmt.Errorf("saving endpoints to storage key %q: %w", m.StorageKey, err)
+		return fmt.Errorf("saving endpoints to storage key %q: %w: %w", m.StorageKey, registry.ErrBackendUnavailable, err)
 	}
 	return nil
 }

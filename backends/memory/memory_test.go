@@ -3,12 +3,16 @@ package memory
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
 
@@ -135,8 +139,8 @@ func TestFailedSaveChangesNothing(t *testing.T) {
 	must(t, os.WriteFile(storeDir, []byte("not a directory"), 0o600))
 
 	err := r.Add(ctx, users, registry.Endpoint{Address: "127.0.0.1:2"})
-	if err == nil || !strings.Contains(err.Error(), "saving endpoints") {
-		t.Fatalf("Add with broken storage: %v, want a saving error", err)
+	if !errors.Is(err, registry.ErrBackendUnavailable) || !strings.Contains(err.Error(), "storage key") {
+		t.Fatalf("Add with broken storage: %v, want ErrBackendUnavailable naming the storage key", err)
 	}
 	if err := del(r, users, "127.0.0.1:1"); err == nil {
 		t.Fatalf("Delete with broken storage succeeded")
@@ -158,5 +162,57 @@ func TestCorruptStorage(t *testing.T) {
 	}
 	if table.Snapshot().Synced() {
 		t.Errorf("table published although loading failed")
+	}
+}
+
+// Two instances on one storage, as a Caddy cluster shares it: changes made
+// through both at once are all kept, and each instance routes the other's
+// within a poll.
+func TestSharedStorage(t *testing.T) {
+	ctx := context.Background()
+	users := registry.ServiceKey{Service: "users", Version: "v1"}
+	dir := t.TempDir()
+	var regs []*registry.Local
+	for range 2 {
+		r := registry.New(&Backend{StorageKey: "service_registry/memory.json", PollInterval: caddy.Duration(100 * time.Millisecond)}, registry.Options{})
+		t.Cleanup(func() { must(t, r.Stop()) })
+		must(t, r.Start(env(dir, nil), nil, nil))
+		regs = append(regs, r)
+	}
+	var want []string
+	var wg sync.WaitGroup
+	for i := range 40 {
+		addr := fmt.Sprintf("127.0.0.1:%d", 1000+i)
+		want = append(want, addr)
+		wg.Go(func() {
+			if err := regs[i%2].Add(ctx, users, registry.Endpoint{Address: addr}); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	slices.Sort(want)
+	for i, r := range regs {
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			got, _ := addresses(r, users)
+			slices.Sort(got)
+			if slices.Equal(got, want) {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("instance %d has %d of the %d endpoints added through both", i, len(got), len(want))
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	// A delete through one is seen by the other.
+	must(t, del(regs[0], users, want[0]))
+	deadline := time.Now().Add(5 * time.Second)
+	for got, _ := addresses(regs[1], users); slices.Contains(got, want[0]); got, _ = addresses(regs[1], users) {
+		if time.Now().After(deadline) {
+			t.Fatal("the other instance still routes to an endpoint deleted through the first")
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
