@@ -209,3 +209,38 @@ func TestEtcdReloadRereadsCredentials(t *testing.T) {
 		t.Errorf("a write after the rotation and a reload: %d %s; want 201", status, body)
 	}
 }
+
+// The etcd backend's TLS files are read on every reload, the same config
+// text included: a reload after its client key became unreadable is
+// refused, and the running config keeps routing.
+func TestEtcdReloadRereadsTLSFiles(t *testing.T) {
+	dir := t.TempDir()
+	files := etcdtest.WriteTLSFiles(t, dir)
+	srv := etcdtest.StartTLS(t, files)
+	a := startBackend(t, "a")
+	cli := srv.Client(t)
+	put(t, cli, "/svcreg/users/v1/"+a.Addr, "{}")
+	global := fmt.Sprintf(`service_registry {
+		backend etcd {
+			endpoints %s
+			tls {
+				ca   %s
+				cert %s
+				key  %s
+			}
+		}
+	}`, srv.Endpoint, files.CA, files.ClientCert, files.ClientKey)
+	c := startCaddy(t, global, proxySite, caddyOpts{})
+	waitFor(t, 10*time.Second, "routing over TLS to etcd", func() bool { return routesTo(c, "/users/v1/x", "a") })
+
+	if err := os.Remove(files.ClientKey); err != nil {
+		t.Fatal(err)
+	}
+	out, err := c.TryReload(global, proxySite, "--force")
+	if err == nil || !strings.Contains(out, "client certificate") {
+		t.Errorf("a reload with the client key gone: %v\n%s\nwant it refused, naming the client certificate", err, out)
+	}
+	if !routesTo(c, "/users/v1/x", "a") {
+		t.Error("the running config stopped routing after a refused reload")
+	}
+}
