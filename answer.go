@@ -28,7 +28,11 @@ func init() {
 // Other errors go on to the error routes. service_proxy puts it first in
 // its route, so that the route needs no error route beside it and can sit
 // inside route, handle and handle_path blocks, where only routes may go.
-// It has no options and no Caddyfile directive.
+//
+// It also does what service_no_body does (a request without a body goes
+// on with a nil Body, so that reverse_proxy's request_buffers skips it):
+// one handler instead of two, since every handler of a route costs an
+// allocation per request. It has no options and no Caddyfile directive.
 type ErrorsHandler struct{}
 
 // CaddyModule returns the Caddy module information.
@@ -46,7 +50,7 @@ func (ErrorsHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, next cadd
 		msg, _ := repl.GetString(placeholderError)
 		return answer(w, http.StatusNotFound, msg)
 	}
-	err := next.ServeHTTP(w, r)
+	err := NoBodyHandler{}.ServeHTTP(w, r, next)
 	if err == nil {
 		return nil
 	}

@@ -528,15 +528,15 @@ const (
 //		<any other reverse_proxy subdirective: transport, header_up, header_down, ...>
 //	}]
 //
-// It is the short form of the following, with three differences: its
+// It is the short form of the following, with two differences: its
 // handlers sit in the matched route itself, where handle would put them in
-// a subroute (which rebuilds its middleware chain on every request); the
-// handler service_no_body (which has no Caddyfile form) comes before
-// reverse_proxy, so that a request without a body skips request_buffers;
-// and instead of the handle_errors block, the route answers its errors
-// itself with the same texts (its matcher in unknown match mode, and the
-// handler service_errors first), so that it needs no error route and may
-// sit inside route, handle and handle_path blocks.
+// a subroute (which rebuilds its middleware chain on every request); and
+// instead of the handle_errors block, the route answers its errors itself
+// with the same texts (its matcher in unknown match mode, and the handler
+// service_errors first, which has no Caddyfile form), so that it needs no
+// error route and may sit inside route, handle and handle_path blocks.
+// service_errors also hands a request without a body on with a nil Body,
+// so that it skips request_buffers (what service_no_body does).
 //
 //	@svc service_version [{ prefix <base path> }]
 //	handle @svc {
@@ -670,15 +670,14 @@ func parseServiceProxy(h httpcaddyfile.Helper) ([]httpcaddyfile.ConfigValue, err
 	// again for every request.
 	// The route answers everything it claims by itself (service_errors),
 	// so that it needs no error route and may sit inside route, handle
-	// and handle_path blocks.
+	// and handle_path blocks; service_errors also does service_no_body's
+	// work.
 	matcher.Unknown = "match"
 	handlers := []json.RawMessage{caddyconfig.JSONModuleObject(ErrorsHandler{}, "handler", "service_errors", nil)}
 	if strip {
 		handlers = append(handlers, caddyconfig.JSONModuleObject(rewrite.Rewrite{StripPathPrefix: "{" + placeholderPrefix + "}"}, "handler", "rewrite", nil))
 	}
-	handlers = append(handlers,
-		caddyconfig.JSONModuleObject(NoBodyHandler{}, "handler", "service_no_body", nil),
-		caddyconfig.JSONModuleObject(rp, "handler", "reverse_proxy", nil))
+	handlers = append(handlers, caddyconfig.JSONModuleObject(rp, "handler", "reverse_proxy", nil))
 	route := caddyhttp.Route{
 		MatcherSetsRaw: []caddy.ModuleMap{{"service_version": h.JSON(matcher)}},
 		HandlersRaw:    handlers,

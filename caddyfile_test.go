@@ -93,35 +93,6 @@ func proxies(handle any) bool {
 	return ok && last["handler"] == "reverse_proxy"
 }
 
-// dropNoBody removes, in an adapted config, the service_no_body handler
-// right before a reverse_proxy (which service_proxy adds and the long form
-// leaves out), and reports whether there was one.
-func dropNoBody(v any) bool {
-	found := false
-	switch x := v.(type) {
-	case map[string]any:
-		if handlers, ok := x["handle"].([]any); ok {
-			for i := 0; i+1 < len(handlers); i++ {
-				h, _ := handlers[i].(map[string]any)
-				next, _ := handlers[i+1].(map[string]any)
-				if h != nil && next != nil && h["handler"] == "service_no_body" && len(h) == 1 && next["handler"] == "reverse_proxy" {
-					x["handle"] = append(handlers[:i:i], handlers[i+1:]...)
-					found = true
-					break
-				}
-			}
-		}
-		for _, e := range x {
-			found = dropNoBody(e) || found
-		}
-	case []any:
-		for _, e := range x {
-			found = dropNoBody(e) || found
-		}
-	}
-	return found
-}
-
 // dropOwnErrors removes, in an adapted config, what makes service_proxy's
 // route answer its own errors (the service_errors handler first, the
 // matcher's unknown match mode), and reports whether there was both.
@@ -174,9 +145,9 @@ func dropErrorRoutes(v any) bool {
 }
 
 // TestServiceProxyIsLongForm checks that service_proxy adapts to the long
-// form that README.md documents, but for the handle block's subroute, the
-// service_no_body handler, and its errors answered in its route rather
-// than by handle_errors.
+// form that README.md documents, but for the handle block's subroute and
+// its errors answered in its route (service_errors) rather than by
+// handle_errors.
 func TestServiceProxyIsLongForm(t *testing.T) {
 	for _, tc := range []struct{ name, short, long string }{
 		{
@@ -270,9 +241,6 @@ func TestServiceProxyIsLongForm(t *testing.T) {
 			long, err := adapt(t, "long", ":9090 {\n\t"+tc.long+"\n}\n")
 			if err != nil {
 				t.Fatal(err)
-			}
-			if !dropNoBody(short) {
-				t.Errorf("service_proxy has no service_no_body handler before reverse_proxy")
 			}
 			if !dropOwnErrors(short) {
 				t.Errorf("service_proxy's route does not answer its own errors (service_errors first, matcher in unknown match mode)")
