@@ -30,6 +30,8 @@ type ChaosRun struct {
 	Rep   int    `json:"rep"`
 	// PostBody is the size of the POST bodies sent; 0: GETs.
 	PostBody int `json:"post_body,omitempty"`
+	// ReadBody says the backends read request bodies before answering.
+	ReadBody bool `json:"read_body,omitempty"`
 	Outcome
 	// HealthyRPS and FaultRPS are answered requests per second in the
 	// healthy phase and during the fault; Ratio is FaultRPS / HealthyRPS.
@@ -224,7 +226,7 @@ func chaosOnce(e *env, px proxy, f fault, rep int) (*ChaosRun, error) {
 		return nil, faultErr
 	}
 	bucket := 100 * time.Millisecond
-	run := &ChaosRun{Fault: f.Name, Proxy: px.Name, Rep: rep, PostBody: e.post, Outcome: outcomeOf(res), MaxMs: res.MaxMs, Timeline: res.Timeline,
+	run := &ChaosRun{Fault: f.Name, Proxy: px.Name, Rep: rep, PostBody: e.post, ReadBody: e.read, Outcome: outcomeOf(res), MaxMs: res.MaxMs, Timeline: res.Timeline,
 		HealthyRPS: res.OKPerSecond(chaosHealthy, chaosFault, bucket),
 		FaultRPS:   res.OKPerSecond(chaosFault, chaosHeal, bucket)}
 	if run.HealthyRPS > 0 {

@@ -77,6 +77,9 @@ func chaosReport(runs []ChaosRun) string {
 	what := "GETs"
 	if len(runs) > 0 && runs[0].PostBody > 0 {
 		what = fmt.Sprintf("POSTs with %d-byte bodies", runs[0].PostBody)
+		if runs[0].ReadBody {
+			what += " (which the backends read whole before answering)"
+		}
 	}
 	fmt.Fprintf(&b, "Three backends, %d keep-alive connections for %v, %s, no client retry. The fault begins at %v and ends at %v. "+
 		"`req/s in fault` is answered requests per second during the fault over the same run's healthy phase (%v-%v); "+

@@ -36,7 +36,8 @@ type env struct {
 	nginx   string // binary or ""
 	haproxy string // binary or ""
 	reps    int
-	post    int // the chaos scenario's POST body size; 0: GETs
+	post    int  // the chaos scenario's POST body size; 0: GETs
+	read    bool // the backends read request bodies whole before answering
 }
 
 // Results is everything the suite measured.
@@ -56,6 +57,7 @@ func main() {
 	reps := flag.Int("reps", 3, "repetitions of each measurement")
 	faults := flag.String("faults", "", "comma-separated faults of the chaos scenario to run (default all)")
 	post := flag.Int("post", 0, "the chaos scenario sends POSTs with bodies of this many bytes instead of GETs")
+	readBody := flag.Bool("read-body", false, "the backends read each request body whole before they answer (default: they answer at once)")
 	flag.Parse()
 
 	defer stopAll()
@@ -67,7 +69,7 @@ func main() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	e.post = *post
+	e.post, e.read = *post, *readBody
 	defer os.RemoveAll(e.tmp)
 	if err := os.MkdirAll(*out, 0o755); err != nil {
 		log.Fatal(err)

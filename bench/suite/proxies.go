@@ -252,7 +252,11 @@ func (s *backendSet) startOne(i int) error {
 	}
 	name := fmt.Sprintf("b%d", i+1)
 	// -h2c: the backends also take HTTP/2 without TLS, for service_proxy_h2c
-	p, err := start(name, s.e.tmp, s.e.backend, "-listen", s.addrs[i], "-name", name, "-delay", s.delay.String(), "-h2c")
+	args := []string{s.e.backend, "-listen", s.addrs[i], "-name", name, "-delay", s.delay.String(), "-h2c"}
+	if s.e.read {
+		args = append(args, "-read-body")
+	}
+	p, err := start(name, s.e.tmp, args...)
 	if err != nil {
 		return err
 	}

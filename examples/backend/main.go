@@ -9,13 +9,14 @@
 // every request on and off, and SIGUSR2 switches taking -slow longer on
 // and off.
 //
-//	go run ./examples/backend -listen 127.0.0.1:9091 -name users-v1-a [-delay 1ms] [-slow 1s] [-h2c]
+//	go run ./examples/backend -listen 127.0.0.1:9091 -name users-v1-a [-delay 1ms] [-slow 1s] [-h2c] [-read-body]
 package main
 
 import (
 	"context"
 	"errors"
 	"flag"
+	"io"
 	"log"
 	"net/http"
 	"os"
@@ -31,6 +32,7 @@ func main() {
 	delay := flag.Duration("delay", 0, "how long each request takes")
 	slowBy := flag.Duration("slow", time.Second, "how much longer each request takes while slow (SIGUSR2)")
 	h2c := flag.Bool("h2c", false, "also speak HTTP/2 without TLS (h2c, prior knowledge)")
+	readBody := flag.Bool("read-body", false, "read each request's body whole before answering, as a service that uses it does")
 	flag.Parse()
 	if *name == "" {
 		*name = *listen
@@ -55,6 +57,9 @@ func main() {
 		w.Write([]byte("ok\n"))
 	})
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		if *readBody {
+			_, _ = io.Copy(io.Discard, r.Body)
+		}
 		if *delay > 0 {
 			time.Sleep(*delay)
 		}
