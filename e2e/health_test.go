@@ -93,7 +93,9 @@ func TestActiveHealthChecks(t *testing.T) {
 
 func TestSlowStart(t *testing.T) {
 	a, b := startBackend(t, "a"), startBackend(t, "b")
-	c := startCaddy(t, healthRegistry("path /healthz\n\t\t\tinterval 50ms\n\t\t\tfall 1\n\t\t\trise 1\n\t\t\tslow_start 4s", a, b), proxySite, caddyOpts{})
+	// round_robin: its schedule shows the weight's ramp in a share of
+	// sequential requests (peak_ewma's shares follow latencies too).
+	c := startCaddy(t, healthRegistry("path /healthz\n\t\t\tinterval 50ms\n\t\t\tfall 1\n\t\t\trise 1\n\t\t\tslow_start 4s", a, b), roundRobinSite, caddyOpts{})
 	b.health.Store(503)
 	waitFor(t, 5*time.Second, "b to fail its checks", func() bool { return endpointState(t, c, b.Addr)["healthy"] == false })
 	b.health.Store(0)
