@@ -166,16 +166,7 @@ func TestEtcdReloadRereadsCredentials(t *testing.T) {
 	srv := etcdtest.Start(t)
 	root := srv.Client(t)
 	ctx := context.Background()
-	for _, step := range []func() error{
-		func() error { _, err := root.RoleAdd(ctx, "root"); return err },
-		func() error { _, err := root.UserAdd(ctx, "root", "first-Passw0rd"); return err },
-		func() error { _, err := root.UserGrantRole(ctx, "root", "root"); return err },
-		func() error { _, err := root.AuthEnable(ctx); return err },
-	} {
-		if err := step(); err != nil {
-			t.Fatal(err)
-		}
-	}
+	enableEtcdAuth(t, root, "first-Passw0rd")
 	pwFile := filepath.Join(t.TempDir(), "etcd-password")
 	if err := os.WriteFile(pwFile, []byte("first-Passw0rd"), 0o600); err != nil {
 		t.Fatal(err)

@@ -223,16 +223,13 @@ func TestEtcdUnreachableWhenCaddyStarts(t *testing.T) {
 	waitFor(t, 20*time.Second, "routing once etcd is up", func() bool { return routesTo(c, "/users/v1/x", "late") })
 }
 
-// TestEtcdWrongPasswordKeepsConfig reloads a running Caddy onto an etcd
-// that refuses its password: the reload fails and says why without
-// showing the password, and the running config keeps routing.
-func TestEtcdWrongPasswordKeepsConfig(t *testing.T) {
-	srv := etcdtest.Start(t)
-	root := srv.Client(t)
+// enableEtcdAuth makes etcd require the user root with password.
+func enableEtcdAuth(t *testing.T, root *clientv3.Client, password string) {
+	t.Helper()
 	ctx := context.Background()
 	for _, step := range []func() error{
 		func() error { _, err := root.RoleAdd(ctx, "root"); return err },
-		func() error { _, err := root.UserAdd(ctx, "root", "right-Passw0rd"); return err },
+		func() error { _, err := root.UserAdd(ctx, "root", password); return err },
 		func() error { _, err := root.UserGrantRole(ctx, "root", "root"); return err },
 		func() error { _, err := root.AuthEnable(ctx); return err },
 	} {
@@ -240,6 +237,15 @@ func TestEtcdWrongPasswordKeepsConfig(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+}
+
+// TestEtcdWrongPasswordKeepsConfig reloads a running Caddy onto an etcd
+// that refuses its password: the reload fails and says why without
+// showing the password, and the running config keeps routing.
+func TestEtcdWrongPasswordKeepsConfig(t *testing.T) {
+	srv := etcdtest.Start(t)
+	root := srv.Client(t)
+	enableEtcdAuth(t, root, "right-Passw0rd")
 	a := startBackend(t, "a")
 	memory := fmt.Sprintf("service_registry {\n\t\tservice users v1 %s\n\t}", a.Addr)
 	c := startCaddy(t, memory, proxySite, caddyOpts{})
