@@ -45,8 +45,8 @@ func (ErrorsHandler) CaddyModule() caddy.ModuleInfo {
 
 // ServeHTTP answers an unknown service, or the next handler's error.
 func (ErrorsHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	if unknown, _ := caddyhttp.GetVar(r.Context(), varUnknown).(bool); unknown {
+		repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 		msg, _ := repl.GetString(placeholderError)
 		return answer(w, http.StatusNotFound, msg)
 	}
@@ -54,6 +54,7 @@ func (ErrorsHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, next cadd
 	if err == nil {
 		return nil
 	}
+	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	var herr caddyhttp.HandlerError
 	if !errors.As(err, &herr) {
 		return err
