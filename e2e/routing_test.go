@@ -109,8 +109,11 @@ func TestRouting(t *testing.T) {
 	}
 
 	// Balancing is per request: consecutive requests on one keep-alive
-	// connection go to both hosts of users v1 (peak_ewma: at random,
-	// shares inversely proportional to latency, even for equal hosts).
+	// connection go to both hosts of users v1. (peak_ewma picks at random
+	// with shares inversely proportional to latency: a host whose first
+	// answer was slow, a connection set up under a busy -race run, gets
+	// a small share for a while, so this asks only for both hosts; the
+	// shares are unit-tested in TestPeakEWMABalance.)
 	client := &http.Client{}
 	counts := map[string]int{}
 	for range 40 {
@@ -122,7 +125,7 @@ func TestRouting(t *testing.T) {
 		resp.Body.Close()
 		counts[strings.Fields(string(b))[0]]++
 	}
-	if counts["users-v1-a"] < 5 || counts["users-v1-b"] < 5 {
+	if counts["users-v1-a"] == 0 || counts["users-v1-b"] == 0 {
 		t.Errorf("40 requests on one connection went %v; want both hosts", counts)
 	}
 
