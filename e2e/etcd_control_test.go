@@ -86,8 +86,11 @@ func TestEtcdWriteOutcomeUnknown(t *testing.T) {
 		t.Errorf("after sending it again: %q, want %q", got, want)
 	}
 
-	// etcd gone (nothing listens): nothing can have changed, 503.
+	// etcd gone (nothing listens), and Caddy has noticed: nothing can
+	// have changed, 503. (Right after the kill, the client may still hold
+	// a connection it thinks ready: a write then is 504, conservatively.)
 	srv.Kill()
+	waitFor(t, 10*time.Second, "Caddy to notice etcd is gone", func() bool { return strings.Contains(c.Log(), "etcd unreachable") })
 	status, body = c.AdminDo(http.MethodDelete, "/service_registry/services/users/v1/"+a.Addr, "", "")
 	if status != http.StatusServiceUnavailable {
 		t.Errorf("a write with etcd down: %d %s; want 503", status, body)
