@@ -1,0 +1,123 @@
+package registry
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"strings"
+	"testing"
+)
+
+func knownVersions(vs ...string) func(string) bool {
+	return func(v string) bool {
+		for _, k := range vs {
+			if k == v {
+				return true
+			}
+		}
+		return false
+	}
+}
+
+func compile(t *testing.T, p TrafficPolicy, versions ...string) *Traffic {
+	t.Helper()
+	tr, err := p.Compile(knownVersions(versions...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tr
+}
+
+// Over 10,000 clients hashed by IP, a 90/10 split lands within 2 points.
+func TestTrafficSplitShares(t *testing.T) {
+	tr := compile(t, TrafficPolicy{Split: map[string]int{"v1": 90, "v2": 10}}, "v1", "v2")
+	count := map[string]int{}
+	for i := range 10000 {
+		count[tr.Version(Bucket(fmt.Sprintf("10.%d.%d.%d", i>>16&255, i>>8&255, i&255)))]++
+	}
+	if v2 := count["v2"]; v2 < 800 || v2 > 1200 {
+		t.Errorf("90/10 split over 10,000 IPs: %v; want v2 within 800-1200", count)
+	}
+}
+
+// Raising a canary from 10 to 20 moves about 10% of the clients, all of
+// them from v1 to v2, and none back.
+func TestTrafficRaiseCanary(t *testing.T) {
+	before := compile(t, TrafficPolicy{Split: map[string]int{"v1": 90, "v2": 10}}, "v1", "v2")
+	after := compile(t, TrafficPolicy{Split: map[string]int{"v1": 80, "v2": 20}}, "v1", "v2")
+	rng := rand.New(rand.NewPCG(1, 2))
+	moved, back := 0, 0
+	for range 1000 {
+		b := rng.IntN(Buckets)
+		was, is := before.Version(b), after.Version(b)
+		if was != is {
+			moved++
+			if was == "v2" {
+				back++
+			}
+		}
+	}
+	if moved < 70 || moved > 130 || back != 0 {
+		t.Errorf("raising the canary from 10 to 20 moved %d of 1,000 clients, %d from v2 back to v1; want about 100, none back", moved, back)
+	}
+}
+
+func TestTrafficCompileErrors(t *testing.T) {
+	known := knownVersions("v1", "v2")
+	for _, tc := range []struct {
+		p    TrafficPolicy
+		want string
+	}{
+		{TrafficPolicy{Split: map[string]int{"v1": 50, "v3": 50, "v9": 1}}, "unknown versions: v3, v9"},
+		{TrafficPolicy{Split: map[string]int{"v1": 101}}, `split weight of "v1" is 101`},
+		{TrafficPolicy{Split: map[string]int{"v1": 0, "v2": 0}}, "every weight is 0"},
+		{TrafficPolicy{Aliases: map[string]string{"v2": "v1"}}, `alias "v2" is also a version`},
+		{TrafficPolicy{Aliases: map[string]string{"stable": "v7"}}, "unknown versions: v7"},
+		{TrafficPolicy{Aliases: map[string]string{"a/b": "v1"}}, "not a valid name"},
+		{TrafficPolicy{Fallback: "v8"}, "unknown versions: v8"},
+		{TrafficPolicy{Sticky: "random"}, `sticky "random"`},
+		{TrafficPolicy{Sticky: "header"}, "needs sticky_header"},
+	} {
+		_, err := tc.p.Compile(known)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%+v: %v; want an error mentioning %q", tc.p, err, tc.want)
+		}
+	}
+	tr := compile(t, TrafficPolicy{Aliases: map[string]string{"stable": "v1"}}, "v1", "v2")
+	if p := tr.Policy(); p.Header != DefaultTrafficHeader || p.Cookie != DefaultTrafficCookie || p.Sticky != "cookie" {
+		t.Errorf("defaults: %+v", p)
+	}
+	if tr.Resolve("stable", known) != "v1" || tr.Resolve("v2", known) != "v2" || tr.Resolve("beta", known) != "" {
+		t.Error("Resolve does not resolve versions and aliases")
+	}
+	if tr.Splits() || tr.Version(5) != "" {
+		t.Error("a policy without a split chose a version")
+	}
+}
+
+func TestStickyCookie(t *testing.T) {
+	for _, b := range []int{0, 1, 4821, Buckets - 1} {
+		if got, ok := ParseStickyCookie(StickyCookie(b)); !ok || got != b {
+			t.Errorf("bucket %d: cookie %q parses to %d, %v", b, StickyCookie(b), got, ok)
+		}
+	}
+	for _, v := range []string{"v1", "~", "~-1", "~10000", "~+5", "~12a", ""} {
+		if _, ok := ParseStickyCookie(v); ok {
+			t.Errorf("%q parsed as a sticky bucket", v)
+		}
+	}
+}
+
+// Choosing a version costs no allocation.
+func TestTrafficVersionAllocs(t *testing.T) {
+	tr := compile(t, TrafficPolicy{Split: map[string]int{"v1": 90, "v2": 10}}, "v1", "v2")
+	if n := testing.AllocsPerRun(1000, func() { _ = tr.Version(Bucket("10.0.0.1")) }); n != 0 {
+		t.Errorf("%v allocations per choice, want 0", n)
+	}
+}
+
+func BenchmarkTrafficVersion(b *testing.B) {
+	tr, _ := TrafficPolicy{Split: map[string]int{"v1": 90, "v2": 10}}.Compile(knownVersions("v1", "v2"))
+	for b.Loop() {
+		_ = tr.Version(Bucket("10.0.0.1"))
+	}
+}
