@@ -324,8 +324,9 @@ func (e *Backend) sync(ctx context.Context) {
 	wait := etcdRetryMin
 	for ctx.Err() == nil {
 		var rev int64
+		var epoch int
 		err := e.safely("listing etcd", func() (err error) {
-			rev, err = e.list(ctx)
+			rev, epoch, err = e.list(ctx)
 			return err
 		})
 		if err != nil {
@@ -343,7 +344,9 @@ func (e *Backend) sync(ctx context.Context) {
 		watchCtx, cancel := context.WithCancel(ctx)
 		e.mu.Lock()
 		e.watchCancel = cancel
-		epoch := e.epoch
+		if e.epoch != epoch {
+			cancel() // observe asked for a re-list since this list
+		}
 		e.mu.Unlock()
 		err = e.safely("watching etcd", func() error { return e.watch(watchCtx, rev+1, epoch) })
 		relist := watchCtx.Err() != nil // observe ended the watch
@@ -362,13 +365,14 @@ func (e *Backend) sync(ctx context.Context) {
 	}
 }
 
-// list reads the whole prefix and publishes it.
-func (e *Backend) list(ctx context.Context) (int64, error) {
+// list reads the whole prefix and publishes it, and returns its revision
+// and the epoch it began.
+func (e *Backend) list(ctx context.Context) (rev int64, epoch int, err error) {
 	ctx, cancel := context.WithTimeout(ctx, time.Duration(e.DialTimeout))
 	defer cancel()
 	resp, err := e.client.Get(ctx, e.Prefix, clientv3.WithPrefix())
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	stored := map[registry.ServiceKey]map[string]registry.Change{}
 	e.mu.Lock()
@@ -389,7 +393,7 @@ func (e *Backend) list(ctx context.Context) (int64, error) {
 	e.clusterID, e.term = resp.Header.ClusterId, resp.Header.RaftTerm
 	e.epoch++
 	e.setApplied(resp.Header.Revision)
-	return resp.Header.Revision, nil
+	return resp.Header.Revision, e.epoch, nil
 }
 
 // observe checks the header of an etcd response against the history the
