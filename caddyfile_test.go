@@ -93,55 +93,56 @@ func proxies(handle any) bool {
 	return ok && last["handler"] == "reverse_proxy"
 }
 
-// dropOwnErrors removes, in an adapted config, what makes service_proxy's
-// route answer its own errors (the service_errors handler first, the
-// matcher's unknown match mode), and reports whether there was both.
-func dropOwnErrors(v any) bool {
+// editObjects calls edit on every JSON object in v, depth first, and
+// reports whether any call did (returned true).
+func editObjects(v any, edit func(map[string]any) bool) bool {
 	found := false
 	switch x := v.(type) {
 	case map[string]any:
-		match, _ := x["match"].([]any)
-		handlers, _ := x["handle"].([]any)
-		if len(match) == 1 && len(handlers) > 0 {
-			set, _ := match[0].(map[string]any)
-			sv, _ := set["service_version"].(map[string]any)
-			first, _ := handlers[0].(map[string]any)
-			if sv != nil && sv["unknown"] == "match" && first["handler"] == "service_errors" && len(first) == 1 {
-				delete(sv, "unknown")
-				x["handle"] = handlers[1:]
-				found = true
-			}
-		}
+		found = edit(x)
 		for _, e := range x {
-			found = dropOwnErrors(e) || found
+			found = editObjects(e, edit) || found
 		}
 	case []any:
 		for _, e := range x {
-			found = dropOwnErrors(e) || found
+			found = editObjects(e, edit) || found
 		}
 	}
 	return found
 }
 
+// dropOwnErrors removes, in an adapted config, what makes service_proxy's
+// route answer its own errors (the service_errors handler first, the
+// matcher's unknown match mode), and reports whether there was both.
+func dropOwnErrors(v any) bool {
+	return editObjects(v, func(x map[string]any) bool {
+		match, _ := x["match"].([]any)
+		handlers, _ := x["handle"].([]any)
+		if len(match) != 1 || len(handlers) == 0 {
+			return false
+		}
+		set, _ := match[0].(map[string]any)
+		sv, _ := set["service_version"].(map[string]any)
+		first, _ := handlers[0].(map[string]any)
+		if sv == nil || sv["unknown"] != "match" || first["handler"] != "service_errors" || len(first) != 1 {
+			return false
+		}
+		delete(sv, "unknown")
+		x["handle"] = handlers[1:]
+		return true
+	})
+}
+
 // dropErrorRoutes removes the servers' error routes from an adapted
 // config, and reports whether there were any.
 func dropErrorRoutes(v any) bool {
-	found := false
-	switch x := v.(type) {
-	case map[string]any:
-		if _, ok := x["errors"]; ok {
-			delete(x, "errors")
-			found = true
+	return editObjects(v, func(x map[string]any) bool {
+		if _, ok := x["errors"]; !ok {
+			return false
 		}
-		for _, e := range x {
-			found = dropErrorRoutes(e) || found
-		}
-	case []any:
-		for _, e := range x {
-			found = dropErrorRoutes(e) || found
-		}
-	}
-	return found
+		delete(x, "errors")
+		return true
+	})
 }
 
 // TestServiceProxyIsLongForm checks that service_proxy adapts to the long

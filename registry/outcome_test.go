@@ -215,15 +215,25 @@ func TestRetryBudget(t *testing.T) {
 	}
 }
 
+// threeHosts returns a fake clock and the service users v1 with three
+// hosts, in a table on that clock.
+func threeHosts(t *testing.T) (*fakeClock, *Service) {
+	t.Helper()
+	clock := newFakeClock()
+	tbl := newTable(clock.Now)
+	tbl.Replace(normalized(t, map[ServiceKey][]Endpoint{{"users", "v1"}: eps("127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3")}))
+	svc, err := tbl.Snapshot().Lookup("users", "v1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return clock, svc
+}
+
 // TestPeakEWMABalance sends requests over three hosts of which one is
 // slow: peak_ewma gives it a small share, and more again once its latency
 // is old news.
 func TestPeakEWMABalance(t *testing.T) {
-	clock := newFakeClock()
-	tbl := newTable(clock.Now)
-	key := ServiceKey{"users", "v1"}
-	tbl.Replace(normalized(t, map[ServiceKey][]Endpoint{key: eps("127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3")}))
-	svc, _ := tbl.Snapshot().Lookup("users", "v1")
+	clock, svc := threeHosts(t)
 	now := clock.Now().UnixNano()
 	for i, ep := range svc.Endpoints {
 		lat := time.Millisecond
@@ -300,11 +310,7 @@ func TestTimeoutsTeachANewService(t *testing.T) {
 // and no answer for a while costs as much as that wait: it stops getting
 // requests long before they time out.
 func TestPeakEWMAStoppedAnswering(t *testing.T) {
-	clock := newFakeClock()
-	tbl := newTable(clock.Now)
-	key := ServiceKey{"users", "v1"}
-	tbl.Replace(normalized(t, map[ServiceKey][]Endpoint{key: eps("127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3")}))
-	svc, _ := tbl.Snapshot().Lookup("users", "v1")
+	clock, svc := threeHosts(t)
 	now := clock.Now().UnixNano()
 	for _, ep := range svc.Endpoints {
 		ep.health.ewma.observe(time.Millisecond, now)
