@@ -101,10 +101,11 @@ func (b Balance) Pick(p Pool, rot *Rotation, ignoreHealth bool) int {
 }
 
 // scan returns the host at position start of the pool's (weighted)
-// round-robin order if it is a candidate. Otherwise it walks the order
-// from a random position: the share of a host that cannot take the
-// request spreads over all the others, rather than doubling the next
-// one's.
+// round-robin order if it is a candidate. Otherwise it draws random
+// positions, and walks the order from one only when a few draws found
+// none: the share of a host that cannot take the request spreads evenly
+// over the others (by weight), rather than doubling the next one's (a walk
+// alone gives the host after it twice the share of the rest's extra).
 func scan(p Pool, sched []int32, start uint64, ignoreHealth bool) int {
 	n := uint64(p.Len())
 	if sched != nil {
@@ -119,6 +120,11 @@ func scan(p Pool, sched []int32, start uint64, ignoreHealth bool) int {
 	if i := at(start); p.Candidate(i, ignoreHealth) {
 		return i
 	}
+	for range scanDraws {
+		if i := at(rand.Uint64()); p.Candidate(i, ignoreHealth) {
+			return i
+		}
+	}
 	from := rand.Uint64()
 	for k := range n {
 		if i := at(from + k); p.Candidate(i, ignoreHealth) {
@@ -127,6 +133,9 @@ func scan(p Pool, sched []int32, start uint64, ignoreHealth bool) int {
 	}
 	return -1
 }
+
+// scanDraws is how many random positions scan draws before it walks.
+const scanDraws = 8
 
 // leastConn returns the candidate with the fewest requests in flight per
 // unit of weight; scanning from a random offset breaks ties at random.
