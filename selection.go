@@ -5,6 +5,7 @@ import (
 	"math/bits"
 	"net/http"
 	"slices"
+	"sync/atomic"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -44,6 +45,9 @@ type attempt struct {
 	reported  bool              // the last try's outcome was reported
 	deposited bool              // the request paid into the retry budget
 	noRetry   bool              // the retry budget refused the next try
+	// dialing is the time spent dialing new connections for the
+	// current try, in nanoseconds: a latency sample leaves it out.
+	dialing atomic.Int64
 
 	triedInline [1]uint64
 	poolInline  [inlineHosts]*reverseproxy.Upstream

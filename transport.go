@@ -89,7 +89,8 @@ type HTTPTransport struct {
 	// second, saving up to 100.
 	RetryBudget *RetryBudget `json:"retry_budget,omitempty"`
 
-	http1Only   bool
+	tracked     bool          // connections are writeTrackingConns (not HTTP/3)
+	h2c         bool          // plain connections speak HTTP/2
 	tryTimeout  time.Duration // 0 = auto, < 0 = off
 	budget      registry.RetryBudget
 	retryStatus [8]bool // retryStatus[code-500] for 500-507
@@ -114,8 +115,8 @@ func (HTTPTransport) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-// Provision sets up the embedded http transport and, for HTTP/1, makes
-// its connections remember a failed write.
+// Provision sets up the embedded http transport and makes its TCP
+// connections count the bytes written on them.
 func (t *HTTPTransport) Provision(ctx caddy.Context) error {
 	if err := t.provisionFailover(); err != nil {
 		return err
@@ -123,21 +124,32 @@ func (t *HTTPTransport) Provision(ctx caddy.Context) error {
 	if err := t.HTTPTransport.Provision(ctx); err != nil {
 		return err
 	}
-	// Provision fills in the default versions ["1.1", "2"]; HTTP/2 is only
-	// ever spoken with TLS or when h2c is listed, HTTP/3 when listed.
-	t.http1Only = !slices.Contains(t.Versions, "h2c") && !slices.Contains(t.Versions, "3") &&
-		(!t.TLSEnabled() || !slices.Contains(t.Versions, "2"))
-	if t.http1Only && t.Transport != nil && t.Transport.DialContext != nil {
-		dial := t.Transport.DialContext
-		t.Transport.DialContext = func(ctx context.Context, network, address string) (net.Conn, error) {
-			conn, err := dial(ctx, network, address)
-			if err != nil {
-				return nil, err
-			}
-			return &writeTrackingConn{Conn: conn}, nil
-		}
+	// HTTP/3 runs over QUIC, which is not dialed through DialContext.
+	t.h2c = slices.Contains(t.Versions, "h2c")
+	t.tracked = !slices.Contains(t.Versions, "3") && t.Transport != nil && t.Transport.DialContext != nil
+	if t.tracked {
+		t.Transport.DialContext = trackDial(t.Transport.DialContext)
 	}
 	return nil
+}
+
+// trackDial wraps dial: its connections count the bytes written on them,
+// and the time it takes is added to the dialing time of the request's
+// attempt. A host's latency is how long it takes to answer, not to be
+// reached: one slow connect (a busy moment, a SYN resent) would make
+// peak_ewma shun a fast host for seconds.
+func trackDial(dial func(ctx context.Context, network, address string) (net.Conn, error)) func(ctx context.Context, network, address string) (net.Conn, error) {
+	return func(ctx context.Context, network, address string) (net.Conn, error) {
+		begin := time.Now()
+		conn, err := dial(ctx, network, address)
+		if a, _ := caddyhttp.GetVar(ctx, attemptVar).(*attempt); a != nil {
+			a.dialing.Add(int64(time.Since(begin)))
+		}
+		if err != nil {
+			return nil, err
+		}
+		return &writeTrackingConn{Conn: conn}, nil
+	}
 }
 
 // Defaults of the failover settings.
@@ -222,6 +234,7 @@ func (t *HTTPTransport) try(req *http.Request, a *attempt, ep *registry.Endpoint
 		ep.SetUsesTLS(tlsOn)
 	}
 	start := time.Now()
+	a.dialing.Store(0)
 	if !a.deposited {
 		a.deposited = true
 		svc.DepositRetry(t.budget)
@@ -268,6 +281,7 @@ func (t *HTTPTransport) try(req *http.Request, a *attempt, ep *registry.Endpoint
 		}
 		return nil, err
 	case resp.StatusCode >= 500 && resp.StatusCode < 500+len(t.retryStatus) && isGatewayError(resp.StatusCode):
+		latency = max(latency-time.Duration(a.dialing.Load()), 0)
 		svcReport(a, ep, registry.GatewayError, latency)
 		if retried && t.retryStatus[resp.StatusCode-500] && a.untried() > 0 && svc.WithdrawRetry(t.budget, start.Add(latency)) {
 			// another host takes the request: this answer goes nowhere
@@ -277,7 +291,8 @@ func (t *HTTPTransport) try(req *http.Request, a *attempt, ep *registry.Endpoint
 		}
 		return resp, nil
 	default:
-		svcReport(a, ep, registry.Answered, latency)
+		// a dial this try waited for is not the host's answering time
+		svcReport(a, ep, registry.Answered, max(latency-time.Duration(a.dialing.Load()), 0))
 		return resp, nil
 	}
 }
@@ -464,7 +479,7 @@ func (e gatewayStatusError) Error() string {
 }
 
 // send sends req with the http transport and marks a request that the
-// host provably did not get whole as safe to retry (neverSent).
+// host provably did not get as safe to retry (neverSent).
 //
 // A request whose body is buffered whole gets a GetBody, so that the
 // transport itself sends it again on another connection when the host
@@ -472,46 +487,57 @@ func (e gatewayStatusError) Error() string {
 // stream ID or refused (REFUSED_STREAM), an HTTP/1 request of which not
 // one byte was written.
 //
-// Over HTTP/1, a request that the host may not see twice (neither
-// retried anyway nor marked idempotent) is held to stricter rules, since
-// a host that closes an idle keep-alive connection cannot say whether it
-// read the request that crossed the close:
-//   - before its first byte goes out on a reused connection, the
+// A request that the host may not see twice (neither retried anyway nor
+// marked idempotent) is held to stricter rules:
+//   - if its round trip failed before one byte was written on its
+//     connection since the connection was handed to it, the host cannot
+//     have seen it, and it is retried on another host. This catches an
+//     HTTP/2 connection whose host was killed: the kernel refuses the
+//     write of its HEADERS frame (the host's reset is already in), before
+//     the transport's reader has seen the reset and stopped using it;
+//   - over HTTP/1, a host that closes an idle keep-alive connection
+//     cannot say whether it read the request that crossed the close, so
+//     before its first byte goes out on a reused connection, the
 //     connection is checked: if the host has already closed it (or sent
 //     something unasked, as a server does before it closes), nothing is
-//     written and the request goes out on another connection;
-//   - if it failed before one byte of it was written, it is retried on
-//     another host.
+//     written and the request goes out on another connection.
 //
-// Once its first byte is written, a request whose connection then breaks
+// Once a byte of it is written, a request whose connection then breaks
 // is not sent again: the host may have read its header and acted on it.
 func (t *HTTPTransport) send(req *http.Request) (*http.Response, error, bool) {
 	replayable := bodyReplayable(req)
 	if replayable && req.Body != nil && req.Body != http.NoBody && req.GetBody == nil {
 		req = withGetBody(req)
 	}
-	if !t.http1Only || retriedAnyway(req) || !replayable {
+	if !t.tracked || retriedAnyway(req) || !replayable {
 		resp, err := t.HTTPTransport.RoundTrip(req)
 		return resp, err, false
 	}
 	var conn *writeTrackingConn
 	var before int64
 	trace := &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) {
-		c := info.Conn
+		c, h2 := info.Conn, t.h2c
 		if tc, ok := c.(*tls.Conn); ok {
+			st := tc.ConnectionState()
+			// a handshake never done: net/http's wrapper of an h2c conn
+			h2 = !st.HandshakeComplete || st.NegotiatedProtocol == "h2"
 			c = tc.NetConn()
+		}
+		if u, ok := c.(interface{ UnencryptedNetConn() net.Conn }); ok {
+			c, h2 = u.UnencryptedNetConn(), true
 		}
 		if conn, _ = c.(*writeTrackingConn); conn != nil {
 			before = conn.written.Load()
-			conn.checkPeer.Store(info.Reused)
+			// HTTP/2 hosts send frames unasked: a peek proves nothing
+			conn.checkPeer.Store(info.Reused && !h2)
 		}
 	}}
 	resp, err := t.HTTPTransport.RoundTrip(req.WithContext(httptrace.WithClientTrace(req.Context(), trace)))
 	if err != nil && conn != nil && req.Context().Err() == nil {
 		if conn.written.Load() == before {
-			// Not one byte of this request reached the connection: the
-			// host cannot have seen it, so any method may be sent
-			// elsewhere.
+			// Not one byte reached the connection since this request
+			// got it: the host cannot have seen it, so any method may
+			// be sent elsewhere.
 			return nil, reverseproxy.NewDialError(err), true
 		}
 	}
@@ -572,7 +598,8 @@ func markedIdempotent(h http.Header) bool {
 // writeTrackingConn counts the bytes written on it. An HTTP/1 connection
 // carries one request at a time, and once a round trip has failed its
 // writer has stopped, so the count tells whether any byte of that request
-// left.
+// left; on an HTTP/2 connection, an unchanged count tells that no byte of
+// any request left meanwhile.
 type writeTrackingConn struct {
 	net.Conn
 	written atomic.Int64

@@ -558,3 +558,34 @@ func TestPeerClosed(t *testing.T) {
 		t.Errorf("write on an open idle connection: %d, %v", n, err)
 	}
 }
+
+// TestTryLatencyLeavesOutDialing sends a try that must dial a new
+// connection slowly: the latency it reports for balancing is the host's
+// answering time, without the connect.
+func TestTryLatencyLeavesOutDialing(t *testing.T) {
+	fast := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	defer fast.Close()
+	key := registry.ServiceKey{Service: "users", Version: "v1"}
+	reg := newTestRegistry(t, map[registry.ServiceKey][]registry.Endpoint{key: eps(fast.Listener.Addr().String())})
+	tr := transportWith(t, func(*HTTPTransport) {})
+	const slow = 300 * time.Millisecond
+	tr.Transport.DialContext = trackDial(func(ctx context.Context, network, address string) (net.Conn, error) {
+		time.Sleep(slow)
+		return (&net.Dialer{}).DialContext(ctx, network, address)
+	})
+	req, a, ep := registryTry(t, reg, key, http.MethodGet)
+	start := time.Now()
+	resp, err := tr.RoundTrip(req)
+	took := time.Since(start)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	dialing := time.Duration(a.dialing.Load())
+	if dialing < slow {
+		t.Fatalf("the try's dialing time is %v; the dial took at least %v", dialing, slow)
+	}
+	if lat := ep.Stats().Latency; lat <= 0 || lat > took-dialing {
+		t.Errorf("reported latency %v; want the try's %v without its %v of dialing", lat, took, dialing)
+	}
+}
