@@ -27,6 +27,10 @@ func init() {
 //	GET    /service_registry/services/<name>/<version>         one service version
 //	POST   /service_registry/services/<name>/<version>         {"address":"127.0.0.1:9091","weight":1} adds an endpoint
 //	DELETE /service_registry/services/<name>/<version>/<address> removes one
+//	GET    /service_registry/traffic                           every service's traffic policy
+//	GET    /service_registry/traffic/<name>                    one service's
+//	PUT    /service_registry/traffic/<name>                    {"split":{"v1":90,"v2":10},...} sets it
+//	DELETE /service_registry/traffic/<name>                    removes the one set here (the config's applies again)
 //
 // Bad input gets 400 naming the problem, an unknown service version or
 // endpoint 404; a change is applied completely or not at all.
@@ -93,8 +97,11 @@ func (adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return apiError(http.StatusBadRequest, err)
 	}
+	if len(segs) > 0 && segs[0] == "traffic" && len(segs) <= 2 {
+		return serveTraffic(w, r, app, segs[1:])
+	}
 	if len(segs) == 0 || segs[0] != "services" || len(segs) == 2 || len(segs) > 4 {
-		return apiError(http.StatusNotFound, fmt.Errorf("no such resource %q; see /service_registry/services", r.URL.Path))
+		return apiError(http.StatusNotFound, fmt.Errorf("no such resource %q; see /service_registry/services and /service_registry/traffic", r.URL.Path))
 	}
 
 	switch len(segs) {
@@ -153,7 +160,9 @@ func (adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 	}
 }
 
-func addEndpoint(w http.ResponseWriter, r *http.Request, reg registry.Registry, key registry.ServiceKey) error {
+// decodeBody decodes the JSON object of r's body into v, strictly: its
+// fields must be among fields, each given once, and nothing may follow.
+func decodeBody(r *http.Request, v any, fields ...string) error {
 	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/json") {
 		return apiError(http.StatusBadRequest, fmt.Errorf("content type %q: want application/json", ct))
 	}
@@ -164,17 +173,24 @@ func addEndpoint(w http.ResponseWriter, r *http.Request, reg registry.Registry, 
 	if len(body) > maxAdminBody {
 		return apiError(http.StatusRequestEntityTooLarge, fmt.Errorf("request body over %d bytes", maxAdminBody))
 	}
-	if err := checkJSONObject(body, "address", "weight", "metadata", "ttl"); err != nil {
+	if err := checkJSONObject(body, fields...); err != nil {
 		return apiError(http.StatusBadRequest, fmt.Errorf("decoding JSON body: %w", err))
 	}
-	var req endpointAdd
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
-	if err := dec.Decode(&req); err != nil {
+	if err := dec.Decode(v); err != nil {
 		return apiError(http.StatusBadRequest, fmt.Errorf("decoding JSON body: %w", err))
 	}
 	if dec.More() {
 		return apiError(http.StatusBadRequest, errors.New("decoding JSON body: more than one JSON value"))
+	}
+	return nil
+}
+
+func addEndpoint(w http.ResponseWriter, r *http.Request, reg registry.Registry, key registry.ServiceKey) error {
+	var req endpointAdd
+	if err := decodeBody(r, &req, "address", "weight", "metadata", "ttl"); err != nil {
+		return err
 	}
 	if req.Address == "" {
 		return apiError(http.StatusBadRequest, errors.New(`missing "address": want {"address":"host:port"}`))
@@ -272,6 +288,72 @@ func checkNoDuplicates(dec *json.Decoder) error {
 		_, err = dec.Token()
 	}
 	return err
+}
+
+// trafficStatus is how the admin API shows a service's traffic policy.
+type trafficStatus struct {
+	Service string `json:"service"`
+	registry.TrafficPolicy
+}
+
+// serveTraffic serves /traffic (segs empty) and /traffic/<service>.
+func serveTraffic(w http.ResponseWriter, r *http.Request, app *App, segs []string) error {
+	reg := app.Registry()
+	if len(segs) == 0 {
+		if r.Method != http.MethodGet {
+			return methodNotAllowed(w, http.MethodGet)
+		}
+		out := []trafficStatus{}
+		for _, t := range reg.Snapshot().Policies() {
+			out = append(out, trafficStatus{Service: t.Service(), TrafficPolicy: t.Policy()})
+		}
+		return writeJSON(w, http.StatusOK, out)
+	}
+	service := segs[0]
+	if err := registry.CheckName("service", service); err != nil {
+		return apiError(http.StatusBadRequest, err)
+	}
+	switch r.Method {
+	case http.MethodGet:
+		snap := reg.Snapshot()
+		t := snap.Traffic(service)
+		if t == nil {
+			if !snap.Synced() {
+				return apiError(http.StatusServiceUnavailable, registry.ErrNotSynced)
+			}
+			return apiError(http.StatusNotFound, fmt.Errorf("service %q has no traffic policy", service))
+		}
+		return writeJSON(w, http.StatusOK, trafficStatus{Service: service, TrafficPolicy: t.Policy()})
+	case http.MethodPut:
+		var p registry.TrafficPolicy
+		if err := decodeBody(r, &p, "split", "aliases", "header", "cookie", "sticky", "sticky_header", "fallback"); err != nil {
+			return err
+		}
+		if err := reg.PutTraffic(r.Context(), service, p); err != nil {
+			return changeError(err)
+		}
+		app.emitTraffic(service, "set")
+		t := reg.Snapshot().Traffic(service)
+		if t == nil { // deleted again since by another change
+			return writeJSON(w, http.StatusOK, map[string]any{"service": service, "set": true, "note": "removed again since by another change"})
+		}
+		return writeJSON(w, http.StatusOK, trafficStatus{Service: service, TrafficPolicy: t.Policy()})
+	case http.MethodDelete:
+		if err := reg.DeleteTraffic(r.Context(), service); err != nil {
+			if errors.Is(err, registry.ErrNoTrafficPolicy) {
+				return apiError(http.StatusNotFound, err)
+			}
+			return changeError(err)
+		}
+		app.emitTraffic(service, "deleted")
+		out := map[string]any{"service": service, "deleted": true}
+		if t := reg.Snapshot().Traffic(service); t != nil {
+			out["now"] = t.Policy() // the config's
+		}
+		return writeJSON(w, http.StatusOK, out)
+	default:
+		return methodNotAllowed(w, http.MethodGet, http.MethodPut, http.MethodDelete)
+	}
 }
 
 func statusOf(svc *registry.Service) serviceStatus {

@@ -29,6 +29,9 @@ func init() {
 // its route, so that the route needs no error route beside it and can sit
 // inside route, handle and handle_path blocks, where only routes may go.
 //
+// It sets the sticky cookie of a request whose version a traffic
+// policy's split chose, so that the client keeps that version.
+//
 // It also does what service_no_body does (a request without a body goes
 // on with a nil Body, so that reverse_proxy's request_buffers skips it):
 // one handler instead of two, since every handler of a route costs an
@@ -49,6 +52,10 @@ func (ErrorsHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, next cadd
 		repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 		msg, _ := repl.GetString(placeholderError)
 		return answer(w, http.StatusNotFound, msg)
+	}
+	if c, ok := caddyhttp.GetVar(r.Context(), varSticky).(stickyCookie); ok {
+		// the split chose this client's version: it keeps it
+		w.Header().Add("Set-Cookie", c.header())
 	}
 	err := NoBodyHandler{}.ServeHTTP(w, r, next)
 	if err == nil {

@@ -72,6 +72,19 @@ func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 // repeated lines for the same service and version add up. health_check
 // without arguments is the default for every service; with a service (and
 // version) it overrides the options it sets for that service.
+//
+// traffic sets a service's traffic policy (see registry.TrafficPolicy):
+//
+//	traffic <service> {
+//		split    <version> <weight> [<version> <weight>...]
+//		alias    <alias> <version>
+//		header   <name>
+//		cookie   <name>
+//		sticky   cookie | header <name> | ip | off
+//		fallback <version>
+//	}
+//
+// alias may repeat.
 func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume option name
 	if d.NextArg() {
@@ -114,6 +127,19 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			a.Services = append(a.Services, sc)
 
+		case "traffic":
+			service, p, err := parseTraffic(d)
+			if err != nil {
+				return err
+			}
+			if _, dup := a.Traffic[service]; dup {
+				return d.Errf("traffic %s: specified more than once", service)
+			}
+			if a.Traffic == nil {
+				a.Traffic = map[string]registry.TrafficPolicy{}
+			}
+			a.Traffic[service] = p
+
 		case "health_check":
 			hc, err := parseHealthCheck(d)
 			if err != nil {
@@ -131,6 +157,91 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		}
 	}
 	return nil
+}
+
+// parseTraffic parses a traffic block; the policy is checked whole, the
+// error pointing at its first line.
+func parseTraffic(d *caddyfile.Dispenser) (string, registry.TrafficPolicy, error) {
+	var p registry.TrafficPolicy
+	if !d.NextArg() {
+		return "", p, d.Errf("traffic: want a service name")
+	}
+	service := d.Val()
+	if err := registry.CheckName("service", service); err != nil {
+		return "", p, d.Errf("traffic: %v", err)
+	}
+	if d.NextArg() {
+		return "", p, d.Errf("traffic %s: unexpected argument %q", service, d.Val())
+	}
+	line := d.Line()
+	seen := map[string]bool{}
+	for d.NextBlock(d.Nesting()) {
+		opt := d.Val()
+		args := d.RemainingArgs()
+		if opt != "alias" && seen[opt] {
+			return "", p, d.Errf("traffic %s: %s specified more than once", service, opt)
+		}
+		seen[opt] = true
+		one := func() (string, error) {
+			if len(args) != 1 {
+				return "", d.Errf("traffic %s: %s: want one argument, got %d", service, opt, len(args))
+			}
+			return args[0], nil
+		}
+		var err error
+		switch opt {
+		case "split":
+			if len(args) == 0 || len(args)%2 != 0 {
+				return "", p, d.Errf("traffic %s: split: want <version> <weight> pairs", service)
+			}
+			p.Split = map[string]int{}
+			for i := 0; i < len(args); i += 2 {
+				w, err := strconv.Atoi(args[i+1])
+				if err != nil || strings.TrimLeft(args[i+1], "0123456789") != "" {
+					return "", p, d.Errf("traffic %s: split: weight of %s %q: want 0 to 100", service, args[i], args[i+1])
+				}
+				if _, dup := p.Split[args[i]]; dup {
+					return "", p, d.Errf("traffic %s: split: %s listed twice", service, args[i])
+				}
+				p.Split[args[i]] = w
+			}
+		case "alias":
+			if len(args) != 2 {
+				return "", p, d.Errf("traffic %s: alias: want <alias> <version>", service)
+			}
+			if p.Aliases == nil {
+				p.Aliases = map[string]string{}
+			}
+			if _, dup := p.Aliases[args[0]]; dup {
+				return "", p, d.Errf("traffic %s: alias %s specified more than once", service, args[0])
+			}
+			p.Aliases[args[0]] = args[1]
+		case "header":
+			p.Header, err = one()
+		case "cookie":
+			p.Cookie, err = one()
+		case "fallback":
+			p.Fallback, err = one()
+		case "sticky":
+			switch {
+			case len(args) == 2 && args[0] == "header":
+				p.Sticky, p.StickyHeader = "header", args[1]
+			case len(args) == 1 && args[0] != "header":
+				p.Sticky = args[0]
+			default:
+				return "", p, d.Errf("traffic %s: sticky: want cookie, header <name>, ip or off", service)
+			}
+		default:
+			return "", p, d.Errf("traffic %s: unknown option %q", service, opt)
+		}
+		if err != nil {
+			return "", p, err
+		}
+	}
+	if _, err := p.Compile(service, nil); err != nil {
+		return "", p, d.WrapErr(fmt.Errorf("%v (the block at line %d)", err, line))
+	}
+	return service, p, nil
 }
 
 // parseHealthCheck parses one health_check block of the global option.

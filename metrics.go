@@ -25,6 +25,9 @@ var (
 		"1 if the endpoint is in rotation, 0 if not.", metricLabels, nil)
 	descRetries = prometheus.NewDesc("caddy_service_registry_retries_total",
 		"Tries after the first one of a request.", []string{"service", "version"}, nil)
+	descRouted = prometheus.NewDesc("caddy_service_registry_version_requests_total",
+		"Requests routed to a service version, by why it was chosen: path, alias, header, cookie, sticky, split or fallback.",
+		[]string{"service", "version", "from"}, nil)
 )
 
 // registryCollector reports the endpoints of every running registry.
@@ -35,7 +38,7 @@ var collector registryCollector
 
 // Describe sends the metric descriptions.
 func (registryCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descRequests, descFailures, descEjections, descHealthy, descRetries} {
+	for _, d := range []*prometheus.Desc{descRequests, descFailures, descEjections, descHealthy, descRetries, descRouted} {
 		ch <- d
 	}
 }
@@ -55,6 +58,11 @@ func (registryCollector) Collect(ch chan<- prometheus.Metric) {
 			if !seenServices[svc.Key()] {
 				seenServices[svc.Key()] = true
 				ch <- prometheus.MustNewConstMetric(descRetries, prometheus.CounterValue, float64(svc.Retries()), svc.Name, svc.Version)
+				for from := registry.FromPath; from <= registry.FromFallback; from++ {
+					if n := svc.Routed(from); n > 0 {
+						ch <- prometheus.MustNewConstMetric(descRouted, prometheus.CounterValue, float64(n), svc.Name, svc.Version, from.String())
+					}
+				}
 			}
 			for _, ep := range svc.Endpoints {
 				labels := [3]string{svc.Name, svc.Version, ep.Address}

@@ -17,6 +17,8 @@ package svcreg
 import (
 	"errors"
 	"fmt"
+	"math/rand/v2"
+	"net"
 	"net/http"
 	"net/url"
 	"strings"
@@ -39,6 +41,11 @@ const (
 	placeholderName    = "svc.name"
 	placeholderVersion = "svc.version"
 	placeholderPrefix  = "svc.prefix"
+	// placeholderVersionFrom says why the request went to its version:
+	// path, alias, header, cookie, sticky, split or fallback.
+	placeholderVersionFrom = "svc.version_from"
+	// varSticky holds the stickyCookie to set on the answer, if any.
+	varSticky = "svc_sticky"
 	// placeholderError holds the short text Caddy answers with when the
 	// request fails with an unknown service (404) or no available host
 	// (503). service_proxy's error route writes it, or, for a matched
@@ -140,81 +147,261 @@ func (m MatchServiceVersion) Match(r *http.Request) bool {
 
 // MatchWithError matches like Match and answers an unknown service or
 // version with a 404 error.
+//
+// With a traffic policy for the service (registry.TrafficPolicy), a path
+// whose second segment is an alias goes to the alias's version, and one
+// whose second segment is not a version of the service (or that has
+// none) goes to the version its header, cookie, sticky bucket or the
+// split chooses, the whole rest being its path; a gRPC request (content
+// type application/grpc) keeps its whole path, /<package.Service>/<Method>.
+// {svc.version_from} says which.
 func (m MatchServiceVersion) MatchWithError(r *http.Request) (bool, error) {
-	name, version, ok := splitServicePath(r.URL.EscapedPath(), m.Prefix)
-	if !ok || (m.Service != "" && name != m.Service) || (m.Version != "" && version != m.Version) {
+	name, seg, segOK, ok := splitServicePath(r.URL.EscapedPath(), m.Prefix)
+	if !ok || (m.Service != "" && name != m.Service) {
 		return false, nil
 	}
 	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
-	svc, err := m.registry.Lookup(registry.ServiceKey{Service: name, Version: version})
+	snap := m.registry.Snapshot()
+	tr := snap.Traffic(name)
+	grpc := tr != nil && isGRPC(r)
+	var svc *registry.Service
+	err := registry.ErrUnknownVersion
+	if segOK && !grpc {
+		svc, err = snap.Lookup(name, seg)
+	}
 	switch {
 	case err == nil:
+		if m.Version != "" && seg != m.Version {
+			return false, nil
+		}
 		b := svc.Boxed()
 		prefix := b.Prefix
 		if m.Prefix != "" {
 			prefix = m.Prefix + svc.Prefix
 		}
-		setServiceVars(r, repl, b.Name, b.Version, prefix)
+		setServiceVars(r, repl, b.Name, b.Version, prefix, "path")
+		svc.CountRouted(registry.FromPath)
 		return true, nil
 
 	case errors.Is(err, registry.ErrNotSynced):
+		if !segOK || (m.Version != "" && seg != m.Version) {
+			return false, nil
+		}
 		// The backend has not loaded yet: let the request through, so
 		// that reverse_proxy answers 503 with Retry-After.
-		setServiceVars(r, repl, name, version, m.Prefix+"/"+name+"/"+version)
+		setServiceVars(r, repl, name, seg, m.Prefix+"/"+name+"/"+seg, "path")
 		return true, nil
 
+	case tr != nil && errors.Is(err, registry.ErrUnknownVersion):
+		return m.matchTraffic(r, repl, snap, tr, name, seg, segOK, grpc)
+
+	case !segOK || (m.Version != "" && seg != m.Version):
+		return false, nil
+
 	default:
-		var msg string
-		if errors.Is(err, registry.ErrUnknownService) {
-			msg = fmt.Sprintf("unknown service %q", name)
-		} else {
-			msg = fmt.Sprintf("unknown version %q of service %q", version, name)
-		}
-		repl.Set(placeholderError, msg)
-		if m.Unknown == "match" {
-			caddyhttp.SetVar(r.Context(), varUnknown, true)
-			return true, nil
-		}
-		return false, caddyhttp.Error(http.StatusNotFound, errors.New(msg))
+		return m.unknown(r, repl, err, name, seg)
 	}
 }
 
-func setServiceVars(r *http.Request, repl *caddy.Replacer, name, version, prefix any) {
+// unknown answers a request naming an unknown service or version.
+func (m MatchServiceVersion) unknown(r *http.Request, repl *caddy.Replacer, err error, name, version string) (bool, error) {
+	var msg string
+	if errors.Is(err, registry.ErrUnknownService) {
+		msg = fmt.Sprintf("unknown service %q", name)
+	} else {
+		msg = fmt.Sprintf("unknown version %q of service %q", version, name)
+	}
+	repl.Set(placeholderError, msg)
+	if m.Unknown == "match" {
+		caddyhttp.SetVar(r.Context(), varUnknown, true)
+		return true, nil
+	}
+	return false, caddyhttp.Error(http.StatusNotFound, errors.New(msg))
+}
+
+// matchTraffic matches a request to a service with a traffic policy
+// whose path names no version of it: seg, when segOK, is an alias or the
+// start of the path.
+func (m MatchServiceVersion) matchTraffic(r *http.Request, repl *caddy.Replacer, snap *registry.Snapshot, tr *registry.Traffic, name, seg string, segOK, grpc bool) (bool, error) {
+	// A request the matcher already sent to a version of this service
+	// (it runs more than once per request in some configs) keeps it: a
+	// second random draw could choose another.
+	if prev, ok := repl.Get(placeholderVersionFrom); ok && prev != "path" {
+		if n, _ := repl.GetString(placeholderName); n == name {
+			v, _ := repl.GetString(placeholderVersion)
+			return m.Version == "" || v == m.Version, nil
+		}
+	}
+	known := func(v string) bool { return snap.Known(name, v) }
+	var version string
+	var from registry.Source
+	prefix := tr.SplitPrefix()
+	bucket := -1
+	if alias := tr.Alias(seg); segOK && !grpc && alias != "" {
+		version, from, prefix = alias, registry.FromAlias, tr.AliasPrefix(seg)
+	} else {
+		p := tr.Policy()
+		req := registry.TrafficRequest{Random: rand.Uint64()}
+		if h := r.Header[p.Header]; len(h) > 0 {
+			req.Header = h[0]
+		}
+		if !grpc {
+			req.Cookie = cookieValue(r.Header, p.Cookie)
+		}
+		switch p.Sticky {
+		case "header":
+			if h := r.Header[p.StickyHeader]; len(h) > 0 {
+				req.StickyKey = h[0]
+			}
+		case "ip":
+			req.StickyKey = clientIP(r)
+		}
+		c := tr.Choose(req, known)
+		switch {
+		case c.Version == "" && c.Named != "":
+			return m.unknown(r, repl, registry.ErrUnknownVersion, name, c.Named)
+		case c.Version == "":
+			// no split: the path must name a version
+			if !segOK {
+				return false, nil
+			}
+			return m.unknown(r, repl, registry.ErrUnknownVersion, name, seg)
+		}
+		version, from, bucket = c.Version, c.From, c.Bucket
+		if grpc {
+			prefix, bucket = emptyPrefix, -1
+		}
+	}
+	svc, err := snap.Lookup(name, version)
+	if err != nil {
+		return m.unknown(r, repl, err, name, version)
+	}
+	if fb := tr.Fallback(); fb != "" && fb != version && !anyAvailable(svc) {
+		if other, err := snap.Lookup(name, fb); err == nil {
+			svc, from = other, registry.FromFallback
+		}
+	}
+	if m.Version != "" && svc.Version != m.Version {
+		return false, nil
+	}
+	if m.Prefix != "" {
+		prefix = m.Prefix + prefix.(string)
+	}
+	b := svc.Boxed()
+	setServiceVars(r, repl, b.Name, b.Version, prefix, tr.BoxedSource(from))
+	svc.CountRouted(from)
+	if bucket >= 0 {
+		caddyhttp.SetVar(r.Context(), varSticky, stickyCookie{tr: tr, bucket: bucket, path: m.Prefix + "/" + name})
+	}
+	return true, nil
+}
+
+// emptyPrefix is the prefix of a gRPC request: nothing is stripped.
+var emptyPrefix any = ""
+
+// anyAvailable reports whether a service version has an endpoint in
+// rotation.
+func anyAvailable(svc *registry.Service) bool {
+	for _, ep := range svc.Endpoints {
+		if ep.Pickable(false) {
+			return true
+		}
+	}
+	return false
+}
+
+// isGRPC reports whether r is a gRPC request.
+func isGRPC(r *http.Request) bool {
+	ct := r.Header["Content-Type"]
+	return len(ct) > 0 && strings.HasPrefix(ct[0], "application/grpc")
+}
+
+// clientIP returns the request's client IP as Caddy determined it
+// (trusted proxies), else the connection's.
+func clientIP(r *http.Request) string {
+	if ip, ok := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string); ok && ip != "" {
+		return ip
+	}
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
+}
+
+// cookieValue returns the value of the first cookie named name in h, or
+// "", without allocating (http.Request.Cookie parses every cookie).
+func cookieValue(h http.Header, name string) string {
+	for _, line := range h["Cookie"] {
+		for line != "" {
+			var part string
+			part, line, _ = strings.Cut(line, ";")
+			part = strings.TrimSpace(part)
+			n, v, ok := strings.Cut(part, "=")
+			if ok && n == name {
+				if len(v) > 1 && v[0] == '"' && v[len(v)-1] == '"' {
+					v = v[1 : len(v)-1]
+				}
+				return v
+			}
+		}
+	}
+	return ""
+}
+
+// stickyCookie is the sticky cookie service_errors sets on the answer to
+// a request the split sent to its version.
+type stickyCookie struct {
+	tr     *registry.Traffic
+	bucket int
+	path   string
+}
+
+// header returns the Set-Cookie header value.
+func (c stickyCookie) header() string {
+	return (&http.Cookie{
+		Name: c.tr.Policy().Cookie, Value: registry.StickyCookie(c.bucket), Path: c.path,
+		HttpOnly: true, SameSite: http.SameSiteLaxMode,
+	}).String()
+}
+
+func setServiceVars(r *http.Request, repl *caddy.Replacer, name, version, prefix, from any) {
 	repl.Set(placeholderName, name)
 	repl.Set(placeholderVersion, version)
 	repl.Set(placeholderPrefix, prefix)
+	repl.Set(placeholderVersionFrom, from)
 	caddyhttp.SetVar(r.Context(), varName, name)
 	caddyhttp.SetVar(r.Context(), varVersion, version)
 }
 
-// splitServicePath returns the service and version named by the first two
-// segments after prefix of the escaped request path, cleaned the way
-// Caddy's strip_prefix cleans it (dot segments resolved, slashes merged),
-// so that the prefix {svc.prefix} names is exactly what strip_prefix
-// removes. Both segments must be valid names once unescaped: an escaped
-// slash, a NUL, a non-ASCII byte or an overlong segment never matches.
-func splitServicePath(escapedPath, prefix string) (service, version string, ok bool) {
+// splitServicePath returns the service named by the first segment after
+// prefix of the escaped request path, and the second segment (seg),
+// cleaned the way Caddy's strip_prefix cleans it (dot segments resolved,
+// slashes merged), so that the prefix {svc.prefix} names is exactly what
+// strip_prefix removes. ok says the path is <prefix>/<service>[/...] with
+// a valid service name; segOK that a second segment follows and is a
+// valid name too. Both must be valid names once unescaped: an escaped
+// slash, a NUL, a non-ASCII byte or an overlong segment never is.
+func splitServicePath(escapedPath, prefix string) (service, seg string, segOK, ok bool) {
 	p := escapedPath
 	if strings.Contains(p, "//") || strings.Contains(p, "/.") {
 		p = caddyhttp.CleanPath(p, true)
 	}
 	rest, ok := strings.CutPrefix(p, prefix)
 	if !ok || !strings.HasPrefix(rest, "/") {
-		return "", "", false
+		return "", "", false, false
 	}
 	rest = rest[1:]
-	service, rest, ok = strings.Cut(rest, "/")
-	if !ok {
-		return "", "", false
-	}
-	version, _, _ = strings.Cut(rest, "/")
+	service, rest, hasSeg := strings.Cut(rest, "/")
 	if service, ok = unescapeName(service); !ok {
-		return "", "", false
+		return "", "", false, false
 	}
-	if version, ok = unescapeName(version); !ok {
-		return "", "", false
+	if !hasSeg {
+		return service, "", false, true
 	}
-	return service, version, true
+	seg, _, _ = strings.Cut(rest, "/")
+	seg, segOK = unescapeName(seg)
+	return service, seg, segOK, true
 }
 
 // unescapeName unescapes a path segment and checks it is a valid name.

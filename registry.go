@@ -40,6 +40,12 @@ type App struct {
 	// are off unless an entry sets path or port.
 	HealthChecks []registry.HealthCheck `json:"health_checks,omitempty"`
 
+	// Traffic are traffic policies by service: how requests that name no
+	// version, or an alias, choose one (see registry.TrafficPolicy). They
+	// are seeds: a policy set through the admin API replaces the
+	// service's until it is deleted there.
+	Traffic map[string]registry.TrafficPolicy `json:"traffic,omitempty"`
+
 	reg     *pooledRegistry
 	poolKey string
 	env     registry.BackendEnv
@@ -52,6 +58,36 @@ type App struct {
 	// of old apps, and of the configs they hold, stays reachable.
 	prev    atomic.Pointer[App]
 	stopped atomic.Bool // Stop was called
+}
+
+// checkSeededVersions refuses a policy naming versions the config does
+// not seed, when it seeds the service: a typo there would route nowhere.
+// (A service the config does not seed gets its versions from the backend.)
+func checkSeededVersions(service string, p registry.TrafficPolicy, seeds map[registry.ServiceKey][]registry.Endpoint) error {
+	seeded := false
+	for key := range seeds {
+		if key.Service == service {
+			seeded = true
+			break
+		}
+	}
+	if !seeded {
+		return nil
+	}
+	_, err := p.Compile(service, func(v string) bool {
+		_, ok := seeds[registry.ServiceKey{Service: service, Version: v}]
+		return ok
+	})
+	return err
+}
+
+// emitTraffic emits the traffic_changed event: a service's traffic policy
+// was set or deleted through the admin API.
+func (a *App) emitTraffic(service, change string) {
+	if a.emit != nil {
+		a.emit("traffic_changed", map[string]any{"service": service, "change": change})
+	}
+	a.logger.Info("traffic policy changed", zap.String("service", service), zap.String("change", change))
 }
 
 // ServiceConfig seeds one service version.
@@ -92,7 +128,17 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return err
 	}
-	a.env = registry.BackendEnv{Seeds: seeds, Storage: ctx.Storage(), Logger: a.logger}
+	for service, p := range a.Traffic {
+		// versions may come from the backend later: only the policy's
+		// shape is checked here
+		if _, err := p.Compile(service, nil); err != nil {
+			return err
+		}
+		if err := checkSeededVersions(service, p, seeds); err != nil {
+			return err
+		}
+	}
+	a.env = registry.BackendEnv{Seeds: seeds, Storage: ctx.Storage(), Logger: a.logger, Traffic: a.Traffic}
 	repl := caddy.NewReplacer()
 	for i, hc := range a.HealthChecks {
 		if hc.TLS != nil { // file names and server name may be placeholders

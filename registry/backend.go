@@ -57,6 +57,44 @@ type BackendEnv struct {
 	Storage Storage
 	// Logger is the registry's logger in that configuration.
 	Logger *zap.Logger
+	// Traffic are the configuration's traffic policies, by service: the
+	// seeds of the policies, as Seeds are of the endpoints.
+	Traffic map[string]TrafficPolicy
+}
+
+// TrafficBackend is implemented by backends that store traffic policies
+// (every backend of this module does). A stored policy replaces the
+// configuration's policy of the same service; deleting it brings the
+// configuration's back, if any.
+type TrafficBackend interface {
+	// PutTraffic stores a service's policy, checked by the caller; the
+	// table holds it once PutTraffic returns nil.
+	PutTraffic(ctx context.Context, service string, p TrafficPolicy) error
+	// DeleteTraffic removes a service's stored policy; the table no
+	// longer holds it once DeleteTraffic returns nil. It returns an error
+	// matching ErrNoTrafficPolicy when none is stored.
+	DeleteTraffic(ctx context.Context, service string) error
+}
+
+// MergeTraffic returns the policies of seeds with stored on top, compiled
+// without checking their versions exist (they may come later). A policy
+// that does not compile (a stored one written by hand) is left out and
+// reported to bad, if not nil.
+func MergeTraffic(seeds, stored map[string]TrafficPolicy, bad func(service string, err error)) map[string]*Traffic {
+	all := make(map[string]*Traffic, len(seeds)+len(stored))
+	for _, m := range []map[string]TrafficPolicy{seeds, stored} {
+		for service, p := range m {
+			t, err := p.Compile(service, nil)
+			if err != nil {
+				if bad != nil {
+					bad(service, err)
+				}
+				continue
+			}
+			all[service] = t
+		}
+	}
+	return all
 }
 
 // Owned is an endpoint a backend keeps registered for this process: one

@@ -29,6 +29,9 @@ var (
 	// ErrSeeded means an endpoint comes from the config's seeds, which the
 	// backend does not store: remove it from the config instead.
 	ErrSeeded = errors.New("endpoint is seeded by the config, not stored in the backend")
+	// ErrNoTrafficPolicy means the backend stores no traffic policy for
+	// the service.
+	ErrNoTrafficPolicy = errors.New("no traffic policy stored for the service")
 	// ErrNoAvailableHost means a known service version has no endpoint
 	// that takes requests.
 	ErrNoAvailableHost = errors.New("no available host")

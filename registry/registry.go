@@ -38,6 +38,14 @@ type Registry interface {
 	Lookup(key ServiceKey) (*Service, error)
 	// Snapshot returns the current immutable view of the whole registry.
 	Snapshot() *Snapshot
+	// PutTraffic checks a service's traffic policy against its versions
+	// and stores it through the backend; the next request uses it. The
+	// error matches ErrInvalid and names every problem.
+	PutTraffic(ctx context.Context, service string, p TrafficPolicy) error
+	// DeleteTraffic removes a service's stored traffic policy (the
+	// configuration's, if any, applies again). It returns an error
+	// matching ErrNoTrafficPolicy when none is stored.
+	DeleteTraffic(ctx context.Context, service string) error
 }
 
 // Drain says how removing an endpoint went.
@@ -334,6 +342,37 @@ func (o Outcome) String() string {
 		return outcomeNames[o]
 	}
 	return "unknown"
+}
+
+// PutTraffic checks p against the service's versions and stores it.
+func (l *Local) PutTraffic(ctx context.Context, service string, p TrafficPolicy) error {
+	snap := l.table.Snapshot()
+	if !snap.Synced() {
+		return fmt.Errorf("setting the traffic policy of %q: %w", service, ErrNotSynced)
+	}
+	if _, err := p.Compile(service, func(v string) bool { return snap.Known(service, v) }); err != nil {
+		return err
+	}
+	tb, ok := l.backend.(TrafficBackend)
+	if !ok {
+		return Invalidf("the registry's backend does not store traffic policies")
+	}
+	return tb.PutTraffic(ctx, service, p)
+}
+
+// DeleteTraffic removes the service's stored traffic policy.
+func (l *Local) DeleteTraffic(ctx context.Context, service string) error {
+	if err := CheckName("service", service); err != nil {
+		return err
+	}
+	if !l.table.Snapshot().Synced() {
+		return fmt.Errorf("removing the traffic policy of %q: %w", service, ErrNotSynced)
+	}
+	tb, ok := l.backend.(TrafficBackend)
+	if !ok {
+		return fmt.Errorf("removing the traffic policy of %q: %w", service, ErrNoTrafficPolicy)
+	}
+	return tb.DeleteTraffic(ctx, service)
 }
 
 // Lookup returns a service version from the current snapshot.

@@ -28,10 +28,11 @@ type Service struct {
 // serviceStats are what a service version keeps while it stays
 // registered, whatever its endpoints do.
 type serviceStats struct {
-	retries   atomic.Uint64 // tries after a request's first
-	lastReply atomic.Int64  // unix nanoseconds of its last response header
-	latency   latencyHist   // response times of its tries
-	budget    retryBudget   // retries after requests its hosts received
+	retries   atomic.Uint64              // tries after a request's first
+	lastReply atomic.Int64               // unix nanoseconds of its last response header
+	latency   latencyHist                // response times of its tries
+	budget    retryBudget                // retries after requests its hosts received
+	routed    [sourceCount]atomic.Uint64 // requests routed here, by why
 }
 
 // Key returns the service version's key.
@@ -70,6 +71,22 @@ func (s *Service) Boxed() *Boxed { return &s.boxed }
 // endpoint of the service version: it matches ErrNoAvailableHost and
 // names the service and version. It is made once per Service.
 func (s *Service) Unavailable() error { return s.unavailable }
+
+// CountRouted counts a request routed to the service version, and why.
+func (s *Service) CountRouted(from Source) {
+	if from < sourceCount {
+		s.stats.routed[from].Add(1)
+	}
+}
+
+// Routed returns how many requests were routed to the service version
+// for the reason from, while it stayed registered.
+func (s *Service) Routed(from Source) uint64 {
+	if from >= sourceCount {
+		return 0
+	}
+	return s.stats.routed[from].Load()
+}
 
 // CountRetry counts one more try after a request's first.
 func (s *Service) CountRetry() { s.stats.retries.Add(1) }

@@ -12,7 +12,27 @@ import (
 // atomically and never lock; writers build a new one (copy-on-write).
 type Snapshot struct {
 	services map[string]map[string]*Service
+	traffic  map[string]*Traffic // by service
 	synced   bool
+}
+
+// Traffic returns the service's traffic policy, or nil for none.
+func (s *Snapshot) Traffic(service string) *Traffic { return s.traffic[service] }
+
+// Policies returns every service's traffic policy, sorted by service.
+func (s *Snapshot) Policies() []*Traffic {
+	out := make([]*Traffic, 0, len(s.traffic))
+	for _, t := range s.traffic {
+		out = append(out, t)
+	}
+	slices.SortFunc(out, func(a, b *Traffic) int { return strings.Compare(a.service, b.service) })
+	return out
+}
+
+// Known reports whether the service has the version.
+func (s *Snapshot) Known(service, version string) bool {
+	_, ok := s.services[service][version]
+	return ok
 }
 
 // Lookup returns a service version, or an error matching ErrUnknownService,
@@ -92,7 +112,15 @@ func (t *Table) Replace(all map[ServiceKey][]Endpoint) {
 		}
 		services[key.Service][key.Version] = svc
 	}
-	t.snap.Store(&Snapshot{services: services, synced: true})
+	t.snap.Store(&Snapshot{services: services, traffic: old.traffic, synced: true})
+}
+
+// SetTraffic sets every service's traffic policy (nil: none).
+func (t *Table) SetTraffic(policies map[string]*Traffic) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	old := t.snap.Load()
+	t.snap.Store(&Snapshot{services: old.services, traffic: policies, synced: old.synced})
 }
 
 // Set sets the endpoints of one service version, which becomes known even
@@ -128,7 +156,7 @@ func (t *Table) SetSynced(synced bool) {
 	if old.synced == synced {
 		return
 	}
-	t.snap.Store(&Snapshot{services: old.services, synced: synced})
+	t.snap.Store(&Snapshot{services: old.services, traffic: old.traffic, synced: synced})
 }
 
 // publish stores a copy of old with key set to svc (removed when nil).
@@ -152,7 +180,7 @@ func (t *Table) publish(old *Snapshot, key ServiceKey, svc *Service) {
 	} else {
 		services[key.Service] = versions
 	}
-	t.snap.Store(&Snapshot{services: services, synced: old.synced})
+	t.snap.Store(&Snapshot{services: services, traffic: old.traffic, synced: old.synced})
 }
 
 // buildService makes the Service for key from eps, reusing prev's

@@ -2,6 +2,7 @@ package registry
 
 import (
 	"fmt"
+	"net/textproto"
 	"slices"
 	"strconv"
 	"strings"
@@ -47,18 +48,26 @@ const (
 // changed.
 const Buckets = 10000
 
-// Traffic is a checked traffic policy, ready to choose versions.
+// Traffic is a checked traffic policy of one service, ready to choose
+// versions. It is immutable.
 type Traffic struct {
+	service  string
 	policy   TrafficPolicy
 	versions []string // of the split, in name order
 	bounds   []int    // bounds[i]: the first bucket after versions[i]'s range
+
+	splitPrefix any            // "/<service>", boxed
+	aliasPrefix map[string]any // alias -> "/<service>/<alias>", boxed
+	sources     [sourceCount]any
 }
 
-// Compile checks p against the service's versions (known reports whether
-// a version exists) and returns it ready to choose. The error names every
-// unknown version and every bad weight.
-func (p TrafficPolicy) Compile(known func(version string) bool) (*Traffic, error) {
-	t := &Traffic{policy: p}
+// Compile checks p, the policy of service, and returns it ready to
+// choose. known reports whether a version of the service exists; with
+// known nil the version names are only checked to be names (a policy
+// from the config or the store may name versions that come later). The
+// error names every unknown version and every other problem.
+func (p TrafficPolicy) Compile(service string, known func(version string) bool) (*Traffic, error) {
+	t := &Traffic{service: service, policy: p}
 	if t.policy.Header == "" {
 		t.policy.Header = DefaultTrafficHeader
 	}
@@ -69,11 +78,19 @@ func (p TrafficPolicy) Compile(known func(version string) bool) (*Traffic, error
 		t.policy.Sticky = "cookie"
 	}
 	var problems, unknown []string
-	total := 0
-	for v, w := range p.Split {
-		if !known(v) {
+	isVersion := func(v string) {
+		if !ValidName(v) {
+			problems = append(problems, fmt.Sprintf("%q is not a version name", v))
+		} else if known != nil && !known(v) {
 			unknown = append(unknown, v)
 		}
+	}
+	if err := CheckName("service", service); err != nil {
+		problems = append(problems, err.Error())
+	}
+	total := 0
+	for v, w := range p.Split {
+		isVersion(v)
 		if w < 0 || w > 100 {
 			problems = append(problems, fmt.Sprintf("split weight of %q is %d: want 0 to 100", v, w))
 		}
@@ -84,18 +101,21 @@ func (p TrafficPolicy) Compile(known func(version string) bool) (*Traffic, error
 		problems = append(problems, "split: every weight is 0")
 	}
 	for alias, v := range p.Aliases {
-		if !ValidName(alias) {
+		if !ValidName(alias) || strings.HasPrefix(alias, stickyPrefix) {
 			problems = append(problems, fmt.Sprintf("alias %q: not a valid name", alias))
-		}
-		if known(alias) {
+		} else if known != nil && known(alias) {
 			problems = append(problems, fmt.Sprintf("alias %q is also a version", alias))
 		}
-		if !known(v) {
-			unknown = append(unknown, v)
-		}
+		isVersion(v)
 	}
-	if p.Fallback != "" && !known(p.Fallback) {
-		unknown = append(unknown, p.Fallback)
+	if p.Fallback != "" {
+		isVersion(p.Fallback)
+	}
+	if !validToken(t.policy.Header) {
+		problems = append(problems, fmt.Sprintf("header %q: not a header name", t.policy.Header))
+	}
+	if !validToken(t.policy.Cookie) {
+		problems = append(problems, fmt.Sprintf("cookie %q: not a cookie name", t.policy.Cookie))
 	}
 	switch t.policy.Sticky {
 	case "cookie", "ip", "off":
@@ -105,6 +125,8 @@ func (p TrafficPolicy) Compile(known func(version string) bool) (*Traffic, error
 	case "header":
 		if p.StickyHeader == "" {
 			problems = append(problems, "sticky header needs sticky_header, the header to hash")
+		} else if !validToken(p.StickyHeader) {
+			problems = append(problems, fmt.Sprintf("sticky_header %q: not a header name", p.StickyHeader))
 		}
 	default:
 		problems = append(problems, fmt.Sprintf("sticky %q: want cookie, header, ip or off", p.Sticky))
@@ -116,7 +138,11 @@ func (p TrafficPolicy) Compile(known func(version string) bool) (*Traffic, error
 	}
 	if len(problems) > 0 {
 		slices.Sort(problems)
-		return nil, Invalidf("traffic policy: %s", strings.Join(problems, "; "))
+		return nil, Invalidf("traffic policy of %q: %s", service, strings.Join(problems, "; "))
+	}
+	t.policy.Header = textproto.CanonicalMIMEHeaderKey(t.policy.Header)
+	if t.policy.StickyHeader != "" {
+		t.policy.StickyHeader = textproto.CanonicalMIMEHeaderKey(t.policy.StickyHeader)
 	}
 	// Ranges in version-name order: raising one weight moves only the
 	// buckets between the old and the new bound.
@@ -126,8 +152,33 @@ func (p TrafficPolicy) Compile(known func(version string) bool) (*Traffic, error
 		acc += p.Split[v]
 		t.bounds = append(t.bounds, acc*Buckets/total)
 	}
+	t.splitPrefix = "/" + service
+	t.aliasPrefix = make(map[string]any, len(p.Aliases))
+	for alias := range p.Aliases {
+		t.aliasPrefix[alias] = "/" + service + "/" + alias
+	}
+	for s := range Source(sourceCount) {
+		t.sources[s] = s.String()
+	}
 	return t, nil
 }
+
+// validToken reports whether s is an HTTP token (a header or cookie name).
+func validToken(s string) bool {
+	if s == "" || len(s) > 128 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c <= ' ' || c >= 0x7f || strings.IndexByte("\"(),/:;<=>?@[\\]{}", c) >= 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// Service returns the name of the policy's service.
+func (t *Traffic) Service() string { return t.service }
 
 // Policy returns the policy with its defaults filled in.
 func (t *Traffic) Policy() TrafficPolicy { return t.policy }
@@ -140,6 +191,118 @@ func (t *Traffic) Resolve(name string, known func(string) bool) string {
 	}
 	return t.policy.Aliases[name]
 }
+
+// Source says why a request went to its version: {svc.version_from}.
+type Source uint8
+
+// Sources of a request's version.
+const (
+	FromPath     Source = iota // the path names the version
+	FromAlias                  // the path names an alias of it
+	FromHeader                 // the policy's header names it (or an alias)
+	FromCookie                 // the policy's cookie names it (or an alias)
+	FromSticky                 // the client's sticky bucket (cookie, header or IP hash)
+	FromSplit                  // a random draw from the split
+	FromFallback               // the chosen version had no available host
+	sourceCount
+)
+
+var sourceNames = [sourceCount]string{"path", "alias", "header", "cookie", "sticky", "split", "fallback"}
+
+// String returns the source's name, as {svc.version_from} shows it.
+func (s Source) String() string {
+	if s < sourceCount {
+		return sourceNames[s]
+	}
+	return "unknown"
+}
+
+// TrafficRequest is what a request carries that can choose its version.
+type TrafficRequest struct {
+	// Header is the value of the policy's header; "" for none.
+	Header string
+	// Cookie is the value of the policy's cookie; "" for none.
+	Cookie string
+	// StickyKey is what sticky "header" or "ip" hashes: the value of the
+	// sticky header, or the client IP; "" for none.
+	StickyKey string
+	// Random is a random number, for a request the split decides.
+	Random uint64
+}
+
+// Choice is the version a request that names none in its path goes to.
+type Choice struct {
+	// Version is the version, or "" for none: the request names an
+	// unknown one (Named), or the policy has no split.
+	Version string
+	// Named is the version or alias the header or cookie named, when it
+	// is unknown.
+	Named string
+	// From says why.
+	From Source
+	// Bucket is the client's bucket to set in its sticky cookie, or -1:
+	// set only when the split drew it and the policy is sticky by cookie.
+	Bucket int
+}
+
+// Choose returns the version for a request to the policy's service that
+// names no version in its path: the one its header names, else its
+// cookie (a version, an alias, or a sticky bucket), else its sticky key's
+// bucket, else a random bucket of the split. known reports whether a
+// version of the service exists. It does not allocate.
+func (t *Traffic) Choose(req TrafficRequest, known func(string) bool) Choice {
+	if req.Header != "" {
+		if v := t.Resolve(req.Header, known); v != "" {
+			return Choice{Version: v, From: FromHeader, Bucket: -1}
+		}
+		return Choice{Named: req.Header, From: FromHeader, Bucket: -1}
+	}
+	if req.Cookie != "" {
+		if b, ok := ParseStickyCookie(req.Cookie); ok {
+			if t.Splits() && t.policy.Sticky == "cookie" {
+				return Choice{Version: t.Version(b), From: FromSticky, Bucket: -1}
+			}
+		} else if v := t.Resolve(req.Cookie, known); v != "" {
+			return Choice{Version: v, From: FromCookie, Bucket: -1}
+		} else {
+			return Choice{Named: req.Cookie, From: FromCookie, Bucket: -1}
+		}
+	}
+	if !t.Splits() {
+		return Choice{From: FromSplit, Bucket: -1}
+	}
+	switch t.policy.Sticky {
+	case "header", "ip":
+		if req.StickyKey != "" {
+			return Choice{Version: t.Version(Bucket(req.StickyKey)), From: FromSticky, Bucket: -1}
+		}
+	}
+	b := int(req.Random % Buckets)
+	c := Choice{Version: t.Version(b), From: FromSplit, Bucket: -1}
+	if t.policy.Sticky == "cookie" {
+		c.Bucket = b
+	}
+	return c
+}
+
+// Alias returns the version an alias names, or "" when it names none.
+func (t *Traffic) Alias(alias string) string { return t.policy.Aliases[alias] }
+
+// Fallback returns the policy's fallback version, or "".
+func (t *Traffic) Fallback() string { return t.policy.Fallback }
+
+// Boxed values, made once per policy, for callers that store them as
+// `any` on every request (Caddy's placeholders) without allocating.
+
+// SplitPrefix returns "/<service>" boxed: the prefix of a request whose
+// version the policy chose.
+func (t *Traffic) SplitPrefix() any { return t.splitPrefix }
+
+// AliasPrefix returns "/<service>/<alias>" boxed.
+func (t *Traffic) AliasPrefix(alias string) any { return t.aliasPrefix[alias] }
+
+// BoxedSource returns s.String() boxed.
+func (t *Traffic) BoxedSource(s Source) any { return t.sources[s] }
 
 // Splits reports whether the policy has a split.
 func (t *Traffic) Splits() bool { return len(t.versions) > 0 }

@@ -20,7 +20,7 @@ func knownVersions(vs ...string) func(string) bool {
 
 func compile(t *testing.T, p TrafficPolicy, versions ...string) *Traffic {
 	t.Helper()
-	tr, err := p.Compile(knownVersions(versions...))
+	tr, err := p.Compile("users", knownVersions(versions...))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -77,7 +77,7 @@ func TestTrafficCompileErrors(t *testing.T) {
 		{TrafficPolicy{Sticky: "random"}, `sticky "random"`},
 		{TrafficPolicy{Sticky: "header"}, "needs sticky_header"},
 	} {
-		_, err := tc.p.Compile(known)
+		_, err := tc.p.Compile("users", known)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%+v: %v; want an error mentioning %q", tc.p, err, tc.want)
 		}
@@ -116,7 +116,7 @@ func TestTrafficVersionAllocs(t *testing.T) {
 }
 
 func BenchmarkTrafficVersion(b *testing.B) {
-	tr, _ := TrafficPolicy{Split: map[string]int{"v1": 90, "v2": 10}}.Compile(knownVersions("v1", "v2"))
+	tr, _ := TrafficPolicy{Split: map[string]int{"v1": 90, "v2": 10}}.Compile("users", knownVersions("v1", "v2"))
 	for b.Loop() {
 		_ = tr.Version(Bucket("10.0.0.1"))
 	}

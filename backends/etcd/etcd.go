@@ -97,16 +97,19 @@ type Backend struct {
 	cancel context.CancelFunc
 	done   sync.WaitGroup
 
-	mu        sync.Mutex // guards everything below
-	stopped   bool
-	client    *clientv3.Client
-	table     *registry.Table
-	seeds     map[registry.ServiceKey][]registry.Endpoint
-	stored    map[registry.ServiceKey]map[string]registry.Change // what etcd holds
-	synced    bool
-	reachable bool
-	applied   int64         // etcd revision the table reflects; 0 while a re-list is due
-	appliedCh chan struct{} // closed and replaced whenever applied moves
+	mu      sync.Mutex // guards everything below
+	stopped bool
+	client  *clientv3.Client
+	table   *registry.Table
+	seeds   map[registry.ServiceKey][]registry.Endpoint
+	stored  map[registry.ServiceKey]map[string]registry.Change // what etcd holds
+	// traffic policies: the config's, and those etcd holds
+	trafficSeeds  map[string]registry.TrafficPolicy
+	trafficStored map[string]registry.TrafficPolicy
+	synced        bool
+	reachable     bool
+	applied       int64         // etcd revision the table reflects; 0 while a re-list is due
+	appliedCh     chan struct{} // closed and replaced whenever applied moves
 	// What identifies the etcd history the table reflects: its cluster ID
 	// and the highest raft term seen. A revision below applied, a term
 	// below term or another cluster ID means etcd was replaced or restored
@@ -280,6 +283,7 @@ func (e *Backend) Start(table *registry.Table, env registry.BackendEnv) error {
 	e.mu.Lock()
 	e.client, e.table, e.seeds, e.ctx, e.cancel = client, table, seeds, ctx, cancel
 	e.stored = map[registry.ServiceKey]map[string]registry.Change{}
+	e.trafficSeeds, e.trafficStored = env.Traffic, map[string]registry.TrafficPolicy{}
 	e.appliedCh = make(chan struct{})
 	e.warned = map[string]int64{}
 	e.leases = map[string]*etcdLease{}
@@ -296,9 +300,10 @@ func (e *Backend) Reconfigure(env registry.BackendEnv) error {
 	e.logger.Store(env.Logger)
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	e.seeds = env.Seeds
+	e.seeds, e.trafficSeeds = env.Seeds, env.Traffic
 	if e.synced {
 		e.table.Replace(registry.MergeAll(e.seeds, e.stored))
+		e.publishTraffic()
 	}
 	return nil
 }
@@ -375,9 +380,16 @@ func (e *Backend) list(ctx context.Context) (rev int64, epoch int, err error) {
 		return 0, 0, err
 	}
 	stored := map[registry.ServiceKey]map[string]registry.Change{}
+	traffic := map[string]registry.TrafficPolicy{}
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	for _, kv := range resp.Kvs {
+		if _, ok := etcdkv.ParseTrafficKey(e.Prefix, string(kv.Key)); ok {
+			if service, p, ok := e.parseTraffic(kv); ok {
+				traffic[service] = p
+			}
+			continue
+		}
 		key, ep, ok := e.parse(kv)
 		if !ok {
 			continue
@@ -387,9 +399,10 @@ func (e *Backend) list(ctx context.Context) (rev int64, epoch int, err error) {
 		}
 		stored[key][ep.Address] = registry.Change{Endpoint: ep}
 	}
-	e.stored = stored
+	e.stored, e.trafficStored = stored, traffic
 	e.synced = true
 	e.table.Replace(registry.MergeAll(e.seeds, e.stored))
+	e.publishTraffic()
 	e.clusterID, e.term = resp.Header.ClusterId, resp.Header.RaftTerm
 	e.epoch++
 	e.setApplied(resp.Header.Revision)
@@ -454,7 +467,21 @@ func (e *Backend) apply(events []*clientv3.Event, rev int64, epoch int) {
 		return
 	}
 	changed := map[registry.ServiceKey]bool{}
+	trafficChanged := false
 	for _, ev := range events {
+		if service, ok := etcdkv.ParseTrafficKey(e.Prefix, string(ev.Kv.Key)); ok {
+			_, had := e.trafficStored[service]
+			if ev.Type == mvccpb.DELETE {
+				delete(e.trafficStored, service)
+			} else if _, p, valid := e.parseTraffic(ev.Kv); valid {
+				e.trafficStored[service] = p
+			} else {
+				delete(e.trafficStored, service) // rewritten with a bad value
+			}
+			_, has := e.trafficStored[service]
+			trafficChanged = trafficChanged || had || has
+			continue
+		}
 		key, addr, ok := etcdkv.ParseKey(e.Prefix, string(ev.Kv.Key))
 		if !ok {
 			if ev.Type == mvccpb.PUT {
@@ -496,7 +523,63 @@ func (e *Backend) apply(events []*clientv3.Event, rev int64, epoch int) {
 			e.table.Remove(key)
 		}
 	}
+	if trafficChanged {
+		e.publishTraffic()
+	}
 	e.setApplied(rev)
+}
+
+// parseTraffic reads a traffic policy's key-value pair, warning once
+// about a bad one. The caller holds e.mu.
+func (e *Backend) parseTraffic(kv *mvccpb.KeyValue) (string, registry.TrafficPolicy, bool) {
+	service, p, err := etcdkv.DecodeTraffic(e.Prefix, kv.Key, kv.Value)
+	if err != nil {
+		e.warnOnce(string(kv.Key), kv.ModRevision, err.Error())
+		return "", registry.TrafficPolicy{}, false
+	}
+	return service, p, true
+}
+
+// publishTraffic hands the table the config's traffic policies with
+// those etcd holds on top. The caller holds e.mu.
+func (e *Backend) publishTraffic() {
+	e.table.SetTraffic(registry.MergeTraffic(e.trafficSeeds, e.trafficStored, nil))
+}
+
+// PutTraffic writes a service's traffic policy to etcd and waits until
+// the watch has applied it; every instance on the prefix uses it.
+func (e *Backend) PutTraffic(ctx context.Context, service string, p registry.TrafficPolicy) error {
+	k, val, err := etcdkv.EncodeTraffic(e.Prefix, service, p)
+	if err != nil {
+		return err
+	}
+	reqCtx, cancel := context.WithTimeout(ctx, time.Duration(e.DialTimeout))
+	defer cancel()
+	wasReady := e.connected()
+	resp, err := e.client.Put(reqCtx, k, val)
+	if err != nil {
+		return e.writeFailed("writing "+k+" to etcd", wasReady, err)
+	}
+	e.observe(resp.Header)
+	return e.waitApplied(ctx, resp.Header.Revision)
+}
+
+// DeleteTraffic removes a service's traffic policy from etcd and waits
+// until the watch has applied it.
+func (e *Backend) DeleteTraffic(ctx context.Context, service string) error {
+	k := etcdkv.TrafficKey(e.Prefix, service)
+	reqCtx, cancel := context.WithTimeout(ctx, time.Duration(e.DialTimeout))
+	defer cancel()
+	wasReady := e.connected()
+	resp, err := e.client.Delete(reqCtx, k)
+	if err != nil {
+		return e.writeFailed("deleting "+k+" from etcd", wasReady, err)
+	}
+	e.observe(resp.Header)
+	if resp.Deleted == 0 {
+		return fmt.Errorf("removing the traffic policy of %q: %w", service, registry.ErrNoTrafficPolicy)
+	}
+	return e.waitApplied(ctx, resp.Header.Revision)
 }
 
 // parse reads one key-value pair, warning once about a bad one. The
@@ -892,8 +975,9 @@ func (e *Backend) merge(key registry.ServiceKey) ([]registry.Endpoint, bool) {
 
 // Interface guards
 var (
-	_ caddy.Provisioner      = (*Backend)(nil)
-	_ registry.Backend       = (*Backend)(nil)
-	_ registry.DeleteChecker = (*Backend)(nil)
-	_ registry.Owner         = (*Backend)(nil)
+	_ caddy.Provisioner       = (*Backend)(nil)
+	_ registry.Backend        = (*Backend)(nil)
+	_ registry.DeleteChecker  = (*Backend)(nil)
+	_ registry.Owner          = (*Backend)(nil)
+	_ registry.TrafficBackend = (*Backend)(nil)
 )

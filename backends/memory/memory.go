@@ -62,6 +62,9 @@ type Backend struct {
 	seeds   map[registry.ServiceKey][]registry.Endpoint
 	changes map[registry.ServiceKey]map[string]registry.Change // copy-on-write
 	seen    stamp                                              // the saved changes last read or written
+
+	trafficSeeds map[string]registry.TrafficPolicy // the config's policies
+	traffic      map[string]registry.TrafficPolicy // saved policies; copy-on-write
 }
 
 // defaultPollInterval is how often the storage is checked by default.
@@ -75,7 +78,8 @@ type stamp struct {
 
 // file is the saved form of the changes.
 type file struct {
-	Changes []record `json:"changes"`
+	Changes []record                          `json:"changes"`
+	Traffic map[string]registry.TrafficPolicy `json:"traffic,omitempty"`
 }
 
 type record struct {
@@ -172,7 +176,7 @@ func (m *Backend) stat(ctx context.Context) (stamp, bool) {
 // differ. The caller holds m.mu.
 func (m *Backend) refresh(ctx context.Context) error {
 	st, _ := m.stat(ctx)
-	changes, err := m.load(m.storage)
+	changes, traffic, err := m.load(m.storage)
 	if err != nil {
 		return err
 	}
@@ -180,6 +184,10 @@ func (m *Backend) refresh(ctx context.Context) error {
 	if !sameChanges(changes, m.changes) {
 		m.changes = changes
 		m.table.Replace(registry.MergeAll(m.seeds, m.changes))
+	}
+	if !maps.EqualFunc(traffic, m.traffic, sameTraffic) {
+		m.traffic = traffic
+		m.publishTraffic()
 	}
 	return nil
 }
@@ -226,13 +234,15 @@ func (m *Backend) reconfigure(env registry.BackendEnv) error {
 	if env.Storage == nil {
 		return errors.New("memory backend: no storage")
 	}
-	changes, err := m.load(env.Storage)
+	changes, traffic, err := m.load(env.Storage)
 	if err != nil {
 		return err
 	}
 	m.storage, m.logger, m.seeds, m.changes = env.Storage, env.Logger, env.Seeds, changes
+	m.trafficSeeds, m.traffic = env.Traffic, traffic
 	m.seen, _ = m.stat(context.Background())
 	m.table.Replace(registry.MergeAll(m.seeds, m.changes))
+	m.publishTraffic()
 	m.logger.Debug("memory backend loaded", zap.String("backend", "memory"), zap.Int("saved_changes", len(changes)), zap.String("storage_key", m.StorageKey))
 	return nil
 }
@@ -343,7 +353,7 @@ func (m *Backend) apply(ctx context.Context, key registry.ServiceKey, c registry
 	} else {
 		next[key] = forKey
 	}
-	if err := m.save(ctx, next); err != nil {
+	if err := m.save(ctx, next, m.traffic); err != nil {
 		return err
 	}
 	m.seen, _ = m.stat(ctx)
@@ -356,18 +366,27 @@ func (m *Backend) apply(ctx context.Context, key registry.ServiceKey, c registry
 	return nil
 }
 
-// load reads the saved changes from storage; a missing key means none.
-func (m *Backend) load(storage registry.Storage) (map[registry.ServiceKey]map[string]registry.Change, error) {
+// load reads the saved changes and traffic policies from storage; a
+// missing key means none.
+func (m *Backend) load(storage registry.Storage) (map[registry.ServiceKey]map[string]registry.Change, map[string]registry.TrafficPolicy, error) {
 	data, err := storage.Load(context.Background(), m.StorageKey)
 	if errors.Is(err, fs.ErrNotExist) {
-		return map[registry.ServiceKey]map[string]registry.Change{}, nil
+		return map[registry.ServiceKey]map[string]registry.Change{}, map[string]registry.TrafficPolicy{}, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("loading saved endpoints from storage key %q: %w", m.StorageKey, err)
+		return nil, nil, fmt.Errorf("loading saved endpoints from storage key %q: %w", m.StorageKey, err)
 	}
 	var saved file
 	if err := json.Unmarshal(data, &saved); err != nil {
-		return nil, fmt.Errorf("reading saved endpoints from storage key %q: %w", m.StorageKey, err)
+		return nil, nil, fmt.Errorf("reading saved endpoints from storage key %q: %w", m.StorageKey, err)
+	}
+	for service, p := range saved.Traffic {
+		if _, err := p.Compile(service, nil); err != nil {
+			return nil, nil, fmt.Errorf("reading saved traffic policies from storage key %q: %w", m.StorageKey, err)
+		}
+	}
+	if saved.Traffic == nil {
+		saved.Traffic = map[string]registry.TrafficPolicy{}
 	}
 	changes := map[registry.ServiceKey]map[string]registry.Change{}
 	for _, rec := range saved.Changes {
@@ -377,7 +396,7 @@ func (m *Backend) load(storage registry.Storage) (map[registry.ServiceKey]map[st
 			err = key.Validate()
 		}
 		if err != nil {
-			return nil, fmt.Errorf("reading saved endpoints from storage key %q: %w", m.StorageKey, err)
+			return nil, nil, fmt.Errorf("reading saved endpoints from storage key %q: %w", m.StorageKey, err)
 		}
 		if changes[key] == nil {
 			changes[key] = map[string]registry.Change{}
@@ -388,12 +407,12 @@ func (m *Backend) load(storage registry.Storage) (map[registry.ServiceKey]map[st
 		}
 		changes[key][ep.Address] = c
 	}
-	return changes, nil
+	return changes, saved.Traffic, nil
 }
 
-// save writes changes to storage.
-func (m *Backend) save(ctx context.Context, changes map[registry.ServiceKey]map[string]registry.Change) error {
-	saved := file{Changes: []record{}}
+// save writes changes and traffic policies to storage.
+func (m *Backend) save(ctx context.Context, changes map[registry.ServiceKey]map[string]registry.Change, traffic map[string]registry.TrafficPolicy) error {
+	saved := file{Changes: []record{}, Traffic: traffic}
 	for key, forKey := range changes {
 		for addr, c := range forKey {
 			saved.Changes = append(saved.Changes, record{
@@ -415,9 +434,64 @@ func (m *Backend) save(ctx context.Context, changes map[registry.ServiceKey]map[
 	return nil
 }
 
+// PutTraffic saves a service's traffic policy, then publishes it.
+func (m *Backend) PutTraffic(ctx context.Context, service string, p registry.TrafficPolicy) error {
+	return m.changeTraffic(ctx, service, &p)
+}
+
+// DeleteTraffic removes a service's saved traffic policy, then publishes
+// the config's, if any.
+func (m *Backend) DeleteTraffic(ctx context.Context, service string) error {
+	return m.changeTraffic(ctx, service, nil)
+}
+
+// changeTraffic saves service's policy p (nil: none) on top of what other
+// instances saved, and publishes the policies once saved.
+func (m *Backend) changeTraffic(ctx context.Context, service string, p *registry.TrafficPolicy) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	unlock, err := m.fresh(ctx)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	next := maps.Clone(m.traffic)
+	if next == nil {
+		next = map[string]registry.TrafficPolicy{}
+	}
+	if p == nil {
+		if _, ok := next[service]; !ok {
+			return fmt.Errorf("removing the traffic policy of %q: %w", service, registry.ErrNoTrafficPolicy)
+		}
+		delete(next, service)
+	} else {
+		next[service] = *p
+	}
+	if err := m.save(ctx, m.changes, next); err != nil {
+		return err
+	}
+	m.seen, _ = m.stat(ctx)
+	m.traffic = next
+	m.publishTraffic()
+	return nil
+}
+
+// publishTraffic hands the table the config's policies with the saved
+// ones on top. The caller holds m.mu.
+func (m *Backend) publishTraffic() {
+	m.table.SetTraffic(registry.MergeTraffic(m.trafficSeeds, m.traffic, nil))
+}
+
+// sameTraffic reports whether two policies are equal.
+func sameTraffic(a, b registry.TrafficPolicy) bool {
+	return maps.Equal(a.Split, b.Split) && maps.Equal(a.Aliases, b.Aliases) && a.Header == b.Header &&
+		a.Cookie == b.Cookie && a.Sticky == b.Sticky && a.StickyHeader == b.StickyHeader && a.Fallback == b.Fallback
+}
+
 // Interface guards
 var (
-	_ caddy.Provisioner      = (*Backend)(nil)
-	_ registry.Backend       = (*Backend)(nil)
-	_ registry.DeleteChecker = (*Backend)(nil)
+	_ caddy.Provisioner       = (*Backend)(nil)
+	_ registry.TrafficBackend = (*Backend)(nil)
+	_ registry.Backend        = (*Backend)(nil)
+	_ registry.DeleteChecker  = (*Backend)(nil)
 )

@@ -5,12 +5,14 @@
 // One key per endpoint, <prefix><service>/<version>/<address> with the
 // address in canonical host:port form (registry.ParseAddress), and a
 // small JSON value such as {"weight":2,"metadata":{"zone":"a"}}; an empty
-// value or {} means the defaults.
+// value or {} means the defaults. A service's traffic policy is the key
+// <prefix>@traffic/<service>, its value the policy's JSON.
 package etcdkv
 
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strings"
 
 	"github.com/svcreg/caddy-svcreg/registry"
@@ -106,4 +108,52 @@ func Decode(prefix string, k, v []byte) (registry.ServiceKey, registry.Endpoint,
 		return registry.ServiceKey{}, registry.Endpoint{}, err
 	}
 	return key, ep, nil
+}
+
+// trafficDir is the part of a traffic policy's key after the prefix: `@`
+// is not a name character, so it never collides with an endpoint key.
+const trafficDir = "@traffic/"
+
+// TrafficKey returns the key of a service's traffic policy under prefix:
+// <prefix>@traffic/<service>. Its value is the policy's JSON, as the admin
+// API takes it.
+func TrafficKey(prefix, service string) string { return prefix + trafficDir + service }
+
+// ParseTrafficKey returns the service a traffic policy's key names, and
+// whether k is one.
+func ParseTrafficKey(prefix, k string) (string, bool) {
+	service, ok := strings.CutPrefix(k, prefix+trafficDir)
+	return service, ok && registry.ValidName(service)
+}
+
+// EncodeTraffic checks a service's policy (not whether its versions exist)
+// and returns its key and value.
+func EncodeTraffic(prefix, service string, p registry.TrafficPolicy) (k, v string, err error) {
+	if _, err := p.Compile(service, nil); err != nil {
+		return "", "", err
+	}
+	data, err := json.Marshal(p)
+	if err != nil {
+		return "", "", err
+	}
+	return TrafficKey(prefix, service), string(data), nil
+}
+
+// DecodeTraffic reads a traffic policy's key and value, strictly: an
+// unknown field or a policy that does not compile is an error.
+func DecodeTraffic(prefix string, k, v []byte) (string, registry.TrafficPolicy, error) {
+	service, ok := ParseTrafficKey(prefix, string(k))
+	if !ok {
+		return "", registry.TrafficPolicy{}, errors.New("not a traffic policy key")
+	}
+	var p registry.TrafficPolicy
+	dec := json.NewDecoder(strings.NewReader(string(v)))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&p); err != nil {
+		return "", registry.TrafficPolicy{}, fmt.Errorf("traffic policy: %w", err)
+	}
+	if _, err := p.Compile(service, nil); err != nil {
+		return "", registry.TrafficPolicy{}, err
+	}
+	return service, p, nil
 }
