@@ -173,9 +173,9 @@ func parseTraffic(d *caddyfile.Dispenser) (string, registry.TrafficPolicy, error
 	if d.NextArg() {
 		return "", p, d.Errf("traffic %s: unexpected argument %q", service, d.Val())
 	}
-	line := d.Line()
+	file, line := d.File(), d.Line()
 	seen := map[string]bool{}
-	for d.NextBlock(d.Nesting()) {
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		opt := d.Val()
 		args := d.RemainingArgs()
 		if opt != "alias" && seen[opt] {
@@ -239,7 +239,8 @@ func parseTraffic(d *caddyfile.Dispenser) (string, registry.TrafficPolicy, error
 		}
 	}
 	if _, err := p.Compile(service, nil); err != nil {
-		return "", p, d.WrapErr(fmt.Errorf("%v (the block at line %d)", err, line))
+		// the policy as a whole: point at its first line
+		return "", p, fmt.Errorf("%v, at %s:%d", err, file, line)
 	}
 	return service, p, nil
 }

@@ -342,6 +342,15 @@ func TestCaddyfileErrors(t *testing.T) {
 		{"service_http: http option error", ":80 {\n\tservice_proxy {\n\t\ttransport service_http {\n\t\t\ttry_timeout 1s\n\t\t\tbogus_opt 1\n\t\t}\n\t}\n}\n", 5, "bogus_opt"},
 		{"etcd: unknown option", "{\n\tservice_registry {\n\t\tbackend etcd {\n\t\t\tendpoint x:1\n\t\t}\n\t}\n}\n", 4, `etcd backend: unknown subdirective "endpoint"`},
 		{"etcd: bad timeout", "{\n\tservice_registry {\n\t\tbackend etcd {\n\t\t\tdial_timeout -1s\n\t\t}\n\t}\n}\n", 4, "dial_timeout: want a positive duration"},
+		{"traffic: no service", "{\n\tservice_registry {\n\t\ttraffic {\n\t\t}\n\t}\n}\n", 3, "traffic: want a service name"},
+		{"traffic: odd split", "{\n\tservice_registry {\n\t\ttraffic users {\n\t\t\tsplit v1 90 v2\n\t\t}\n\t}\n}\n", 4, "traffic users: split: want <version> <weight> pairs"},
+		{"traffic: bad weight", "{\n\tservice_registry {\n\t\ttraffic users {\n\t\t\tsplit v1 ninety\n\t\t}\n\t}\n}\n", 4, `traffic users: split: weight of v1 "ninety": want 0 to 100`},
+		{"traffic: weight over 100", "{\n\tservice_registry {\n\t\ttraffic users {\n\t\t\tsplit v1 101\n\t\t}\n\t}\n}\n", 3, `split weight of "v1" is 101: want 0 to 100`},
+		{"traffic: unknown option", "{\n\tservice_registry {\n\t\ttraffic users {\n\t\t\tweights v1 1\n\t\t}\n\t}\n}\n", 4, `traffic users: unknown option "weights"`},
+		{"traffic: bad sticky", "{\n\tservice_registry {\n\t\ttraffic users {\n\t\t\tsticky header\n\t\t}\n\t}\n}\n", 4, "traffic users: sticky: want cookie, header <name>, ip or off"},
+		{"traffic: repeated", "{\n\tservice_registry {\n\t\ttraffic users {\n\t\t\theader A\n\t\t\theader B\n\t\t}\n\t}\n}\n", 5, "traffic users: header specified more than once"},
+		{"traffic: twice", "{\n\tservice_registry {\n\t\ttraffic users {\n\t\t}\n\t\ttraffic users {\n\t\t}\n\t}\n}\n", 6, "traffic users: specified more than once"},
+		{"traffic: bad alias", "{\n\tservice_registry {\n\t\ttraffic users {\n\t\t\talias st/able v1\n\t\t}\n\t}\n}\n", 3, `alias "st/able": not a valid name`},
 		{"service_proxy: unknown passthrough", ":80 {\n\tservice_proxy {\n\t\tretries 1\n\n\t\tbogus_option 1\n\t}\n}\n", 5, "unrecognized subdirective bogus_option"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -223,15 +223,6 @@ func (m MatchServiceVersion) unknown(r *http.Request, repl *caddy.Replacer, err 
 // whose path names no version of it: seg, when segOK, is an alias or the
 // start of the path.
 func (m MatchServiceVersion) matchTraffic(r *http.Request, repl *caddy.Replacer, snap *registry.Snapshot, tr *registry.Traffic, name, seg string, segOK, grpc bool) (bool, error) {
-	// A request the matcher already sent to a version of this service
-	// (it runs more than once per request in some configs) keeps it: a
-	// second random draw could choose another.
-	if prev, ok := repl.Get(placeholderVersionFrom); ok && prev != "path" {
-		if n, _ := repl.GetString(placeholderName); n == name {
-			v, _ := repl.GetString(placeholderVersion)
-			return m.Version == "" || v == m.Version, nil
-		}
-	}
 	known := func(v string) bool { return snap.Known(name, v) }
 	var version string
 	var from registry.Source
@@ -268,6 +259,16 @@ func (m MatchServiceVersion) matchTraffic(r *http.Request, repl *caddy.Replacer,
 			return m.unknown(r, repl, registry.ErrUnknownVersion, name, seg)
 		}
 		version, from, bucket = c.Version, c.From, c.Bucket
+		if from == registry.FromSplit {
+			// A request the matcher already sent to a version of this
+			// service (it runs more than once per request in some
+			// configs) keeps it: this draw could choose another.
+			vars, _ := r.Context().Value(caddyhttp.VarsCtxKey).(map[string]any)
+			if n, _ := vars[varName].(string); n == name {
+				v, _ := vars[varVersion].(string)
+				return m.Version == "" || v == m.Version, nil
+			}
+		}
 		if grpc {
 			prefix, bucket = emptyPrefix, -1
 		}
@@ -334,16 +335,24 @@ func clientIP(r *http.Request) string {
 func cookieValue(h http.Header, name string) string {
 	for _, line := range h["Cookie"] {
 		for line != "" {
-			var part string
-			part, line, _ = strings.Cut(line, ";")
-			part = strings.TrimSpace(part)
-			n, v, ok := strings.Cut(part, "=")
-			if ok && n == name {
+			for line != "" && (line[0] == ' ' || line[0] == '\t') {
+				line = line[1:]
+			}
+			end := strings.IndexByte(line, ';')
+			if end < 0 {
+				end = len(line)
+			}
+			if n := len(name); end > n && line[n] == '=' && line[:n] == name {
+				v := strings.TrimRight(line[n+1:end], " \t")
 				if len(v) > 1 && v[0] == '"' && v[len(v)-1] == '"' {
 					v = v[1 : len(v)-1]
 				}
 				return v
 			}
+			if end == len(line) {
+				break
+			}
+			line = line[end+1:]
 		}
 	}
 	return ""

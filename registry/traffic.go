@@ -338,13 +338,16 @@ func StickyCookie(b int) string { return stickyPrefix + strconv.Itoa(b) }
 
 // ParseStickyCookie returns the bucket a sticky cookie value carries.
 func ParseStickyCookie(v string) (int, bool) {
-	rest, ok := strings.CutPrefix(v, stickyPrefix)
-	if !ok {
+	if len(v) < 2 || len(v) > 5 || v[0] != stickyPrefix[0] {
 		return 0, false
 	}
-	b, err := strconv.Atoi(rest)
-	if err != nil || b < 0 || b >= Buckets || strings.TrimLeft(rest, "0123456789") != "" {
-		return 0, false
+	b := 0
+	for i := 1; i < len(v); i++ {
+		c := v[i]
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		b = b*10 + int(c-'0')
 	}
-	return b, true
+	return b, b < Buckets
 }
