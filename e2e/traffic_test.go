@@ -128,6 +128,13 @@ func TestTrafficCanary(t *testing.T) {
 		t.Errorf("%d of 1,000 clients on v2 with a 90/10 split; want about 100", onV2)
 	}
 
+	// Requests per version, by why they went there.
+	m := metrics(t, c)
+	if split, sticky := m[`caddy_service_registry_version_requests_total{from="split",service="users",version="v2"}`],
+		m[`caddy_service_registry_version_requests_total{from="sticky",service="users",version="v2"}`]; split != float64(onV2) || sticky != float64(19*onV2) {
+		t.Errorf("v2's requests: %v by split, %v sticky; want %d and %d", split, sticky, onV2, 19*onV2)
+	}
+
 	// Raise the canary: about 10% of clients move to v2, none back.
 	if status, body := c.AdminDo(http.MethodPut, "/service_registry/traffic/users", "application/json",
 		`{"split":{"v1":80,"v2":20},"aliases":{"stable":"v1"}}`); status != http.StatusOK {

@@ -53,7 +53,10 @@ var (
 // (address in canonical host:port form), with a small JSON value such as
 // {"weight":2,"metadata":{"zone":"a"}}; an empty value or {} means the
 // defaults. Anything else under the prefix (a bad key, bad JSON, a bad
-// address) is skipped with one warning naming the key.
+// address) is skipped with one warning naming the key. A service's
+// traffic policy is <prefix>@traffic/<service>, its value the policy's
+// JSON (as the admin API takes it); it replaces the config's policy of
+// that service on every instance on the prefix.
 //
 // One initial Get, then a Watch from the next revision: every change
 // updates the in-memory snapshot, and no etcd call is made on the request

@@ -43,6 +43,8 @@ func init() {
 // deleted through the admin API stays deleted, even across restarts, until
 // it is added again through the admin API. Removing a seed from the config
 // removes it from the registry unless it was also added through the API.
+// Traffic policies set through the admin API are saved in the same file
+// and replace the config's policy of their service until deleted there.
 type Backend struct {
 	// StorageKey is the key in Caddy's storage under which admin-API
 	// changes are saved. Default: service_registry/memory.json.
