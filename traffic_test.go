@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"strings"
 	"testing"
 
 	"github.com/caddyserver/caddy/v2"
@@ -268,5 +269,20 @@ func BenchmarkMatchTraffic(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// A config's policy may not name versions the config does not seed, for a
+// service it seeds; for one it does not seed, versions come later.
+func TestCheckSeededVersions(t *testing.T) {
+	seeds := map[registry.ServiceKey][]registry.Endpoint{{Service: "users", Version: "v1"}: nil}
+	if err := checkSeededVersions("users", registry.TrafficPolicy{Split: map[string]int{"v1": 1, "v2": 1}}, seeds); err == nil || !strings.Contains(err.Error(), "unknown versions: v2") {
+		t.Errorf("a split naming an unseeded version of a seeded service: %v", err)
+	}
+	if err := checkSeededVersions("users", registry.TrafficPolicy{Split: map[string]int{"v1": 1}}, seeds); err != nil {
+		t.Error(err)
+	}
+	if err := checkSeededVersions("orders", registry.TrafficPolicy{Split: map[string]int{"v7": 1}}, seeds); err != nil {
+		t.Errorf("a service the config does not seed: %v", err)
 	}
 }

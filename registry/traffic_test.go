@@ -121,3 +121,71 @@ func BenchmarkTrafficVersion(b *testing.B) {
 		_ = tr.Version(Bucket("10.0.0.1"))
 	}
 }
+
+// Choose: the header, then the cookie (a version, an alias or a sticky
+// bucket), then the sticky key, then the split.
+func TestTrafficChoose(t *testing.T) {
+	known := knownVersions("v1", "v2")
+	tr := compile(t, TrafficPolicy{Split: map[string]int{"v1": 90, "v2": 10}, Aliases: map[string]string{"stable": "v1"}}, "v1", "v2")
+	for _, tc := range []struct {
+		req  TrafficRequest
+		want Choice
+	}{
+		{TrafficRequest{Header: "v2", Cookie: "v1"}, Choice{Version: "v2", From: FromHeader, Bucket: -1}},
+		{TrafficRequest{Header: "stable"}, Choice{Version: "v1", From: FromHeader, Bucket: -1}},
+		{TrafficRequest{Header: "v9"}, Choice{Named: "v9", From: FromHeader, Bucket: -1}},
+		{TrafficRequest{Cookie: "v2"}, Choice{Version: "v2", From: FromCookie, Bucket: -1}},
+		{TrafficRequest{Cookie: "beta"}, Choice{Named: "beta", From: FromCookie, Bucket: -1}},
+		{TrafficRequest{Cookie: StickyCookie(9999)}, Choice{Version: "v2", From: FromSticky, Bucket: -1}},
+		{TrafficRequest{Cookie: StickyCookie(0)}, Choice{Version: "v1", From: FromSticky, Bucket: -1}},
+		{TrafficRequest{Random: 9500}, Choice{Version: "v2", From: FromSplit, Bucket: 9500}},
+		{TrafficRequest{Random: Buckets + 12}, Choice{Version: "v1", From: FromSplit, Bucket: 12}},
+	} {
+		if got := tr.Choose(tc.req, known); got != tc.want {
+			t.Errorf("%+v: %+v, want %+v", tc.req, got, tc.want)
+		}
+	}
+	byIP := compile(t, TrafficPolicy{Split: map[string]int{"v1": 50, "v2": 50}, Sticky: "ip"}, "v1", "v2")
+	c := byIP.Choose(TrafficRequest{StickyKey: "10.1.2.3", Random: 1}, known)
+	if c.From != FromSticky || c.Bucket != -1 || c.Version != byIP.Version(Bucket("10.1.2.3")) {
+		t.Errorf("sticky ip: %+v", c)
+	}
+	if c := byIP.Choose(TrafficRequest{Cookie: StickyCookie(1), Random: 9999}, known); c.From != FromSplit || c.Bucket != -1 {
+		t.Errorf("sticky ip ignores a bucket cookie and sets none: %+v", c)
+	}
+	none := compile(t, TrafficPolicy{Aliases: map[string]string{"stable": "v1"}}, "v1", "v2")
+	if c := none.Choose(TrafficRequest{Random: 5}, known); c.Version != "" || c.Named != "" {
+		t.Errorf("no split, nothing named: %+v; want no version", c)
+	}
+}
+
+// A table keeps its traffic policies when its endpoints change, and the
+// other way round; MergeTraffic puts stored policies over seeds and
+// leaves out bad ones.
+func TestTableTraffic(t *testing.T) {
+	tbl := NewTable()
+	var bad []string
+	all := MergeTraffic(
+		map[string]TrafficPolicy{"users": {Split: map[string]int{"v1": 1}}, "orders": {Split: map[string]int{"v1": 1}}},
+		map[string]TrafficPolicy{"users": {Split: map[string]int{"v2": 1}}, "x": {Sticky: "maybe"}},
+		func(service string, err error) { bad = append(bad, service) })
+	if len(bad) != 1 || bad[0] != "x" || len(all) != 2 || all["users"].Version(0) != "v2" {
+		t.Fatalf("merged %v, bad %v", all, bad)
+	}
+	tbl.SetTraffic(all)
+	tbl.Replace(map[ServiceKey][]Endpoint{{Service: "users", Version: "v2"}: nil})
+	tbl.Set(ServiceKey{Service: "users", Version: "v1"}, nil)
+	tbl.Remove(ServiceKey{Service: "users", Version: "v1"})
+	tbl.SetSynced(false)
+	snap := tbl.Snapshot()
+	if snap.Traffic("users") == nil || snap.Traffic("orders") == nil || len(snap.Policies()) != 2 {
+		t.Error("endpoint changes lost the traffic policies")
+	}
+	if !snap.Known("users", "v2") || snap.Known("users", "v1") {
+		t.Error("Known does not reflect the versions")
+	}
+	tbl.SetTraffic(nil)
+	if tbl.Snapshot().Traffic("users") != nil || !tbl.Snapshot().Known("users", "v2") {
+		t.Error("SetTraffic(nil) did not clear the policies, or lost the endpoints")
+	}
+}

@@ -623,3 +623,60 @@ func TestEtcdLostLeaseRegranted(t *testing.T) {
 		t.Error("an endpoint deleted in etcd came back")
 	}
 }
+
+// Traffic policies live at <prefix>@traffic/<service>: listed at start
+// (a bad one skipped with a warning), written by PutTraffic, followed
+// through the watch, removed by DeleteTraffic.
+func TestEtcdTrafficPolicies(t *testing.T) {
+	srv := etcdtest.Start(t)
+	cli := srv.Client(t)
+	ctx := context.Background()
+	for k, v := range map[string]string{
+		"/svcreg/users/v1/127.0.0.1:9091": `{}`,
+		"/svcreg/users/v2/127.0.0.1:9092": `{}`,
+		"/svcreg/@traffic/users":          `{"split":{"v1":90,"v2":10}}`,
+		"/svcreg/@traffic/orders":         `{"split":{"v1":90},"bogus":1}`,
+		"/svcreg/@traffic/bad$name":       `{}`,
+	} {
+		if _, err := cli.Put(ctx, k, v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r, _ := startRegistry(t, &Backend{Endpoints: []string{srv.Endpoint}}, nil)
+	split := func() map[string]int {
+		if tr := r.Snapshot().Traffic("users"); tr != nil {
+			return tr.Policy().Split
+		}
+		return nil
+	}
+	if got := split(); got["v2"] != 10 {
+		t.Fatalf("listed policy: %v", got)
+	}
+	if tr := r.Snapshot().Traffic("orders"); tr != nil {
+		t.Errorf("a policy with an unknown field was used: %+v", tr.Policy())
+	}
+	must(t, r.PutTraffic(ctx, "users", registry.TrafficPolicy{Split: map[string]int{"v1": 50, "v2": 50}, Aliases: map[string]string{"stable": "v1"}}))
+	if got := split(); got["v2"] != 50 {
+		t.Errorf("right after PutTraffic: %v", got)
+	}
+	resp, err := cli.Get(ctx, "/svcreg/@traffic/users")
+	if err != nil || len(resp.Kvs) != 1 || !strings.Contains(string(resp.Kvs[0].Value), `"v2":50`) {
+		t.Fatalf("the stored policy: %v, %v", resp, err)
+	}
+	if _, err := cli.Put(ctx, "/svcreg/@traffic/users", `{"split":{"v2":100}}`); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "a policy written to etcd", func() bool { return split()["v2"] == 100 })
+	if _, err := cli.Put(ctx, "/svcreg/@traffic/users", `nope`); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "a policy rewritten with a bad value to go", func() bool { return split() == nil })
+	must(t, r.PutTraffic(ctx, "users", registry.TrafficPolicy{Split: map[string]int{"v1": 100}}))
+	must(t, r.DeleteTraffic(ctx, "users"))
+	if split() != nil {
+		t.Error("the policy is still used after DeleteTraffic")
+	}
+	if err := r.DeleteTraffic(ctx, "users"); !errors.Is(err, registry.ErrNoTrafficPolicy) {
+		t.Errorf("a second DeleteTraffic: %v; want ErrNoTrafficPolicy", err)
+	}
+}

@@ -216,3 +216,64 @@ func TestSharedStorage(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// Traffic policies: the config's is the seed; one set through the
+// registry replaces it, is saved, seen by another instance on the same
+// storage and after a restart; deleting it brings the config's back.
+func TestTrafficPolicies(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	seeds := map[registry.ServiceKey][]registry.Endpoint{
+		{Service: "users", Version: "v1"}: eps("127.0.0.1:1"),
+		{Service: "users", Version: "v2"}: eps("127.0.0.1:2"),
+	}
+	seedPolicy := map[string]registry.TrafficPolicy{"users": {Split: map[string]int{"v1": 90, "v2": 10}}}
+	startWith := func() *registry.Local {
+		r := registry.New(&Backend{StorageKey: "service_registry/memory.json", PollInterval: caddy.Duration(100 * time.Millisecond)}, registry.Options{})
+		t.Cleanup(func() { must(t, r.Stop()) })
+		e := env(dir, seeds)
+		e.Traffic = seedPolicy
+		must(t, r.Start(e, nil, nil))
+		return r
+	}
+	split := func(r *registry.Local) map[string]int {
+		if tr := r.Snapshot().Traffic("users"); tr != nil {
+			return tr.Policy().Split
+		}
+		return nil
+	}
+	a, b := startWith(), startWith()
+	if got := split(a); got["v2"] != 10 {
+		t.Fatalf("seeded policy: %v", got)
+	}
+	err := a.PutTraffic(ctx, "users", registry.TrafficPolicy{Split: map[string]int{"v1": 50, "v3": 50}})
+	if !errors.Is(err, registry.ErrInvalid) || !strings.Contains(err.Error(), "unknown versions: v3") {
+		t.Fatalf("a policy naming v3: %v; want an invalid-input error naming v3", err)
+	}
+	must(t, a.PutTraffic(ctx, "users", registry.TrafficPolicy{Split: map[string]int{"v1": 50, "v2": 50}}))
+	if got := split(a); got["v2"] != 50 {
+		t.Fatalf("after the PUT: %v", got)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for split(b)["v2"] != 50 {
+		if time.Now().After(deadline) {
+			t.Fatal("the other instance on the same storage did not pick up the policy")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if got := split(startWith()); got["v2"] != 50 {
+		t.Errorf("after a restart: %v; want the saved policy", got)
+	}
+	must(t, b.DeleteTraffic(ctx, "users"))
+	if got := split(b); got["v2"] != 10 {
+		t.Errorf("after the DELETE: %v; want the config's back", got)
+	}
+	if err := b.DeleteTraffic(ctx, "users"); !errors.Is(err, registry.ErrNoTrafficPolicy) {
+		t.Errorf("a second DELETE: %v; want ErrNoTrafficPolicy", err)
+	}
+	// endpoints changes keep the policies, and the other way round
+	must(t, a.Add(ctx, registry.ServiceKey{Service: "users", Version: "v2"}, registry.Endpoint{Address: "127.0.0.1:3"}))
+	if got := split(a); got["v2"] != 10 {
+		t.Errorf("after an add: %v", got)
+	}
+}
