@@ -162,12 +162,13 @@ func (m MatchServiceVersion) MatchWithError(r *http.Request) (bool, error) {
 	}
 	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	snap := m.registry.Snapshot()
+	versions := snap.Versions(name)
 	tr := snap.Traffic(name)
 	grpc := tr != nil && isGRPC(r)
 	var svc *registry.Service
 	err := registry.ErrUnknownVersion
 	if segOK && !grpc {
-		svc, err = snap.Lookup(name, seg)
+		svc, err = versions.Lookup(seg)
 	}
 	switch {
 	case err == nil:
@@ -193,7 +194,7 @@ func (m MatchServiceVersion) MatchWithError(r *http.Request) (bool, error) {
 		return true, nil
 
 	case tr != nil && errors.Is(err, registry.ErrUnknownVersion):
-		return m.matchTraffic(r, repl, snap, tr, name, seg, segOK, grpc)
+		return m.matchTraffic(r, repl, versions, tr, name, seg, segOK, grpc)
 
 	case !segOK || (m.Version != "" && seg != m.Version):
 		return false, nil
@@ -222,8 +223,7 @@ func (m MatchServiceVersion) unknown(r *http.Request, repl *caddy.Replacer, err 
 // matchTraffic matches a request to a service with a traffic policy
 // whose path names no version of it: seg, when segOK, is an alias or the
 // start of the path.
-func (m MatchServiceVersion) matchTraffic(r *http.Request, repl *caddy.Replacer, snap *registry.Snapshot, tr *registry.Traffic, name, seg string, segOK, grpc bool) (bool, error) {
-	known := func(v string) bool { return snap.Known(name, v) }
+func (m MatchServiceVersion) matchTraffic(r *http.Request, repl *caddy.Replacer, versions registry.Versions, tr *registry.Traffic, name, seg string, segOK, grpc bool) (bool, error) {
 	var version string
 	var from registry.Source
 	prefix := tr.SplitPrefix()
@@ -231,7 +231,7 @@ func (m MatchServiceVersion) matchTraffic(r *http.Request, repl *caddy.Replacer,
 	if alias := tr.Alias(seg); segOK && !grpc && alias != "" {
 		version, from, prefix = alias, registry.FromAlias, tr.AliasPrefix(seg)
 	} else {
-		p := tr.Policy()
+		p := tr.Names()
 		req := registry.TrafficRequest{Random: rand.Uint64()}
 		if h := r.Header[p.Header]; len(h) > 0 {
 			req.Header = h[0]
@@ -247,7 +247,7 @@ func (m MatchServiceVersion) matchTraffic(r *http.Request, repl *caddy.Replacer,
 		case "ip":
 			req.StickyKey = clientIP(r)
 		}
-		c := tr.Choose(req, known)
+		c := tr.Choose(req, versions.Known)
 		switch {
 		case c.Version == "" && c.Named != "":
 			return m.unknown(r, repl, registry.ErrUnknownVersion, name, c.Named)
@@ -273,12 +273,12 @@ func (m MatchServiceVersion) matchTraffic(r *http.Request, repl *caddy.Replacer,
 			prefix, bucket = emptyPrefix, -1
 		}
 	}
-	svc, err := snap.Lookup(name, version)
+	svc, err := versions.Lookup(version)
 	if err != nil {
 		return m.unknown(r, repl, err, name, version)
 	}
 	if fb := tr.Fallback(); fb != "" && fb != version && !anyAvailable(svc) {
-		if other, err := snap.Lookup(name, fb); err == nil {
+		if other, err := versions.Lookup(fb); err == nil {
 			svc, from = other, registry.FromFallback
 		}
 	}
@@ -311,8 +311,11 @@ func anyAvailable(svc *registry.Service) bool {
 	return false
 }
 
-// isGRPC reports whether r is a gRPC request.
+// isGRPC reports whether r is a gRPC request (which needs HTTP/2 or 3).
 func isGRPC(r *http.Request) bool {
+	if r.ProtoMajor < 2 {
+		return false
+	}
 	ct := r.Header["Content-Type"]
 	return len(ct) > 0 && strings.HasPrefix(ct[0], "application/grpc")
 }
@@ -343,7 +346,10 @@ func cookieValue(h http.Header, name string) string {
 				end = len(line)
 			}
 			if n := len(name); end > n && line[n] == '=' && line[:n] == name {
-				v := strings.TrimRight(line[n+1:end], " \t")
+				v := line[n+1 : end]
+				for v != "" && (v[len(v)-1] == ' ' || v[len(v)-1] == '\t') {
+					v = v[:len(v)-1]
+				}
 				if len(v) > 1 && v[0] == '"' && v[len(v)-1] == '"' {
 					v = v[1 : len(v)-1]
 				}

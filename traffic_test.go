@@ -50,6 +50,7 @@ func TestMatchTraffic(t *testing.T) {
 		name, path     string
 		header, cookie string
 		contentType    string
+		http1          bool
 		version, from  string // "" for no match
 		after          string
 		status         int // of the error, if any
@@ -72,6 +73,7 @@ func TestMatchTraffic(t *testing.T) {
 		{name: "cookie names an unknown version", path: "/users/x", cookie: "v9", status: 404},
 		{name: "other service has no policy", path: "/orders/x", status: 404},
 		{name: "other service, one segment", path: "/orders"},
+		{name: "grpc content type over HTTP/1 is not gRPC", path: "/users/v1/x", contentType: "application/grpc", http1: true, version: "v1", from: "path", after: "/x"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r, _ := newRequest(t, http.MethodGet, tc.path)
@@ -83,6 +85,10 @@ func TestMatchTraffic(t *testing.T) {
 			}
 			if tc.contentType != "" {
 				r.Header.Set("Content-Type", tc.contentType)
+				r.ProtoMajor = 2 // gRPC needs HTTP/2
+			}
+			if tc.http1 {
+				r.ProtoMajor = 1
 			}
 			version, from, after, err := matchTraffic(t, m, r)
 			if tc.status != 0 {

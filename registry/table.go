@@ -55,6 +55,43 @@ func (s *Snapshot) Lookup(name, version string) (*Service, error) {
 	return svc, nil
 }
 
+// Versions are the versions of one service in a snapshot.
+type Versions struct {
+	versions map[string]*Service
+	synced   bool
+}
+
+// Versions returns the versions of a service, for several lookups that
+// find the service once.
+func (s *Snapshot) Versions(service string) Versions {
+	return Versions{versions: s.services[service], synced: s.synced}
+}
+
+// Lookup returns a version of the service, with the errors of
+// Snapshot.Lookup.
+func (v Versions) Lookup(version string) (*Service, error) {
+	if v.versions == nil {
+		if !v.synced {
+			return nil, ErrNotSynced
+		}
+		return nil, ErrUnknownService
+	}
+	svc, ok := v.versions[version]
+	if !ok {
+		if !v.synced {
+			return nil, ErrNotSynced
+		}
+		return nil, ErrUnknownVersion
+	}
+	return svc, nil
+}
+
+// Known reports whether the service has the version.
+func (v Versions) Known(version string) bool {
+	_, ok := v.versions[version]
+	return ok
+}
+
 // Synced reports whether the backend has loaded its endpoints.
 func (s *Snapshot) Synced() bool { return s.synced }
 

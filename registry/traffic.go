@@ -59,6 +59,7 @@ type Traffic struct {
 	splitPrefix any            // "/<service>", boxed
 	aliasPrefix map[string]any // alias -> "/<service>/<alias>", boxed
 	sources     [sourceCount]any
+	names       TrafficNames
 }
 
 // Compile checks p, the policy of service, and returns it ready to
@@ -152,6 +153,7 @@ func (p TrafficPolicy) Compile(service string, known func(version string) bool) 
 		acc += p.Split[v]
 		t.bounds = append(t.bounds, acc*Buckets/total)
 	}
+	t.names = TrafficNames{Header: t.policy.Header, Cookie: t.policy.Cookie, Sticky: t.policy.Sticky, StickyHeader: t.policy.StickyHeader}
 	t.splitPrefix = "/" + service
 	t.aliasPrefix = make(map[string]any, len(p.Aliases))
 	for alias := range p.Aliases {
@@ -179,6 +181,15 @@ func validToken(s string) bool {
 
 // Service returns the name of the policy's service.
 func (t *Traffic) Service() string { return t.service }
+
+// TrafficNames are the names a request is read by.
+type TrafficNames struct {
+	Header, Cookie, Sticky, StickyHeader string
+}
+
+// Names returns the header, cookie and stickiness of the policy, with the
+// defaults filled in and header names canonical.
+func (t *Traffic) Names() *TrafficNames { return &t.names }
 
 // Policy returns the policy with its defaults filled in.
 func (t *Traffic) Policy() TrafficPolicy { return t.policy }
@@ -286,7 +297,12 @@ func (t *Traffic) Choose(req TrafficRequest, known func(string) bool) Choice {
 }
 
 // Alias returns the version an alias names, or "" when it names none.
-func (t *Traffic) Alias(alias string) string { return t.policy.Aliases[alias] }
+func (t *Traffic) Alias(alias string) string {
+	if len(t.policy.Aliases) == 0 {
+		return ""
+	}
+	return t.policy.Aliases[alias]
+}
 
 // Fallback returns the policy's fallback version, or "".
 func (t *Traffic) Fallback() string { return t.policy.Fallback }
