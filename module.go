@@ -184,7 +184,7 @@ func (m MatchServiceVersion) MatchWithError(r *http.Request) (bool, error) {
 		svc.CountRouted(registry.FromPath)
 		return true, nil
 
-	case errors.Is(err, registry.ErrNotSynced):
+	case err == registry.ErrNotSynced: // Versions.Lookup returns the bare errors
 		if !segOK || (m.Version != "" && seg != m.Version) {
 			return false, nil
 		}
@@ -193,7 +193,7 @@ func (m MatchServiceVersion) MatchWithError(r *http.Request) (bool, error) {
 		setServiceVars(r, repl, name, seg, m.Prefix+"/"+name+"/"+seg, "path")
 		return true, nil
 
-	case tr != nil && errors.Is(err, registry.ErrUnknownVersion):
+	case tr != nil && err == registry.ErrUnknownVersion:
 		return m.matchTraffic(r, repl, versions, tr, name, seg, segOK, grpc)
 
 	case !segOK || (m.Version != "" && seg != m.Version):
