@@ -60,6 +60,7 @@ type Traffic struct {
 	aliasPrefix map[string]any // alias -> "/<service>/<alias>", boxed
 	sources     [sourceCount]any
 	names       TrafficNames
+	aliases     [][2]string // alias, version
 }
 
 // Compile checks p, the policy of service, and returns it ready to
@@ -156,8 +157,9 @@ func (p TrafficPolicy) Compile(service string, known func(version string) bool) 
 	t.names = TrafficNames{Header: t.policy.Header, Cookie: t.policy.Cookie, Sticky: t.policy.Sticky, StickyHeader: t.policy.StickyHeader}
 	t.splitPrefix = "/" + service
 	t.aliasPrefix = make(map[string]any, len(p.Aliases))
-	for alias := range p.Aliases {
+	for alias, v := range p.Aliases {
 		t.aliasPrefix[alias] = "/" + service + "/" + alias
+		t.aliases = append(t.aliases, [2]string{alias, v})
 	}
 	for s := range Source(sourceCount) {
 		t.sources[s] = s.String()
@@ -200,7 +202,7 @@ func (t *Traffic) Resolve(name string, known func(string) bool) string {
 	if known(name) {
 		return name
 	}
-	return t.policy.Aliases[name]
+	return t.Alias(name)
 }
 
 // Source says why a request went to its version: {svc.version_from}.
@@ -297,11 +299,14 @@ func (t *Traffic) Choose(req TrafficRequest, known func(string) bool) Choice {
 }
 
 // Alias returns the version an alias names, or "" when it names none.
+// A policy has few aliases: comparing them costs less than hashing.
 func (t *Traffic) Alias(alias string) string {
-	if len(t.policy.Aliases) == 0 {
-		return ""
+	for i := range t.aliases {
+		if t.aliases[i][0] == alias {
+			return t.aliases[i][1]
+		}
 	}
-	return t.policy.Aliases[alias]
+	return ""
 }
 
 // Fallback returns the policy's fallback version, or "".
