@@ -7,6 +7,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
+
 	"github.com/svcreg/caddy-svcreg/registry"
 )
 
@@ -52,5 +55,37 @@ func TestCheckJSONObject(t *testing.T) {
 		if (err == nil) != (want == "") || err != nil && !strings.Contains(err.Error(), want) {
 			t.Errorf("%s: %v; want %q", body, err, want)
 		}
+	}
+}
+
+// PUT and DELETE of a traffic policy emit traffic_changed; a refused PUT
+// emits nothing and changes nothing.
+func TestTrafficEvents(t *testing.T) {
+	reg := newTestRegistry(t, matcherServices)
+	var events []string
+	app := &App{reg: &pooledRegistry{reg}, logger: zap.NewNop(), emit: func(name string, data map[string]any) {
+		events = append(events, name+" "+data["service"].(string)+" "+data["change"].(string))
+	}}
+	do := func(method, body string) *httptest.ResponseRecorder {
+		w := httptest.NewRecorder()
+		r := httptest.NewRequest(method, "/service_registry/traffic/users", strings.NewReader(body))
+		if err := serveTraffic(w, r, app, []string{"users"}); err != nil {
+			if apiErr, ok := err.(caddy.APIError); ok {
+				w.Code = apiErr.HTTPStatus
+			}
+		}
+		return w
+	}
+	if w := do(http.MethodPut, `{"split":{"v1":1,"v9":1}}`); w.Code != http.StatusBadRequest || len(events) != 0 {
+		t.Fatalf("a bad PUT: %d, events %v", w.Code, events)
+	}
+	if w := do(http.MethodPut, `{"split":{"v1":1,"v2":1}}`); w.Code != http.StatusOK {
+		t.Fatalf("PUT: %d %s", w.Code, w.Body)
+	}
+	if w := do(http.MethodDelete, ``); w.Code != http.StatusOK {
+		t.Fatalf("DELETE: %d %s", w.Code, w.Body)
+	}
+	if len(events) != 2 || events[0] != "traffic_changed users set" || events[1] != "traffic_changed users deleted" {
+		t.Errorf("events %v", events)
 	}
 }

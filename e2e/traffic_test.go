@@ -250,3 +250,37 @@ func TestTrafficSharedThroughEtcd(t *testing.T) {
 		return status == http.StatusNotFound
 	})
 }
+
+// A reload that drops the config's policy drops it from routing; one that
+// brings it back restores it. Nothing of it outlives the config.
+func TestTrafficReload(t *testing.T) {
+	v1, v2 := startBackend(t, "v1"), startBackend(t, "v2")
+	c := startCaddy(t, trafficRegistry(v1, v2), versionSite, caddyOpts{})
+	if !routesTo(c, "/users/stable/x", "v1") {
+		t.Fatal("the alias does not route")
+	}
+	c.Reload(fmt.Sprintf(`service_registry {
+		service users v1 %s
+		service users v2 %s
+	}`, v1.Addr, v2.Addr), versionSite)
+	for _, path := range []string{"/users/stable/x", "/users/x"} {
+		if status, body, _ := c.Get(path); status != http.StatusNotFound {
+			t.Errorf("GET %s after the policy left the config: %d %s; want 404", path, status, body)
+		}
+	}
+	if status, body := c.AdminDo(http.MethodGet, "/service_registry/traffic", "", ""); status != http.StatusOK || strings.TrimSpace(body) != "[]" {
+		t.Errorf("policies after the reload: %d %s; want none", status, body)
+	}
+	// a config naming a version it does not seed is refused, and changes nothing
+	bad := strings.Replace(trafficRegistry(v1, v2), "split v1 90 v2 10", "split v1 90 v3 10", 1)
+	if out, err := c.TryReload(bad, versionSite); err == nil || !strings.Contains(out, "unknown versions: v3") {
+		t.Errorf("reload with a policy naming v3: %v\n%s", err, out)
+	}
+	if status, _, _ := c.Get("/users/x"); status != http.StatusNotFound {
+		t.Errorf("a refused reload changed routing: %d", status)
+	}
+	c.Reload(trafficRegistry(v1, v2), versionSite)
+	if !routesTo(c, "/users/stable/x", "v1") {
+		t.Error("the alias does not route after the policy came back")
+	}
+}
