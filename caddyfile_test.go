@@ -351,6 +351,9 @@ func TestCaddyfileErrors(t *testing.T) {
 		{"traffic: repeated", "{\n\tservice_registry {\n\t\ttraffic users {\n\t\t\theader A\n\t\t\theader B\n\t\t}\n\t}\n}\n", 5, "traffic users: header specified more than once"},
 		{"traffic: twice", "{\n\tservice_registry {\n\t\ttraffic users {\n\t\t}\n\t\ttraffic users {\n\t\t}\n\t}\n}\n", 6, "traffic users: specified more than once"},
 		{"traffic: bad alias", "{\n\tservice_registry {\n\t\ttraffic users {\n\t\t\talias st/able v1\n\t\t}\n\t}\n}\n", 3, `alias "st/able": not a valid name`},
+		{"zookeeper: unknown option", "{\n\tservice_registry {\n\t\tbackend zookeeper {\n\t\t\tserver x:1\n\t\t}\n\t}\n}\n", 4, `zookeeper backend: unknown subdirective "server"`},
+		{"zookeeper: bad timeout", "{\n\tservice_registry {\n\t\tbackend zookeeper {\n\t\t\tsession_timeout soon\n\t\t}\n\t}\n}\n", 4, `zookeeper backend: session_timeout: want a positive duration, got "soon"`},
+		{"zookeeper: repeated", "{\n\tservice_registry {\n\t\tbackend zookeeper {\n\t\t\tbase_path /a\n\t\t\tbase_path /b\n\t\t}\n\t}\n}\n", 5, "zookeeper backend: base_path specified more than once"},
 		{"service_proxy: unknown passthrough", ":80 {\n\tservice_proxy {\n\t\tretries 1\n\n\t\tbogus_option 1\n\t}\n}\n", 5, "unrecognized subdirective bogus_option"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -14,6 +14,7 @@ import (
 
 	// The backends register their modules: one --with brings them all.
 	_ "github.com/svcreg/caddy-svcreg/backends/etcd"
+	_ "github.com/svcreg/caddy-svcreg/backends/zookeeper"
 	_ "github.com/svcreg/caddy-svcreg/backends/memory"
 	"github.com/svcreg/caddy-svcreg/registry"
 )

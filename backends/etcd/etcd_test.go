@@ -4,12 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"net"
 	"slices"
 	"sort"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -289,68 +286,6 @@ func TestEtcdLostAndBack(t *testing.T) {
 	})
 }
 
-// tcpProxy forwards 127.0.0.1 connections to target until cut.
-type tcpProxy struct {
-	ln     net.Listener
-	target string
-	mu     sync.Mutex
-	conns  []net.Conn
-	cut    bool
-}
-
-func newTCPProxy(t *testing.T, target string) *tcpProxy {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &tcpProxy{ln: ln, target: target}
-	t.Cleanup(func() { ln.Close(); p.Cut() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			p.mu.Lock()
-			if p.cut {
-				p.mu.Unlock()
-				c.Close()
-				continue
-			}
-			up, err := net.Dial("tcp", target)
-			if err != nil {
-				p.mu.Unlock()
-				c.Close()
-				continue
-			}
-			p.conns = append(p.conns, c, up)
-			p.mu.Unlock()
-			go func() { io.Copy(up, c); up.Close() }()
-			go func() { io.Copy(c, up); c.Close() }()
-		}
-	}()
-	return p
-}
-
-// Cut closes every forwarded connection and refuses new ones.
-func (p *tcpProxy) Cut() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.cut = true
-	for _, c := range p.conns {
-		c.Close()
-	}
-	p.conns = nil
-}
-
-// Mend accepts connections again.
-func (p *tcpProxy) Mend() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.cut = false
-}
-
 func TestEtcdCompactionRelists(t *testing.T) {
 	srv := etcdtest.Start(t)
 	cli := srv.Client(t)
@@ -359,8 +294,8 @@ func TestEtcdCompactionRelists(t *testing.T) {
 	if _, err := cli.Put(ctx, "/svcreg/users/v1/127.0.0.1:9001", "{}"); err != nil {
 		t.Fatal(err)
 	}
-	proxy := newTCPProxy(t, srv.Endpoint)
-	_, tbl, logs := startEtcdBackend(t, proxy.ln.Addr().String(), nil)
+	proxy := testutil.NewProxy(t, srv.Endpoint)
+	_, tbl, logs := startEtcdBackend(t, proxy.Addr, nil)
 	eventually(t, 10*time.Second, "the first sync", func() bool { return len(tableHas(tbl, users)) == 1 })
 
 	// While the backend is cut off, change things and compact history

@@ -1,0 +1,844 @@
+// Package zookeeper is the service_registry.backends.zookeeper module: the
+// registry in ZooKeeper, in the layout of Apache Curator's service
+// discovery by default (package zkkv), shared by every Caddy instance on
+// the same ensemble and base path.
+package zookeeper
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"math/rand/v2"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/go-zookeeper/zk"
+	"go.uber.org/zap"
+
+	"github.com/svcreg/caddy-svcreg/backends/zookeeper/zkkv"
+	"github.com/svcreg/caddy-svcreg/registry"
+)
+
+func init() {
+	caddy.RegisterModule(new(Backend))
+}
+
+// Timing of the ZooKeeper backend.
+var (
+	zkRetryMin = 100 * time.Millisecond // first wait after a failed sync
+	zkRetryMax = 5 * time.Second        // longest wait between syncs
+)
+
+// Backend keeps the registry in ZooKeeper.
+//
+// Layout: Curator's service discovery, <base>/<service>/<instance-id>,
+// each node's data Curator's instance JSON with the version in a payload
+// field (or, with version_level, <base>/<service>/<version>/<id>); see
+// package zkkv. A node that does not read as an instance is skipped with
+// one warning naming it. Children are listed with watches, and every
+// watch is set again when it fires: no ZooKeeper call is made on the
+// request path.
+//
+// The admin API writes to ZooKeeper: an endpoint added with a ttl is an
+// ephemeral node of this Caddy's session (it disappears session_timeout
+// after this Caddy stops, and is created again after the session expires);
+// one without is a persistent node. Seeds from the config are this
+// instance's own and are not written.
+//
+// Faults, as with etcd: if ZooKeeper is unreachable at start, Caddy still
+// starts and registry-routed requests get 503 until the first sync; if it
+// is lost later, routing keeps the last snapshot; once a session is back,
+// everything is listed again (after a session expired, this instance's
+// ephemeral nodes are created again first). Each change of reachability
+// is logged once.
+type Backend struct {
+	// Servers are the ZooKeeper servers, host:port. Default:
+	// 127.0.0.1:2181.
+	Servers []string `json:"servers,omitempty"`
+
+	// BasePath is the parent of the service nodes (Curator's basePath).
+	// Default: /services.
+	BasePath string `json:"base_path,omitempty"`
+
+	// VersionField is the payload field holding an instance's version.
+	// Default: version.
+	VersionField string `json:"version_field,omitempty"`
+
+	// VersionLevel reads the version from the path instead:
+	// <base>/<service>/<version>/<id>.
+	VersionLevel bool `json:"version_level,omitempty"`
+
+	// WeightField is the payload field holding an instance's weight.
+	// Default: weight.
+	WeightField string `json:"weight_field,omitempty"`
+
+	// SessionTimeout is the ZooKeeper session timeout. Default: 10s.
+	SessionTimeout caddy.Duration `json:"session_timeout,omitempty"`
+
+	// WriteTimeout bounds an admin-API write. Default: 5s.
+	WriteTimeout caddy.Duration `json:"write_timeout,omitempty"`
+
+	layout  zkkv.Layout
+	servers []string
+	logger  *zap.Logger
+
+	conn   *zk.Conn
+	cancel context.CancelFunc
+	done   sync.WaitGroup
+	wake   chan struct{}   // a session event arrived
+	events chan watchEvent // fired watches
+
+	mu           sync.Mutex // guards everything below
+	table        *registry.Table
+	seeds        map[registry.ServiceKey][]registry.Endpoint
+	trafficSeeds map[string]registry.TrafficPolicy
+	state        zk.State
+	gen          int // sessions begun (or resumed) so far
+	listedGen    int // the gen of the last listing
+	session      int64 // the session of the last listing
+	epoch        int   // listings so far: a watch of an older one is stale
+	listCtx      context.Context
+	listCancel   context.CancelFunc
+	dirs         map[string]map[string]bool // watched node -> its children
+	leaves       map[string]leaf            // instance node -> what it holds
+	warned       map[string]int64           // node -> modification zxid warned about
+	owned        map[string][]byte          // ephemeral nodes this backend keeps: path -> data
+	synced       bool
+	reachable    bool
+	stopped      bool
+}
+
+// leaf is an instance node that reads as an endpoint.
+type leaf struct {
+	key registry.ServiceKey
+	ep  registry.Endpoint
+}
+
+// watchEvent is a fired watch of a listing.
+type watchEvent struct {
+	epoch int
+	leaf  bool // a data watch of an instance node, else a child watch
+	depth int  // of a child watch: the node's level below the base
+	path  string
+	ev    zk.Event
+}
+
+// CaddyModule returns the Caddy module information.
+func (*Backend) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "service_registry.backends.zookeeper",
+		New: func() caddy.Module { return new(Backend) },
+	}
+}
+
+// Provision expands placeholders and sets defaults.
+func (b *Backend) Provision(ctx caddy.Context) error {
+	b.logger = ctx.Logger()
+	return b.setup()
+}
+
+// setup expands placeholders, sets defaults and checks the settings.
+func (b *Backend) setup() error {
+	repl := caddy.NewReplacer()
+	if len(b.Servers) == 0 {
+		b.Servers = []string{"127.0.0.1:2181"}
+	}
+	b.servers = nil
+	for _, s := range b.Servers {
+		for part := range strings.SplitSeq(repl.ReplaceKnown(s, ""), ",") {
+			if part = strings.TrimSpace(part); part != "" {
+				b.servers = append(b.servers, part)
+			}
+		}
+	}
+	if len(b.servers) == 0 {
+		return errors.New("zookeeper backend: no servers")
+	}
+	layout, err := zkkv.Layout{
+		Base: repl.ReplaceKnown(b.BasePath, ""), VersionField: b.VersionField,
+		VersionLevel: b.VersionLevel, WeightField: b.WeightField,
+	}.Normalize()
+	if err != nil {
+		return fmt.Errorf("zookeeper backend: %w", err)
+	}
+	b.layout = layout
+	if b.SessionTimeout == 0 {
+		b.SessionTimeout = caddy.Duration(10 * time.Second)
+	}
+	if b.SessionTimeout < caddy.Duration(time.Second) {
+		return fmt.Errorf("zookeeper backend: session_timeout %v: want at least 1s", time.Duration(b.SessionTimeout))
+	}
+	if b.WriteTimeout == 0 {
+		b.WriteTimeout = caddy.Duration(5 * time.Second)
+	}
+	return nil
+}
+
+// Start connects in the background; it never waits for ZooKeeper.
+func (b *Backend) Start(table *registry.Table, env registry.BackendEnv) error {
+	if b.servers == nil { // used without Provision, as a library
+		if err := b.setup(); err != nil {
+			return err
+		}
+	}
+	b.logger = env.Logger
+	b.wake = make(chan struct{}, 1)
+	b.events = make(chan watchEvent, 256)
+	conn, _, err := zk.Connect(b.servers, time.Duration(b.SessionTimeout),
+		zk.WithLogger(zkLogger{b.logger}), zk.WithEventCallback(b.sessionEvent))
+	if err != nil {
+		return fmt.Errorf("connecting to zookeeper: %w", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	b.mu.Lock()
+	b.conn, b.cancel, b.table = conn, cancel, table
+	b.seeds, b.trafficSeeds = env.Seeds, env.Traffic
+	b.warned, b.owned = map[string]int64{}, map[string][]byte{}
+	b.reachable = true // until shown otherwise, so that a first failure is logged
+	b.table.SetTraffic(registry.MergeTraffic(b.trafficSeeds, nil, nil))
+	b.mu.Unlock()
+	b.done.Go(func() { b.run(ctx) })
+	return nil
+}
+
+// sessionEvent is go-zookeeper's callback for every event; it keeps the
+// session's state and wakes the sync loop.
+func (b *Backend) sessionEvent(ev zk.Event) {
+	if ev.Type != zk.EventSession {
+		return
+	}
+	b.mu.Lock()
+	b.state = ev.State
+	if ev.State == zk.StateHasSession {
+		b.gen++
+	}
+	b.mu.Unlock()
+	select {
+	case b.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Reconfigure takes a newer config's seeds and logger.
+func (b *Backend) Reconfigure(env registry.BackendEnv) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.logger = env.Logger
+	b.seeds, b.trafficSeeds = env.Seeds, env.Traffic
+	if b.synced {
+		b.table.Replace(registry.MergeAll(b.seeds, b.stored()))
+	}
+	b.table.SetTraffic(registry.MergeTraffic(b.trafficSeeds, nil, nil))
+	return nil
+}
+
+// Stop ends the sync and closes the session: this instance's ephemeral
+// nodes go with it.
+func (b *Backend) Stop() error {
+	b.mu.Lock()
+	if b.stopped || b.cancel == nil {
+		b.stopped = true
+		b.mu.Unlock()
+		return nil
+	}
+	b.stopped = true
+	b.mu.Unlock()
+	b.cancel()
+	b.conn.Close()
+	b.done.Wait()
+	return nil
+}
+
+// run lists everything whenever a session begins (the first, a new one
+// after expiry, or the same one after a reconnection), then follows the
+// watches until the session is lost or replaced.
+func (b *Backend) run(ctx context.Context) {
+	wait := zkRetryMin
+	for ctx.Err() == nil {
+		if !b.waitSession(ctx) {
+			return
+		}
+		if err := b.list(ctx); err != nil {
+			b.setReachable(false, err)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(wait + rand.N(wait/2+1)):
+			}
+			wait = min(2*wait, zkRetryMax)
+			continue
+		}
+		wait = zkRetryMin
+		b.setReachable(true, nil)
+		b.follow(ctx)
+	}
+}
+
+// waitSession waits until the connection has a session, and reports
+// whether it does (false: stopping). A session that expired is replaced
+// by go-zookeeper; until then the snapshot stays.
+func (b *Backend) waitSession(ctx context.Context) bool {
+	since := time.Now()
+	for {
+		b.mu.Lock()
+		state := b.state
+		b.mu.Unlock()
+		if state == zk.StateHasSession {
+			return true
+		}
+		// a reconnection within a second is not worth a log line
+		if time.Since(since) >= time.Second {
+			b.setReachable(false, fmt.Errorf("no zookeeper session (%v)", state))
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-b.wake:
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// follow applies fired watches until the session is lost, or a new one
+// (or the same one, reconnected) begins: then everything is listed again.
+func (b *Backend) follow(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-b.wake:
+			b.mu.Lock()
+			state, again := b.state, b.gen != b.listedGen
+			b.mu.Unlock()
+			if state != zk.StateConnected && (state != zk.StateHasSession || again) {
+				// lost (wait for a session), or back (list again, in
+				// case a watch was missed)
+				return
+			}
+		case we := <-b.events:
+			b.mu.Lock()
+			current := we.epoch == b.epoch
+			b.mu.Unlock()
+			if !current || we.ev.Type == zk.EventNotWatching {
+				continue
+			}
+			if err := b.apply(ctx, we); err != nil {
+				b.log().Warn("following zookeeper; listing everything again", zap.String("backend", "zookeeper"), zap.Error(err))
+				return
+			}
+		}
+	}
+}
+
+// list reads every service and instance under the base, setting watches,
+// and publishes them. A session that replaced an expired one first gets
+// this instance's ephemeral nodes back.
+func (b *Backend) list(ctx context.Context) error {
+	b.mu.Lock()
+	b.listedGen = b.gen
+	session := b.conn.SessionID()
+	renew := b.session != 0 && b.session != session
+	owned := maps.Clone(b.owned)
+	b.epoch++
+	if b.listCancel != nil {
+		b.listCancel() // the old listing's watches forward nothing more
+	}
+	b.listCtx, b.listCancel = context.WithCancel(ctx)
+	b.dirs, b.leaves = map[string]map[string]bool{}, map[string]leaf{}
+	b.mu.Unlock()
+	if renew {
+		for p, data := range owned {
+			if err := b.createOwned(p, data); err != nil {
+				return fmt.Errorf("registering %s again after the session expired: %w", p, err)
+			}
+		}
+	}
+	if err := b.watchDir(b.layout.Base, 0); err != nil {
+		return err
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.session = session
+	b.synced = true
+	b.table.Replace(registry.MergeAll(b.seeds, b.stored()))
+	return nil
+}
+
+// createOwned creates an ephemeral node of this session, making its
+// parents as needed; one left by an older session of ours is replaced.
+func (b *Backend) createOwned(p string, data []byte) error {
+	if err := b.makeParents(p); err != nil {
+		return err
+	}
+	_, err := b.conn.Create(p, data, zk.FlagEphemeral, zk.WorldACL(zk.PermAll))
+	if errors.Is(err, zk.ErrNodeExists) {
+		_, err = b.conn.Set(p, data, -1)
+	}
+	return err
+}
+
+// makeParents creates the persistent parents of node p that are missing.
+func (b *Backend) makeParents(p string) error {
+	parts := strings.Split(strings.TrimPrefix(p, "/"), "/")
+	at := ""
+	for _, part := range parts[:len(parts)-1] {
+		at += "/" + part
+		if _, err := b.conn.Create(at, nil, 0, zk.WorldACL(zk.PermAll)); err != nil && !errors.Is(err, zk.ErrNodeExists) {
+			return err
+		}
+	}
+	return nil
+}
+
+// watchDir lists node p, depth levels below the base, with a watch, and
+// descends into the children it did not know: into directories, or reads
+// instance nodes. Children that went are forgotten.
+func (b *Backend) watchDir(p string, depth int) error {
+	children, _, ch, err := b.conn.ChildrenW(p)
+	if errors.Is(err, zk.ErrNoNode) {
+		// not there (yet): watch for it to appear
+		_, _, ch, err = b.conn.ExistsW(p)
+		if err != nil {
+			return err
+		}
+		b.forward(watchEvent{depth: depth, path: p}, ch)
+		b.mu.Lock()
+		b.forget(p)
+		b.mu.Unlock()
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	b.forward(watchEvent{depth: depth, path: p}, ch)
+	b.mu.Lock()
+	old := b.dirs[p]
+	now := make(map[string]bool, len(children))
+	var added []string
+	for _, c := range children {
+		if depth < b.layout.Depth()-1 && !registry.ValidName(c) {
+			continue // not a service (or version): @traffic, junk
+		}
+		now[c] = true
+		if !old[c] {
+			added = append(added, c)
+		}
+	}
+	for c := range old {
+		if !now[c] {
+			b.forget(b.child(p, c))
+		}
+	}
+	b.dirs[p] = now
+	b.mu.Unlock()
+	for _, c := range added {
+		cp := b.child(p, c)
+		if depth+1 == b.layout.Depth() {
+			err = b.readLeaf(cp)
+		} else {
+			err = b.watchDir(cp, depth+1)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (b *Backend) child(p, c string) string {
+	if p == "/" {
+		return "/" + c
+	}
+	return p + "/" + c
+}
+
+// readLeaf reads an instance node with a watch.
+func (b *Backend) readLeaf(p string) error {
+	data, stat, ch, err := b.conn.GetW(p)
+	if errors.Is(err, zk.ErrNoNode) {
+		b.mu.Lock()
+		b.forget(p)
+		b.mu.Unlock()
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	b.forward(watchEvent{leaf: true, path: p}, ch)
+	key, ep, err := b.layout.Decode(p, data)
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if err != nil {
+		delete(b.leaves, p)
+		if b.warned[p] != stat.Mzxid {
+			b.warned[p] = stat.Mzxid
+			b.log().Warn("skipping zookeeper node", zap.String("backend", "zookeeper"), zap.String("node", p), zap.String("reason", err.Error()))
+		}
+		return nil
+	}
+	b.leaves[p] = leaf{key, ep}
+	return nil
+}
+
+// forget drops node p and everything below it. The caller holds b.mu.
+func (b *Backend) forget(p string) {
+	delete(b.dirs, p)
+	delete(b.leaves, p)
+	prefix := p + "/"
+	for d := range b.dirs {
+		if strings.HasPrefix(d, prefix) {
+			delete(b.dirs, d)
+		}
+	}
+	for l := range b.leaves {
+		if strings.HasPrefix(l, prefix) {
+			delete(b.leaves, l)
+		}
+	}
+}
+
+// forward hands a watch's event to the sync loop, unless the listing that
+// set it is replaced first.
+func (b *Backend) forward(we watchEvent, ch <-chan zk.Event) {
+	b.mu.Lock()
+	we.epoch = b.epoch
+	ctx := b.listCtx
+	b.mu.Unlock()
+	b.done.Go(func() {
+		select {
+		case ev, ok := <-ch:
+			if !ok {
+				return
+			}
+			we.ev = ev
+			select {
+			case b.events <- we:
+			case <-ctx.Done():
+			}
+		case <-ctx.Done():
+		}
+	})
+}
+
+// apply follows one fired watch and publishes the service versions it
+// changed.
+func (b *Backend) apply(ctx context.Context, we watchEvent) error {
+	b.mu.Lock()
+	before := b.stored()
+	b.mu.Unlock()
+	var err error
+	switch {
+	case we.leaf && we.ev.Type == zk.EventNodeDeleted:
+		b.mu.Lock()
+		b.forget(we.path)
+		b.mu.Unlock()
+	case we.leaf:
+		err = b.readLeaf(we.path)
+	case we.ev.Type == zk.EventNodeDeleted:
+		b.mu.Lock()
+		b.forget(we.path)
+		b.mu.Unlock()
+		if we.depth == 0 {
+			err = b.watchDir(we.path, 0) // the base went: wait for it again
+		}
+	default: // children changed, or the node appeared
+		err = b.watchDir(we.path, we.depth)
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.publishChanges(before)
+	return err
+}
+
+// stored returns the endpoints the instance nodes hold, by service version
+// and address. The caller holds b.mu.
+func (b *Backend) stored() map[registry.ServiceKey]map[string]registry.Change {
+	out := map[registry.ServiceKey]map[string]registry.Change{}
+	for _, l := range b.leaves {
+		if out[l.key] == nil {
+			out[l.key] = map[string]registry.Change{}
+		}
+		out[l.key][l.ep.Address] = registry.Change{Endpoint: l.ep}
+	}
+	return out
+}
+
+// publishChanges publishes every service version whose endpoints differ
+// from before. The caller holds b.mu.
+func (b *Backend) publishChanges(before map[registry.ServiceKey]map[string]registry.Change) {
+	if !b.synced {
+		return
+	}
+	after := b.stored()
+	keys := map[registry.ServiceKey]bool{}
+	for k := range before {
+		keys[k] = true
+	}
+	for k := range after {
+		keys[k] = true
+	}
+	for key := range keys {
+		if maps.EqualFunc(before[key], after[key], sameChange) {
+			continue
+		}
+		seeds, seeded := b.seeds[key]
+		if eps, known := registry.Merge(seeds, seeded, after[key]); known {
+			b.table.Set(key, eps)
+		} else {
+			b.table.Remove(key)
+		}
+	}
+}
+
+func sameChange(a, c registry.Change) bool {
+	return a.Address == c.Address && a.Weight == c.Weight && maps.Equal(a.Metadata, c.Metadata)
+}
+
+// setReachable logs a change of reachability once.
+func (b *Backend) setReachable(ok bool, err error) {
+	b.mu.Lock()
+	changed := b.reachable != ok
+	b.reachable = ok
+	synced := b.synced
+	b.mu.Unlock()
+	if !changed {
+		return
+	}
+	fields := []zap.Field{zap.String("backend", "zookeeper"), zap.Strings("servers", b.servers)}
+	switch {
+	case ok:
+		b.log().Info("zookeeper reachable; registry synced", fields...)
+	case synced:
+		b.log().Error("zookeeper unreachable; routing keeps the last snapshot and retries", append(fields, zap.Error(err))...)
+	default:
+		b.log().Error("zookeeper unreachable; registry-routed requests get 503 until the first sync, retrying", append(fields, zap.Error(err))...)
+	}
+}
+
+func (b *Backend) log() *zap.Logger {
+	if b.logger == nil {
+		return zap.NewNop()
+	}
+	return b.logger
+}
+
+// write runs one ZooKeeper write within the write timeout. Without a
+// session nothing is sent: the store is unavailable. A write that does not
+// return in time may still be applied once the session is back: its
+// outcome is unknown.
+func (b *Backend) write(ctx context.Context, what string, f func() error) error {
+	b.mu.Lock()
+	state := b.state
+	b.mu.Unlock()
+	if state != zk.StateHasSession {
+		return fmt.Errorf("%s: %w (no zookeeper session: %v)", what, registry.ErrBackendUnavailable, state)
+	}
+	ctx, cancel := context.WithTimeout(ctx, time.Duration(b.WriteTimeout))
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- f() }()
+	select {
+	case err := <-done:
+		switch {
+		case err == nil:
+			return nil
+		case errors.Is(err, zk.ErrNoAuth), errors.Is(err, zk.ErrBadArguments), errors.Is(err, zk.ErrInvalidACL):
+			return fmt.Errorf("%s: %w: %w", what, registry.ErrBackendUnavailable, err)
+		case errors.Is(err, zk.ErrConnectionClosed), errors.Is(err, zk.ErrSessionExpired), errors.Is(err, zk.ErrClosing):
+			return fmt.Errorf("%s: %w: %w", what, registry.ErrOutcomeUnknown, err)
+		default:
+			return fmt.Errorf("%s: %w: %w", what, registry.ErrBackendUnavailable, err)
+		}
+	case <-ctx.Done():
+		return fmt.Errorf("%s: %w: %w", what, registry.ErrOutcomeUnknown, ctx.Err())
+	}
+}
+
+// Add writes the endpoint's instance node: ephemeral, kept by this
+// instance, when ep.TTL is set, else persistent. The table holds it when
+// Add returns.
+func (b *Backend) Add(ctx context.Context, key registry.ServiceKey, ep registry.Endpoint) error {
+	ephemeral := ep.TTL != 0
+	p, data, err := b.layout.Encode(key, ep, ephemeral, time.Now())
+	if err != nil {
+		return err
+	}
+	err = b.write(ctx, "writing "+p+" to zookeeper", func() error {
+		if ephemeral {
+			return b.createOwned(p, data)
+		}
+		if err := b.makeParents(p); err != nil {
+			return err
+		}
+		_, err := b.conn.Create(p, data, 0, zk.WorldACL(zk.PermAll))
+		if errors.Is(err, zk.ErrNodeExists) {
+			_, err = b.conn.Set(p, data, -1)
+		}
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	decodedKey, decoded, err := b.layout.Decode(p, data)
+	if err != nil {
+		return err
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if ephemeral {
+		b.owned[p] = data
+	} else {
+		delete(b.owned, p)
+	}
+	// what this instance wrote, it routes at once; the watch confirms it
+	before := b.stored()
+	b.leaves[p] = leaf{decodedKey, decoded}
+	b.publishChanges(before)
+	return nil
+}
+
+// Delete removes every instance node of the endpoint (Curator's and
+// svcreg's) and waits for nothing more: the table no longer holds it when
+// Delete returns.
+func (b *Backend) Delete(ctx context.Context, key registry.ServiceKey, address string) error {
+	if err := b.CheckDelete(key, address); err != nil {
+		return err
+	}
+	b.mu.Lock()
+	var nodes []string
+	for p, l := range b.leaves {
+		if l.key == key && l.ep.Address == address {
+			nodes = append(nodes, p)
+		}
+	}
+	b.mu.Unlock()
+	slices.Sort(nodes)
+	if len(nodes) == 0 {
+		return fmt.Errorf("deleting %s from %s: %w", address, key, registry.ErrUnknownEndpoint)
+	}
+	for _, p := range nodes {
+		err := b.write(ctx, "deleting "+p+" from zookeeper", func() error {
+			err := b.conn.Delete(p, -1)
+			if errors.Is(err, zk.ErrNoNode) {
+				return nil
+			}
+			return err
+		})
+		if err != nil {
+			return err
+		}
+		b.mu.Lock()
+		delete(b.owned, p)
+		before := b.stored()
+		delete(b.leaves, p)
+		b.publishChanges(before)
+		b.mu.Unlock()
+	}
+	return nil
+}
+
+// CheckDelete returns the error Delete would return for an unknown
+// service version or an endpoint only the config seeds.
+func (b *Backend) CheckDelete(key registry.ServiceKey, address string) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	stored := b.stored()
+	_, inStore := stored[key][address]
+	seeded := slices.ContainsFunc(b.seeds[key], func(ep registry.Endpoint) bool { return ep.Address == address })
+	seeds, isSeeded := b.seeds[key]
+	_, known := registry.Merge(seeds, isSeeded, stored[key])
+	switch {
+	case !inStore && seeded:
+		return fmt.Errorf("deleting %s from %s: %w; remove it from the config", address, key, registry.ErrSeeded)
+	case !known:
+		return fmt.Errorf("deleting %s from %s: %w", address, key, registry.ErrUnknownVersion)
+	case !inStore:
+		return fmt.Errorf("deleting %s from %s: %w", address, key, registry.ErrUnknownEndpoint)
+	}
+	return nil
+}
+
+// Owned returns the endpoints this backend keeps as ephemeral nodes.
+func (b *Backend) Owned() []registry.Owned {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var out []registry.Owned
+	for p, data := range b.owned {
+		if key, ep, err := b.layout.Decode(p, data); err == nil {
+			ep.TTL = registry.Duration(time.Duration(b.SessionTimeout))
+			out = append(out, registry.Owned{Key: key, Endpoint: ep})
+		}
+	}
+	return out
+}
+
+// Adopt takes over ephemeral nodes another backend (of an older config)
+// keeps: once that backend's session has closed and its node is gone,
+// this one creates it in its own session.
+func (b *Backend) Adopt(owned []registry.Owned) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.stopped || b.conn == nil {
+		return
+	}
+	for _, o := range owned {
+		p, data, err := b.layout.Encode(o.Key, o.Endpoint, true, time.Now())
+		if err != nil {
+			continue
+		}
+		b.owned[p] = data
+		b.done.Go(func() { b.adoptOne(p, data) })
+	}
+}
+
+// adoptOne creates node p in this backend's session once the node of the
+// session that held it is gone.
+func (b *Backend) adoptOne(p string, data []byte) {
+	for range 100 {
+		b.mu.Lock()
+		stopped := b.stopped
+		b.mu.Unlock()
+		if stopped {
+			return
+		}
+		ok, stat, ch, err := b.conn.ExistsW(p)
+		switch {
+		case err != nil:
+			time.Sleep(zkRetryMin)
+			continue
+		case ok && stat.EphemeralOwner == b.conn.SessionID():
+			return // ours already
+		case ok:
+			select { // still the old session's: wait for it to go
+			case <-ch:
+			case <-time.After(time.Duration(b.SessionTimeout) * 2):
+			}
+			continue
+		}
+		if err := b.createOwned(p, data); err == nil || errors.Is(err, zk.ErrNodeExists) {
+			continue // check it is ours
+		}
+		time.Sleep(zkRetryMin)
+	}
+}
+
+// zkLogger sends go-zookeeper's messages to the debug log.
+type zkLogger struct{ l *zap.Logger }
+
+func (z zkLogger) Printf(format string, args ...any) {
+	if z.l != nil {
+		z.l.Debug(fmt.Sprintf(format, args...), zap.String("backend", "zookeeper"))
+	}
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner      = (*Backend)(nil)
+	_ registry.Backend       = (*Backend)(nil)
+	_ registry.DeleteChecker = (*Backend)(nil)
+	_ registry.Owner         = (*Backend)(nil)
+)

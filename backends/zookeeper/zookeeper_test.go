@@ -1,0 +1,294 @@
+package zookeeper
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/go-zookeeper/zk"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/svcreg/caddy-svcreg/internal/testutil"
+	"github.com/svcreg/caddy-svcreg/internal/zktest"
+	"github.com/svcreg/caddy-svcreg/registry"
+)
+
+var users = registry.ServiceKey{Service: "users", Version: "v1"}
+
+// startRegistry starts a registry on b with seeds; it does not wait for
+// the first sync.
+func startRegistry(t *testing.T, b *Backend, seeds map[registry.ServiceKey][]registry.Endpoint) (*registry.Local, *observer.ObservedLogs) {
+	t.Helper()
+	if b.SessionTimeout == 0 {
+		b.SessionTimeout = caddy.Duration(4 * time.Second)
+	}
+	if err := b.setup(); err != nil {
+		t.Fatal(err)
+	}
+	core, logs := observer.New(zap.InfoLevel)
+	r := registry.New(b, registry.Options{})
+	t.Cleanup(func() {
+		if err := r.Stop(); err != nil {
+			t.Error(err)
+		}
+	})
+	if err := r.Start(registry.BackendEnv{Seeds: seeds, Logger: zap.New(core)}, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	return r, logs
+}
+
+func eventually(t *testing.T, within time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %v", what, within)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// has returns the sorted addresses of key.
+func has(r registry.Registry, key registry.ServiceKey) []string {
+	svc, err := r.Lookup(key)
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, ep := range svc.Endpoints {
+		out = append(out, ep.Address)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// curator writes an instance node as Curator's ServiceDiscovery does.
+func curator(t *testing.T, conn *zk.Conn, service, id, address string, port int, payload string, flags int32) string {
+	t.Helper()
+	for _, p := range []string{"/services", "/services/" + service} {
+		if _, err := conn.Create(p, nil, 0, zk.WorldACL(zk.PermAll)); err != nil && !errors.Is(err, zk.ErrNodeExists) {
+			t.Fatal(err)
+		}
+	}
+	p := "/services/" + service + "/" + id
+	data := fmt.Sprintf(`{"name":%q,"id":%q,"address":%q,"port":%d,"sslPort":null,"payload":%s,"registrationTimeUTC":1700000000000,"serviceType":"DYNAMIC","uriSpec":{"parts":[{"value":"scheme","variable":true}]}}`,
+		service, id, address, port, payload)
+	if _, err := conn.Create(p, []byte(data), flags, zk.WorldACL(zk.PermAll)); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// JVM services registered through Curator are routed: their nodes are
+// listed and followed through watches; a node that is not an instance is
+// skipped with one warning; ephemeral nodes go with their session.
+func TestZooKeeperCuratorLayout(t *testing.T) {
+	srv := zktest.Start(t)
+	jvm := srv.Conn(t)
+	payload := `{"@class":"com.example.InstanceDetails","version":"v1"}`
+	curator(t, jvm, "users", "0b4f8a8e-1d1e-4a3c-9a57-5f5f8d8c2b01", "127.0.0.1", 9091, payload, zk.FlagEphemeral)
+	curator(t, jvm, "users", "5d0e3c1a-77aa-4f0b-8d57-0c3a5b8a9e02", "127.0.0.1", 9092, `{"version":"v1","weight":3,"zone":"a"}`, 0)
+	curator(t, jvm, "users", "no-version", "127.0.0.1", 9093, `{"x":1}`, 0)
+	curator(t, jvm, "users", "bad-json", "127.0.0.1", 9094, `[1`, 0)
+	if _, err := jvm.Create("/services/@traffic", nil, 0, zk.WorldACL(zk.PermAll)); err != nil {
+		t.Fatal(err)
+	}
+
+	r, logs := startRegistry(t, &Backend{Servers: []string{srv.Addr}}, nil)
+	eventually(t, 15*time.Second, "the first sync", func() bool { return r.Snapshot().Synced() })
+	if got := has(r, users); !slices.Equal(got, []string{"127.0.0.1:9091", "127.0.0.1:9092"}) {
+		t.Fatalf("after the first listing: %v", got)
+	}
+	svc, _ := r.Lookup(users)
+	if ep := svc.Endpoint("127.0.0.1:9092"); ep.Weight != 3 || ep.Metadata["zone"] != "a" {
+		t.Errorf("weight and metadata from the payload: %+v", ep)
+	}
+	var skipped []string
+	for _, e := range logs.FilterMessage("skipping zookeeper node").All() {
+		skipped = append(skipped, e.ContextMap()["node"].(string))
+	}
+	slices.Sort(skipped)
+	if !slices.Equal(skipped, []string{"/services/users/bad-json", "/services/users/no-version"}) {
+		t.Errorf("warned about %v", skipped)
+	}
+
+	// through the watches
+	p := curator(t, jvm, "users", "c3", "127.0.0.1", 9095, `{"version":"v1"}`, 0)
+	eventually(t, 5*time.Second, "a new instance", func() bool { return slices.Contains(has(r, users), "127.0.0.1:9095") })
+	curator(t, jvm, "orders", "o1", "127.0.0.1", 9096, `{"version":"v2"}`, 0)
+	eventually(t, 5*time.Second, "a new service", func() bool {
+		return slices.Equal(has(r, registry.ServiceKey{Service: "orders", Version: "v2"}), []string{"127.0.0.1:9096"})
+	})
+	if _, err := jvm.Set(p, []byte(`{"name":"users","id":"c3","address":"127.0.0.1","port":9095,"payload":{"version":"v1","weight":7}}`), -1); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "a changed weight", func() bool {
+		svc, err := r.Lookup(users)
+		return err == nil && svc.Endpoint("127.0.0.1:9095") != nil && svc.Endpoint("127.0.0.1:9095").Weight == 7
+	})
+	if err := jvm.Delete(p, -1); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "a deleted instance to go", func() bool { return !slices.Contains(has(r, users), "127.0.0.1:9095") })
+	// the JVM service's session ends: its ephemeral instance goes
+	jvm.Close()
+	eventually(t, 10*time.Second, "the ephemeral instance to go with its session", func() bool {
+		return slices.Equal(has(r, users), []string{"127.0.0.1:9092"})
+	})
+}
+
+// Admin-API writes go to ZooKeeper in Curator's layout: a ttl makes the
+// node ephemeral, of this instance's session; deleting a seed is refused.
+func TestZooKeeperAdminWrites(t *testing.T) {
+	srv := zktest.Start(t)
+	check := srv.Conn(t)
+	ctx := context.Background()
+	seeds := map[registry.ServiceKey][]registry.Endpoint{users: {{Address: "127.0.0.1:9001", Weight: 1}}}
+	b := &Backend{Servers: []string{srv.Addr}}
+	r, _ := startRegistry(t, b, seeds)
+	eventually(t, 15*time.Second, "the first sync", func() bool { return r.Snapshot().Synced() })
+
+	if err := r.Add(ctx, users, registry.Endpoint{Address: "127.0.0.1:9002", Weight: 2}); err != nil {
+		t.Fatal(err)
+	}
+	if got := has(r, users); !slices.Equal(got, []string{"127.0.0.1:9001", "127.0.0.1:9002"}) {
+		t.Errorf("right after Add: %v", got)
+	}
+	data, stat, err := check.Get("/services/users/v1@127.0.0.1:9002")
+	if err != nil || stat.EphemeralOwner != 0 {
+		t.Fatalf("the persistent node: %v, owner %v", err, stat)
+	}
+	if key, ep, err := b.layout.Decode("/services/users/v1@127.0.0.1:9002", data); err != nil || key != users || ep.Weight != 2 {
+		t.Errorf("the node reads back as %v %+v %v", key, ep, err)
+	}
+	if err := r.Add(ctx, users, registry.Endpoint{Address: "127.0.0.1:9003", TTL: registry.Duration(time.Second)}); err != nil {
+		t.Fatal(err)
+	}
+	if _, stat, err := check.Get("/services/users/v1@127.0.0.1:9003"); err != nil || stat.EphemeralOwner != b.conn.SessionID() {
+		t.Errorf("the node added with a ttl: %v; want an ephemeral node of the backend's session", err)
+	}
+	if _, err := r.Delete(ctx, users, "127.0.0.1:9001"); !errors.Is(err, registry.ErrSeeded) {
+		t.Errorf("deleting a seed: %v; want ErrSeeded", err)
+	}
+	if _, err := r.Delete(ctx, users, "127.0.0.1:9009"); !errors.Is(err, registry.ErrUnknownEndpoint) {
+		t.Errorf("deleting an unknown endpoint: %v", err)
+	}
+	if _, err := r.Delete(ctx, users, "127.0.0.1:9002"); err != nil {
+		t.Fatal(err)
+	}
+	if ok, _, _ := check.Exists("/services/users/v1@127.0.0.1:9002"); ok || slices.Contains(has(r, users), "127.0.0.1:9002") {
+		t.Error("a deleted endpoint is still in ZooKeeper or routed")
+	}
+	// another instance sees this one's ephemeral node until it stops
+	other, _ := startRegistry(t, &Backend{Servers: []string{srv.Addr}}, nil)
+	eventually(t, 15*time.Second, "the other instance to see the ephemeral node", func() bool {
+		return slices.Contains(has(other, users), "127.0.0.1:9003")
+	})
+	if err := r.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "the ephemeral node to go with its instance", func() bool {
+		return !slices.Contains(has(other, users), "127.0.0.1:9003")
+	})
+}
+
+// Unreachable at start: not synced (503) until ZooKeeper answers; lost:
+// the last snapshot stays; back: listed again, with what changed meanwhile.
+func TestZooKeeperFaults(t *testing.T) {
+	srv := zktest.Start(t)
+	srv.Stop()
+	r, logs := startRegistry(t, &Backend{Servers: []string{srv.Addr}}, nil)
+	time.Sleep(500 * time.Millisecond)
+	if r.Snapshot().Synced() {
+		t.Fatal("synced with no ZooKeeper")
+	}
+	if _, err := r.Lookup(users); !errors.Is(err, registry.ErrNotSynced) {
+		t.Errorf("lookup before the first sync: %v", err)
+	}
+	srv.Restart()
+	eventually(t, 20*time.Second, "the first sync once ZooKeeper is up", func() bool { return r.Snapshot().Synced() })
+	jvm := srv.Conn(t)
+	curator(t, jvm, "users", "a", "127.0.0.1", 9091, `{"version":"v1"}`, 0)
+	eventually(t, 5*time.Second, "an instance", func() bool { return slices.Equal(has(r, users), []string{"127.0.0.1:9091"}) })
+
+	srv.Stop()
+	time.Sleep(time.Second)
+	if got := has(r, users); !slices.Equal(got, []string{"127.0.0.1:9091"}) || !r.Snapshot().Synced() {
+		t.Fatalf("with ZooKeeper gone: %v, synced %v; want the last snapshot", got, r.Snapshot().Synced())
+	}
+	if err := r.Add(context.Background(), users, registry.Endpoint{Address: "127.0.0.1:9099"}); !errors.Is(err, registry.ErrBackendUnavailable) && !errors.Is(err, registry.ErrOutcomeUnknown) {
+		t.Errorf("an add with ZooKeeper gone: %v", err)
+	}
+	srv.Restart()
+	jvm2 := srv.Conn(t)
+	curator(t, jvm2, "users", "b", "127.0.0.1", 9092, `{"version":"v1"}`, 0)
+	eventually(t, 20*time.Second, "the change made while away", func() bool {
+		return slices.Equal(has(r, users), []string{"127.0.0.1:9091", "127.0.0.1:9092"})
+	})
+	if n := len(logs.FilterMessage("zookeeper unreachable; routing keeps the last snapshot and retries").All()); n != 1 {
+		t.Errorf("the loss was logged %d times, want once", n)
+	}
+}
+
+// A session that expires (this Caddy cut off from ZooKeeper for longer
+// than the session timeout) is replaced: everything is listed again, and
+// this instance's ephemeral nodes are created again in the new session.
+func TestZooKeeperSessionExpiry(t *testing.T) {
+	srv := zktest.Start(t)
+	check := srv.Conn(t)
+	proxy := testutil.NewProxy(t, srv.Addr)
+	b := &Backend{Servers: []string{proxy.Addr}, SessionTimeout: caddy.Duration(2 * time.Second)}
+	r, _ := startRegistry(t, b, nil)
+	eventually(t, 15*time.Second, "the first sync", func() bool { return r.Snapshot().Synced() })
+	if err := r.Add(context.Background(), users, registry.Endpoint{Address: "127.0.0.1:9003", TTL: registry.Duration(time.Second)}); err != nil {
+		t.Fatal(err)
+	}
+	first := b.conn.SessionID()
+	proxy.Cut()
+	eventually(t, 30*time.Second, "ZooKeeper to expire the session and drop its node", func() bool {
+		ok, _, err := check.Exists("/services/users/v1@127.0.0.1:9003")
+		return err == nil && !ok
+	})
+	if got := has(r, users); !slices.Equal(got, []string{"127.0.0.1:9003"}) {
+		t.Errorf("while cut off: %v; want the last snapshot", got)
+	}
+	proxy.Mend()
+	eventually(t, 30*time.Second, "a new session", func() bool { return b.conn.SessionID() != first && b.conn.State() == zk.StateHasSession })
+	eventually(t, 15*time.Second, "the ephemeral node back in the new session", func() bool {
+		_, stat, err := check.Get("/services/users/v1@127.0.0.1:9003")
+		return err == nil && stat.EphemeralOwner == b.conn.SessionID()
+	})
+	eventually(t, 5*time.Second, "the endpoint routed", func() bool { return slices.Equal(has(r, users), []string{"127.0.0.1:9003"}) })
+}
+
+// With version_level, the version is a level of the path.
+func TestZooKeeperVersionLevel(t *testing.T) {
+	srv := zktest.Start(t)
+	jvm := srv.Conn(t)
+	for _, p := range []string{"/reg", "/reg/users", "/reg/users/v2"} {
+		if _, err := jvm.Create(p, nil, 0, zk.WorldACL(zk.PermAll)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := jvm.Create("/reg/users/v2/i1", []byte(`{"name":"users","id":"i1","address":"127.0.0.1","port":9091}`), 0, zk.WorldACL(zk.PermAll)); err != nil {
+		t.Fatal(err)
+	}
+	r, _ := startRegistry(t, &Backend{Servers: []string{srv.Addr}, BasePath: "/reg", VersionLevel: true}, nil)
+	eventually(t, 15*time.Second, "the first sync", func() bool { return r.Snapshot().Synced() })
+	v2 := registry.ServiceKey{Service: "users", Version: "v2"}
+	if got := has(r, v2); !slices.Equal(got, []string{"127.0.0.1:9091"}) {
+		t.Fatalf("users v2: %v", got)
+	}
+	if err := r.Add(context.Background(), registry.ServiceKey{Service: "users", Version: "v3"}, registry.Endpoint{Address: "127.0.0.1:9092"}); err != nil {
+		t.Fatal(err)
+	}
+	if ok, _, err := jvm.Exists("/reg/users/v3/127.0.0.1:9092"); !ok || err != nil {
+		t.Errorf("an add with version_level wrote no /reg/users/v3/127.0.0.1:9092: %v", err)
+	}
+}
