@@ -14,8 +14,8 @@ import (
 
 	// The backends register their modules: one --with brings them all.
 	_ "github.com/svcreg/caddy-svcreg/backends/etcd"
-	_ "github.com/svcreg/caddy-svcreg/backends/zookeeper"
 	_ "github.com/svcreg/caddy-svcreg/backends/memory"
+	_ "github.com/svcreg/caddy-svcreg/backends/zookeeper"
 	"github.com/svcreg/caddy-svcreg/registry"
 )
 

@@ -97,8 +97,8 @@ type Backend struct {
 	seeds        map[registry.ServiceKey][]registry.Endpoint
 	trafficSeeds map[string]registry.TrafficPolicy
 	state        zk.State
-	gen          int // sessions begun (or resumed) so far
-	listedGen    int // the gen of the last listing
+	gen          int   // sessions begun (or resumed) so far
+	listedGen    int   // the gen of the last listing
 	session      int64 // the session of the last listing
 	epoch        int   // listings so far: a watch of an older one is stale
 	listCtx      context.Context

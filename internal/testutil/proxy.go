@@ -72,4 +72,3 @@ func (p *Proxy) Mend() {
 	defer p.mu.Unlock()
 	p.cut = false
 }
-
