@@ -1,8 +1,10 @@
-// Package selfreg registers a service's endpoint in the svcreg etcd
-// registry under a lease and keeps the lease alive: while the process
-// runs, Caddy routes to it; when it dies, the key expires TTL later and
-// traffic moves elsewhere (svcreg's failover covers the gap); when it stops
-// cleanly, it deregisters at once. It imports nothing of Caddy.
+// Package selfreg registers a service's endpoint in the svcreg registry,
+// in etcd under a lease or in ZooKeeper as an ephemeral node, and keeps it
+// registered: while the process runs, Caddy routes to it; when it dies,
+// the key expires TTL later (the session times out) and traffic moves
+// elsewhere (svcreg's failover covers the gap); when it stops cleanly, it
+// deregisters at once. A lost lease or an expired session is followed by a
+// new registration. It imports nothing of Caddy.
 //
 // Embed it in a Go service:
 //
@@ -11,21 +13,27 @@
 //		Service:   "users", Version: "v1", Address: "127.0.0.1:9091",
 //	})
 //
-// or run the selfreg program beside any backend (see cmd/selfreg). What it
-// writes is validated and canonical (package etcdkv), exactly what the
-// etcd backend reads.
+// or, for ZooKeeper, with ZooKeeper: []string{"127.0.0.1:2181"}; or run the
+// selfreg program beside any backend (see cmd/selfreg). What it writes is
+// validated and canonical (packages etcdkv and zkkv), exactly what the
+// etcd and zookeeper backends read; in ZooKeeper it is Curator's instance
+// JSON, which Curator's own service discovery reads too.
 package selfreg
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log"
+	"strings"
 	"time"
 
+	"github.com/go-zookeeper/zk"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
 	"github.com/svcreg/caddy-svcreg/backends/etcd/etcdkv"
+	"github.com/svcreg/caddy-svcreg/backends/zookeeper/zkkv"
 	"github.com/svcreg/caddy-svcreg/registry"
 )
 
@@ -33,6 +41,14 @@ import (
 type Config struct {
 	// Endpoints are the etcd client endpoints. Default: 127.0.0.1:2379.
 	Endpoints []string
+	// ZooKeeper are ZooKeeper servers (host:port): when set, the
+	// registration goes to ZooKeeper instead of etcd, as an ephemeral
+	// node of a session whose timeout is TTL.
+	ZooKeeper []string
+	// Layout is the ZooKeeper layout (base path, version field or level),
+	// as the zookeeper backend is configured. Default: Curator's, under
+	// /services, the version in the payload field "version".
+	Layout zkkv.Layout
 	// Prefix is the registry's key prefix. Default: /svcreg/.
 	Prefix string
 	// Service, Version and Address say what this backend serves and
@@ -69,6 +85,9 @@ func (c Config) Encode() (key, value string, err error) {
 // new lease when etcd is back. A config it cannot register (a bad name or
 // address) is an error at once.
 func Register(ctx context.Context, cfg Config) error {
+	if len(cfg.ZooKeeper) > 0 {
+		return registerZooKeeper(ctx, cfg)
+	}
 	if len(cfg.Endpoints) == 0 {
 		cfg.Endpoints = []string{"127.0.0.1:2379"}
 	}
@@ -133,3 +152,87 @@ func register(ctx context.Context, cli *clientv3.Client, key, value string, ttl 
 	}
 	return grant.ID, nil
 }
+
+// registerZooKeeper keeps an ephemeral instance node in ZooKeeper: created
+// at every new session (the first, and each that replaces an expired one),
+// deleted when ctx is done.
+func registerZooKeeper(ctx context.Context, cfg Config) error {
+	if cfg.TTL == 0 {
+		cfg.TTL = 5 * time.Second
+	}
+	if cfg.Logf == nil {
+		cfg.Logf = log.Printf
+	}
+	if cfg.Service == "" || cfg.Version == "" || cfg.Address == "" {
+		return registry.Invalidf("selfreg: service, version and address are required")
+	}
+	layout, err := cfg.Layout.Normalize()
+	if err != nil {
+		return fmt.Errorf("selfreg: %w", err)
+	}
+	key := registry.ServiceKey{Service: cfg.Service, Version: cfg.Version}
+	ep := registry.Endpoint{Address: cfg.Address, Weight: cfg.Weight, TTL: registry.Duration(cfg.TTL)}
+	node, data, err := layout.Encode(key, ep, true, time.Now())
+	if err != nil {
+		return fmt.Errorf("selfreg: %w", err)
+	}
+	conn, events, err := zk.Connect(cfg.ZooKeeper, cfg.TTL, zk.WithLogger(quiet{}))
+	if err != nil {
+		return fmt.Errorf("selfreg: %w", err)
+	}
+	defer conn.Close()
+	var registered int64 // the session the node belongs to
+	retry := time.NewTimer(time.Hour)
+	defer retry.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			if registered != 0 && registered == conn.SessionID() {
+				_ = conn.Delete(node, -1) // at once, not TTL from now
+				cfg.Logf("selfreg: deregistered %s", node)
+			}
+			return nil
+		case ev := <-events:
+			if ev.Type != zk.EventSession || ev.State != zk.StateHasSession {
+				continue
+			}
+		case <-retry.C:
+		}
+		if conn.State() != zk.StateHasSession || registered == conn.SessionID() {
+			continue
+		}
+		if err := createEphemeral(conn, node, data); err != nil {
+			cfg.Logf("selfreg: registering %s: %v; retrying", node, err)
+			retry.Reset(time.Second)
+			continue
+		}
+		registered = conn.SessionID()
+		cfg.Logf("selfreg: registered %s (session %x, timeout %v)", node, registered, cfg.TTL)
+	}
+}
+
+// createEphemeral creates node with its persistent parents. A node left
+// by an expired session of ours is gone by then; one of a live session
+// (another process at the same address) is taken over.
+func createEphemeral(conn *zk.Conn, node string, data []byte) error {
+	parts := strings.Split(strings.TrimPrefix(node, "/"), "/")
+	at := ""
+	for _, part := range parts[:len(parts)-1] {
+		at += "/" + part
+		if _, err := conn.Create(at, nil, 0, zk.WorldACL(zk.PermAll)); err != nil && !errors.Is(err, zk.ErrNodeExists) {
+			return err
+		}
+	}
+	_, err := conn.Create(node, data, zk.FlagEphemeral, zk.WorldACL(zk.PermAll))
+	if errors.Is(err, zk.ErrNodeExists) {
+		if err = conn.Delete(node, -1); err == nil || errors.Is(err, zk.ErrNoNode) {
+			_, err = conn.Create(node, data, zk.FlagEphemeral, zk.WorldACL(zk.PermAll))
+		}
+	}
+	return err
+}
+
+// quiet drops go-zookeeper's log lines.
+type quiet struct{}
+
+func (quiet) Printf(string, ...any) {}

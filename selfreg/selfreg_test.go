@@ -10,7 +10,10 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/svcreg/caddy-svcreg/backends/etcd/etcdkv"
+	"github.com/svcreg/caddy-svcreg/backends/zookeeper/zkkv"
 	"github.com/svcreg/caddy-svcreg/internal/etcdtest"
+	"github.com/svcreg/caddy-svcreg/internal/testutil"
+	"github.com/svcreg/caddy-svcreg/internal/zktest"
 	"github.com/svcreg/caddy-svcreg/registry"
 )
 
@@ -85,5 +88,51 @@ func TestRegister(t *testing.T) {
 	// A config that cannot be registered fails at once, without etcd.
 	if err := Register(context.Background(), Config{Endpoints: []string{"127.0.0.1:1"}, Service: "users", Version: "v1", Address: "127.0.0.1"}); !errors.Is(err, registry.ErrInvalid) {
 		t.Errorf("registering a bad address: %v, want ErrInvalid at once", err)
+	}
+}
+
+// TestRegisterZooKeeper registers in a real ZooKeeper: an ephemeral node
+// in Curator's layout, which the zookeeper backend reads; created again
+// after the session expires (the process cut off from ZooKeeper for longer
+// than its TTL); gone as soon as Register returns.
+func TestRegisterZooKeeper(t *testing.T) {
+	srv := zktest.Start(t)
+	check := srv.Conn(t)
+	proxy := testutil.NewProxy(t, srv.Addr)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		done <- Register(ctx, Config{ZooKeeper: []string{proxy.Addr}, Service: "users", Version: "v1",
+			Address: "http://127.0.0.1:09091", Weight: 3, TTL: 2 * time.Second, Logf: t.Logf})
+	}()
+	const node = "/services/users/v1@127.0.0.1:9091"
+	owner := func() int64 {
+		_, stat, err := check.Get(node)
+		if err != nil {
+			return 0
+		}
+		return stat.EphemeralOwner
+	}
+	testutil.Eventually(t, 15*time.Second, "the registration", func() bool { return owner() != 0 })
+	first := owner()
+	data, _, err := check.Get(node)
+	if err != nil {
+		t.Fatal(err)
+	}
+	layout, _ := zkkv.Layout{}.Normalize()
+	if key, ep, err := layout.Decode(node, data); err != nil || key.Service != "users" || ep.Address != "127.0.0.1:9091" || ep.Weight != 3 {
+		t.Errorf("the zookeeper backend reads %v %+v, %v", key, ep, err)
+	}
+	proxy.Cut()
+	testutil.Eventually(t, 30*time.Second, "the session to expire", func() bool { return owner() == 0 })
+	proxy.Mend()
+	testutil.Eventually(t, 30*time.Second, "the registration in a new session", func() bool { o := owner(); return o != 0 && o != first })
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if ok, _, _ := check.Exists(node); ok {
+		t.Error("the node is still there after Register returned")
 	}
 }

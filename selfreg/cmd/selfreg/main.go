@@ -1,7 +1,8 @@
-// Command selfreg registers a backend in the svcreg etcd registry for as
-// long as it runs:
+// Command selfreg registers a backend in the svcreg registry, in etcd or
+// ZooKeeper, for as long as it runs:
 //
 //	selfreg -etcd 127.0.0.1:2379 -service users -version v1 -address 127.0.0.1:9091 -ttl 5s
+//	selfreg -zookeeper 127.0.0.1:2181 -service users -version v1 -address 127.0.0.1:9091
 //
 // Run it beside the backend (and stop it with the backend): SIGTERM or
 // Ctrl-C deregisters at once; if it is killed, the key expires TTL later.
@@ -27,9 +28,15 @@ func main() {
 	flag.StringVar(&cfg.Version, "version", "", "version name (required)")
 	flag.StringVar(&cfg.Address, "address", "", "host:port of the backend (required; registered in canonical form)")
 	flag.IntVar(&cfg.Weight, "weight", 1, "weight, 1 to 100")
-	flag.DurationVar(&cfg.TTL, "ttl", 0, "how long the registration outlives this process (default 5s)")
+	flag.DurationVar(&cfg.TTL, "ttl", 0, "how long the registration outlives this process (default 5s; with ZooKeeper, the session timeout)")
+	zookeeper := flag.String("zookeeper", "", "ZooKeeper servers, comma-separated: register there instead of etcd")
+	flag.StringVar(&cfg.Layout.Base, "base-path", "", "ZooKeeper base path (default /services)")
+	flag.BoolVar(&cfg.Layout.VersionLevel, "version-level", false, "ZooKeeper: the version is a path level, <base>/<service>/<version>/<id>")
 	flag.Parse()
 	cfg.Endpoints = strings.Split(*endpoints, ",")
+	if *zookeeper != "" {
+		cfg.ZooKeeper = strings.Split(*zookeeper, ",")
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
