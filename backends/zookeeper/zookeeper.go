@@ -103,10 +103,12 @@ type Backend struct {
 	epoch        int   // listings so far: a watch of an older one is stale
 	listCtx      context.Context
 	listCancel   context.CancelFunc
-	dirs         map[string]map[string]bool // watched node -> its children
-	leaves       map[string]leaf            // instance node -> what it holds
-	warned       map[string]int64           // node -> modification zxid warned about
-	owned        map[string][]byte          // ephemeral nodes this backend keeps: path -> data
+	dirs         map[string]map[string]bool                           // watched node -> its children
+	leaves       map[string]leaf                                      // instance node -> what it holds
+	byKey        map[registry.ServiceKey]map[string]registry.Endpoint // service version -> node -> endpoint
+	dirty        map[registry.ServiceKey]bool                         // changed since last published
+	warned       map[string]int64                                     // node -> modification zxid warned about
+	owned        map[string][]byte                                    // ephemeral nodes this backend keeps: path -> data
 	synced       bool
 	reachable    bool
 	stopped      bool
@@ -198,6 +200,8 @@ func (b *Backend) Start(table *registry.Table, env registry.BackendEnv) error {
 	b.conn, b.cancel, b.table = conn, cancel, table
 	b.seeds, b.trafficSeeds = env.Seeds, env.Traffic
 	b.warned, b.owned = map[string]int64{}, map[string][]byte{}
+	b.dirs, b.leaves = map[string]map[string]bool{}, map[string]leaf{}
+	b.byKey, b.dirty = map[registry.ServiceKey]map[string]registry.Endpoint{}, map[registry.ServiceKey]bool{}
 	b.reachable = true // until shown otherwise, so that a first failure is logged
 	b.table.SetTraffic(registry.MergeTraffic(b.trafficSeeds, nil, nil))
 	b.mu.Unlock()
@@ -349,6 +353,7 @@ func (b *Backend) list(ctx context.Context) error {
 	}
 	b.listCtx, b.listCancel = context.WithCancel(ctx)
 	b.dirs, b.leaves = map[string]map[string]bool{}, map[string]leaf{}
+	b.byKey, b.dirty = map[registry.ServiceKey]map[string]registry.Endpoint{}, map[registry.ServiceKey]bool{}
 	b.mu.Unlock()
 	if renew {
 		for p, data := range owned {
@@ -364,6 +369,7 @@ func (b *Backend) list(ctx context.Context) error {
 	defer b.mu.Unlock()
 	b.session = session
 	b.synced = true
+	clear(b.dirty)
 	b.table.Replace(registry.MergeAll(b.seeds, b.stored()))
 	return nil
 }
@@ -435,19 +441,35 @@ func (b *Backend) watchDir(p string, depth int) error {
 	}
 	b.dirs[p] = now
 	b.mu.Unlock()
+	// Read the new children concurrently: go-zookeeper pipelines the
+	// requests of one session, so listing 10,000 nodes is not 10,000
+	// round trips in a row.
+	var wg sync.WaitGroup
+	var firstErr error
+	var errOnce sync.Once
+	sem := make(chan struct{}, listConcurrency)
 	for _, c := range added {
 		cp := b.child(p, c)
-		if depth+1 == b.layout.Depth() {
-			err = b.readLeaf(cp)
-		} else {
-			err = b.watchDir(cp, depth+1)
-		}
-		if err != nil {
-			return err
-		}
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			var err error
+			if depth+1 == b.layout.Depth() {
+				err = b.readLeaf(cp)
+			} else {
+				err = b.watchDir(cp, depth+1)
+			}
+			if err != nil {
+				errOnce.Do(func() { firstErr = err })
+			}
+		})
 	}
-	return nil
+	wg.Wait()
+	return firstErr
 }
+
+// listConcurrency is how many children of one node are read at once.
+const listConcurrency = 16
 
 func (b *Backend) child(p, c string) string {
 	if p == "/" {
@@ -473,31 +495,52 @@ func (b *Backend) readLeaf(p string) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if err != nil {
-		delete(b.leaves, p)
+		b.dropLeaf(p)
 		if b.warned[p] != stat.Mzxid {
 			b.warned[p] = stat.Mzxid
 			b.log().Warn("skipping zookeeper node", zap.String("backend", "zookeeper"), zap.String("node", p), zap.String("reason", err.Error()))
 		}
 		return nil
 	}
-	b.leaves[p] = leaf{key, ep}
+	b.setLeaf(p, leaf{key, ep})
 	return nil
+}
+
+// setLeaf records what instance node p holds. The caller holds b.mu.
+func (b *Backend) setLeaf(p string, l leaf) {
+	b.dropLeaf(p)
+	b.leaves[p] = l
+	if b.byKey[l.key] == nil {
+		b.byKey[l.key] = map[string]registry.Endpoint{}
+	}
+	b.byKey[l.key][p] = l.ep
+	b.dirty[l.key] = true
+}
+
+// dropLeaf forgets instance node p. The caller holds b.mu.
+func (b *Backend) dropLeaf(p string) {
+	l, ok := b.leaves[p]
+	if !ok {
+		return
+	}
+	delete(b.leaves, p)
+	delete(b.byKey[l.key], p)
+	if len(b.byKey[l.key]) == 0 {
+		delete(b.byKey, l.key)
+	}
+	b.dirty[l.key] = true
 }
 
 // forget drops node p and everything below it. The caller holds b.mu.
 func (b *Backend) forget(p string) {
-	delete(b.dirs, p)
-	delete(b.leaves, p)
-	prefix := p + "/"
-	for d := range b.dirs {
-		if strings.HasPrefix(d, prefix) {
-			delete(b.dirs, d)
-		}
+	b.dropLeaf(p)
+	children, isDir := b.dirs[p]
+	if !isDir {
+		return
 	}
-	for l := range b.leaves {
-		if strings.HasPrefix(l, prefix) {
-			delete(b.leaves, l)
-		}
+	delete(b.dirs, p)
+	for c := range children {
+		b.forget(b.child(p, c))
 	}
 }
 
@@ -527,9 +570,6 @@ func (b *Backend) forward(we watchEvent, ch <-chan zk.Event) {
 // apply follows one fired watch and publishes the service versions it
 // changed.
 func (b *Backend) apply(ctx context.Context, we watchEvent) error {
-	b.mu.Lock()
-	before := b.stored()
-	b.mu.Unlock()
 	var err error
 	switch {
 	case we.leaf && we.ev.Type == zk.EventNodeDeleted:
@@ -550,52 +590,45 @@ func (b *Backend) apply(ctx context.Context, we watchEvent) error {
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	b.publishChanges(before)
+	b.publish()
 	return err
 }
 
 // stored returns the endpoints the instance nodes hold, by service version
 // and address. The caller holds b.mu.
 func (b *Backend) stored() map[registry.ServiceKey]map[string]registry.Change {
-	out := map[registry.ServiceKey]map[string]registry.Change{}
-	for _, l := range b.leaves {
-		if out[l.key] == nil {
-			out[l.key] = map[string]registry.Change{}
-		}
-		out[l.key][l.ep.Address] = registry.Change{Endpoint: l.ep}
+	out := make(map[registry.ServiceKey]map[string]registry.Change, len(b.byKey))
+	for key := range b.byKey {
+		out[key] = b.storedOf(key)
 	}
 	return out
 }
 
-// publishChanges publishes every service version whose endpoints differ
-// from before. The caller holds b.mu.
-func (b *Backend) publishChanges(before map[registry.ServiceKey]map[string]registry.Change) {
+// storedOf returns the endpoints the instance nodes of key hold, by
+// address. The caller holds b.mu.
+func (b *Backend) storedOf(key registry.ServiceKey) map[string]registry.Change {
+	out := make(map[string]registry.Change, len(b.byKey[key]))
+	for _, ep := range b.byKey[key] {
+		out[ep.Address] = registry.Change{Endpoint: ep}
+	}
+	return out
+}
+
+// publish publishes every service version whose instance nodes changed.
+// The caller holds b.mu.
+func (b *Backend) publish() {
 	if !b.synced {
 		return
 	}
-	after := b.stored()
-	keys := map[registry.ServiceKey]bool{}
-	for k := range before {
-		keys[k] = true
-	}
-	for k := range after {
-		keys[k] = true
-	}
-	for key := range keys {
-		if maps.EqualFunc(before[key], after[key], sameChange) {
-			continue
-		}
+	for key := range b.dirty {
 		seeds, seeded := b.seeds[key]
-		if eps, known := registry.Merge(seeds, seeded, after[key]); known {
+		if eps, known := registry.Merge(seeds, seeded, b.storedOf(key)); known {
 			b.table.Set(key, eps)
 		} else {
 			b.table.Remove(key)
 		}
 	}
-}
-
-func sameChange(a, c registry.Change) bool {
-	return a.Address == c.Address && a.Weight == c.Weight && maps.Equal(a.Metadata, c.Metadata)
+	clear(b.dirty)
 }
 
 // setReachable logs a change of reachability once.
@@ -695,9 +728,8 @@ func (b *Backend) Add(ctx context.Context, key registry.ServiceKey, ep registry.
 		delete(b.owned, p)
 	}
 	// what this instance wrote, it routes at once; the watch confirms it
-	before := b.stored()
-	b.leaves[p] = leaf{decodedKey, decoded}
-	b.publishChanges(before)
+	b.setLeaf(p, leaf{decodedKey, decoded})
+	b.publish()
 	return nil
 }
 
@@ -733,9 +765,8 @@ func (b *Backend) Delete(ctx context.Context, key registry.ServiceKey, address s
 		}
 		b.mu.Lock()
 		delete(b.owned, p)
-		before := b.stored()
-		delete(b.leaves, p)
-		b.publishChanges(before)
+		b.dropLeaf(p)
+		b.publish()
 		b.mu.Unlock()
 	}
 	return nil
@@ -746,11 +777,11 @@ func (b *Backend) Delete(ctx context.Context, key registry.ServiceKey, address s
 func (b *Backend) CheckDelete(key registry.ServiceKey, address string) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	stored := b.stored()
-	_, inStore := stored[key][address]
+	stored := b.storedOf(key)
+	_, inStore := stored[address]
 	seeded := slices.ContainsFunc(b.seeds[key], func(ep registry.Endpoint) bool { return ep.Address == address })
 	seeds, isSeeded := b.seeds[key]
-	_, known := registry.Merge(seeds, isSeeded, stored[key])
+	_, known := registry.Merge(seeds, isSeeded, stored)
 	switch {
 	case !inStore && seeded:
 		return fmt.Errorf("deleting %s from %s: %w; remove it from the config", address, key, registry.ErrSeeded)

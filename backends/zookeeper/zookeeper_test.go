@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"slices"
 	"testing"
 	"time"
@@ -291,4 +292,148 @@ func TestZooKeeperVersionLevel(t *testing.T) {
 	if ok, _, err := jvm.Exists("/reg/users/v3/127.0.0.1:9092"); !ok || err != nil {
 		t.Errorf("an add with version_level wrote no /reg/users/v3/127.0.0.1:9092: %v", err)
 	}
+}
+
+// BenchmarkZooKeeperPropagation measures a write to ZooKeeper until the
+// backend's snapshot holds it: each iteration creates an instance node of
+// a new version and waits for it.
+func BenchmarkZooKeeperPropagation(b *testing.B) {
+	srv := zktest.Start(b)
+	jvm := srv.Conn(b)
+	r, _ := startBenchRegistry(b, srv.Addr)
+	for _, p := range []string{"/services", "/services/bench"} {
+		if _, err := jvm.Create(p, nil, 0, zk.WorldACL(zk.PermAll)); err != nil && !errors.Is(err, zk.ErrNodeExists) {
+			b.Fatal(err)
+		}
+	}
+	var lat []time.Duration
+	i := 0
+	for b.Loop() {
+		i++
+		key := registry.ServiceKey{Service: "bench", Version: fmt.Sprintf("v%d", i)}
+		data := fmt.Sprintf(`{"name":"bench","id":"i%d","address":"127.0.0.1","port":%d,"payload":{"version":%q}}`, i, 10000+i%50000, key.Version)
+		start := time.Now()
+		if _, err := jvm.Create(fmt.Sprintf("/services/bench/i%d", i), []byte(data), 0, zk.WorldACL(zk.PermAll)); err != nil {
+			b.Fatal(err)
+		}
+		for len(has(r, key)) == 0 {
+			if time.Since(start) > 10*time.Second {
+				b.Fatal("a write never reached the snapshot")
+			}
+			time.Sleep(50 * time.Microsecond)
+		}
+		lat = append(lat, time.Since(start))
+	}
+	slices.Sort(lat)
+	b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50-µs")
+	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds()), "p99-µs")
+}
+
+// BenchmarkZooKeeperScale creates 10,000 instance nodes (1,000 services
+// of 10) and measures how long a backend takes to list them all (with a
+// watch on each), the heap they take, and how long 1,000 more take to
+// arrive through the watches.
+func BenchmarkZooKeeperScale(b *testing.B) {
+	srv := zktest.Start(b)
+	jvm := srv.Conn(b)
+	create := func(from, to int) {
+		var ops []any
+		flush := func() {
+			if len(ops) > 0 {
+				if _, err := jvm.Multi(ops...); err != nil {
+					b.Fatal(err)
+				}
+				ops = ops[:0]
+			}
+		}
+		for i := from; i < to; i++ {
+			svc := fmt.Sprintf("s%d", i/10)
+			if i%10 == 0 {
+				ops = append(ops, &zk.CreateRequest{Path: "/services/" + svc, Acl: zk.WorldACL(zk.PermAll)})
+			}
+			data := fmt.Sprintf(`{"name":%q,"id":"i%d","address":"127.0.0.1","port":%d,"payload":{"version":"v1"}}`, svc, i, 10000+i%50000)
+			ops = append(ops, &zk.CreateRequest{Path: fmt.Sprintf("/services/%s/i%d", svc, i), Data: []byte(data), Acl: zk.WorldACL(zk.PermAll)})
+			if len(ops) >= 200 {
+				flush()
+			}
+		}
+		flush()
+	}
+	if _, err := jvm.Create("/services", nil, 0, zk.WorldACL(zk.PermAll)); err != nil {
+		b.Fatal(err)
+	}
+	create(0, 10000)
+	count := func(r *registry.Local) int {
+		n := 0
+		for _, svc := range r.Snapshot().Services() {
+			n += len(svc.Endpoints)
+		}
+		return n
+	}
+	for b.Loop() {
+		runtime.GC()
+		var before runtime.MemStats
+		runtime.ReadMemStats(&before)
+		start := time.Now()
+		r, _ := startBenchRegistry(b, srv.Addr)
+		for !r.Snapshot().Synced() || count(r) < 10000 {
+			if time.Since(start) > 2*time.Minute {
+				b.Fatalf("listed %d of 10,000 nodes in 2 minutes", count(r))
+			}
+			time.Sleep(time.Millisecond)
+		}
+		listed := time.Since(start)
+		runtime.GC()
+		var after runtime.MemStats
+		runtime.ReadMemStats(&after)
+		start = time.Now()
+		create(10000, 11000)
+		for count(r) < 11000 {
+			if time.Since(start) > 2*time.Minute {
+				b.Fatalf("%d of 1,000 new nodes arrived in 2 minutes", count(r)-10000)
+			}
+			time.Sleep(time.Millisecond)
+		}
+		b.ReportMetric(listed.Seconds(), "list-10k-s")
+		b.ReportMetric(time.Since(start).Seconds(), "watch-1k-s")
+		b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/1e6, "heap-MB")
+		b.StopTimer()
+		if err := r.Stop(); err != nil {
+			b.Fatal(err)
+		}
+		var ops []any
+		for i := 10000; i < 11000; i++ {
+			ops = append(ops, &zk.DeleteRequest{Path: fmt.Sprintf("/services/s%d/i%d", i/10, i), Version: -1})
+		}
+		for i := 1000; i < 1100; i++ {
+			ops = append(ops, &zk.DeleteRequest{Path: fmt.Sprintf("/services/s%d", i), Version: -1})
+		}
+		if _, err := jvm.Multi(ops...); err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+	}
+}
+
+// startBenchRegistry starts a registry on a ZooKeeper backend, stopped
+// when the benchmark ends, and waits for its first sync.
+func startBenchRegistry(b *testing.B, addr string) (*registry.Local, *Backend) {
+	b.Helper()
+	be := &Backend{Servers: []string{addr}, SessionTimeout: caddy.Duration(10 * time.Second)}
+	if err := be.setup(); err != nil {
+		b.Fatal(err)
+	}
+	r := registry.New(be, registry.Options{})
+	b.Cleanup(func() { _ = r.Stop() })
+	if err := r.Start(registry.BackendEnv{Logger: zap.NewNop()}, nil, nil); err != nil {
+		b.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for !r.Snapshot().Synced() {
+		if time.Now().After(deadline) {
+			b.Fatal("no first sync")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	return r, be
 }
