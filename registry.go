@@ -13,6 +13,7 @@ import (
 	"go.uber.org/zap"
 
 	// The backends register their modules: one --with brings them all.
+	_ "github.com/svcreg/caddy-svcreg/backends/consul"
 	_ "github.com/svcreg/caddy-svcreg/backends/etcd"
 	_ "github.com/svcreg/caddy-svcreg/backends/memory"
 	_ "github.com/svcreg/caddy-svcreg/backends/zookeeper"

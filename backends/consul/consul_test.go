@@ -1,0 +1,595 @@
+package consul
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime/pprof"
+	"slices"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/hashicorp/consul/api"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/svcreg/caddy-svcreg/internal/consultest"
+	"github.com/svcreg/caddy-svcreg/internal/testutil"
+	"github.com/svcreg/caddy-svcreg/registry"
+)
+
+var (
+	users  = registry.ServiceKey{Service: "users", Version: "v1"}
+	users2 = registry.ServiceKey{Service: "users", Version: "v2"}
+	orders = registry.ServiceKey{Service: "orders", Version: "v1"}
+)
+
+// provision provisions c on the fake agent srv (wait 2s unless set).
+func provision(t testing.TB, c *Backend, srv *consultest.Server) {
+	t.Helper()
+	if c.Address == "" {
+		c.Address = srv.Addr
+	}
+	if c.Wait == 0 {
+		c.Wait = caddy.Duration(2 * time.Second)
+	}
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	t.Cleanup(cancel)
+	testutil.Must(t, c.Provision(ctx))
+	testutil.Must(t, c.Validate())
+}
+
+// start provisions and starts c on srv with env (and a log observer) and
+// returns its table and its log. c stops when the test ends.
+func start(t testing.TB, c *Backend, srv *consultest.Server, env registry.BackendEnv) (*registry.Table, *observer.ObservedLogs) {
+	t.Helper()
+	provision(t, c, srv)
+	core, logs := observer.New(zap.DebugLevel)
+	env.Logger = zap.New(core)
+	table := registry.NewTable()
+	testutil.Must(t, c.Start(table, env))
+	t.Cleanup(func() { testutil.Must(t, c.Stop()) })
+	return table, logs
+}
+
+// tableHas returns the sorted addresses of key in the table, nil for an
+// unknown key.
+func tableHas(tbl *registry.Table, key registry.ServiceKey) []string {
+	svc, err := tbl.Snapshot().Lookup(key.Service, key.Version)
+	if err != nil {
+		return nil
+	}
+	return testutil.Addresses(svc)
+}
+
+// tableState returns "unknown" for an unknown key, else the sorted
+// addresses of key in the table, joined by commas ("" for none).
+func tableState(tbl *registry.Table, key registry.ServiceKey) string {
+	svc, err := tbl.Snapshot().Lookup(key.Service, key.Version)
+	if err != nil {
+		return "unknown"
+	}
+	return strings.Join(testutil.Addresses(svc), ",")
+}
+
+// warnedAbout returns the sorted values of field in the entries of logs
+// with message msg.
+func warnedAbout(logs *observer.ObservedLogs, msg, field string) []string {
+	var out []string
+	for _, e := range logs.FilterMessage(msg).All() {
+		out = append(out, fmt.Sprint(e.ContextMap()[field]))
+	}
+	sort.Strings(out)
+	return out
+}
+
+// tagged returns a passing instance at 127.0.0.1:port with the tag version=version.
+func tagged(id string, port int, version string) consultest.Instance {
+	return consultest.Instance{ID: id, Port: port, Tags: []string{"version=" + version}}
+}
+
+func TestConsulSync(t *testing.T) {
+	srv := consultest.Start(t)
+	srv.Register("users", tagged("u1", 9001, "v1"))
+	srv.Register("users", consultest.Instance{ID: "u2", Address: "127.0.0.2", Port: 9002, Tags: []string{"primary", "version=v1"},
+		Weights: api.AgentWeights{Passing: 3, Warning: 1}})
+	srv.Register("users", consultest.Instance{ID: "u3", Address: "127.0.0.3", Port: 9003, Tags: []string{"version=v2"}})
+	// skipped, with one warning each
+	srv.Register("users", consultest.Instance{ID: "no-version", Port: 9004, Tags: []string{"v1"}})
+	srv.Register("users", tagged("bad-version", 9005, "v/1"))
+	srv.Register("users", tagged("no-port", 0, "v1"))
+	srv.Register("us$ers", tagged("bad-name", 9006, "v1"))
+	// not passing from the start: left out, no warning
+	sick := tagged("sick", 9007, "v1")
+	sick.Status = api.HealthCritical
+	srv.Register("users", sick)
+
+	tbl, logs := start(t, &Backend{}, srv, registry.BackendEnv{})
+	testutil.Eventually(t, 10*time.Second, "the first sync", func() bool { return tbl.Snapshot().Synced() })
+	if got := tableHas(tbl, users); !slices.Equal(got, []string{"127.0.0.1:9001", "127.0.0.2:9002"}) {
+		t.Errorf("users v1 after the first sync: %v", got)
+	}
+	if got := tableHas(tbl, users2); !slices.Equal(got, []string{"127.0.0.3:9003"}) {
+		t.Errorf("users v2 after the first sync: %v", got)
+	}
+	svc, err := tbl.Snapshot().Lookup("users", "v1")
+	testutil.Must(t, err)
+	if w := svc.Endpoint("127.0.0.2:9002").Weight; w != 3 {
+		t.Errorf("weight from Service.Weights.Passing: %d, want 3", w)
+	}
+	if w := svc.Endpoint("127.0.0.1:9001").Weight; w != 1 {
+		t.Errorf("weight without Service.Weights: %d, want 1", w)
+	}
+	var names []string
+	for _, s := range tbl.Snapshot().Services() {
+		names = append(names, s.Name+" "+s.Version)
+	}
+	if !slices.Equal(names, []string{"users v1", "users v2"}) {
+		t.Errorf("services in the table: %q, want users v1 and v2 (not consul itself, nor the bad name)", names)
+	}
+
+	steps := []struct {
+		name string
+		do   func()
+		key  registry.ServiceKey
+		want string // see tableState
+	}{
+		{"a new instance", func() { srv.Register("users", tagged("u4", 9008, "v1")) }, users,
+			"127.0.0.1:9001,127.0.0.1:9008,127.0.0.2:9002"},
+		{"an instance turns critical", func() { srv.SetStatus("users", "u1", api.HealthCritical) }, users,
+			"127.0.0.1:9008,127.0.0.2:9002"},
+		{"warning is not passing", func() { srv.SetStatus("users", "u2", api.HealthWarning) }, users,
+			"127.0.0.1:9008"},
+		{"passing again", func() { srv.SetStatus("users", "u1", api.HealthPassing) }, users,
+			"127.0.0.1:9001,127.0.0.1:9008"},
+		{"an instance deregistered", func() { srv.Deregister("users", "u4") }, users,
+			"127.0.0.1:9001"},
+		{"a new service", func() { srv.Register("orders", tagged("o1", 9010, "v1")) }, orders,
+			"127.0.0.1:9010"},
+		// known, no available host: 503
+		{"every instance of a version critical", func() { srv.SetStatus("users", "u3", api.HealthCritical) }, users2, ""},
+		{"a version's last instance deregistered", func() { srv.Deregister("users", "u3") }, users2, "unknown"},
+		{"a service deregistered", func() { srv.Deregister("orders", "o1") }, orders, "unknown"},
+	}
+	for _, step := range steps {
+		step.do()
+		testutil.Eventually(t, 10*time.Second, step.name+" to show", func() bool {
+			return tableState(tbl, step.key) == step.want
+		})
+	}
+	if _, err := tbl.Snapshot().Lookup("users", "v2"); !errors.Is(err, registry.ErrUnknownVersion) {
+		t.Errorf("users v2 once its last instance left: %v, want ErrUnknownVersion", err)
+	}
+	if _, err := tbl.Snapshot().Lookup("orders", "v1"); !errors.Is(err, registry.ErrUnknownService) {
+		t.Errorf("orders once deregistered: %v, want ErrUnknownService", err)
+	}
+
+	// Each bad instance was warned about once, though users was read
+	// again at every step.
+	want := []string{"node1/bad-version", "node1/no-port", "node1/no-version"}
+	if got := warnedAbout(logs, "skipping consul instance", "instance"); !slices.Equal(got, want) {
+		t.Errorf("warned about instances %q, want once each about %q", got, want)
+	}
+	if got := warnedAbout(logs, "skipping consul service", "service"); !slices.Equal(got, []string{"us$ers"}) {
+		t.Errorf("warned about services %q, want once about us$ers", got)
+	}
+	if n := logs.FilterMessage("consul registry synced").Len(); n != 1 {
+		t.Errorf("the first sync was logged %d times, want once", n)
+	}
+
+	// The queries were blocking queries.
+	blocking := map[string]bool{}
+	for _, r := range srv.Requests() {
+		if r.Index != "" && r.Wait != "" {
+			blocking[r.Path] = true
+		}
+	}
+	if !blocking["/v1/catalog/services"] || !blocking["/v1/health/service/users"] {
+		t.Errorf("blocking queries (with an index and a wait) sent to %v, want the catalog and users' health", blocking)
+	}
+}
+
+func TestConsulInstance(t *testing.T) {
+	c := &Backend{VersionTag: "version="}
+	meta := &Backend{VersionTag: "ver:", VersionMeta: "version"}
+	node := &api.Node{Node: "n1", Address: "10.0.0.1"}
+	for _, tc := range []struct {
+		name     string
+		backend  *Backend
+		svc      api.AgentService
+		versions []string
+		ep       registry.Endpoint
+		err      string
+	}{
+		{"node address", c, api.AgentService{Port: 80, Tags: []string{"version=v1"}},
+			[]string{"v1"}, registry.Endpoint{Address: "10.0.0.1:80", Weight: 1}, ""},
+		{"service address", c, api.AgentService{Address: "users.internal", Port: 8080, Tags: []string{"version=v1"}},
+			[]string{"v1"}, registry.Endpoint{Address: "users.internal:8080", Weight: 1}, ""},
+		{"ipv6", c, api.AgentService{Address: "::1", Port: 8080, Tags: []string{"version=v1"}},
+			[]string{"v1"}, registry.Endpoint{Address: "[::1]:8080", Weight: 1}, ""},
+		{"weight", c, api.AgentService{Port: 80, Tags: []string{"version=v1"}, Weights: api.AgentWeights{Passing: 7}},
+			[]string{"v1"}, registry.Endpoint{Address: "10.0.0.1:80", Weight: 7}, ""},
+		{"weight over 100", c, api.AgentService{Port: 80, Tags: []string{"version=v1"}, Weights: api.AgentWeights{Passing: 250}},
+			[]string{"v1"}, registry.Endpoint{Address: "10.0.0.1:80", Weight: 100}, ""},
+		{"negative weight", c, api.AgentService{Port: 80, Tags: []string{"version=v1"}, Weights: api.AgentWeights{Passing: -2}},
+			[]string{"v1"}, registry.Endpoint{Address: "10.0.0.1:80", Weight: 1}, ""},
+		{"two versions", c, api.AgentService{Port: 80, Tags: []string{"version=v1", "x", "version=v2", "version=v1"}},
+			[]string{"v1", "v2"}, registry.Endpoint{Address: "10.0.0.1:80", Weight: 1}, ""},
+		{"meta wins over tags", meta, api.AgentService{Port: 80, Tags: []string{"ver:v1"}, Meta: map[string]string{"version": "v2"}},
+			[]string{"v2"}, registry.Endpoint{Address: "10.0.0.1:80", Weight: 1}, ""},
+		{"tag without meta", meta, api.AgentService{Port: 80, Tags: []string{"ver:v1"}},
+			[]string{"v1"}, registry.Endpoint{Address: "10.0.0.1:80", Weight: 1}, ""},
+		{"no version", c, api.AgentService{Port: 80, Tags: []string{"v1"}}, nil, registry.Endpoint{}, "no version: want a tag version=<version>"},
+		{"other prefix", meta, api.AgentService{Port: 80, Tags: []string{"version=v1"}}, nil, registry.Endpoint{},
+			"no version: want a tag ver:<version> or service metadata version"},
+		{"bad version", c, api.AgentService{Port: 80, Tags: []string{"version=v 1"}}, nil, registry.Endpoint{}, `invalid version name "v 1"`},
+		{"bad meta version", meta, api.AgentService{Port: 80, Meta: map[string]string{"version": "../"}}, nil, registry.Endpoint{}, `invalid version name "../"`},
+		{"no port", c, api.AgentService{Tags: []string{"version=v1"}}, nil, registry.Endpoint{}, "port must be a number from 1 to 65535"},
+		{"bad address", c, api.AgentService{Address: "a b", Port: 80, Tags: []string{"version=v1"}}, nil, registry.Endpoint{}, "invalid address"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			svc := tc.svc
+			versions, ep, err := tc.backend.instance(&api.ServiceEntry{Node: node, Service: &svc})
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) {
+					t.Fatalf("error %v, want one containing %q", err, tc.err)
+				}
+				return
+			}
+			if err != nil || !slices.Equal(versions, tc.versions) || ep.Address != tc.ep.Address || ep.Weight != tc.ep.Weight {
+				t.Errorf("got %q %+v %v, want %q %+v", versions, ep, err, tc.versions, tc.ep)
+			}
+		})
+	}
+}
+
+func TestConsulVersionFromMeta(t *testing.T) {
+	srv := consultest.Start(t)
+	srv.Register("users", consultest.Instance{ID: "a", Port: 9001, Tags: []string{"release/v1"}, Meta: map[string]string{"api": "v2"}})
+	srv.Register("users", consultest.Instance{ID: "b", Port: 9002, Tags: []string{"release/v1"}})
+	tbl, _ := start(t, &Backend{VersionTag: "release/", VersionMeta: "api"}, srv, registry.BackendEnv{})
+	testutil.Eventually(t, 10*time.Second, "the first sync", func() bool { return tbl.Snapshot().Synced() })
+	if got := tableHas(tbl, users); !slices.Equal(got, []string{"127.0.0.1:9002"}) {
+		t.Errorf("users v1 (from the tag): %v", got)
+	}
+	if got := tableHas(tbl, users2); !slices.Equal(got, []string{"127.0.0.1:9001"}) {
+		t.Errorf("users v2 (from the metadata, over the tag): %v", got)
+	}
+}
+
+func TestConsulServicesFilter(t *testing.T) {
+	srv := consultest.Start(t)
+	srv.Register("users", tagged("a", 9001, "v1"))
+	srv.Register("orders", tagged("o", 9002, "v1"))
+	tbl, _ := start(t, &Backend{Services: []string{"users", "payments"}}, srv, registry.BackendEnv{})
+	testutil.Eventually(t, 10*time.Second, "the first sync", func() bool { return tbl.Snapshot().Synced() })
+	if got := tableState(tbl, users); got != "127.0.0.1:9001" {
+		t.Errorf("users, listed: %q", got)
+	}
+	if got := tableState(tbl, orders); got != "unknown" {
+		t.Errorf("orders, not listed: %q, want unknown", got)
+	}
+	// a listed service registered later is followed
+	srv.Register("payments", tagged("p", 9003, "v1"))
+	testutil.Eventually(t, 10*time.Second, "a listed service registered later", func() bool {
+		return tableState(tbl, registry.ServiceKey{Service: "payments", Version: "v1"}) == "127.0.0.1:9003"
+	})
+	for _, r := range srv.Requests() {
+		if r.Path == "/v1/health/service/orders" || r.Path == "/v1/health/service/consul" {
+			t.Fatalf("a service not listed was queried: %s", r.Path)
+		}
+	}
+}
+
+func TestConsulNextIndex(t *testing.T) {
+	for _, tc := range []struct {
+		name            string
+		sent, got, want uint64
+	}{
+		{"first read", 0, 42, 42},
+		{"moved on", 42, 50, 50},
+		{"wait expired", 42, 42, 42},
+		{"went backwards", 42, 7, 0},
+		{"zero after a full read", 0, 0, 1},
+		{"zero after a blocking one", 42, 0, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := nextIndex(tc.sent, tc.got); got != tc.want {
+				t.Errorf("nextIndex(%d, %d) = %d, want %d", tc.sent, tc.got, got, tc.want)
+			}
+		})
+	}
+}
+
+func TestConsulIndexBackwards(t *testing.T) {
+	srv := consultest.Start(t)
+	srv.Register("users", tagged("a", 9001, "v1"))
+	srv.Register("users", tagged("b", 9002, "v1"))
+	srv.Register("orders", tagged("o", 9003, "v1"))
+	// The queries held when the index goes back expire after the wait.
+	tbl, logs := start(t, &Backend{Wait: caddy.Duration(time.Second)}, srv, registry.BackendEnv{})
+	testutil.Eventually(t, 10*time.Second, "the first sync", func() bool {
+		return len(tableHas(tbl, users)) == 2 && len(tableHas(tbl, orders)) == 1
+	})
+
+	// Consul wiped (or another cluster): the same connections now answer
+	// with lower indexes, for data without a, b nor orders.
+	srv.Reset()
+	srv.Register("users", tagged("c", 9009, "v1"))
+	testutil.Eventually(t, 20*time.Second, "everything read again, nothing stale", func() bool {
+		return slices.Equal(tableHas(tbl, users), []string{"127.0.0.1:9009"}) && tableHas(tbl, orders) == nil
+	})
+	testutil.Eventually(t, 10*time.Second, "the catalog's index going backwards to be noticed", func() bool {
+		return logs.FilterMessageSnippet("index went backwards").Len() > 0
+	})
+	if n := logs.FilterMessageSnippet("consul unreachable").Len(); n != 0 {
+		t.Errorf("logged unreachable %d times, though Consul answered throughout", n)
+	}
+
+	// Changes after the reset are followed as usual.
+	srv.Register("users", tagged("d", 9010, "v1"))
+	testutil.Eventually(t, 10*time.Second, "a change after the reset", func() bool {
+		return slices.Equal(tableHas(tbl, users), []string{"127.0.0.1:9009", "127.0.0.1:9010"})
+	})
+}
+
+func TestConsulUnreachableAtStart(t *testing.T) {
+	srv := consultest.StartLater(t) // port reserved, nothing serving
+	srv.Register("users", tagged("a", 9001, "v1"))
+	seeds := map[registry.ServiceKey][]registry.Endpoint{users: testutil.Endpoints("127.0.0.1:9100")}
+	tbl, logs := start(t, &Backend{}, srv, registry.BackendEnv{Seeds: seeds}) // returns at once
+	if _, err := tbl.Snapshot().Lookup("users", "v1"); !errors.Is(err, registry.ErrNotSynced) {
+		t.Fatalf("before the first sync: %v, want registry.ErrNotSynced (503)", err)
+	}
+	testutil.Eventually(t, 10*time.Second, "the unreachable state to be logged", func() bool {
+		return logs.FilterMessageSnippet("503 until the first sync").Len() > 0
+	})
+
+	srv.Serve()
+	testutil.Eventually(t, 20*time.Second, "the first sync once Consul is up", func() bool {
+		return slices.Equal(tableHas(tbl, users), []string{"127.0.0.1:9001", "127.0.0.1:9100"})
+	})
+	if n := logs.FilterMessageSnippet("consul unreachable").Len(); n != 1 {
+		t.Errorf("the unreachable state was logged %d times, want once", n)
+	}
+	if n := logs.FilterMessageSnippet("consul reachable again").Len(); n != 1 {
+		t.Errorf("coming back was logged %d times, want once", n)
+	}
+}
+
+func TestConsulLostAndBack(t *testing.T) {
+	srv := consultest.Start(t)
+	srv.Register("users", tagged("a", 9001, "v1"))
+	srv.Register("orders", tagged("o", 9003, "v1"))
+	tbl, logs := start(t, &Backend{}, srv, registry.BackendEnv{})
+	testutil.Eventually(t, 10*time.Second, "the first sync", func() bool {
+		return len(tableHas(tbl, users)) == 1 && len(tableHas(tbl, orders)) == 1
+	})
+
+	srv.Stop()
+	testutil.Eventually(t, 10*time.Second, "losing Consul to be logged", func() bool {
+		return logs.FilterMessageSnippet("routing keeps the last snapshot").Len() > 0
+	})
+	if got := tableHas(tbl, users); !slices.Equal(got, []string{"127.0.0.1:9001"}) || !tbl.Snapshot().Synced() {
+		t.Fatalf("without Consul the last snapshot must stay: %v (synced %v)", got, tbl.Snapshot().Synced())
+	}
+
+	// It comes back after a restart that lost its data, with other
+	// instances, at lower indexes.
+	srv.Reset()
+	srv.Register("users", tagged("b", 9002, "v1"))
+	srv.Serve()
+	testutil.Eventually(t, 20*time.Second, "a resync once Consul is back", func() bool {
+		return slices.Equal(tableHas(tbl, users), []string{"127.0.0.1:9002"}) && tableHas(tbl, orders) == nil
+	})
+	testutil.Eventually(t, 20*time.Second, "coming back to be logged", func() bool {
+		return logs.FilterMessageSnippet("consul reachable again").Len() > 0
+	})
+	if n := logs.FilterMessageSnippet("consul unreachable").Len(); n != 1 {
+		t.Errorf("losing Consul was logged %d times, want once", n)
+	}
+	if n := logs.FilterMessageSnippet("consul reachable again").Len(); n != 1 {
+		t.Errorf("coming back was logged %d times, want once", n)
+	}
+}
+
+func TestConsulTokenAndDatacenter(t *testing.T) {
+	const secret = "s3cret-Consul-t0ken"
+	t.Setenv("SVCREG_TEST_CONSUL_TOKEN", secret)
+	srv := consultest.Start(t)
+	srv.RequireToken(secret)
+	srv.Register("users", tagged("a", 9001, "v1"))
+	tbl, logs := start(t, &Backend{Token: "{env.SVCREG_TEST_CONSUL_TOKEN}", Datacenter: "dc1"}, srv, registry.BackendEnv{})
+	testutil.Eventually(t, 10*time.Second, "the first sync with the token", func() bool {
+		return slices.Equal(tableHas(tbl, users), []string{"127.0.0.1:9001"})
+	})
+	for _, r := range srv.Requests() {
+		if r.Token != secret || r.Datacenter != "dc1" {
+			t.Fatalf("a request with token %q and dc %q, want the expanded token and dc1", r.Token, r.Datacenter)
+		}
+	}
+	checkNoSecret(t, logs, secret)
+
+	// A token Consul refuses: not synced, said once, and never shown.
+	const wrong = "wrong-Consul-t0ken"
+	refused, refusedLogs := start(t, &Backend{Token: wrong}, srv, registry.BackendEnv{})
+	testutil.Eventually(t, 10*time.Second, "the refusal to be logged", func() bool {
+		return refusedLogs.FilterMessageSnippet("consul unreachable").Len() > 0
+	})
+	if refused.Snapshot().Synced() {
+		t.Error("synced although Consul refused the token")
+	}
+	entry := refusedLogs.FilterMessageSnippet("consul unreachable").All()[0]
+	if reason := fmt.Sprint(entry.ContextMap()["error"]); !strings.Contains(reason, "403") {
+		t.Errorf("the log does not say why: %q", reason)
+	}
+	checkNoSecret(t, refusedLogs, wrong)
+
+	// A token placeholder that expands to nothing is a config error.
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	defer cancel()
+	err := (&Backend{Token: "{env.SVCREG_TEST_CONSUL_UNSET_TOKEN}"}).Provision(ctx)
+	if err == nil || !strings.Contains(err.Error(), `token "{env.SVCREG_TEST_CONSUL_UNSET_TOKEN}" is empty once expanded`) {
+		t.Errorf("an empty token: %v", err)
+	}
+}
+
+// checkNoSecret fails if any log entry shows secret.
+func checkNoSecret(t *testing.T, logs *observer.ObservedLogs, secret string) {
+	t.Helper()
+	for _, e := range logs.All() {
+		if strings.Contains(fmt.Sprint(e.Message, e.ContextMap()), secret) {
+			t.Errorf("the token shows in the log: %s %v", e.Message, e.ContextMap())
+		}
+	}
+}
+
+func TestConsulReadOnlyWithSeedsAndTraffic(t *testing.T) {
+	srv := consultest.Start(t)
+	srv.Register("users", tagged("a", 9001, "v1"))
+	srv.Register("users", tagged("b", 9002, "v2"))
+	c := &Backend{}
+	provision(t, c, srv)
+	r := registry.New(c, registry.Options{})
+	t.Cleanup(func() { testutil.Must(t, r.Stop()) })
+	policy := registry.TrafficPolicy{Split: map[string]int{"v1": 90, "v2": 10}}
+	seeds := map[registry.ServiceKey][]registry.Endpoint{users: testutil.Endpoints("127.0.0.1:9100")}
+	testutil.Must(t, r.Start(registry.BackendEnv{Seeds: seeds, Traffic: map[string]registry.TrafficPolicy{"users": policy}, Logger: zap.NewNop()}, nil, nil))
+	testutil.Eventually(t, 10*time.Second, "the first sync", func() bool { return r.Snapshot().Synced() })
+	if got := tableHas(r.Table(), users); !slices.Equal(got, []string{"127.0.0.1:9001", "127.0.0.1:9100"}) {
+		t.Errorf("seeds merged with Consul's: %v", got)
+	}
+	if r.Snapshot().Traffic("users") == nil {
+		t.Error("the config's traffic policy does not apply")
+	}
+
+	ctx := context.Background()
+	err := r.Add(ctx, users, registry.Endpoint{Address: "127.0.0.1:9003"})
+	if !errors.Is(err, registry.ErrInvalid) || !strings.Contains(err.Error(), "read-only") {
+		t.Errorf("adding through the registry: %v, want ErrInvalid saying the backend is read-only", err)
+	}
+	svc, err := r.Lookup(users)
+	testutil.Must(t, err)
+	ep := svc.Endpoint("127.0.0.1:9001")
+	if _, err := r.Delete(ctx, users, "127.0.0.1:9001"); !errors.Is(err, registry.ErrInvalid) || !strings.Contains(err.Error(), "read-only") {
+		t.Errorf("deleting through the registry: %v, want ErrInvalid saying the backend is read-only", err)
+	}
+	if !ep.Available() || !slices.Contains(tableHas(r.Table(), users), "127.0.0.1:9001") {
+		t.Error("a refused delete took the endpoint out")
+	}
+	if err := r.PutTraffic(ctx, "users", policy); !errors.Is(err, registry.ErrInvalid) {
+		t.Errorf("storing a traffic policy: %v, want ErrInvalid", err)
+	}
+
+	// A later config's seeds and policies replace these.
+	seeds2 := map[registry.ServiceKey][]registry.Endpoint{{Service: "users", Version: "v3"}: testutil.Endpoints("127.0.0.1:9200")}
+	testutil.Must(t, r.Start(registry.BackendEnv{Seeds: seeds2, Logger: zap.NewNop()}, nil, nil))
+	if got := tableHas(r.Table(), users); !slices.Equal(got, []string{"127.0.0.1:9001"}) {
+		t.Errorf("users v1 after a reconfigure: %v", got)
+	}
+	if got := tableHas(r.Table(), registry.ServiceKey{Service: "users", Version: "v3"}); !slices.Equal(got, []string{"127.0.0.1:9200"}) {
+		t.Errorf("the new config's seed: %v", got)
+	}
+	if r.Snapshot().Traffic("users") != nil {
+		t.Error("the old config's traffic policy stays")
+	}
+}
+
+// backendGoroutines returns the stacks of goroutines of the backend and
+// of HTTP client connections.
+func backendGoroutines() []string {
+	var buf strings.Builder
+	_ = pprof.Lookup("goroutine").WriteTo(&buf, 2)
+	var out []string
+	for g := range strings.SplitSeq(buf.String(), "\n\n") {
+		if strings.Contains(g, "backends/consul.(*Backend)") || strings.Contains(g, "net/http.(*persistConn)") {
+			out = append(out, g)
+		}
+	}
+	return out
+}
+
+func TestConsulStopEndsEverything(t *testing.T) {
+	srv := consultest.Start(t)
+	for i := range 5 {
+		srv.Register(fmt.Sprintf("svc%d", i), tagged("a", 9001+i, "v1"))
+	}
+	// queries held far longer than the test: Stop must end them
+	c := &Backend{Wait: caddy.Duration(10 * time.Minute)}
+	tbl, _ := start(t, c, srv, registry.BackendEnv{})
+	testutil.Eventually(t, 10*time.Second, "the first sync", func() bool { return len(tbl.Snapshot().Services()) == 5 })
+	if len(backendGoroutines()) < 6 {
+		t.Fatalf("fewer goroutines than watches before Stop:\n%s", strings.Join(backendGoroutines(), "\n\n"))
+	}
+	stopped := make(chan error, 1)
+	go func() { stopped <- c.Stop() }()
+	select {
+	case err := <-stopped:
+		testutil.Must(t, err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("Stop did not return while blocking queries were held")
+	}
+	testutil.Eventually(t, 10*time.Second, "no goroutine of the backend, nor connection, left", func() bool {
+		return len(backendGoroutines()) == 0
+	})
+	if !tbl.Snapshot().Synced() || len(tbl.Snapshot().Services()) != 5 {
+		t.Error("Stop changed the table")
+	}
+}
+
+func TestConsulProvision(t *testing.T) {
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	defer cancel()
+	for _, tc := range []struct {
+		name string
+		b    *Backend
+		err  string
+	}{
+		{"defaults", &Backend{}, ""},
+		{"host:port", &Backend{Address: "consul.internal:8500"}, ""},
+		{"http URL", &Backend{Address: "http://127.0.0.1:8500"}, ""},
+		{"https URL", &Backend{Address: "https://consul.example:8501"}, ""},
+		{"no port", &Backend{Address: "consul.internal"}, `address "consul.internal": want host:port`},
+		{"other scheme", &Backend{Address: "ftp://consul.internal:21"}, "want host:port or an http:// or https:// URL"},
+		{"credentials in the URL", &Backend{Address: "http://root:pa55word@consul.internal:8500"}, "credentials in the URL are not supported"},
+		{"empty address placeholder", &Backend{Address: "{env.SVCREG_TEST_CONSUL_UNSET}"}, `address "{env.SVCREG_TEST_CONSUL_UNSET}" is empty once expanded`},
+		{"empty datacenter placeholder", &Backend{Datacenter: "{env.SVCREG_TEST_CONSUL_UNSET}"}, "datacenter"},
+		{"short wait", &Backend{Wait: caddy.Duration(500 * time.Millisecond)}, "wait 500ms: want a duration from 1s to 10m"},
+		{"long wait", &Backend{Wait: caddy.Duration(11 * time.Minute)}, "wait 11m0s: want a duration from 1s to 10m"},
+		{"bad service", &Backend{Services: []string{"users", "or/ders"}}, `services: invalid service name "or/ders"`},
+		{"service twice", &Backend{Services: []string{"users", "users"}}, `services: "users" listed twice`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b := tc.b
+			address := b.Address
+			err := b.Provision(ctx)
+			if err == nil {
+				err = b.Validate()
+			}
+			if tc.err == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				if b.VersionTag != "version=" || b.Wait != caddy.Duration(time.Minute) || (address == "" && b.Address != "127.0.0.1:8500") {
+					t.Errorf("defaults not set: version_tag %q, wait %v, address %q", b.VersionTag, time.Duration(b.Wait), b.Address)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.err) || !strings.HasPrefix(err.Error(), "consul backend: ") {
+				t.Errorf("error %v, want one from the consul backend containing %q", err, tc.err)
+			}
+		})
+	}
+
+	// Settings as read decide whether two configs share a registry.
+	a, b, other := &Backend{Token: "x"}, &Backend{Token: "x"}, &Backend{Token: "y"}
+	for _, be := range []*Backend{a, b, other} {
+		testutil.Must(t, be.Provision(ctx))
+	}
+	if a.Fingerprint() != b.Fingerprint() || a.Fingerprint() == other.Fingerprint() {
+		t.Error("the fingerprint does not follow the token")
+	}
+}
