@@ -63,7 +63,8 @@ type BackendEnv struct {
 }
 
 // TrafficBackend is implemented by backends that store traffic policies
-// (every backend of this module does). A stored policy replaces the
+// (memory and etcd; the ZooKeeper and Consul backends publish only the
+// config's). A stored policy replaces the
 // configuration's policy of the same service; deleting it brings the
 // configuration's back, if any.
 type TrafficBackend interface {
