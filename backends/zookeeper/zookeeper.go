@@ -89,20 +89,18 @@ type Backend struct {
 	conn   *zk.Conn
 	cancel context.CancelFunc
 	done   sync.WaitGroup
-	wake   chan struct{}   // a session event arrived
-	events chan watchEvent // fired watches
+	wake   chan struct{} // a session event arrived
+	fired  chan struct{} // a watch fired: see queue
 
 	mu           sync.Mutex // guards everything below
 	table        *registry.Table
 	seeds        map[registry.ServiceKey][]registry.Endpoint
 	trafficSeeds map[string]registry.TrafficPolicy
 	state        zk.State
-	gen          int   // sessions begun (or resumed) so far
-	listedGen    int   // the gen of the last listing
-	session      int64 // the session of the last listing
-	epoch        int   // listings so far: a watch of an older one is stale
-	listCtx      context.Context
-	listCancel   context.CancelFunc
+	gen          int                                                  // sessions begun (or resumed) so far
+	listedGen    int                                                  // the gen of the last listing
+	session      int64                                                // the session of the last listing
+	queue        []zk.Event                                           // fired watches, in order, not applied yet
 	dirs         map[string]map[string]bool                           // watched node -> its children
 	leaves       map[string]leaf                                      // instance node -> what it holds
 	byKey        map[registry.ServiceKey]map[string]registry.Endpoint // service version -> node -> endpoint
@@ -118,15 +116,6 @@ type Backend struct {
 type leaf struct {
 	key registry.ServiceKey
 	ep  registry.Endpoint
-}
-
-// watchEvent is a fired watch of a listing.
-type watchEvent struct {
-	epoch int
-	leaf  bool // a data watch of an instance node, else a child watch
-	depth int  // of a child watch: the node's level below the base
-	path  string
-	ev    zk.Event
 }
 
 // CaddyModule returns the Caddy module information.
@@ -189,7 +178,7 @@ func (b *Backend) Start(table *registry.Table, env registry.BackendEnv) error {
 	}
 	b.logger = env.Logger
 	b.wake = make(chan struct{}, 1)
-	b.events = make(chan watchEvent, 256)
+	b.fired = make(chan struct{}, 1)
 	conn, _, err := zk.Connect(b.servers, time.Duration(b.SessionTimeout),
 		zk.WithLogger(zkLogger{b.logger}), zk.WithEventCallback(b.sessionEvent))
 	if err != nil {
@@ -210,9 +199,23 @@ func (b *Backend) Start(table *registry.Table, env registry.BackendEnv) error {
 }
 
 // sessionEvent is go-zookeeper's callback for every event; it keeps the
-// session's state and wakes the sync loop.
+// session's state, queues fired watches, and wakes the sync loop.
 func (b *Backend) sessionEvent(ev zk.Event) {
 	if ev.Type != zk.EventSession {
+		// A fired watch (go-zookeeper hands every watch's event to the
+		// callback as well as to its channel): queued for the sync loop,
+		// never blocking go-zookeeper's reader. One callback instead of
+		// a goroutine per watched node.
+		if ev.Type == zk.EventNotWatching {
+			return // the session went: it is listed again when back
+		}
+		b.mu.Lock()
+		b.queue = append(b.queue, ev)
+		b.mu.Unlock()
+		select {
+		case b.fired <- struct{}{}:
+		default:
+		}
 		return
 	}
 	b.mu.Lock()
@@ -323,16 +326,16 @@ func (b *Backend) follow(ctx context.Context) {
 				// case a watch was missed)
 				return
 			}
-		case we := <-b.events:
+		case <-b.fired:
 			b.mu.Lock()
-			current := we.epoch == b.epoch
+			queue := b.queue
+			b.queue = nil
 			b.mu.Unlock()
-			if !current || we.ev.Type == zk.EventNotWatching {
-				continue
-			}
-			if err := b.apply(ctx, we); err != nil {
-				b.log().Warn("following zookeeper; listing everything again", zap.String("backend", "zookeeper"), zap.Error(err))
-				return
+			for _, ev := range queue {
+				if err := b.apply(ev); err != nil {
+					b.log().Warn("following zookeeper; listing everything again", zap.String("backend", "zookeeper"), zap.Error(err))
+					return
+				}
 			}
 		}
 	}
@@ -347,11 +350,7 @@ func (b *Backend) list(ctx context.Context) error {
 	session := b.conn.SessionID()
 	renew := b.session != 0 && b.session != session
 	owned := maps.Clone(b.owned)
-	b.epoch++
-	if b.listCancel != nil {
-		b.listCancel() // the old listing's watches forward nothing more
-	}
-	b.listCtx, b.listCancel = context.WithCancel(ctx)
+	b.queue = nil // what fired so far, the listing reads anyway
 	b.dirs, b.leaves = map[string]map[string]bool{}, map[string]leaf{}
 	b.byKey, b.dirty = map[registry.ServiceKey]map[string]registry.Endpoint{}, map[registry.ServiceKey]bool{}
 	b.mu.Unlock()
@@ -404,14 +403,14 @@ func (b *Backend) makeParents(p string) error {
 // descends into the children it did not know: into directories, or reads
 // instance nodes. Children that went are forgotten.
 func (b *Backend) watchDir(p string, depth int) error {
-	children, _, ch, err := b.conn.ChildrenW(p)
+	// the watches' events come through sessionEvent, not their channels
+	children, _, _, err := b.conn.ChildrenW(p)
 	if errors.Is(err, zk.ErrNoNode) {
 		// not there (yet): watch for it to appear
-		_, _, ch, err = b.conn.ExistsW(p)
+		_, _, _, err = b.conn.ExistsW(p)
 		if err != nil {
 			return err
 		}
-		b.forward(watchEvent{depth: depth, path: p}, ch)
 		b.mu.Lock()
 		b.forget(p)
 		b.mu.Unlock()
@@ -420,7 +419,6 @@ func (b *Backend) watchDir(p string, depth int) error {
 	if err != nil {
 		return err
 	}
-	b.forward(watchEvent{depth: depth, path: p}, ch)
 	b.mu.Lock()
 	old := b.dirs[p]
 	now := make(map[string]bool, len(children))
@@ -480,7 +478,7 @@ func (b *Backend) child(p, c string) string {
 
 // readLeaf reads an instance node with a watch.
 func (b *Backend) readLeaf(p string) error {
-	data, stat, ch, err := b.conn.GetW(p)
+	data, stat, _, err := b.conn.GetW(p)
 	if errors.Is(err, zk.ErrNoNode) {
 		b.mu.Lock()
 		b.forget(p)
@@ -490,7 +488,6 @@ func (b *Backend) readLeaf(p string) error {
 	if err != nil {
 		return err
 	}
-	b.forward(watchEvent{leaf: true, path: p}, ch)
 	key, ep, err := b.layout.Decode(p, data)
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -544,54 +541,52 @@ func (b *Backend) forget(p string) {
 	}
 }
 
-// forward hands a watch's event to the sync loop, unless the listing that
-// set it is replaced first.
-func (b *Backend) forward(we watchEvent, ch <-chan zk.Event) {
-	b.mu.Lock()
-	we.epoch = b.epoch
-	ctx := b.listCtx
-	b.mu.Unlock()
-	b.done.Go(func() {
-		select {
-		case ev, ok := <-ch:
-			if !ok {
-				return
-			}
-			we.ev = ev
-			select {
-			case b.events <- we:
-			case <-ctx.Done():
-			}
-		case <-ctx.Done():
-		}
-	})
-}
-
 // apply follows one fired watch and publishes the service versions it
-// changed.
-func (b *Backend) apply(ctx context.Context, we watchEvent) error {
+// changed. Every handler reads the node's current state, so an event
+// that a listing already covered changes nothing.
+func (b *Backend) apply(ev zk.Event) error {
+	depth, ok := b.depth(ev.Path)
+	if !ok {
+		return nil
+	}
 	var err error
 	switch {
-	case we.leaf && we.ev.Type == zk.EventNodeDeleted:
+	case ev.Type == zk.EventNodeDeleted:
 		b.mu.Lock()
-		b.forget(we.path)
+		b.forget(ev.Path)
 		b.mu.Unlock()
-	case we.leaf:
-		err = b.readLeaf(we.path)
-	case we.ev.Type == zk.EventNodeDeleted:
-		b.mu.Lock()
-		b.forget(we.path)
-		b.mu.Unlock()
-		if we.depth == 0 {
-			err = b.watchDir(we.path, 0) // the base went: wait for it again
+		if depth == 0 {
+			err = b.watchDir(ev.Path, 0) // the base went: wait for it again
 		}
-	default: // children changed, or the node appeared
-		err = b.watchDir(we.path, we.depth)
+	case depth == b.layout.Depth():
+		if ev.Type == zk.EventNodeDataChanged || ev.Type == zk.EventNodeCreated {
+			err = b.readLeaf(ev.Path)
+		}
+	case ev.Type == zk.EventNodeChildrenChanged || ev.Type == zk.EventNodeCreated:
+		err = b.watchDir(ev.Path, depth)
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.publish()
 	return err
+}
+
+// depth returns how many levels below the base node p is, and whether it
+// is the base or below it.
+func (b *Backend) depth(p string) (int, bool) {
+	base := b.layout.Base
+	if p == base {
+		return 0, true
+	}
+	prefix := base + "/"
+	if base == "/" {
+		prefix = "/"
+	}
+	rest, ok := strings.CutPrefix(p, prefix)
+	if !ok || rest == "" {
+		return 0, false
+	}
+	return strings.Count(rest, "/") + 1, true
 }
 
 // stored returns the endpoints the instance nodes hold, by service version
