@@ -668,7 +668,7 @@ func (b *Backend) write(ctx context.Context, what string, f func() error) error 
 	ctx, cancel := context.WithTimeout(ctx, time.Duration(b.WriteTimeout))
 	defer cancel()
 	done := make(chan error, 1)
-	go func() { done <- f() }()
+	b.done.Go(func() { done <- f() }) // Stop closes the connection, which ends f
 	select {
 	case err := <-done:
 		switch {

@@ -437,3 +437,26 @@ func startBenchRegistry(b *testing.B, addr string) (*registry.Local, *Backend) {
 	}
 	return r, be
 }
+
+// No goroutine outlives Stop: the sync loop, the writes and
+// go-zookeeper's own.
+func TestZooKeeperStopLeavesNoGoroutine(t *testing.T) {
+	srv := zktest.Start(t)
+	before := runtime.NumGoroutine()
+	b := &Backend{Servers: []string{srv.Addr}, SessionTimeout: caddy.Duration(4 * time.Second)}
+	if err := b.setup(); err != nil {
+		t.Fatal(err)
+	}
+	r := registry.New(b, registry.Options{})
+	if err := r.Start(registry.BackendEnv{Logger: zap.NewNop()}, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 15*time.Second, "the first sync", func() bool { return r.Snapshot().Synced() })
+	if err := r.Add(context.Background(), users, registry.Endpoint{Address: "127.0.0.1:9001", TTL: registry.Duration(time.Second)}); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "the goroutines to end", func() bool { return runtime.NumGoroutine() <= before })
+}
