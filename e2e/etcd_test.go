@@ -128,28 +128,15 @@ func TestEtcdSelfRegistration(t *testing.T) {
 
 	// The backend and its registration die together (SIGKILL) under load:
 	// no request fails, and the key expires.
-	var total, failed atomic.Int64
-	deadline := time.Now().Add(5 * time.Second)
-	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 8}}
-	var wg sync.WaitGroup
-	for range 8 {
-		wg.Go(func() {
-			for time.Now().Before(deadline) {
-				status, err := sendGet(client, "http://"+c.HTTP+"/users/v1/x", 0)
-				total.Add(1)
-				if err != nil || status != 200 {
-					failed.Add(1)
-				}
-			}
-		})
-	}
-	time.Sleep(time.Second)
-	_ = dying.Process.Signal(syscall.SIGKILL)
-	leaving.Kill()
-	wg.Wait()
-	t.Logf("%d requests while a self-registered backend died, %d failed", total.Load(), failed.Load())
-	if failed.Load() != 0 {
-		t.Errorf("%d of %d requests failed", failed.Load(), total.Load())
+	run := sendLoad("http://"+c.HTTP+"/users/v1/x", sendGet, func(time.Time, *loadRun) {
+		time.Sleep(time.Second)
+		_ = dying.Process.Signal(syscall.SIGKILL)
+		leaving.Kill()
+		time.Sleep(4 * time.Second)
+	})
+	t.Logf("%d requests while a self-registered backend died, %d failed", run.total.Load(), len(run.failed))
+	for _, f := range run.failed {
+		t.Errorf("request %d failed: %s", f.id, f.err)
 	}
 	waitFor(t, 10*time.Second, "the dead backend's key to expire from the registry", func() bool {
 		return !slices.ContainsFunc(c.Services(), func(s string) bool { return strings.Contains(s, leaving.Addr) })

@@ -7,8 +7,6 @@ import (
 	"os/exec"
 	"slices"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -73,28 +71,15 @@ func TestZooKeeper(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = reg.Process.Kill(); _ = reg.Wait() })
 	waitFor(t, 15*time.Second, "the self-registered backend to get traffic", func() bool { return routesTo(c, "/users/v1/x", "selfreg") })
-	var total, failed atomic.Int64
-	deadline := time.Now().Add(5 * time.Second)
-	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 8}}
-	var wg sync.WaitGroup
-	for range 8 {
-		wg.Go(func() {
-			for time.Now().Before(deadline) {
-				status, err := sendGet(client, "http://"+c.HTTP+"/users/v1/x", 0)
-				total.Add(1)
-				if err != nil || status != 200 {
-					failed.Add(1)
-				}
-			}
-		})
-	}
-	time.Sleep(time.Second)
-	_ = reg.Process.Signal(syscall.SIGKILL)
-	b.Kill()
-	wg.Wait()
-	t.Logf("%d requests while a self-registered backend died, %d failed", total.Load(), failed.Load())
-	if failed.Load() != 0 {
-		t.Errorf("%d of %d requests failed", failed.Load(), total.Load())
+	run := sendLoad("http://"+c.HTTP+"/users/v1/x", sendGet, func(time.Time, *loadRun) {
+		time.Sleep(time.Second)
+		_ = reg.Process.Signal(syscall.SIGKILL)
+		b.Kill()
+		time.Sleep(4 * time.Second)
+	})
+	t.Logf("%d requests while a self-registered backend died, %d failed", run.total.Load(), len(run.failed))
+	for _, f := range run.failed {
+		t.Errorf("request %d failed: %s", f.id, f.err)
 	}
 	waitFor(t, 15*time.Second, "the dead backend's node to go with its session", func() bool {
 		return !slices.ContainsFunc(c.Services(), func(s string) bool { return strings.Contains(s, b.Addr) })

@@ -659,14 +659,25 @@ func (b *Backend) log() *zap.Logger {
 // return in time may still be applied once the session is back: its
 // outcome is unknown.
 func (b *Backend) write(ctx context.Context, what string, f func() error) error {
-	b.mu.Lock()
-	state := b.state
-	b.mu.Unlock()
-	if state != zk.StateHasSession {
-		return fmt.Errorf("%s: %w (no zookeeper session: %v)", what, registry.ErrBackendUnavailable, state)
-	}
 	ctx, cancel := context.WithTimeout(ctx, time.Duration(b.WriteTimeout))
 	defer cancel()
+	// A session being set up (or resumed) is worth a short wait; without
+	// one nothing is sent.
+	for {
+		b.mu.Lock()
+		state := b.state
+		b.mu.Unlock()
+		if state == zk.StateHasSession {
+			break
+		}
+		if state != zk.StateConnecting && state != zk.StateConnected || ctx.Err() != nil {
+			return fmt.Errorf("%s: %w (no zookeeper session: %v)", what, registry.ErrBackendUnavailable, state)
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
 	done := make(chan error, 1)
 	b.done.Go(func() { done <- f() }) // Stop closes the connection, which ends f
 	select {
