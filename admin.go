@@ -23,6 +23,8 @@ func init() {
 
 // adminAPI serves /service_registry/ on Caddy's admin endpoint:
 //
+//	GET    /service_registry/                                  the live status page (HTML; see status.go)
+//	GET    /service_registry/status.json                       the page's data
 //	GET    /service_registry/services                          every service version, its endpoints and their health
 //	GET    /service_registry/services/<name>/<version>         one service version
 //	POST   /service_registry/services/<name>/<version>         {"address":"127.0.0.1:9091","weight":1} adds an endpoint
@@ -100,7 +102,14 @@ func (adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 	if len(segs) > 0 && segs[0] == "traffic" && len(segs) <= 2 {
 		return serveTraffic(w, r, app, segs[1:])
 	}
-	if len(segs) == 0 || segs[0] != "services" || len(segs) == 2 || len(segs) > 4 {
+	if len(segs) == 0 || (len(segs) == 1 && segs[0] == statusDataName) {
+		// the status page and its data
+		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+			return methodNotAllowed(w, http.MethodGet, http.MethodHead)
+		}
+		return serveStatus(w, r, app)
+	}
+	if segs[0] != "services" || len(segs) == 2 || len(segs) > 4 {
 		return apiError(http.StatusNotFound, fmt.Errorf("no such resource %q; see /service_registry/services and /service_registry/traffic", r.URL.Path))
 	}
 

@@ -161,6 +161,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 	}
 	events := eventsApp.(*caddyevents.App)
 	a.emit = func(name string, data map[string]any) { events.Emit(ctx, name, data) }
+	a.emit = statusEvents.recorder(a.emit) // ejections and readmissions for the status page
 
 	if a.BackendRaw == nil {
 		a.BackendRaw = json.RawMessage(`{"backend":"memory"}`)

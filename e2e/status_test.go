@@ -1,0 +1,178 @@
+package e2e
+
+import (
+	"fmt"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+)
+
+// pageRowsJS lists the endpoint rows of the status page as
+// "service version address health" lines.
+const pageRowsJS = `JSON.stringify([...document.querySelectorAll('table[data-service] tbody tr[data-address]')].map(tr =>
+	[tr.closest('table').dataset.service, tr.closest('table').dataset.version, tr.dataset.address, tr.querySelector('td.health').textContent].join(' ')))`
+
+// pageRows returns the page's endpoint rows, as pageRowsJS lists them.
+func pageRows(b *browser) []string {
+	var s string
+	b.Eval(pageRowsJS, &s)
+	var rows []string
+	if err := jsonUnmarshal(s, &rows); err != nil {
+		b.t.Fatal(err)
+	}
+	return rows
+}
+
+// hasRow says whether rows hold exactly this line.
+func hasRow(rows []string, want string) bool {
+	for _, r := range rows {
+		if r == want {
+			return true
+		}
+	}
+	return false
+}
+
+// The status page, in a real headless browser against a running Caddy:
+// it lists the services and their endpoints, counts requests, and shows
+// a host going out of rotation within 2 s of its health check failing,
+// and coming back, all without a reload.
+func TestStatusPageInBrowser(t *testing.T) {
+	a, b := startBackend(t, "a"), startBackend(t, "b")
+	c := startCaddy(t, healthRegistry("path /healthz\n\t\t\tinterval 100ms\n\t\t\ttimeout 500ms\n\t\t\tfall 2\n\t\t\trise 2", a, b), roundRobinSite, caddyOpts{})
+	if status, body := c.AdminDo("POST", "/service_registry/services/orders/v2", "application/json", `{"address":"`+a.Addr+`"}`); status != http.StatusCreated {
+		t.Fatalf("adding orders v2: %d %s", status, body)
+	}
+	if status, body := c.AdminDo("PUT", "/service_registry/traffic/users", "application/json", `{"split":{"v1":100}}`); status != http.StatusOK {
+		t.Fatalf("setting a traffic policy: %d %s", status, body)
+	}
+
+	// Caddy's admin endpoint refuses a browser's request that carries
+	// neither Origin nor Referer (a URL typed in the address bar), before
+	// any route: the page is opened as if from a link on the same origin.
+	pageURL := "http://" + c.Admin + "/service_registry/"
+	page := startBrowser(t, pageURL, pageURL)
+	want := []string{
+		"users v1 " + a.Addr + " in rotation",
+		"users v1 " + b.Addr + " in rotation",
+		"orders v2 " + a.Addr + " in rotation",
+	}
+	var rows []string
+	waitFor(t, 30*time.Second, "the page to list every endpoint in rotation", func() bool {
+		rows = pageRows(page)
+		for _, w := range want {
+			if !hasRow(rows, w) {
+				return false
+			}
+		}
+		return true
+	})
+	if got := page.Text(`section[data-service="users"] .policy`); !strings.HasPrefix(got, "Traffic policy: split v1 100%;") {
+		t.Errorf("users' traffic policy on the page: %q", got)
+	}
+	if got := page.Text(`table[data-service="users"] caption`); got != "users v1 — 2 of 2 in rotation" {
+		t.Errorf("users v1 caption: %q", got)
+	}
+	var pollMs int
+	page.Eval(`Number(document.body.dataset.pollMs)`, &pollMs)
+	if pollMs <= 0 || pollMs > 1000 {
+		t.Errorf("the page polls every %d ms; want at most 1000", pollMs)
+	}
+	var refs []string
+	page.Eval(`[...document.querySelectorAll('[src],[href]')].map(e => e.getAttribute('src') || e.getAttribute('href'))`, &refs)
+	for _, r := range refs {
+		if strings.Contains(r, "//") {
+			t.Errorf("the page loads %q from elsewhere", r)
+		}
+	}
+
+	// Requests through the site show up as requests/s.
+	trafficSplit(t, c, 20)
+	rpsCell := fmt.Sprintf(`table[data-service="users"] tr[data-address=%q] td:nth-of-type(3)`, a.Addr)
+	waitFor(t, 10*time.Second, "requests/s of "+a.Addr+" on the page", func() bool {
+		s := page.Text(rpsCell)
+		return s != "" && s != "…" && s != "0.0"
+	})
+
+	// b fails its health check: the page shows it out within 2 s of the
+	// registry taking it out (the check's verdict), with no reload.
+	b.health.Store(503)
+	outRow := "users v1 " + b.Addr + " out: probe"
+	var outAt, shownAt time.Time
+	waitFor(t, 20*time.Second, "b out of rotation, on the admin API and then on the page", func() bool {
+		if outAt.IsZero() {
+			if ep := endpointState(t, c, b.Addr); ep["out_of_rotation"] == "probe" {
+				outAt = time.Now()
+			}
+		}
+		if hasRow(pageRows(page), outRow) {
+			shownAt = time.Now()
+			if outAt.IsZero() {
+				outAt = shownAt
+			}
+			return true
+		}
+		return false
+	})
+	t.Logf("the page showed %s out %v after the admin API did", b.Addr, shownAt.Sub(outAt))
+	if d := shownAt.Sub(outAt); d > 2*time.Second {
+		t.Errorf("the page showed %s out %v after its health check failed; want within 2s", b.Addr, d)
+	}
+	if got := page.Text(`table[data-service="users"] caption`); got != "users v1 — 1 of 2 in rotation" {
+		t.Errorf("users v1 caption with b out: %q", got)
+	}
+	waitFor(t, 5*time.Second, "the ejection in the page's event list", func() bool {
+		return strings.Contains(page.Text("#events tbody"), b.Addr+"ejected (probe)")
+	})
+
+	// b answers again: back in rotation, and readmitted in the list.
+	b.health.Store(0)
+	waitFor(t, 20*time.Second, "b back in rotation on the page", func() bool {
+		return hasRow(pageRows(page), "users v1 "+b.Addr+" in rotation")
+	})
+	waitFor(t, 5*time.Second, "the readmission in the page's event list", func() bool {
+		return strings.Contains(page.Text("#events tbody"), b.Addr+"readmitted")
+	})
+}
+
+// The handler module serves the same page on a site, under any prefix,
+// read-only.
+func TestStatusHandlerOnSite(t *testing.T) {
+	a := startBackend(t, "a")
+	c := startCaddy(t, healthRegistry("path /healthz\n\t\t\tinterval 100ms", a), `{http} {
+	handle_path /ops/status/* {
+		service_registry_status
+	}
+	service_proxy
+}`, caddyOpts{})
+
+	status, body, h := c.Get("/ops/status/")
+	if status != http.StatusOK || !strings.HasPrefix(h.Get("Content-Type"), "text/html") || !strings.Contains(body, "<title>Service registry status</title>") {
+		t.Fatalf("GET /ops/status/: %d %q %.200s", status, h.Get("Content-Type"), body)
+	}
+	if strings.Contains(body, "http://") || strings.Contains(body, "https://") {
+		t.Error("the page has an absolute URL")
+	}
+	status, body, _ = c.Get("/ops/status/status.json")
+	if status != http.StatusOK || !strings.Contains(body, `"address": "`+a.Addr+`"`) {
+		t.Fatalf("GET /ops/status/status.json: %d %.300s", status, body)
+	}
+	resp, err := http.Post("http://"+c.HTTP+"/ops/status/", "application/json", strings.NewReader("{}"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusMethodNotAllowed || resp.Header.Get("Allow") != "GET, HEAD" {
+		t.Errorf("POST /ops/status/: %d, Allow %q; want 405, GET, HEAD", resp.StatusCode, resp.Header.Get("Allow"))
+	}
+	if status, body, _ := c.Get("/users/v1/x"); status != http.StatusOK {
+		t.Errorf("the rest of the site: %d %q", status, body)
+	}
+
+	// In a browser, under the prefix, the page finds its data.
+	page := startBrowser(t, "http://"+c.HTTP+"/ops/status/", "")
+	waitFor(t, 30*time.Second, "the page under /ops/status/ to list "+a.Addr, func() bool {
+		return hasRow(pageRows(page), "users v1 "+a.Addr+" in rotation")
+	})
+}
