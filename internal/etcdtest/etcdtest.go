@@ -32,6 +32,8 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+
+	"github.com/svcreg/caddy-svcreg/internal/testutil"
 )
 
 // Server is a running etcd.
@@ -95,7 +97,7 @@ func start(t testing.TB, files *TLSFiles) *Server {
 		}
 		t.Skip("skipping: no etcd binary on PATH; install etcd-server (Debian) to run the etcd tests")
 	}
-	s := &Server{t: t, bin: bin, dir: t.TempDir(), clientPort: freePort(t), peerPort: freePort(t), tls: files}
+	s := &Server{t: t, bin: bin, dir: t.TempDir(), clientPort: testutil.FreePort(t), peerPort: testutil.FreePort(t), tls: files}
 	s.Endpoint = fmt.Sprintf("127.0.0.1:%d", s.clientPort)
 	if files != nil {
 		s.Endpoint = "https://" + s.Endpoint
@@ -221,16 +223,7 @@ func (s *Server) signal(sig syscall.Signal) {
 	if cmd == nil {
 		return
 	}
-	_ = cmd.Process.Signal(syscall.SIGCONT) // a paused etcd must be able to stop
-	_ = cmd.Process.Signal(sig)
-	done := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(10 * time.Second):
-		_ = cmd.Process.Kill()
-		<-done
-	}
+	testutil.StopProcess(cmd, sig)
 }
 
 // Client returns a client of the server, closed when the test ends.
@@ -264,16 +257,6 @@ func (w *lockedWriter) Write(p []byte) (int, error) {
 	w.s.mu.Lock()
 	defer w.s.mu.Unlock()
 	return w.s.log.Write(p)
-}
-
-func freePort(t testing.TB) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
 }
 
 // WriteTLSFiles makes a CA, a server certificate for 127.0.0.1 and a client

@@ -22,6 +22,8 @@ import (
 	"time"
 
 	"github.com/go-zookeeper/zk"
+
+	"github.com/svcreg/caddy-svcreg/internal/testutil"
 )
 
 // Jar is where Debian's zookeeper package puts the server.
@@ -56,7 +58,7 @@ func Start(t testing.TB) *Server {
 		}
 		t.Skip("skipping: no ZooKeeper; install zookeeperd (Debian) to run the ZooKeeper tests")
 	}
-	s := &Server{t: t, java: java, dir: t.TempDir(), port: freePort(t)}
+	s := &Server{t: t, java: java, dir: t.TempDir(), port: testutil.FreePort(t)}
 	s.Addr = fmt.Sprintf("127.0.0.1:%d", s.port)
 	cfg := fmt.Sprintf("tickTime=500\ndataDir=%s\nclientPort=%d\nclientPortAddress=127.0.0.1\nadmin.enableServer=false\nminSessionTimeout=1000\nmaxSessionTimeout=60000\n4lw.commands.whitelist=ruok,srvr,mntr,cons\n",
 		filepath.Join(s.dir, "data"), s.port)
@@ -133,16 +135,7 @@ func (s *Server) Stop() {
 	if cmd == nil {
 		return
 	}
-	_ = cmd.Process.Signal(syscall.SIGCONT)
-	_ = cmd.Process.Signal(syscall.SIGTERM)
-	done := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(10 * time.Second):
-		_ = cmd.Process.Kill()
-		<-done
-	}
+	testutil.StopProcess(cmd, syscall.SIGTERM)
 }
 
 // Conn returns a client connection with a session (of 4s), closed when
@@ -185,13 +178,3 @@ func (w *lockedWriter) Write(p []byte) (int, error) {
 type nopLogger struct{}
 
 func (nopLogger) Printf(string, ...any) {}
-
-func freePort(t testing.TB) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
