@@ -6,6 +6,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
 )
 
 func init() {
@@ -36,7 +37,9 @@ func init() {
 // on with a nil Body, so that reverse_proxy's request_buffers skips it):
 // one handler instead of two, since every handler of a route costs an
 // allocation per request. It has no options and no Caddyfile directive.
-type ErrorsHandler struct{}
+type ErrorsHandler struct {
+	logger *zap.Logger
+}
 
 // CaddyModule returns the Caddy module information.
 func (ErrorsHandler) CaddyModule() caddy.ModuleInfo {
@@ -46,8 +49,14 @@ func (ErrorsHandler) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
+// Provision takes the handler's logger.
+func (h *ErrorsHandler) Provision(ctx caddy.Context) error {
+	h.logger = ctx.Logger()
+	return nil
+}
+
 // ServeHTTP answers an unknown service, or the next handler's error.
-func (ErrorsHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+func (h *ErrorsHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	if unknown, _ := caddyhttp.GetVar(r.Context(), varUnknown).(bool); unknown {
 		repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 		msg, _ := repl.GetString(placeholderError)
@@ -77,6 +86,14 @@ func (ErrorsHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, next cadd
 	if msg == "" {
 		msg = repl.ReplaceKnown(failedBody, "")
 	}
+	// Caddy's server logs the errors its error routes answer (5xx at
+	// error level); this handler answers them itself, so it logs them.
+	if h.logger != nil && status >= 500 {
+		name, _ := repl.GetString(placeholderName)
+		version, _ := repl.GetString(placeholderVersion)
+		h.logger.Error("request failed", zap.Int("status", status), zap.String("service", name),
+			zap.String("version", version), zap.String("method", r.Method), zap.String("uri", r.RequestURI), zap.Error(err))
+	}
 	return answer(w, status, msg)
 }
 
@@ -89,4 +106,7 @@ func answer(w http.ResponseWriter, status int, text string) error {
 }
 
 // Interface guards
-var _ caddyhttp.MiddlewareHandler = (*ErrorsHandler)(nil)
+var (
+	_ caddy.Provisioner           = (*ErrorsHandler)(nil)
+	_ caddyhttp.MiddlewareHandler = (*ErrorsHandler)(nil)
+)
