@@ -1,12 +1,16 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
 	"net/http"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/svcreg/caddy-svcreg/internal/etcdtest"
+	"github.com/svcreg/caddy-svcreg/selfreg"
 )
 
 // Timeline of a rolling deploy: the load runs deployFirst before the
@@ -20,9 +24,10 @@ const (
 
 // How a rolling deploy takes a host down.
 const (
-	graceful = iota // Shutdown, as a Go service does on SIGTERM, then Start at once
-	drained         // removed through the admin API (which drains it) first, then as graceful, then added again
-	killed          // killed abruptly, and started again 200 ms later
+	graceful       = iota // Shutdown, as a Go service does on SIGTERM, then Start at once
+	drained               // removed through the admin API (which drains it) first, then as graceful, then added again
+	killed                // killed abruptly, and started again 200 ms later
+	selfregistered        // registered in etcd by selfreg: deregistered (and drained), then as graceful, then registered again
 )
 
 // runDeploy starts three backends (speaking h2c besides HTTP/1 if h2c)
@@ -44,10 +49,23 @@ func runDeploy(t *testing.T, h2c bool, how int, send func(*http.Client, string, 
 		}
 	}`
 	}
-	c := startCaddy(t, fmt.Sprintf(`service_registry {
+	registry := fmt.Sprintf(`service_registry {
 		service users v1 %s %s %s
-	}`, backends[0].Addr, backends[1].Addr, backends[2].Addr), "{http} {\n\t"+proxy+"\n}", caddyOpts{})
+	}`, backends[0].Addr, backends[1].Addr, backends[2].Addr)
+	var etcd *etcdtest.Server
+	if how == selfregistered {
+		etcd = etcdtest.Start(t)
+		registry = etcdRegistry(etcd.Endpoint)
+	}
+	c := startCaddy(t, registry, "{http} {\n\t"+proxy+"\n}", caddyOpts{})
 	url := "http://" + c.HTTP + "/users/v1/work"
+	deregister := make([]func(), len(backends))
+	if how == selfregistered {
+		for i, b := range backends {
+			deregister[i] = selfRegister(t, etcd.Endpoint, b.Addr)
+		}
+		waitListed(t, c, 3)
+	}
 
 	var kills []kill
 	served := make([]int64, len(backends))
@@ -70,8 +88,14 @@ func runDeploy(t *testing.T, h2c bool, how int, send func(*http.Client, string, 
 				begin, end := b.Kill()
 				kills = append(kills, kill{b, begin, end})
 				time.Sleep(200 * time.Millisecond)
+			case selfregistered:
+				deregister[i]() // returns a drain after the key is gone
+				b.Shutdown()
 			}
 			b.Start()
+			if how == selfregistered {
+				deregister[i] = selfRegister(t, etcd.Endpoint, b.Addr)
+			}
 			if how == drained {
 				if code, body := c.AdminDo(http.MethodPost, "/service_registry/services/users/v1", "application/json", `{"address":"`+b.Addr+`"}`); code != http.StatusCreated {
 					t.Errorf("adding %s: %d %s", b.Addr, code, body)
@@ -93,6 +117,48 @@ func runDeploy(t *testing.T, h2c bool, how int, send func(*http.Client, string, 
 		t.Errorf("only %d POSTs: the load did not run", run.total.Load())
 	}
 	return run, backends, kills
+}
+
+// selfRegister registers addr as users v1 in etcd with selfreg's
+// defaults, as a Go service embedding it does, and returns the function
+// that stops the registration: it returns when selfreg.Register has.
+func selfRegister(t *testing.T, etcd, addr string) (deregister func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- selfreg.Register(ctx, selfreg.Config{
+			Endpoints: []string{etcd}, Service: "users", Version: "v1", Address: addr,
+			Logf: func(string, ...any) {},
+		})
+	}()
+	stopped := false
+	deregister = func() {
+		if stopped {
+			return
+		}
+		stopped = true
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("selfreg %s: %v", addr, err)
+		}
+	}
+	t.Cleanup(deregister)
+	return deregister
+}
+
+// waitListed waits until Caddy lists n endpoints of users v1.
+func waitListed(t *testing.T, c *caddy, n int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, body := c.AdminDo(http.MethodGet, "/service_registry/services/users/v1", "", "")
+		if got := strings.Count(body, `"address"`); got == n {
+			return
+		} else if time.Now().After(deadline) {
+			t.Fatalf("caddy lists %d endpoints of users v1, want %d: %s", got, n, body)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 // newBackend is a backend to be started by the caller.
@@ -130,6 +196,14 @@ func TestDeployGracefulIdempotentPOST(t *testing.T) {
 // selfreg does on shutdown) gets no request while it closes.
 func TestDeployDrainedPOST(t *testing.T) {
 	run, backends, _ := runDeploy(t, false, drained, sendPost)
+	checkNoneFailed(t, run, backends)
+}
+
+// Over HTTP/1, hosts that register themselves with selfreg, restarted in
+// turn as a Go service embedding it stops (deregister, wait selfreg's
+// drain, shut the server down) and starts: nothing fails.
+func TestDeploySelfRegisteredPOST(t *testing.T) {
+	run, backends, _ := runDeploy(t, false, selfregistered, sendPost)
 	checkNoneFailed(t, run, backends)
 }
 

@@ -105,9 +105,9 @@ func TestEtcdSharedByTwoInstances(t *testing.T) {
 	})
 }
 
-// selfreg runs the self-registration program; it is killed when the test
+// runSelfreg runs the self-registration program; it is killed when the test
 // ends if still running.
-func selfreg(t *testing.T, etcd, service, version, address, ttl string) *exec.Cmd {
+func runSelfreg(t *testing.T, etcd, service, version, address, ttl string) *exec.Cmd {
 	t.Helper()
 	cmd := exec.Command(selfregBin, "-etcd", etcd, "-service", service, "-version", version, "-address", address, "-ttl", ttl)
 	if err := cmd.Start(); err != nil {
@@ -122,7 +122,7 @@ func TestEtcdSelfRegistration(t *testing.T) {
 	cli := srv.Client(t)
 	steady, leaving, polite := startBackend(t, "steady"), startBackend(t, "leaving"), startBackend(t, "polite")
 	put(t, cli, "/svcreg/users/v1/"+steady.Addr, "{}")
-	dying := selfreg(t, srv.Endpoint, "users", "v1", leaving.Addr, "2s")
+	dying := runSelfreg(t, srv.Endpoint, "users", "v1", leaving.Addr, "2s")
 	c := startCaddy(t, etcdRegistry(srv.Endpoint), proxySite, caddyOpts{})
 	waitFor(t, 10*time.Second, "the self-registered backend to get traffic", func() bool { return routesTo(c, "/users/v1/x", "leaving") })
 
@@ -145,7 +145,7 @@ func TestEtcdSelfRegistration(t *testing.T) {
 	// An address given with http:// is registered in canonical form, so
 	// Caddy routes to it; a clean stop deregisters at once, long before
 	// the TTL.
-	politeReg := selfreg(t, srv.Endpoint, "users", "v1", "http://"+polite.Addr, "60s")
+	politeReg := runSelfreg(t, srv.Endpoint, "users", "v1", "http://"+polite.Addr, "60s")
 	waitFor(t, 10*time.Second, "the polite backend to register", func() bool {
 		return slices.ContainsFunc(c.Services(), func(s string) bool { return strings.Contains(s, polite.Addr) })
 	})

@@ -3,10 +3,13 @@
 // registered: while the process runs, Caddy routes to it; when it dies,
 // the key expires TTL later (the session times out) and traffic moves
 // elsewhere (svcreg's failover covers the gap); when it stops cleanly, it
-// deregisters at once. A lost lease or an expired session is followed by a
-// new registration. It imports nothing of Caddy.
+// deregisters at once and returns Config.Drain (1s) later, when the
+// service may close its server without losing a request. A lost lease or
+// an expired session is followed by a new registration. It imports
+// nothing of Caddy.
 //
-// Embed it in a Go service:
+// Embed it in a Go service, and shut the server down once it has
+// returned:
 //
 //	go selfreg.Register(ctx, selfreg.Config{
 //		Endpoints: []string{"127.0.0.1:2379"},
@@ -62,8 +65,28 @@ type Config struct {
 	// TTL is how long the key outlives this process, 1s to 24h.
 	// Default: 5s.
 	TTL time.Duration
+	// Drain is how long Register waits, once it has deregistered on a
+	// clean stop, before it returns: the time for the proxies watching
+	// the store to stop sending here and finish what they sent, so that
+	// the caller can close its server when Register returns. A server
+	// that closes while a proxy still sends to it can reset a request
+	// written on a keep-alive connection it is closing, and over HTTP/1
+	// no proxy can tell that request from one the server ran, so a POST
+	// lost that way cannot be sent again. Default: 1s; negative: none.
+	Drain time.Duration
 	// Logf reports registration changes. Default: log.Printf.
 	Logf func(format string, args ...any)
+}
+
+// drain waits cfg.Drain after a deregistration.
+func (cfg Config) drain() {
+	d := cfg.Drain
+	if d == 0 {
+		d = time.Second
+	}
+	if d > 0 {
+		time.Sleep(d)
+	}
 }
 
 // Encode returns the etcd key and value of the registration, or an error
@@ -81,7 +104,7 @@ func (c Config) Encode() (key, value string, err error) {
 }
 
 // Register registers the backend and keeps it registered until ctx is
-// done, then deregisters it. If etcd is lost, it registers again under a
+// done, then deregisters it and returns Config.Drain later. If etcd is lost, it registers again under a
 // new lease when etcd is back. A config it cannot register (a bad name or
 // address) is an error at once.
 func Register(ctx context.Context, cfg Config) error {
@@ -132,6 +155,7 @@ func Register(ctx context.Context, cfg Config) error {
 			_, _ = cli.Revoke(revoke, lease)
 			cancel()
 			cfg.Logf("selfreg: deregistered %s", key)
+			cfg.drain()
 			return nil
 		}
 		cfg.Logf("selfreg: lost the lease of %s; registering again", key)
@@ -190,6 +214,7 @@ func registerZooKeeper(ctx context.Context, cfg Config) error {
 			if registered != 0 && registered == conn.SessionID() {
 				_ = conn.Delete(node, -1) // at once, not TTL from now
 				cfg.Logf("selfreg: deregistered %s", node)
+				cfg.drain()
 			}
 			return nil
 		case ev := <-events:

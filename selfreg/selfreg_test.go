@@ -55,7 +55,7 @@ func TestRegister(t *testing.T) {
 	done := make(chan error, 1)
 	go func() {
 		done <- Register(ctx, Config{Endpoints: []string{srv.Endpoint}, Service: "users", Version: "v1",
-			Address: "http://127.0.0.1:09091", Weight: 3, TTL: 2 * time.Second, Logf: t.Logf})
+			Address: "http://127.0.0.1:09091", Weight: 3, TTL: 2 * time.Second, Drain: 3 * time.Second, Logf: t.Logf})
 	}()
 	const want = "/svcreg/users/v1/127.0.0.1:9091"
 	var kv []byte
@@ -77,13 +77,13 @@ func TestRegister(t *testing.T) {
 	if err != nil || key.Service != "users" || ep.Address != "127.0.0.1:9091" || ep.Weight != 3 {
 		t.Errorf("the etcd backend reads %v %+v, %v", key, ep, err)
 	}
+	// Stopping deregisters at once; Register returns the drain later,
+	// when the caller may close its server.
 	cancel()
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
-	if resp, err := cli.Get(context.Background(), want); err != nil || len(resp.Kvs) != 0 {
-		t.Errorf("still registered after Register returned: %v (%v)", resp.Kvs, err)
-	}
+	deregisteredThenDrained(t, done, func() bool {
+		resp, err := cli.Get(context.Background(), want)
+		return err == nil && len(resp.Kvs) == 0
+	})
 
 	// A config that cannot be registered fails at once, without etcd.
 	if err := Register(context.Background(), Config{Endpoints: []string{"127.0.0.1:1"}, Service: "users", Version: "v1", Address: "127.0.0.1"}); !errors.Is(err, registry.ErrInvalid) {
@@ -104,7 +104,7 @@ func TestRegisterZooKeeper(t *testing.T) {
 	done := make(chan error, 1)
 	go func() {
 		done <- Register(ctx, Config{ZooKeeper: []string{proxy.Addr}, Service: "users", Version: "v1",
-			Address: "http://127.0.0.1:09091", Weight: 3, TTL: 2 * time.Second, Logf: t.Logf})
+			Address: "http://127.0.0.1:09091", Weight: 3, TTL: 2 * time.Second, Drain: 3 * time.Second, Logf: t.Logf})
 	}()
 	const node = "/services/users/v1@127.0.0.1:9091"
 	owner := func() int64 {
@@ -129,10 +129,29 @@ func TestRegisterZooKeeper(t *testing.T) {
 	proxy.Mend()
 	testutil.Eventually(t, 30*time.Second, "the registration in a new session", func() bool { o := owner(); return o != 0 && o != first })
 	cancel()
+	deregisteredThenDrained(t, done, func() bool { ok, _, err := check.Exists(node); return err == nil && !ok })
+}
+
+// deregisteredThenDrained checks that, once its ctx is done, Register
+// deregisters at once (gone turns true while it has not returned) and
+// returns without error only Config.Drain (3 s in these tests) later,
+// when the caller may close its server.
+func deregisteredThenDrained(t *testing.T, done <-chan error, gone func() bool) {
+	t.Helper()
+	for !gone() {
+		select {
+		case err := <-done:
+			t.Fatalf("Register returned (%v) while still registered", err)
+		default:
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	select {
+	case err := <-done:
+		t.Fatalf("Register returned (%v) as soon as it deregistered, without the drain", err)
+	default:
+	}
 	if err := <-done; err != nil {
 		t.Fatal(err)
-	}
-	if ok, _, _ := check.Exists(node); ok {
-		t.Error("the node is still there after Register returned")
 	}
 }

@@ -54,8 +54,10 @@ func main() {
 	served := make(chan error, 1)
 	go func() { served <- srv.ListenAndServe() }()
 
-	// Registered while this runs; deregistered when ctx ends, before the
-	// server stops taking requests.
+	// Registered while this runs; deregistered when ctx ends, and
+	// Register returns a drain (1 s) later, once the proxies have stopped
+	// sending here: only then does the server stop taking requests, so a
+	// rolling restart loses nothing.
 	registered := make(chan error, 1)
 	go func() { registered <- selfreg.Register(ctx, cfg) }()
 

@@ -4,8 +4,11 @@
 //	selfreg -etcd 127.0.0.1:2379 -service users -version v1 -address 127.0.0.1:9091 -ttl 5s
 //	selfreg -zookeeper 127.0.0.1:2181 -service users -version v1 -address 127.0.0.1:9091
 //
-// Run it beside the backend (and stop it with the backend): SIGTERM or
-// Ctrl-C deregisters at once; if it is killed, the key expires TTL later.
+// Run it beside the backend: SIGTERM or Ctrl-C deregisters at once, and
+// the program exits -drain later (default 1s), once the proxies have
+// stopped sending to the backend; if it is killed, the key expires TTL
+// later. For a deploy that loses no request, stop this program first and
+// the backend when it has exited.
 package main
 
 import (
@@ -29,6 +32,7 @@ func main() {
 	flag.StringVar(&cfg.Address, "address", "", "host:port of the backend (required; registered in canonical form)")
 	flag.IntVar(&cfg.Weight, "weight", 1, "weight, 1 to 100")
 	flag.DurationVar(&cfg.TTL, "ttl", 0, "how long the registration outlives this process (default 5s; with ZooKeeper, the session timeout)")
+	flag.DurationVar(&cfg.Drain, "drain", 0, "how long to wait after deregistering before exiting (default 1s; negative: none)")
 	zookeeper := flag.String("zookeeper", "", "ZooKeeper servers, comma-separated: register there instead of etcd")
 	flag.StringVar(&cfg.Layout.Base, "base-path", "", "ZooKeeper base path (default /services)")
 	flag.BoolVar(&cfg.Layout.VersionLevel, "version-level", false, "ZooKeeper: the version is a path level, <base>/<service>/<version>/<id>")
