@@ -17,7 +17,6 @@ package svcreg
 import (
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/url"
@@ -163,15 +162,13 @@ func (m MatchServiceVersion) MatchWithError(r *http.Request) (bool, error) {
 	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	snap := m.registry.Snapshot()
 	versions := snap.Versions(name)
-	tr := snap.Traffic(name)
+	tr := versions.Routing()
 	grpc := tr != nil && isGRPC(r)
 	var svc *registry.Service
-	err := registry.ErrUnknownVersion
 	if segOK && !grpc {
-		svc, err = versions.Lookup(seg)
+		svc = versions.Get(seg)
 	}
-	switch {
-	case err == nil:
+	if svc != nil {
 		if m.Version != "" && seg != m.Version {
 			return false, nil
 		}
@@ -183,9 +180,12 @@ func (m MatchServiceVersion) MatchWithError(r *http.Request) (bool, error) {
 		setServiceVars(r, repl, b.Name, b.Version, prefix, "path")
 		svc.CountRouted(registry.FromPath)
 		return true, nil
-
-	case err == registry.ErrNotSynced: // Versions.Lookup returns the bare errors
-		if !segOK || (m.Version != "" && seg != m.Version) {
+	}
+	// No version in the path (seg is none, or was not looked up): why.
+	lookedUp := segOK && !grpc
+	switch {
+	case lookedUp && !versions.Synced():
+		if m.Version != "" && seg != m.Version {
 			return false, nil
 		}
 		// The backend has not loaded yet: let the request through, so
@@ -193,14 +193,14 @@ func (m MatchServiceVersion) MatchWithError(r *http.Request) (bool, error) {
 		setServiceVars(r, repl, name, seg, m.Prefix+"/"+name+"/"+seg, "path")
 		return true, nil
 
-	case tr != nil && err == registry.ErrUnknownVersion:
+	case tr != nil && (!lookedUp || versions.Exist()):
 		return m.matchTraffic(r, repl, versions, tr, name, seg, segOK, grpc)
 
 	case !segOK || (m.Version != "" && seg != m.Version):
 		return false, nil
 
 	default:
-		return m.unknown(r, repl, err, name, seg)
+		return m.unknown(r, repl, versions.Missing(), name, seg)
 	}
 }
 
@@ -223,16 +223,17 @@ func (m MatchServiceVersion) unknown(r *http.Request, repl *caddy.Replacer, err 
 // matchTraffic matches a request to a service with a traffic policy
 // whose path names no version of it: seg, when segOK, is an alias or the
 // start of the path.
-func (m MatchServiceVersion) matchTraffic(r *http.Request, repl *caddy.Replacer, versions registry.Versions, tr *registry.Traffic, name, seg string, segOK, grpc bool) (bool, error) {
+func (m MatchServiceVersion) matchTraffic(r *http.Request, repl *caddy.Replacer, versions registry.Versions, tr *registry.Routing, name, seg string, segOK, grpc bool) (bool, error) {
 	var version string
 	var from registry.Source
+	var svc *registry.Service
 	prefix := tr.SplitPrefix()
 	bucket := -1
-	if alias := tr.Alias(seg); segOK && !grpc && alias != "" {
-		version, from, prefix = alias, registry.FromAlias, tr.AliasPrefix(seg)
+	if alias, aliasPrefix := tr.AliasOf(seg); segOK && !grpc && alias != "" {
+		version, from, prefix = alias, registry.FromAlias, aliasPrefix
 	} else {
 		p := tr.Names()
-		req := registry.TrafficRequest{Random: rand.Uint64()}
+		var req registry.TrafficRequest // Choose draws a random number if it needs one
 		if h := r.Header[p.Header]; len(h) > 0 {
 			req.Header = h[0]
 		}
@@ -259,6 +260,9 @@ func (m MatchServiceVersion) matchTraffic(r *http.Request, repl *caddy.Replacer,
 			return m.unknown(r, repl, registry.ErrUnknownVersion, name, seg)
 		}
 		version, from, bucket = c.Version, c.From, c.Bucket
+		if c.Index >= 0 {
+			svc = tr.SplitService(c.Index)
+		}
 		if from == registry.FromSplit {
 			// A request the matcher already sent to a version of this
 			// service (it runs more than once per request in some
@@ -273,12 +277,14 @@ func (m MatchServiceVersion) matchTraffic(r *http.Request, repl *caddy.Replacer,
 			prefix, bucket = emptyPrefix, -1
 		}
 	}
-	svc, err := versions.Lookup(version)
-	if err != nil {
-		return m.unknown(r, repl, err, name, version)
+	if svc == nil {
+		svc = versions.Get(version)
+	}
+	if svc == nil {
+		return m.unknown(r, repl, versions.Missing(), name, version)
 	}
 	if fb := tr.Fallback(); fb != "" && fb != version && !anyAvailable(svc) {
-		if other, err := versions.Lookup(fb); err == nil {
+		if other := versions.Get(fb); other != nil {
 			svc, from = other, registry.FromFallback
 		}
 	}
@@ -292,7 +298,7 @@ func (m MatchServiceVersion) matchTraffic(r *http.Request, repl *caddy.Replacer,
 	setServiceVars(r, repl, b.Name, b.Version, prefix, tr.BoxedSource(from))
 	svc.CountRouted(from)
 	if bucket >= 0 {
-		caddyhttp.SetVar(r.Context(), varSticky, stickyCookie{tr: tr, bucket: bucket, path: m.Prefix + "/" + name})
+		caddyhttp.SetVar(r.Context(), varSticky, stickyCookie{tr: tr.Traffic, bucket: bucket, path: m.Prefix + "/" + name})
 	}
 	return true, nil
 }

@@ -1,6 +1,7 @@
 package registry
 
 import (
+	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -11,19 +12,83 @@ import (
 // Snapshot is an immutable view of the registry. Readers load it
 // atomically and never lock; writers build a new one (copy-on-write).
 type Snapshot struct {
-	services map[string]map[string]*Service
-	traffic  map[string]*Traffic // by service
+	services map[string]*entry // one lookup finds a service's versions and policy
 	synced   bool
 }
 
+// entry is one service in a snapshot.
+type entry struct {
+	versions map[string]*Service // nil for a service with only a traffic policy
+	names    nameFilter          // of versions
+	routing  *Routing            // nil for none
+}
+
+// newEntry returns the entry of versions (nil or none: no version) and
+// routing.
+func newEntry(versions map[string]*Service, routing *Routing) *entry {
+	if len(versions) == 0 {
+		versions = nil
+	}
+	e := &entry{versions: versions, routing: routing}
+	for v := range versions {
+		e.names.add(v)
+	}
+	return e
+}
+
+// nameFilter tells at once that a string is none of a set of names
+// (version names: 1 to MaxNameLen bytes) when no name has its length or
+// its first byte, which spares the hash of a lookup that would miss: a
+// request path's second segment is often no version (an alias, the start
+// of a path a traffic policy routes).
+type nameFilter struct{ lens, firsts uint64 }
+
+func (f *nameFilter) add(name string) {
+	f.lens |= 1 << ((len(name) - 1) & 63)
+	f.firsts |= 1 << (name[0] & 63)
+}
+
+// mayHave reports whether name may be in the set.
+func (f nameFilter) mayHave(name string) bool {
+	return len(name) > 0 && f.lens&(1<<((len(name)-1)&63)) != 0 && f.firsts&(1<<(name[0]&63)) != 0
+}
+
+// Routing is a service's traffic policy in one snapshot, with the split's
+// versions resolved to their Service, so that a request the split or a
+// sticky bucket sends looks no version up.
+type Routing struct {
+	*Traffic
+	split []*Service // split[i]: versions[i]'s Service, nil while it has none
+}
+
+// SplitService returns the Service of the split's i-th version
+// (Choice.Index), or nil when the snapshot has none of that version.
+func (r *Routing) SplitService(i int) *Service { return r.split[i] }
+
+// newRouting resolves t's split over a service's versions.
+func newRouting(t *Traffic, versions map[string]*Service) *Routing {
+	r := &Routing{Traffic: t, split: make([]*Service, len(t.versions))}
+	for i, v := range t.versions {
+		r.split[i] = versions[v]
+	}
+	return r
+}
+
 // Traffic returns the service's traffic policy, or nil for none.
-func (s *Snapshot) Traffic(service string) *Traffic { return s.traffic[service] }
+func (s *Snapshot) Traffic(service string) *Traffic {
+	if r := s.Versions(service).Routing(); r != nil {
+		return r.Traffic
+	}
+	return nil
+}
 
 // Policies returns every service's traffic policy, sorted by service.
 func (s *Snapshot) Policies() []*Traffic {
-	out := make([]*Traffic, 0, len(s.traffic))
-	for _, t := range s.traffic {
-		out = append(out, t)
+	var out []*Traffic
+	for _, e := range s.services {
+		if e.routing != nil {
+			out = append(out, e.routing.Traffic)
+		}
 	}
 	slices.SortFunc(out, func(a, b *Traffic) int { return strings.Compare(a.service, b.service) })
 	return out
@@ -31,64 +96,79 @@ func (s *Snapshot) Policies() []*Traffic {
 
 // Known reports whether the service has the version.
 func (s *Snapshot) Known(service, version string) bool {
-	_, ok := s.services[service][version]
-	return ok
+	return s.Versions(service).Known(version)
 }
 
 // Lookup returns a service version, or an error matching ErrUnknownService,
 // ErrUnknownVersion or ErrNotSynced.
 func (s *Snapshot) Lookup(name, version string) (*Service, error) {
-	versions, ok := s.services[name]
-	if !ok {
-		if !s.synced {
-			return nil, ErrNotSynced
-		}
-		return nil, ErrUnknownService
-	}
-	svc, ok := versions[version]
-	if !ok {
-		if !s.synced {
-			return nil, ErrNotSynced
-		}
-		return nil, ErrUnknownVersion
-	}
-	return svc, nil
+	return s.Versions(name).Lookup(version)
 }
 
-// Versions are the versions of one service in a snapshot.
+// Versions are the versions of one service in a snapshot, and its traffic
+// policy.
 type Versions struct {
-	versions map[string]*Service
-	synced   bool
+	e      *entry // never nil
+	synced bool
 }
+
+// noEntry is the entry of a service a snapshot does not have.
+var noEntry = &entry{}
 
 // Versions returns the versions of a service, for several lookups that
 // find the service once.
 func (s *Snapshot) Versions(service string) Versions {
-	return Versions{versions: s.services[service], synced: s.synced}
+	e := s.services[service]
+	if e == nil {
+		e = noEntry
+	}
+	return Versions{e: e, synced: s.synced}
 }
+
+// Routing returns the service's traffic policy with its split resolved,
+// or nil for none.
+func (v Versions) Routing() *Routing { return v.e.routing }
 
 // Lookup returns a version of the service, with the errors of
 // Snapshot.Lookup.
 func (v Versions) Lookup(version string) (*Service, error) {
-	if v.versions == nil {
-		if !v.synced {
-			return nil, ErrNotSynced
-		}
-		return nil, ErrUnknownService
+	if svc := v.Get(version); svc != nil {
+		return svc, nil
 	}
-	svc, ok := v.versions[version]
-	if !ok {
-		if !v.synced {
-			return nil, ErrNotSynced
-		}
-		return nil, ErrUnknownVersion
-	}
-	return svc, nil
+	return nil, v.Missing()
 }
+
+// Get returns a version of the service, or nil (Missing says why): the
+// request path's lookup, with no error to compare.
+func (v Versions) Get(version string) *Service {
+	if v.e.routing != nil && !v.e.names.mayHave(version) {
+		// A service with a traffic policy gets many paths whose
+		// second segment is no version.
+		return nil
+	}
+	return v.e.versions[version]
+}
+
+// Missing returns the error of Lookup for a version Get did not find.
+func (v Versions) Missing() error {
+	switch {
+	case !v.synced:
+		return ErrNotSynced
+	case v.e.versions == nil:
+		return ErrUnknownService
+	}
+	return ErrUnknownVersion
+}
+
+// Synced reports whether the backend had loaded its endpoints.
+func (v Versions) Synced() bool { return v.synced }
+
+// Exist reports whether the service has a version.
+func (v Versions) Exist() bool { return v.e.versions != nil }
 
 // Known reports whether the service has the version.
 func (v Versions) Known(version string) bool {
-	_, ok := v.versions[version]
+	_, ok := v.e.versions[version]
 	return ok
 }
 
@@ -98,8 +178,8 @@ func (s *Snapshot) Synced() bool { return s.synced }
 // Services returns every service version, sorted by name and version.
 func (s *Snapshot) Services() []*Service {
 	var out []*Service
-	for _, versions := range s.services {
-		for _, svc := range versions {
+	for _, e := range s.services {
+		for _, svc := range e.versions {
 			out = append(out, svc)
 		}
 	}
@@ -126,7 +206,7 @@ func NewTable() *Table { return newTable(time.Now) }
 
 func newTable(now func() time.Time) *Table {
 	t := &Table{now: now}
-	t.snap.Store(&Snapshot{services: map[string]map[string]*Service{}})
+	t.snap.Store(&Snapshot{services: map[string]*entry{}})
 	return t
 }
 
@@ -140,16 +220,24 @@ func (t *Table) Replace(all map[ServiceKey][]Endpoint) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	old := t.snap.Load()
-	services := make(map[string]map[string]*Service, len(all))
+	byService := make(map[string]map[string]*Service, len(all))
 	for key, eps := range all {
 		prev, _ := old.Lookup(key.Service, key.Version)
-		svc := t.buildService(key, eps, prev)
-		if services[key.Service] == nil {
-			services[key.Service] = map[string]*Service{}
+		if byService[key.Service] == nil {
+			byService[key.Service] = map[string]*Service{}
 		}
-		services[key.Service][key.Version] = svc
+		byService[key.Service][key.Version] = t.buildService(key, eps, prev)
 	}
-	t.snap.Store(&Snapshot{services: services, traffic: old.traffic, synced: true})
+	services := make(map[string]*entry, len(byService))
+	for name, versions := range byService {
+		services[name] = newEntry(versions, nil)
+	}
+	for name, oe := range old.services {
+		if oe.routing != nil {
+			services[name] = newEntry(byService[name], newRouting(oe.routing.Traffic, byService[name]))
+		}
+	}
+	t.snap.Store(&Snapshot{services: services, synced: true})
 }
 
 // SetTraffic sets every service's traffic policy (nil: none).
@@ -157,7 +245,21 @@ func (t *Table) SetTraffic(policies map[string]*Traffic) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	old := t.snap.Load()
-	t.snap.Store(&Snapshot{services: old.services, traffic: policies, synced: old.synced})
+	services := make(map[string]*entry, len(old.services)+len(policies))
+	for name, oe := range old.services {
+		if oe.versions != nil {
+			services[name] = &entry{versions: oe.versions, names: oe.names}
+		}
+	}
+	for name, p := range policies {
+		e := services[name]
+		if e == nil {
+			e = &entry{}
+			services[name] = e
+		}
+		e.routing = newRouting(p, e.versions)
+	}
+	t.snap.Store(&Snapshot{services: services, synced: old.synced})
 }
 
 // Set sets the endpoints of one service version, which becomes known even
@@ -193,31 +295,37 @@ func (t *Table) SetSynced(synced bool) {
 	if old.synced == synced {
 		return
 	}
-	t.snap.Store(&Snapshot{services: old.services, traffic: old.traffic, synced: synced})
+	t.snap.Store(&Snapshot{services: old.services, synced: synced})
 }
 
 // publish stores a copy of old with key set to svc (removed when nil).
 // The caller holds t.mu.
 func (t *Table) publish(old *Snapshot, key ServiceKey, svc *Service) {
-	services := make(map[string]map[string]*Service, len(old.services)+1)
-	for name, versions := range old.services {
-		services[name] = versions
+	services := maps.Clone(old.services)
+	oe := old.services[key.Service]
+	if oe == nil {
+		oe = &entry{}
 	}
-	versions := make(map[string]*Service, len(old.services[key.Service])+1)
-	for v, s := range old.services[key.Service] {
-		versions[v] = s
-	}
+	versions := maps.Clone(oe.versions)
 	if svc == nil {
 		delete(versions, key.Version)
 	} else {
+		if versions == nil {
+			versions = map[string]*Service{}
+		}
 		versions[key.Version] = svc
 	}
-	if len(versions) == 0 {
+	var routing *Routing
+	if oe.routing != nil {
+		routing = newRouting(oe.routing.Traffic, versions)
+	}
+	e := newEntry(versions, routing)
+	if e.versions == nil && e.routing == nil {
 		delete(services, key.Service)
 	} else {
-		services[key.Service] = versions
+		services[key.Service] = e
 	}
-	t.snap.Store(&Snapshot{services: services, traffic: old.traffic, synced: old.synced})
+	t.snap.Store(&Snapshot{services: services, synced: old.synced})
 }
 
 // buildService makes the Service for key from eps, reusing prev's

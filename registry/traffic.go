@@ -2,6 +2,7 @@ package registry
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"net/textproto"
 	"slices"
 	"strconv"
@@ -56,11 +57,16 @@ type Traffic struct {
 	versions []string // of the split, in name order
 	bounds   []int    // bounds[i]: the first bucket after versions[i]'s range
 
-	splitPrefix any            // "/<service>", boxed
-	aliasPrefix map[string]any // alias -> "/<service>/<alias>", boxed
+	splitPrefix any // "/<service>", boxed
 	sources     [sourceCount]any
 	names       TrafficNames
-	aliases     [][2]string // alias, version
+	aliases     []alias
+}
+
+// alias is an alias of a policy, with its prefix boxed.
+type alias struct {
+	name, version string
+	prefix        any // "/<service>/<alias>"
 }
 
 // Compile checks p, the policy of service, and returns it ready to
@@ -156,10 +162,8 @@ func (p TrafficPolicy) Compile(service string, known func(version string) bool) 
 	}
 	t.names = TrafficNames{Header: t.policy.Header, Cookie: t.policy.Cookie, Sticky: t.policy.Sticky, StickyHeader: t.policy.StickyHeader}
 	t.splitPrefix = "/" + service
-	t.aliasPrefix = make(map[string]any, len(p.Aliases))
-	for alias, v := range p.Aliases {
-		t.aliasPrefix[alias] = "/" + service + "/" + alias
-		t.aliases = append(t.aliases, [2]string{alias, v})
+	for a, v := range p.Aliases {
+		t.aliases = append(t.aliases, alias{name: a, version: v, prefix: "/" + service + "/" + a})
 	}
 	for s := range Source(sourceCount) {
 		t.sources[s] = s.String()
@@ -239,7 +243,8 @@ type TrafficRequest struct {
 	// StickyKey is what sticky "header" or "ip" hashes: the value of the
 	// sticky header, or the client IP; "" for none.
 	StickyKey string
-	// Random is a random number, for a request the split decides.
+	// Random is a random number for a request the split decides; 0:
+	// Choose draws one (math/rand/v2) if it needs one.
 	Random uint64
 }
 
@@ -256,6 +261,9 @@ type Choice struct {
 	// Bucket is the client's bucket to set in its sticky cookie, or -1:
 	// set only when the split drew it and the policy is sticky by cookie.
 	Bucket int
+	// Index is Version's place in the split when a bucket chose it
+	// (Routing.SplitService), else -1.
+	Index int
 }
 
 // Choose returns the version for a request to the policy's service that
@@ -266,47 +274,64 @@ type Choice struct {
 func (t *Traffic) Choose(req TrafficRequest, known func(string) bool) Choice {
 	if req.Header != "" {
 		if v := t.Resolve(req.Header, known); v != "" {
-			return Choice{Version: v, From: FromHeader, Bucket: -1}
+			return Choice{Version: v, From: FromHeader, Bucket: -1, Index: -1}
 		}
-		return Choice{Named: req.Header, From: FromHeader, Bucket: -1}
+		return Choice{Named: req.Header, From: FromHeader, Bucket: -1, Index: -1}
 	}
 	if req.Cookie != "" {
 		if b, ok := ParseStickyCookie(req.Cookie); ok {
 			if t.Splits() && t.policy.Sticky == "cookie" {
-				return Choice{Version: t.Version(b), From: FromSticky, Bucket: -1}
+				return t.bucketChoice(b, FromSticky)
 			}
 		} else if v := t.Resolve(req.Cookie, known); v != "" {
-			return Choice{Version: v, From: FromCookie, Bucket: -1}
+			return Choice{Version: v, From: FromCookie, Bucket: -1, Index: -1}
 		} else {
-			return Choice{Named: req.Cookie, From: FromCookie, Bucket: -1}
+			return Choice{Named: req.Cookie, From: FromCookie, Bucket: -1, Index: -1}
 		}
 	}
 	if !t.Splits() {
-		return Choice{From: FromSplit, Bucket: -1}
+		return Choice{From: FromSplit, Bucket: -1, Index: -1}
 	}
 	switch t.policy.Sticky {
 	case "header", "ip":
 		if req.StickyKey != "" {
-			return Choice{Version: t.Version(Bucket(req.StickyKey)), From: FromSticky, Bucket: -1}
+			return t.bucketChoice(Bucket(req.StickyKey), FromSticky)
 		}
 	}
-	b := int(req.Random % Buckets)
-	c := Choice{Version: t.Version(b), From: FromSplit, Bucket: -1}
+	r := req.Random
+	if r == 0 {
+		r = rand.Uint64()
+	}
+	b := int(r % Buckets)
+	c := t.bucketChoice(b, FromSplit)
 	if t.policy.Sticky == "cookie" {
 		c.Bucket = b
 	}
 	return c
 }
 
+// bucketChoice is the split's version for bucket b.
+func (t *Traffic) bucketChoice(b int, from Source) Choice {
+	i := t.index(b)
+	return Choice{Version: t.versions[i], From: from, Bucket: -1, Index: i}
+}
+
 // Alias returns the version an alias names, or "" when it names none.
 // A policy has few aliases: comparing them costs less than hashing.
 func (t *Traffic) Alias(alias string) string {
+	v, _ := t.AliasOf(alias)
+	return v
+}
+
+// AliasOf returns the version an alias names and the alias's prefix,
+// "/<service>/<alias>" boxed, or "" and nil when it names none.
+func (t *Traffic) AliasOf(name string) (version string, prefix any) {
 	for i := range t.aliases {
-		if t.aliases[i][0] == alias {
-			return t.aliases[i][1]
+		if a := &t.aliases[i]; a.name == name {
+			return a.version, a.prefix
 		}
 	}
-	return ""
+	return "", nil
 }
 
 // Fallback returns the policy's fallback version, or "".
@@ -320,7 +345,10 @@ func (t *Traffic) Fallback() string { return t.policy.Fallback }
 func (t *Traffic) SplitPrefix() any { return t.splitPrefix }
 
 // AliasPrefix returns "/<service>/<alias>" boxed.
-func (t *Traffic) AliasPrefix(alias string) any { return t.aliasPrefix[alias] }
+func (t *Traffic) AliasPrefix(alias string) any {
+	_, prefix := t.AliasOf(alias)
+	return prefix
+}
 
 // BoxedSource returns s.String() boxed.
 func (t *Traffic) BoxedSource(s Source) any { return t.sources[s] }
@@ -331,12 +359,21 @@ func (t *Traffic) Splits() bool { return len(t.versions) > 0 }
 // Version returns the split's version for bucket b (0 <= b < Buckets),
 // or "" without a split.
 func (t *Traffic) Version(b int) string {
+	if !t.Splits() {
+		return ""
+	}
+	return t.versions[t.index(b)]
+}
+
+// index returns the place in the split of bucket b's version; the policy
+// has a split.
+func (t *Traffic) index(b int) int {
 	for i, bound := range t.bounds {
 		if b < bound {
-			return t.versions[i]
+			return i
 		}
 	}
-	return ""
+	return len(t.bounds) - 1
 }
 
 // Bucket hashes a sticky key (a header value, a client IP) to a bucket,

@@ -131,15 +131,15 @@ func TestTrafficChoose(t *testing.T) {
 		req  TrafficRequest
 		want Choice
 	}{
-		{TrafficRequest{Header: "v2", Cookie: "v1"}, Choice{Version: "v2", From: FromHeader, Bucket: -1}},
-		{TrafficRequest{Header: "stable"}, Choice{Version: "v1", From: FromHeader, Bucket: -1}},
-		{TrafficRequest{Header: "v9"}, Choice{Named: "v9", From: FromHeader, Bucket: -1}},
-		{TrafficRequest{Cookie: "v2"}, Choice{Version: "v2", From: FromCookie, Bucket: -1}},
-		{TrafficRequest{Cookie: "beta"}, Choice{Named: "beta", From: FromCookie, Bucket: -1}},
-		{TrafficRequest{Cookie: StickyCookie(9999)}, Choice{Version: "v2", From: FromSticky, Bucket: -1}},
-		{TrafficRequest{Cookie: StickyCookie(0)}, Choice{Version: "v1", From: FromSticky, Bucket: -1}},
-		{TrafficRequest{Random: 9500}, Choice{Version: "v2", From: FromSplit, Bucket: 9500}},
-		{TrafficRequest{Random: Buckets + 12}, Choice{Version: "v1", From: FromSplit, Bucket: 12}},
+		{TrafficRequest{Header: "v2", Cookie: "v1"}, Choice{Version: "v2", From: FromHeader, Bucket: -1, Index: -1}},
+		{TrafficRequest{Header: "stable"}, Choice{Version: "v1", From: FromHeader, Bucket: -1, Index: -1}},
+		{TrafficRequest{Header: "v9"}, Choice{Named: "v9", From: FromHeader, Bucket: -1, Index: -1}},
+		{TrafficRequest{Cookie: "v2"}, Choice{Version: "v2", From: FromCookie, Bucket: -1, Index: -1}},
+		{TrafficRequest{Cookie: "beta"}, Choice{Named: "beta", From: FromCookie, Bucket: -1, Index: -1}},
+		{TrafficRequest{Cookie: StickyCookie(9999)}, Choice{Version: "v2", From: FromSticky, Bucket: -1, Index: 1}},
+		{TrafficRequest{Cookie: StickyCookie(0)}, Choice{Version: "v1", From: FromSticky, Bucket: -1, Index: 0}},
+		{TrafficRequest{Random: 9500}, Choice{Version: "v2", From: FromSplit, Bucket: 9500, Index: 1}},
+		{TrafficRequest{Random: Buckets + 12}, Choice{Version: "v1", From: FromSplit, Bucket: 12, Index: 0}},
 	} {
 		if got := tr.Choose(tc.req, known); got != tc.want {
 			t.Errorf("%+v: %+v, want %+v", tc.req, got, tc.want)
@@ -187,5 +187,79 @@ func TestTableTraffic(t *testing.T) {
 	tbl.SetTraffic(nil)
 	if tbl.Snapshot().Traffic("users") != nil || !tbl.Snapshot().Known("users", "v2") {
 		t.Error("SetTraffic(nil) did not clear the policies, or lost the endpoints")
+	}
+}
+
+// A snapshot's Routing resolves the split's versions to the Services of
+// that snapshot, through every kind of change.
+func TestRoutingFollowsVersions(t *testing.T) {
+	tbl := NewTable()
+	split := func() (v1, v2 *Service) {
+		r := tbl.Snapshot().Versions("users").Routing()
+		if r == nil {
+			t.Fatal("no routing for users")
+		}
+		return r.SplitService(0), r.SplitService(1)
+	}
+	same := func(what string, got *Service, version string) {
+		t.Helper()
+		want, _ := tbl.Snapshot().Lookup("users", version)
+		if got != want {
+			t.Errorf("%s: split resolves %s to %p, the snapshot has %p", what, version, got, want)
+		}
+	}
+	tbl.SetTraffic(map[string]*Traffic{"users": compile(t, TrafficPolicy{Split: map[string]int{"v1": 50, "v2": 50}}, "v1", "v2")})
+	if v1, v2 := split(); v1 != nil || v2 != nil {
+		t.Errorf("no versions yet, resolved %p %p", v1, v2)
+	}
+	tbl.Replace(map[ServiceKey][]Endpoint{{Service: "users", Version: "v1"}: {{Address: "127.0.0.1:1", Weight: 1}}})
+	v1, v2 := split()
+	same("after Replace", v1, "v1")
+	if v2 != nil {
+		t.Error("v2 resolved before it exists")
+	}
+	tbl.Set(ServiceKey{Service: "users", Version: "v2"}, []Endpoint{{Address: "127.0.0.1:2", Weight: 1}})
+	v1, v2 = split()
+	same("after Set v2", v1, "v1")
+	same("after Set v2", v2, "v2")
+	tbl.Set(ServiceKey{Service: "users", Version: "v1"}, []Endpoint{{Address: "127.0.0.1:3", Weight: 1}})
+	v1, _ = split()
+	same("after v1 changed", v1, "v1")
+	tbl.Remove(ServiceKey{Service: "users", Version: "v1"})
+	if v1, _ = split(); v1 != nil {
+		t.Error("v1 still resolved after its removal")
+	}
+	tbl.Set(ServiceKey{Service: "orders", Version: "v1"}, nil) // another service: same routing
+	_, v2 = split()
+	same("after another service changed", v2, "v2")
+}
+
+// The version-name filter never hides a version: every name added may be
+// there, whatever its length or first byte; and it does rule names out.
+func TestNameFilter(t *testing.T) {
+	var f nameFilter
+	rng := rand.New(rand.NewPCG(1, 2))
+	const chars = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-"
+	var names []string
+	for range 200 {
+		b := make([]byte, 1+rng.IntN(MaxNameLen+10))
+		for i := range b {
+			b[i] = chars[rng.IntN(len(chars))]
+		}
+		names = append(names, string(b))
+		f.add(string(b))
+		for _, n := range names {
+			if !f.mayHave(n) {
+				t.Fatalf("%q added, mayHave says no", n)
+			}
+		}
+	}
+	var g nameFilter
+	g.add("v1")
+	g.add("v2")
+	for _, n := range []string{"list", "stable", "x", "", "w1"} {
+		if g.mayHave(n) {
+			t.Errorf("{v1 v2} may have %q", n)
+		}
 	}
 }
