@@ -3,9 +3,11 @@ package svcreg
 import (
 	"errors"
 	"net/http"
+	"strings"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/rewrite"
 	"go.uber.org/zap"
 )
 
@@ -36,8 +38,16 @@ func init() {
 // It also does what service_no_body does (a request without a body goes
 // on with a nil Body, so that reverse_proxy's request_buffers skips it):
 // one handler instead of two, since every handler of a route costs an
-// allocation per request. It has no options and no Caddyfile directive.
+// allocation per request. It has no Caddyfile directive.
+//
+// With strip_prefix, it also removes the matched prefix ({svc.prefix})
+// from the path of a request it hands on, exactly as the rewrite handler's
+// strip_prefix does, without the placeholder walk and the rune-by-rune
+// comparison for the common path (service_proxy sets it).
 type ErrorsHandler struct {
+	// StripPrefix removes {svc.prefix} from the path.
+	StripPrefix bool `json:"strip_prefix,omitempty"`
+
 	logger *zap.Logger
 }
 
@@ -65,6 +75,12 @@ func (h *ErrorsHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, next c
 	if c, ok := caddyhttp.GetVar(r.Context(), varSticky).(stickyCookie); ok {
 		// the split chose this client's version: it keeps it
 		w.Header().Add("Set-Cookie", c.header())
+	}
+	if h.StripPrefix {
+		repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+		if prefix, ok := repl.GetString(placeholderPrefix); ok && prefix != "" {
+			stripPrefix(r, repl, prefix)
+		}
 	}
 	err := NoBodyHandler{}.ServeHTTP(w, r, next)
 	if err == nil {
@@ -95,6 +111,22 @@ func (h *ErrorsHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, next c
 			zap.String("version", version), zap.String("method", r.Method), zap.String("uri", r.RequestURI), zap.Error(err))
 	}
 	return answer(w, status, msg)
+}
+
+// stripPrefix removes prefix from r's path as the rewrite handler's
+// strip_prefix does. A path that needs none of that handler's care (no
+// escapes, nothing to clean, the prefix followed by more path) is cut
+// directly, to the same result; any other goes through the handler's own
+// code.
+func stripPrefix(r *http.Request, repl *caddy.Replacer, prefix string) {
+	p := r.URL.Path
+	if r.URL.RawPath == "" && len(p) > len(prefix) && p[len(prefix)] == '/' && strings.HasPrefix(p, prefix) &&
+		!strings.Contains(p, "//") && !strings.Contains(p, "/.") && r.URL.EscapedPath() == p {
+		r.URL.Path = p[len(prefix):]
+		r.RequestURI = r.URL.RequestURI()
+		return
+	}
+	rewrite.Rewrite{StripPathPrefix: prefix}.Rewrite(r, repl)
 }
 
 // answer writes a short text response.

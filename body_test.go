@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/rewrite"
 )
 
 // TestNoBodyHandler sends real requests to a server that runs
@@ -83,5 +84,31 @@ func TestNoBodyHandler(t *testing.T) {
 				t.Errorf("handler returned %v, want the next handler's error", s.err)
 			}
 		})
+	}
+}
+
+// stripPrefix leaves every path exactly as the rewrite handler's
+// strip_prefix {svc.prefix} does: Path, RawPath and RequestURI.
+func TestStripPrefixAsRewrite(t *testing.T) {
+	paths := []string{
+		"/users/v1/list", "/users/v1/list/", "/users/v1/", "/users/v1", "/users/v1/a?x=1&y=%20",
+		"/users/v1/a%2Fb", "/users/v1/a%20b", "/users/v1/a b", "/users/v1//x", "/users/v1/./x",
+		"/users/v1/../v2/x", "/users/v1/x/..", "/Users/V1/x", "/us%65rs/v1/x", "/users/v1/%7Ex",
+		"/users/v1/~x", "/users/v1/ü", "/users/v1/a;b", "/users/v1x/y", "/users/v1/.hidden",
+		"/api/users/v1/x", "/users/v1/%41x", "/users/v1/x%3F",
+	}
+	for _, prefix := range []string{"/users/v1", "/users", "/api/users/v1"} {
+		for _, raw := range paths {
+			mine, repl := newRequest(t, http.MethodGet, raw)
+			theirs, repl2 := newRequest(t, http.MethodGet, raw)
+			mine.RequestURI, theirs.RequestURI = raw, raw
+			stripPrefix(mine, repl, prefix)
+			repl2.Set(placeholderPrefix, prefix)
+			rewrite.Rewrite{StripPathPrefix: "{" + placeholderPrefix + "}"}.Rewrite(theirs, repl2)
+			if mine.URL.Path != theirs.URL.Path || mine.URL.RawPath != theirs.URL.RawPath || mine.RequestURI != theirs.RequestURI {
+				t.Errorf("%s minus %s: Path %q RawPath %q RequestURI %q; rewrite gives %q %q %q", raw, prefix,
+					mine.URL.Path, mine.URL.RawPath, mine.RequestURI, theirs.URL.Path, theirs.URL.RawPath, theirs.RequestURI)
+			}
+		}
 	}
 }

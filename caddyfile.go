@@ -14,7 +14,6 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
-	"github.com/caddyserver/caddy/v2/modules/caddyhttp/rewrite"
 
 	"github.com/svcreg/caddy-svcreg/registry"
 )
@@ -785,11 +784,12 @@ func parseServiceProxy(h httpcaddyfile.Helper) ([]httpcaddyfile.ConfigValue, err
 	// and handle_path blocks; service_errors also does service_no_body's
 	// work.
 	matcher.Unknown = "match"
-	handlers := []json.RawMessage{caddyconfig.JSONModuleObject(ErrorsHandler{}, "handler", "service_errors", nil)}
-	if strip {
-		handlers = append(handlers, caddyconfig.JSONModuleObject(rewrite.Rewrite{StripPathPrefix: "{" + placeholderPrefix + "}"}, "handler", "rewrite", nil))
+	// It also strips the prefix (what uri strip_prefix {svc.prefix}
+	// does, for less).
+	handlers := []json.RawMessage{
+		caddyconfig.JSONModuleObject(ErrorsHandler{StripPrefix: strip}, "handler", "service_errors", nil),
+		caddyconfig.JSONModuleObject(rp, "handler", "reverse_proxy", nil),
 	}
-	handlers = append(handlers, caddyconfig.JSONModuleObject(rp, "handler", "reverse_proxy", nil))
 	route := caddyhttp.Route{
 		MatcherSetsRaw: []caddy.ModuleMap{{"service_version": h.JSON(matcher)}},
 		HandlersRaw:    handlers,

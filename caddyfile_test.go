@@ -113,7 +113,8 @@ func editObjects(v any, edit func(map[string]any) bool) bool {
 
 // dropOwnErrors removes, in an adapted config, what makes service_proxy's
 // route answer its own errors (the service_errors handler first, the
-// matcher's unknown match mode), and reports whether there was both.
+// matcher's unknown match mode), and reports whether there was both; the
+// handler's strip_prefix becomes the rewrite handler it stands for.
 func dropOwnErrors(v any) bool {
 	return editObjects(v, func(x map[string]any) bool {
 		match, _ := x["match"].([]any)
@@ -124,11 +125,16 @@ func dropOwnErrors(v any) bool {
 		set, _ := match[0].(map[string]any)
 		sv, _ := set["service_version"].(map[string]any)
 		first, _ := handlers[0].(map[string]any)
-		if sv == nil || sv["unknown"] != "match" || first["handler"] != "service_errors" || len(first) != 1 {
+		strip := first["strip_prefix"] == true
+		if sv == nil || sv["unknown"] != "match" || first["handler"] != "service_errors" || len(first) != map[bool]int{false: 1, true: 2}[strip] {
 			return false
 		}
 		delete(sv, "unknown")
 		x["handle"] = handlers[1:]
+		if strip {
+			// what uri strip_prefix {svc.prefix} does
+			x["handle"] = append([]any{map[string]any{"handler": "rewrite", "strip_path_prefix": "{svc.prefix}"}}, handlers[1:]...)
+		}
 		return true
 	})
 }

@@ -115,6 +115,50 @@ func BenchmarkHandlerChain(b *testing.B) {
 	}
 }
 
+// BenchmarkHandlerChainNet is BenchmarkHandlerChain with each
+// configuration's own transport (Caddy's http, and service_http) to a
+// real backend on 127.0.0.1 (two listeners of one Go HTTP server): the
+// handler chain plus the transport's work per request, keep-alive
+// connections and all.
+func BenchmarkHandlerChainNet(b *testing.B) {
+	backend := func() string {
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Type", "text/plain")
+			_, _ = io.WriteString(w, "ok")
+		}))
+		b.Cleanup(srv.Close)
+		return strings.TrimPrefix(srv.URL, "http://")
+	}
+	a, c := backend(), backend()
+	configs := []struct{ name, global, site string }{
+		{"reverse_proxy", "", fmt.Sprintf(`reverse_proxy %s %s {
+		lb_policy round_robin
+		lb_retries 2
+	}`, a, c)},
+		{"service_proxy", fmt.Sprintf(`service_registry {
+		service users v1 %s %s
+	}`, a, c), `service_proxy`},
+	}
+	for _, cfg := range configs {
+		b.Run(cfg.name, func(b *testing.B) {
+			h, addr := loadChain(b, cfg.global, cfg.site)
+			req := httptest.NewRequest(http.MethodGet, "http://"+addr+"/users/v1/list", nil)
+			req.RemoteAddr = "127.0.0.1:40000"
+			w := &discardWriter{header: http.Header{}}
+			b.ReportAllocs()
+			for b.Loop() {
+				clear(w.header)
+				w.status = 0
+				req.URL.Path, req.URL.RawPath = "/users/v1/list", ""
+				h.ServeHTTP(w, req)
+				if w.status != http.StatusOK {
+					b.Fatalf("status %d", w.status)
+				}
+			}
+		})
+	}
+}
+
 // discardWriter is a ResponseWriter that keeps only the status.
 type discardWriter struct {
 	header http.Header
