@@ -130,14 +130,28 @@ func BenchmarkHandlerChainNet(b *testing.B) {
 		return strings.TrimPrefix(srv.URL, "http://")
 	}
 	a, c := backend(), backend()
+	registry := fmt.Sprintf(`service_registry {
+		service users v1 %s %s
+	}`, a, c)
+	// Between the two, for a breakdown: reverse_proxy with static
+	// upstreams and service_http; and with the registry's upstream source
+	// and selection policy, over Caddy's http transport.
 	configs := []struct{ name, global, site string }{
 		{"reverse_proxy", "", fmt.Sprintf(`reverse_proxy %s %s {
 		lb_policy round_robin
 		lb_retries 2
 	}`, a, c)},
-		{"service_proxy", fmt.Sprintf(`service_registry {
-		service users v1 %s %s
-	}`, a, c), `service_proxy`},
+		{"rp_service_http", registry, fmt.Sprintf(`reverse_proxy %s %s {
+		lb_policy round_robin
+		lb_retries 2
+		transport service_http
+	}`, a, c)},
+		{"rp_registry_source", registry, `reverse_proxy {
+		dynamic service_registry users v1
+		lb_policy service_failover round_robin
+		lb_retries 2
+	}`},
+		{"service_proxy", registry, `service_proxy`},
 	}
 	for _, cfg := range configs {
 		b.Run(cfg.name, func(b *testing.B) {

@@ -244,11 +244,11 @@ func (t *HTTPTransport) try(req *http.Request, a *attempt, ep *registry.Endpoint
 	// its request is retried only if it never left.
 	replayable := bodyReplayable(req)
 	retried := replayable && retriedAnyway(req)
-	var silence *silenceCheck
+	var silence silenceCheck
 	if retried {
 		// a request that is retried anyway need not wait out a host that
 		// has stopped answering
-		silence = &silenceCheck{svc: svc, ep: ep, begin: start, after: t.silenceAfter(svc, start, deadline)}
+		silence = silenceCheck{svc: svc, ep: ep, begin: start, after: t.silenceAfter(svc, start, deadline)}
 	}
 	resp, err, neverSent, cut := t.sendWithin(req, deadline, silence)
 	latency := time.Since(start)
@@ -355,24 +355,22 @@ const (
 )
 
 // sendWithin sends req with a deadline for its response header (none for
-// d <= 0), and the silence check s (nil: none). cut says whether, and
-// why, the watchdog ended the try.
-func (t *HTTPTransport) sendWithin(req *http.Request, d time.Duration, s *silenceCheck) (resp *http.Response, err error, neverSent bool, cut int) {
-	if s != nil && s.after == 0 {
-		s = nil
-	}
-	if d <= 0 && s == nil {
+// d <= 0), and the silence check s (none when s.after is 0). cut says
+// whether, and why, the watchdog ended the try.
+func (t *HTTPTransport) sendWithin(req *http.Request, d time.Duration, s silenceCheck) (resp *http.Response, err error, neverSent bool, cut int) {
+	if d <= 0 && s.after == 0 {
 		resp, err, neverSent = t.send(req)
 		return resp, err, neverSent, notCut
 	}
 	ctx, cancel := context.WithCancel(req.Context())
-	w := &watchdog{cancel: cancel, silence: s, deadline: d}
+	w := watchdogs.Get().(*watchdog)
 	first := d
-	if s != nil {
+	if s.after > 0 {
 		first = s.after
 	}
-	w.mu.Lock() // fire may run before AfterFunc returns
-	w.timer = time.AfterFunc(first, w.fire)
+	w.mu.Lock() // fire may run before Reset returns
+	w.cancel, w.silence, w.deadline, w.done, w.cut = cancel, s, d, false, notCut
+	w.timer.Reset(first)
 	w.mu.Unlock()
 	resp, err, neverSent = t.send(req.WithContext(ctx))
 	if why := w.stop(); why != notCut {
@@ -399,11 +397,12 @@ func (t *HTTPTransport) sendWithin(req *http.Request, d time.Duration, s *silenc
 }
 
 // watchdog cancels a try that gets no response header in time, or whose
-// host goes silent.
+// host goes silent. Watchdogs are pooled with their timer: every request
+// would otherwise allocate one, its timer and its callback.
 type watchdog struct {
-	timer    *time.Timer
+	timer    *time.Timer // calls fire; made once, Reset for each try
 	cancel   context.CancelFunc
-	silence  *silenceCheck // checked every silence.after; nil: none
+	silence  silenceCheck  // checked every silence.after; after 0: none
 	deadline time.Duration // 0: none
 
 	mu   sync.Mutex // guards everything below, and orders fire and stop
@@ -411,13 +410,20 @@ type watchdog struct {
 	cut  int        // why the watchdog ended the try; notCut: it did not
 }
 
+var watchdogs = sync.Pool{New: func() any {
+	w := new(watchdog)
+	w.timer = time.AfterFunc(time.Hour, w.fire)
+	w.timer.Stop()
+	return w
+}}
+
 func (w *watchdog) fire() {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.done {
 		return
 	}
-	if s := w.silence; s != nil {
+	if s := &w.silence; s.after > 0 {
 		now := time.Now()
 		if !s.svc.Silent(s.ep, now, s.after) {
 			// not silent: check again, up to the deadline
@@ -425,7 +431,7 @@ func (w *watchdog) fire() {
 			if w.deadline > 0 {
 				left := w.deadline - now.Sub(s.begin)
 				if left <= next {
-					w.silence = nil // the deadline comes first
+					s.after = 0 // the deadline comes first
 					next = max(left, 0)
 				}
 			}
@@ -439,13 +445,20 @@ func (w *watchdog) fire() {
 	w.cancel()
 }
 
-// stop ends the watchdog, and says whether, and why, it ended the try.
+// stop ends the watchdog, says whether, and why, it ended the try, and
+// puts it back in the pool unless its callback has started (a callback
+// that started may still be running: that watchdog is left to the GC).
 func (w *watchdog) stop() int {
 	w.mu.Lock()
-	defer w.mu.Unlock()
 	w.done = true
-	w.timer.Stop()
-	return w.cut
+	cut := w.cut
+	stopped := w.timer.Stop()
+	w.cancel, w.silence = nil, silenceCheck{}
+	w.mu.Unlock()
+	if stopped {
+		watchdogs.Put(w)
+	}
+	return cut
 }
 
 // cancelOnClose ends a try's context when its response body is closed.
