@@ -67,12 +67,13 @@ func (h *ErrorsHandler) Provision(ctx caddy.Context) error {
 
 // ServeHTTP answers an unknown service, or the next handler's error.
 func (h *ErrorsHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	if unknown, _ := caddyhttp.GetVar(r.Context(), varUnknown).(bool); unknown {
+	vars, _ := r.Context().Value(caddyhttp.VarsCtxKey).(map[string]any)
+	if unknown, _ := vars[varUnknown].(bool); unknown {
 		repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 		msg, _ := repl.GetString(placeholderError)
 		return answer(w, http.StatusNotFound, msg)
 	}
-	if c, ok := caddyhttp.GetVar(r.Context(), varSticky).(stickyCookie); ok {
+	if c, ok := vars[varSticky].(stickyCookie); ok {
 		// the split chose this client's version: it keeps it
 		w.Header().Add("Set-Cookie", c.header())
 	}

@@ -391,8 +391,9 @@ func setServiceVars(r *http.Request, repl *caddy.Replacer, name, version, prefix
 	repl.Set(placeholderVersion, version)
 	repl.Set(placeholderPrefix, prefix)
 	repl.Set(placeholderVersionFrom, from)
-	caddyhttp.SetVar(r.Context(), varName, name)
-	caddyhttp.SetVar(r.Context(), varVersion, version)
+	if vars, ok := r.Context().Value(caddyhttp.VarsCtxKey).(map[string]any); ok {
+		vars[varName], vars[varVersion] = name, version
+	}
 }
 
 // splitServicePath returns the service named by the first segment after

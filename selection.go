@@ -165,7 +165,9 @@ var errNoService = errors.New("no service for this request: use the service_vers
 // gives an empty list, which service_failover answers with 503. On a retry
 // it keeps what the request tried, even if the registry changed meanwhile.
 func (u *UpstreamSource) GetUpstreams(r *http.Request) ([]*reverseproxy.Upstream, error) {
-	name, version, err := u.serviceOf(r)
+	// one walk of the request's context for all its vars
+	vars, _ := r.Context().Value(caddyhttp.VarsCtxKey).(map[string]any)
+	name, version, err := u.serviceOf(r, vars)
 	if err != nil {
 		return nil, err
 	}
@@ -173,7 +175,7 @@ func (u *UpstreamSource) GetUpstreams(r *http.Request) ([]*reverseproxy.Upstream
 	if err != nil {
 		svc = nil
 	}
-	prev, _ := caddyhttp.GetVar(r.Context(), attemptVar).(*attempt)
+	prev, _ := vars[attemptVar].(*attempt)
 	if prev != nil && !prev.retrying {
 		prev = nil // another proxy loop of the same request: start afresh
 	}
@@ -201,7 +203,9 @@ func (u *UpstreamSource) GetUpstreams(r *http.Request) ([]*reverseproxy.Upstream
 		a.retryAfter = prev.retryAfter
 		a.deposited, a.noRetry = prev.deposited, prev.noRetry
 	}
-	caddyhttp.SetVar(r.Context(), attemptVar, a)
+	if vars != nil {
+		vars[attemptVar] = a
+	}
 	return a.pool, nil
 }
 
@@ -215,13 +219,13 @@ func (u *UpstreamSource) ResetCache(r *http.Request) error {
 }
 
 // serviceOf returns the service and version the request is for.
-func (u *UpstreamSource) serviceOf(r *http.Request) (string, string, error) {
+func (u *UpstreamSource) serviceOf(r *http.Request, vars map[string]any) (string, string, error) {
 	if u.Service != "" {
 		repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 		return repl.ReplaceAll(u.Service, ""), repl.ReplaceAll(u.Version, ""), nil
 	}
-	name, _ := caddyhttp.GetVar(r.Context(), varName).(string)
-	version, _ := caddyhttp.GetVar(r.Context(), varVersion).(string)
+	name, _ := vars[varName].(string)
+	version, _ := vars[varVersion].(string)
 	if name == "" || version == "" {
 		return "", "", errNoService
 	}
