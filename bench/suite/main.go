@@ -38,6 +38,18 @@ type env struct {
 	reps    int
 	post    int  // the chaos scenario's POST body size; 0: GETs
 	read    bool // the backends read request bodies whole before answering
+	pin     string // CPUs (taskset -c) the proxies run on; "": any
+}
+
+// proxyCommand is the command line that runs a proxy binary with args,
+// pinned to e.pin's CPUs when set (taskset execs it: the PID is the
+// proxy's).
+func (e *env) proxyCommand(bin string, args ...string) []string {
+	cmd := append([]string{bin}, args...)
+	if e.pin == "" {
+		return cmd
+	}
+	return append([]string{"taskset", "-c", e.pin}, cmd...)
 }
 
 // Results is everything the suite measured.
@@ -58,6 +70,7 @@ func main() {
 	faults := flag.String("faults", "", "comma-separated faults of the chaos scenario to run (default all)")
 	post := flag.Int("post", 0, "the chaos scenario sends POSTs with bodies of this many bytes instead of GETs")
 	readBody := flag.Bool("read-body", false, "the backends read each request body whole before they answer (default: they answer at once)")
+	pin := flag.String("pin", "", "run every proxy on these CPUs only (taskset -c), e.g. 1")
 	flag.Parse()
 
 	defer stopAll()
@@ -69,7 +82,7 @@ func main() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	e.post, e.read = *post, *readBody
+	e.post, e.read, e.pin = *post, *readBody, *pin
 	defer os.RemoveAll(e.tmp)
 	if err := os.MkdirAll(*out, 0o755); err != nil {
 		log.Fatal(err)

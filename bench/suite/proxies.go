@@ -73,7 +73,7 @@ func startCaddy(e *env, name, global, site string) (*runningProxy, error) {
 	if err := os.WriteFile(file, []byte(cfg), 0o644); err != nil {
 		return nil, err
 	}
-	p, err := start(name, dir, e.caddy, "run", "--config", file, "--adapter", "caddyfile")
+	p, err := start(name, dir, e.proxyCommand(e.caddy, "run", "--config", file, "--adapter", "caddyfile")...)
 	if err != nil {
 		return nil, err
 	}
@@ -166,7 +166,7 @@ http {
 	if err := os.WriteFile(file, []byte(cfg), 0o644); err != nil {
 		return nil, err
 	}
-	p, err := start("nginx", dir, e.nginx, "-p", dir, "-c", file)
+	p, err := start("nginx", dir, e.proxyCommand(e.nginx, "-p", dir, "-c", file)...)
 	if err != nil {
 		return nil, err
 	}
@@ -213,7 +213,7 @@ backend be
 	if err := os.WriteFile(file, []byte(cfg), 0o644); err != nil {
 		return nil, err
 	}
-	p, err := start("haproxy", dir, e.haproxy, "-f", file, "-db")
+	p, err := start("haproxy", dir, e.proxyCommand(e.haproxy, "-f", file, "-db")...)
 	if err != nil {
 		return nil, err
 	}
