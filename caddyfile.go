@@ -647,7 +647,8 @@ const (
 // service_errors first, which has no Caddyfile form), so that it needs no
 // error route and may sit inside route, handle and handle_path blocks.
 // service_errors also hands a request without a body on with a nil Body,
-// so that it skips request_buffers (what service_no_body does).
+// so that it skips request_buffers (what service_no_body does), and strips
+// the prefix itself, to the same result as uri strip_prefix below.
 //
 //	@svc service_version [{ prefix <base path> }]
 //	handle @svc {
