@@ -36,8 +36,8 @@ type env struct {
 	nginx   string // binary or ""
 	haproxy string // binary or ""
 	reps    int
-	post    int  // the chaos scenario's POST body size; 0: GETs
-	read    bool // the backends read request bodies whole before answering
+	post    int    // the chaos scenario's POST body size; 0: GETs
+	read    bool   // the backends read request bodies whole before answering
 	pin     string // CPUs (taskset -c) the proxies run on; "": any
 }
 
