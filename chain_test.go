@@ -96,22 +96,7 @@ func loadChain(b *testing.B, global, site string) (http.Handler, string) {
 // Compare the two in one run, interleaved: -count 5 runs them in turn.
 func BenchmarkHandlerChain(b *testing.B) {
 	for _, c := range chainConfigs {
-		b.Run(c.name, func(b *testing.B) {
-			h, addr := loadChain(b, c.global, c.site)
-			req := httptest.NewRequest(http.MethodGet, "http://"+addr+"/users/v1/list", nil)
-			req.RemoteAddr = "127.0.0.1:40000"
-			w := &discardWriter{header: http.Header{}}
-			b.ReportAllocs()
-			for b.Loop() {
-				clear(w.header)
-				w.status = 0
-				req.URL.Path, req.URL.RawPath = "/users/v1/list", "" // strip_prefix rewrote it
-				h.ServeHTTP(w, req)
-				if w.status != http.StatusOK {
-					b.Fatalf("status %d", w.status)
-				}
-			}
-		})
+		b.Run(c.name, func(b *testing.B) { benchChain(b, c.global, c.site) })
 	}
 }
 
@@ -154,22 +139,26 @@ func BenchmarkHandlerChainNet(b *testing.B) {
 		{"service_proxy", registry, `service_proxy`},
 	}
 	for _, cfg := range configs {
-		b.Run(cfg.name, func(b *testing.B) {
-			h, addr := loadChain(b, cfg.global, cfg.site)
-			req := httptest.NewRequest(http.MethodGet, "http://"+addr+"/users/v1/list", nil)
-			req.RemoteAddr = "127.0.0.1:40000"
-			w := &discardWriter{header: http.Header{}}
-			b.ReportAllocs()
-			for b.Loop() {
-				clear(w.header)
-				w.status = 0
-				req.URL.Path, req.URL.RawPath = "/users/v1/list", ""
-				h.ServeHTTP(w, req)
-				if w.status != http.StatusOK {
-					b.Fatalf("status %d", w.status)
-				}
-			}
-		})
+		b.Run(cfg.name, func(b *testing.B) { benchChain(b, cfg.global, cfg.site) })
+	}
+}
+
+// benchChain loads a config and sends GET /users/v1/list through its
+// handler chain b.N times.
+func benchChain(b *testing.B, global, site string) {
+	h, addr := loadChain(b, global, site)
+	req := httptest.NewRequest(http.MethodGet, "http://"+addr+"/users/v1/list", nil)
+	req.RemoteAddr = "127.0.0.1:40000"
+	w := &discardWriter{header: http.Header{}}
+	b.ReportAllocs()
+	for b.Loop() {
+		clear(w.header)
+		w.status = 0
+		req.URL.Path, req.URL.RawPath = "/users/v1/list", "" // the strip rewrote it
+		h.ServeHTTP(w, req)
+		if w.status != http.StatusOK {
+			b.Fatalf("status %d", w.status)
+		}
 	}
 }
 
