@@ -108,8 +108,16 @@ func (s *Snapshot) Lookup(name, version string) (*Service, error) {
 // Versions are the versions of one service in a snapshot, and its traffic
 // policy.
 type Versions struct {
-	e      *entry // never nil
+	e      *entry // nil in the zero Versions: no version
 	synced bool
+}
+
+// entry returns the service's entry, noEntry for none.
+func (v Versions) entry() *entry {
+	if v.e == nil {
+		return noEntry
+	}
+	return v.e
 }
 
 // noEntry is the entry of a service a snapshot does not have.
@@ -127,7 +135,7 @@ func (s *Snapshot) Versions(service string) Versions {
 
 // Routing returns the service's traffic policy with its split resolved,
 // or nil for none.
-func (v Versions) Routing() *Routing { return v.e.routing }
+func (v Versions) Routing() *Routing { return v.entry().routing }
 
 // Lookup returns a version of the service, with the errors of
 // Snapshot.Lookup.
@@ -141,12 +149,13 @@ func (v Versions) Lookup(version string) (*Service, error) {
 // Get returns a version of the service, or nil (Missing says why): the
 // request path's lookup, with no error to compare.
 func (v Versions) Get(version string) *Service {
-	if v.e.routing != nil && !v.e.names.mayHave(version) {
+	e := v.entry()
+	if e.routing != nil && !e.names.mayHave(version) {
 		// A service with a traffic policy gets many paths whose
 		// second segment is no version.
 		return nil
 	}
-	return v.e.versions[version]
+	return e.versions[version]
 }
 
 // Missing returns the error of Lookup for a version Get did not find.
@@ -154,7 +163,7 @@ func (v Versions) Missing() error {
 	switch {
 	case !v.synced:
 		return ErrNotSynced
-	case v.e.versions == nil:
+	case v.entry().versions == nil:
 		return ErrUnknownService
 	}
 	return ErrUnknownVersion
@@ -164,11 +173,11 @@ func (v Versions) Missing() error {
 func (v Versions) Synced() bool { return v.synced }
 
 // Exist reports whether the service has a version.
-func (v Versions) Exist() bool { return v.e.versions != nil }
+func (v Versions) Exist() bool { return v.entry().versions != nil }
 
 // Known reports whether the service has the version.
 func (v Versions) Known(version string) bool {
-	_, ok := v.e.versions[version]
+	_, ok := v.entry().versions[version]
 	return ok
 }
 
