@@ -106,7 +106,8 @@ func (s *Snapshot) Lookup(name, version string) (*Service, error) {
 }
 
 // Versions are the versions of one service in a snapshot, and its traffic
-// policy.
+// policy. Get one from Snapshot.Versions: the zero Versions is not usable
+// (a nil check in every method costs the request path several ns).
 type Versions struct {
 	e      *entry // nil in the zero Versions: no version
 	synced bool
