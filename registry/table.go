@@ -107,18 +107,10 @@ func (s *Snapshot) Lookup(name, version string) (*Service, error) {
 
 // Versions are the versions of one service in a snapshot, and its traffic
 // policy. Get one from Snapshot.Versions: the zero Versions is not usable
-// (a nil check in every method costs the request path several ns).
+// (a nil check in every method cost the sticky-cookie path about 8 ns).
 type Versions struct {
-	e      *entry // nil in the zero Versions: no version
+	e      *entry // never nil
 	synced bool
-}
-
-// entry returns the service's entry, noEntry for none.
-func (v Versions) entry() *entry {
-	if v.e == nil {
-		return noEntry
-	}
-	return v.e
 }
 
 // noEntry is the entry of a service a snapshot does not have.
@@ -136,7 +128,7 @@ func (s *Snapshot) Versions(service string) Versions {
 
 // Routing returns the service's traffic policy with its split resolved,
 // or nil for none.
-func (v Versions) Routing() *Routing { return v.entry().routing }
+func (v Versions) Routing() *Routing { return v.e.routing }
 
 // Lookup returns a version of the service, with the errors of
 // Snapshot.Lookup.
@@ -150,13 +142,12 @@ func (v Versions) Lookup(version string) (*Service, error) {
 // Get returns a version of the service, or nil (Missing says why): the
 // request path's lookup, with no error to compare.
 func (v Versions) Get(version string) *Service {
-	e := v.entry()
-	if e.routing != nil && !e.names.mayHave(version) {
+	if v.e.routing != nil && !v.e.names.mayHave(version) {
 		// A service with a traffic policy gets many paths whose
 		// second segment is no version.
 		return nil
 	}
-	return e.versions[version]
+	return v.e.versions[version]
 }
 
 // Missing returns the error of Lookup for a version Get did not find.
@@ -164,7 +155,7 @@ func (v Versions) Missing() error {
 	switch {
 	case !v.synced:
 		return ErrNotSynced
-	case v.entry().versions == nil:
+	case v.e.versions == nil:
 		return ErrUnknownService
 	}
 	return ErrUnknownVersion
@@ -174,11 +165,11 @@ func (v Versions) Missing() error {
 func (v Versions) Synced() bool { return v.synced }
 
 // Exist reports whether the service has a version.
-func (v Versions) Exist() bool { return v.entry().versions != nil }
+func (v Versions) Exist() bool { return v.e.versions != nil }
 
 // Known reports whether the service has the version.
 func (v Versions) Known(version string) bool {
-	_, ok := v.entry().versions[version]
+	_, ok := v.e.versions[version]
 	return ok
 }
 

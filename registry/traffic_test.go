@@ -263,14 +263,3 @@ func TestNameFilter(t *testing.T) {
 		}
 	}
 }
-
-// The zero Versions is a service with no version, not a panic.
-func TestZeroVersions(t *testing.T) {
-	var v Versions
-	if v.Get("v1") != nil || v.Known("v1") || v.Exist() || v.Routing() != nil || v.Missing() != ErrNotSynced {
-		t.Error("the zero Versions has something")
-	}
-	if _, err := v.Lookup("v1"); err != ErrNotSynced {
-		t.Errorf("Lookup: %v", err)
-	}
-}
