@@ -51,7 +51,7 @@ type Server struct {
 
 	mu  sync.Mutex
 	cmd *exec.Cmd
-	log bytes.Buffer
+	log testutil.Log // what it printed
 }
 
 // TLSFiles are the PEM files of an etcd that serves clients over TLS and
@@ -138,7 +138,7 @@ func (s *Server) start() {
 			"--trusted-ca-file", s.tls.CA, "--client-cert-auth")
 	}
 	cmd := exec.Command(s.bin, args...)
-	cmd.Stdout, cmd.Stderr = &lockedWriter{s}, &lockedWriter{s}
+	cmd.Stdout, cmd.Stderr = &s.log, &s.log
 	if err := cmd.Start(); err != nil {
 		s.t.Fatalf("starting etcd: %v", err)
 	}
@@ -245,19 +245,7 @@ func (s *Server) Client(t testing.TB) *clientv3.Client {
 }
 
 // Log returns what etcd printed.
-func (s *Server) Log() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.log.String()
-}
-
-type lockedWriter struct{ s *Server }
-
-func (w *lockedWriter) Write(p []byte) (int, error) {
-	w.s.mu.Lock()
-	defer w.s.mu.Unlock()
-	return w.s.log.Write(p)
-}
+func (s *Server) Log() string { return s.log.String() }
 
 // WriteTLSFiles makes a CA, a server certificate for 127.0.0.1 and a client
 // certificate, and writes them as PEM files into dir.

@@ -9,7 +9,6 @@
 package zktest
 
 import (
-	"bytes"
 	"fmt"
 	"io"
 	"net"
@@ -41,7 +40,7 @@ type Server struct {
 
 	mu  sync.Mutex
 	cmd *exec.Cmd
-	log bytes.Buffer
+	log testutil.Log // what it printed
 }
 
 // Start starts ZooKeeper and waits until it answers. It is stopped when
@@ -74,7 +73,7 @@ func (s *Server) start() {
 	s.t.Helper()
 	cmd := exec.Command(s.java, "-Xmx256m", "-cp", "/etc/zookeeper/conf:"+Jar,
 		"-Dzookeeper.log.dir="+s.dir, "org.apache.zookeeper.server.ZooKeeperServerMain", filepath.Join(s.dir, "zoo.cfg"))
-	cmd.Stdout, cmd.Stderr = &lockedWriter{s}, &lockedWriter{s}
+	cmd.Stdout, cmd.Stderr = &s.log, &s.log
 	if err := cmd.Start(); err != nil {
 		s.t.Fatalf("starting ZooKeeper: %v", err)
 	}
@@ -158,22 +157,7 @@ func (s *Server) Conn(t testing.TB) *zk.Conn {
 }
 
 // Log returns what ZooKeeper printed.
-func (s *Server) Log() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.log.String()
-}
-
-type lockedWriter struct{ s *Server }
-
-func (w *lockedWriter) Write(p []byte) (int, error) {
-	w.s.mu.Lock()
-	defer w.s.mu.Unlock()
-	if w.s.log.Len() < 1<<20 {
-		w.s.log.Write(p)
-	}
-	return len(p), nil
-}
+func (s *Server) Log() string { return s.log.String() }
 
 type nopLogger struct{}
 
