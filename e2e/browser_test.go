@@ -2,14 +2,14 @@ package e2e
 
 import (
 	"bufio"
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/svcreg/caddy-svcreg/internal/testutil"
 )
 
 // browser is a headless Chromium driven over the DevTools protocol on a
@@ -23,7 +23,7 @@ type browser struct {
 	replies chan cdpMessage
 	session string
 	id      int
-	log     syncBuffer
+	log     testutil.Log
 }
 
 type cdpMessage struct {
@@ -33,23 +33,6 @@ type cdpMessage struct {
 	Error  *struct {
 		Message string `json:"message"`
 	} `json:"error"`
-}
-
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 // chromium returns the path of Debian's chromium. Without it the test
