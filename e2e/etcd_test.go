@@ -105,6 +105,23 @@ func TestEtcdSharedByTwoInstances(t *testing.T) {
 	})
 }
 
+// killedUnderLoad sends GETs to users v1 through c, SIGKILLs the
+// self-registration program reg and its backend b together a second in,
+// and asserts that no request failed.
+func killedUnderLoad(t *testing.T, c *caddy, reg *exec.Cmd, b *backend) {
+	t.Helper()
+	run := sendLoad("http://"+c.HTTP+"/users/v1/x", sendGet, func(time.Time, *loadRun) {
+		time.Sleep(time.Second)
+		_ = reg.Process.Signal(syscall.SIGKILL)
+		b.Kill()
+		time.Sleep(4 * time.Second)
+	})
+	t.Logf("%d requests while a self-registered backend died, %d failed", run.total.Load(), len(run.failed))
+	for _, f := range run.failed {
+		t.Errorf("request %d failed: %s", f.id, f.err)
+	}
+}
+
 // runSelfreg runs the self-registration program; it is killed when the test
 // ends if still running.
 func runSelfreg(t *testing.T, etcd, service, version, address, ttl string) *exec.Cmd {
@@ -128,16 +145,7 @@ func TestEtcdSelfRegistration(t *testing.T) {
 
 	// The backend and its registration die together (SIGKILL) under load:
 	// no request fails, and the key expires.
-	run := sendLoad("http://"+c.HTTP+"/users/v1/x", sendGet, func(time.Time, *loadRun) {
-		time.Sleep(time.Second)
-		_ = dying.Process.Signal(syscall.SIGKILL)
-		leaving.Kill()
-		time.Sleep(4 * time.Second)
-	})
-	t.Logf("%d requests while a self-registered backend died, %d failed", run.total.Load(), len(run.failed))
-	for _, f := range run.failed {
-		t.Errorf("request %d failed: %s", f.id, f.err)
-	}
+	killedUnderLoad(t, c, dying, leaving)
 	waitFor(t, 10*time.Second, "the dead backend's key to expire from the registry", func() bool {
 		return !slices.ContainsFunc(c.Services(), func(s string) bool { return strings.Contains(s, leaving.Addr) })
 	})

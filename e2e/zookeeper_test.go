@@ -7,7 +7,6 @@ import (
 	"os/exec"
 	"slices"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -71,16 +70,7 @@ func TestZooKeeper(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = reg.Process.Kill(); _ = reg.Wait() })
 	waitFor(t, 15*time.Second, "the self-registered backend to get traffic", func() bool { return routesTo(c, "/users/v1/x", "selfreg") })
-	run := sendLoad("http://"+c.HTTP+"/users/v1/x", sendGet, func(time.Time, *loadRun) {
-		time.Sleep(time.Second)
-		_ = reg.Process.Signal(syscall.SIGKILL)
-		b.Kill()
-		time.Sleep(4 * time.Second)
-	})
-	t.Logf("%d requests while a self-registered backend died, %d failed", run.total.Load(), len(run.failed))
-	for _, f := range run.failed {
-		t.Errorf("request %d failed: %s", f.id, f.err)
-	}
+	killedUnderLoad(t, c, reg, b)
 	waitFor(t, 15*time.Second, "the dead backend's node to go with its session", func() bool {
 		return !slices.ContainsFunc(c.Services(), func(s string) bool { return strings.Contains(s, b.Addr) })
 	})
