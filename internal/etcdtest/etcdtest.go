@@ -25,7 +25,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -49,9 +48,8 @@ type Server struct {
 	peerPort   int
 	tls        *TLSFiles
 
-	mu  sync.Mutex
-	cmd *exec.Cmd
-	log testutil.Log // what it printed
+	proc testutil.Process
+	log  testutil.Log // what it printed
 }
 
 // TLSFiles are the PEM files of an etcd that serves clients over TLS and
@@ -139,12 +137,9 @@ func (s *Server) start() {
 	}
 	cmd := exec.Command(s.bin, args...)
 	cmd.Stdout, cmd.Stderr = &s.log, &s.log
-	if err := cmd.Start(); err != nil {
+	if err := s.proc.Start(cmd); err != nil {
 		s.t.Fatalf("starting etcd: %v", err)
 	}
-	s.mu.Lock()
-	s.cmd = cmd
-	s.mu.Unlock()
 	deadline := time.Now().Add(30 * time.Second)
 	for !s.healthy() {
 		if time.Now().After(deadline) {
@@ -196,35 +191,16 @@ func (s *Server) Wipe() {
 
 // Pause freezes etcd (SIGSTOP): it accepts connections and answers
 // nothing until Resume.
-func (s *Server) Pause() { s.send(syscall.SIGSTOP) }
+func (s *Server) Pause() { s.proc.Signal(syscall.SIGSTOP) }
 
 // Resume lets a paused etcd go on (SIGCONT).
-func (s *Server) Resume() { s.send(syscall.SIGCONT) }
-
-func (s *Server) send(sig syscall.Signal) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.cmd != nil {
-		_ = s.cmd.Process.Signal(sig)
-	}
-}
+func (s *Server) Resume() { s.proc.Signal(syscall.SIGCONT) }
 
 // Kill stops etcd with SIGKILL, the way a crash would.
-func (s *Server) Kill() { s.signal(syscall.SIGKILL) }
+func (s *Server) Kill() { s.proc.Stop(syscall.SIGKILL) }
 
 // Stop stops etcd with SIGTERM.
-func (s *Server) Stop() { s.signal(syscall.SIGTERM) }
-
-func (s *Server) signal(sig syscall.Signal) {
-	s.mu.Lock()
-	cmd := s.cmd
-	s.cmd = nil
-	s.mu.Unlock()
-	if cmd == nil {
-		return
-	}
-	testutil.StopProcess(cmd, sig)
-}
+func (s *Server) Stop() { s.proc.Stop(syscall.SIGTERM) }
 
 // Client returns a client of the server, closed when the test ends.
 func (s *Server) Client(t testing.TB) *clientv3.Client {

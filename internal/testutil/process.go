@@ -21,10 +21,10 @@ func FreePort(t testing.TB) int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
-// StopProcess sends a test server process sig (after SIGCONT, so that a
+// stopProcess sends a test server process sig (after SIGCONT, so that a
 // paused one can act on it) and waits for it to exit; after 10 s it kills
 // it.
-func StopProcess(cmd *exec.Cmd, sig syscall.Signal) {
+func stopProcess(cmd *exec.Cmd, sig syscall.Signal) {
 	_ = cmd.Process.Signal(syscall.SIGCONT)
 	_ = cmd.Process.Signal(sig)
 	done := make(chan struct{})
@@ -34,6 +34,44 @@ func StopProcess(cmd *exec.Cmd, sig syscall.Signal) {
 	case <-time.After(10 * time.Second):
 		_ = cmd.Process.Kill()
 		<-done
+	}
+}
+
+// Process is a test server's process: started with Start, signalled and
+// stopped by its PID, safe to use from several goroutines.
+type Process struct {
+	mu  sync.Mutex
+	cmd *exec.Cmd // nil when stopped
+}
+
+// Start starts cmd as the process.
+func (p *Process) Start(cmd *exec.Cmd) error {
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	p.mu.Lock()
+	p.cmd = cmd
+	p.mu.Unlock()
+	return nil
+}
+
+// Signal sends sig to the process, if it runs.
+func (p *Process) Signal(sig syscall.Signal) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.cmd != nil {
+		_ = p.cmd.Process.Signal(sig)
+	}
+}
+
+// Stop stops the process with sig (stopProcess), if it runs.
+func (p *Process) Stop(sig syscall.Signal) {
+	p.mu.Lock()
+	cmd := p.cmd
+	p.cmd = nil
+	p.mu.Unlock()
+	if cmd != nil {
+		stopProcess(cmd, sig)
 	}
 }
 

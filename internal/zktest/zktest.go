@@ -15,7 +15,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -38,9 +37,8 @@ type Server struct {
 	dir  string
 	port int
 
-	mu  sync.Mutex
-	cmd *exec.Cmd
-	log testutil.Log // what it printed
+	proc testutil.Process
+	log  testutil.Log // what it printed
 }
 
 // Start starts ZooKeeper and waits until it answers. It is stopped when
@@ -74,12 +72,9 @@ func (s *Server) start() {
 	cmd := exec.Command(s.java, "-Xmx256m", "-cp", "/etc/zookeeper/conf:"+Jar,
 		"-Dzookeeper.log.dir="+s.dir, "org.apache.zookeeper.server.ZooKeeperServerMain", filepath.Join(s.dir, "zoo.cfg"))
 	cmd.Stdout, cmd.Stderr = &s.log, &s.log
-	if err := cmd.Start(); err != nil {
+	if err := s.proc.Start(cmd); err != nil {
 		s.t.Fatalf("starting ZooKeeper: %v", err)
 	}
-	s.mu.Lock()
-	s.cmd = cmd
-	s.mu.Unlock()
 	deadline := time.Now().Add(60 * time.Second)
 	for !s.ok() {
 		if time.Now().After(deadline) {
@@ -112,30 +107,13 @@ func (s *Server) Restart() {
 }
 
 // Pause freezes ZooKeeper (SIGSTOP) until Resume: sessions time out.
-func (s *Server) Pause() { s.send(syscall.SIGSTOP) }
+func (s *Server) Pause() { s.proc.Signal(syscall.SIGSTOP) }
 
 // Resume lets a paused ZooKeeper go on (SIGCONT).
-func (s *Server) Resume() { s.send(syscall.SIGCONT) }
-
-func (s *Server) send(sig syscall.Signal) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.cmd != nil {
-		_ = s.cmd.Process.Signal(sig)
-	}
-}
+func (s *Server) Resume() { s.proc.Signal(syscall.SIGCONT) }
 
 // Stop stops ZooKeeper (SIGTERM) and waits for it to exit.
-func (s *Server) Stop() {
-	s.mu.Lock()
-	cmd := s.cmd
-	s.cmd = nil
-	s.mu.Unlock()
-	if cmd == nil {
-		return
-	}
-	testutil.StopProcess(cmd, syscall.SIGTERM)
-}
+func (s *Server) Stop() { s.proc.Stop(syscall.SIGTERM) }
 
 // Conn returns a client connection with a session (of 4s), closed when
 // the test ends.
