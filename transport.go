@@ -94,6 +94,7 @@ type HTTPTransport struct {
 	tryTimeout  time.Duration // 0 = auto, < 0 = off
 	budget      registry.RetryBudget
 	retryStatus [8]bool // retryStatus[code-500] for 500-507
+	h1          *h1Client // nil: every request goes through Go's transport
 }
 
 // RetryBudget configures a retry budget (see HTTPTransport.RetryBudget).
@@ -130,7 +131,16 @@ func (t *HTTPTransport) Provision(ctx caddy.Context) error {
 	if t.tracked {
 		t.Transport.DialContext = trackDial(t.Transport.DialContext)
 	}
+	t.h1 = newH1Client(t)
 	return nil
+}
+
+// Cleanup closes the idle connections.
+func (t *HTTPTransport) Cleanup() error {
+	if t.h1 != nil {
+		t.h1.close()
+	}
+	return t.HTTPTransport.Cleanup()
 }
 
 // trackDial wraps dial: its connections count the bytes written on them,
@@ -220,7 +230,7 @@ func (t *HTTPTransport) provisionFailover() error {
 func (t *HTTPTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	a, _ := caddyhttp.GetVar(req.Context(), attemptVar).(*attempt)
 	if a == nil || a.svc == nil || a.last < 0 {
-		resp, err, _ := t.send(req)
+		resp, err, _, _ := t.sendWithin(req, 0, silenceCheck{})
 		return resp, err
 	}
 	return t.try(req, a, a.svc.Endpoints[a.last])
@@ -358,30 +368,46 @@ const (
 // d <= 0), and the silence check s (none when s.after is 0). cut says
 // whether, and why, the watchdog ended the try.
 func (t *HTTPTransport) sendWithin(req *http.Request, d time.Duration, s silenceCheck) (resp *http.Response, err error, neverSent bool, cut int) {
+	direct := t.h1 != nil && t.h1.handles(req)
 	if d <= 0 && s.after == 0 {
-		resp, err, neverSent = t.send(req)
+		if direct {
+			resp, err, neverSent = t.h1.roundTrip(req, nil)
+		} else {
+			resp, err, neverSent = t.send(req)
+		}
 		return resp, err, neverSent, notCut
 	}
-	ctx, cancel := context.WithCancel(req.Context())
 	w := watchdogs.Get().(*watchdog)
 	first := d
 	if s.after > 0 {
 		first = s.after
 	}
-	w.mu.Lock() // fire may run before Reset returns
-	w.cancel, w.silence, w.deadline, w.done, w.cut = cancel, s, d, false, notCut
-	w.timer.Reset(first)
-	w.mu.Unlock()
-	resp, err, neverSent = t.send(req.WithContext(ctx))
+	var cancel context.CancelFunc
+	if direct {
+		// the client hands the watchdog the try's dial, then its
+		// connection
+		w.start(nil, s, d, first)
+		resp, err, neverSent = t.h1.roundTrip(req, w)
+	} else {
+		var ctx context.Context
+		ctx, cancel = context.WithCancel(req.Context())
+		w.start(cancelAborter(cancel), s, d, first)
+		resp, err, neverSent = t.send(req.WithContext(ctx))
+	}
 	if why := w.stop(); why != notCut {
 		if resp != nil {
 			resp.Body.Close()
 		}
-		cancel()
+		if cancel != nil {
+			cancel()
+		}
 		if req.Context().Err() != nil {
 			return nil, req.Context().Err(), false, notCut // the client went away
 		}
 		return nil, nil, false, why
+	}
+	if direct {
+		return resp, err, neverSent, notCut
 	}
 	if err != nil {
 		cancel()
@@ -401,7 +427,7 @@ func (t *HTTPTransport) sendWithin(req *http.Request, d time.Duration, s silence
 // would otherwise allocate one, its timer and its callback.
 type watchdog struct {
 	timer    *time.Timer // calls fire; made once, Reset for each try
-	cancel   context.CancelFunc
+	abort    aborter     // ends the try; nil: nothing to end yet
 	silence  silenceCheck  // checked every silence.after; after 0: none
 	deadline time.Duration // 0: none
 
@@ -442,7 +468,38 @@ func (w *watchdog) fire() {
 	} else {
 		w.cut = cutDeadline
 	}
-	w.cancel()
+	if w.abort != nil {
+		w.abort.abort()
+	}
+}
+
+// start arms the watchdog for a try: it fires first after first.
+func (w *watchdog) start(abort aborter, s silenceCheck, deadline, first time.Duration) {
+	w.mu.Lock() // fire may run before Reset returns
+	w.abort, w.silence, w.deadline, w.done, w.cut = abort, s, deadline, false, notCut
+	w.timer.Reset(first)
+	w.mu.Unlock()
+}
+
+// setAbort makes abort what the watchdog ends, and ends it at once if the
+// watchdog has fired already.
+func (w *watchdog) setAbort(abort aborter) {
+	w.mu.Lock()
+	w.abort = abort
+	fired := w.cut != notCut
+	w.mu.Unlock()
+	if fired {
+		abort.abort()
+	}
+}
+
+// detach leaves the try's connection alone from now on, and reports
+// whether the watchdog had not ended it already.
+func (w *watchdog) detach() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.abort = nil
+	return w.cut == notCut
 }
 
 // stop ends the watchdog, says whether, and why, it ended the try, and
@@ -453,7 +510,7 @@ func (w *watchdog) stop() int {
 	w.done = true
 	cut := w.cut
 	stopped := w.timer.Stop()
-	w.cancel, w.silence = nil, silenceCheck{}
+	w.abort, w.silence = nil, silenceCheck{}
 	w.mu.Unlock()
 	if stopped {
 		watchdogs.Put(w)

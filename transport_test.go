@@ -88,13 +88,18 @@ func TestHTTPTransportRetriesRequestsThatNeverLeft(t *testing.T) {
 		serve     func(net.Conn) // nil: the connection is reset before Caddy writes
 		body      func() io.ReadCloser
 		wantRetry bool
+		length    int64 // 0: unknown (-1)
 	}{
-		{"reset before a byte was written, buffered body", nil, buffered, true},
+		{"reset before a byte was written, buffered body", nil, buffered, true, 0},
+		{"reset before a byte was written, small buffered body (service_http's own client)", nil, func() io.ReadCloser {
+			return io.NopCloser(strings.NewReader("small"))
+		}, true, 5},
 		{"reset before a byte was written, streamed body", nil, func() io.ReadCloser {
 			return io.NopCloser(io.LimitReader(bytes.NewReader(payload), int64(len(payload))))
-		}, false}, // the body cannot be sent again
-		{"reset after the headers arrived", readHeaders, buffered, false}, // the host may have acted on it
-		{"reset after the whole request arrived", readAll, func() io.ReadCloser { return io.NopCloser(strings.NewReader("small")) }, false},
+		}, false, 0}, // the body cannot be sent again
+		{"reset after the headers arrived", readHeaders, buffered, false, 0}, // the host may have acted on it
+		{"reset after the whole request arrived", readAll, func() io.ReadCloser { return io.NopCloser(strings.NewReader("small")) }, false, 0},
+		{"reset after the whole request arrived (service_http's own client)", readAll, func() io.ReadCloser { return io.NopCloser(strings.NewReader("small")) }, false, 5},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ln := resetServer(t, tc.serve)
@@ -108,6 +113,9 @@ func TestHTTPTransportRetriesRequestsThatNeverLeft(t *testing.T) {
 			}
 			req.Body = tc.body()
 			req.ContentLength = -1
+			if tc.length > 0 {
+				req.ContentLength = tc.length
+			}
 			resp, err := tr.RoundTrip(req)
 			if err == nil {
 				resp.Body.Close()
