@@ -533,7 +533,7 @@ func (g *gzipBody) Close() error { return g.body.Close() }
 
 // Interface guards
 var (
-	_ aborter = (*h1Conn)(nil)
-	_ aborter = cancelAborter(nil)
+	_ aborter  = (*h1Conn)(nil)
+	_ aborter  = cancelAborter(nil)
 	_ net.Conn = (*writeTrackingConn)(nil)
 )

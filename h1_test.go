@@ -318,7 +318,9 @@ func TestH1ClientLeavesOtherRequestsToGo(t *testing.T) {
 		{"large body", func(r *http.Request) {
 			r.Body, r.ContentLength = io.NopCloser(bytes.NewReader(make([]byte, h1MaxBody+1))), h1MaxBody+1
 		}, false},
-		{"streamed body", func(r *http.Request) { r.Body, r.ContentLength = io.NopCloser(io.LimitReader(strings.NewReader("x"), 1)), 1 }, false},
+		{"streamed body", func(r *http.Request) {
+			r.Body, r.ContentLength = io.NopCloser(io.LimitReader(strings.NewReader("x"), 1)), 1
+		}, false},
 		{"upgrade", func(r *http.Request) { r.Header.Set("Connection", "Upgrade"); r.Header.Set("Upgrade", "websocket") }, false},
 		{"expect 100-continue", func(r *http.Request) { r.Body, r.ContentLength = small(), 1; r.Header.Set("Expect", "100-continue") }, false},
 	} {

@@ -93,7 +93,7 @@ type HTTPTransport struct {
 	h2c         bool          // plain connections speak HTTP/2
 	tryTimeout  time.Duration // 0 = auto, < 0 = off
 	budget      registry.RetryBudget
-	retryStatus [8]bool // retryStatus[code-500] for 500-507
+	retryStatus [8]bool   // retryStatus[code-500] for 500-507
 	h1          *h1Client // nil: every request goes through Go's transport
 }
 
@@ -426,8 +426,8 @@ func (t *HTTPTransport) sendWithin(req *http.Request, d time.Duration, s silence
 // host goes silent. Watchdogs are pooled with their timer: every request
 // would otherwise allocate one, its timer and its callback.
 type watchdog struct {
-	timer    *time.Timer // calls fire; made once, Reset for each try
-	abort    aborter     // ends the try; nil: nothing to end yet
+	timer    *time.Timer   // calls fire; made once, Reset for each try
+	abort    aborter       // ends the try; nil: nothing to end yet
 	silence  silenceCheck  // checked every silence.after; after 0: none
 	deadline time.Duration // 0: none
 
