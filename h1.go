@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"net/http/httptrace"
@@ -62,8 +63,9 @@ import (
 // of cancelling a context made for it.
 type h1Client struct {
 	t           *HTTPTransport
-	compress    bool // ask for gzip, and decompress
-	maxIdle     int  // idle connections per host
+	compress    bool  // ask for gzip, and decompress
+	maxHeader   int64 // the longest response header read
+	maxIdle     int   // idle connections per host
 	idleTimeout time.Duration
 	readSize    int
 	writeSize   int
@@ -83,25 +85,28 @@ const h1MaxBody = 64 << 10
 // newH1Client returns the client for t, or nil when t's settings ask for
 // something only Go's transport does: TLS, HTTP/2 or 3, a proxy (from
 // the transport or the environment), PROXY protocol, no keep-alive,
-// limits on connections or header sizes, a response header timeout.
+// limits on connections, a response header timeout.
 func newH1Client(t *HTTPTransport) *h1Client {
 	rt := t.Transport
 	switch {
 	case !t.tracked, t.h2c, t.TLS != nil, rt == nil,
 		!slices.Contains(t.Versions, "1.1") && len(t.Versions) > 0,
 		t.ProxyProtocol != "", len(t.NetworkProxyRaw) > 0, t.ForwardProxyURL != "", proxyInEnvironment(),
-		rt.DisableKeepAlives, rt.MaxConnsPerHost > 0, rt.MaxIdleConns > 0, rt.MaxResponseHeaderBytes > 0,
-		rt.ResponseHeaderTimeout > 0:
+		rt.DisableKeepAlives, rt.MaxConnsPerHost > 0, rt.MaxIdleConns > 0, rt.ResponseHeaderTimeout > 0:
 		return nil
 	}
 	c := &h1Client{
 		t:           t,
 		compress:    !rt.DisableCompression,
+		maxHeader:   rt.MaxResponseHeaderBytes,
 		maxIdle:     rt.MaxIdleConnsPerHost,
 		idleTimeout: rt.IdleConnTimeout,
 		readSize:    rt.ReadBufferSize,
 		writeSize:   rt.WriteBufferSize,
 		idle:        map[h1Key][]*h1Conn{},
+	}
+	if c.maxHeader <= 0 {
+		c.maxHeader = 10 << 20 // Go's transport's default
 	}
 	if c.maxIdle <= 0 {
 		c.maxIdle = http.DefaultMaxIdleConnsPerHost
@@ -154,7 +159,26 @@ type h1Conn struct {
 	bw      *bufio.Writer
 	idleAt  time.Time
 	abortFn func() // abort, made once: context.AfterFunc takes it per request
+	left    int64  // bytes that may still be read: the header limit while reading one
 }
+
+// limitedConn is what an h1Conn's reader reads: its connection, up to the
+// limit on response headers while one is read.
+type limitedConn h1Conn
+
+func (l *limitedConn) Read(p []byte) (int, error) {
+	if l.left <= 0 {
+		return 0, errHeaderTooLong
+	}
+	if int64(len(p)) > l.left {
+		p = p[:l.left]
+	}
+	n, err := l.conn.Read(p)
+	l.left -= int64(n)
+	return n, err
+}
+
+var errHeaderTooLong = errors.New("upstream response header too long (max_response_header)")
 
 // abort ends whatever the connection is doing: the try's deadline passed,
 // its host went silent, or its client went away.
@@ -275,6 +299,9 @@ func (pc *h1Conn) exchange(req *http.Request) (resp *http.Response, answered boo
 	if err != nil {
 		return nil, false, err
 	}
+	// the bytes the reader has already are within the limit: less than
+	// a buffer, the rest of an answer it read ahead (none, normally)
+	pc.left = pc.c.maxHeader
 	if _, err := pc.br.Peek(1); err != nil {
 		return nil, false, err
 	}
@@ -301,6 +328,7 @@ func (pc *h1Conn) exchange(req *http.Request) (resp *http.Response, answered boo
 			}
 		}
 	}
+	pc.left = math.MaxInt64
 	if gz && resp.Body != http.NoBody {
 		if ce := resp.Header["Content-Encoding"]; len(ce) > 0 && strings.EqualFold(ce[0], "gzip") {
 			delete(resp.Header, "Content-Encoding")
@@ -332,7 +360,8 @@ func (c *h1Client) dial(ctx context.Context, key h1Key, w *watchdog) (*h1Conn, e
 		conn.Close()
 		return nil, reverseproxy.NewDialError(errors.New("service_http: untracked connection"))
 	}
-	pc := &h1Conn{c: c, key: key, conn: tc, br: bufio.NewReaderSize(tc, c.readSize), bw: bufio.NewWriterSize(tc, c.writeSize)}
+	pc := &h1Conn{c: c, key: key, conn: tc, bw: bufio.NewWriterSize(tc, c.writeSize), left: math.MaxInt64}
+	pc.br = bufio.NewReaderSize((*limitedConn)(pc), c.readSize)
 	pc.abortFn = pc.abort
 	return pc, nil
 }

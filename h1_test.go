@@ -355,3 +355,29 @@ func TestH1ClientLeavesOtherRequestsToGo(t *testing.T) {
 		cancel()
 	}
 }
+
+func TestH1ClientLimitsResponseHeaders(t *testing.T) {
+	srv, _ := connCountingServer(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Big", strings.Repeat("x", 8<<10))
+		io.WriteString(w, "ok")
+	})
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	defer cancel()
+	tr := new(HTTPTransport)
+	tr.MaxResponseHeaderSize = 4 << 10
+	if err := tr.Provision(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Cleanup()
+	if tr.h1 == nil {
+		t.Fatal("max_response_header_size took service_http off its own client")
+	}
+	resp, err := tr.RoundTrip(newReq(t, "GET", srv.URL, nil))
+	if err == nil {
+		resp.Body.Close()
+		t.Fatal("an 8 KiB header went through a 4 KiB limit")
+	}
+	if !errors.Is(err, errHeaderTooLong) {
+		t.Errorf("error %v, want %v", err, errHeaderTooLong)
+	}
+}

@@ -1,0 +1,147 @@
+package e2e
+
+import (
+	"bytes"
+	"compress/gzip"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httptrace"
+	"net/textproto"
+	"strings"
+	"sync/atomic"
+	"testing"
+)
+
+// TestServiceProxyOwnHTTP1Client sends requests through service_proxy's
+// defaults, which go out through service_http's own HTTP/1.1 client, and
+// checks what Go's transport did for them before: gzip asked for and
+// decompressed for a client that named no encoding (and passed through
+// to one that takes gzip), 103 Early Hints passed on, HEAD, 204, chunked
+// bodies with trailers, small POST bodies, and keep-alive connections
+// reused (a handful for hundreds of requests).
+func TestServiceProxyOwnHTTP1Client(t *testing.T) {
+	const text = "a text the host compresses when asked"
+	var conns atomic.Int64
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/gzip":
+			if r.Header.Get("Accept-Encoding") != "gzip" {
+				io.WriteString(w, text)
+				return
+			}
+			w.Header().Set("Content-Encoding", "gzip")
+			zw := gzip.NewWriter(w)
+			io.WriteString(zw, text)
+			zw.Close()
+		case "/hints":
+			w.Header().Set("Link", "</app.css>; rel=preload")
+			w.WriteHeader(http.StatusEarlyHints)
+			io.WriteString(w, "after hints")
+		case "/empty":
+			w.WriteHeader(http.StatusNoContent)
+		case "/chunked":
+			w.Header().Set("Trailer", "X-Sum")
+			io.WriteString(w, "one ")
+			w.(http.Flusher).Flush()
+			io.WriteString(w, "two")
+			w.Header().Set("X-Sum", "7")
+		default:
+			b, _ := io.ReadAll(r.Body)
+			fmt.Fprintf(w, "%s %s %s", r.Method, r.URL.Path, b)
+		}
+	}))
+	srv.Listener.Close()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.Listener = ln
+	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			conns.Add(1)
+		}
+	}
+	srv.Start()
+	defer srv.Close()
+
+	c := startCaddy(t, fmt.Sprintf(`service_registry {
+		service users v1 %s
+	}`, ln.Addr()), "{http} {\n\tservice_proxy\n}", caddyOpts{})
+	base := "http://" + c.HTTP + "/users/v1"
+	client := &http.Client{Transport: &http.Transport{DisableCompression: true}}
+	do := func(req *http.Request) (*http.Response, string) {
+		t.Helper()
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatalf("%s %s: %v", req.Method, req.URL, err)
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp, string(b)
+	}
+	get := func(path string) *http.Request {
+		req, err := http.NewRequest(http.MethodGet, base+path, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return req
+	}
+
+	for i := 0; i < 100; i++ {
+		if resp, body := do(get("/gzip")); body != text || resp.Header.Get("Content-Encoding") != "" {
+			t.Fatalf("a client that named no encoding got %q (Content-Encoding %q)", body, resp.Header.Get("Content-Encoding"))
+		}
+		req := get("/gzip")
+		req.Header.Set("Accept-Encoding", "gzip")
+		resp, body := do(req)
+		if resp.Header.Get("Content-Encoding") != "gzip" {
+			t.Fatalf("a client that takes gzip got Content-Encoding %q", resp.Header.Get("Content-Encoding"))
+		}
+		if zr, err := gzip.NewReader(strings.NewReader(body)); err != nil {
+			t.Fatal(err)
+		} else if b, _ := io.ReadAll(zr); string(b) != text {
+			t.Fatalf("gzip body decompresses to %q", b)
+		}
+		var hints []int
+		req = get("/hints")
+		req = req.WithContext(httptrace.WithClientTrace(req.Context(), &httptrace.ClientTrace{
+			Got1xxResponse: func(code int, h textproto.MIMEHeader) error {
+				if h.Get("Link") != "" {
+					hints = append(hints, code)
+				}
+				return nil
+			},
+		}))
+		if resp, body := do(req); resp.StatusCode != 200 || body != "after hints" || len(hints) != 1 || hints[0] != 103 {
+			t.Fatalf("hints: %d %q, 1xx with Link seen: %v", resp.StatusCode, body, hints)
+		}
+		if resp, body := do(get("/empty")); resp.StatusCode != 204 || body != "" {
+			t.Fatalf("204: %d %q", resp.StatusCode, body)
+		}
+		head := get("/x")
+		head.Method = http.MethodHead
+		if resp, body := do(head); resp.StatusCode != 200 || body != "" {
+			t.Fatalf("HEAD: %d %q", resp.StatusCode, body)
+		}
+		if resp, body := do(get("/chunked")); body != "one two" || resp.Trailer.Get("X-Sum") != "7" {
+			t.Fatalf("chunked: %q, trailer %v", body, resp.Trailer)
+		}
+		post, err := http.NewRequest(http.MethodPost, base+"/post", bytes.NewReader([]byte(fmt.Sprint("body ", i))))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if resp, body := do(post); resp.StatusCode != 200 || body != fmt.Sprintf("POST /post body %d", i) {
+			t.Fatalf("POST: %d %q", resp.StatusCode, body)
+		}
+	}
+	// one request at a time: Caddy needs one connection, and keeps it
+	if n := conns.Load(); n > 2 {
+		t.Errorf("700 requests one after another took %d connections to the host", n)
+	}
+}
