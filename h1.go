@@ -5,6 +5,7 @@ import (
 	"compress/gzip"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"math"
 	"net"
@@ -19,6 +20,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+	"golang.org/x/net/http/httpguts"
 )
 
 // h1Client is service_http's own HTTP/1.1 client, for the requests that
@@ -38,23 +40,25 @@ import (
 // It does what Go's transport does for such requests:
 //   - it asks for gzip when the client did not say which encodings it
 //     takes (unless compression is off), and decompresses the answer;
-//   - it skips 1xx answers, handing them to the request's
-//     httptrace.ClientTrace (reverse_proxy forwards 103 Early Hints);
+//   - it hands 1xx answers to the request's httptrace.ClientTrace
+//     (reverse_proxy forwards 103 Early Hints);
 //   - a connection goes back to the pool once its response body has been
-//     read to its end, unless either side asked to close it; a body
-//     closed before its end closes its connection;
+//     read to its end, unless either side asked to close it or the host
+//     sent more than the body; a body closed before its end closes its
+//     connection;
 //   - the request's context ends the round trip at once: a client that
 //     goes away takes its request's connection with it;
-//   - a request without a body that is retried anyway (GET, HEAD,
-//     OPTIONS, marked idempotent) and fails on a reused connection before
-//     one byte of an answer came back is sent again on a new connection:
-//     the host had closed the idle connection, which is not the host
-//     failing (Go's transport does the same); any other request is sent
-//     on a reused connection only after the connection is checked
-//     (peerClosed), as service_http does over Go's transport. Go's
-//     transport reads every idle connection, and so sees a host close it
-//     at once; this client finds out when it takes the connection, and
-//     then closes the host's other idle connections too;
+//   - Go's transport reads every idle connection, and so sees at once a
+//     host close it or send something unasked (a 408 before it closes);
+//     this client checks a connection when it takes it from the pool
+//     (peerClosed, a read that does not wait). A request without a body
+//     that is retried anyway (GET, HEAD, OPTIONS, marked idempotent) and
+//     still fails on a reused connection before one byte of an answer
+//     came back is sent again on a new connection: the host closed it
+//     meanwhile, which is not the host failing (Go's transport does the
+//     same). The host's other idle connections are closed then too;
+//   - it refuses what Go's transport refuses (a header with control
+//     characters, say) by leaving the request to Go's transport;
 //   - idle connections are kept up to the keep-alive settings of the
 //     transport (max_idle_conns_per_host, keepalive_idle_conns_timeout),
 //     the most recently used first, and closed by Cleanup.
@@ -143,8 +147,26 @@ func (c *h1Client) handles(req *http.Request) bool {
 	if _, upgrade := req.Header["Upgrade"]; upgrade {
 		return false
 	}
-	_, expect := req.Header["Expect"]
-	return !expect
+	if _, expect := req.Header["Expect"]; expect {
+		return false
+	}
+	// Go's transport refuses what Request.Write would send as it is
+	// (control characters in a value, a bad name or method): it answers
+	// those, with its error.
+	if req.Method != "" && !httpguts.ValidHeaderFieldName(req.Method) {
+		return false
+	}
+	for name, values := range req.Header {
+		if !httpguts.ValidHeaderFieldName(name) {
+			return false
+		}
+		for _, v := range values {
+			if !httpguts.ValidHeaderFieldValue(v) {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // h1Key names the host a connection goes to.
@@ -207,10 +229,12 @@ func (c *h1Client) roundTrip(req *http.Request, w *watchdog) (resp *http.Respons
 	if req.URL.Scheme == "" {
 		req.URL.Scheme = "http"
 	}
-	// A request without a body that is retried anyway is sent again on a
-	// new connection if a reused one fails before it is answered. Any
-	// other is sent on a reused connection only once the connection is
-	// checked: its body cannot be read again.
+	// A reused connection is checked first (as Go's transport reads every
+	// idle one): the host must not have closed it, or sent anything
+	// unasked (a 408 before it closes). A request without a body that is
+	// retried anyway is sent again on a new connection if a reused one
+	// still fails before it is answered (the host closed it meanwhile);
+	// any other request's body cannot be read again.
 	bodyless := req.Body == nil || req.Body == http.NoBody
 	resend := bodyless && retriedAnyway(req)
 	fresh := false // take a new connection, not an idle one
@@ -220,7 +244,7 @@ func (c *h1Client) roundTrip(req *http.Request, w *watchdog) (resp *http.Respons
 			pc = c.get(key)
 		}
 		reused := pc != nil
-		if reused && !resend && peerClosed(pc.conn.Conn) {
+		if reused && (pc.br.Buffered() > 0 || peerClosed(pc.conn.Conn)) {
 			// the host closed it, or is about to: the request goes
 			// out on another connection
 			pc.close()
@@ -243,6 +267,9 @@ func (c *h1Client) roundTrip(req *http.Request, w *watchdog) (resp *http.Respons
 			if ctx.Err() != nil {
 				return nil, ctx.Err(), false
 			}
+			if w != nil && w.fired() {
+				return nil, err, false // the watchdog cut the try: sendWithin says why
+			}
 			if reused && !answered {
 				// the host had closed this keep-alive connection, and
 				// likely its other idle ones
@@ -255,7 +282,9 @@ func (c *h1Client) roundTrip(req *http.Request, w *watchdog) (resp *http.Respons
 			if pc.conn.written.Load() == before {
 				return nil, reverseproxy.NewDialError(err), true
 			}
-			return nil, err, false
+			// Not a net.Error, as Go's transport's errors are not:
+			// reverse_proxy answers 502, not 504 (a read_timeout).
+			return nil, fmt.Errorf("service_http: %w", err), false
 		}
 		body := &h1Body{pc: pc, stop: stop, reuse: !resp.Close && !req.Close}
 		if resp.Body == http.NoBody {
@@ -305,7 +334,7 @@ func (pc *h1Conn) exchange(req *http.Request) (resp *http.Response, answered boo
 	if _, err := pc.br.Peek(1); err != nil {
 		return nil, false, err
 	}
-	for informational := 0; ; informational++ {
+	for {
 		resp, err = http.ReadResponse(pc.br, req)
 		if err != nil {
 			return nil, true, err
@@ -317,15 +346,14 @@ func (pc *h1Conn) exchange(req *http.Request) (resp *http.Response, answered boo
 		if code == http.StatusSwitchingProtocols {
 			return nil, true, errors.New("upstream switched protocols, which the request did not ask for")
 		}
-		if informational == 5 {
-			return nil, true, errors.New("too many 1xx informational responses")
-		}
-		if code != http.StatusContinue {
-			if trace := httptrace.ContextClientTrace(req.Context()); trace != nil && trace.Got1xxResponse != nil {
-				if err := trace.Got1xxResponse(code, textproto.MIMEHeader(resp.Header)); err != nil {
-					return nil, true, err
-				}
+		// As Go's transport: 1xx answers go to the trace, and each one
+		// delivered resets the header limit (the trace's owner limits
+		// how many it takes); undelivered, they count towards it.
+		if trace := httptrace.ContextClientTrace(req.Context()); trace != nil && trace.Got1xxResponse != nil {
+			if err := trace.Got1xxResponse(code, textproto.MIMEHeader(resp.Header)); err != nil {
+				return nil, true, err
 			}
+			pc.left = pc.c.maxHeader
 		}
 	}
 	pc.left = math.MaxInt64
@@ -520,8 +548,9 @@ func (b *h1Body) finish(complete bool) {
 	if b.done.Swap(true) {
 		return
 	}
-	// a watch that already ran has closed the connection
-	if b.stop() && complete && b.reuse {
+	// a watch that already ran has closed the connection; bytes after
+	// the body are no answer to anything
+	if b.stop() && complete && b.reuse && b.pc.br.Buffered() == 0 {
 		b.pc.c.put(b.pc)
 	} else {
 		b.pc.close()

@@ -12,6 +12,7 @@ import (
 	"net/http/httptest"
 	"net/http/httptrace"
 	"net/textproto"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -379,5 +380,209 @@ func TestH1ClientLimitsResponseHeaders(t *testing.T) {
 	}
 	if !errors.Is(err, errHeaderTooLong) {
 		t.Errorf("error %v, want %v", err, errHeaderTooLong)
+	}
+}
+
+// rawServer serves each connection to 127.0.0.1 with serve, which gets
+// the connection, a reader over it and the connection's number from 1.
+func rawServer(t *testing.T, serve func(c net.Conn, br *bufio.Reader, n int)) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	var conns atomic.Int64
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			n := int(conns.Add(1))
+			go func() { defer c.Close(); serve(c, bufio.NewReader(c), n) }()
+		}
+	}()
+	return "http://" + ln.Addr().String()
+}
+
+// outcome sends req through rt and sums up what came back.
+func outcome(rt http.RoundTripper, req *http.Request) string {
+	resp, err := rt.RoundTrip(req)
+	if err != nil {
+		return "error"
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return "error reading the body"
+	}
+	return resp.Status + " " + string(b)
+}
+
+// TestH1ClientMatchesGoTransport sends the same requests to the same
+// misbehaving hosts through service_http's own client and through Go's
+// transport, and expects the same outcome.
+func TestH1ClientMatchesGoTransport(t *testing.T) {
+	keepAnswering := func(answer func(*http.Request) string) func(net.Conn, *bufio.Reader, int) {
+		return func(c net.Conn, br *bufio.Reader, _ int) {
+			for {
+				req, err := http.ReadRequest(br)
+				if err != nil {
+					return
+				}
+				io.Copy(io.Discard, req.Body)
+				io.WriteString(c, answer(req))
+			}
+		}
+	}
+	const ok = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+	post := func(url string) *http.Request {
+		req := newReq(t, "POST", url, nil)
+		req.Body, req.ContentLength = io.NopCloser(bytes.NewReader([]byte("data"))), 4
+		return req
+	}
+	for _, tc := range []struct {
+		name string
+		run  func(t *testing.T, rt http.RoundTripper) string
+	}{
+		{"HEAD answered with a body, then GET", func(t *testing.T, rt http.RoundTripper) string {
+			url := rawServer(t, keepAnswering(func(r *http.Request) string {
+				if r.Method == "HEAD" {
+					return "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
+				}
+				return ok
+			}))
+			outcome(rt, newReq(t, "HEAD", url, nil))
+			time.Sleep(20 * time.Millisecond) // the stray bytes arrive
+			return outcome(rt, newReq(t, "GET", url, nil))
+		}},
+		{"204 answered with a body, then POST", func(t *testing.T, rt http.RoundTripper) string {
+			url := rawServer(t, keepAnswering(func(r *http.Request) string {
+				if r.Method == "GET" {
+					return "HTTP/1.1 204 No Content\r\n\r\n{\"x\":1}\r\n"
+				}
+				return ok
+			}))
+			outcome(rt, newReq(t, "GET", url, nil))
+			time.Sleep(20 * time.Millisecond)
+			return outcome(rt, post(url))
+		}},
+		{"408 on an idle connection, then GET", func(t *testing.T, rt http.RoundTripper) string {
+			sent := make(chan struct{})
+			url := rawServer(t, func(c net.Conn, br *bufio.Reader, n int) {
+				if _, err := http.ReadRequest(br); err != nil {
+					return
+				}
+				io.WriteString(c, ok)
+				if n == 1 {
+					time.Sleep(10 * time.Millisecond)
+					io.WriteString(c, "HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+					close(sent)
+					time.Sleep(time.Second)
+				}
+			})
+			outcome(rt, newReq(t, "GET", url, nil))
+			<-sent
+			time.Sleep(20 * time.Millisecond)
+			return outcome(rt, newReq(t, "GET", url, nil))
+		}},
+		{"eight 103 Early Hints to a trace", func(t *testing.T, rt http.RoundTripper) string {
+			url := rawServer(t, keepAnswering(func(*http.Request) string {
+				return strings.Repeat("HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n", 8) + ok
+			}))
+			n := 0
+			req := newReq(t, "GET", url, nil)
+			req = req.WithContext(httptrace.WithClientTrace(req.Context(), &httptrace.ClientTrace{
+				Got1xxResponse: func(int, textproto.MIMEHeader) error { n++; return nil },
+			}))
+			return outcome(rt, req) + " " + strconv.Itoa(n) + " hints"
+		}},
+		{"control characters in a header value", func(t *testing.T, rt http.RoundTripper) string {
+			url := rawServer(t, keepAnswering(func(*http.Request) string { return ok }))
+			req := newReq(t, "GET", url, nil)
+			req.Header["X-Bad"] = []string{"a\x00b"}
+			return outcome(rt, req)
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			goTransport := &http.Transport{}
+			defer goTransport.CloseIdleConnections()
+			want := tc.run(t, goTransport)
+			if got := tc.run(t, newTestTransport(t)); got != want {
+				t.Errorf("service_http: %q, Go's transport: %q", got, want)
+			}
+		})
+	}
+}
+
+func TestH1ClientResendsOnlyWhatItMay(t *testing.T) {
+	// The host answers a connection's first request, and closes it when
+	// the second has come in: it closed it "meanwhile", after the client
+	// checked the connection.
+	serve := func(c net.Conn, br *bufio.Reader, _ int) {
+		for i := 0; ; i++ {
+			req, err := http.ReadRequest(br)
+			if err != nil || i == 1 {
+				return
+			}
+			io.Copy(io.Discard, req.Body)
+			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+		}
+	}
+	url := rawServer(t, serve)
+	tr := newTestTransport(t)
+	for i := 0; i < 3; i++ {
+		if got := outcome(tr, newReq(t, "GET", url, nil)); got != "200 OK ok" {
+			t.Fatalf("GET %d: %s; want it sent again on a new connection", i, got)
+		}
+	}
+	url = rawServer(t, serve)
+	outcome(tr, newReq(t, "POST", url, bytes.NewReader([]byte("data"))))
+	req := newReq(t, "POST", url, nil)
+	req.Body, req.ContentLength = io.NopCloser(bytes.NewReader([]byte("data"))), 4
+	resp, err := tr.RoundTrip(req)
+	if err == nil {
+		resp.Body.Close()
+		t.Fatal("a POST the host may have read was sent again")
+	}
+	var dialErr reverseproxy.DialError
+	if errors.As(err, &dialErr) {
+		t.Errorf("a POST the host read was reported as never sent: %v", err)
+	}
+}
+
+func TestH1ClientCutKeepsIdleConnections(t *testing.T) {
+	srv, _ := connCountingServer(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/slow" {
+			select {
+			case <-r.Context().Done():
+			case <-time.After(5 * time.Second):
+			}
+		}
+		io.WriteString(w, "ok")
+	})
+	tr := newTestTransport(t)
+	var resps []*http.Response
+	for i := 0; i < 4; i++ { // four connections at once, then idle
+		resp, err := tr.RoundTrip(newReq(t, "GET", srv.URL+"/fast", nil))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resps = append(resps, resp)
+	}
+	for _, resp := range resps {
+		io.ReadAll(resp.Body)
+		resp.Body.Close()
+	}
+	if n := tr.h1.idleCount(); n != 4 {
+		t.Fatalf("%d idle connections, want 4", n)
+	}
+	_, _, _, cut := tr.sendWithin(newReq(t, "GET", srv.URL+"/slow", nil), 50*time.Millisecond, silenceCheck{})
+	if cut != cutDeadline {
+		t.Fatalf("the try was not cut at its deadline (cut %d)", cut)
+	}
+	if n := tr.h1.idleCount(); n != 3 {
+		t.Errorf("%d idle connections after a try was cut on one of 4, want 3: a cut is no sign the others are stale", n)
 	}
 }

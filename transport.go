@@ -493,6 +493,13 @@ func (w *watchdog) setAbort(abort aborter) {
 	}
 }
 
+// fired reports whether the watchdog has ended the try.
+func (w *watchdog) fired() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.cut != notCut
+}
+
 // detach leaves the try's connection alone from now on, and reports
 // whether the watchdog had not ended it already.
 func (w *watchdog) detach() bool {
