@@ -182,6 +182,7 @@ type h1Conn struct {
 	idleAt  time.Time
 	abortFn func() // abort, made once: context.AfterFunc takes it per request
 	left    int64  // bytes that may still be read: the header limit while reading one
+	peer    peeker // checks the connection before it is reused
 }
 
 // limitedConn is what an h1Conn's reader reads: its connection, up to the
@@ -244,7 +245,7 @@ func (c *h1Client) roundTrip(req *http.Request, w *watchdog) (resp *http.Respons
 			pc = c.get(key)
 		}
 		reused := pc != nil
-		if reused && (pc.br.Buffered() > 0 || peerClosed(pc.conn.Conn)) {
+		if reused && (pc.br.Buffered() > 0 || pc.peer.closed()) {
 			// the host closed it, or is about to: the request goes
 			// out on another connection
 			pc.close()
@@ -391,6 +392,7 @@ func (c *h1Client) dial(ctx context.Context, key h1Key, w *watchdog) (*h1Conn, e
 	pc := &h1Conn{c: c, key: key, conn: tc, bw: bufio.NewWriterSize(tc, c.writeSize), left: math.MaxInt64}
 	pc.br = bufio.NewReaderSize((*limitedConn)(pc), c.readSize)
 	pc.abortFn = pc.abort
+	pc.peer.init(tc.Conn)
 	return pc, nil
 }
 
