@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"net"
 	"net/http"
 	"net/http/httptrace"
 	"net/textproto"
@@ -124,10 +123,11 @@ func newH1Client(t *HTTPTransport) *h1Client {
 	return c
 }
 
-// proxyInEnvironment reports whether Go's transport would send plain HTTP
-// requests through a proxy named in the environment.
+// proxyInEnvironment reports whether Go's transport may send plain HTTP
+// requests through a proxy named in the environment (it reads
+// HTTP_PROXY, then NO_PROXY for each request: such a setup stays with it).
 func proxyInEnvironment() bool {
-	for _, name := range []string{"HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"} {
+	for _, name := range []string{"HTTP_PROXY", "http_proxy"} {
 		if os.Getenv(name) != "" {
 			return true
 		}
@@ -508,17 +508,6 @@ func (c *h1Client) close() {
 	clear(c.idle)
 }
 
-// idleCount returns how many idle connections the pool holds.
-func (c *h1Client) idleCount() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	n := 0
-	for _, list := range c.idle {
-		n += len(list)
-	}
-	return n
-}
-
 // h1Body is a response body of the client. Read to its end, it puts its
 // connection back in the pool; closed before that, it closes it.
 type h1Body struct {
@@ -593,7 +582,6 @@ func (g *gzipBody) Close() error { return g.body.Close() }
 
 // Interface guards
 var (
-	_ aborter  = (*h1Conn)(nil)
-	_ aborter  = cancelAborter(nil)
-	_ net.Conn = (*writeTrackingConn)(nil)
+	_ aborter = (*h1Conn)(nil)
+	_ aborter = cancelAborter(nil)
 )

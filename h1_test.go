@@ -22,6 +22,17 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 )
 
+// idleCount returns how many idle connections the pool holds.
+func (c *h1Client) idleCount() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := 0
+	for _, list := range c.idle {
+		n += len(list)
+	}
+	return n
+}
+
 // connCountingServer is an HTTP server on 127.0.0.1 that counts the
 // connections made to it.
 func connCountingServer(t *testing.T, h http.HandlerFunc) (*httptest.Server, *atomic.Int64) {
@@ -38,7 +49,7 @@ func connCountingServer(t *testing.T, h http.HandlerFunc) (*httptest.Server, *at
 	return srv, &conns
 }
 
-// h1Get sends a request through tr and returns its status and body.
+// h1Do sends a request through tr and returns its response and body.
 func h1Do(t *testing.T, tr *HTTPTransport, req *http.Request) (*http.Response, string) {
 	t.Helper()
 	resp, err := tr.RoundTrip(req)
