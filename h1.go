@@ -59,7 +59,7 @@ import (
 //   - it refuses what Go's transport refuses (a header with control
 //     characters, say) by leaving the request to Go's transport;
 //   - idle connections are kept up to the keep-alive settings of the
-//     transport (max_idle_conns_per_host, keepalive_idle_conns_timeout),
+//     transport (keepalive_idle_conns_per_host, keepalive),
 //     the most recently used first, and closed by Cleanup.
 //
 // A try's deadline and silence check close the try's connection instead
