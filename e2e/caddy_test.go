@@ -264,6 +264,14 @@ func (c *caddy) Get(path string) (int, string, http.Header) {
 
 func do(t testing.TB, client *http.Client, req *http.Request) (int, string) {
 	t.Helper()
+	resp, body := doResponse(t, client, req)
+	return resp.StatusCode, body
+}
+
+// doResponse sends req and returns its response, its body read whole
+// (and its trailers with it).
+func doResponse(t testing.TB, client *http.Client, req *http.Request) (*http.Response, string) {
+	t.Helper()
 	resp, err := client.Do(req)
 	if err != nil {
 		t.Fatalf("%s %s: %v", req.Method, req.URL, err)
@@ -273,7 +281,7 @@ func do(t testing.TB, client *http.Client, req *http.Request) (int, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return resp.StatusCode, string(b)
+	return resp, string(b)
 }
 
 // serviceList is the admin API's GET /service_registry/services answer.

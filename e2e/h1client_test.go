@@ -74,16 +74,7 @@ func TestServiceProxyOwnHTTP1Client(t *testing.T) {
 	client := &http.Client{Transport: &http.Transport{DisableCompression: true}}
 	do := func(req *http.Request) (*http.Response, string) {
 		t.Helper()
-		resp, err := client.Do(req)
-		if err != nil {
-			t.Fatalf("%s %s: %v", req.Method, req.URL, err)
-		}
-		defer resp.Body.Close()
-		b, err := io.ReadAll(resp.Body)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return resp, string(b)
+		return doResponse(t, client, req)
 	}
 	get := func(path string) *http.Request {
 		req, err := http.NewRequest(http.MethodGet, base+path, nil)
