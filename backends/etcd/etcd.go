@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"slices"
 	"strings"
@@ -66,9 +67,12 @@ var (
 //
 // Faults: if etcd is unreachable at start, Caddy still starts and
 // registry-routed requests get 503 until the first sync, retried with
-// backoff; if it is lost later, routing keeps the last snapshot; when it is
-// back the watch resumes where it stopped, or re-lists everything if that
-// revision was compacted. Each change of reachability is logged once.
+// backoff; if it is lost later, routing keeps the last snapshot; when the
+// connection is back, everything is listed again (one read), so that an
+// etcd wiped, replaced or restored from an older snapshot in between is
+// followed even when it has the same cluster ID and its revision has
+// passed the old one's; that case is logged as "etcd went back in time".
+// Each change of reachability is logged once.
 type Backend struct {
 	// Endpoints are the etcd client endpoints, as host:port or URLs.
 	// Placeholders such as {env.ETCD_ENDPOINTS} are expanded.
@@ -117,8 +121,23 @@ type Backend struct {
 	// and the highest raft term seen. A revision below applied, a term
 	// below term or another cluster ID means etcd was replaced or restored
 	// from an older snapshot: everything is listed again.
-	clusterID   uint64
-	term        uint64
+	clusterID uint64
+	term      uint64
+	// seen is the highest revision a linearizable response reported (a
+	// list, a write, the monitor's check): etcd's revision never goes
+	// below it while its history goes on, even when the prefix holds no
+	// key that changed lately (other programs' writes move it too).
+	seen int64
+	// revs is the modification revision of every key under the prefix
+	// that the table reflects. When the connection to etcd is lost,
+	// resume is the revision the table reflected then, and resumeRevs
+	// revs then: the list after the reconnection reads the prefix as of
+	// resume too, which holds exactly resumeRevs unless etcd's history
+	// was rewritten in between (wiped and written again, restored from an
+	// older snapshot). 0: no such check due.
+	revs        map[string]int64
+	resume      int64
+	resumeRevs  map[string]int64
 	epoch       int                // counts the lists; a watch applies only in its own
 	watchCancel context.CancelFunc // ends the current watch
 	warned      map[string]int64
@@ -289,11 +308,13 @@ func (e *Backend) Start(table *registry.Table, env registry.BackendEnv) error {
 	e.trafficSeeds, e.trafficStored = env.Traffic, map[string]registry.TrafficPolicy{}
 	e.appliedCh = make(chan struct{})
 	e.warned = map[string]int64{}
+	e.revs = map[string]int64{}
 	e.leases = map[string]*etcdLease{}
 	e.reachable = true // until shown otherwise, so that a first failure is logged
 	e.mu.Unlock()
 	e.done.Go(func() { e.sync(ctx) })
 	e.done.Go(func() { e.monitor(ctx) })
+	e.done.Go(func() { e.followConnection(ctx) })
 	return nil
 }
 
@@ -382,11 +403,25 @@ func (e *Backend) list(ctx context.Context) (rev int64, epoch int, err error) {
 	if err != nil {
 		return 0, 0, err
 	}
+	e.mu.Lock()
+	resume, resumeRevs := e.resume, e.resumeRevs
+	e.mu.Unlock()
+	rewritten, err := e.rewritten(ctx, resp, resume, resumeRevs)
+	if err != nil {
+		return 0, 0, err
+	}
 	stored := map[registry.ServiceKey]map[string]registry.Change{}
 	traffic := map[string]registry.TrafficPolicy{}
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	if rewritten && e.resume == resume {
+		e.log().Warn("etcd went back in time (wiped, replaced or restored from an older snapshot); listed everything again",
+			zap.String("backend", "etcd"), zap.Int64("revision", resp.Header.Revision), zap.Int64("highest_revision_seen", e.seen))
+	}
+	e.resume, e.resumeRevs = 0, nil
+	e.revs = make(map[string]int64, len(resp.Kvs))
 	for _, kv := range resp.Kvs {
+		e.revs[string(kv.Key)] = kv.ModRevision
 		if _, ok := etcdkv.ParseTrafficKey(e.Prefix, string(kv.Key)); ok {
 			if service, p, ok := e.parseTraffic(kv); ok {
 				traffic[service] = p
@@ -407,9 +442,46 @@ func (e *Backend) list(ctx context.Context) (rev int64, epoch int, err error) {
 	e.table.Replace(registry.MergeAll(e.seeds, e.stored))
 	e.publishTraffic()
 	e.clusterID, e.term = resp.Header.ClusterId, resp.Header.RaftTerm
+	e.seen = resp.Header.Revision // the history listed is the one that goes on
 	e.epoch++
 	e.setApplied(resp.Header.Revision)
 	return resp.Header.Revision, e.epoch, nil
+}
+
+// rewritten reports whether a list after a reconnection (resp) shows
+// that etcd's history changed while the connection was lost: its
+// revision is below one seen before, or the prefix as of resume (the
+// revision the table reflected then) is not what the table held then
+// (revs). A history compacted past resume cannot be compared, and is
+// taken as unchanged: the list makes the table right either way.
+func (e *Backend) rewritten(ctx context.Context, resp *clientv3.GetResponse, resume int64, revs map[string]int64) (bool, error) {
+	if resume == 0 {
+		return false, nil // a first list, or one whose reason was logged
+	}
+	e.mu.Lock()
+	seen := e.seen
+	e.mu.Unlock()
+	if resp.Header.Revision < seen || resp.Header.Revision < resume {
+		return true, nil
+	}
+	past, err := e.client.Get(ctx, e.Prefix, clientv3.WithPrefix(), clientv3.WithRev(resume), clientv3.WithKeysOnly())
+	switch {
+	case errors.Is(err, rpctypes.ErrCompacted):
+		return false, nil
+	case errors.Is(err, rpctypes.ErrFutureRev):
+		return true, nil
+	case err != nil:
+		return false, err
+	}
+	if len(past.Kvs) != len(revs) {
+		return true, nil
+	}
+	for _, kv := range past.Kvs {
+		if rev, ok := revs[string(kv.Key)]; !ok || rev != kv.ModRevision {
+			return true, nil
+		}
+	}
+	return false, nil
 }
 
 // observe checks the header of an etcd response against the history the
@@ -418,8 +490,10 @@ func (e *Backend) list(ctx context.Context) (rev int64, epoch int, err error) {
 // is another cluster, what the table holds may be stale and the watch may
 // wait for revisions that never come: observe ends the watch, so that
 // everything is listed again, and holds back writers until then. It
-// returns whether it did.
-func (e *Backend) observe(h *etcdserverpb.ResponseHeader) bool {
+// returns whether it did. A linearizable response (not a watch's) is
+// also checked against the highest revision seen: etcd's revision moves
+// with every write, the prefix's or not, and never goes back.
+func (e *Backend) observe(h *etcdserverpb.ResponseHeader, linearizable bool) bool {
 	if h == nil {
 		return false
 	}
@@ -428,20 +502,69 @@ func (e *Backend) observe(h *etcdserverpb.ResponseHeader) bool {
 	if !e.synced || e.applied == 0 {
 		return false // not listed yet, or a re-list is already due
 	}
-	if h.ClusterId == e.clusterID && h.RaftTerm >= e.term && h.Revision >= e.applied {
+	if h.ClusterId == e.clusterID && h.RaftTerm >= e.term && h.Revision >= e.applied && (!linearizable || h.Revision >= e.seen) {
 		e.term = h.RaftTerm
+		if linearizable {
+			e.seen = h.Revision
+		}
 		return false
 	}
-	e.log().Warn("etcd went back in time (restored from a snapshot, or replaced); listing everything again",
-		zap.String("backend", "etcd"), zap.Int64("revision", h.Revision), zap.Int64("applied_revision", e.applied),
+	e.log().Warn("etcd went back in time (wiped, replaced or restored from an older snapshot); listing everything again",
+		zap.String("backend", "etcd"), zap.Int64("revision", h.Revision), zap.Int64("highest_revision_seen", max(e.seen, e.applied)),
 		zap.Uint64("raft_term", h.RaftTerm), zap.Uint64("last_raft_term", e.term),
 		zap.Bool("other_cluster", h.ClusterId != e.clusterID))
+	e.resume, e.resumeRevs = 0, nil // logged: the list need not say it again
+	e.relistLocked()
+	return true
+}
+
+// relistLocked ends the watch and has everything listed again; writers
+// wait for the list. The caller holds e.mu.
+func (e *Backend) relistLocked() {
 	e.applied = 0 // writers wait for the re-list
 	e.epoch++     // the old watch applies nothing more
 	if e.watchCancel != nil {
 		e.watchCancel()
 	}
-	return true
+}
+
+// followConnection lists everything again whenever the client's
+// connection to etcd comes back after it was lost. etcd's client resumes
+// a watch by itself on a new connection, from the revision it stood at;
+// if etcd was wiped or restored from an older snapshot in between, with
+// the same configuration (so the same cluster ID and raft term) and
+// written to since (so its revision is not lower either), nothing in its
+// answers would tell, and the watch would wait for revisions of a history
+// that is gone. Every such change of etcd needs the connection to break,
+// and a list after each reconnection is one read.
+func (e *Backend) followConnection(ctx context.Context) {
+	conn := e.client.ActiveConnection()
+	if conn == nil {
+		return
+	}
+	ready := false
+	var lostAt int64 // the revision the table reflected when the connection was lost; 0: not lost
+	var lostRevs map[string]int64
+	for state := conn.GetState(); ; state = conn.GetState() {
+		e.mu.Lock()
+		switch {
+		case state == connectivity.Ready && lostAt != 0:
+			if e.synced && e.applied != 0 && !e.stopped { // else a list is due anyway
+				e.log().Debug("etcd connection back; listing everything again", zap.String("backend", "etcd"))
+				e.resume, e.resumeRevs = lostAt, lostRevs
+				e.relistLocked()
+			}
+			lostAt, lostRevs, ready = 0, nil, true
+		case state == connectivity.Ready:
+			ready = true
+		case ready && e.applied != 0:
+			ready, lostAt, lostRevs = false, e.applied, maps.Clone(e.revs)
+		}
+		e.mu.Unlock()
+		if !conn.WaitForStateChange(ctx, state) {
+			return // ctx is done
+		}
+	}
 }
 
 // watch applies changes from revision rev on until the watch fails, as
@@ -453,7 +576,7 @@ func (e *Backend) watch(ctx context.Context, rev int64, epoch int) error {
 		if err := resp.Err(); err != nil {
 			return err
 		}
-		if e.observe(&resp.Header) {
+		if e.observe(&resp.Header, false) {
 			return nil
 		}
 		e.apply(resp.Events, resp.Header.Revision, epoch)
@@ -472,6 +595,11 @@ func (e *Backend) apply(events []*clientv3.Event, rev int64, epoch int) {
 	changed := map[registry.ServiceKey]bool{}
 	trafficChanged := false
 	for _, ev := range events {
+		if ev.Type == mvccpb.DELETE {
+			delete(e.revs, string(ev.Kv.Key))
+		} else {
+			e.revs[string(ev.Kv.Key)] = ev.Kv.ModRevision
+		}
 		if service, ok := etcdkv.ParseTrafficKey(e.Prefix, string(ev.Kv.Key)); ok {
 			_, had := e.trafficStored[service]
 			if ev.Type == mvccpb.DELETE {
@@ -563,7 +691,7 @@ func (e *Backend) PutTraffic(ctx context.Context, service string, p registry.Tra
 	if err != nil {
 		return e.writeFailed("writing "+k+" to etcd", wasReady, err)
 	}
-	e.observe(resp.Header)
+	e.observe(resp.Header, true)
 	return e.waitApplied(ctx, resp.Header.Revision)
 }
 
@@ -578,7 +706,7 @@ func (e *Backend) DeleteTraffic(ctx context.Context, service string) error {
 	if err != nil {
 		return e.writeFailed("deleting "+k+" from etcd", wasReady, err)
 	}
-	e.observe(resp.Header)
+	e.observe(resp.Header, true)
 	if resp.Deleted == 0 {
 		return fmt.Errorf("removing the traffic policy of %q: %w", service, registry.ErrNoTrafficPolicy)
 	}
@@ -660,7 +788,7 @@ func (e *Backend) monitor(ctx context.Context) {
 		}
 		e.setReachable(err == nil, err)
 		if err == nil {
-			e.observe(resp.Header)
+			e.observe(resp.Header, true)
 		}
 	}
 }
@@ -717,7 +845,7 @@ func (e *Backend) Add(ctx context.Context, key registry.ServiceKey, ep registry.
 		return err
 	}
 
-	e.observe(resp.Header)
+	e.observe(resp.Header, true)
 	e.mu.Lock()
 	old := e.leases[k]
 	delete(e.leases, k)
@@ -936,7 +1064,7 @@ func (e *Backend) Delete(ctx context.Context, key registry.ServiceKey, address s
 	if err != nil {
 		return e.writeFailed("deleting "+k+" from etcd", wasReady, err)
 	}
-	e.observe(resp.Header)
+	e.observe(resp.Header, true)
 	// the lease is ours to revoke only once the key is gone
 	e.mu.Lock()
 	lease := e.leases[k]

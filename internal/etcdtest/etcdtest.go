@@ -189,6 +189,49 @@ func (s *Server) Wipe() {
 	s.start()
 }
 
+// Snapshot saves etcd's data to a file (etcdctl snapshot save) and
+// returns its path.
+func (s *Server) Snapshot() string {
+	s.t.Helper()
+	file := filepath.Join(s.t.TempDir(), "etcd.snapshot")
+	s.etcdctl("snapshot", "save", file, "--endpoints", s.Endpoint)
+	return file
+}
+
+// Restore stops etcd, replaces its data with a snapshot (etcdctl
+// snapshot restore, with the same name, URLs and cluster token, so the
+// same cluster ID) and starts it again: etcd as an operator restores it
+// from a backup.
+func (s *Server) Restore(snapshot string) {
+	s.t.Helper()
+	s.Stop()
+	data := filepath.Join(s.dir, "data")
+	if err := os.RemoveAll(data); err != nil {
+		s.t.Fatal(err)
+	}
+	peer := fmt.Sprintf("http://127.0.0.1:%d", s.peerPort)
+	s.etcdctl("snapshot", "restore", snapshot, "--data-dir", data, "--name", "svcreg-test",
+		"--initial-cluster", "svcreg-test="+peer, "--initial-advertise-peer-urls", peer)
+	s.start()
+}
+
+// etcdctl runs etcdctl (API v3) and fails the test if it fails.
+func (s *Server) etcdctl(args ...string) {
+	s.t.Helper()
+	if s.tls != nil {
+		s.t.Fatal("etcdtest: etcdctl with TLS is not supported")
+	}
+	bin, err := exec.LookPath("etcdctl")
+	if err != nil {
+		s.t.Fatalf("no etcdctl on PATH (Debian: etcd-client): %v", err)
+	}
+	cmd := exec.Command(bin, args...)
+	cmd.Env = append(os.Environ(), "ETCDCTL_API=3")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		s.t.Fatalf("etcdctl %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+}
+
 // Pause freezes etcd (SIGSTOP): it accepts connections and answers
 // nothing until Resume.
 func (s *Server) Pause() { s.proc.Signal(syscall.SIGSTOP) }
