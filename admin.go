@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"maps"
 	"slices"
 	"strings"
 	"time"
@@ -303,6 +304,28 @@ func checkNoDuplicates(dec *json.Decoder) error {
 type trafficStatus struct {
 	Service string `json:"service"`
 	registry.TrafficPolicy
+	// NoHost are the versions the policy sends requests to (its split,
+	// aliases and fallback) that have no endpoint registered right now:
+	// their requests go to the fallback, or get 503.
+	NoHost []string `json:"no_host,omitempty"`
+}
+
+// newTrafficStatus shows t, a policy of snap.
+func newTrafficStatus(snap *registry.Snapshot, t *registry.Traffic) trafficStatus {
+	p := t.Policy()
+	out := trafficStatus{Service: t.Service(), TrafficPolicy: p}
+	named := slices.Collect(maps.Keys(p.Split))
+	named = append(named, slices.Collect(maps.Values(p.Aliases))...)
+	if p.Fallback != "" {
+		named = append(named, p.Fallback)
+	}
+	slices.Sort(named)
+	for _, v := range slices.Compact(named) {
+		if svc, err := snap.Lookup(t.Service(), v); err != nil || len(svc.Endpoints) == 0 {
+			out.NoHost = append(out.NoHost, v)
+		}
+	}
+	return out
 }
 
 // serveTraffic serves /traffic (segs empty) and /traffic/<service>.
@@ -313,8 +336,9 @@ func serveTraffic(w http.ResponseWriter, r *http.Request, app *App, segs []strin
 			return methodNotAllowed(w, http.MethodGet)
 		}
 		out := []trafficStatus{}
-		for _, t := range reg.Snapshot().Policies() {
-			out = append(out, trafficStatus{Service: t.Service(), TrafficPolicy: t.Policy()})
+		snap := reg.Snapshot()
+		for _, t := range snap.Policies() {
+			out = append(out, newTrafficStatus(snap, t))
 		}
 		return writeJSON(w, http.StatusOK, out)
 	}
@@ -332,7 +356,7 @@ func serveTraffic(w http.ResponseWriter, r *http.Request, app *App, segs []strin
 			}
 			return apiError(http.StatusNotFound, fmt.Errorf("service %q has no traffic policy", service))
 		}
-		return writeJSON(w, http.StatusOK, trafficStatus{Service: service, TrafficPolicy: t.Policy()})
+		return writeJSON(w, http.StatusOK, newTrafficStatus(snap, t))
 	case http.MethodPut:
 		var p registry.TrafficPolicy
 		if err := decodeBody(r, &p, "split", "aliases", "header", "cookie", "sticky", "sticky_header", "fallback"); err != nil {
@@ -342,11 +366,12 @@ func serveTraffic(w http.ResponseWriter, r *http.Request, app *App, segs []strin
 			return changeError(err)
 		}
 		app.emitTraffic(service, "set")
-		t := reg.Snapshot().Traffic(service)
+		snap := reg.Snapshot()
+		t := snap.Traffic(service)
 		if t == nil { // deleted again since by another change
 			return writeJSON(w, http.StatusOK, map[string]any{"service": service, "set": true, "note": "removed again since by another change"})
 		}
-		return writeJSON(w, http.StatusOK, trafficStatus{Service: service, TrafficPolicy: t.Policy()})
+		return writeJSON(w, http.StatusOK, newTrafficStatus(snap, t))
 	case http.MethodDelete:
 		if err := reg.DeleteTraffic(r.Context(), service); err != nil {
 			if errors.Is(err, registry.ErrNoTrafficPolicy) {
@@ -356,8 +381,8 @@ func serveTraffic(w http.ResponseWriter, r *http.Request, app *App, segs []strin
 		}
 		app.emitTraffic(service, "deleted")
 		out := map[string]any{"service": service, "deleted": true}
-		if t := reg.Snapshot().Traffic(service); t != nil {
-			out["now"] = t.Policy() // the config's
+		if snap := reg.Snapshot(); snap.Traffic(service) != nil {
+			out["now"] = newTrafficStatus(snap, snap.Traffic(service)) // the config's
 		}
 		return writeJSON(w, http.StatusOK, out)
 	default:

@@ -548,14 +548,14 @@ func printTraffic(w io.Writer, method string, raw []byte) error {
 // writePolicyTable writes traffic policies as an aligned table.
 func writePolicyTable(w io.Writer, policies []trafficStatus) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "SERVICE\tSPLIT\tALIASES\tHEADER\tCOOKIE\tSTICKY\tFALLBACK")
+	fmt.Fprintln(tw, "SERVICE\tSPLIT\tALIASES\tHEADER\tCOOKIE\tSTICKY\tFALLBACK\tNO HOST")
 	for _, p := range policies {
 		sticky := p.Sticky
 		if sticky == "header" {
 			sticky += ":" + p.StickyHeader
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", p.Service, cliDash(cliJoinPairs(p.Split)), cliDash(cliJoinPairs(p.Aliases)),
-			cliDash(p.Header), cliDash(p.Cookie), cliDash(sticky), cliDash(p.Fallback))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", p.Service, cliDash(cliJoinPairs(p.Split)), cliDash(cliJoinPairs(p.Aliases)),
+			cliDash(p.Header), cliDash(p.Cookie), cliDash(sticky), cliDash(p.Fallback), cliDash(strings.Join(p.NoHost, ",")))
 	}
 	return tw.Flush()
 }

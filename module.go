@@ -204,13 +204,15 @@ func (m MatchServiceVersion) MatchWithError(r *http.Request) (bool, error) {
 	}
 }
 
-// unknown answers a request naming an unknown service or version.
+// unknown answers a request naming an unknown service or version. The
+// version may come from a request header, so the text quotes no more
+// than a short excerpt of it.
 func (m MatchServiceVersion) unknown(r *http.Request, repl *caddy.Replacer, err error, name, version string) (bool, error) {
 	var msg string
 	if errors.Is(err, registry.ErrUnknownService) {
-		msg = fmt.Sprintf("unknown service %q", name)
+		msg = fmt.Sprintf("unknown service %q", excerpt(name))
 	} else {
-		msg = fmt.Sprintf("unknown version %q of service %q", version, name)
+		msg = fmt.Sprintf("unknown version %q of service %q", excerpt(version), excerpt(name))
 	}
 	repl.Set(placeholderError, msg)
 	if m.Unknown == "match" {
@@ -218,6 +220,16 @@ func (m MatchServiceVersion) unknown(r *http.Request, repl *caddy.Replacer, err 
 		return true, nil
 	}
 	return false, caddyhttp.Error(http.StatusNotFound, errors.New(msg))
+}
+
+// excerpt returns s, or its first bytes and "..." when it is longer than
+// a name may be: what an error text quotes of client input (always with
+// %q, which escapes it).
+func excerpt(s string) string {
+	if len(s) <= registry.MaxNameLen {
+		return s
+	}
+	return s[:registry.MaxNameLen] + "..."
 }
 
 // matchTraffic matches a request to a service with a traffic policy
@@ -280,23 +292,31 @@ func (m MatchServiceVersion) matchTraffic(r *http.Request, repl *caddy.Replacer,
 	if svc == nil {
 		svc = versions.Get(version)
 	}
-	if svc == nil {
-		return m.unknown(r, repl, versions.Missing(), name, version)
-	}
-	if fb := tr.Fallback(); fb != "" && fb != version && !anyAvailable(svc) {
+	// A version the policy chose that has no host at all (its last one
+	// left the registry) is as one with no available host: its requests
+	// go to the fallback, or get 503, never 404.
+	if fb := tr.Fallback(); fb != "" && fb != version && (svc == nil || !anyAvailable(svc)) {
 		if other := versions.Get(fb); other != nil {
 			svc, from = other, registry.FromFallback
 		}
 	}
-	if m.Version != "" && svc.Version != m.Version {
-		return false, nil
-	}
 	if m.Prefix != "" {
 		prefix = m.Prefix + prefix.(string)
 	}
-	b := svc.Boxed()
-	setServiceVars(r, repl, b.Name, b.Version, prefix, tr.BoxedSource(from))
-	svc.CountRouted(from)
+	if svc == nil {
+		if m.Version != "" && version != m.Version {
+			return false, nil
+		}
+		// reverse_proxy finds no host: 503 with Retry-After
+		setServiceVars(r, repl, name, version, prefix, tr.BoxedSource(from))
+	} else {
+		if m.Version != "" && svc.Version != m.Version {
+			return false, nil
+		}
+		b := svc.Boxed()
+		setServiceVars(r, repl, b.Name, b.Version, prefix, tr.BoxedSource(from))
+		svc.CountRouted(from)
+	}
 	if bucket >= 0 {
 		caddyhttp.SetVar(r.Context(), varSticky, stickyCookie{tr: tr.Traffic, bucket: bucket, path: m.Prefix + "/" + name})
 	}

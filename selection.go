@@ -2,6 +2,7 @@ package svcreg
 
 import (
 	"errors"
+	"fmt"
 	"math/bits"
 	"net/http"
 	"slices"
@@ -312,8 +313,8 @@ func (p *FailoverSelection) Select(pool reverseproxy.UpstreamPool, r *http.Reque
 			a.retryAfter = true
 			if a.svc != nil {
 				repl.Set(placeholderError, a.svc.Boxed().Unavailable)
-			} else if _, matched := repl.Get(placeholderName); matched {
-				repl.Set(placeholderError, noAvailableHostMsg)
+			} else if name, matched := repl.GetString(placeholderName); matched {
+				repl.Set(placeholderError, unavailableText(p.registry, name, repl))
 			}
 		}
 		return nil
@@ -339,9 +340,18 @@ func (p *FailoverSelection) Select(pool reverseproxy.UpstreamPool, r *http.Reque
 	return pool[i]
 }
 
-// noAvailableHostMsg is the 503 text when the service version has no
-// snapshot entry (the registry is not synced, or the version just went).
-var noAvailableHostMsg any = registry.ErrNoAvailableHost.Error()
+// unavailableText is the 503 text of a request for a service version
+// the snapshot does not hold: the registry has not synced with its
+// backend yet, or a traffic policy chose a version whose last host left.
+// Rare, so made on demand.
+func unavailableText(reg registry.Registry, name string, repl *caddy.Replacer) string {
+	version, _ := repl.GetString(placeholderVersion)
+	msg := fmt.Sprintf("no available host for service %q version %q", name, version)
+	if reg != nil && !reg.Snapshot().Synced() {
+		msg += " (the registry has not loaded its backend yet)"
+	}
+	return msg
+}
 
 // attemptFor returns the request's attempt for pool, starting one for a
 // pool that did not come from the service_registry upstream source.

@@ -111,7 +111,7 @@ func statusOfApp(app *App) statusData {
 		out.Services = append(out.Services, statusOf(svc))
 	}
 	for _, t := range snap.Policies() {
-		out.Traffic = append(out.Traffic, trafficStatus{Service: t.Service(), TrafficPolicy: t.Policy()})
+		out.Traffic = append(out.Traffic, newTrafficStatus(snap, t))
 	}
 	return out
 }

@@ -11,7 +11,10 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/rewrite"
+	"github.com/caddyserver/certmagic"
+	"go.uber.org/zap"
 
+	"github.com/svcreg/caddy-svcreg/backends/memory"
 	"github.com/svcreg/caddy-svcreg/registry"
 )
 
@@ -71,7 +74,6 @@ func TestMatchTraffic(t *testing.T) {
 		{name: "grpc keeps its path", path: "/users/Check", header: "v2", contentType: "application/grpc", version: "v2", from: "header", after: "/users/Check"},
 		{name: "grpc ignores path versions", path: "/users/v1", header: "v2", contentType: "application/grpc+proto", version: "v2", from: "header", after: "/users/v1"},
 		{name: "header names an unknown version", path: "/users/x", header: "v9", status: 404},
-		{name: "cookie names an unknown version", path: "/users/x", cookie: "v9", status: 404},
 		{name: "other service has no policy", path: "/orders/x", status: 404},
 		{name: "other service, one segment", path: "/orders"},
 		{name: "grpc content type over HTTP/1 is not gRPC", path: "/users/v1/x", contentType: "application/grpc", http1: true, version: "v1", from: "path", after: "/x"},
@@ -103,6 +105,86 @@ func TestMatchTraffic(t *testing.T) {
 			}
 			if version != tc.version || from != tc.from || (tc.version != "" && after != tc.after) {
 				t.Errorf("version %q from %q, path %q; want %q from %q, path %q", version, from, after, tc.version, tc.from, tc.after)
+			}
+		})
+	}
+}
+
+// A cookie the policy cannot use (a version that is gone, a bucket out of
+// range, junk, a huge value) is ignored: the split chooses, and the
+// client gets a new sticky cookie, instead of a 404 it would get for as
+// long as it keeps the cookie. A header naming no version is still 404,
+// and the 404's text quotes only a short excerpt of it.
+func TestMatchTrafficUnusableCookie(t *testing.T) {
+	reg := trafficRegistry(t, registry.TrafficPolicy{Split: map[string]int{"v1": 90, "v2": 10}})
+	m := MatchServiceVersion{registry: reg}
+	for _, cookie := range []string{"v9", "~99999", "~-1", "~", "garbage", "~12a", strings.Repeat("v", 10000)} {
+		r, _ := newRequest(t, http.MethodGet, "/users/list")
+		r.Header.Set("Cookie", "svc_version="+cookie)
+		version, from, after, err := matchTraffic(t, m, r)
+		if err != nil || from != "split" || after != "/list" {
+			t.Errorf("cookie %.20q: %q from %q, path %q, %.200v; want a version from the split", cookie, version, from, after, err)
+			continue
+		}
+		if _, ok := caddyhttp.GetVar(r.Context(), varSticky).(stickyCookie); !ok {
+			t.Errorf("cookie %.20q: no new sticky cookie", cookie)
+		}
+	}
+
+	r, _ := newRequest(t, http.MethodGet, "/users/list")
+	r.Header.Set("X-Service-Version", "<script>"+strings.Repeat("x", 10000))
+	_, _, _, err := matchTraffic(t, m, r)
+	herr, ok := err.(caddyhttp.HandlerError)
+	if !ok || herr.StatusCode != http.StatusNotFound {
+		t.Fatalf("header naming no version: %v; want 404", err)
+	}
+	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	msg, _ := repl.GetString(placeholderError)
+	if len(msg) > 200 || strings.Contains(msg, "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx") {
+		t.Errorf("the 404 text quotes %d bytes of the header: %.100q...", len(msg), msg)
+	}
+}
+
+// A version the split names that has no host at all (its last instance
+// left a store that forgets empty versions: etcd, ZooKeeper, Consul) is a
+// version with no available host, not an unknown one: with a fallback
+// its requests go there; without one they get 503, never 404.
+func TestMatchTrafficSplitVersionGone(t *testing.T) {
+	for _, fallback := range []string{"v1", ""} {
+		t.Run("fallback "+fallback, func(t *testing.T) {
+			r := registry.New(&memory.Backend{StorageKey: "service_registry/memory.json"}, registry.Options{})
+			t.Cleanup(func() { r.Stop() })
+			env := registry.BackendEnv{
+				Seeds:   map[registry.ServiceKey][]registry.Endpoint{{Service: "users", Version: "v1"}: normalize(t, eps("127.0.0.1:1"))},
+				Traffic: map[string]registry.TrafficPolicy{"users": {Split: map[string]int{"v1": 50, "v2": 50}, Fallback: fallback}},
+				Storage: &certmagic.FileStorage{Path: t.TempDir()}, Logger: zap.NewNop(),
+			}
+			if err := r.Start(env, nil, nil); err != nil {
+				t.Fatal(err)
+			}
+			m := MatchServiceVersion{registry: r}
+			for _, c := range []struct{ cookie, header string }{
+				{cookie: registry.StickyCookie(9999)}, // v2's bucket
+				{header: "v2"},
+			} {
+				req, _ := newRequest(t, http.MethodGet, "/users/list")
+				if c.cookie != "" {
+					req.Header.Set("Cookie", "svc_version="+c.cookie)
+				}
+				if c.header != "" {
+					req.Header.Set("X-Service-Version", c.header)
+				}
+				version, from, after, err := matchTraffic(t, m, req)
+				if err != nil {
+					t.Fatalf("%+v: %v; want no error", c, err)
+				}
+				want, wantFrom := "v1", "fallback"
+				if fallback == "" {
+					want, wantFrom = "v2", map[bool]string{true: "sticky", false: "header"}[c.cookie != ""]
+				}
+				if version != want || from != wantFrom || after != "/list" {
+					t.Errorf("%+v: %q from %q, path %q; want %q from %q, path /list", c, version, from, after, want, wantFrom)
+				}
 			}
 		})
 	}

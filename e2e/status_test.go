@@ -134,6 +134,18 @@ func TestStatusPageInBrowser(t *testing.T) {
 	waitFor(t, 5*time.Second, "the readmission in the page's event list", func() bool {
 		return strings.Contains(page.Text("#events tbody"), b.Addr+"readmitted")
 	})
+
+	// A policy pointing at a version whose last endpoint left: the page
+	// says so, and where its requests go.
+	if status, body := c.AdminDo("PUT", "/service_registry/traffic/orders", "application/json", `{"split":{"v2":100}}`); status != http.StatusOK {
+		t.Fatalf("setting orders' traffic policy: %d %s", status, body)
+	}
+	if status, body := c.AdminDo("DELETE", "/service_registry/services/orders/v2/"+a.Addr, "", ""); status != http.StatusOK {
+		t.Fatalf("removing orders v2's endpoint: %d %s", status, body)
+	}
+	waitFor(t, 10*time.Second, "the page to say orders' policy points at v2, which has no host", func() bool {
+		return strings.HasSuffix(page.Text(`section[data-service="orders"] .policy`), "no host: v2 (503)")
+	})
 }
 
 // The handler module serves the same page on a site, under any prefix,

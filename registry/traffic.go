@@ -200,13 +200,23 @@ func (t *Traffic) Names() *TrafficNames { return &t.names }
 // Policy returns the policy with its defaults filled in.
 func (t *Traffic) Policy() TrafficPolicy { return t.policy }
 
-// Resolve returns the version name names: itself if known, the version
-// of an alias, or "" for neither.
+// Resolve returns the version name names: itself if known (or named by
+// the policy: a version of its split or its fallback, which may have no
+// host right now), the version of an alias, or "" for none of these.
 func (t *Traffic) Resolve(name string, known func(string) bool) string {
-	if known(name) {
+	if known(name) || t.namesVersion(name) {
 		return name
 	}
 	return t.Alias(name)
+}
+
+// namesVersion reports whether the policy's split or fallback names version v.
+func (t *Traffic) namesVersion(v string) bool {
+	if v == t.policy.Fallback && v != "" {
+		return true
+	}
+	_, found := slices.BinarySearch(t.versions, v)
+	return found
 }
 
 // Source says why a request went to its version: {svc.version_from}.
@@ -271,6 +281,12 @@ type Choice struct {
 // cookie (a version, an alias, or a sticky bucket), else its sticky key's
 // bucket, else a random bucket of the split. known reports whether a
 // version of the service exists. It does not allocate.
+//
+// A header naming no version is the client's explicit mistake, answered
+// as such (Named). A cookie the policy cannot use (a version that is
+// gone, a bucket out of range, anything else) is ignored, as if absent:
+// a client keeps its cookies, and one that no longer means anything must
+// not pin it to an error; the split draws it a new bucket.
 func (t *Traffic) Choose(req TrafficRequest, known func(string) bool) Choice {
 	if req.Header != "" {
 		if v := t.Resolve(req.Header, known); v != "" {
@@ -285,8 +301,6 @@ func (t *Traffic) Choose(req TrafficRequest, known func(string) bool) Choice {
 			}
 		} else if v := t.Resolve(req.Cookie, known); v != "" {
 			return Choice{Version: v, From: FromCookie, Bucket: -1, Index: -1}
-		} else {
-			return Choice{Named: req.Cookie, From: FromCookie, Bucket: -1, Index: -1}
 		}
 	}
 	if !t.Splits() {

@@ -135,7 +135,12 @@ func TestTrafficChoose(t *testing.T) {
 		{TrafficRequest{Header: "stable"}, Choice{Version: "v1", From: FromHeader, Bucket: -1, Index: -1}},
 		{TrafficRequest{Header: "v9"}, Choice{Named: "v9", From: FromHeader, Bucket: -1, Index: -1}},
 		{TrafficRequest{Cookie: "v2"}, Choice{Version: "v2", From: FromCookie, Bucket: -1, Index: -1}},
-		{TrafficRequest{Cookie: "beta"}, Choice{Named: "beta", From: FromCookie, Bucket: -1, Index: -1}},
+		// a cookie the policy cannot use is ignored: the split draws again
+		{TrafficRequest{Cookie: "beta", Random: 9500}, Choice{Version: "v2", From: FromSplit, Bucket: 9500, Index: 1}},
+		{TrafficRequest{Cookie: "~99999", Random: 12}, Choice{Version: "v1", From: FromSplit, Bucket: 12, Index: 0}},
+		{TrafficRequest{Cookie: "~-1", Random: 12}, Choice{Version: "v1", From: FromSplit, Bucket: 12, Index: 0}},
+		{TrafficRequest{Cookie: "~", Random: 12}, Choice{Version: "v1", From: FromSplit, Bucket: 12, Index: 0}},
+		{TrafficRequest{Cookie: strings.Repeat("x", 10000), Random: 12}, Choice{Version: "v1", From: FromSplit, Bucket: 12, Index: 0}},
 		{TrafficRequest{Cookie: StickyCookie(9999)}, Choice{Version: "v2", From: FromSticky, Bucket: -1, Index: 1}},
 		{TrafficRequest{Cookie: StickyCookie(0)}, Choice{Version: "v1", From: FromSticky, Bucket: -1, Index: 0}},
 		{TrafficRequest{Random: 9500}, Choice{Version: "v2", From: FromSplit, Bucket: 9500, Index: 1}},
@@ -152,6 +157,12 @@ func TestTrafficChoose(t *testing.T) {
 	}
 	if c := byIP.Choose(TrafficRequest{Cookie: StickyCookie(1), Random: 9999}, known); c.From != FromSplit || c.Bucket != -1 {
 		t.Errorf("sticky ip ignores a bucket cookie and sets none: %+v", c)
+	}
+	// A version the split names resolves though it has no host (no
+	// version in the snapshot): the caller falls back or answers 503.
+	gone := compile(t, TrafficPolicy{Split: map[string]int{"v1": 50, "v3": 50}, Fallback: "v1"}, "v1", "v3")
+	if c := gone.Choose(TrafficRequest{Header: "v3"}, known); c.Version != "v3" || c.From != FromHeader {
+		t.Errorf("header naming a split version with no host: %+v; want v3", c)
 	}
 	none := compile(t, TrafficPolicy{Aliases: map[string]string{"stable": "v1"}}, "v1", "v2")
 	if c := none.Choose(TrafficRequest{Random: 5}, known); c.Version != "" || c.Named != "" {
