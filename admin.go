@@ -87,6 +87,9 @@ type endpointStatus struct {
 	Latency       string            `json:"latency,omitempty"` // peak EWMA, as balancing sees it
 	Requests      uint64            `json:"requests"`
 	Failures      uint64            `json:"failures"`
+	// Held: the store no longer lists it, but it serves while it answers
+	// until the store has been back from an outage for recovery_grace.
+	Held bool `json:"held,omitempty"`
 }
 
 func (adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
@@ -400,7 +403,7 @@ func statusOf(svc *registry.Service) serviceStatus {
 			LastFailure: timeOrNil(stats.LastFailure), NextCheck: timeOrNil(stats.NextCheck),
 			SlowStartEnds: timeOrNil(stats.SlowStartUntil),
 			InFlight:      stats.InFlight, Requests: stats.Requests, Failures: stats.Failures,
-			Latency: latencyText(stats.Latency),
+			Latency: latencyText(stats.Latency), Held: stats.Held,
 		})
 	}
 	return st

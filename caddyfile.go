@@ -46,6 +46,7 @@ func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 //			<backend options>
 //		}]
 //		service <name> <version> [<address>...]
+//		recovery_grace <duration>|off
 //		health_check [<service> [<version>]] {
 //			path                <path>
 //			port                <port>
@@ -66,6 +67,10 @@ func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 //			}
 //		}
 //	}
+//
+// recovery_grace (default 3s) is how long endpoints that the backend's
+// store dropped while it was out of reach, or just after it came back,
+// keep serving while they answer (see App.RecoveryGrace).
 //
 // backend defaults to memory. service may repeat; the addresses of
 // repeated lines for the same service and version add up. health_check
@@ -138,6 +143,26 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				a.Traffic = map[string]registry.TrafficPolicy{}
 			}
 			a.Traffic[service] = p
+
+		case "recovery_grace":
+			if a.RecoveryGrace != 0 {
+				return d.Err("recovery_grace: specified more than once")
+			}
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			if d.Val() == "off" {
+				a.RecoveryGrace = -1
+			} else {
+				dur, err := parsePositiveDuration(d.Val())
+				if err != nil {
+					return d.Errf("recovery_grace: %v (or off)", err)
+				}
+				a.RecoveryGrace = caddy.Duration(dur)
+			}
+			if d.NextArg() {
+				return d.ArgErr()
+			}
 
 		case "health_check":
 			hc, err := parseHealthCheck(d)

@@ -290,6 +290,9 @@ func writeEndpointTable(w io.Writer, services []serviceStatus) error {
 
 // cliHealth is "in", or "out" and why.
 func cliHealth(ep endpointStatus) string {
+	if ep.Healthy && ep.Held {
+		return "in (held)"
+	}
 	if ep.Healthy {
 		return "in"
 	}

@@ -48,6 +48,17 @@ type App struct {
 	// service's until it is deleted there.
 	Traffic map[string]registry.TrafficPolicy `json:"traffic,omitempty"`
 
+	// RecoveryGrace is how long endpoints that the backend's store
+	// dropped while it was out of reach, or within this time after it
+	// came back, keep serving while they answer. A store that was frozen
+	// or cut off often comes back having expired every session or lease
+	// it could not renew meanwhile (ZooKeeper's ephemeral nodes, etcd's
+	// leases, Consul's TTL checks); the services register again within a
+	// second or so, and until then their requests would get 404. Once the
+	// store has been back this long, the registry routes exactly what it
+	// holds. Negative: off. Default: 3s.
+	RecoveryGrace caddy.Duration `json:"recovery_grace,omitempty"`
+
 	reg     *pooledRegistry
 	poolKey string
 	env     registry.BackendEnv
@@ -140,7 +151,8 @@ func (a *App) Provision(ctx caddy.Context) error {
 			return err
 		}
 	}
-	a.env = registry.BackendEnv{Seeds: seeds, Storage: ctx.Storage(), Logger: a.logger, Traffic: a.Traffic}
+	a.env = registry.BackendEnv{Seeds: seeds, Storage: ctx.Storage(), Logger: a.logger, Traffic: a.Traffic,
+		RecoveryGrace: time.Duration(a.RecoveryGrace)}
 	repl := caddy.NewReplacer()
 	for i, hc := range a.HealthChecks {
 		if hc.TLS != nil { // file names and server name may be placeholders

@@ -4,6 +4,7 @@ import (
 	"context"
 	"maps"
 	"slices"
+	"time"
 
 	"go.uber.org/zap"
 )
@@ -60,6 +61,11 @@ type BackendEnv struct {
 	// Traffic are the configuration's traffic policies, by service: the
 	// seeds of the policies, as Seeds are of the endpoints.
 	Traffic map[string]TrafficPolicy
+	// RecoveryGrace is how long the registry keeps endpoints the store
+	// dropped while it was out of reach, or within that time after it came
+	// back (see Table.SetReachable). The registry applies it; a backend
+	// ignores it. Default (0): DefaultRecoveryGrace; negative: none.
+	RecoveryGrace time.Duration
 }
 
 // TrafficBackend is implemented by backends that store traffic policies

@@ -180,6 +180,10 @@ type EndpointStats struct {
 	// without an answer, Ejections the times it left rotation after a
 	// failed request.
 	Requests, Failures, Ejections uint64
+	// Held is true when the store no longer lists it, but the registry
+	// keeps it a little longer because the store just came back from an
+	// outage (see Table.SetReachable): it serves while it answers.
+	Held bool
 }
 
 // Stats returns the endpoint's current health and counters.
@@ -193,6 +197,7 @@ func (ep *Endpoint) Stats() EndpointStats {
 		Requests:    h.requests.Load(),
 		Failures:    h.failures.Load(),
 		Ejections:   h.ejections.Load(),
+		Held:        h.held.Load(),
 	}
 	switch {
 	case h.out(outDraining):

@@ -124,6 +124,12 @@ func (l *Local) Start(env BackendEnv, policy *HealthPolicy, events EventFunc) er
 	if env.Logger == nil {
 		env.Logger = l.logger
 	}
+	switch {
+	case env.RecoveryGrace == 0:
+		l.table.SetRecoveryGrace(DefaultRecoveryGrace)
+	default:
+		l.table.SetRecoveryGrace(env.RecoveryGrace) // negative: off
+	}
 	if l.started {
 		if err := l.backend.Reconfigure(env); err != nil {
 			return err
@@ -158,7 +164,11 @@ func (l *Local) Stop() error {
 	if l.prober != nil {
 		l.prober.Close()
 	}
-	return l.backend.Stop()
+	err := l.backend.Stop()
+	l.table.mu.Lock()
+	l.table.stopHold()
+	l.table.mu.Unlock()
+	return err
 }
 
 // Owned returns the endpoints the registry's backend keeps registered for

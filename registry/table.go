@@ -198,15 +198,16 @@ func (s *Snapshot) Services() []*Service {
 // health state across writes as long as they stay registered.
 type Table struct {
 	now  func() time.Time // the clock of the endpoints' health
-	mu   sync.Mutex       // serializes writers
+	mu   sync.Mutex       // serializes writers, guards hold
 	snap atomic.Pointer[Snapshot]
+	hold hold // endpoints kept through a store's recovery
 }
 
 // NewTable returns an empty table that is not synced yet.
 func NewTable() *Table { return newTable(time.Now) }
 
 func newTable(now func() time.Time) *Table {
-	t := &Table{now: now}
+	t := &Table{now: now, hold: hold{reachable: true, afterFunc: time.AfterFunc}}
 	t.snap.Store(&Snapshot{services: map[string]*entry{}})
 	return t
 }
@@ -222,12 +223,26 @@ func (t *Table) Replace(all map[ServiceKey][]Endpoint) {
 	defer t.mu.Unlock()
 	old := t.snap.Load()
 	byService := make(map[string]map[string]*Service, len(all))
-	for key, eps := range all {
-		prev, _ := old.Lookup(key.Service, key.Version)
+	set := func(key ServiceKey, eps []Endpoint, prev *Service) {
 		if byService[key.Service] == nil {
 			byService[key.Service] = map[string]*Service{}
 		}
 		byService[key.Service][key.Version] = t.buildService(key, eps, prev)
+	}
+	for key, eps := range all {
+		prev, _ := old.Lookup(key.Service, key.Version)
+		set(key, t.withHeld(key, prev, eps, false), prev)
+	}
+	for _, e := range old.services {
+		for _, prev := range e.versions {
+			key := prev.Key()
+			if _, ok := all[key]; ok {
+				continue
+			}
+			if eps := t.withHeld(key, prev, nil, true); len(eps) > 0 {
+				set(key, eps, prev)
+			}
+		}
 	}
 	services := make(map[string]*entry, len(byService))
 	for name, versions := range byService {
@@ -270,7 +285,7 @@ func (t *Table) Set(key ServiceKey, eps []Endpoint) {
 	defer t.mu.Unlock()
 	old := t.snap.Load()
 	prev, _ := old.Lookup(key.Service, key.Version)
-	svc := t.buildService(key, eps, prev)
+	svc := t.buildService(key, t.withHeld(key, prev, eps, false), prev)
 	if svc == prev {
 		return
 	}
@@ -282,7 +297,14 @@ func (t *Table) Remove(key ServiceKey) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	old := t.snap.Load()
-	if _, err := old.Lookup(key.Service, key.Version); err != nil {
+	prev, err := old.Lookup(key.Service, key.Version)
+	if err != nil {
+		return
+	}
+	if eps := t.withHeld(key, prev, nil, true); len(eps) > 0 {
+		if svc := t.buildService(key, eps, prev); svc != prev {
+			t.publish(old, key, svc)
+		}
 		return
 	}
 	t.publish(old, key, nil)

@@ -803,6 +803,7 @@ func (e *Backend) setReachable(ok bool, err error) {
 	if !changed {
 		return
 	}
+	e.table.SetReachable(ok)
 	fields := []zap.Field{zap.String("backend", "etcd"), zap.Strings("endpoints", e.config.Endpoints)}
 	switch {
 	case ok:
