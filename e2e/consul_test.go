@@ -155,6 +155,22 @@ func TestConsulLostUnderLoad(t *testing.T) {
 	})
 }
 
+// TestConsulReloadToAnotherAgent reloads Caddy's config onto another
+// Consul agent: it routes what that one holds.
+func TestConsulReloadToAnotherAgent(t *testing.T) {
+	first, second := consultest.Start(t), consultest.Start(t)
+	one, two := startBackend(t, "one"), startBackend(t, "two")
+	first.Register(consulInstance(t, one, "users", "v1", nil))
+	second.Register(consulInstance(t, two, "users", "v1", nil))
+	second.Register(consulInstance(t, one, "orders", "v1", nil))
+	c := startCaddy(t, consulRegistry(first.Addr), proxySite, caddyOpts{})
+	waitFor(t, 10*time.Second, "routing to the first agent's instance", func() bool { return routesTo(c, "/users/v1/x", "one") })
+	c.Reload(consulRegistry(second.Addr), proxySite)
+	waitFor(t, 5*time.Second, "routing to the second agent's instances", func() bool {
+		return routesTo(c, "/users/v1/x", "two") && routesTo(c, "/orders/v1/x", "one")
+	})
+}
+
 // TestConsulOneServiceFailing has Consul answer 500 to the query of one
 // service (on the fake: an agent cannot be made to): the other service
 // routes without a failed request, and follows its changes; the failing

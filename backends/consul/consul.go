@@ -33,7 +33,7 @@ func init() {
 // Timing and bounds of the consul backend.
 var (
 	consulRetryMin    = 100 * time.Millisecond // first wait after a failed query
-	consulRetryMax    = 5 * time.Second        // longest wait between failed queries
+	consulRetryMax    = 3 * time.Second        // longest wait between failed queries
 	consulMinInterval = 100 * time.Millisecond // shortest time from one query of a watch to the next
 	consulSlack       = 10 * time.Second       // how much longer than its wait a blocking query may take
 	consulReadTimeout = 10 * time.Second       // longest a read of one service may take

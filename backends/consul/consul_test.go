@@ -407,6 +407,38 @@ func TestConsulFrozen(t *testing.T) {
 	}
 }
 
+// TestConsulCutOff cuts the backend off the agent (a partition):
+// routing keeps the last snapshot; once mended, what changed meanwhile
+// is read.
+func TestConsulCutOff(t *testing.T) {
+	agent := consultest.Start(t)
+	agent.Register(instance("a", "users", 9001, "v1", api.HealthPassing))
+	proxy := testutil.NewProxy(t, agent.Addr)
+	tbl, logs := start(t, &Backend{}, proxy.Addr, registry.BackendEnv{})
+	testutil.Eventually(t, 10*time.Second, "the first sync", func() bool { return tableState(tbl, users) == "127.0.0.1:9001" })
+
+	proxy.Cut()
+	testutil.Eventually(t, 10*time.Second, "losing Consul to be logged", func() bool {
+		return logs.FilterMessageSnippet("routing keeps the last snapshot").Len() > 0
+	})
+	agent.Register(instance("b", "users", 9002, "v1", api.HealthPassing))
+	agent.SetStatus("a", api.HealthCritical)
+	if got := tableState(tbl, users); got != "127.0.0.1:9001" {
+		t.Fatalf("cut off, the last snapshot must stay: %q", got)
+	}
+	proxy.Mend()
+	testutil.Eventually(t, 10*time.Second, "what changed while cut off", func() bool { return tableState(tbl, users) == "127.0.0.1:9002" })
+	testutil.Eventually(t, 10*time.Second, "coming back to be logged", func() bool {
+		return logs.FilterMessageSnippet("consul reachable again").Len() > 0
+	})
+	if n := logs.FilterMessageSnippet("consul unreachable").Len(); n != 1 {
+		t.Errorf("the cut was logged %d times, want once", n)
+	}
+	if n := logs.FilterMessageSnippet("could not read a service").Len(); n != 0 {
+		t.Errorf("reads of services logged as failing %d times; Consul out of reach is logged once, as unreachable", n)
+	}
+}
+
 func TestConsulTokenAndDatacenter(t *testing.T) {
 	const secret = "s3cret-Consul-t0ken"
 	t.Setenv("SVCREG_TEST_CONSUL_TOKEN", secret)

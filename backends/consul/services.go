@@ -162,10 +162,14 @@ func (c *Backend) idle(ctx context.Context, wake <-chan struct{}, due time.Time)
 
 // pop takes the next service to read, the failed ones whose retry time
 // has come queued first; else it returns when the next retry is due
-// (zero if none). The caller holds c.mu.
+// (zero if none). While Consul is unreachable, failed services wait for
+// it to be back, when everything is read again. The caller holds c.mu.
 func (c *Backend) pop(now time.Time) (*service, time.Time) {
 	var due time.Time
 	for s := range c.retrying {
+		if !c.reachable {
+			break
+		}
 		if !now.Before(s.retryAt) {
 			c.want(s, true)
 		} else if due.IsZero() || s.retryAt.Before(due) {
