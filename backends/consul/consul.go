@@ -81,12 +81,15 @@ const (
 // moves when an instance is registered, changed or deregistered, and one
 // on the health checks that do not pass (/v1/health/state/any, filtered),
 // whose index moves when any check changes. A service whose checks
-// changed is read again (/v1/health/service/<name>, not blocking); when
-// the catalog changed, every followed service is read again, since the
-// catalog does not say which instance changed. At most 8 services are
-// read at once, so that the backend never holds more than 10 connections
-// to Consul (whose agents allow 200 per client by default), and one
-// service that Consul cannot read does not hold up the others. A query
+// changed is read again (/v1/health/service/<name>, not blocking), and
+// so are the services on a node whose own check changed (maintenance, a
+// failed node); when the catalog changed, every followed service is read
+// again, since the catalog does not say which instance changed. At most
+// 8 services are read at once, so that the backend never holds more than
+// 10 connections to Consul, whatever the number of services (its agents
+// allow 200 per client by default: a blocking query per service would
+// hold one each), and one service that Consul cannot read does not hold
+// up the others. A query
 // that fails, or whose index goes backwards (Consul restored or
 // replaced), is sent again without an index, and everything it covers is
 // read again. Seeds from the config are this instance's own: they are
@@ -159,7 +162,7 @@ type Backend struct {
 	reads                                                            // the services followed, and which to read
 	listed        bool                                               // the catalog has answered
 	catalogIndex  uint64                                             // of the catalog's last answer
-	notPassing    map[string]string                                  // the checks that do not pass, as last read (see applyChecks); nil when not known
+	notPassing    map[checkID]check                                  // the checks that do not pass, as last read; nil when not known
 	checksFailing bool                                               // the checks' query fails with an answer from Consul, and that was logged
 	synced        bool
 	reachable     bool

@@ -155,6 +155,10 @@ func TestConsulSync(t *testing.T) {
 			"127.0.0.1:9008"},
 		{"passing again", func() { agent.SetStatus("u1", api.HealthPassing) }, users,
 			"127.0.0.1:9001,127.0.0.1:9008"},
+		// a check of the node, not of a service
+		{"the node in maintenance", func() { agent.Maintenance(true) }, users, ""},
+		{"the node out of maintenance", func() { agent.Maintenance(false) }, users,
+			"127.0.0.1:9001,127.0.0.1:9008"},
 		// no check changes: only the catalog says something changed
 		{"an instance registered again on another port", func() { agent.Register(instance("u4", "users", 9009, "v1", api.HealthPassing)) }, users,
 			"127.0.0.1:9001,127.0.0.1:9009"},

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -17,10 +18,11 @@ type service struct {
 	name     string
 	versions []string          // the versions it holds in Backend.stored, known even without endpoints
 	warned   map[string]string // skipped instance → why, as logged; only its reader touches it
+	nodes    []string          // of its instances, as last read
 	tried    bool              // read, or failed, at least once
 	read     bool              // read at least once
 	gone     bool              // no longer followed
-	queued   bool              // waiting in a queue of reads
+	queued   queue             // the queue it waits in to be read, if any
 	reading  bool              // being read
 	again    bool              // asked for while being read: read once more after
 	failure  string            // how its last read failed (a key of reads.failures), "" if it did not
@@ -28,16 +30,25 @@ type service struct {
 	retryAt  time.Time         // when it is read again after a failure
 }
 
+// queue is a queue of services waiting to be read.
+type queue int8
+
+const (
+	none   queue = iota
+	urgent       // their checks changed, or they are new: read first
+	sweep        // the catalog changed
+)
+
 // reads are the services the backend follows, and which of them to read.
 // Backend.mu guards them.
 type reads struct {
-	services map[string]*service // followed, by Consul name
-	urgent   []*service          // to read first: their checks changed, or they are new
-	sweep    []*service          // to read when the catalog changed
-	retrying map[*service]bool   // failed, waiting for their retryAt
-	failures map[string]*failure // how reads fail, by error
-	wake     chan struct{}       // closed, and replaced, when there is more to read
-	untried  int                 // followed services neither read nor failed yet
+	services map[string]*service          // followed, by Consul name
+	queues   [3][]*service                // the services waiting to be read, by queue (urgent first); some taken already
+	retrying map[*service]bool            // failed, waiting for their retryAt
+	onNode   map[string]map[*service]bool // the services with instances on a node, as last read
+	failures map[string]*failure          // how reads fail, by error
+	wake     chan struct{}                // closed, and replaced, when there is more to read
+	untried  int                          // followed services neither read nor failed yet
 }
 
 // failure counts the services whose reads fail in one way.
@@ -48,8 +59,8 @@ type failure struct {
 }
 
 func newReads() reads {
-	return reads{services: map[string]*service{}, retrying: map[*service]bool{}, failures: map[string]*failure{},
-		wake: make(chan struct{})}
+	return reads{services: map[string]*service{}, retrying: map[*service]bool{}, onNode: map[string]map[*service]bool{},
+		failures: map[string]*failure{}, wake: make(chan struct{})}
 }
 
 // follow starts following a service: it is read at once. The caller
@@ -58,7 +69,7 @@ func (c *Backend) follow(name string) {
 	s := &service{name: name, warned: map[string]string{}}
 	c.services[name] = s
 	c.untried++
-	c.want(s, true)
+	c.want(s, urgent)
 }
 
 // drop stops following s and forgets what it held. The caller holds c.mu.
@@ -70,6 +81,7 @@ func (c *Backend) drop(s *service) {
 		c.untried--
 	}
 	c.recovered(s)
+	c.setNodes(s, nil)
 	for _, v := range s.versions {
 		key := registry.ServiceKey{Service: s.name, Version: v}
 		delete(c.stored, key)
@@ -78,25 +90,21 @@ func (c *Backend) drop(s *service) {
 	s.versions = nil
 }
 
-// want asks for s to be read, before the services of a sweep if urgent.
-// The caller holds c.mu.
-func (c *Backend) want(s *service, urgent bool) {
+// want asks for s to be read, in queue q (urgent or sweep). The caller
+// holds c.mu.
+func (c *Backend) want(s *service, q queue) {
 	switch {
 	case s.gone:
 		return
 	case s.reading:
 		s.again = true
 		return
-	case s.queued && !urgent:
+	case s.queued != none && s.queued <= q: // in that queue, or a more urgent one
 		return
 	}
 	delete(c.retrying, s)
-	s.queued = true
-	if urgent {
-		c.urgent = append(c.urgent, s)
-	} else {
-		c.sweep = append(c.sweep, s)
-	}
+	s.queued = q
+	c.queues[q] = append(c.queues[q], s)
 	close(c.wake)
 	c.wake = make(chan struct{})
 }
@@ -109,7 +117,7 @@ func (c *Backend) readAll(now bool) {
 			if now {
 				s.retry = 0
 			}
-			c.want(s, false)
+			c.want(s, sweep)
 		}
 	}
 }
@@ -171,18 +179,18 @@ func (c *Backend) pop(now time.Time) (*service, time.Time) {
 			break
 		}
 		if !now.Before(s.retryAt) {
-			c.want(s, true)
+			c.want(s, urgent)
 		} else if due.IsZero() || s.retryAt.Before(due) {
 			due = s.retryAt
 		}
 	}
-	for _, queue := range []*[]*service{&c.urgent, &c.sweep} {
-		for len(*queue) > 0 {
-			s := (*queue)[0]
-			(*queue)[0] = nil
-			*queue = (*queue)[1:]
-			if s.queued && !s.gone { // else taken from the other queue, or dropped
-				s.queued, s.reading = false, true
+	for _, q := range []queue{urgent, sweep} {
+		for len(c.queues[q]) > 0 {
+			s := c.queues[q][0]
+			c.queues[q][0] = nil
+			c.queues[q] = c.queues[q][1:]
+			if s.queued == q && !s.gone { // else moved to the urgent queue, or taken, or dropped
+				s.queued, s.reading = none, true
 				return s, due
 			}
 		}
@@ -194,6 +202,7 @@ func (c *Backend) pop(now time.Time) (*service, time.Time) {
 func (c *Backend) read(ctx context.Context, s *service) {
 	var byVersion map[string]map[string]registry.Change
 	var warned map[string]string
+	var nodes []string
 	readCtx, cancel := context.WithTimeout(ctx, consulReadTimeout)
 	err := c.safely("reading consul service "+s.name, func() error {
 		// every instance, whatever its health: a version whose
@@ -203,6 +212,11 @@ func (c *Backend) read(ctx context.Context, s *service) {
 			return err
 		}
 		byVersion, warned = c.instances(s, entries)
+		for _, entry := range entries {
+			if entry.Node != nil && !slices.Contains(nodes, entry.Node.Node) {
+				nodes = append(nodes, entry.Node.Node)
+			}
+		}
 		return nil
 	})
 	cancel()
@@ -225,11 +239,12 @@ func (c *Backend) read(ctx context.Context, s *service) {
 	} else {
 		c.recovered(s)
 		s.read, s.warned = true, warned
+		c.setNodes(s, nodes)
 		c.apply(s, byVersion)
 	}
 	if s.again {
 		s.again = false
-		c.want(s, true)
+		c.want(s, urgent)
 	}
 	c.checkSynced()
 }
@@ -261,6 +276,23 @@ func (c *Backend) instances(s *service, entries []*api.ServiceEntry) (map[string
 		}
 	}
 	return byVersion, warned
+}
+
+// setNodes sets the nodes of s's instances. The caller holds c.mu.
+func (c *Backend) setNodes(s *service, nodes []string) {
+	for _, node := range s.nodes {
+		delete(c.onNode[node], s)
+		if len(c.onNode[node]) == 0 {
+			delete(c.onNode, node)
+		}
+	}
+	s.nodes = nodes
+	for _, node := range nodes {
+		if c.onNode[node] == nil {
+			c.onNode[node] = map[*service]bool{}
+		}
+		c.onNode[node][s] = true
+	}
 }
 
 // apply replaces what s holds with byVersion. The caller holds c.mu.

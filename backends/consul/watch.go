@@ -5,7 +5,6 @@ import (
 	"errors"
 	"math/rand/v2"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -98,8 +97,8 @@ func (c *Backend) watchCatalog(ctx context.Context) {
 		if err != nil {
 			return 0, err
 		}
-		c.setReachable(true, nil)
-		c.applyCatalog(ctx, services, index, meta.LastIndex)
+		back := c.setReachable(true, nil)
+		c.applyCatalog(ctx, services, index, meta.LastIndex, back)
 		return meta.LastIndex, nil
 	}, func(err error) { c.setReachable(false, err) })
 }
@@ -107,9 +106,9 @@ func (c *Backend) watchCatalog(ctx context.Context) {
 // applyCatalog follows the services of the catalog's answer at index got
 // to a query sent with index sent, and forgets those gone. The catalog
 // says which services exist, not which of their instances changed: when
-// its index moved, every service is read again; after a failure (sent is
-// 0 once listed), at once, failing services included.
-func (c *Backend) applyCatalog(ctx context.Context, services map[string][]string, sent, got uint64) {
+// its index moved, every service is read again; when Consul is back
+// after a failure, at once, failing services included.
+func (c *Backend) applyCatalog(ctx context.Context, services map[string][]string, sent, got uint64, back bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if ctx.Err() != nil {
@@ -144,8 +143,8 @@ func (c *Backend) applyCatalog(ctx context.Context, services map[string][]string
 			c.follow(name)
 		}
 	}
-	if c.listed && (sent == 0 || got != c.catalogIndex) {
-		c.readAll(sent == 0)
+	if c.listed && (back || got != c.catalogIndex) {
+		c.readAll(back)
 	}
 	c.listed, c.catalogIndex = true, got
 	c.checkSynced()
@@ -165,20 +164,32 @@ func (c *Backend) watchChecks(ctx context.Context) {
 	}, c.checksFailed)
 }
 
+// check is a health check as applyChecks compares them: its service
+// ("" for a node's own check) and status.
+type check struct {
+	service, status string
+}
+
+// checkID identifies a health check: its node and its ID there.
+type checkID struct {
+	node, id string
+}
+
 // applyChecks reads again the services whose checks changed since the
 // last answer, by the checks that do not pass in the answer at index got
 // to a query sent with index sent (a check that turns critical shows
-// there; one that passes again leaves it). A node's own check changed
-// (such as serfHealth: the node failed) reads every service again, and
-// so does an answer without a last one to compare with (the first, or
-// after a failure), or whose index went backwards.
+// there; one that passes again leaves it). A change of a node's own
+// check (such as serfHealth: the node failed) reads again the services
+// with instances on that node. An answer without a last one to compare
+// with (the first, or after a failure), or whose index went backwards,
+// reads every service again.
 func (c *Backend) applyChecks(checks api.HealthChecks, sent, got uint64) {
-	now := make(map[string]string, len(checks))
-	for _, check := range checks {
-		if check.Status == api.HealthPassing { // should the filter not apply
+	now := make(map[checkID]check, len(checks))
+	for _, hc := range checks {
+		if hc.Status == api.HealthPassing { // should the filter not apply
 			continue
 		}
-		now[check.Node+"\x00"+check.CheckID] = check.ServiceName + "\x00" + check.Status
+		now[checkID{hc.Node, hc.CheckID}] = check{hc.ServiceName, hc.Status}
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -192,29 +203,30 @@ func (c *Backend) applyChecks(checks api.HealthChecks, sent, got uint64) {
 		c.readAll(false)
 		return
 	}
-	for key, was := range old {
-		if now[key] != was {
-			c.checkChanged(was)
+	for id, was := range old {
+		if now[id] != was {
+			c.checkChanged(id.node, was)
 		}
 	}
-	for key, is := range now {
-		if old[key] != is {
-			c.checkChanged(is)
+	for id, is := range now {
+		if old[id] != is {
+			c.checkChanged(id.node, is)
 		}
 	}
 }
 
-// checkChanged reads again the service of a check that changed (its
-// service name and status, as applyChecks keeps them), or every service
-// for a node's check. The caller holds c.mu.
-func (c *Backend) checkChanged(check string) {
-	service, _, _ := strings.Cut(check, "\x00")
-	if service == "" {
-		c.readAll(false)
+// checkChanged reads again the service of a check that changed on node,
+// or for a node's own check, the services with instances there. The
+// caller holds c.mu.
+func (c *Backend) checkChanged(node string, hc check) {
+	if hc.service == "" {
+		for s := range c.onNode[node] {
+			c.want(s, urgent)
+		}
 		return
 	}
-	if s := c.services[service]; s != nil {
-		c.want(s, true)
+	if s := c.services[hc.service]; s != nil {
+		c.want(s, urgent)
 	}
 }
 
@@ -237,15 +249,15 @@ func (c *Backend) checksFailed(err error) {
 }
 
 // setReachable logs a change of Consul's reachability, as the catalog's
-// queries see it.
-func (c *Backend) setReachable(ok bool, err error) {
+// queries see it, and reports whether it changed.
+func (c *Backend) setReachable(ok bool, err error) bool {
 	c.mu.Lock()
 	changed := c.reachable != ok
 	c.reachable = ok
 	synced := c.synced
 	c.mu.Unlock()
 	if !changed {
-		return
+		return false
 	}
 	fields := []zap.Field{zap.String("backend", "consul"), zap.String("address", c.address)}
 	switch {
@@ -256,4 +268,5 @@ func (c *Backend) setReachable(ok bool, err error) {
 	default:
 		c.log().Error("consul unreachable; registry-routed requests get 503 until the first sync, retrying", append(fields, zap.Error(err))...)
 	}
+	return true
 }

@@ -236,6 +236,21 @@ func (a *Agent) SetStatus(serviceID, status string) {
 	}
 }
 
+// Maintenance puts the agent's node in maintenance mode, or takes it
+// out: a critical check of the node itself, failing every instance on it.
+func (a *Agent) Maintenance(on bool) {
+	a.t.Helper()
+	var err error
+	if on {
+		err = a.Client().Agent().EnableNodeMaintenance("svcreg test")
+	} else {
+		err = a.Client().Agent().DisableNodeMaintenance()
+	}
+	if err != nil {
+		a.t.Fatalf("setting node maintenance to %v: %v", on, err)
+	}
+}
+
 // TTL returns a TTL check that starts with status and stays so until
 // SetStatus: it never expires within a test.
 func TTL(status string) *api.AgentServiceCheck {
