@@ -21,17 +21,24 @@ import (
 	"github.com/svcreg/caddy-svcreg/registry"
 )
 
+// The tests run against a real Consul agent (consultest.Start), except
+// those of faults that only the fake shows (faults_test.go).
+
 var (
 	users  = registry.ServiceKey{Service: "users", Version: "v1"}
 	users2 = registry.ServiceKey{Service: "users", Version: "v2"}
 	orders = registry.ServiceKey{Service: "orders", Version: "v1"}
 )
 
-// provision provisions c on the fake agent srv (wait 2s unless set).
-func provision(t testing.TB, c *Backend, srv *consultest.Server) {
+// node is the name of the test agent's node.
+const node = "svcreg-test"
+
+// provision provisions c on the Consul agent at address (wait 2s unless
+// set).
+func provision(t testing.TB, c *Backend, address string) {
 	t.Helper()
 	if c.Address == "" {
-		c.Address = srv.Addr
+		c.Address = address
 	}
 	if c.Wait == 0 {
 		c.Wait = caddy.Duration(2 * time.Second)
@@ -42,11 +49,12 @@ func provision(t testing.TB, c *Backend, srv *consultest.Server) {
 	testutil.Must(t, c.Validate())
 }
 
-// start provisions and starts c on srv with env (and a log observer) and
-// returns its table and its log. c stops when the test ends.
-func start(t testing.TB, c *Backend, srv *consultest.Server, env registry.BackendEnv) (*registry.Table, *observer.ObservedLogs) {
+// start provisions and starts c on the agent at address with env (and a
+// log observer) and returns its table and its log. c stops when the test
+// ends.
+func start(t testing.TB, c *Backend, address string, env registry.BackendEnv) (*registry.Table, *observer.ObservedLogs) {
 	t.Helper()
-	provision(t, c, srv)
+	provision(t, c, address)
 	core, logs := observer.New(zap.DebugLevel)
 	env.Logger = zap.New(core)
 	table := registry.NewTable()
@@ -86,28 +94,30 @@ func warnedAbout(logs *observer.ObservedLogs, msg, field string) []string {
 	return out
 }
 
-// tagged returns a passing instance at 127.0.0.1:port with the tag version=version.
-func tagged(id string, port int, version string) consultest.Instance {
-	return consultest.Instance{ID: id, Port: port, Tags: []string{"version=" + version}}
+// instance returns the registration of an instance of service at the
+// node's address (127.0.0.1) and port, with the tag version=version and
+// a TTL check that starts with status.
+func instance(id, service string, port int, version, status string) *api.AgentServiceRegistration {
+	return &api.AgentServiceRegistration{ID: id, Name: service, Port: port, Tags: []string{"version=" + version},
+		Check: consultest.TTL(status)}
 }
 
 func TestConsulSync(t *testing.T) {
-	srv := consultest.Start(t)
-	srv.Register("users", tagged("u1", 9001, "v1"))
-	srv.Register("users", consultest.Instance{ID: "u2", Address: "127.0.0.2", Port: 9002, Tags: []string{"primary", "version=v1"},
-		Weights: api.AgentWeights{Passing: 3, Warning: 1}})
-	srv.Register("users", consultest.Instance{ID: "u3", Address: "127.0.0.3", Port: 9003, Tags: []string{"version=v2"}})
+	agent := consultest.Start(t)
+	agent.Register(instance("u1", "users", 9001, "v1", api.HealthPassing))
+	agent.Register(&api.AgentServiceRegistration{ID: "u2", Name: "users", Address: "127.0.0.2", Port: 9002,
+		Tags: []string{"primary", "version=v1"}, Weights: &api.AgentWeights{Passing: 3, Warning: 1}, Check: consultest.TTL(api.HealthPassing)})
+	agent.Register(&api.AgentServiceRegistration{ID: "u3", Name: "users", Address: "127.0.0.3", Port: 9003,
+		Tags: []string{"version=v2"}, Check: consultest.TTL(api.HealthPassing)})
 	// skipped, with one warning each
-	srv.Register("users", consultest.Instance{ID: "no-version", Port: 9004, Tags: []string{"v1"}})
-	srv.Register("users", tagged("bad-version", 9005, "v/1"))
-	srv.Register("users", tagged("no-port", 0, "v1"))
-	srv.Register("us$ers", tagged("bad-name", 9006, "v1"))
+	agent.Register(&api.AgentServiceRegistration{ID: "no-version", Name: "users", Port: 9004, Tags: []string{"v1"}})
+	agent.Register(instance("bad-version", "users", 9005, "v/1", api.HealthPassing))
+	agent.Register(instance("no-port", "users", 0, "v1", api.HealthPassing))
+	agent.Register(instance("bad-name", "us$ers", 9006, "v1", api.HealthPassing))
 	// not passing from the start: left out, no warning
-	sick := tagged("sick", 9007, "v1")
-	sick.Status = api.HealthCritical
-	srv.Register("users", sick)
+	agent.Register(instance("sick", "users", 9007, "v1", api.HealthCritical))
 
-	tbl, logs := start(t, &Backend{}, srv, registry.BackendEnv{})
+	tbl, logs := start(t, &Backend{}, agent.Addr, registry.BackendEnv{})
 	testutil.Eventually(t, 10*time.Second, "the first sync", func() bool { return tbl.Snapshot().Synced() })
 	if got := tableHas(tbl, users); !slices.Equal(got, []string{"127.0.0.1:9001", "127.0.0.2:9002"}) {
 		t.Errorf("users v1 after the first sync: %v", got)
@@ -137,22 +147,29 @@ func TestConsulSync(t *testing.T) {
 		key  registry.ServiceKey
 		want string // see tableState
 	}{
-		{"a new instance", func() { srv.Register("users", tagged("u4", 9008, "v1")) }, users,
+		{"a new instance", func() { agent.Register(instance("u4", "users", 9008, "v1", api.HealthPassing)) }, users,
 			"127.0.0.1:9001,127.0.0.1:9008,127.0.0.2:9002"},
-		{"an instance turns critical", func() { srv.SetStatus("users", "u1", api.HealthCritical) }, users,
+		{"an instance turns critical", func() { agent.SetStatus("u1", api.HealthCritical) }, users,
 			"127.0.0.1:9008,127.0.0.2:9002"},
-		{"warning is not passing", func() { srv.SetStatus("users", "u2", api.HealthWarning) }, users,
+		{"warning is not passing", func() { agent.SetStatus("u2", api.HealthWarning) }, users,
 			"127.0.0.1:9008"},
-		{"passing again", func() { srv.SetStatus("users", "u1", api.HealthPassing) }, users,
+		{"passing again", func() { agent.SetStatus("u1", api.HealthPassing) }, users,
 			"127.0.0.1:9001,127.0.0.1:9008"},
-		{"an instance deregistered", func() { srv.Deregister("users", "u4") }, users,
+		// a check of the node, not of a service
+		{"the node in maintenance", func() { agent.Maintenance(true) }, users, ""},
+		{"the node out of maintenance", func() { agent.Maintenance(false) }, users,
+			"127.0.0.1:9001,127.0.0.1:9008"},
+		// no check changes: only the catalog says something changed
+		{"an instance registered again on another port", func() { agent.Register(instance("u4", "users", 9009, "v1", api.HealthPassing)) }, users,
+			"127.0.0.1:9001,127.0.0.1:9009"},
+		{"an instance deregistered", func() { agent.Deregister("u4") }, users,
 			"127.0.0.1:9001"},
-		{"a new service", func() { srv.Register("orders", tagged("o1", 9010, "v1")) }, orders,
+		{"a new service", func() { agent.Register(instance("o1", "orders", 9010, "v1", api.HealthPassing)) }, orders,
 			"127.0.0.1:9010"},
 		// known, no available host: 503
-		{"every instance of a version critical", func() { srv.SetStatus("users", "u3", api.HealthCritical) }, users2, ""},
-		{"a version's last instance deregistered", func() { srv.Deregister("users", "u3") }, users2, "unknown"},
-		{"a service deregistered", func() { srv.Deregister("orders", "o1") }, orders, "unknown"},
+		{"every instance of a version critical", func() { agent.SetStatus("u3", api.HealthCritical) }, users2, ""},
+		{"a version's last instance deregistered", func() { agent.Deregister("u3") }, users2, "unknown"},
+		{"a service deregistered", func() { agent.Deregister("o1") }, orders, "unknown"},
 	}
 	for _, step := range steps {
 		step.do()
@@ -169,7 +186,7 @@ func TestConsulSync(t *testing.T) {
 
 	// Each bad instance was warned about once, though users was read
 	// again at every step.
-	want := []string{"node1/bad-version", "node1/no-port", "node1/no-version"}
+	want := []string{node + "/bad-version", node + "/no-port", node + "/no-version"}
 	if got := warnedAbout(logs, "skipping consul instance", "instance"); !slices.Equal(got, want) {
 		t.Errorf("warned about instances %q, want once each about %q", got, want)
 	}
@@ -179,16 +196,43 @@ func TestConsulSync(t *testing.T) {
 	if n := logs.FilterMessage("consul registry synced").Len(); n != 1 {
 		t.Errorf("the first sync was logged %d times, want once", n)
 	}
-
-	// The queries were blocking queries.
-	blocking := map[string]bool{}
-	for _, r := range srv.Requests() {
-		if r.Index != "" && r.Wait != "" {
-			blocking[r.Path] = true
-		}
+	if n := logs.FilterLevelExact(zap.ErrorLevel).Len(); n != 0 {
+		t.Errorf("%d errors logged, though Consul answered throughout: %v", n, logs.FilterLevelExact(zap.ErrorLevel).All())
 	}
-	if !blocking["/v1/catalog/services"] || !blocking["/v1/health/service/users"] {
-		t.Errorf("blocking queries (with an index and a wait) sent to %v, want the catalog and users' health", blocking)
+}
+
+func TestConsulVersionFromMeta(t *testing.T) {
+	agent := consultest.Start(t)
+	agent.Register(&api.AgentServiceRegistration{ID: "a", Name: "users", Port: 9001, Tags: []string{"release/v1"}, Meta: map[string]string{"api": "v2"}})
+	agent.Register(&api.AgentServiceRegistration{ID: "b", Name: "users", Port: 9002, Tags: []string{"release/v1"}})
+	tbl, _ := start(t, &Backend{VersionTag: "release/", VersionMeta: "api"}, agent.Addr, registry.BackendEnv{})
+	testutil.Eventually(t, 10*time.Second, "both instances", func() bool {
+		return tableState(tbl, users) != "unknown" && tableState(tbl, users2) != "unknown"
+	})
+	if got := tableHas(tbl, users); !slices.Equal(got, []string{"127.0.0.1:9002"}) {
+		t.Errorf("users v1 (from the tag): %v", got)
+	}
+	if got := tableHas(tbl, users2); !slices.Equal(got, []string{"127.0.0.1:9001"}) {
+		t.Errorf("users v2 (from the metadata, over the tag): %v", got)
+	}
+}
+
+func TestConsulServicesFilter(t *testing.T) {
+	agent := consultest.Start(t)
+	agent.Register(instance("a", "users", 9001, "v1", api.HealthPassing))
+	agent.Register(instance("o", "orders", 9002, "v1", api.HealthPassing))
+	tbl, _ := start(t, &Backend{Services: []string{"users", "payments"}}, agent.Addr, registry.BackendEnv{})
+	testutil.Eventually(t, 10*time.Second, "users", func() bool { return tableState(tbl, users) == "127.0.0.1:9001" })
+	if got := tableState(tbl, orders); got != "unknown" {
+		t.Errorf("orders, not listed: %q, want unknown", got)
+	}
+	// a listed service registered later is followed
+	agent.Register(instance("p", "payments", 9003, "v1", api.HealthPassing))
+	testutil.Eventually(t, 10*time.Second, "a listed service registered later", func() bool {
+		return tableState(tbl, registry.ServiceKey{Service: "payments", Version: "v1"}) == "127.0.0.1:9003"
+	})
+	if got := tableState(tbl, orders); got != "unknown" {
+		t.Errorf("orders, not listed: %q, want unknown", got)
 	}
 }
 
@@ -246,44 +290,6 @@ func TestConsulInstance(t *testing.T) {
 	}
 }
 
-func TestConsulVersionFromMeta(t *testing.T) {
-	srv := consultest.Start(t)
-	srv.Register("users", consultest.Instance{ID: "a", Port: 9001, Tags: []string{"release/v1"}, Meta: map[string]string{"api": "v2"}})
-	srv.Register("users", consultest.Instance{ID: "b", Port: 9002, Tags: []string{"release/v1"}})
-	tbl, _ := start(t, &Backend{VersionTag: "release/", VersionMeta: "api"}, srv, registry.BackendEnv{})
-	testutil.Eventually(t, 10*time.Second, "the first sync", func() bool { return tbl.Snapshot().Synced() })
-	if got := tableHas(tbl, users); !slices.Equal(got, []string{"127.0.0.1:9002"}) {
-		t.Errorf("users v1 (from the tag): %v", got)
-	}
-	if got := tableHas(tbl, users2); !slices.Equal(got, []string{"127.0.0.1:9001"}) {
-		t.Errorf("users v2 (from the metadata, over the tag): %v", got)
-	}
-}
-
-func TestConsulServicesFilter(t *testing.T) {
-	srv := consultest.Start(t)
-	srv.Register("users", tagged("a", 9001, "v1"))
-	srv.Register("orders", tagged("o", 9002, "v1"))
-	tbl, _ := start(t, &Backend{Services: []string{"users", "payments"}}, srv, registry.BackendEnv{})
-	testutil.Eventually(t, 10*time.Second, "the first sync", func() bool { return tbl.Snapshot().Synced() })
-	if got := tableState(tbl, users); got != "127.0.0.1:9001" {
-		t.Errorf("users, listed: %q", got)
-	}
-	if got := tableState(tbl, orders); got != "unknown" {
-		t.Errorf("orders, not listed: %q, want unknown", got)
-	}
-	// a listed service registered later is followed
-	srv.Register("payments", tagged("p", 9003, "v1"))
-	testutil.Eventually(t, 10*time.Second, "a listed service registered later", func() bool {
-		return tableState(tbl, registry.ServiceKey{Service: "payments", Version: "v1"}) == "127.0.0.1:9003"
-	})
-	for _, r := range srv.Requests() {
-		if r.Path == "/v1/health/service/orders" || r.Path == "/v1/health/service/consul" {
-			t.Fatalf("a service not listed was queried: %s", r.Path)
-		}
-	}
-}
-
 func TestConsulNextIndex(t *testing.T) {
 	for _, tc := range []struct {
 		name            string
@@ -304,43 +310,10 @@ func TestConsulNextIndex(t *testing.T) {
 	}
 }
 
-func TestConsulIndexBackwards(t *testing.T) {
-	srv := consultest.Start(t)
-	srv.Register("users", tagged("a", 9001, "v1"))
-	srv.Register("users", tagged("b", 9002, "v1"))
-	srv.Register("orders", tagged("o", 9003, "v1"))
-	// The queries held when the index goes back expire after the wait.
-	tbl, logs := start(t, &Backend{Wait: caddy.Duration(time.Second)}, srv, registry.BackendEnv{})
-	testutil.Eventually(t, 10*time.Second, "the first sync", func() bool {
-		return len(tableHas(tbl, users)) == 2 && len(tableHas(tbl, orders)) == 1
-	})
-
-	// Consul wiped (or another cluster): the same connections now answer
-	// with lower indexes, for data without a, b nor orders.
-	srv.Reset()
-	srv.Register("users", tagged("c", 9009, "v1"))
-	testutil.Eventually(t, 20*time.Second, "everything read again, nothing stale", func() bool {
-		return slices.Equal(tableHas(tbl, users), []string{"127.0.0.1:9009"}) && tableHas(tbl, orders) == nil
-	})
-	testutil.Eventually(t, 10*time.Second, "the catalog's index going backwards to be noticed", func() bool {
-		return logs.FilterMessageSnippet("index went backwards").Len() > 0
-	})
-	if n := logs.FilterMessageSnippet("consul unreachable").Len(); n != 0 {
-		t.Errorf("logged unreachable %d times, though Consul answered throughout", n)
-	}
-
-	// Changes after the reset are followed as usual.
-	srv.Register("users", tagged("d", 9010, "v1"))
-	testutil.Eventually(t, 10*time.Second, "a change after the reset", func() bool {
-		return slices.Equal(tableHas(tbl, users), []string{"127.0.0.1:9009", "127.0.0.1:9010"})
-	})
-}
-
 func TestConsulUnreachableAtStart(t *testing.T) {
-	srv := consultest.StartLater(t) // port reserved, nothing serving
-	srv.Register("users", tagged("a", 9001, "v1"))
+	agent := consultest.StartLater(t) // ports reserved, nothing serving
 	seeds := map[registry.ServiceKey][]registry.Endpoint{users: testutil.Endpoints("127.0.0.1:9100")}
-	tbl, logs := start(t, &Backend{}, srv, registry.BackendEnv{Seeds: seeds}) // returns at once
+	tbl, logs := start(t, &Backend{}, agent.Addr, registry.BackendEnv{Seeds: seeds}) // returns at once
 	if _, err := tbl.Snapshot().Lookup("users", "v1"); !errors.Is(err, registry.ErrNotSynced) {
 		t.Fatalf("before the first sync: %v, want registry.ErrNotSynced (503)", err)
 	}
@@ -348,7 +321,8 @@ func TestConsulUnreachableAtStart(t *testing.T) {
 		return logs.FilterMessageSnippet("503 until the first sync").Len() > 0
 	})
 
-	srv.Serve()
+	agent.Restart()
+	agent.Register(instance("a", "users", 9001, "v1", api.HealthPassing))
 	testutil.Eventually(t, 20*time.Second, "the first sync once Consul is up", func() bool {
 		return slices.Equal(tableHas(tbl, users), []string{"127.0.0.1:9001", "127.0.0.1:9100"})
 	})
@@ -360,16 +334,21 @@ func TestConsulUnreachableAtStart(t *testing.T) {
 	}
 }
 
-func TestConsulLostAndBack(t *testing.T) {
-	srv := consultest.Start(t)
-	srv.Register("users", tagged("a", 9001, "v1"))
-	srv.Register("orders", tagged("o", 9003, "v1"))
-	tbl, logs := start(t, &Backend{}, srv, registry.BackendEnv{})
+// TestConsulKilledAndRestarted kills the agent: routing keeps the last
+// snapshot. The agent comes back with its catalog rebuilt from scratch
+// (dev mode keeps it in memory), at lower indexes, from the services
+// registered through it, which it registers again; the backend routes
+// what it holds then, and follows its changes.
+func TestConsulKilledAndRestarted(t *testing.T) {
+	agent := consultest.Start(t)
+	agent.Register(instance("a", "users", 9001, "v1", api.HealthPassing))
+	agent.Register(instance("o", "orders", 9003, "v1", api.HealthPassing))
+	tbl, logs := start(t, &Backend{}, agent.Addr, registry.BackendEnv{})
 	testutil.Eventually(t, 10*time.Second, "the first sync", func() bool {
 		return len(tableHas(tbl, users)) == 1 && len(tableHas(tbl, orders)) == 1
 	})
 
-	srv.Stop()
+	agent.Kill()
 	testutil.Eventually(t, 10*time.Second, "losing Consul to be logged", func() bool {
 		return logs.FilterMessageSnippet("routing keeps the last snapshot").Len() > 0
 	})
@@ -377,15 +356,19 @@ func TestConsulLostAndBack(t *testing.T) {
 		t.Fatalf("without Consul the last snapshot must stay: %v (synced %v)", got, tbl.Snapshot().Synced())
 	}
 
-	// It comes back after a restart that lost its data, with other
-	// instances, at lower indexes.
-	srv.Reset()
-	srv.Register("users", tagged("b", 9002, "v1"))
-	srv.Serve()
-	testutil.Eventually(t, 20*time.Second, "a resync once Consul is back", func() bool {
-		return slices.Equal(tableHas(tbl, users), []string{"127.0.0.1:9002"}) && tableHas(tbl, orders) == nil
+	// The agent registers a again, with its TTL check critical until
+	// the service reports (as a real agent does after a restart).
+	agent.Restart()
+	agent.Register(instance("b", "users", 9002, "v1", api.HealthPassing))
+	agent.Deregister("o")
+	testutil.Eventually(t, 20*time.Second, "what the restarted agent holds", func() bool {
+		return tableState(tbl, users) == "127.0.0.1:9002" && tableHas(tbl, orders) == nil
 	})
-	testutil.Eventually(t, 20*time.Second, "coming back to be logged", func() bool {
+	agent.SetStatus("a", api.HealthPassing)
+	testutil.Eventually(t, 10*time.Second, "a's check passing again", func() bool {
+		return tableState(tbl, users) == "127.0.0.1:9001,127.0.0.1:9002"
+	})
+	testutil.Eventually(t, 10*time.Second, "coming back to be logged", func() bool {
 		return logs.FilterMessageSnippet("consul reachable again").Len() > 0
 	})
 	if n := logs.FilterMessageSnippet("consul unreachable").Len(); n != 1 {
@@ -394,28 +377,86 @@ func TestConsulLostAndBack(t *testing.T) {
 	if n := logs.FilterMessageSnippet("consul reachable again").Len(); n != 1 {
 		t.Errorf("coming back was logged %d times, want once", n)
 	}
+	if n := logs.FilterMessageSnippet("could not read a service").Len(); n != 0 {
+		t.Errorf("reads of services logged as failing %d times; Consul being away is logged once, as unreachable", n)
+	}
+}
+
+// TestConsulFrozen freezes the agent (SIGSTOP) past a blocking query's
+// deadline: its queries hang, and time out; routing keeps the last
+// snapshot. Once it goes on, changes are followed.
+func TestConsulFrozen(t *testing.T) {
+	slack := consulSlack
+	consulSlack = time.Second
+	t.Cleanup(func() { consulSlack = slack })
+	agent := consultest.Start(t)
+	agent.Register(instance("a", "users", 9001, "v1", api.HealthPassing))
+	tbl, logs := start(t, &Backend{Wait: caddy.Duration(time.Second)}, agent.Addr, registry.BackendEnv{})
+	testutil.Eventually(t, 10*time.Second, "the first sync", func() bool { return len(tableHas(tbl, users)) == 1 })
+
+	agent.Pause()
+	testutil.Eventually(t, 20*time.Second, "a frozen Consul to be logged", func() bool {
+		return logs.FilterMessageSnippet("routing keeps the last snapshot").Len() > 0
+	})
+	if got := tableHas(tbl, users); !slices.Equal(got, []string{"127.0.0.1:9001"}) {
+		t.Fatalf("while Consul is frozen the last snapshot must stay: %v", got)
+	}
+	agent.Resume()
+	agent.Register(instance("b", "users", 9002, "v1", api.HealthPassing))
+	testutil.Eventually(t, 20*time.Second, "a change once Consul goes on", func() bool {
+		return slices.Equal(tableHas(tbl, users), []string{"127.0.0.1:9001", "127.0.0.1:9002"})
+	})
+	if n := logs.FilterMessageSnippet("consul unreachable").Len(); n != 1 {
+		t.Errorf("the freeze was logged %d times, want once", n)
+	}
+}
+
+// TestConsulCutOff cuts the backend off the agent (a partition):
+// routing keeps the last snapshot; once mended, what changed meanwhile
+// is read.
+func TestConsulCutOff(t *testing.T) {
+	agent := consultest.Start(t)
+	agent.Register(instance("a", "users", 9001, "v1", api.HealthPassing))
+	proxy := testutil.NewProxy(t, agent.Addr)
+	tbl, logs := start(t, &Backend{}, proxy.Addr, registry.BackendEnv{})
+	testutil.Eventually(t, 10*time.Second, "the first sync", func() bool { return tableState(tbl, users) == "127.0.0.1:9001" })
+
+	proxy.Cut()
+	testutil.Eventually(t, 10*time.Second, "losing Consul to be logged", func() bool {
+		return logs.FilterMessageSnippet("routing keeps the last snapshot").Len() > 0
+	})
+	agent.Register(instance("b", "users", 9002, "v1", api.HealthPassing))
+	agent.SetStatus("a", api.HealthCritical)
+	if got := tableState(tbl, users); got != "127.0.0.1:9001" {
+		t.Fatalf("cut off, the last snapshot must stay: %q", got)
+	}
+	proxy.Mend()
+	testutil.Eventually(t, 10*time.Second, "what changed while cut off", func() bool { return tableState(tbl, users) == "127.0.0.1:9002" })
+	testutil.Eventually(t, 10*time.Second, "coming back to be logged", func() bool {
+		return logs.FilterMessageSnippet("consul reachable again").Len() > 0
+	})
+	if n := logs.FilterMessageSnippet("consul unreachable").Len(); n != 1 {
+		t.Errorf("the cut was logged %d times, want once", n)
+	}
+	if n := logs.FilterMessageSnippet("could not read a service").Len(); n != 0 {
+		t.Errorf("reads of services logged as failing %d times; Consul out of reach is logged once, as unreachable", n)
+	}
 }
 
 func TestConsulTokenAndDatacenter(t *testing.T) {
 	const secret = "s3cret-Consul-t0ken"
 	t.Setenv("SVCREG_TEST_CONSUL_TOKEN", secret)
-	srv := consultest.Start(t)
-	srv.RequireToken(secret)
-	srv.Register("users", tagged("a", 9001, "v1"))
-	tbl, logs := start(t, &Backend{Token: "{env.SVCREG_TEST_CONSUL_TOKEN}", Datacenter: "dc1"}, srv, registry.BackendEnv{})
+	agent := consultest.StartACL(t, secret)
+	agent.Register(instance("a", "users", 9001, "v1", api.HealthPassing))
+	tbl, logs := start(t, &Backend{Token: "{env.SVCREG_TEST_CONSUL_TOKEN}", Datacenter: "dc1"}, agent.Addr, registry.BackendEnv{})
 	testutil.Eventually(t, 10*time.Second, "the first sync with the token", func() bool {
 		return slices.Equal(tableHas(tbl, users), []string{"127.0.0.1:9001"})
 	})
-	for _, r := range srv.Requests() {
-		if r.Token != secret || r.Datacenter != "dc1" {
-			t.Fatalf("a request with token %q and dc %q, want the expanded token and dc1", r.Token, r.Datacenter)
-		}
-	}
 	checkNoSecret(t, logs, secret)
 
 	// A token Consul refuses: not synced, said once, and never shown.
 	const wrong = "wrong-Consul-t0ken"
-	refused, refusedLogs := start(t, &Backend{Token: wrong}, srv, registry.BackendEnv{})
+	refused, refusedLogs := start(t, &Backend{Token: wrong}, agent.Addr, registry.BackendEnv{})
 	testutil.Eventually(t, 10*time.Second, "the refusal to be logged", func() bool {
 		return refusedLogs.FilterMessageSnippet("consul unreachable").Len() > 0
 	})
@@ -427,6 +468,16 @@ func TestConsulTokenAndDatacenter(t *testing.T) {
 		t.Errorf("the log does not say why: %q", reason)
 	}
 	checkNoSecret(t, refusedLogs, wrong)
+
+	// The datacenter is sent: Consul knows no other.
+	other, otherLogs := start(t, &Backend{Token: secret, Datacenter: "dc2"}, agent.Addr, registry.BackendEnv{})
+	testutil.Eventually(t, 10*time.Second, "an unknown datacenter to be logged", func() bool {
+		return otherLogs.FilterMessageSnippet("consul unreachable").Len() > 0
+	})
+	entry = otherLogs.FilterMessageSnippet("consul unreachable").All()[0]
+	if reason := fmt.Sprint(entry.ContextMap()["error"]); !strings.Contains(reason, "datacenter") || other.Snapshot().Synced() {
+		t.Errorf("datacenter dc2: synced %v, logged %q; want not synced, and the log saying no such datacenter", other.Snapshot().Synced(), reason)
+	}
 
 	// A token placeholder that expands to nothing is a config error.
 	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
@@ -448,11 +499,11 @@ func checkNoSecret(t *testing.T, logs *observer.ObservedLogs, secret string) {
 }
 
 func TestConsulReadOnlyWithSeedsAndTraffic(t *testing.T) {
-	srv := consultest.Start(t)
-	srv.Register("users", tagged("a", 9001, "v1"))
-	srv.Register("users", tagged("b", 9002, "v2"))
+	agent := consultest.Start(t)
+	agent.Register(instance("a", "users", 9001, "v1", api.HealthPassing))
+	agent.Register(instance("b", "users", 9002, "v2", api.HealthPassing))
 	c := &Backend{}
-	provision(t, c, srv)
+	provision(t, c, agent.Addr)
 	r := registry.New(c, registry.Options{})
 	t.Cleanup(func() { testutil.Must(t, r.Stop()) })
 	policy := registry.TrafficPolicy{Split: map[string]int{"v1": 90, "v2": 10}}
@@ -513,16 +564,16 @@ func backendGoroutines() []string {
 }
 
 func TestConsulStopEndsEverything(t *testing.T) {
-	srv := consultest.Start(t)
+	agent := consultest.Start(t)
 	for i := range 5 {
-		srv.Register(fmt.Sprintf("svc%d", i), tagged("a", 9001+i, "v1"))
+		agent.Register(instance(fmt.Sprintf("a%d", i), fmt.Sprintf("svc%d", i), 9001+i, "v1", api.HealthPassing))
 	}
 	// queries held far longer than the test: Stop must end them
 	c := &Backend{Wait: caddy.Duration(10 * time.Minute)}
-	tbl, _ := start(t, c, srv, registry.BackendEnv{})
+	tbl, _ := start(t, c, agent.Addr, registry.BackendEnv{})
 	testutil.Eventually(t, 10*time.Second, "the first sync", func() bool { return len(tbl.Snapshot().Services()) == 5 })
-	if len(backendGoroutines()) < 6 {
-		t.Fatalf("fewer goroutines than watches before Stop:\n%s", strings.Join(backendGoroutines(), "\n\n"))
+	if n := len(backendGoroutines()); n < 2+consulReaders {
+		t.Fatalf("%d goroutines before Stop, fewer than the two watches and the readers:\n%s", n, strings.Join(backendGoroutines(), "\n\n"))
 	}
 	stopped := make(chan error, 1)
 	go func() { stopped <- c.Stop() }()

@@ -1,375 +1,273 @@
-// Package consultest is a fake Consul agent for tests: the two HTTP
-// endpoints the consul backend reads, /v1/catalog/services and
-// /v1/health/service/<name>, with Consul's blocking-query semantics, on
-// 127.0.0.1. A real Consul cannot be installed where these tests run (it
-// is not in Debian, and its current releases are not open source).
+// Package consultest runs a real Consul agent for tests, and keeps a fake
+// one for the faults a real agent cannot be made to show.
 //
-// Blocking queries behave as Consul documents them: every answer carries
-// X-Consul-Index; a request with ?index=N (N > 0) is held until the
-// index of what it reads is greater than N, or until ?wait= (default 5m,
-// at most 10m) has passed, and then answers with the current data and
-// index, which may be lower than N if the index went backwards (Reset).
+// Start runs `consul agent -dev` (a server and agent in one process,
+// in-memory catalog) on 127.0.0.1 with every port free and non-default,
+// DNS and gRPC off, and a temporary data directory, waits until it has a
+// leader and answers, and stops it by PID when the test ends. The binary
+// is $SVCREG_CONSUL, else the one scripts/consul-build.sh builds
+// (Consul v1.16.1, the last release under the MPL-2.0, in
+// ${SVCREG_CACHE:-~/.cache/svcreg}/consul-v1.16.1/consul), else consul on
+// PATH. Without one the tests that need it are skipped with a message
+// saying how to build it, unless SVCREG_REQUIRE_CONSUL is set (CI sets
+// it), in which case they fail.
 //
-// The catalog's index moves when an instance is registered or
-// deregistered; a service's health index moves when one of its instances
-// is registered, deregistered or changes status, and keeps the index of
-// the service's last change after its last instance is gone.
+// StartFake runs the fake (see Fake): an HTTP server with the endpoints
+// the consul backend reads, for what an agent cannot show on demand: a
+// query of one service answering 500, a query that hangs, an index that
+// goes backwards on connections that stay open.
 package consultest
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
-	"maps"
-	"net"
 	"net/http"
-	"slices"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strconv"
-	"strings"
-	"sync"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/consul/api"
+
+	"github.com/svcreg/caddy-svcreg/internal/testutil"
 )
 
-// Instance is one registered instance of a service, with one check.
-type Instance struct {
-	// ID is the service ID. Default: <service>-<address>-<port>.
-	ID string
-	// Node is the node's name. Default: node1.
-	Node string
-	// NodeAddress is the node's address. Default: 127.0.0.1.
-	NodeAddress string
-	// Address is the service's own address; empty means the node's.
-	Address string
-	Port    int
-	Tags    []string
-	Meta    map[string]string
-	Weights api.AgentWeights
-	// Status is the check's status: passing (default), warning or critical.
-	Status string
-}
+// Version is the Consul release the tests run against, and that
+// scripts/consul-build.sh builds.
+const Version = "v1.16.1"
 
-// Request is what the server saw of one request.
-type Request struct {
-	Path       string
-	Index      string // the index parameter, "" if absent
-	Wait       string
-	Datacenter string
-	Token      string // the X-Consul-Token header
-	Passing    string // the passing parameter
-}
-
-// Server is a running fake Consul agent.
-type Server struct {
-	// Addr is 127.0.0.1:port, the same across Stop and Serve.
+// Agent is a running Consul agent in dev mode.
+type Agent struct {
+	// Addr is its HTTP API, 127.0.0.1:port, the same across restarts.
 	Addr string
+	// Token is the ACL token of the helper's own requests (StartACL).
+	Token string
 
-	t testing.TB
+	t     testing.TB
+	bin   string
+	dir   string
+	ports [4]int // serf LAN, serf WAN, server RPC, HTTP
+	extra []string
+	http  *http.Client
 
-	mu       sync.Mutex
-	srv      *http.Server
-	token    string // required when set
-	index    uint64 // of the last change
-	catalog  uint64 // index of the catalog's last change
-	services map[string]*service
-	wake     chan struct{} // closed and replaced at every change
-	requests []Request
+	proc testutil.Process
+	log  testutil.Log // what it printed
 }
 
-type service struct {
-	index     uint64 // of the service's last change
-	instances map[string]Instance
+// Binary returns the Consul binary the tests use, or an error saying how
+// to get one.
+func Binary() (string, error) {
+	if bin := os.Getenv("SVCREG_CONSUL"); bin != "" {
+		if _, err := os.Stat(bin); err != nil {
+			return "", fmt.Errorf("SVCREG_CONSUL: %w", err)
+		}
+		return bin, nil
+	}
+	cache := os.Getenv("SVCREG_CACHE")
+	if cache == "" {
+		dir, err := os.UserCacheDir()
+		if err == nil {
+			cache = filepath.Join(dir, "svcreg")
+		}
+	}
+	if cache != "" {
+		bin := filepath.Join(cache, "consul-"+Version, "consul")
+		if _, err := os.Stat(bin); err == nil {
+			return bin, nil
+		}
+	}
+	if bin, err := exec.LookPath("consul"); err == nil {
+		return bin, nil
+	}
+	return "", errors.New("no consul binary: build Consul " + Version + " with scripts/consul-build.sh (about 10 minutes, once), or set SVCREG_CONSUL to a consul binary")
 }
 
-// Start starts a fake Consul agent holding only the consul service, as a
-// fresh agent does. It stops when the test ends.
-func Start(t testing.TB) *Server {
+// Start starts a Consul agent in dev mode with extra command-line
+// arguments (such as -hcl fragments), and waits until it has a leader
+// and its catalog answers. It is stopped when the test ends.
+func Start(t testing.TB, extra ...string) *Agent {
 	t.Helper()
-	s := StartLater(t)
-	s.Serve()
-	return s
+	a := StartLater(t, extra...)
+	a.Restart()
+	return a
 }
 
-// StartLater reserves a port for a fake agent that Serve starts later,
+// StartACL starts an agent as Start does, with ACLs on, everything
+// denied by default, and token as its management token (also the agent's
+// own, and Token).
+func StartACL(t testing.TB, token string) *Agent {
+	t.Helper()
+	a := StartLater(t, "-hcl", fmt.Sprintf(`acl { enabled = true
+		default_policy = "deny"
+		tokens { initial_management = %q
+			agent = %q } }`, token, token))
+	a.Token = token
+	a.Restart()
+	return a
+}
+
+// StartLater reserves the ports of an agent that Restart starts later,
 // for tests of a backend that starts before Consul does.
-func StartLater(t testing.TB) *Server {
+func StartLater(t testing.TB, extra ...string) *Agent {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	bin, err := Binary()
 	if err != nil {
-		t.Fatal(err)
+		if os.Getenv("SVCREG_REQUIRE_CONSUL") != "" {
+			t.Fatalf("%v; SVCREG_REQUIRE_CONSUL is set", err)
+		}
+		t.Skip("skipping: " + err.Error())
 	}
-	s := &Server{Addr: ln.Addr().String(), t: t, wake: make(chan struct{})}
-	ln.Close()
-	s.reset()
-	t.Cleanup(s.Stop)
-	return s
+	// no keep-alive: the helper holds no connection between requests
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	a := &Agent{t: t, bin: bin, dir: t.TempDir(), extra: extra, http: client}
+	for i := range a.ports {
+		a.ports[i] = testutil.FreePort(t)
+	}
+	a.Addr = fmt.Sprintf("127.0.0.1:%d", a.ports[3])
+	t.Cleanup(a.Stop)
+	return a
 }
 
-// Serve starts serving on Addr, after StartLater or Stop, with the data
-// the server holds.
-func (s *Server) Serve() {
-	s.t.Helper()
-	var ln net.Listener
+// Restart starts the agent again after StartLater, Stop or Kill, on the
+// same ports and data directory. Its catalog starts empty, at a low
+// index (dev mode keeps it in memory); the services registered through
+// the agent come back as the agent registers them again, as a real
+// agent's do.
+func (a *Agent) Restart() {
+	a.t.Helper()
+	p := func(n int) string { return strconv.Itoa(n) }
+	args := append([]string{"agent", "-dev",
+		"-node", "svcreg-test",
+		"-bind", "127.0.0.1", "-client", "127.0.0.1",
+		"-serf-lan-port", p(a.ports[0]), "-serf-wan-port", p(a.ports[1]), "-server-port", p(a.ports[2]),
+		"-http-port", p(a.ports[3]),
+		"-dns-port", "-1", "-grpc-port", "-1", "-grpc-tls-port", "-1",
+		"-data-dir", a.dir,
+		"-log-level", "warn",
+		"-hcl", "disable_update_check = true",
+		"-hcl", "connect { enabled = false }",
+	}, a.extra...)
+	cmd := exec.Command(a.bin, args...)
+	cmd.Stdout, cmd.Stderr = &a.log, &a.log
+	if err := a.proc.Start(cmd); err != nil {
+		a.t.Fatalf("starting consul: %v", err)
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for !a.ready() {
+		if time.Now().After(deadline) {
+			a.t.Fatalf("consul did not elect itself leader and answer in 60s:\n%s", a.Log())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// ready reports whether the agent knows its leader and its catalog lists
+// the consul service (the leader registered itself).
+func (a *Agent) ready() bool {
+	var leader string
+	if err := a.get("/v1/status/leader", &leader); err != nil || leader == "" {
+		return false
+	}
+	var services map[string][]string
+	if err := a.get("/v1/catalog/services", &services); err != nil {
+		return false
+	}
+	_, ok := services["consul"]
+	return ok
+}
+
+// get decodes the JSON that a GET of path answers into v.
+func (a *Agent) get(path string, v any) error {
+	req, err := http.NewRequest(http.MethodGet, "http://"+a.Addr+path, nil)
+	if err != nil {
+		return err
+	}
+	if a.Token != "" {
+		req.Header.Set("X-Consul-Token", a.Token)
+	}
+	resp, err := a.http.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("status %s", resp.Status)
+	}
+	return json.NewDecoder(resp.Body).Decode(v)
+}
+
+// Client returns a client of the agent's HTTP API.
+func (a *Agent) Client() *api.Client {
+	a.t.Helper()
+	c, err := api.NewClient(&api.Config{Address: a.Addr, HttpClient: a.http, Token: a.Token})
+	if err != nil {
+		a.t.Fatal(err)
+	}
+	return c
+}
+
+// Register registers a service instance through the agent
+// (/v1/agent/service/register), as services register themselves.
+func (a *Agent) Register(reg *api.AgentServiceRegistration) {
+	a.t.Helper()
+	if err := a.Client().Agent().ServiceRegister(reg); err != nil {
+		a.t.Fatalf("registering %s with consul: %v", reg.ID, err)
+	}
+}
+
+// Deregister deregisters a service instance through the agent.
+func (a *Agent) Deregister(id string) {
+	a.t.Helper()
+	if err := a.Client().Agent().ServiceDeregister(id); err != nil {
+		a.t.Fatalf("deregistering %s from consul: %v", id, err)
+	}
+}
+
+// SetStatus sets the status of the TTL check of the instance serviceID,
+// registered with TTL: passing, warning or critical.
+func (a *Agent) SetStatus(serviceID, status string) {
+	a.t.Helper()
+	if err := a.Client().Agent().UpdateTTL("service:"+serviceID, "", status); err != nil {
+		a.t.Fatalf("setting the check of %s to %s: %v", serviceID, status, err)
+	}
+}
+
+// Maintenance puts the agent's node in maintenance mode, or takes it
+// out: a critical check of the node itself, failing every instance on it.
+func (a *Agent) Maintenance(on bool) {
+	a.t.Helper()
 	var err error
-	// the port may still be held for a moment after a Stop
-	for range 200 {
-		if ln, err = net.Listen("tcp", s.Addr); err == nil {
-			break
-		}
-		time.Sleep(10 * time.Millisecond)
+	if on {
+		err = a.Client().Agent().EnableNodeMaintenance("svcreg test")
+	} else {
+		err = a.Client().Agent().DisableNodeMaintenance()
 	}
 	if err != nil {
-		s.t.Fatalf("fake consul on %s: %v", s.Addr, err)
-	}
-	srv := &http.Server{Handler: s, ReadHeaderTimeout: 10 * time.Second}
-	s.mu.Lock()
-	s.srv = srv
-	s.mu.Unlock()
-	go srv.Serve(ln) //nolint:errcheck // ends with http.ErrServerClosed at Stop
-}
-
-// Stop closes the listener and every connection, held queries included,
-// as a Consul agent that dies does. The data stays for Serve.
-func (s *Server) Stop() {
-	s.mu.Lock()
-	srv := s.srv
-	s.srv = nil
-	s.mu.Unlock()
-	if srv != nil {
-		srv.Close()
+		a.t.Fatalf("setting node maintenance to %v: %v", on, err)
 	}
 }
 
-// RequireToken makes every request without this X-Consul-Token header
-// get 403 "ACL not found", as Consul with ACLs on answers.
-func (s *Server) RequireToken(token string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.token = token
+// TTL returns a TTL check that starts with status and stays so until
+// SetStatus: it never expires within a test.
+func TTL(status string) *api.AgentServiceCheck {
+	return &api.AgentServiceCheck{TTL: "1h", Status: status}
 }
 
-// Reset forgets every service and starts the index again from 1, with
-// the consul service only: a Consul whose data was wiped, or another
-// cluster at the same address. Held queries go on waiting, as Consul's
-// do when the index they know is ahead of the data's.
-func (s *Server) Reset() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.reset()
-	s.changed()
-}
+// Pause freezes the agent (SIGSTOP) until Resume: queries hang.
+func (a *Agent) Pause() { a.proc.Signal(syscall.SIGSTOP) }
 
-// reset sets the data of a fresh agent. The caller holds s.mu.
-func (s *Server) reset() {
-	s.index, s.catalog = 0, 0
-	s.services = map[string]*service{}
-	s.register("consul", Instance{ID: "consul", Port: 8300})
-}
+// Resume lets a paused agent go on (SIGCONT).
+func (a *Agent) Resume() { a.proc.Signal(syscall.SIGCONT) }
 
-// Register adds or replaces an instance of service.
-func (s *Server) Register(name string, inst Instance) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.register(name, inst)
-	s.changed()
-}
+// Kill kills the agent (SIGKILL), as a crash does.
+func (a *Agent) Kill() { a.proc.Stop(syscall.SIGKILL) }
 
-// register adds or replaces an instance. The caller holds s.mu.
-func (s *Server) register(name string, inst Instance) {
-	if inst.ID == "" {
-		inst.ID = fmt.Sprintf("%s-%s-%d", name, inst.Address, inst.Port)
-	}
-	if inst.Node == "" {
-		inst.Node = "node1"
-	}
-	if inst.NodeAddress == "" {
-		inst.NodeAddress = "127.0.0.1"
-	}
-	if inst.Status == "" {
-		inst.Status = api.HealthPassing
-	}
-	svc := s.services[name]
-	if svc == nil {
-		svc = &service{instances: map[string]Instance{}}
-		s.services[name] = svc
-	}
-	s.index++
-	svc.instances[inst.ID] = inst
-	svc.index, s.catalog = s.index, s.index
-}
+// Stop stops the agent (SIGTERM) and waits for it to exit.
+func (a *Agent) Stop() { a.proc.Stop(syscall.SIGTERM) }
 
-// Deregister removes an instance of service by its ID.
-func (s *Server) Deregister(name, id string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	svc, ok := s.services[name]
-	if ok {
-		_, ok = svc.instances[id]
-	}
-	if !ok {
-		s.t.Errorf("fake consul: deregistering unknown instance %s of %s", id, name)
-		return
-	}
-	s.index++
-	delete(svc.instances, id)
-	svc.index, s.catalog = s.index, s.index
-	s.changed()
-}
-
-// SetStatus sets the check status of an instance of service: passing,
-// warning or critical.
-func (s *Server) SetStatus(name, id, status string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	var inst Instance
-	svc, ok := s.services[name]
-	if ok {
-		inst, ok = svc.instances[id]
-	}
-	if !ok {
-		s.t.Errorf("fake consul: setting the status of unknown instance %s of %s", id, name)
-		return
-	}
-	s.index++
-	inst.Status = status
-	svc.instances[id] = inst
-	svc.index = s.index
-	s.changed()
-}
-
-// Requests returns what the server saw of every request so far.
-func (s *Server) Requests() []Request {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return slices.Clone(s.requests)
-}
-
-// changed wakes the held queries. The caller holds s.mu.
-func (s *Server) changed() {
-	close(s.wake)
-	s.wake = make(chan struct{})
-}
-
-// ServeHTTP answers the two endpoints the consul backend reads.
-func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	q := r.URL.Query()
-	req := Request{Path: r.URL.Path, Index: q.Get("index"), Wait: q.Get("wait"), Datacenter: q.Get("dc"),
-		Token: r.Header.Get("X-Consul-Token"), Passing: q.Get("passing")}
-	s.mu.Lock()
-	s.requests = append(s.requests, req)
-	token := s.token
-	s.mu.Unlock()
-
-	if r.Method != http.MethodGet {
-		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
-		return
-	}
-	if token != "" && req.Token != token {
-		http.Error(w, "ACL not found", http.StatusForbidden)
-		return
-	}
-	index, err := strconv.ParseUint(req.Index, 10, 64)
-	if req.Index == "" {
-		index, err = 0, nil
-	}
-	if err != nil {
-		http.Error(w, "Invalid index: "+err.Error(), http.StatusBadRequest)
-		return
-	}
-	wait := 5 * time.Minute
-	if req.Wait != "" {
-		if wait, err = time.ParseDuration(req.Wait); err != nil {
-			http.Error(w, "Invalid wait time: "+err.Error(), http.StatusBadRequest)
-			return
-		}
-		wait = min(wait, 10*time.Minute)
-	}
-
-	var read func() (uint64, any)
-	switch name, ok := strings.CutPrefix(r.URL.Path, "/v1/health/service/"); {
-	case r.URL.Path == "/v1/catalog/services":
-		read = s.readCatalog
-	case ok && name != "":
-		passing := q.Has("passing") && req.Passing != "false" && req.Passing != "0"
-		read = func() (uint64, any) { return s.readHealth(name, passing) }
-	default:
-		http.NotFound(w, r)
-		return
-	}
-	at, body := s.block(r, index, wait, read)
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("X-Consul-Index", strconv.FormatUint(at, 10))
-	w.Header().Set("X-Consul-KnownLeader", "true")
-	w.Header().Set("X-Consul-LastContact", "0")
-	_ = json.NewEncoder(w).Encode(body)
-}
-
-// block reads at once for index 0; else it holds the request until the
-// index of what read reads is greater than index, wait has passed or the
-// client has gone, and then reads.
-func (s *Server) block(r *http.Request, index uint64, wait time.Duration, read func() (uint64, any)) (uint64, any) {
-	timer := time.NewTimer(wait)
-	defer timer.Stop()
-	for {
-		s.mu.Lock()
-		at, body := read()
-		wake := s.wake
-		s.mu.Unlock()
-		if index == 0 || at > index {
-			return at, body
-		}
-		select {
-		case <-wake:
-		case <-timer.C:
-			return at, body
-		case <-r.Context().Done():
-			return at, body
-		}
-	}
-}
-
-// readCatalog returns the catalog's index and its services with their
-// tags. The caller holds s.mu.
-func (s *Server) readCatalog() (uint64, any) {
-	out := map[string][]string{}
-	for name, svc := range s.services {
-		if len(svc.instances) == 0 {
-			continue
-		}
-		tags := map[string]bool{}
-		for _, inst := range svc.instances {
-			for _, tag := range inst.Tags {
-				tags[tag] = true
-			}
-		}
-		out[name] = slices.Sorted(maps.Keys(tags))
-	}
-	return max(s.catalog, 1), out
-}
-
-// readHealth returns the service's health index and its instances,
-// only those whose checks all pass if passing. The caller holds s.mu.
-func (s *Server) readHealth(name string, passing bool) (uint64, any) {
-	out := []*api.ServiceEntry{}
-	svc := s.services[name]
-	if svc == nil {
-		return max(s.catalog, 1), out
-	}
-	for _, id := range slices.Sorted(maps.Keys(svc.instances)) {
-		inst := svc.instances[id]
-		if passing && inst.Status != api.HealthPassing {
-			continue
-		}
-		out = append(out, &api.ServiceEntry{
-			Node: &api.Node{Node: inst.Node, Address: inst.NodeAddress, Datacenter: "dc1"},
-			Service: &api.AgentService{ID: inst.ID, Service: name, Tags: inst.Tags, Meta: inst.Meta,
-				Address: inst.Address, Port: inst.Port, Weights: inst.Weights},
-			Checks: api.HealthChecks{
-				{Node: inst.Node, CheckID: "serfHealth", Status: api.HealthPassing},
-				{Node: inst.Node, CheckID: "service:" + inst.ID, Status: inst.Status, ServiceID: inst.ID, ServiceName: name},
-			},
-		})
-	}
-	return max(svc.index, 1), out
-}
+// Log returns what the agent printed.
+func (a *Agent) Log() string { return a.log.String() }

@@ -1,0 +1,68 @@
+package consul
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/hashicorp/consul/api"
+
+	"github.com/svcreg/caddy-svcreg/registry"
+)
+
+// instanceName names an instance in logs: <node>/<service ID>.
+func instanceName(entry *api.ServiceEntry) string {
+	node := ""
+	if entry.Node != nil {
+		node = entry.Node.Node
+	}
+	id := ""
+	if entry.Service != nil {
+		id = entry.Service.ID
+	}
+	return node + "/" + id
+}
+
+// instance reads the versions and the endpoint of a Consul instance, or
+// says why it is skipped.
+func (c *Backend) instance(entry *api.ServiceEntry) ([]string, registry.Endpoint, error) {
+	svc := entry.Service
+	if svc == nil {
+		return nil, registry.Endpoint{}, errors.New("no service in the answer")
+	}
+	host := svc.Address
+	if host == "" && entry.Node != nil {
+		host = entry.Node.Address
+	}
+	addr, err := registry.ParseAddress(net.JoinHostPort(host, strconv.Itoa(svc.Port)))
+	if err != nil {
+		return nil, registry.Endpoint{}, err
+	}
+	var versions []string
+	if v := svc.Meta[c.VersionMeta]; c.VersionMeta != "" && v != "" {
+		versions = []string{v}
+	} else {
+		for _, tag := range svc.Tags {
+			if v, ok := strings.CutPrefix(tag, c.VersionTag); ok && !slices.Contains(versions, v) {
+				versions = append(versions, v)
+			}
+		}
+	}
+	if len(versions) == 0 {
+		why := fmt.Sprintf("no version: want a tag %s<version>", c.VersionTag)
+		if c.VersionMeta != "" {
+			why += fmt.Sprintf(" or service metadata %s", c.VersionMeta)
+		}
+		return nil, registry.Endpoint{}, errors.New(why)
+	}
+	for _, v := range versions {
+		if err := registry.CheckName("version", v); err != nil {
+			return nil, registry.Endpoint{}, err
+		}
+	}
+	weight := min(max(svc.Weights.Passing, 1), registry.MaxWeight)
+	return versions, registry.Endpoint{Address: addr, Weight: weight}, nil
+}

@@ -1,0 +1,272 @@
+package consul
+
+import (
+	"context"
+	"errors"
+	"math/rand/v2"
+	"slices"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"go.uber.org/zap"
+
+	"github.com/svcreg/caddy-svcreg/registry"
+)
+
+// query returns the options of a blocking query from index.
+func query(ctx context.Context, index uint64, wait time.Duration) *api.QueryOptions {
+	return (&api.QueryOptions{WaitIndex: index, WaitTime: wait}).WithContext(ctx)
+}
+
+// nextIndex returns the index to send after an answer at index got to a
+// query sent with index sent, by Consul's rules for blocking queries: if
+// the index went backwards, start again from 0 (a full read that does not
+// wait); never send 0 after an answer, which would not wait either.
+func nextIndex(sent, got uint64) uint64 {
+	if got < sent {
+		return 0
+	}
+	return max(got, 1)
+}
+
+// jitter returns d less a random amount of up to a quarter of it.
+func jitter(d time.Duration) time.Duration {
+	return d - rand.N(d/4+1)
+}
+
+// sleep waits d, and reports whether ctx is still going.
+func sleep(ctx context.Context, d time.Duration) bool {
+	if d <= 0 {
+		return ctx.Err() == nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+// poll sends blocking queries with read until ctx ends. read sends index
+// and wait and returns the index of the answer, from which nextIndex
+// makes the next one. After a failure, which failed hears of unless ctx
+// has ended, poll waits (backoff, with jitter) and reads everything again
+// (index 0).
+func (c *Backend) poll(ctx context.Context, what string, read func(ctx context.Context, index uint64, wait time.Duration) (uint64, error), failed func(error)) {
+	var index uint64
+	retry := consulRetryMin
+	for ctx.Err() == nil {
+		begin := time.Now()
+		wait := jitter(time.Duration(c.Wait))
+		// Consul may add up to wait/16 to the wait
+		reqCtx, cancel := context.WithTimeout(ctx, wait+wait/16+consulSlack)
+		var got uint64
+		err := c.safely("reading "+what, func() (err error) {
+			got, err = read(reqCtx, index, wait)
+			return err
+		})
+		cancel()
+		if ctx.Err() != nil {
+			return
+		}
+		if err != nil {
+			failed(err)
+			index = 0
+			if !sleep(ctx, jitter(retry)) {
+				return
+			}
+			retry = min(2*retry, consulRetryMax)
+			continue
+		}
+		retry = consulRetryMin
+		index = nextIndex(index, got)
+		// a query that answers at once every time (a bug, or changes
+		// faster than that) does not spin
+		if !sleep(ctx, time.Until(begin.Add(consulMinInterval))) {
+			return
+		}
+	}
+}
+
+// watchCatalog follows the catalog's list of services until ctx ends.
+func (c *Backend) watchCatalog(ctx context.Context) {
+	c.poll(ctx, "the consul catalog", func(ctx context.Context, index uint64, wait time.Duration) (uint64, error) {
+		services, meta, err := c.client.Catalog().Services(query(ctx, index, wait))
+		if err != nil {
+			return 0, err
+		}
+		back := c.setReachable(true, nil)
+		c.applyCatalog(ctx, services, index, meta.LastIndex, back)
+		return meta.LastIndex, nil
+	}, func(err error) { c.setReachable(false, err) })
+}
+
+// applyCatalog follows the services of the catalog's answer at index got
+// to a query sent with index sent, and forgets those gone. The catalog
+// says which services exist, not which of their instances changed: when
+// its index moved, every service is read again; when Consul is back
+// after a failure, at once, failing services included.
+func (c *Backend) applyCatalog(ctx context.Context, services map[string][]string, sent, got uint64, back bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if ctx.Err() != nil {
+		return
+	}
+	want := map[string]bool{}
+	for name := range services {
+		switch {
+		case len(c.Services) > 0 && !slices.Contains(c.Services, name):
+		case len(c.Services) == 0 && name == "consul":
+		case !registry.ValidName(name):
+			if !c.badNames[name] {
+				c.badNames[name] = true
+				c.log().Warn("skipping consul service", zap.String("backend", "consul"), zap.String("service", name),
+					zap.String("reason", registry.CheckName("service", name).Error()))
+			}
+		default:
+			want[name] = true
+		}
+	}
+	if got < sent && c.listed {
+		c.log().Warn("consul's index went backwards (restored, or another cluster); reading everything again",
+			zap.String("backend", "consul"))
+	}
+	for name, s := range c.services {
+		if !want[name] {
+			c.drop(s)
+		}
+	}
+	for name := range want {
+		if c.services[name] == nil {
+			c.follow(name)
+		}
+	}
+	if c.listed && (back || got != c.catalogIndex) {
+		c.readAll(back)
+	}
+	c.listed, c.catalogIndex = true, got
+	c.checkSynced()
+}
+
+// watchChecks follows the health checks that do not pass until ctx ends.
+func (c *Backend) watchChecks(ctx context.Context) {
+	c.poll(ctx, "consul's health checks", func(ctx context.Context, index uint64, wait time.Duration) (uint64, error) {
+		q := query(ctx, index, wait)
+		q.Filter = notPassingFilter
+		checks, meta, err := c.client.Health().State(api.HealthAny, q)
+		if err != nil {
+			return 0, err
+		}
+		c.applyChecks(checks, index, meta.LastIndex)
+		return meta.LastIndex, nil
+	}, c.checksFailed)
+}
+
+// check is a health check as applyChecks compares them: its service
+// ("" for a node's own check) and status.
+type check struct {
+	service, status string
+}
+
+// checkID identifies a health check: its node and its ID there.
+type checkID struct {
+	node, id string
+}
+
+// applyChecks reads again the services whose checks changed since the
+// last answer, by the checks that do not pass in the answer at index got
+// to a query sent with index sent (a check that turns critical shows
+// there; one that passes again leaves it). A change of a node's own
+// check (such as serfHealth: the node failed) reads again the services
+// with instances on that node. An answer without a last one to compare
+// with (the first, or after a failure), or whose index went backwards,
+// reads every service again.
+func (c *Backend) applyChecks(checks api.HealthChecks, sent, got uint64) {
+	now := make(map[checkID]check, len(checks))
+	for _, hc := range checks {
+		if hc.Status == api.HealthPassing { // should the filter not apply
+			continue
+		}
+		now[checkID{hc.Node, hc.CheckID}] = check{hc.ServiceName, hc.Status}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.checksFailing {
+		c.checksFailing = false
+		c.log().Info("consul's health checks readable again", zap.String("backend", "consul"))
+	}
+	old := c.notPassing
+	c.notPassing = now
+	if old == nil || got < sent {
+		c.readAll(false)
+		return
+	}
+	for id, was := range old {
+		if now[id] != was {
+			c.checkChanged(id.node, was)
+		}
+	}
+	for id, is := range now {
+		if old[id] != is {
+			c.checkChanged(id.node, is)
+		}
+	}
+}
+
+// checkChanged reads again the service of a check that changed on node,
+// or for a node's own check, the services with instances there. The
+// caller holds c.mu.
+func (c *Backend) checkChanged(node string, hc check) {
+	if hc.service == "" {
+		for s := range c.onNode[node] {
+			c.want(s, urgent)
+		}
+		return
+	}
+	if s := c.services[hc.service]; s != nil {
+		c.want(s, urgent)
+	}
+}
+
+// checksFailed notes that the query of the checks failed: until it
+// answers again, a service whose health changes is read again only when
+// the catalog changes. Consul out of reach shows in the catalog's queries
+// and is logged there; an answer refusing the query is logged here, once.
+func (c *Backend) checksFailed(err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.notPassing = nil
+	var status api.StatusError
+	if !errors.As(err, &status) || c.checksFailing {
+		c.log().Debug("consul's health checks query failed; retrying", zap.String("backend", "consul"), zap.Error(err))
+		return
+	}
+	c.checksFailing = true
+	c.log().Warn("consul refused the query of its health checks; health changes are seen only with changes to the catalog until it answers, retrying",
+		zap.String("backend", "consul"), zap.Error(err))
+}
+
+// setReachable logs a change of Consul's reachability, as the catalog's
+// queries see it, and reports whether it changed.
+func (c *Backend) setReachable(ok bool, err error) bool {
+	c.mu.Lock()
+	changed := c.reachable != ok
+	c.reachable = ok
+	synced := c.synced
+	c.mu.Unlock()
+	if !changed {
+		return false
+	}
+	fields := []zap.Field{zap.String("backend", "consul"), zap.String("address", c.address)}
+	switch {
+	case ok:
+		c.log().Info("consul reachable again", fields...)
+	case synced:
+		c.log().Error("consul unreachable; routing keeps the last snapshot and retries", append(fields, zap.Error(err))...)
+	default:
+		c.log().Error("consul unreachable; registry-routed requests get 503 until the first sync, retrying", append(fields, zap.Error(err))...)
+	}
+	return true
+}
