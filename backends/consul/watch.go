@@ -259,6 +259,7 @@ func (c *Backend) setReachable(ok bool, err error) bool {
 	if !changed {
 		return false
 	}
+	c.table.SetReachable(ok)
 	fields := []zap.Field{zap.String("backend", "consul"), zap.String("address", c.address)}
 	switch {
 	case ok:
