@@ -19,6 +19,7 @@ import (
 	"github.com/go-zookeeper/zk"
 	"go.uber.org/zap"
 
+	"github.com/svcreg/caddy-svcreg/backends/zookeeper/zkclient"
 	"github.com/svcreg/caddy-svcreg/backends/zookeeper/zkkv"
 	"github.com/svcreg/caddy-svcreg/registry"
 )
@@ -53,8 +54,11 @@ var (
 // starts and registry-routed requests get 503 until the first sync; if it
 // is lost later, routing keeps the last snapshot; once a session is back,
 // everything is listed again (after a session expired, this instance's
-// ephemeral nodes are created again first). Each change of reachability
-// is logged once.
+// ephemeral nodes are created again first). A ZooKeeper that went back in
+// time (wiped, or restored from an older snapshot) refuses this
+// instance's session: the backend starts a fresh client and does the
+// same (see package zkclient). Each change of reachability is logged
+// once.
 type Backend struct {
 	// Servers are the ZooKeeper servers, host:port. Default:
 	// 127.0.0.1:2181.
@@ -86,7 +90,7 @@ type Backend struct {
 	servers []string
 	logger  *zap.Logger
 
-	conn   *zk.Conn
+	client *zkclient.Client
 	cancel context.CancelFunc
 	done   sync.WaitGroup
 	wake   chan struct{} // a session event arrived
@@ -179,14 +183,16 @@ func (b *Backend) Start(table *registry.Table, env registry.BackendEnv) error {
 	b.logger = env.Logger
 	b.wake = make(chan struct{}, 1)
 	b.fired = make(chan struct{}, 1)
-	conn, _, err := zk.Connect(b.servers, time.Duration(b.SessionTimeout),
-		zk.WithLogger(zkLogger{b.logger}), zk.WithEventCallback(b.sessionEvent))
+	client, err := zkclient.New(zkclient.Options{
+		Servers: b.servers, SessionTimeout: time.Duration(b.SessionTimeout),
+		Logger: zkLogger{b.logger}, Event: b.sessionEvent, WentBack: b.wentBack,
+	})
 	if err != nil {
 		return fmt.Errorf("connecting to zookeeper: %w", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	b.mu.Lock()
-	b.conn, b.cancel, b.table = conn, cancel, table
+	b.client, b.cancel, b.table = client, cancel, table
 	b.seeds, b.trafficSeeds = env.Seeds, env.Traffic
 	b.warned, b.owned = map[string]int64{}, map[string][]byte{}
 	b.dirs, b.leaves = map[string]map[string]bool{}, map[string]leaf{}
@@ -230,6 +236,17 @@ func (b *Backend) sessionEvent(ev zk.Event) {
 	}
 }
 
+// wentBack logs that the client replaced its connection because
+// ZooKeeper went back in time; the new session's event that follows has
+// everything listed again, this instance's ephemeral nodes first.
+func (b *Backend) wentBack() {
+	b.log().Warn("zookeeper went back in time (wiped, or restored from an older snapshot) and refused this instance's session; "+
+		"listing everything again in a new session", zap.String("backend", "zookeeper"), zap.Strings("servers", b.servers))
+}
+
+// conn returns the ZooKeeper connection in use.
+func (b *Backend) conn() *zk.Conn { return b.client.Conn() }
+
 // Reconfigure takes a newer config's seeds and logger.
 func (b *Backend) Reconfigure(env registry.BackendEnv) error {
 	b.mu.Lock()
@@ -255,7 +272,7 @@ func (b *Backend) Stop() error {
 	b.stopped = true
 	b.mu.Unlock()
 	b.cancel()
-	b.conn.Close()
+	b.client.Close()
 	b.done.Wait()
 	return nil
 }
@@ -342,12 +359,13 @@ func (b *Backend) follow(ctx context.Context) {
 }
 
 // list reads every service and instance under the base, setting watches,
-// and publishes them. A session that replaced an expired one first gets
-// this instance's ephemeral nodes back.
+// and publishes them. A session that replaced an expired one (or one of a
+// ZooKeeper that went back in time) first gets this instance's ephemeral
+// nodes back.
 func (b *Backend) list(ctx context.Context) error {
 	b.mu.Lock()
 	b.listedGen = b.gen
-	session := b.conn.SessionID()
+	session := b.conn().SessionID()
 	renew := b.session != 0 && b.session != session
 	owned := maps.Clone(b.owned)
 	b.queue = nil // what fired so far, the listing reads anyway
@@ -379,9 +397,9 @@ func (b *Backend) createOwned(p string, data []byte) error {
 	if err := b.makeParents(p); err != nil {
 		return err
 	}
-	_, err := b.conn.Create(p, data, zk.FlagEphemeral, zk.WorldACL(zk.PermAll))
+	_, err := b.conn().Create(p, data, zk.FlagEphemeral, zk.WorldACL(zk.PermAll))
 	if errors.Is(err, zk.ErrNodeExists) {
-		_, err = b.conn.Set(p, data, -1)
+		_, err = b.conn().Set(p, data, -1)
 	}
 	return err
 }
@@ -392,7 +410,7 @@ func (b *Backend) makeParents(p string) error {
 	at := ""
 	for _, part := range parts[:len(parts)-1] {
 		at += "/" + part
-		if _, err := b.conn.Create(at, nil, 0, zk.WorldACL(zk.PermAll)); err != nil && !errors.Is(err, zk.ErrNodeExists) {
+		if _, err := b.conn().Create(at, nil, 0, zk.WorldACL(zk.PermAll)); err != nil && !errors.Is(err, zk.ErrNodeExists) {
 			return err
 		}
 	}
@@ -404,10 +422,10 @@ func (b *Backend) makeParents(p string) error {
 // instance nodes. Children that went are forgotten.
 func (b *Backend) watchDir(p string, depth int) error {
 	// the watches' events come through sessionEvent, not their channels
-	children, _, _, err := b.conn.ChildrenW(p)
+	children, _, _, err := b.conn().ChildrenW(p)
 	if errors.Is(err, zk.ErrNoNode) {
 		// not there (yet): watch for it to appear
-		_, _, _, err = b.conn.ExistsW(p)
+		_, _, _, err = b.conn().ExistsW(p)
 		if err != nil {
 			return err
 		}
@@ -478,7 +496,7 @@ func (b *Backend) child(p, c string) string {
 
 // readLeaf reads an instance node with a watch.
 func (b *Backend) readLeaf(p string) error {
-	data, stat, _, err := b.conn.GetW(p)
+	data, stat, _, err := b.conn().GetW(p)
 	if errors.Is(err, zk.ErrNoNode) {
 		b.mu.Lock()
 		b.forget(p)
@@ -713,9 +731,9 @@ func (b *Backend) Add(ctx context.Context, key registry.ServiceKey, ep registry.
 		if err := b.makeParents(p); err != nil {
 			return err
 		}
-		_, err := b.conn.Create(p, data, 0, zk.WorldACL(zk.PermAll))
+		_, err := b.conn().Create(p, data, 0, zk.WorldACL(zk.PermAll))
 		if errors.Is(err, zk.ErrNodeExists) {
-			_, err = b.conn.Set(p, data, -1)
+			_, err = b.conn().Set(p, data, -1)
 		}
 		return err
 	})
@@ -760,7 +778,7 @@ func (b *Backend) Delete(ctx context.Context, key registry.ServiceKey, address s
 	}
 	for _, p := range nodes {
 		err := b.write(ctx, "deleting "+p+" from zookeeper", func() error {
-			err := b.conn.Delete(p, -1)
+			err := b.conn().Delete(p, -1)
 			if errors.Is(err, zk.ErrNoNode) {
 				return nil
 			}
@@ -819,7 +837,7 @@ func (b *Backend) Owned() []registry.Owned {
 func (b *Backend) Adopt(owned []registry.Owned) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.stopped || b.conn == nil {
+	if b.stopped || b.client == nil {
 		return
 	}
 	for _, o := range owned {
@@ -842,12 +860,12 @@ func (b *Backend) adoptOne(p string, data []byte) {
 		if stopped {
 			return
 		}
-		ok, stat, ch, err := b.conn.ExistsW(p)
+		ok, stat, ch, err := b.conn().ExistsW(p)
 		switch {
 		case err != nil:
 			time.Sleep(zkRetryMin)
 			continue
-		case ok && stat.EphemeralOwner == b.conn.SessionID():
+		case ok && stat.EphemeralOwner == b.conn().SessionID():
 			return // ours already
 		case ok:
 			select { // still the old session's: wait for it to go

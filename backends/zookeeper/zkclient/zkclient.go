@@ -1,0 +1,251 @@
+// Package zkclient is a ZooKeeper client that survives the ensemble going
+// back in time, for the zookeeper backend and for services that register
+// themselves. It imports nothing of Caddy.
+//
+// A ZooKeeper server refuses the session of a client that has seen a
+// newer transaction (zxid) than its own: it closes the connection right
+// after the handshake ("Refusing session request for client ... as it has
+// seen zxid ..."). That is what a client sees of an ensemble wiped and
+// started again, or restored from an older snapshot. go-zookeeper sends
+// the last zxid it saw on every reconnection and has no way to forget it,
+// so it would be refused until the ensemble's zxid passes the old one,
+// which may be never.
+//
+// A Client watches its connection's handshakes. When a server refuses one
+// (the connection closes after the handshake, without a session), it
+// dials a fresh connection, which has seen no zxid. If that one gets a
+// session from a server, and the same server then refuses the old
+// connection's handshake again, the ensemble went back in time: the fresh
+// connection replaces the old one. A server that is down (nothing
+// listens), still starting, or without a quorum refuses the fresh
+// connection too, and nothing is replaced: the old session may still come
+// back.
+package zkclient
+
+import (
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/go-zookeeper/zk"
+)
+
+// probeWait bounds how long a fresh connection may take to get a session,
+// and then to see the old one refused again, before it is given up.
+var probeWait = 5 * time.Second
+
+// Options set up a Client.
+type Options struct {
+	// Servers are the ZooKeeper servers, host:port.
+	Servers []string
+	// SessionTimeout is the session timeout asked for.
+	SessionTimeout time.Duration
+	// Logger takes go-zookeeper's log lines. Default: none.
+	Logger zk.Logger
+	// Event is called with every event of the current connection, as
+	// go-zookeeper's event callback is (from its goroutines, in order; it
+	// must not block). After a replacement, the new connection's state
+	// comes as a session event. Default: none.
+	Event func(zk.Event)
+	// WentBack is called when the client has replaced its connection
+	// because the ensemble went back in time, before the new connection's
+	// state is sent to Event. Default: none.
+	WentBack func()
+}
+
+// Client is a ZooKeeper connection that is replaced by a fresh one when
+// the ensemble went back in time (see the package doc).
+type Client struct {
+	opts    Options
+	current atomic.Pointer[zk.Conn]
+	check   chan struct{} // a handshake was refused: see whether to probe
+	quit    chan struct{}
+	done    sync.WaitGroup
+	close   sync.Once
+
+	mu  sync.Mutex // serializes the events sent to Options.Event; guards below
+	cur *conn      // the connection in use
+}
+
+// conn is one go-zookeeper connection and what its events showed.
+type conn struct {
+	zk          *zk.Conn
+	handshaking bool          // connected, no session or expiry yet
+	refused     int           // handshakes refused since the last session
+	refusedBy   string        // the server that refused the last one
+	session     chan struct{} // closed at the first session
+	hadSession  bool
+}
+
+// New connects in the background, as zk.Connect does.
+func New(opts Options) (*Client, error) {
+	c := &Client{opts: opts, check: make(chan struct{}, 1), quit: make(chan struct{})}
+	cn := &conn{session: make(chan struct{})}
+	c.mu.Lock()
+	c.cur = cn // before its first event
+	c.mu.Unlock()
+	if err := c.dial(cn); err != nil {
+		return nil, err
+	}
+	c.current.Store(cn.zk)
+	c.done.Go(c.watch)
+	return c, nil
+}
+
+// Conn returns the connection in use. It may be replaced (and closed) at
+// any time: a call on it then fails with zk.ErrClosing, and the next one
+// should take Conn again.
+func (c *Client) Conn() *zk.Conn { return c.current.Load() }
+
+// Close closes the connection in use, ending its session, and waits for
+// the client's own goroutine.
+func (c *Client) Close() {
+	c.close.Do(func() { close(c.quit) })
+	c.done.Wait()
+	c.Conn().Close()
+}
+
+// dial starts cn's connection, whose events go through c.event.
+func (c *Client) dial(cn *conn) error {
+	logger := c.opts.Logger
+	if logger == nil {
+		logger = quiet{}
+	}
+	z, _, err := zk.Connect(c.opts.Servers, c.opts.SessionTimeout,
+		zk.WithLogger(logger), zk.WithEventCallback(func(ev zk.Event) { c.event(cn, ev) }))
+	if err != nil {
+		return err
+	}
+	cn.zk = z
+	return nil
+}
+
+// event follows the handshakes of connection cn and passes its events on
+// while it is the one in use.
+func (c *Client) event(cn *conn, ev zk.Event) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if ev.Type == zk.EventSession {
+		switch ev.State {
+		case zk.StateConnected:
+			cn.handshaking = true
+		case zk.StateDisconnected:
+			if cn.handshaking {
+				cn.refused++
+				cn.refusedBy = ev.Server
+				if cn == c.cur {
+					select {
+					case c.check <- struct{}{}:
+					default:
+					}
+				}
+			}
+			cn.handshaking = false
+		case zk.StateHasSession:
+			cn.handshaking, cn.refused = false, 0
+			if !cn.hadSession {
+				cn.hadSession = true
+				close(cn.session)
+			}
+			if cn == c.cur {
+				select { // a probe under way may give up
+				case c.check <- struct{}{}:
+				default:
+				}
+			}
+		case zk.StateExpired, zk.StateAuthFailed:
+			cn.handshaking = false // an answer, not a refusal
+		}
+	}
+	if cn == c.cur && c.opts.Event != nil {
+		c.opts.Event(ev)
+	}
+}
+
+// watch probes the ensemble whenever the connection in use has a
+// handshake refused, until Close.
+func (c *Client) watch() {
+	for {
+		select {
+		case <-c.quit:
+			return
+		case <-c.check:
+		}
+		c.mu.Lock()
+		refused := c.cur.refused > 0
+		c.mu.Unlock()
+		if refused && !c.probe() {
+			return
+		}
+	}
+}
+
+// probe dials a fresh connection and makes it the one in use if the
+// ensemble went back in time. It returns false if the client is closing.
+func (c *Client) probe() bool {
+	fresh := &conn{session: make(chan struct{})}
+	if err := c.dial(fresh); err != nil {
+		return true // the servers did not parse: the old connection says so
+	}
+	giveUp := time.NewTimer(probeWait)
+	defer giveUp.Stop()
+	select {
+	case <-fresh.session:
+	case <-giveUp.C:
+		fresh.zk.Close() // not serving anyone: down, starting, no quorum
+		return true
+	case <-c.quit:
+		fresh.zk.Close()
+		return false
+	}
+	// The fresh connection has a session from server: one more refusal
+	// of the old connection by that server says it went back in time.
+	server := fresh.zk.Server()
+	c.mu.Lock()
+	old := c.cur
+	since := old.refused
+	c.mu.Unlock()
+	for {
+		select {
+		case <-c.check:
+		case <-giveUp.C:
+			fresh.zk.Close()
+			return true
+		case <-c.quit:
+			fresh.zk.Close()
+			return false
+		}
+		c.mu.Lock()
+		switch {
+		case old.refused == 0: // the old session is back
+			c.mu.Unlock()
+			fresh.zk.Close()
+			return true
+		case old.refused > since && old.refusedBy == server:
+			c.replace(fresh)
+			c.mu.Unlock()
+			old.zk.Close()
+			return true
+		}
+		since = old.refused
+		c.mu.Unlock()
+	}
+}
+
+// replace makes fresh the connection in use and sends its state on. The
+// caller holds c.mu.
+func (c *Client) replace(fresh *conn) {
+	c.cur = fresh
+	c.current.Store(fresh.zk)
+	if c.opts.WentBack != nil {
+		c.opts.WentBack()
+	}
+	if c.opts.Event != nil {
+		c.opts.Event(zk.Event{Type: zk.EventSession, State: fresh.zk.State(), Server: fresh.zk.Server()})
+	}
+}
+
+// quiet drops go-zookeeper's log lines.
+type quiet struct{}
+
+func (quiet) Printf(string, ...any) {}

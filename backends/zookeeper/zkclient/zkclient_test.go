@@ -1,0 +1,122 @@
+package zkclient
+
+import (
+	"fmt"
+	"net"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/go-zookeeper/zk"
+
+	"github.com/svcreg/caddy-svcreg/internal/testutil"
+	"github.com/svcreg/caddy-svcreg/internal/zktest"
+)
+
+// start starts a client of servers, closed when the test ends, and
+// counts the times it went back in time.
+func start(t *testing.T, servers ...string) (*Client, *atomic.Int32) {
+	t.Helper()
+	var wentBack atomic.Int32
+	c, err := New(Options{Servers: servers, SessionTimeout: 10 * time.Second, WentBack: func() { wentBack.Add(1) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	return c, &wentBack
+}
+
+func hasSession(c *Client) func() bool {
+	return func() bool { return c.Conn().State() == zk.StateHasSession }
+}
+
+// writes makes n writes through c, so that it has seen a zxid above n.
+func writes(t *testing.T, c *Client, n int) {
+	t.Helper()
+	for i := range n {
+		if _, err := c.Conn().Create(fmt.Sprintf("/n%d", i), nil, 0, zk.WorldACL(zk.PermAll)); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// A ZooKeeper wiped and started again refuses the session of a client
+// that has seen a newer zxid: the client replaces its connection with a
+// fresh one, which gets a new session, and says so once.
+func TestWipedGetsAFreshSession(t *testing.T) {
+	srv := zktest.Start(t)
+	c, wentBack := start(t, srv.Addr)
+	testutil.Eventually(t, 15*time.Second, "a session", hasSession(c))
+	writes(t, c, 30)
+	old := c.Conn()
+	first := old.SessionID()
+
+	srv.Wipe()
+	testutil.Eventually(t, 20*time.Second, "a session from the wiped ZooKeeper", func() bool {
+		return c.Conn() != old && c.Conn().State() == zk.StateHasSession
+	})
+	if c.Conn().SessionID() == first {
+		t.Error("the fresh connection has the old session")
+	}
+	if _, err := c.Conn().Create("/after", nil, 0, zk.WorldACL(zk.PermAll)); err != nil {
+		t.Errorf("a write in the fresh session: %v", err)
+	}
+	if n := wentBack.Load(); n != 1 {
+		t.Errorf("went back in time %d times, want once", n)
+	}
+	if _, _, err := old.Exists("/"); err == nil {
+		t.Error("the old connection still answers: it was not closed")
+	}
+}
+
+// A ZooKeeper stopped and started again with its data is merely down for
+// a while (and refuses handshakes while it starts): the client resumes
+// its session and replaces nothing.
+func TestRestartedKeepsTheSession(t *testing.T) {
+	srv := zktest.Start(t)
+	c, wentBack := start(t, srv.Addr)
+	testutil.Eventually(t, 15*time.Second, "a session", hasSession(c))
+	writes(t, c, 30)
+	old := c.Conn()
+	first := old.SessionID()
+
+	srv.Stop()
+	srv.Restart()
+	testutil.Eventually(t, 20*time.Second, "the session back", hasSession(c))
+	if c.Conn() != old || c.Conn().SessionID() != first || wentBack.Load() != 0 {
+		t.Errorf("after a restart: session %x (was %x), went back in time %d times; want the same connection and session",
+			c.Conn().SessionID(), first, wentBack.Load())
+	}
+}
+
+// A server that closes every connection right after the handshake, as
+// one without a quorum does (a fake: a single real server cannot stay
+// so), refuses a fresh client too: nothing is replaced.
+func TestNotServingIsNotWentBack(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var accepted atomic.Int32
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			accepted.Add(1)
+			_, _ = conn.Read(make([]byte, 64)) // the connect request
+			conn.Close()
+		}
+	}()
+	t.Cleanup(func() { ln.Close(); <-done })
+	c, wentBack := start(t, ln.Addr().String())
+	first := c.Conn()
+	// the client's handshakes and a fresh client's, refused several times
+	testutil.Eventually(t, 20*time.Second, "handshakes refused", func() bool { return accepted.Load() >= 6 })
+	if c.Conn() != first || wentBack.Load() != 0 {
+		t.Errorf("replaced the connection (went back in time %d times) though no server serves anyone", wentBack.Load())
+	}
+}
