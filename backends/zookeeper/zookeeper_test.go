@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"runtime"
 	"slices"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -309,6 +311,74 @@ func TestZooKeeperWipedIsListedAgain(t *testing.T) {
 	}
 	if n := len(logs.FilterMessageSnippet("went back in time").All()); n != 1 {
 		t.Errorf("going back in time was logged %d times, want once", n)
+	}
+}
+
+// A backend that replaces another (a reload changing its settings) takes
+// over the ephemeral nodes the other keeps before the other's session
+// closes: each becomes a node of the new session in one transaction, and
+// neither this instance nor another one watching ever routes without it.
+func TestZooKeeperHandOver(t *testing.T) {
+	srv := zktest.Start(t)
+	check := srv.Conn(t)
+	prev := &Backend{Servers: []string{srv.Addr}}
+	prevR, _ := startRegistry(t, prev, nil)
+	eventually(t, 15*time.Second, "the first sync", func() bool { return prevR.Snapshot().Synced() })
+	if err := prevR.Add(context.Background(), users, registry.Endpoint{Address: "127.0.0.1:9003", TTL: registry.Duration(time.Second)}); err != nil {
+		t.Fatal(err)
+	}
+	next := &Backend{Servers: []string{srv.Addr}, SessionTimeout: caddy.Duration(5 * time.Second)}
+	nextR, _ := startRegistry(t, next, nil)
+	other, _ := startRegistry(t, &Backend{Servers: []string{srv.Addr}}, nil)
+	for _, r := range []*registry.Local{nextR, other} {
+		eventually(t, 15*time.Second, "the ephemeral node listed", func() bool { return slices.Equal(has(r, users), []string{"127.0.0.1:9003"}) })
+	}
+
+	var gaps atomic.Int64
+	stop := make(chan struct{})
+	var sampling sync.WaitGroup
+	sampling.Go(func() {
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			for _, r := range []*registry.Local{nextR, other} {
+				if !slices.Contains(has(r, users), "127.0.0.1:9003") {
+					gaps.Add(1)
+				}
+			}
+			runtime.Gosched()
+		}
+	})
+	nextR.Adopt(prevR.Owned())
+	const node = "/services/users/v1@127.0.0.1:9003"
+	if _, stat, err := check.Get(node); err != nil || stat.EphemeralOwner != sessionOf(next) {
+		t.Errorf("once Adopt returned, the node is %+v (%v); want it of the new backend's session %x", stat, err, sessionOf(next))
+	}
+	if err := prevR.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	// A node written after the old session closed: once it is routed,
+	// whatever the close did has been seen (a client sees changes in
+	// order).
+	curator(t, check, "users", "marker", "127.0.0.1", 9009, `{"version":"v1"}`, 0)
+	for _, r := range []*registry.Local{nextR, other} {
+		eventually(t, 10*time.Second, "the node written after the handover", func() bool { return slices.Contains(has(r, users), "127.0.0.1:9009") })
+	}
+	close(stop)
+	sampling.Wait()
+	if n := gaps.Load(); n != 0 {
+		t.Errorf("the endpoint was not routed %d times during the handover", n)
+	}
+	for _, r := range []*registry.Local{nextR, other} {
+		if got := has(r, users); !slices.Equal(got, []string{"127.0.0.1:9003", "127.0.0.1:9009"}) {
+			t.Errorf("after the handover: %v", got)
+		}
+	}
+	if _, stat, err := check.Get(node); err != nil || stat.EphemeralOwner != sessionOf(next) {
+		t.Errorf("after the old backend stopped, the node is %+v (%v); want it of the new backend's session", stat, err)
 	}
 }
 
