@@ -1,6 +1,7 @@
 // Package zkclient is a ZooKeeper client that survives the ensemble going
-// back in time, for the zookeeper backend and for services that register
-// themselves. It imports nothing of Caddy.
+// back in time, and a server that does not answer a handshake, for the
+// zookeeper backend and for services that register themselves. It imports
+// nothing of Caddy.
 //
 // A ZooKeeper server refuses the session of a client that has seen a
 // newer transaction (zxid) than its own: it closes the connection right
@@ -12,27 +13,39 @@
 // which may be never.
 //
 // A Client watches its connection's handshakes. When a server refuses one
-// (the connection closes after the handshake, without a session), it
-// dials a fresh connection, which has seen no zxid. If that one gets a
-// session from a server, and the same server then refuses the old
-// connection's handshake again, the ensemble went back in time: the fresh
-// connection replaces the old one. A server that is down (nothing
-// listens), still starting, or without a quorum refuses the fresh
-// connection too, and nothing is replaced: the old session may still come
-// back.
+// (closes the connection without answering it), the client dials a fresh
+// connection, which has seen no zxid. If that one gets a session from a
+// server, and the same server then refuses the old connection's handshake
+// again, the ensemble went back in time: the fresh connection replaces
+// the old one. A server that is down (nothing listens), still starting, or
+// without a quorum refuses the fresh connection too, and nothing is
+// replaced: the old session may still come back.
+//
+// A handshake that gets no answer within 2 s is given up and tried again: ZooKeeper leaves a connection accepted while it starts
+// unanswered, and go-zookeeper alone would wait ten times its read
+// timeout (nearly seven session timeouts) before it tries again.
 package zkclient
 
 import (
+	"errors"
+	"io"
+	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/go-zookeeper/zk"
 )
 
+// handshakeWait bounds how long a server may take to answer a handshake
+// before the connection is closed and tried again. A ZooKeeper server
+// answers one in milliseconds.
+const handshakeWait = 2 * time.Second
+
 // probeWait bounds how long a fresh connection may take to get a session,
 // and then to see the old one refused again, before it is given up.
-var probeWait = 5 * time.Second
+const probeWait = 5 * time.Second
 
 // Options set up a Client.
 type Options struct {
@@ -58,7 +71,7 @@ type Options struct {
 type Client struct {
 	opts    Options
 	current atomic.Pointer[zk.Conn]
-	check   chan struct{} // a handshake was refused: see whether to probe
+	check   chan struct{} // a handshake was refused, or a session began
 	quit    chan struct{}
 	done    sync.WaitGroup
 	close   sync.Once
@@ -67,14 +80,13 @@ type Client struct {
 	cur *conn      // the connection in use
 }
 
-// conn is one go-zookeeper connection and what its events showed.
+// conn is one go-zookeeper connection and what its handshakes showed.
 type conn struct {
-	zk          *zk.Conn
-	handshaking bool          // connected, no session or expiry yet
-	refused     int           // handshakes refused since the last session
-	refusedBy   string        // the server that refused the last one
-	session     chan struct{} // closed at the first session
-	hadSession  bool
+	zk         *zk.Conn
+	refused    int           // handshakes refused since the last session
+	refusedBy  string        // the server that refused the last one
+	session    chan struct{} // closed at the first session
+	hadSession bool
 }
 
 // New connects in the background, as zk.Connect does.
@@ -105,14 +117,22 @@ func (c *Client) Close() {
 	c.Conn().Close()
 }
 
-// dial starts cn's connection, whose events go through c.event.
+// dial starts cn's connection, whose events go through c.event and whose
+// handshakes are watched (handshakeConn).
 func (c *Client) dial(cn *conn) error {
 	logger := c.opts.Logger
 	if logger == nil {
 		logger = quiet{}
 	}
-	z, _, err := zk.Connect(c.opts.Servers, c.opts.SessionTimeout,
-		zk.WithLogger(logger), zk.WithEventCallback(func(ev zk.Event) { c.event(cn, ev) }))
+	dialer := func(network, address string, timeout time.Duration) (net.Conn, error) {
+		nc, err := net.DialTimeout(network, address, timeout)
+		if err != nil {
+			return nil, err
+		}
+		return &handshakeConn{Conn: nc, refused: func() { c.refused(cn, address) }}, nil
+	}
+	z, _, err := zk.Connect(c.opts.Servers, c.opts.SessionTimeout, zk.WithLogger(logger), zk.WithDialer(dialer),
+		zk.WithEventCallback(func(ev zk.Event) { c.event(cn, ev) }))
 	if err != nil {
 		return err
 	}
@@ -120,41 +140,38 @@ func (c *Client) dial(cn *conn) error {
 	return nil
 }
 
-// event follows the handshakes of connection cn and passes its events on
+// refused records that server refused a handshake of cn.
+func (c *Client) refused(cn *conn, server string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	cn.refused++
+	cn.refusedBy = server
+	if cn == c.cur {
+		c.poke()
+	}
+}
+
+// poke wakes the client's goroutine. The caller holds c.mu.
+func (c *Client) poke() {
+	select {
+	case c.check <- struct{}{}:
+	default:
+	}
+}
+
+// event notes the sessions of connection cn and passes its events on
 // while it is the one in use.
 func (c *Client) event(cn *conn, ev zk.Event) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if ev.Type == zk.EventSession {
-		switch ev.State {
-		case zk.StateConnected:
-			cn.handshaking = true
-		case zk.StateDisconnected:
-			if cn.handshaking {
-				cn.refused++
-				cn.refusedBy = ev.Server
-				if cn == c.cur {
-					select {
-					case c.check <- struct{}{}:
-					default:
-					}
-				}
-			}
-			cn.handshaking = false
-		case zk.StateHasSession:
-			cn.handshaking, cn.refused = false, 0
-			if !cn.hadSession {
-				cn.hadSession = true
-				close(cn.session)
-			}
-			if cn == c.cur {
-				select { // a probe under way may give up
-				case c.check <- struct{}{}:
-				default:
-				}
-			}
-		case zk.StateExpired, zk.StateAuthFailed:
-			cn.handshaking = false // an answer, not a refusal
+	if ev.Type == zk.EventSession && ev.State == zk.StateHasSession {
+		cn.refused = 0
+		if !cn.hadSession {
+			cn.hadSession = true
+			close(cn.session)
+		}
+		if cn == c.cur {
+			c.poke() // a probe under way may give up
 		}
 	}
 	if cn == c.cur && c.opts.Event != nil {
@@ -181,7 +198,11 @@ func (c *Client) watch() {
 }
 
 // probe dials a fresh connection and makes it the one in use if the
-// ensemble went back in time. It returns false if the client is closing.
+// ensemble went back in time: if the fresh connection gets a session from
+// a server, and that server then refuses the old connection once more. It
+// gives up if the old session comes back, or after probeWait (down,
+// starting, no quorum: serving no one). It returns false if the client is
+// closing.
 func (c *Client) probe() bool {
 	fresh := &conn{session: make(chan struct{})}
 	if err := c.dial(fresh); err != nil {
@@ -189,24 +210,15 @@ func (c *Client) probe() bool {
 	}
 	giveUp := time.NewTimer(probeWait)
 	defer giveUp.Stop()
-	select {
-	case <-fresh.session:
-	case <-giveUp.C:
-		fresh.zk.Close() // not serving anyone: down, starting, no quorum
-		return true
-	case <-c.quit:
-		fresh.zk.Close()
-		return false
-	}
-	// The fresh connection has a session from server: one more refusal
-	// of the old connection by that server says it went back in time.
-	server := fresh.zk.Server()
-	c.mu.Lock()
-	old := c.cur
-	since := old.refused
-	c.mu.Unlock()
+	session := fresh.session
+	var server string // the server that gave the fresh connection a session
+	var since int     // the old connection's refusals by then
 	for {
 		select {
+		case <-session:
+			session = nil
+			server = fresh.zk.Server()
+			giveUp.Reset(probeWait)
 		case <-c.check:
 		case <-giveUp.C:
 			fresh.zk.Close()
@@ -216,18 +228,20 @@ func (c *Client) probe() bool {
 			return false
 		}
 		c.mu.Lock()
+		old := c.cur
 		switch {
 		case old.refused == 0: // the old session is back
 			c.mu.Unlock()
 			fresh.zk.Close()
 			return true
-		case old.refused > since && old.refusedBy == server:
+		case server != "" && since != 0 && old.refused > since && old.refusedBy == server:
 			c.replace(fresh)
 			c.mu.Unlock()
 			old.zk.Close()
 			return true
+		case server != "":
+			since = old.refused
 		}
-		since = old.refused
 		c.mu.Unlock()
 	}
 }
@@ -243,6 +257,37 @@ func (c *Client) replace(fresh *conn) {
 	if c.opts.Event != nil {
 		c.opts.Event(zk.Event{Type: zk.EventSession, State: fresh.zk.State(), Server: fresh.zk.Server()})
 	}
+}
+
+// handshakeConn is a connection to a ZooKeeper server that watches its
+// handshake, the answer to go-zookeeper's first read: it bounds the wait
+// for it to handshakeWait, and reports a server that closed the
+// connection instead of answering. go-zookeeper reads from one goroutine
+// at a time.
+type handshakeConn struct {
+	net.Conn
+	refused func()
+	read    bool // the handshake's first read has returned
+}
+
+// SetReadDeadline sets the read deadline, no later than handshakeWait from
+// now until the handshake is answered.
+func (h *handshakeConn) SetReadDeadline(t time.Time) error {
+	if limit := time.Now().Add(handshakeWait); !h.read && !t.IsZero() && t.After(limit) {
+		t = limit
+	}
+	return h.Conn.SetReadDeadline(t)
+}
+
+func (h *handshakeConn) Read(p []byte) (int, error) {
+	n, err := h.Conn.Read(p)
+	if !h.read {
+		h.read = true
+		if n == 0 && (errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET)) {
+			h.refused()
+		}
+	}
+	return n, err
 }
 
 // quiet drops go-zookeeper's log lines.

@@ -3,6 +3,7 @@ package zkclient
 import (
 	"fmt"
 	"net"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -89,15 +90,16 @@ func TestRestartedKeepsTheSession(t *testing.T) {
 	}
 }
 
-// A server that closes every connection right after the handshake, as
-// one without a quorum does (a fake: a single real server cannot stay
-// so), refuses a fresh client too: nothing is replaced.
-func TestNotServingIsNotWentBack(t *testing.T) {
+// fakeServer accepts connections on 127.0.0.1, reads each one's connect
+// request and hands the connection to answer; it counts the connections.
+func fakeServer(t *testing.T, answer func(net.Conn)) (addr string, accepted *atomic.Int32) {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	var accepted atomic.Int32
+	accepted = new(atomic.Int32)
+	var conns sync.WaitGroup
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -107,16 +109,44 @@ func TestNotServingIsNotWentBack(t *testing.T) {
 				return
 			}
 			accepted.Add(1)
-			_, _ = conn.Read(make([]byte, 64)) // the connect request
-			conn.Close()
+			conns.Go(func() {
+				defer conn.Close()
+				_, _ = conn.Read(make([]byte, 64)) // the connect request
+				answer(conn)
+			})
 		}
 	}()
-	t.Cleanup(func() { ln.Close(); <-done })
-	c, wentBack := start(t, ln.Addr().String())
+	t.Cleanup(func() { ln.Close(); <-done; conns.Wait() })
+	return ln.Addr().String(), accepted
+}
+
+// A server that closes every connection right after the handshake, as
+// one without a quorum does (a fake: a single real server cannot stay
+// so), refuses a fresh client too: nothing is replaced.
+func TestNotServingIsNotWentBack(t *testing.T) {
+	addr, accepted := fakeServer(t, func(net.Conn) {})
+	c, wentBack := start(t, addr)
 	first := c.Conn()
 	// the client's handshakes and a fresh client's, refused several times
 	testutil.Eventually(t, 20*time.Second, "handshakes refused", func() bool { return accepted.Load() >= 6 })
 	if c.Conn() != first || wentBack.Load() != 0 {
 		t.Errorf("replaced the connection (went back in time %d times) though no server serves anyone", wentBack.Load())
+	}
+}
+
+// A server that never answers a handshake (as ZooKeeper does with a
+// connection accepted while it starts; a fake, since a real one does so
+// only at random) is given up after a few seconds and tried again, not
+// after ten read timeouts (over a minute with a 10 s session); it is not
+// taken for one that refused the session.
+func TestUnansweredHandshakeIsTriedAgain(t *testing.T) {
+	stop := make(chan struct{})
+	addr, accepted := fakeServer(t, func(net.Conn) { <-stop })
+	defer close(stop)
+	c, wentBack := start(t, addr)
+	first := c.Conn()
+	testutil.Eventually(t, 10*time.Second, "the handshake tried again", func() bool { return accepted.Load() >= 2 })
+	if c.Conn() != first || wentBack.Load() != 0 {
+		t.Errorf("replaced the connection (went back in time %d times) though no server refused it", wentBack.Load())
 	}
 }
