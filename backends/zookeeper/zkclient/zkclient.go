@@ -14,19 +14,24 @@
 //
 // A Client watches its connection's handshakes. When a server refuses one
 // (closes the connection without answering it), the client dials a fresh
-// connection, which has seen no zxid. If that one gets a session from a
-// server, and the same server then refuses the old connection's handshake
-// again, the ensemble went back in time: the fresh connection replaces
-// the old one. A server that is down (nothing listens), still starting, or
-// without a quorum refuses the fresh connection too, and nothing is
-// replaced: the old session may still come back.
+// connection, which has seen no zxid. If that one gets a session, the
+// client asks the server that gave it (a bare handshake, as a new client
+// that has seen the zxid the old connection was refused with): if it
+// refuses that too, the ensemble went back in time, and the fresh
+// connection replaces the old one. A server that is down (nothing
+// listens), still starting, or without a quorum refuses the fresh
+// connection too, and one that was only starting when it refused the old
+// connection answers the bare handshake: nothing is replaced, the old
+// session may still come back.
 //
-// A handshake that gets no answer within 2 s is given up and tried again: ZooKeeper leaves a connection accepted while it starts
-// unanswered, and go-zookeeper alone would wait ten times its read
-// timeout (nearly seven session timeouts) before it tries again.
+// A handshake that gets no answer within 2 s is given up and tried again:
+// ZooKeeper leaves a connection accepted while it starts unanswered, and
+// go-zookeeper alone would wait ten times its read timeout (nearly seven
+// session timeouts) before it tries again.
 package zkclient
 
 import (
+	"encoding/binary"
 	"errors"
 	"io"
 	"net"
@@ -43,8 +48,8 @@ import (
 // answers one in milliseconds.
 const handshakeWait = 2 * time.Second
 
-// probeWait bounds how long a fresh connection may take to get a session,
-// and then to see the old one refused again, before it is given up.
+// probeWait bounds how long a fresh connection may take to get a session
+// before it is given up.
 const probeWait = 5 * time.Second
 
 // Options set up a Client.
@@ -84,7 +89,7 @@ type Client struct {
 type conn struct {
 	zk         *zk.Conn
 	refused    int           // handshakes refused since the last session
-	refusedBy  string        // the server that refused the last one
+	zxid       int64         // the last zxid the last refused one had seen
 	session    chan struct{} // closed at the first session
 	hadSession bool
 }
@@ -129,7 +134,9 @@ func (c *Client) dial(cn *conn) error {
 		if err != nil {
 			return nil, err
 		}
-		return &handshakeConn{Conn: nc, refused: func() { c.refused(cn, address) }}, nil
+		h := &handshakeConn{Conn: nc}
+		h.refused = func() { c.refused(cn, h.zxid) }
+		return h, nil
 	}
 	z, _, err := zk.Connect(c.opts.Servers, c.opts.SessionTimeout, zk.WithLogger(logger), zk.WithDialer(dialer),
 		zk.WithEventCallback(func(ev zk.Event) { c.event(cn, ev) }))
@@ -140,12 +147,13 @@ func (c *Client) dial(cn *conn) error {
 	return nil
 }
 
-// refused records that server refused a handshake of cn.
-func (c *Client) refused(cn *conn, server string) {
+// refused records that a server refused a handshake of cn, which had seen
+// zxid.
+func (c *Client) refused(cn *conn, zxid int64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	cn.refused++
-	cn.refusedBy = server
+	cn.zxid = zxid
 	if cn == c.cur {
 		c.poke()
 	}
@@ -199,10 +207,10 @@ func (c *Client) watch() {
 
 // probe dials a fresh connection and makes it the one in use if the
 // ensemble went back in time: if the fresh connection gets a session from
-// a server, and that server then refuses the old connection once more. It
-// gives up if the old session comes back, or after probeWait (down,
-// starting, no quorum: serving no one). It returns false if the client is
-// closing.
+// a server, and that server refuses a handshake that has seen the zxid the
+// old connection was refused with. It gives up if the old session comes
+// back, or after probeWait (down, starting, no quorum: serving no one).
+// It returns false if the client is closing.
 func (c *Client) probe() bool {
 	fresh := &conn{session: make(chan struct{})}
 	if err := c.dial(fresh); err != nil {
@@ -210,16 +218,35 @@ func (c *Client) probe() bool {
 	}
 	giveUp := time.NewTimer(probeWait)
 	defer giveUp.Stop()
-	session := fresh.session
-	var server string // the server that gave the fresh connection a session
-	var since int     // the old connection's refusals by then
 	for {
 		select {
-		case <-session:
-			session = nil
-			server = fresh.zk.Server()
-			giveUp.Reset(probeWait)
+		case <-fresh.session:
+			c.mu.Lock()
+			zxid := c.cur.zxid
+			c.mu.Unlock()
+			if zxid == 0 || !refuses(fresh.zk.Server(), zxid) {
+				fresh.zk.Close() // it would take the old session: wait for it
+				return true
+			}
+			c.mu.Lock()
+			old := c.cur
+			if old.refused == 0 { // the old session came back meanwhile
+				c.mu.Unlock()
+				fresh.zk.Close()
+				return true
+			}
+			c.replace(fresh)
+			c.mu.Unlock()
+			old.zk.Close()
+			return true
 		case <-c.check:
+			c.mu.Lock()
+			back := c.cur.refused == 0
+			c.mu.Unlock()
+			if back {
+				fresh.zk.Close()
+				return true
+			}
 		case <-giveUp.C:
 			fresh.zk.Close()
 			return true
@@ -227,23 +254,38 @@ func (c *Client) probe() bool {
 			fresh.zk.Close()
 			return false
 		}
-		c.mu.Lock()
-		old := c.cur
-		switch {
-		case old.refused == 0: // the old session is back
-			c.mu.Unlock()
-			fresh.zk.Close()
-			return true
-		case server != "" && since != 0 && old.refused > since && old.refusedBy == server:
-			c.replace(fresh)
-			c.mu.Unlock()
-			old.zk.Close()
-			return true
-		case server != "":
-			since = old.refused
-		}
-		c.mu.Unlock()
 	}
+}
+
+// refuses reports whether server closes the connection of a new client
+// that has seen zxid without answering its handshake (within
+// handshakeWait). A handshake it answers begins a session that nobody
+// uses: it expires after the server's shortest session timeout.
+func refuses(server string, zxid int64) bool {
+	nc, err := net.DialTimeout("tcp", server, handshakeWait)
+	if err != nil {
+		return false
+	}
+	defer nc.Close()
+	_ = nc.SetDeadline(time.Now().Add(handshakeWait))
+	// go-zookeeper's connect request: protocol version, last zxid seen,
+	// session timeout (ms), session ID, password (length and bytes)
+	req := make([]byte, 4+4+8+4+8+4+16)
+	binary.BigEndian.PutUint32(req[0:], uint32(len(req)-4))
+	binary.BigEndian.PutUint64(req[8:], uint64(zxid))
+	binary.BigEndian.PutUint32(req[16:], 1) // the server's shortest
+	binary.BigEndian.PutUint32(req[28:], 16)
+	if _, err := nc.Write(req); err != nil {
+		return false
+	}
+	_, err = io.ReadFull(nc, make([]byte, 4))
+	return closedUnanswered(0, err)
+}
+
+// closedUnanswered reports whether a read that returned n bytes and err
+// shows the server closing the connection without an answer.
+func closedUnanswered(n int, err error) bool {
+	return n == 0 && (errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET))
 }
 
 // replace makes fresh the connection in use and sends its state on. The
@@ -260,14 +302,27 @@ func (c *Client) replace(fresh *conn) {
 }
 
 // handshakeConn is a connection to a ZooKeeper server that watches its
-// handshake, the answer to go-zookeeper's first read: it bounds the wait
-// for it to handshakeWait, and reports a server that closed the
-// connection instead of answering. go-zookeeper reads from one goroutine
-// at a time.
+// handshake: it notes the zxid go-zookeeper's connect request (the first
+// write) has seen, bounds the wait for the answer (the first read) to
+// handshakeWait, and reports a server that closed the connection instead
+// of answering. go-zookeeper writes the handshake, then reads, from one
+// goroutine at a time.
 type handshakeConn struct {
 	net.Conn
 	refused func()
-	read    bool // the handshake's first read has returned
+	zxid    int64 // the last zxid seen, as the connect request says
+	wrote   bool  // the connect request has been written
+	read    bool  // the handshake's first read has returned
+}
+
+func (h *handshakeConn) Write(p []byte) (int, error) {
+	if !h.wrote {
+		h.wrote = true
+		if len(p) >= 16 { // length, protocol version, last zxid seen, ...
+			h.zxid = int64(binary.BigEndian.Uint64(p[8:16]))
+		}
+	}
+	return h.Conn.Write(p)
 }
 
 // SetReadDeadline sets the read deadline, no later than handshakeWait from
@@ -283,7 +338,7 @@ func (h *handshakeConn) Read(p []byte) (int, error) {
 	n, err := h.Conn.Read(p)
 	if !h.read {
 		h.read = true
-		if n == 0 && (errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET)) {
+		if closedUnanswered(n, err) {
 			h.refused()
 		}
 	}

@@ -70,6 +70,27 @@ func TestWipedGetsAFreshSession(t *testing.T) {
 	}
 }
 
+// A server refuses a new client that has seen a newer zxid than its own,
+// and answers one that has not: the check a probe makes.
+func TestRefuses(t *testing.T) {
+	srv := zktest.Start(t)
+	c, _ := start(t, srv.Addr)
+	testutil.Eventually(t, 15*time.Second, "a session", hasSession(c))
+	writes(t, c, 3)
+	_, stat, err := c.Conn().Exists("/n2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		zxid int64
+		want bool
+	}{{0, false}, {stat.Czxid, false}, {stat.Czxid + 1000, true}} {
+		if got := refuses(srv.Addr, tc.zxid); got != tc.want {
+			t.Errorf("a handshake that has seen zxid %#x (the server's is about %#x): refused %v, want %v", tc.zxid, stat.Czxid, got, tc.want)
+		}
+	}
+}
+
 // A ZooKeeper stopped and started again with its data is merely down for
 // a while (and refuses handshakes while it starts): the client resumes
 // its session and replaces nothing.
