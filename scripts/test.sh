@@ -15,7 +15,7 @@ if [ -n "$unformatted" ]; then
 fi
 go vet ./...
 # The core and the self-registration library import nothing of Caddy.
-caddy_deps=$(go list -deps ./registry ./selfreg ./backends/etcd/etcdkv ./backends/zookeeper/zkkv | grep caddyserver || true)
+caddy_deps=$(go list -deps ./registry ./selfreg ./backends/etcd/etcdkv ./backends/zookeeper/zkkv ./backends/zookeeper/zkclient | grep caddyserver || true)
 if [ -n "$caddy_deps" ]; then
 	echo "the Caddy-free packages import Caddy:" >&2
 	echo "$caddy_deps" >&2

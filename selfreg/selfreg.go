@@ -29,6 +29,7 @@ import (
 	"fmt"
 	"log"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-zookeeper/zk"
@@ -36,6 +37,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/svcreg/caddy-svcreg/backends/etcd/etcdkv"
+	"github.com/svcreg/caddy-svcreg/backends/zookeeper/zkclient"
 	"github.com/svcreg/caddy-svcreg/backends/zookeeper/zkkv"
 	"github.com/svcreg/caddy-svcreg/registry"
 )
@@ -178,8 +180,9 @@ func register(ctx context.Context, cli *clientv3.Client, key, value string, ttl 
 }
 
 // registerZooKeeper keeps an ephemeral instance node in ZooKeeper: created
-// at every new session (the first, and each that replaces an expired one),
-// deleted when ctx is done.
+// at every new session (the first, each that replaces an expired one, and
+// one of a fresh connection after ZooKeeper went back in time: see package
+// zkclient), deleted when ctx is done.
 func registerZooKeeper(ctx context.Context, cfg Config) error {
 	if cfg.TTL == 0 {
 		cfg.TTL = 5 * time.Second
@@ -200,29 +203,43 @@ func registerZooKeeper(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return fmt.Errorf("selfreg: %w", err)
 	}
-	conn, events, err := zk.Connect(cfg.ZooKeeper, cfg.TTL, zk.WithLogger(quiet{}))
+	wake := make(chan struct{}, 1) // a session event, or a replaced connection
+	var wentBack atomic.Bool
+	client, err := zkclient.New(zkclient.Options{
+		Servers: cfg.ZooKeeper, SessionTimeout: cfg.TTL,
+		Event: func(ev zk.Event) {
+			if ev.Type == zk.EventSession {
+				select {
+				case wake <- struct{}{}:
+				default:
+				}
+			}
+		},
+		WentBack: func() { wentBack.Store(true) }, // logged here, not from zkclient's goroutine
+	})
 	if err != nil {
 		return fmt.Errorf("selfreg: %w", err)
 	}
-	defer conn.Close()
+	defer client.Close()
 	var registered int64 // the session the node belongs to
 	retry := time.NewTimer(time.Hour)
 	defer retry.Stop()
 	for {
 		select {
 		case <-ctx.Done():
-			if registered != 0 && registered == conn.SessionID() {
+			if conn := client.Conn(); registered != 0 && registered == conn.SessionID() {
 				_ = conn.Delete(node, -1) // at once, not TTL from now
 				cfg.Logf("selfreg: deregistered %s", node)
 				cfg.drain()
 			}
 			return nil
-		case ev := <-events:
-			if ev.Type != zk.EventSession || ev.State != zk.StateHasSession {
-				continue
-			}
+		case <-wake:
 		case <-retry.C:
 		}
+		if wentBack.Swap(false) {
+			cfg.Logf("selfreg: ZooKeeper went back in time (wiped, or restored from an older snapshot) and refused this session; registering %s again in a new one", node)
+		}
+		conn := client.Conn()
 		if conn.State() != zk.StateHasSession || registered == conn.SessionID() {
 			continue
 		}
@@ -256,8 +273,3 @@ func createEphemeral(conn *zk.Conn, node string, data []byte) error {
 	}
 	return err
 }
-
-// quiet drops go-zookeeper's log lines.
-type quiet struct{}
-
-func (quiet) Printf(string, ...any) {}

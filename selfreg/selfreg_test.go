@@ -3,10 +3,13 @@ package selfreg
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/go-zookeeper/zk"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/svcreg/caddy-svcreg/backends/etcd/etcdkv"
@@ -130,6 +133,64 @@ func TestRegisterZooKeeper(t *testing.T) {
 	testutil.Eventually(t, 30*time.Second, "the registration in a new session", func() bool { o := owner(); return o != 0 && o != first })
 	cancel()
 	deregisteredThenDrained(t, done, func() bool { ok, _, err := check.Exists(node); return err == nil && !ok })
+}
+
+// A ZooKeeper wiped and started again (replaced, or restored from an
+// older snapshot) refuses the session of a client that has seen a newer
+// zxid: Register starts a fresh client, registers again, and says why.
+func TestRegisterZooKeeperWiped(t *testing.T) {
+	srv := zktest.Start(t)
+	filler := srv.Conn(t)
+	for i := range 40 { // a zxid well above the wiped ZooKeeper's
+		if _, err := filler.Create(fmt.Sprintf("/filler-%d", i), nil, 0, zk.WorldACL(zk.PermAll)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	filler.Close()
+	var logged lines
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		done <- Register(ctx, Config{ZooKeeper: []string{srv.Addr}, Service: "users", Version: "v1",
+			Address: "127.0.0.1:9091", TTL: 2 * time.Second, Drain: -1, Logf: logged.Logf})
+	}()
+	const node = "/services/users/v1@127.0.0.1:9091"
+	registered := func(conn *zk.Conn) func() bool {
+		return func() bool {
+			_, stat, err := conn.Get(node)
+			return err == nil && stat.EphemeralOwner != 0
+		}
+	}
+	testutil.Eventually(t, 15*time.Second, "the registration", registered(srv.Conn(t)))
+
+	srv.Wipe()
+	testutil.Eventually(t, 20*time.Second, "the registration in the wiped ZooKeeper", registered(srv.Conn(t)))
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(logged.String(), "went back in time") {
+		t.Errorf("the log does not say ZooKeeper went back in time:\n%s", logged.String())
+	}
+}
+
+// lines keeps what Register logs, for a test to read.
+type lines struct {
+	mu  sync.Mutex
+	buf strings.Builder
+}
+
+func (l *lines) Logf(format string, args ...any) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	fmt.Fprintf(&l.buf, format+"\n", args...)
+}
+
+func (l *lines) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.String()
 }
 
 // deregisteredThenDrained checks that, once its ctx is done, Register

@@ -19,6 +19,7 @@ import (
 	"github.com/go-zookeeper/zk"
 	"go.uber.org/zap"
 
+	"github.com/svcreg/caddy-svcreg/backends/zookeeper/zkclient"
 	"github.com/svcreg/caddy-svcreg/backends/zookeeper/zkkv"
 	"github.com/svcreg/caddy-svcreg/registry"
 )
@@ -53,8 +54,11 @@ var (
 // starts and registry-routed requests get 503 until the first sync; if it
 // is lost later, routing keeps the last snapshot; once a session is back,
 // everything is listed again (after a session expired, this instance's
-// ephemeral nodes are created again first). Each change of reachability
-// is logged once.
+// ephemeral nodes are created again first). A ZooKeeper that went back in
+// time (wiped, or restored from an older snapshot) refuses this
+// instance's session: the backend starts a fresh client and does the
+// same (see package zkclient). Each change of reachability is logged
+// once.
 type Backend struct {
 	// Servers are the ZooKeeper servers, host:port. Default:
 	// 127.0.0.1:2181.
@@ -86,7 +90,8 @@ type Backend struct {
 	servers []string
 	logger  *zap.Logger
 
-	conn   *zk.Conn
+	client *zkclient.Client
+	ctx    context.Context // ends at Stop
 	cancel context.CancelFunc
 	done   sync.WaitGroup
 	wake   chan struct{} // a session event arrived
@@ -107,6 +112,7 @@ type Backend struct {
 	dirty        map[registry.ServiceKey]bool                         // changed since last published
 	warned       map[string]int64                                     // node -> modification zxid warned about
 	owned        map[string][]byte                                    // ephemeral nodes this backend keeps: path -> data
+	adopting     map[string]bool                                      // owned nodes not yet of this session, taken over from another backend
 	synced       bool
 	reachable    bool
 	stopped      bool
@@ -179,16 +185,18 @@ func (b *Backend) Start(table *registry.Table, env registry.BackendEnv) error {
 	b.logger = env.Logger
 	b.wake = make(chan struct{}, 1)
 	b.fired = make(chan struct{}, 1)
-	conn, _, err := zk.Connect(b.servers, time.Duration(b.SessionTimeout),
-		zk.WithLogger(zkLogger{b.logger}), zk.WithEventCallback(b.sessionEvent))
+	client, err := zkclient.New(zkclient.Options{
+		Servers: b.servers, SessionTimeout: time.Duration(b.SessionTimeout),
+		Logger: zkLogger{b.logger}, Event: b.sessionEvent, WentBack: b.wentBack,
+	})
 	if err != nil {
 		return fmt.Errorf("connecting to zookeeper: %w", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	b.mu.Lock()
-	b.conn, b.cancel, b.table = conn, cancel, table
+	b.client, b.ctx, b.cancel, b.table = client, ctx, cancel, table
 	b.seeds, b.trafficSeeds = env.Seeds, env.Traffic
-	b.warned, b.owned = map[string]int64{}, map[string][]byte{}
+	b.warned, b.owned, b.adopting = map[string]int64{}, map[string][]byte{}, map[string]bool{}
 	b.dirs, b.leaves = map[string]map[string]bool{}, map[string]leaf{}
 	b.byKey, b.dirty = map[registry.ServiceKey]map[string]registry.Endpoint{}, map[registry.ServiceKey]bool{}
 	b.reachable = true // until shown otherwise, so that a first failure is logged
@@ -230,6 +238,17 @@ func (b *Backend) sessionEvent(ev zk.Event) {
 	}
 }
 
+// wentBack logs that the client replaced its connection because
+// ZooKeeper went back in time; the new session's event that follows has
+// everything listed again, this instance's ephemeral nodes first.
+func (b *Backend) wentBack() {
+	b.log().Warn("zookeeper went back in time (wiped, or restored from an older snapshot) and refused this instance's session; "+
+		"listing everything again in a new session", zap.String("backend", "zookeeper"), zap.Strings("servers", b.servers))
+}
+
+// conn returns the ZooKeeper connection in use.
+func (b *Backend) conn() *zk.Conn { return b.client.Conn() }
+
 // Reconfigure takes a newer config's seeds and logger.
 func (b *Backend) Reconfigure(env registry.BackendEnv) error {
 	b.mu.Lock()
@@ -255,7 +274,7 @@ func (b *Backend) Stop() error {
 	b.stopped = true
 	b.mu.Unlock()
 	b.cancel()
-	b.conn.Close()
+	b.client.Close()
 	b.done.Wait()
 	return nil
 }
@@ -342,24 +361,30 @@ func (b *Backend) follow(ctx context.Context) {
 }
 
 // list reads every service and instance under the base, setting watches,
-// and publishes them. A session that replaced an expired one first gets
-// this instance's ephemeral nodes back.
+// and publishes them. A session that replaced an expired one (or one of a
+// ZooKeeper that went back in time) first gets this instance's ephemeral
+// nodes back, and nodes taken over from another backend that are not of
+// this session yet are made so.
 func (b *Backend) list(ctx context.Context) error {
 	b.mu.Lock()
 	b.listedGen = b.gen
-	session := b.conn.SessionID()
+	session := b.conn().SessionID()
 	renew := b.session != 0 && b.session != session
 	owned := maps.Clone(b.owned)
+	if !renew {
+		maps.DeleteFunc(owned, func(p string, _ []byte) bool { return !b.adopting[p] })
+	}
 	b.queue = nil // what fired so far, the listing reads anyway
 	b.dirs, b.leaves = map[string]map[string]bool{}, map[string]leaf{}
 	b.byKey, b.dirty = map[registry.ServiceKey]map[string]registry.Endpoint{}, map[registry.ServiceKey]bool{}
 	b.mu.Unlock()
-	if renew {
-		for p, data := range owned {
-			if err := b.createOwned(p, data); err != nil {
-				return fmt.Errorf("registering %s again after the session expired: %w", p, err)
-			}
+	for p, data := range owned {
+		if err := b.createOwned(p, data); err != nil {
+			return fmt.Errorf("registering %s in this session: %w", p, err)
 		}
+		b.mu.Lock()
+		delete(b.adopting, p)
+		b.mu.Unlock()
 	}
 	if err := b.watchDir(b.layout.Base, 0); err != nil {
 		return err
@@ -373,26 +398,54 @@ func (b *Backend) list(ctx context.Context) error {
 	return nil
 }
 
-// createOwned creates an ephemeral node of this session, making its
-// parents as needed; one left by an older session of ours is replaced.
+// ownerTries bounds how often createOwned tries again when the node
+// changes under it.
+const ownerTries = 5
+
+// createOwned makes node p an ephemeral node of this session holding
+// data, creating its persistent parents as needed. A node already there of
+// another session (an older one of this backend's, or that of the
+// backend of a config this one replaces) is taken over in one
+// transaction, deleted and created again, so that no instance watching
+// sees it missing.
 func (b *Backend) createOwned(p string, data []byte) error {
-	if err := b.makeParents(p); err != nil {
+	conn := b.conn()
+	if err := makeParents(conn, p); err != nil {
 		return err
 	}
-	_, err := b.conn.Create(p, data, zk.FlagEphemeral, zk.WorldACL(zk.PermAll))
-	if errors.Is(err, zk.ErrNodeExists) {
-		_, err = b.conn.Set(p, data, -1)
+	var err error
+	for range ownerTries {
+		if _, err = conn.Create(p, data, zk.FlagEphemeral, zk.WorldACL(zk.PermAll)); !errors.Is(err, zk.ErrNodeExists) {
+			return err
+		}
+		var ok bool
+		var stat *zk.Stat
+		ok, stat, err = conn.Exists(p)
+		switch {
+		case err != nil:
+			return err
+		case !ok:
+			continue // gone meanwhile: create it
+		case stat.EphemeralOwner == conn.SessionID():
+			_, err = conn.Set(p, data, stat.Version)
+		default:
+			_, err = conn.Multi(&zk.DeleteRequest{Path: p, Version: stat.Version},
+				&zk.CreateRequest{Path: p, Data: data, Acl: zk.WorldACL(zk.PermAll), Flags: zk.FlagEphemeral})
+		}
+		if !errors.Is(err, zk.ErrBadVersion) && !errors.Is(err, zk.ErrNoNode) {
+			return err
+		}
 	}
-	return err
+	return fmt.Errorf("node %s changed %d times while this instance was taking it over: %w", p, ownerTries, err)
 }
 
 // makeParents creates the persistent parents of node p that are missing.
-func (b *Backend) makeParents(p string) error {
+func makeParents(conn *zk.Conn, p string) error {
 	parts := strings.Split(strings.TrimPrefix(p, "/"), "/")
 	at := ""
 	for _, part := range parts[:len(parts)-1] {
 		at += "/" + part
-		if _, err := b.conn.Create(at, nil, 0, zk.WorldACL(zk.PermAll)); err != nil && !errors.Is(err, zk.ErrNodeExists) {
+		if _, err := conn.Create(at, nil, 0, zk.WorldACL(zk.PermAll)); err != nil && !errors.Is(err, zk.ErrNodeExists) {
 			return err
 		}
 	}
@@ -404,10 +457,10 @@ func (b *Backend) makeParents(p string) error {
 // instance nodes. Children that went are forgotten.
 func (b *Backend) watchDir(p string, depth int) error {
 	// the watches' events come through sessionEvent, not their channels
-	children, _, _, err := b.conn.ChildrenW(p)
+	children, _, _, err := b.conn().ChildrenW(p)
 	if errors.Is(err, zk.ErrNoNode) {
 		// not there (yet): watch for it to appear
-		_, _, _, err = b.conn.ExistsW(p)
+		_, _, _, err = b.conn().ExistsW(p)
 		if err != nil {
 			return err
 		}
@@ -478,7 +531,7 @@ func (b *Backend) child(p, c string) string {
 
 // readLeaf reads an instance node with a watch.
 func (b *Backend) readLeaf(p string) error {
-	data, stat, _, err := b.conn.GetW(p)
+	data, stat, _, err := b.conn().GetW(p)
 	if errors.Is(err, zk.ErrNoNode) {
 		b.mu.Lock()
 		b.forget(p)
@@ -528,9 +581,13 @@ func (b *Backend) dropLeaf(p string) {
 	b.dirty[l.key] = true
 }
 
-// forget drops node p and everything below it. The caller holds b.mu.
+// forget drops node p and everything below it; a node being taken over
+// from another backend stays routed until this one has created it. The
+// caller holds b.mu.
 func (b *Backend) forget(p string) {
-	b.dropLeaf(p)
+	if !b.adopting[p] {
+		b.dropLeaf(p)
+	}
 	children, isDir := b.dirs[p]
 	if !isDir {
 		return
@@ -551,16 +608,19 @@ func (b *Backend) apply(ev zk.Event) error {
 	}
 	var err error
 	switch {
+	case depth == b.layout.Depth():
+		// A deleted instance node is read again too: one another session
+		// took over (deleted and created again in one transaction) is
+		// there again, and stays routed.
+		if ev.Type == zk.EventNodeDataChanged || ev.Type == zk.EventNodeCreated || ev.Type == zk.EventNodeDeleted {
+			err = b.readLeaf(ev.Path)
+		}
 	case ev.Type == zk.EventNodeDeleted:
 		b.mu.Lock()
 		b.forget(ev.Path)
 		b.mu.Unlock()
 		if depth == 0 {
 			err = b.watchDir(ev.Path, 0) // the base went: wait for it again
-		}
-	case depth == b.layout.Depth():
-		if ev.Type == zk.EventNodeDataChanged || ev.Type == zk.EventNodeCreated {
-			err = b.readLeaf(ev.Path)
 		}
 	case ev.Type == zk.EventNodeChildrenChanged || ev.Type == zk.EventNodeCreated:
 		err = b.watchDir(ev.Path, depth)
@@ -636,6 +696,7 @@ func (b *Backend) setReachable(ok bool, err error) {
 	if !changed {
 		return
 	}
+	b.table.SetReachable(ok)
 	fields := []zap.Field{zap.String("backend", "zookeeper"), zap.Strings("servers", b.servers)}
 	switch {
 	case ok:
@@ -710,12 +771,13 @@ func (b *Backend) Add(ctx context.Context, key registry.ServiceKey, ep registry.
 		if ephemeral {
 			return b.createOwned(p, data)
 		}
-		if err := b.makeParents(p); err != nil {
+		conn := b.conn()
+		if err := makeParents(conn, p); err != nil {
 			return err
 		}
-		_, err := b.conn.Create(p, data, 0, zk.WorldACL(zk.PermAll))
+		_, err := conn.Create(p, data, 0, zk.WorldACL(zk.PermAll))
 		if errors.Is(err, zk.ErrNodeExists) {
-			_, err = b.conn.Set(p, data, -1)
+			_, err = conn.Set(p, data, -1)
 		}
 		return err
 	})
@@ -733,6 +795,7 @@ func (b *Backend) Add(ctx context.Context, key registry.ServiceKey, ep registry.
 	} else {
 		delete(b.owned, p)
 	}
+	delete(b.adopting, p) // of this session now, or no longer kept
 	// what this instance wrote, it routes at once; the watch confirms it
 	b.setLeaf(p, leaf{decodedKey, decoded})
 	b.publish()
@@ -760,7 +823,7 @@ func (b *Backend) Delete(ctx context.Context, key registry.ServiceKey, address s
 	}
 	for _, p := range nodes {
 		err := b.write(ctx, "deleting "+p+" from zookeeper", func() error {
-			err := b.conn.Delete(p, -1)
+			err := b.conn().Delete(p, -1)
 			if errors.Is(err, zk.ErrNoNode) {
 				return nil
 			}
@@ -771,6 +834,7 @@ func (b *Backend) Delete(ctx context.Context, key registry.ServiceKey, address s
 		}
 		b.mu.Lock()
 		delete(b.owned, p)
+		delete(b.adopting, p)
 		b.dropLeaf(p)
 		b.publish()
 		b.mu.Unlock()
@@ -813,13 +877,18 @@ func (b *Backend) Owned() []registry.Owned {
 	return out
 }
 
-// Adopt takes over ephemeral nodes another backend (of an older config)
-// keeps: once that backend's session has closed and its node is gone,
-// this one creates it in its own session.
+// Adopt takes over the ephemeral nodes another backend (of an older
+// config) keeps, before that backend stops and its session closes: each
+// becomes a node of this backend's session in one transaction (see
+// createOwned), so that no instance routing from ZooKeeper sees it
+// missing. Adopt waits for that up to write_timeout; nodes it could not
+// take over by then (no session) are taken over in the background, and
+// routed meanwhile.
 func (b *Backend) Adopt(owned []registry.Owned) {
+	nodes := map[string][]byte{}
 	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.stopped || b.conn == nil {
+	if b.stopped || b.client == nil {
+		b.mu.Unlock()
 		return
 	}
 	for _, o := range owned {
@@ -827,40 +896,52 @@ func (b *Backend) Adopt(owned []registry.Owned) {
 		if err != nil {
 			continue
 		}
-		b.owned[p] = data
-		b.done.Go(func() { b.adoptOne(p, data) })
+		b.owned[p], b.adopting[p] = data, true
+		nodes[p] = data
 	}
+	ctx := b.ctx
+	b.mu.Unlock()
+	err := b.adoptAll(ctx, nodes)
+	if err == nil {
+		return
+	}
+	b.log().Warn("could not take over endpoints from the previous config's zookeeper backend yet; retrying in the background",
+		zap.String("backend", "zookeeper"), zap.Error(err))
+	b.done.Go(func() {
+		wait := zkRetryMin
+		for b.adoptAll(ctx, nodes) != nil {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(wait + rand.N(wait/2+1)):
+			}
+			wait = min(2*wait, zkRetryMax)
+		}
+	})
 }
 
-// adoptOne creates node p in this backend's session once the node of the
-// session that held it is gone.
-func (b *Backend) adoptOne(p string, data []byte) {
-	for range 100 {
+// adoptAll takes over those of nodes still being taken over, within the
+// write timeout; it returns an error if any is left.
+func (b *Backend) adoptAll(ctx context.Context, nodes map[string][]byte) error {
+	ctx, cancel := context.WithTimeout(ctx, time.Duration(b.WriteTimeout))
+	defer cancel()
+	var left error
+	for p, data := range nodes {
 		b.mu.Lock()
-		stopped := b.stopped
+		pending := b.adopting[p]
 		b.mu.Unlock()
-		if stopped {
-			return
+		if !pending {
+			continue // taken over by a listing, or deleted
 		}
-		ok, stat, ch, err := b.conn.ExistsW(p)
-		switch {
-		case err != nil:
-			time.Sleep(zkRetryMin)
-			continue
-		case ok && stat.EphemeralOwner == b.conn.SessionID():
-			return // ours already
-		case ok:
-			select { // still the old session's: wait for it to go
-			case <-ch:
-			case <-time.After(time.Duration(b.SessionTimeout) * 2):
-			}
+		if err := b.write(ctx, "taking over "+p+" in zookeeper", func() error { return b.createOwned(p, data) }); err != nil {
+			left = err
 			continue
 		}
-		if err := b.createOwned(p, data); err == nil || errors.Is(err, zk.ErrNodeExists) {
-			continue // check it is ours
-		}
-		time.Sleep(zkRetryMin)
+		b.mu.Lock()
+		delete(b.adopting, p)
+		b.mu.Unlock()
 	}
+	return left
 }
 
 // zkLogger sends go-zookeeper's messages to the debug log.

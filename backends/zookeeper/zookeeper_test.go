@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"runtime"
 	"slices"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -171,7 +173,7 @@ func TestZooKeeperAdminWrites(t *testing.T) {
 	if err := r.Add(ctx, users, registry.Endpoint{Address: "127.0.0.1:9003", TTL: registry.Duration(time.Second)}); err != nil {
 		t.Fatal(err)
 	}
-	if _, stat, err := check.Get("/services/users/v1@127.0.0.1:9003"); err != nil || stat.EphemeralOwner != b.conn.SessionID() {
+	if _, stat, err := check.Get("/services/users/v1@127.0.0.1:9003"); err != nil || stat.EphemeralOwner != b.conn().SessionID() {
 		t.Errorf("the node added with a ttl: %v; want an ephemeral node of the backend's session", err)
 	}
 	if _, err := r.Delete(ctx, users, "127.0.0.1:9001"); !errors.Is(err, registry.ErrSeeded) {
@@ -250,7 +252,7 @@ func TestZooKeeperSessionExpiry(t *testing.T) {
 	if err := r.Add(context.Background(), users, registry.Endpoint{Address: "127.0.0.1:9003", TTL: registry.Duration(time.Second)}); err != nil {
 		t.Fatal(err)
 	}
-	first := b.conn.SessionID()
+	first := b.conn().SessionID()
 	proxy.Cut()
 	eventually(t, 30*time.Second, "ZooKeeper to expire the session and drop its node", func() bool {
 		ok, _, err := check.Exists("/services/users/v1@127.0.0.1:9003")
@@ -260,12 +262,124 @@ func TestZooKeeperSessionExpiry(t *testing.T) {
 		t.Errorf("while cut off: %v; want the last snapshot", got)
 	}
 	proxy.Mend()
-	eventually(t, 30*time.Second, "a new session", func() bool { return b.conn.SessionID() != first && b.conn.State() == zk.StateHasSession })
+	eventually(t, 30*time.Second, "a new session", func() bool { return b.conn().SessionID() != first && b.conn().State() == zk.StateHasSession })
 	eventually(t, 15*time.Second, "the ephemeral node back in the new session", func() bool {
 		_, stat, err := check.Get("/services/users/v1@127.0.0.1:9003")
-		return err == nil && stat.EphemeralOwner == b.conn.SessionID()
+		return err == nil && stat.EphemeralOwner == b.conn().SessionID()
 	})
 	eventually(t, 5*time.Second, "the endpoint routed", func() bool { return slices.Equal(has(r, users), []string{"127.0.0.1:9003"}) })
+}
+
+// A ZooKeeper wiped and started again (replaced, or restored from an
+// older snapshot) has gone back in time: it refuses the session of a
+// client that has seen a newer zxid, for as long as its own zxid is lower.
+// The backend notices, starts a fresh client and lists everything again:
+// what only the old ZooKeeper held goes, what the new one holds comes, and
+// this instance's ephemeral nodes are created again. It says so once.
+func TestZooKeeperWipedIsListedAgain(t *testing.T) {
+	srv := zktest.Start(t)
+	jvm := srv.Conn(t)
+	curator(t, jvm, "users", "old", "127.0.0.1", 9091, `{"version":"v1"}`, 0)
+	filler := registry.ServiceKey{Service: "filler", Version: "v1"}
+	for i := range 40 { // a zxid well above the wiped ZooKeeper's, which the backend reads
+		curator(t, jvm, "filler", fmt.Sprintf("f%d", i), "127.0.0.1", 10000+i, `{"version":"v1"}`, 0)
+	}
+	jvm.Close() // it has seen that zxid too
+	b := &Backend{Servers: []string{srv.Addr}}
+	r, logs := startRegistry(t, b, nil)
+	eventually(t, 15*time.Second, "the first sync", func() bool { return len(has(r, filler)) == 40 })
+	ctx := context.Background()
+	if err := r.Add(ctx, users, registry.Endpoint{Address: "127.0.0.1:9003", TTL: registry.Duration(time.Second)}); err != nil {
+		t.Fatal(err)
+	}
+
+	srv.Wipe()
+	fresh := srv.Conn(t)
+	curator(t, fresh, "users", "new", "127.0.0.1", 9092, `{"version":"v1"}`, 0)
+	eventually(t, 20*time.Second, "the registry to be what the wiped ZooKeeper holds", func() bool {
+		return slices.Equal(has(r, users), []string{"127.0.0.1:9003", "127.0.0.1:9092"}) && len(has(r, filler)) == 0
+	})
+	eventually(t, 5*time.Second, "this instance's ephemeral node in the wiped ZooKeeper", func() bool {
+		_, stat, err := fresh.Get("/services/users/v1@127.0.0.1:9003")
+		return err == nil && stat.EphemeralOwner != 0 && stat.EphemeralOwner == sessionOf(b)
+	})
+	if err := r.Add(ctx, users, registry.Endpoint{Address: "127.0.0.1:9004"}); err != nil {
+		t.Errorf("an add once listed again: %v", err)
+	}
+	if ok, _, err := fresh.Exists("/services/users/v1@127.0.0.1:9004"); !ok || err != nil {
+		t.Errorf("the add is not in the wiped ZooKeeper: %v", err)
+	}
+	if n := len(logs.FilterMessageSnippet("went back in time").All()); n != 1 {
+		t.Errorf("going back in time was logged %d times, want once", n)
+	}
+}
+
+// A backend that replaces another (a reload changing its settings) takes
+// over the ephemeral nodes the other keeps before the other's session
+// closes: each becomes a node of the new session in one transaction, and
+// neither this instance nor another one watching ever routes without it.
+func TestZooKeeperHandOver(t *testing.T) {
+	srv := zktest.Start(t)
+	check := srv.Conn(t)
+	prev := &Backend{Servers: []string{srv.Addr}}
+	prevR, _ := startRegistry(t, prev, nil)
+	eventually(t, 15*time.Second, "the first sync", func() bool { return prevR.Snapshot().Synced() })
+	if err := prevR.Add(context.Background(), users, registry.Endpoint{Address: "127.0.0.1:9003", TTL: registry.Duration(time.Second)}); err != nil {
+		t.Fatal(err)
+	}
+	next := &Backend{Servers: []string{srv.Addr}, SessionTimeout: caddy.Duration(5 * time.Second)}
+	nextR, _ := startRegistry(t, next, nil)
+	other, _ := startRegistry(t, &Backend{Servers: []string{srv.Addr}}, nil)
+	for _, r := range []*registry.Local{nextR, other} {
+		eventually(t, 15*time.Second, "the ephemeral node listed", func() bool { return slices.Equal(has(r, users), []string{"127.0.0.1:9003"}) })
+	}
+
+	var gaps atomic.Int64
+	stop := make(chan struct{})
+	var sampling sync.WaitGroup
+	sampling.Go(func() {
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			for _, r := range []*registry.Local{nextR, other} {
+				if !slices.Contains(has(r, users), "127.0.0.1:9003") {
+					gaps.Add(1)
+				}
+			}
+			runtime.Gosched()
+		}
+	})
+	nextR.Adopt(prevR.Owned())
+	const node = "/services/users/v1@127.0.0.1:9003"
+	if _, stat, err := check.Get(node); err != nil || stat.EphemeralOwner != sessionOf(next) {
+		t.Errorf("once Adopt returned, the node is %+v (%v); want it of the new backend's session %x", stat, err, sessionOf(next))
+	}
+	if err := prevR.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	// A node written after the old session closed: once it is routed,
+	// whatever the close did has been seen (a client sees changes in
+	// order).
+	curator(t, check, "users", "marker", "127.0.0.1", 9009, `{"version":"v1"}`, 0)
+	for _, r := range []*registry.Local{nextR, other} {
+		eventually(t, 10*time.Second, "the node written after the handover", func() bool { return slices.Contains(has(r, users), "127.0.0.1:9009") })
+	}
+	close(stop)
+	sampling.Wait()
+	if n := gaps.Load(); n != 0 {
+		t.Errorf("the endpoint was not routed %d times during the handover", n)
+	}
+	for _, r := range []*registry.Local{nextR, other} {
+		if got := has(r, users); !slices.Equal(got, []string{"127.0.0.1:9003", "127.0.0.1:9009"}) {
+			t.Errorf("after the handover: %v", got)
+		}
+	}
+	if _, stat, err := check.Get(node); err != nil || stat.EphemeralOwner != sessionOf(next) {
+		t.Errorf("after the old backend stopped, the node is %+v (%v); want it of the new backend's session", stat, err)
+	}
 }
 
 // With version_level, the version is a level of the path.
@@ -437,6 +551,9 @@ func startBenchRegistry(b *testing.B, addr string) (*registry.Local, *Backend) {
 	}
 	return r, be
 }
+
+// sessionOf returns the session of b's current connection.
+func sessionOf(b *Backend) int64 { return b.conn().SessionID() }
 
 // No goroutine outlives Stop: the sync loop, the writes and
 // go-zookeeper's own.

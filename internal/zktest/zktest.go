@@ -106,6 +106,19 @@ func (s *Server) Restart() {
 	s.start()
 }
 
+// Wipe stops ZooKeeper, deletes its data and starts it again empty on the
+// same port: a ZooKeeper replaced, or restored from an older snapshot. Its
+// zxid starts again from 0, and it refuses the session of a client that
+// has seen a newer one.
+func (s *Server) Wipe() {
+	s.t.Helper()
+	s.Stop()
+	if err := os.RemoveAll(filepath.Join(s.dir, "data")); err != nil {
+		s.t.Fatal(err)
+	}
+	s.start()
+}
+
 // Pause freezes ZooKeeper (SIGSTOP) until Resume: sessions time out.
 func (s *Server) Pause() { s.proc.Signal(syscall.SIGSTOP) }
 
