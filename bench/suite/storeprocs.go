@@ -600,7 +600,7 @@ type consulStore struct {
 	mu                     sync.Mutex
 	registered             map[string]storeHost // by service ID: what a redeploy registers again
 	bin                    string
-	gen                    *atomic.Int64 // wipes
+	gen                    atomic.Int64 // wipes
 }
 
 // harnessClient is the harness's HTTP client for the Consul agent. It
@@ -637,7 +637,7 @@ func newConsul(e *env) (store, error) {
 		return nil, err
 	}
 	s := &consulStore{e: e, bin: bin, http: freePort(), lan: freePort(), wan: freePort(), server: freePort(),
-		data: filepath.Join(dir, "data"), client: harnessClient(2 * time.Second), registered: map[string]storeHost{}, gen: new(atomic.Int64)}
+		data: filepath.Join(dir, "data"), client: harnessClient(2 * time.Second), registered: map[string]storeHost{}}
 	s.daemon = daemon{name: "consul", dir: dir, args: func() []string {
 		return []string{s.bin, "agent", "-dev", "-node", "bench", "-bind", "127.0.0.1", "-client", "127.0.0.1",
 			"-http-port", fmt.Sprint(s.http), "-dns-port", "-1", "-grpc-port", "-1", "-grpc-tls-port", "-1",
@@ -658,8 +658,10 @@ func newConsul(e *env) (store, error) {
 func (s *consulStore) Name() string { return "consul" }
 func (s *consulStore) Addr() string { return fmt.Sprintf("127.0.0.1:%d", s.http) }
 
-func (s *consulStore) get(path string, into any) error {
-	resp, err := s.client.Get("http://" + s.Addr() + path)
+func (s *consulStore) get(path string, into any) error { return s.getWith(s.client, path, into) }
+
+func (s *consulStore) getWith(client *http.Client, path string, into any) error {
+	resp, err := client.Get("http://" + s.Addr() + path)
 	if err != nil {
 		return err
 	}
@@ -786,7 +788,7 @@ func (s *consulStore) Reregister() error {
 // passing ones among them (all their checks and the node's pass), which
 // is what the consul backend routes.
 func (s *consulStore) Content(timeout time.Duration) (content, error) {
-	c := &consulStore{client: &http.Client{Timeout: timeout, Transport: s.client.Transport}, http: s.http, gen: s.gen}
+	client := &http.Client{Timeout: timeout, Transport: s.client.Transport}
 	var node struct {
 		Node struct {
 			Address string
@@ -798,13 +800,13 @@ func (s *consulStore) Content(timeout time.Duration) (content, error) {
 			CreateIndex          int64
 		}
 	}
-	if err := c.get("/v1/catalog/node-services/bench", &node); err != nil {
+	if err := s.getWith(client, "/v1/catalog/node-services/bench", &node); err != nil {
 		return nil, err
 	}
 	var checks []struct {
 		ServiceID, Status string
 	}
-	if err := c.get("/v1/health/node/bench", &checks); err != nil {
+	if err := s.getWith(client, "/v1/health/node/bench", &checks); err != nil {
 		return nil, err
 	}
 	failing, nodeFailing := map[string]bool{}, false
@@ -827,7 +829,7 @@ func (s *consulStore) Content(timeout time.Duration) (content, error) {
 		}
 		for _, tag := range svc.Tags {
 			if v, ok := strings.CutPrefix(tag, "version="); ok {
-				held[svc.Service+"/"+v+"/"+net.JoinHostPort(addr, fmt.Sprint(svc.Port))] = generation(s.gen, svc.CreateIndex)
+				held[svc.Service+"/"+v+"/"+net.JoinHostPort(addr, fmt.Sprint(svc.Port))] = generation(&s.gen, svc.CreateIndex)
 			}
 		}
 	}

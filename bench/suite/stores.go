@@ -50,6 +50,8 @@ type StoreRun struct {
 	EndMs float64 `json:"end_ms"`
 	// LeftAtMs is when the leaving host's registration was ended.
 	LeftAtMs float64 `json:"left_at_ms"`
+	// Hosts are the backends' addresses by name (b1 to b5).
+	Hosts map[string]string `json:"hosts"`
 	// Outcome is both instances' requests together.
 	Outcome
 	// FailedHeld counts the failed requests that completed while the
@@ -221,7 +223,9 @@ var storeKinds = []struct {
 
 // runStores runs every store through every fault it applies to; stores
 // and faults (comma-separated) narrow the matrix. Each Caddy instance's
-// whole log goes to out/logs/<store>-<fault>-<a|b>.log.
+// log (but the lines about the harness's reads of its listing) goes to
+// out/logs/<store>-<fault>-<a|b>.log, the store's to
+// out/logs/<store>-<fault>-store.log.
 func runStores(e *env, out, stores, faults string) ([]StoreRun, error) {
 	if err := buildSelfreg(e); err != nil {
 		return nil, err
@@ -280,6 +284,7 @@ type cell struct {
 	st        store
 	part      *partition // between Caddy and the store in the cut cell
 	storeAddr string     // what Caddy reads: the store, or the partition
+	backends  *backendSet
 	hosts     []storeHost
 	regs      []registration // of hosts[0:3]
 	caddys    [2]*runningProxy
@@ -404,19 +409,17 @@ func (c *cell) adminWrites() {
 
 func (c *cell) write(method, path, body string) {
 	client := &http.Client{Timeout: 30 * time.Second}
-	req, err := http.NewRequest(method, "http://"+c.caddys[0].admin+path, strings.NewReader(body))
-	if err != nil {
-		panic(err)
-	}
-	if body != "" {
-		req.Header.Set("Content-Type", "application/json")
-	}
 	at := c.since()
 	w := AdminWrite{Method: method, Path: path, AtMs: ms(at)}
 	c.mu.Lock()
 	w.DuringFault = c.faultEnd == 0
 	c.mu.Unlock()
-	resp, err := client.Do(req)
+	req, err := http.NewRequest(method, "http://"+c.caddys[0].admin+path, strings.NewReader(body))
+	var resp *http.Response
+	if err == nil {
+		req.Header.Set("Content-Type", "application/json")
+		resp, err = client.Do(req)
+	}
 	if err != nil {
 		w.Answer = err.Error()
 	} else {
@@ -439,6 +442,20 @@ func shorten(s string, n int) string {
 	return s[:n] + "…"
 }
 
+// withoutPolls drops the admin API's lines about the harness's own reads
+// of the listing (ten a second) from a Caddy log.
+func withoutPolls(log string) string {
+	var b strings.Builder
+	for line := range strings.SplitSeq(log, "\n") {
+		if strings.Contains(line, `"logger":"admin.api","msg":"received request"`) && strings.Contains(line, `"uri":"/service_registry/services"`) {
+			continue
+		}
+		b.WriteString(line)
+		b.WriteByte('\n')
+	}
+	return b.String()
+}
+
 // storesOnce runs one cell: a fresh store, five hosts (three registered,
 // the fourth for admin writes, the fifth for the restore cell), two Caddy
 // instances, load through both, the fault, the recovery.
@@ -455,104 +472,116 @@ func storesOnce(e *env, logs, name string, newStore func(*env) (store, error), f
 	}
 	defer st.Close()
 	c := &cell{e: e, f: f, st: st, storeAddr: st.Addr(), path: "/bench/v1/x"}
-	if f.split {
-		c.path = "/bench/x"
-	}
-	if f.Name == "cut" {
-		if c.part, err = newPartition(st.Addr()); err != nil {
-			return nil, err
-		}
-		defer c.part.Close()
-		c.storeAddr = c.part.Addr
-	}
-
-	backends, err := startBackends(e, 5, 0)
-	if err != nil {
+	defer c.tearDown()
+	if err := c.setUp(); err != nil {
 		return nil, err
 	}
-	defer backends.stopAll()
-	for i, addr := range backends.addrs {
-		h := storeHost{name: fmt.Sprintf("b%d", i+1), addr: addr, version: "v1"}
-		if f.split && i == 2 {
-			h.version = "v2"
-		}
-		c.hosts = append(c.hosts, h)
-	}
-	defer func() {
-		for _, r := range c.regs {
-			r.Kill()
-		}
-	}()
-	for _, h := range c.hosts[:3] {
-		r, err := st.Register(h)
-		if err != nil {
-			return nil, err
-		}
-		c.regs = append(c.regs, r)
-	}
-	want := map[string]bool{c.hosts[0].key(): true, c.hosts[1].key(): true, c.hosts[2].key(): true}
-	if err := until(30*time.Second, "the hosts registered in "+name, func() bool {
-		held, err := st.Content(time.Second)
-		return err == nil && sameKeys(held, want)
-	}); err != nil {
-		return nil, err
-	}
-	if f.prepare != nil {
-		if err := f.prepare(c); err != nil {
-			return nil, err
-		}
-	}
-
-	global := "service_registry {\n\t\t" + st.Backend(c.storeAddr, false)
-	if f.split {
-		global += "\n\t\ttraffic bench {\n\t\t\tsplit v1 50 v2 50\n\t\t\tfallback v1\n\t\t}"
-	}
-	global += "\n\t}"
-	for i := range c.caddys {
-		r, err := startCaddy(e, fmt.Sprintf("stores-%s-%s-%c", name, f.Name, 'a'+i), global, "service_proxy")
-		if err != nil {
-			return nil, err
-		}
-		c.caddys[i] = r
-		defer func() {
-			if r.proc != nil {
-				r.proc.stop(syscall.SIGKILL)
-			}
-		}()
-	}
-	for i, r := range c.caddys {
-		if err := until(30*time.Second, fmt.Sprintf("instance %c routing what %s holds", 'A'+i, name), func() bool {
-			listed, _, err := listing(r.admin, time.Second)
-			return err == nil && sameKeys(listed, want)
-		}); err != nil {
-			return nil, err
-		}
-	}
-	for _, r := range c.caddys {
-		if _, err := loadgen.Run(context.Background(), loadgen.Config{Addr: r.addr, Path: c.path, Conns: storesConns, Duration: 500 * time.Millisecond}); err != nil {
-			return nil, err
-		}
-	}
-
 	if err := c.measure(run); err != nil {
 		return nil, err
 	}
-	// stop both instances gracefully to read their logs whole
+	// stop both instances and the store to read their logs whole
 	for i, r := range c.caddys {
 		r.proc.stop(syscall.SIGTERM)
 		out := r.proc.out.String()
 		run.Logs[i] = caddyLog(out, c.t0, run.FaultStartMs, run.EndMs)
-		if err := os.WriteFile(filepath.Join(logs, fmt.Sprintf("%s-%s-%c.log", name, f.Name, 'a'+i)), []byte(out), 0o644); err != nil {
+		if err := os.WriteFile(filepath.Join(logs, fmt.Sprintf("%s-%s-%c.log", name, f.Name, 'a'+i)), []byte(withoutPolls(out)), 0o644); err != nil {
 			return nil, err
 		}
-		r.proc = nil
 	}
-	c.summarize(run)
 	st.Close()
 	if err := os.WriteFile(filepath.Join(logs, fmt.Sprintf("%s-%s-store.log", name, f.Name)), []byte(st.Output()), 0o644); err != nil {
 		return nil, err
 	}
+	c.summarize(run)
 	return run, nil
+}
+
+// setUp starts the hosts, registers three, starts both Caddy instances and
+// returns once both route what the store holds and have warmed up.
+func (c *cell) setUp() error {
+	if c.f.split {
+		c.path = "/bench/x"
+	}
+	if c.f.Name == "cut" {
+		var err error
+		if c.part, err = newPartition(c.st.Addr()); err != nil {
+			return err
+		}
+		c.storeAddr = c.part.Addr
+	}
+	var err error
+	if c.backends, err = startBackends(c.e, 5, 0); err != nil {
+		return err
+	}
+	for i, addr := range c.backends.addrs {
+		h := storeHost{name: fmt.Sprintf("b%d", i+1), addr: addr, version: "v1"}
+		if c.f.split && i == 2 {
+			h.version = "v2"
+		}
+		c.hosts = append(c.hosts, h)
+	}
+	for _, h := range c.hosts[:3] {
+		r, err := c.st.Register(h)
+		if err != nil {
+			return err
+		}
+		c.regs = append(c.regs, r)
+	}
+	want := map[string]bool{c.hosts[0].key(): true, c.hosts[1].key(): true, c.hosts[2].key(): true}
+	if err := until(30*time.Second, "the hosts registered in "+c.st.Name(), func() bool {
+		held, err := c.st.Content(time.Second)
+		return err == nil && sameKeys(held, want)
+	}); err != nil {
+		return err
+	}
+	if c.f.prepare != nil {
+		if err := c.f.prepare(c); err != nil {
+			return err
+		}
+	}
+
+	global := "service_registry {\n\t\t" + c.st.Backend(c.storeAddr, false)
+	if c.f.split {
+		global += "\n\t\ttraffic bench {\n\t\t\tsplit v1 50 v2 50\n\t\t\tfallback v1\n\t\t}"
+	}
+	global += "\n\t}"
+	for i := range c.caddys {
+		if c.caddys[i], err = startCaddy(c.e, fmt.Sprintf("stores-%s-%s-%c", c.st.Name(), c.f.Name, 'a'+i), global, "service_proxy"); err != nil {
+			return err
+		}
+	}
+	for i, r := range c.caddys {
+		if err := until(30*time.Second, fmt.Sprintf("instance %c routing what %s holds", 'A'+i, c.st.Name()), func() bool {
+			listed, _, err := listing(r.admin, time.Second)
+			return err == nil && sameKeys(listed, want)
+		}); err != nil {
+			return err
+		}
+	}
+	for _, r := range c.caddys {
+		if _, err := loadgen.Run(context.Background(), loadgen.Config{Addr: r.addr, Path: c.path, Conns: storesConns, Duration: 500 * time.Millisecond}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// tearDown stops whatever setUp started (the store is the caller's).
+func (c *cell) tearDown() {
+	for _, r := range c.caddys {
+		if r != nil {
+			r.proc.stop(syscall.SIGKILL)
+		}
+	}
+	for _, r := range c.regs {
+		r.Kill()
+	}
+	if c.backends != nil {
+		c.backends.stopAll()
+	}
+	if c.part != nil {
+		c.part.Close()
+	}
 }
 
 // measure runs the load, the fault and the recovery, polling the store

@@ -291,6 +291,7 @@ func (c *cell) summarize(run *StoreRun) {
 	for _, h := range c.hosts {
 		addrOf[h.name] = h.addr
 	}
+	run.Hosts = addrOf
 	run.StaleByHost = map[string]int{}
 	for i := range c.caddys {
 		for j, b := range run.Timeline[i] {

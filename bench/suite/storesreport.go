@@ -10,13 +10,18 @@ import (
 // which each instance should log.
 var outageFaults = []string{"kill", "freeze", "wipe", "restore", "cut"}
 
-// registryWarnings counts an instance's warnings and errors from the
-// registry about its backend (the store), not about the hosts' health.
+// aboutStore reports whether a line is the registry's about its backend
+// (the store), not about the hosts' health.
+func aboutStore(l LogLine) bool {
+	return strings.HasPrefix(l.Logger, "service_registry") && (strings.Contains(l.Fields, `"backend":`) || strings.Contains(l.Msg, "backend"))
+}
+
+// registryWarnings counts an instance's warnings and errors about the
+// store.
 func registryWarnings(lines []LogLine) int {
 	n := 0
 	for _, l := range lines {
-		about := strings.Contains(l.Fields, `"backend":`) || strings.Contains(l.Msg, "backend")
-		if strings.HasPrefix(l.Logger, "service_registry") && (l.Level == "warn" || l.Level == "error") && about {
+		if aboutStore(l) && (l.Level == "warn" || l.Level == "error") {
 			n++
 		}
 	}
@@ -113,19 +118,62 @@ func storesReport(runs []StoreRun) string {
 				fmt.Fprintf(&b, "; hosts registered again %s", r.Reregistered)
 			}
 			fmt.Fprintf(&b, "; connections to the store after the fault, at most: A %d, B %d", r.StoreConns[0], r.StoreConns[1])
+			if d := endDiff(r); d != "" {
+				fmt.Fprintf(&b, "; at the end %s", d)
+			}
 			for _, n := range r.Notes {
 				fmt.Fprintf(&b, "; %s", n)
 			}
 			b.WriteString("\n")
 			for i, lines := range r.Logs {
-				for _, m := range logSummary(lines) {
+				var store, other []LogLine
+				for _, l := range lines {
+					if aboutStore(l) {
+						store = append(store, l)
+					} else {
+						other = append(other, l)
+					}
+				}
+				for _, m := range logSummary(store) {
 					fmt.Fprintf(&b, "  - %c logged %s\n", 'A'+i, m)
+				}
+				if len(other) > 0 {
+					fmt.Fprintf(&b, "  - %c also logged: %s\n", 'A'+i, strings.Join(logSummary(other), "; "))
 				}
 			}
 		}
 		b.WriteString("\n")
 	}
 	return b.String()
+}
+
+// endDiff says what each instance that did not end listing what the store
+// holds listed at the last read the store answered, hosts by name: such
+// as "A lists +bench/v1/b3 (not in the store) -bench/v1/b5 (in the store)".
+func endDiff(r StoreRun) string {
+	var last *StoreSample
+	for i := range r.Samples {
+		if r.Samples[i].Store >= 0 {
+			last = &r.Samples[i]
+		}
+	}
+	if last == nil {
+		return ""
+	}
+	var parts []string
+	for i, d := range last.Diff {
+		if r.ConvergeMs[i] >= 0 || d == "" {
+			continue
+		}
+		for name, addr := range r.Hosts {
+			d = strings.ReplaceAll(d, "/"+addr, "/"+name)
+		}
+		parts = append(parts, fmt.Sprintf("%c lists %s", 'A'+i, d))
+	}
+	if len(parts) == 0 {
+		return ""
+	}
+	return strings.Join(parts, ", ") + " (+: not in the store, -: missing)"
 }
 
 func storeFaultDesc(name string) string {
@@ -144,6 +192,9 @@ func logSummary(lines []LogLine) []string {
 	count := map[string]int{}
 	for _, l := range lines {
 		k := fmt.Sprintf("%s %s: %q", l.Level, l.Logger, l.Msg)
+		if l.Level == "" {
+			k = l.Msg // the count of lines left out
+		}
 		if count[k] == 0 {
 			order = append(order, k)
 		}
