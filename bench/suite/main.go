@@ -39,6 +39,7 @@ type env struct {
 	post    int    // the chaos scenario's POST body size; 0: GETs
 	read    bool   // the backends read request bodies whole before answering
 	pin     string // CPUs (taskset -c) the proxies run on; "": any
+	selfreg string // binary, built by the stores scenario
 }
 
 // proxyCommand is the command line that runs a proxy binary with args,
@@ -60,14 +61,16 @@ type Results struct {
 	Failover   []FailoverRun     `json:"failover,omitempty"`
 	Chaos      []ChaosRun        `json:"chaos,omitempty"`
 	Scale      *ScaleResult      `json:"scale,omitempty"`
+	Stores     []StoreRun        `json:"stores,omitempty"`
 	Skipped    map[string]string `json:"skipped,omitempty"`
 }
 
 func main() {
 	out := flag.String("out", "bench/results", "directory for results.json, report.md and failover.svg")
-	scenarios := flag.String("scenarios", "throughput,failover,chaos,scale", "comma-separated scenarios to run")
+	scenarios := flag.String("scenarios", "throughput,failover,chaos,scale", "comma-separated scenarios to run (also: stores, the control-plane fault matrix)")
 	reps := flag.Int("reps", 3, "repetitions of each measurement")
-	faults := flag.String("faults", "", "comma-separated faults of the chaos scenario to run (default all)")
+	faults := flag.String("faults", "", "comma-separated faults of the chaos or stores scenario to run (default all)")
+	stores := flag.String("stores", "", "comma-separated stores of the stores scenario: etcd, zookeeper, consul (default all)")
 	post := flag.Int("post", 0, "the chaos scenario sends POSTs with bodies of this many bytes instead of GETs")
 	readBody := flag.Bool("read-body", false, "the backends read each request body whole before they answer (default: they answer at once)")
 	pin := flag.String("pin", "", "run every proxy on these CPUs only (taskset -c), e.g. 1")
@@ -106,6 +109,8 @@ func main() {
 			res.Chaos, err = runChaos(e, *faults)
 		case "scale":
 			res.Scale, err = runScale(e)
+		case "stores":
+			res.Stores, err = runStores(e, *out, *stores, *faults)
 		default:
 			err = fmt.Errorf("unknown scenario %q", s)
 		}

@@ -132,6 +132,10 @@ func report(r *Results) string {
 		b.WriteString(chaosReport(r.Chaos))
 	}
 
+	if len(r.Stores) > 0 {
+		b.WriteString(storesReport(r.Stores))
+	}
+
 	if s := r.Scale; s != nil {
 		b.WriteString("\n### Registry scale\n\n")
 		fmt.Fprintf(&b, "%d services × %d endpoints.\n\n```\n%s\n```\n\n", s.Services, s.Endpoints, strings.Join(s.GoBench, "\n"))
