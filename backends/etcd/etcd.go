@@ -138,6 +138,7 @@ type Backend struct {
 	revs        map[string]int64
 	resume      int64
 	resumeRevs  map[string]int64
+	wentBack    int                // times observe logged etcd going back in time
 	epoch       int                // counts the lists; a watch applies only in its own
 	watchCancel context.CancelFunc // ends the current watch
 	warned      map[string]int64
@@ -399,14 +400,14 @@ func (e *Backend) sync(ctx context.Context) {
 func (e *Backend) list(ctx context.Context) (rev int64, epoch int, err error) {
 	ctx, cancel := context.WithTimeout(ctx, time.Duration(e.DialTimeout))
 	defer cancel()
+	e.mu.Lock()
+	seen, resume, resumeRevs, told := e.seen, e.resume, e.resumeRevs, e.wentBack
+	e.mu.Unlock()
 	resp, err := e.client.Get(ctx, e.Prefix, clientv3.WithPrefix())
 	if err != nil {
 		return 0, 0, err
 	}
-	e.mu.Lock()
-	resume, resumeRevs := e.resume, e.resumeRevs
-	e.mu.Unlock()
-	rewritten, err := e.rewritten(ctx, resp, resume, resumeRevs)
+	rewritten, err := e.rewritten(ctx, resp, seen, resume, resumeRevs)
 	if err != nil {
 		return 0, 0, err
 	}
@@ -414,9 +415,10 @@ func (e *Backend) list(ctx context.Context) (rev int64, epoch int, err error) {
 	traffic := map[string]registry.TrafficPolicy{}
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if rewritten && e.resume == resume {
+	if rewritten && e.wentBack == told { // else observe logged it meanwhile
 		e.log().Warn("etcd went back in time (wiped, replaced or restored from an older snapshot); listed everything again",
-			zap.String("backend", "etcd"), zap.Int64("revision", resp.Header.Revision), zap.Int64("highest_revision_seen", e.seen))
+			zap.String("backend", "etcd"), zap.Int64("revision", resp.Header.Revision), zap.Int64("highest_revision_seen", max(seen, resume)))
+		e.wentBack++ // answers to requests sent before are of the old history
 	}
 	e.resume, e.resumeRevs = 0, nil
 	e.revs = make(map[string]int64, len(resp.Kvs))
@@ -442,26 +444,31 @@ func (e *Backend) list(ctx context.Context) (rev int64, epoch int, err error) {
 	e.table.Replace(registry.MergeAll(e.seeds, e.stored))
 	e.publishTraffic()
 	e.clusterID, e.term = resp.Header.ClusterId, resp.Header.RaftTerm
-	e.seen = resp.Header.Revision // the history listed is the one that goes on
+	if rewritten {
+		e.seen = resp.Header.Revision // the history listed is the one that goes on
+	} else {
+		e.seen = max(e.seen, resp.Header.Revision)
+	}
 	e.epoch++
 	e.setApplied(resp.Header.Revision)
 	return resp.Header.Revision, e.epoch, nil
 }
 
-// rewritten reports whether a list after a reconnection (resp) shows
-// that etcd's history changed while the connection was lost: its
-// revision is below one seen before, or the prefix as of resume (the
-// revision the table reflected then) is not what the table held then
-// (revs). A history compacted past resume cannot be compared, and is
-// taken as unchanged: the list makes the table right either way.
-func (e *Backend) rewritten(ctx context.Context, resp *clientv3.GetResponse, resume int64, revs map[string]int64) (bool, error) {
-	if resume == 0 {
-		return false, nil // a first list, or one whose reason was logged
+// rewritten reports whether a list (resp) shows that etcd's history
+// changed since this backend last read it: its revision is below seen,
+// the highest revision seen before the list was sent; or, after a
+// reconnection, the prefix as of resume (the revision the table reflected
+// when the connection was lost) is not what the table held then (revs).
+// A history compacted past resume cannot be compared, and is taken as
+// unchanged: the list makes the table right either way.
+func (e *Backend) rewritten(ctx context.Context, resp *clientv3.GetResponse, seen, resume int64, revs map[string]int64) (bool, error) {
+	if resp.Header.Revision < seen {
+		return true, nil
 	}
-	e.mu.Lock()
-	seen := e.seen
-	e.mu.Unlock()
-	if resp.Header.Revision < seen || resp.Header.Revision < resume {
+	if resume == 0 {
+		return false, nil // no reconnection, or one whose reason was logged
+	}
+	if resp.Header.Revision < resume {
 		return true, nil
 	}
 	past, err := e.client.Get(ctx, e.Prefix, clientv3.WithPrefix(), clientv3.WithRev(resume), clientv3.WithKeysOnly())
@@ -485,27 +492,38 @@ func (e *Backend) rewritten(ctx context.Context, resp *clientv3.GetResponse, res
 }
 
 // observe checks the header of an etcd response against the history the
-// table reflects. If etcd went back in time (a lower revision or raft
-// term: restored from an older snapshot, or wiped and started afresh) or
-// is another cluster, what the table holds may be stale and the watch may
-// wait for revisions that never come: observe ends the watch, so that
-// everything is listed again, and holds back writers until then. It
-// returns whether it did. A linearizable response (not a watch's) is
-// also checked against the highest revision seen: etcd's revision moves
-// with every write, the prefix's or not, and never goes back.
-func (e *Backend) observe(h *etcdserverpb.ResponseHeader, linearizable bool) bool {
+// table reflects. If etcd went back in time (restored from an older
+// snapshot, or wiped and started afresh) or is another cluster, what the
+// table holds may be stale and the watch may wait for revisions that
+// never come: observe ends the watch, so that everything is listed again,
+// and holds back writers until then. It returns whether it did.
+//
+// A linearizable response (a read or write, not a watch's) comes with
+// floor, the highest revision seen before its request was sent: its
+// revision is never below that while etcd's history goes on (revisions
+// move with every write, the prefix's or not). Requests in flight at the
+// same time may be answered in any order, so floor is taken before the
+// request, not when its answer comes. A watch's response (epoch, else -1)
+// is checked against the revision the table reflects, unless a list has
+// begun since the watch's (its answers are stale then, and ignored).
+func (e *Backend) observe(h *etcdserverpb.ResponseHeader, f floor, epoch int) bool {
 	if h == nil {
 		return false
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if !e.synced || e.applied == 0 {
-		return false // not listed yet, or a re-list is already due
+	if !e.synced || e.applied == 0 || (epoch >= 0 && epoch != e.epoch) {
+		return false // not listed yet, a re-list is already due, or a stale watch
 	}
-	if h.ClusterId == e.clusterID && h.RaftTerm >= e.term && h.Revision >= e.applied && (!linearizable || h.Revision >= e.seen) {
+	if f.rev >= 0 && f.history != e.wentBack {
+		return false // sent before etcd's history was found to have changed
+	}
+	back := h.ClusterId != e.clusterID || h.RaftTerm < e.term ||
+		(epoch >= 0 && h.Revision < e.applied) || (f.rev >= 0 && h.Revision < f.rev)
+	if !back {
 		e.term = h.RaftTerm
-		if linearizable {
-			e.seen = h.Revision
+		if f.rev >= 0 {
+			e.seen = max(e.seen, h.Revision)
 		}
 		return false
 	}
@@ -513,9 +531,28 @@ func (e *Backend) observe(h *etcdserverpb.ResponseHeader, linearizable bool) boo
 		zap.String("backend", "etcd"), zap.Int64("revision", h.Revision), zap.Int64("highest_revision_seen", max(e.seen, e.applied)),
 		zap.Uint64("raft_term", h.RaftTerm), zap.Uint64("last_raft_term", e.term),
 		zap.Bool("other_cluster", h.ClusterId != e.clusterID))
-	e.resume, e.resumeRevs = 0, nil // logged: the list need not say it again
+	// logged: the list need not say it again; the history it lists is new
+	e.resume, e.resumeRevs, e.seen = 0, nil, 0
+	e.wentBack++
 	e.relistLocked()
 	return true
+}
+
+// floor is the highest revision linearizable responses reported before a
+// request was sent, in the history (wentBack) of that moment; see observe.
+type floor struct {
+	rev     int64
+	history int
+}
+
+// noFloor goes with a watch's response.
+var noFloor = floor{rev: -1}
+
+// floor returns the floor of a request sent now.
+func (e *Backend) floor() floor {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return floor{rev: e.seen, history: e.wentBack}
 }
 
 // relistLocked ends the watch and has everything listed again; writers
@@ -550,7 +587,7 @@ func (e *Backend) followConnection(ctx context.Context) {
 		switch {
 		case state == connectivity.Ready && lostAt != 0:
 			if e.synced && e.applied != 0 && !e.stopped { // else a list is due anyway
-				e.log().Debug("etcd connection back; listing everything again", zap.String("backend", "etcd"))
+				e.log().Info("etcd connection lost and back; listing everything again", zap.String("backend", "etcd"))
 				e.resume, e.resumeRevs = lostAt, lostRevs
 				e.relistLocked()
 			}
@@ -576,7 +613,7 @@ func (e *Backend) watch(ctx context.Context, rev int64, epoch int) error {
 		if err := resp.Err(); err != nil {
 			return err
 		}
-		if e.observe(&resp.Header, false) {
+		if e.observe(&resp.Header, noFloor, epoch) {
 			return nil
 		}
 		e.apply(resp.Events, resp.Header.Revision, epoch)
@@ -686,12 +723,12 @@ func (e *Backend) PutTraffic(ctx context.Context, service string, p registry.Tra
 	}
 	reqCtx, cancel := context.WithTimeout(ctx, time.Duration(e.DialTimeout))
 	defer cancel()
-	wasReady := e.connected()
+	wasReady, f := e.connected(), e.floor()
 	resp, err := e.client.Put(reqCtx, k, val)
 	if err != nil {
 		return e.writeFailed("writing "+k+" to etcd", wasReady, err)
 	}
-	e.observe(resp.Header, true)
+	e.observe(resp.Header, f, -1)
 	return e.waitApplied(ctx, resp.Header.Revision)
 }
 
@@ -701,12 +738,12 @@ func (e *Backend) DeleteTraffic(ctx context.Context, service string) error {
 	k := etcdkv.TrafficKey(e.Prefix, service)
 	reqCtx, cancel := context.WithTimeout(ctx, time.Duration(e.DialTimeout))
 	defer cancel()
-	wasReady := e.connected()
+	wasReady, f := e.connected(), e.floor()
 	resp, err := e.client.Delete(reqCtx, k)
 	if err != nil {
 		return e.writeFailed("deleting "+k+" from etcd", wasReady, err)
 	}
-	e.observe(resp.Header, true)
+	e.observe(resp.Header, f, -1)
 	if resp.Deleted == 0 {
 		return fmt.Errorf("removing the traffic policy of %q: %w", service, registry.ErrNoTrafficPolicy)
 	}
@@ -781,6 +818,7 @@ func (e *Backend) monitor(ctx context.Context) {
 			continue // the sync loop reports on its own until the first sync
 		}
 		check, cancel := context.WithTimeout(ctx, time.Duration(e.DialTimeout))
+		f := e.floor()
 		resp, err := e.client.Get(check, e.Prefix) // one key: cheap whatever the registry's size
 		cancel()
 		if ctx.Err() != nil {
@@ -788,7 +826,7 @@ func (e *Backend) monitor(ctx context.Context) {
 		}
 		e.setReachable(err == nil, err)
 		if err == nil {
-			e.observe(resp.Header, true)
+			e.observe(resp.Header, f, -1)
 		}
 	}
 }
@@ -836,7 +874,7 @@ func (e *Backend) Add(ctx context.Context, key registry.ServiceKey, ep registry.
 		lease = &etcdLease{id: grant.ID, value: val, seconds: seconds}
 		opts = append(opts, clientv3.WithLease(grant.ID))
 	}
-	wasReady := e.connected()
+	wasReady, f := e.connected(), e.floor()
 	resp, err := e.client.Put(reqCtx, k, val, opts...)
 	if err != nil {
 		err = e.writeFailed("writing "+k+" to etcd", wasReady, err)
@@ -846,7 +884,7 @@ func (e *Backend) Add(ctx context.Context, key registry.ServiceKey, ep registry.
 		return err
 	}
 
-	e.observe(resp.Header, true)
+	e.observe(resp.Header, f, -1)
 	e.mu.Lock()
 	old := e.leases[k]
 	delete(e.leases, k)
@@ -1060,12 +1098,12 @@ func (e *Backend) Delete(ctx context.Context, key registry.ServiceKey, address s
 	k := etcdkv.Key(e.Prefix, key, address)
 	reqCtx, cancel := context.WithTimeout(ctx, time.Duration(e.DialTimeout))
 	defer cancel()
-	wasReady := e.connected()
+	wasReady, f := e.connected(), e.floor()
 	resp, err := e.client.Delete(reqCtx, k)
 	if err != nil {
 		return e.writeFailed("deleting "+k+" from etcd", wasReady, err)
 	}
-	e.observe(resp.Header, true)
+	e.observe(resp.Header, f, -1)
 	// the lease is ours to revoke only once the key is gone
 	e.mu.Lock()
 	lease := e.leases[k]
