@@ -40,8 +40,20 @@ var (
 )
 
 // consulReaders is how many services are read at once: with the two
-// blocking queries, the most connections the backend holds to Consul.
+// blocking queries and the reachability check, the most connections the
+// backend holds to Consul.
 const consulReaders = 8
+
+// consulConns is the most connections the backend holds to Consul.
+const consulConns = consulReaders + 3
+
+// consulCheckEvery is how often the backend checks that Consul answers
+// (a blocking query to a frozen or cut-off agent just waits), and
+// consulCheckTimeout how long a check may take.
+var (
+	consulCheckEvery   = time.Second
+	consulCheckTimeout = 2 * time.Second
+)
 
 // notPassingFilter keeps, of every health check, those that do not pass.
 const notPassingFilter = `Status != "passing"`
@@ -86,7 +98,7 @@ const (
 // failed node); when the catalog changed, every followed service is read
 // again, since the catalog does not say which instance changed. At most
 // 8 services are read at once, so that the backend never holds more than
-// 10 connections to Consul, whatever the number of services (its agents
+// 11 connections to Consul, whatever the number of services (its agents
 // allow 200 per client by default: a blocking query per service would
 // hold one each), and one service that Consul cannot read does not hold
 // up the others. A query
@@ -104,8 +116,11 @@ const (
 // Faults: if Consul is unreachable at start, Caddy still starts and
 // registry-routed requests get 503 until the first sync, retried with
 // backoff; if it is lost later, routing keeps the last snapshot; when it
-// is back, everything is read again. Each change of reachability is
-// logged once, and so is each way in which reads of services fail.
+// is back, everything is read again. A check every second
+// (/v1/status/leader, 2 s timeout) sees an agent that froze or was cut
+// off, where a blocking query would just wait. Each change of
+// reachability is logged once, and so is each way in which reads of
+// services fail.
 type Backend struct {
 	// Address is the Consul agent's HTTP API: host:port, or a URL such as
 	// https://consul.example:8501. Placeholders such as
@@ -219,8 +234,8 @@ func (c *Backend) Provision(ctx caddy.Context) error {
 	transport.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) { return dial(ctx, network, addr) }
 	// the two blocking queries and the readers: never more, and each
 	// connection waits idle for its next query rather than closing
-	transport.MaxConnsPerHost = consulReaders + 2
-	transport.MaxIdleConnsPerHost = consulReaders + 2
+	transport.MaxConnsPerHost = consulConns
+	transport.MaxIdleConnsPerHost = consulConns
 	client, err := api.NewClient(&api.Config{Address: address, Token: token, Datacenter: datacenter, Transport: transport})
 	if err != nil {
 		return fmt.Errorf("consul backend: creating client: %w", err)
@@ -309,6 +324,7 @@ func (c *Backend) Start(table *registry.Table, env registry.BackendEnv) error {
 	c.table.SetTraffic(registry.MergeTraffic(c.trafficSeeds, nil, nil))
 	c.done.Go(func() { c.watchCatalog(ctx) })
 	c.done.Go(func() { c.watchChecks(ctx) })
+	c.done.Go(func() { c.monitor(ctx) })
 	for range consulReaders {
 		c.done.Go(func() { c.reader(ctx) })
 	}

@@ -3,6 +3,7 @@ package consul
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"slices"
 	"time"
@@ -148,6 +149,44 @@ func (c *Backend) applyCatalog(ctx context.Context, services map[string][]string
 	}
 	c.listed, c.catalogIndex = true, got
 	c.checkSynced()
+}
+
+// monitor checks every consulCheckEvery that Consul answers, until ctx
+// ends: a blocking query to an agent that froze, or that a partition cut
+// off, just waits, so without it such a fault would go unseen (and
+// unlogged) until the agent is back. When Consul answers again after a
+// failed check, every service is read again at once.
+func (c *Backend) monitor(ctx context.Context) {
+	tick := time.NewTicker(consulCheckEvery)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		c.mu.Lock()
+		listed := c.listed
+		c.mu.Unlock()
+		if !listed {
+			continue // the catalog's watch reports on its own until it answers
+		}
+		check, cancel := context.WithTimeout(ctx, consulCheckTimeout)
+		_, err := c.client.Status().LeaderWithQueryOptions((&api.QueryOptions{}).WithContext(check))
+		cancel()
+		if ctx.Err() != nil {
+			return
+		}
+		if err != nil {
+			c.setReachable(false, fmt.Errorf("checking that consul answers: %w", err))
+			continue
+		}
+		if c.setReachable(true, nil) {
+			c.mu.Lock()
+			c.readAll(true)
+			c.mu.Unlock()
+		}
+	}
 }
 
 // watchChecks follows the health checks that do not pass until ctx ends.
