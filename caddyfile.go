@@ -68,7 +68,7 @@ func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 //		}
 //	}
 //
-// recovery_grace (default 3s) is how long endpoints that the backend's
+// recovery_grace (default 2s) is how long endpoints that the backend's
 // store dropped while it was out of reach, or just after it came back,
 // keep serving while they answer (see App.RecoveryGrace).
 //

@@ -56,7 +56,7 @@ type App struct {
 	// leases, Consul's TTL checks); the services register again within a
 	// second or so, and until then their requests would get 404. Once the
 	// store has been back this long, the registry routes exactly what it
-	// holds. Negative: off. Default: 3s.
+	// holds. Negative: off. Default: 2s.
 	RecoveryGrace caddy.Duration `json:"recovery_grace,omitempty"`
 
 	reg     *pooledRegistry

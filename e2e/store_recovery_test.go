@@ -62,6 +62,39 @@ func TestEtcdFrozenPastLeases(t *testing.T) {
 	waitFor(t, 10*time.Second, "the registry to hold what etcd holds", func() bool { return slices.Equal(c.Services(), want) })
 }
 
+// An etcd wiped and started again (within a second: faster than Caddy's
+// reachability check) holds none of the hosts that registered
+// themselves, until each sees its lease gone and registers again. Caddy
+// lists everything again on its reconnection, and keeps the hosts it had
+// meanwhile: no request fails.
+func TestEtcdWipedSelfRegistered(t *testing.T) {
+	srv := etcdtest.Start(t)
+	a, b := startBackend(t, "a"), startBackend(t, "b")
+	for _, be := range []*backend{a, b} {
+		register(t, selfreg.Config{Endpoints: []string{srv.Endpoint}, Service: "users", Version: "v1", Address: be.Addr, TTL: 3 * time.Second})
+	}
+	c := startCaddy(t, etcdRegistry(srv.Endpoint), proxySite, caddyOpts{})
+	want := []string{"users v1 " + strings.Join(sortedAddrs([]*backend{a, b}), ",")}
+	waitFor(t, 15*time.Second, "both hosts to be routed", func() bool { return slices.Equal(c.Services(), want) })
+
+	run := sendLoad("http://"+c.HTTP+"/users/v1/x", sendGet, func(start time.Time, run *loadRun) {
+		time.Sleep(300 * time.Millisecond)
+		srv.Wipe()
+		time.Sleep(4 * time.Second)
+	})
+	t.Logf("%d requests, %d failed", run.total.Load(), len(run.failed))
+	for i, f := range run.failed {
+		if i == 5 {
+			break
+		}
+		t.Errorf("request %d failed: %s", f.id, f.err)
+	}
+	if len(run.failed) > 0 {
+		t.Errorf("%d of %d requests failed while etcd was wiped; want 0", len(run.failed), run.total.Load())
+	}
+	waitFor(t, 10*time.Second, "the registry to hold what etcd holds", func() bool { return slices.Equal(c.Services(), want) })
+}
+
 // A ZooKeeper frozen past the session timeout comes back expiring every
 // session: Caddy's, which lists everything again in a new one, and those
 // of the hosts that registered themselves, whose ephemeral nodes go until

@@ -7,7 +7,7 @@ import (
 // DefaultRecoveryGrace is how long, by default, endpoints that a store
 // dropped while it was out of reach, or just after it came back, stay in
 // the snapshot (see Table.SetReachable).
-const DefaultRecoveryGrace = 3 * time.Second
+const DefaultRecoveryGrace = 2 * time.Second
 
 // hold keeps the endpoints a backend removes while its store is out of
 // reach, or within the grace after it came back, for that grace.

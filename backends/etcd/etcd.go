@@ -584,6 +584,7 @@ func (e *Backend) followConnection(ctx context.Context) {
 	var lostRevs map[string]int64
 	for state := conn.GetState(); ; state = conn.GetState() {
 		e.mu.Lock()
+		back, lost := false, false
 		switch {
 		case state == connectivity.Ready && lostAt != 0:
 			if e.synced && e.applied != 0 && !e.stopped { // else a list is due anyway
@@ -591,13 +592,23 @@ func (e *Backend) followConnection(ctx context.Context) {
 				e.resume, e.resumeRevs = lostAt, lostRevs
 				e.relistLocked()
 			}
-			lostAt, lostRevs, ready = 0, nil, true
+			lostAt, lostRevs, ready, back = 0, nil, true, true
 		case state == connectivity.Ready:
 			ready = true
 		case ready && e.applied != 0:
-			ready, lostAt, lostRevs = false, e.applied, maps.Clone(e.revs)
+			ready, lostAt, lostRevs, lost = false, e.applied, maps.Clone(e.revs), true
 		}
 		e.mu.Unlock()
+		// What the list after a reconnection drops is held a moment, as
+		// after any outage: an etcd restarted from nothing, or that
+		// revoked leases it could not renew, has lost registrations that
+		// their owners make again once they see it.
+		switch {
+		case lost:
+			e.table.SetReachable(false)
+		case back:
+			e.table.SetReachable(true)
+		}
 		if !conn.WaitForStateChange(ctx, state) {
 			return // ctx is done
 		}
