@@ -269,6 +269,29 @@ func (c *cell) unlisted(from, to time.Duration, addr string) (known, listed bool
 	return false, listed
 }
 
+// addedThrough reports whether host name was added through the admin
+// API (answered 201) before from, and not deleted (answered 200) before
+// to: the store held it then, whether or not a read of the store fell in
+// between (on a busy machine the reads can be seconds apart).
+func (c *cell) addedThrough(name string, from, to time.Duration) bool {
+	if name != c.hosts[3].name {
+		return false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var added, deleted time.Duration = -1, -1
+	for _, w := range c.writes {
+		end := time.Duration((w.AtMs + w.Ms) * float64(time.Millisecond))
+		switch {
+		case w.Method == http.MethodPost && w.Status == http.StatusCreated:
+			added = end
+		case w.Method == http.MethodDelete && w.Status == http.StatusOK:
+			deleted = end // drained of its requests in flight, then gone
+		}
+	}
+	return added >= 0 && added <= from && (deleted < 0 || to <= deleted)
+}
+
 // lists reports whether set holds addr as a host of service bench.
 func lists(set content, addr string) bool {
 	for k := range set {
@@ -305,6 +328,9 @@ func (c *cell) summarize(run *StoreRun) {
 				continue
 			}
 			for name, n := range b.Backends {
+				if c.addedThrough(name, start, start+bucket) {
+					continue // the store held it: the admin API said so
+				}
 				known, listed := c.unlisted(start-2*bucket, start+bucket, addrOf[name])
 				if known && !listed {
 					run.Stale += n
