@@ -588,7 +588,7 @@ func (e *Backend) followConnection(ctx context.Context) {
 		switch {
 		case state == connectivity.Ready && lostAt != 0:
 			if e.synced && e.applied != 0 && !e.stopped { // else a list is due anyway
-				e.log().Info("etcd connection lost and back; listing everything again", zap.String("backend", "etcd"))
+				e.log().Warn("etcd connection lost and back; listing everything again", zap.String("backend", "etcd"))
 				e.resume, e.resumeRevs = lostAt, lostRevs
 				e.relistLocked()
 			}

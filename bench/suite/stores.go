@@ -63,7 +63,12 @@ type StoreRun struct {
 	// store did not list: not in its last read that ended 200 ms or more
 	// before the answer's 100 ms, nor in any read after that up to the
 	// first that began after them (StaleByHost by host).
-	Stale       int            `json:"stale_answers"`
+	Stale int `json:"stale_answers"`
+	// StaleLate counts those of the stale answers that came after the
+	// instance had come to route what the store holds: routing the hosts
+	// a store dropped during an outage a little longer (recovery_grace)
+	// is by design, routing one after is not.
+	StaleLate   int            `json:"stale_after_converged"`
 	StaleByHost map[string]int `json:"stale_by_host,omitempty"`
 	// ConvergeMs is, for each instance, the time from the fault's end
 	// until its admin API lists what the store holds and keeps doing so

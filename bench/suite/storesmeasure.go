@@ -317,6 +317,7 @@ func (c *cell) summarize(run *StoreRun) {
 	run.Hosts = addrOf
 	run.StaleByHost = map[string]int{}
 	for i := range c.caddys {
+		converged := c.converge(i) // stale answers after this miss the target
 		for j, b := range run.Timeline[i] {
 			start := time.Duration(j) * bucket
 			if b.Failed > 0 {
@@ -335,12 +336,15 @@ func (c *cell) summarize(run *StoreRun) {
 				if known && !listed {
 					run.Stale += n
 					run.StaleByHost[name] += n
+					if converged < 0 || start >= c.faultEnd+converged+2*bucket {
+						run.StaleLate += n
+					}
 				}
 			}
 		}
 		run.ConvergeMs[i] = -1
-		if d := c.converge(i); d >= 0 {
-			run.ConvergeMs[i] = ms(d)
+		if converged >= 0 {
+			run.ConvergeMs[i] = ms(converged)
 		}
 	}
 	for _, p := range c.raw {

@@ -29,7 +29,8 @@ func registryWarnings(lines []LogLine) int {
 }
 
 // storeMisses lists the targets a cell missed: failed requests for a
-// service the store held, answers from hosts it no longer listed, an
+// service the store held, answers from hosts it no longer listed once
+// the instance routed what the store holds, an
 // instance not routing what it holds within the target, a write answered
 // untruthfully or applied twice, and a fault not logged once (1 or 2
 // registry warnings per instance for a fault that cuts Caddy off from the
@@ -39,7 +40,7 @@ func storeMisses(r StoreRun) []string {
 	if r.FailedHeld > 0 {
 		miss = append(miss, "failures")
 	}
-	if r.Stale > 0 {
+	if r.StaleLate > 0 {
 		miss = append(miss, "stale hosts")
 	}
 	for _, c := range r.ConvergeMs {
@@ -75,7 +76,7 @@ func storesReport(runs []StoreRun) string {
 		"- `stale`: answers, from the fault's end on, from a host the store did not list: not in its last read that ended 200 ms or more before the answer's 100 ms, nor in any read up to the first that began after them.\n" +
 		"- `routes what the store holds`: from the fault's end until instance A / B's admin API lists exactly what the store holds, for good; the target in brackets.\n" +
 		"- `log A / B`: the warnings and errors about the store (not the hosts' health) each instance logged from the fault's start to the load's end.\n" +
-		"- `missed`: the targets the cell missed: `failures` (held), `stale hosts`, `routing` (target), `writes` (an answer the store's reads contradict: a 503 applied, a 2xx not, the endpoint there after a DELETE's 200 or 404; or a write applied twice), " +
+		"- `missed`: the targets the cell missed: `failures` (held), `stale hosts` (an answer from a host the store no longer listed after the instance had come to route what the store holds; those before are the recovery grace's), `routing` (target), `writes` (an answer the store's reads contradict: a 503 applied, a 2xx not, the endpoint there after a DELETE's 200 or 404; or a write applied twice), " +
 		"`log` (a fault that cut Caddy off from the store not logged by 1 or 2 warnings per instance, or warnings without such a fault).\n\n")
 	var stores []string
 	for _, r := range runs {
