@@ -17,6 +17,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 
+	"github.com/svcreg/caddy-svcreg/internal/testutil"
 	"github.com/svcreg/caddy-svcreg/registry"
 )
 
@@ -289,12 +290,7 @@ func TestTryRetryBudget(t *testing.T) {
 // rotation as unreachable, and the error is a dial error (retried for any
 // method).
 func TestTryUnreachable(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
+	addr := testutil.RefusedAddr(t)
 	key := registry.ServiceKey{Service: "users", Version: "v1"}
 	reg := newTestRegistry(t, map[registry.ServiceKey][]registry.Endpoint{key: eps(addr)})
 	tr := transportWith(t, func(*HTTPTransport) {})
