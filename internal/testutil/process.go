@@ -2,7 +2,10 @@ package testutil
 
 import (
 	"bytes"
+	"fmt"
+	"math/rand/v2"
 	"net"
+	"os"
 	"os/exec"
 	"sync"
 	"syscall"
@@ -10,15 +13,47 @@ import (
 	"time"
 )
 
-// FreePort returns a TCP port on 127.0.0.1 that nothing listens on now.
+// FreePort returns a TCP port on 127.0.0.1 that nothing listens on now,
+// for a server a test starts. It is picked at random below the system's
+// range of ephemeral ports (from which the system also picks the local
+// port of every outgoing connection: under a load test, one of those can
+// take a port between the moment it is found free and the moment the
+// server binds it, as seen in CI), falling back to a port the system
+// picks.
 func FreePort(t testing.TB) int {
 	t.Helper()
+	if low := ephemeralLow(); low > freePortMin+1000 {
+		for range 100 {
+			p := freePortMin + rand.IntN(low-freePortMin)
+			if l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p)); err == nil {
+				l.Close()
+				return p
+			}
+		}
+	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port
+}
+
+// freePortMin is the lowest port FreePort picks.
+const freePortMin = 20000
+
+// ephemeralLow returns the lowest ephemeral port of the system (Linux's
+// ip_local_port_range), or 0 when it cannot tell.
+func ephemeralLow() int {
+	data, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return 0
+	}
+	var low, high int
+	if _, err := fmt.Sscan(string(data), &low, &high); err != nil {
+		return 0
+	}
+	return low
 }
 
 // stopProcess sends a test server process sig (after SIGCONT, so that a
