@@ -24,10 +24,12 @@
 // connection answers the bare handshake: nothing is replaced, the old
 // session may still come back.
 //
-// A handshake that gets no answer within 2 s is given up and tried again:
-// ZooKeeper leaves a connection accepted while it starts unanswered, and
-// go-zookeeper alone would wait ten times its read timeout (nearly seven
-// session timeouts) before it tries again.
+// A handshake that gets no answer within 1 s is given up and tried again:
+// ZooKeeper leaves a connection accepted while it starts unanswered (and
+// a partition leaves any so), and go-zookeeper alone would wait ten times
+// its read timeout (nearly seven session timeouts) before it tries again.
+// The first reconnection after a lost connection goes at once, where
+// go-zookeeper waits a second.
 package zkclient
 
 import (
@@ -45,8 +47,9 @@ import (
 
 // handshakeWait bounds how long a server may take to answer a handshake
 // before the connection is closed and tried again. A ZooKeeper server
-// answers one in milliseconds.
-const handshakeWait = 2 * time.Second
+// answers one in milliseconds; one that did not, behind a partition that
+// has just healed, is tried again this much sooner.
+const handshakeWait = time.Second
 
 // probeWait bounds how long a fresh connection may take to get a session
 // before it is given up.
@@ -139,6 +142,7 @@ func (c *Client) dial(cn *conn) error {
 		return h, nil
 	}
 	z, _, err := zk.Connect(c.opts.Servers, c.opts.SessionTimeout, zk.WithLogger(logger), zk.WithDialer(dialer),
+		zk.WithHostProvider(&quickRetry{DNSHostProvider: zk.NewDNSHostProvider()}),
 		zk.WithEventCallback(func(ev zk.Event) { c.event(cn, ev) }))
 	if err != nil {
 		return err
@@ -343,6 +347,37 @@ func (h *handshakeConn) Read(p []byte) (int, error) {
 		}
 	}
 	return n, err
+}
+
+// quickRetry is go-zookeeper's host provider, but for the first round of
+// servers after a connection: go-zookeeper waits a second before every
+// round but the very first, the one that reconnects after a lost
+// connection included, which is often the one that succeeds (a server
+// restarted, a partition healed). That round goes at once; the next ones
+// wait, as before.
+type quickRetry struct {
+	*zk.DNSHostProvider
+	mu    sync.Mutex
+	fresh bool // connected since the last round that waited
+}
+
+// Next returns the next server, and whether to wait before trying it.
+func (q *quickRetry) Next() (string, bool) {
+	server, wait := q.DNSHostProvider.Next()
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if wait && q.fresh {
+		q.fresh, wait = false, false
+	}
+	return server, wait
+}
+
+// Connected notes a connection (a session established on it).
+func (q *quickRetry) Connected() {
+	q.DNSHostProvider.Connected()
+	q.mu.Lock()
+	q.fresh = true
+	q.mu.Unlock()
 }
 
 // quiet drops go-zookeeper's log lines.

@@ -171,3 +171,32 @@ func TestUnansweredHandshakeIsTriedAgain(t *testing.T) {
 		t.Errorf("replaced the connection (went back in time %d times) though no server refused it", wentBack.Load())
 	}
 }
+
+// After a connection, the first round of servers goes at once (the
+// reconnection that follows a lost connection); the next rounds wait, as
+// go-zookeeper's own provider makes them.
+func TestQuickRetry(t *testing.T) {
+	for _, servers := range [][]string{{"127.0.0.1:1"}, {"127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"}} {
+		q := &quickRetry{DNSHostProvider: zk.NewDNSHostProvider()}
+		if err := q.Init(servers); err != nil {
+			t.Fatal(err)
+		}
+		waits := func(n int) (w []bool) {
+			for range n {
+				_, wait := q.Next()
+				w = append(w, wait)
+			}
+			return w
+		}
+		waits(1) // the first connection
+		q.Connected()
+		n := len(servers)
+		got := waits(2 * n)
+		for i, wait := range got {
+			if want := i == 2*n-1; wait != want {
+				t.Errorf("%d servers: rounds after a connection wait %v; want only the second round's last server to wait", n, got)
+				break
+			}
+		}
+	}
+}
