@@ -181,6 +181,7 @@ type Backend struct {
 	checksFailing bool                                               // the checks' query fails with an answer from Consul, and that was logged
 	synced        bool
 	reachable     bool
+	back          chan struct{}   // closed when Consul is seen back (see wakeQueries)
 	badNames      map[string]bool // service names warned about
 }
 
@@ -319,6 +320,7 @@ func (c *Backend) Start(table *registry.Table, env registry.BackendEnv) error {
 	c.table, c.seeds, c.trafficSeeds = table, env.Seeds, env.Traffic
 	c.stored = map[registry.ServiceKey]map[string]registry.Change{}
 	c.reads = newReads()
+	c.back = make(chan struct{})
 	c.badNames = map[string]bool{}
 	c.reachable = true // until shown otherwise, so that a first failure is logged
 	c.table.SetTraffic(registry.MergeTraffic(c.trafficSeeds, nil, nil))

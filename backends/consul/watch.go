@@ -35,8 +35,9 @@ func jitter(d time.Duration) time.Duration {
 	return d - rand.N(d/4+1)
 }
 
-// sleep waits d, and reports whether ctx is still going.
-func sleep(ctx context.Context, d time.Duration) bool {
+// sleep waits d, or until wake is closed, and reports whether ctx is
+// still going.
+func sleep(ctx context.Context, d time.Duration, wake <-chan struct{}) bool {
 	if d <= 0 {
 		return ctx.Err() == nil
 	}
@@ -47,7 +48,25 @@ func sleep(ctx context.Context, d time.Duration) bool {
 		return false
 	case <-t.C:
 		return true
+	case <-wake:
+		return ctx.Err() == nil
 	}
+}
+
+// backChan returns the channel closed when Consul is next seen back
+// after a failure, which ends the backoff of the blocking queries.
+func (c *Backend) backChan() <-chan struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.back
+}
+
+// wakeQueries ends the backoff of the blocking queries: Consul is back.
+func (c *Backend) wakeQueries() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	close(c.back)
+	c.back = make(chan struct{})
 }
 
 // poll sends blocking queries with read until ctx ends. read sends index
@@ -73,9 +92,10 @@ func (c *Backend) poll(ctx context.Context, what string, read func(ctx context.C
 			return
 		}
 		if err != nil {
+			back := c.backChan() // before failed: it may see Consul back at once
 			failed(err)
 			index = 0
-			if !sleep(ctx, jitter(retry)) {
+			if !sleep(ctx, jitter(retry), back) {
 				return
 			}
 			retry = min(2*retry, consulRetryMax)
@@ -85,7 +105,7 @@ func (c *Backend) poll(ctx context.Context, what string, read func(ctx context.C
 		index = nextIndex(index, got)
 		// a query that answers at once every time (a bug, or changes
 		// faster than that) does not spin
-		if !sleep(ctx, time.Until(begin.Add(consulMinInterval))) {
+		if !sleep(ctx, time.Until(begin.Add(consulMinInterval)), nil) {
 			return
 		}
 	}
@@ -185,6 +205,7 @@ func (c *Backend) monitor(ctx context.Context) {
 			c.mu.Lock()
 			c.readAll(true)
 			c.mu.Unlock()
+			c.wakeQueries() // the blocking queries may be waiting out a backoff
 		}
 	}
 }
