@@ -12,6 +12,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/svcreg/caddy-svcreg/internal/testutil"
 )
 
 // proc is a process the suite started; every one is stopped by PID.
@@ -121,14 +123,14 @@ func procStat(pid int) (ppid int, cpu float64, ok bool) {
 	return ppid, (utime + stime) / 100, true // clock ticks; 100 per second on Linux
 }
 
-// freePort returns a TCP port on 127.0.0.1 that was free a moment ago.
+// freePort returns a TCP port on 127.0.0.1 that was free a moment ago,
+// below the ephemeral range and never the same twice (testutil.Port).
 func freePort() int {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	p, err := testutil.Port()
 	if err != nil {
 		panic(err)
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return p
 }
 
 // waitTCP waits until addr accepts connections.

@@ -2,6 +2,7 @@ package testutil
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -14,30 +15,59 @@ import (
 )
 
 // FreePort returns a TCP port on 127.0.0.1 that nothing listens on now,
-// for a server a test starts. It is picked at random below the system's
-// range of ephemeral ports (from which the system also picks the local
-// port of every outgoing connection: under a load test, one of those can
-// take a port between the moment it is found free and the moment the
-// server binds it, as seen in CI), falling back to a port the system
-// picks.
+// for a server a test starts (see Port).
 func FreePort(t testing.TB) int {
 	t.Helper()
-	if low := ephemeralLow(); low > freePortMin+1000 {
-		for range 100 {
-			p := freePortMin + rand.IntN(low-freePortMin)
-			if l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p)); err == nil {
-				l.Close()
-				return p
-			}
-		}
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	p, err := Port()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return p
 }
+
+// Port returns a TCP port on 127.0.0.1 that nothing listens on now, for
+// a server to be started on it, and never the same one twice in this
+// process. It is picked at random below the system's range of ephemeral
+// ports (from which the system also picks the local port of every
+// outgoing connection: under a load test, one of those can take a port
+// between the moment it is found free and the moment the server binds
+// it, as seen in CI), falling back to a port the system picks.
+func Port() (int, error) {
+	portsMu.Lock()
+	defer portsMu.Unlock()
+	if low := ephemeralLow(); low > freePortMin+1000 {
+		for range 100 {
+			p := freePortMin + rand.IntN(low-freePortMin)
+			if portsGiven[p] {
+				continue
+			}
+			if l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p)); err == nil {
+				l.Close()
+				portsGiven[p] = true
+				return p, nil
+			}
+		}
+	}
+	for range 100 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return 0, err
+		}
+		p := l.Addr().(*net.TCPAddr).Port
+		l.Close()
+		if !portsGiven[p] {
+			portsGiven[p] = true
+			return p, nil
+		}
+	}
+	return 0, errors.New("no free port found")
+}
+
+// The ports Port gave out.
+var (
+	portsMu    sync.Mutex
+	portsGiven = map[int]bool{}
+)
 
 // freePortMin is the lowest port FreePort picks.
 const freePortMin = 20000
