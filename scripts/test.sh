@@ -14,8 +14,9 @@ if [ -n "$unformatted" ]; then
 	exit 1
 fi
 go vet ./...
-# The core and the self-registration library import nothing of Caddy.
-caddy_deps=$(go list -deps ./registry ./selfreg ./backends/etcd/etcdkv ./backends/zookeeper/zkkv ./backends/zookeeper/zkclient | grep caddyserver || true)
+# The core, the self-registration library and service_http's own HTTP/1.1
+# client import nothing of Caddy.
+caddy_deps=$(go list -deps ./registry ./selfreg ./backends/etcd/etcdkv ./backends/zookeeper/zkkv ./backends/zookeeper/zkclient ./internal/h1 | grep caddyserver || true)
 if [ -n "$caddy_deps" ]; then
 	echo "the Caddy-free packages import Caddy:" >&2
 	echo "$caddy_deps" >&2
