@@ -1,6 +1,7 @@
 package svcreg
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -78,6 +79,8 @@ func TestH1ClientLeavesOtherRequestsToGo(t *testing.T) {
 		}, false},
 		{"upgrade", func(r *http.Request) { r.Header.Set("Connection", "Upgrade"); r.Header.Set("Upgrade", "websocket") }, false},
 		{"expect 100-continue", func(r *http.Request) { r.Body, r.ContentLength = small(), 1; r.Header.Set("Expect", "100-continue") }, false},
+		{"control characters in a header value", func(r *http.Request) { r.Header["X-Bad"] = []string{"a\x00b"} }, false},
+		{"a bad header name", func(r *http.Request) { r.Header["X Bad"] = []string{"x"} }, false},
 	} {
 		req := newReq(t, "POST", "http://127.0.0.1:1/", nil)
 		tc.req(req)
@@ -182,5 +185,60 @@ func TestH1ClientCutKeepsIdleConnections(t *testing.T) {
 	}
 	if n := conns.Load(); n != 4 {
 		t.Errorf("%d connections after a try was cut on one of 4 and 3 more requests, want 4: a cut is no sign the others are stale", n)
+	}
+}
+
+// rawHost serves each connection to 127.0.0.1 with serve, which gets the
+// connection, a reader over it and the connection's number from 1.
+func rawHost(t *testing.T, serve func(c net.Conn, br *bufio.Reader, n int)) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	var conns atomic.Int64
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			n := int(conns.Add(1))
+			go func() { defer c.Close(); serve(c, bufio.NewReader(c), n) }()
+		}
+	}()
+	return ln.Addr().String()
+}
+
+// bufferedPOST is a POST with a body as request_buffers hands it to the
+// transport: buffered whole, without GetBody.
+func bufferedPOST(t *testing.T, url string, size int) *http.Request {
+	req := newReq(t, "POST", url, nil)
+	req.Body, req.ContentLength = io.NopCloser(bytes.NewReader(bytes.Repeat([]byte("x"), size))), int64(size)
+	return req
+}
+
+// A refused answer fails the try with an error that says what failed and
+// where, with Go's own parse error, and that reverse_proxy answers 502 (not
+// a net.Error, which it would answer 504).
+func TestH1ClientErrorsSayWhatFailed(t *testing.T) {
+	addr := rawHost(t, func(c net.Conn, br *bufio.Reader, _ int) {
+		if _, err := http.ReadRequest(br); err == nil {
+			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok!")
+		}
+	})
+	tr := newTestTransport(t)
+	resp, err := tr.RoundTrip(newReq(t, "GET", "http://"+addr, nil))
+	if err == nil {
+		resp.Body.Close()
+		t.Fatal("two Content-Lengths were taken")
+	}
+	want := "service_http: reading the response header from " + addr + ": http: message cannot contain multiple Content-Length headers"
+	if !strings.HasPrefix(err.Error(), want) {
+		t.Errorf("error %q, want it to start with %q", err, want)
+	}
+	if _, isNetError := err.(net.Error); isNetError {
+		t.Errorf("error %v is a net.Error: reverse_proxy would answer 504", err)
 	}
 }

@@ -1,8 +1,10 @@
 package e2e
 
 import (
+	"bufio"
 	"bytes"
 	"compress/gzip"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -11,8 +13,10 @@ import (
 	"net/http/httptrace"
 	"net/textproto"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 )
 
 // TestServiceProxyOwnHTTP1Client sends requests through service_proxy's
@@ -134,5 +138,94 @@ func TestServiceProxyOwnHTTP1Client(t *testing.T) {
 	// one request at a time: Caddy needs one connection, and keeps it
 	if n := conns.Load(); n > 2 {
 		t.Errorf("700 requests one after another took %d connections to the host", n)
+	}
+}
+
+// rawHost serves each connection to 127.0.0.1 with serve, which gets the
+// connection and a reader over it, until the test ends.
+func rawHost(t *testing.T, serve func(c net.Conn, br *bufio.Reader)) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer c.Close()
+				c.SetDeadline(time.Now().Add(30 * time.Second))
+				serve(c, bufio.NewReader(c))
+			}()
+		}
+	}()
+	return ln.Addr().String()
+}
+
+// TestOwnHTTP1ClientLogsRefusedAnswers sends requests to hosts that answer
+// with two Content-Lengths, once through service_http's own client and
+// once through Go's transport (response_header_timeout takes a
+// service_http there): both are answered 502 and logged the same way (by
+// service_errors, with the status and the error), the own client's error
+// saying what failed and where, where Go's transport says "net/http:
+// HTTP/1.x transport connection broken".
+func TestOwnHTTP1ClientLogsRefusedAnswers(t *testing.T) {
+	twoLengths := func(c net.Conn, br *bufio.Reader) {
+		for {
+			if _, err := http.ReadRequest(br); err != nil {
+				return
+			}
+			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok!")
+		}
+	}
+	own, goes := rawHost(t, twoLengths), rawHost(t, twoLengths)
+	c := startCaddy(t, fmt.Sprintf(`service_registry {
+		service users v1 %s
+		service orders v1 %s
+	}`, own, goes), `{http} {
+	handle /users/* {
+		service_proxy
+	}
+	handle /orders/* {
+		service_proxy {
+			transport service_http {
+				response_header_timeout 10s
+			}
+		}
+	}
+}`, caddyOpts{})
+	for _, path := range []string{"/users/v1/x", "/orders/v1/x"} {
+		if status, _, _ := c.Get(path); status != http.StatusBadGateway {
+			t.Errorf("GET %s answered with two Content-Lengths: %d, want 502", path, status)
+		}
+	}
+	entries := map[string]map[string]any{}
+	waitFor(t, 5*time.Second, "both errors in Caddy's log", func() bool {
+		for _, line := range strings.Split(c.Log(), "\n") {
+			var e map[string]any
+			if json.Unmarshal([]byte(line), &e) == nil && e["msg"] == "request failed" {
+				entries[fmt.Sprint(e["service"])] = e
+			}
+		}
+		return len(entries) == 2
+	})
+	ours, theirs := entries["users"], entries["orders"]
+	for _, e := range []map[string]any{ours, theirs} {
+		if e["level"] != "error" || e["logger"] != theirs["logger"] || e["status"] != float64(502) ||
+			!strings.Contains(fmt.Sprint(e["error"]), "http: message cannot contain multiple Content-Length headers") {
+			t.Errorf("log entry %v: want an error with status 502 naming the two Content-Lengths", e)
+		}
+	}
+	if msg, want := fmt.Sprint(ours["error"]), "HTTP 502: service_http: reading the response header from "+own+": "; !strings.Contains(msg, want) {
+		t.Errorf("the own client's error %q, want it to say %q", msg, want)
 	}
 }

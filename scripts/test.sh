@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test: gofmt and go vet checks, that the core imports nothing of
 # Caddy, go test -race ./... (the etcd
-# tests start their own etcd from the etcd binary on PATH), the xcaddy
+# tests start their own etcd from the etcd binary on PATH), a few seconds of
+# each fuzz target of service_http's own HTTP/1.1 client, the xcaddy
 # build, and the quickstart demo check.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,5 +24,10 @@ if [ -n "$caddy_deps" ]; then
 	exit 1
 fi
 go test -race -count=1 -timeout 45m ./...
+# service_http's own HTTP/1.1 client, each fuzz target briefly (README,
+# "Tests and benchmarks", says how to run one long).
+for target in FuzzResponseFraming FuzzConnectionReuse; do
+	go test -run '^$' -fuzz "^$target\$" -fuzztime 5s ./internal/h1
+done
 ./scripts/xcaddy-build.sh
 ./examples/quickstart/run.sh --check

@@ -82,7 +82,7 @@ func h1Do(t *testing.T, tr http.RoundTripper, req *http.Request) (*http.Response
 	return resp, string(b)
 }
 
-func newReq(t *testing.T, method, url string, body io.Reader) *http.Request {
+func newReq(t testing.TB, method, url string, body io.Reader) *http.Request {
 	t.Helper()
 	req, err := http.NewRequest(method, url, body)
 	if err != nil {
@@ -374,8 +374,8 @@ func rawServer(t *testing.T, serve func(c net.Conn, br *bufio.Reader, n int)) st
 	return "http://" + ln.Addr().String()
 }
 
-// outcome sends req through rt and sums up what came back.
-func outcome(rt http.RoundTripper, req *http.Request) string {
+// result sends req through rt and sums up what came back.
+func result(rt http.RoundTripper, req *http.Request) string {
 	resp, err := rt.RoundTrip(req)
 	if err != nil {
 		return "error"
@@ -406,12 +406,12 @@ func TestClientResendsOnlyWhatItMay(t *testing.T) {
 	c := newTestClient(t)
 	tr := roundTripper{c}
 	for i := 0; i < 3; i++ {
-		if got := outcome(tr, newReq(t, "GET", url, nil)); got != "200 OK ok" {
+		if got := result(tr, newReq(t, "GET", url, nil)); got != "200 OK ok" {
 			t.Fatalf("GET %d: %s; want it sent again on a new connection", i, got)
 		}
 	}
 	url = rawServer(t, serve)
-	outcome(tr, newReq(t, "POST", url, bytes.NewReader([]byte("data"))))
+	result(tr, newReq(t, "POST", url, bytes.NewReader([]byte("data"))))
 	req := newReq(t, "POST", url, nil)
 	req.Body, req.ContentLength = io.NopCloser(bytes.NewReader([]byte("data"))), 4
 	resp, err := tr.RoundTrip(req)

@@ -3,6 +3,7 @@ package h1
 import (
 	"bufio"
 	"errors"
+	"fmt"
 	"math"
 	"net"
 	"net/http"
@@ -87,25 +88,36 @@ func (pc *conn) exchange(req *http.Request) (resp *http.Response, answered bool,
 		err = pc.bw.Flush()
 	}
 	if err != nil {
-		return nil, false, err
+		return nil, false, fmt.Errorf("writing the request to %s: %w", pc.host.Address, err)
 	}
+	return pc.readResponse(req, gz)
+}
+
+// readResponse reads the response header to req, and 1xx answers before
+// it. gz says that the client asked for gzip.
+func (pc *conn) readResponse(req *http.Request, gz bool) (resp *http.Response, answered bool, err error) {
 	// the bytes the reader has already are within the limit: less than
 	// a buffer, the rest of an answer it read ahead (none, normally)
 	pc.left = pc.c.maxHeader
 	if _, err := pc.br.Peek(1); err != nil {
-		return nil, false, err
+		return nil, false, pc.readError(err)
 	}
 	for {
 		resp, err = http.ReadResponse(pc.br, req)
 		if err != nil {
-			return nil, true, err
+			return nil, true, pc.readError(err)
 		}
 		code := resp.StatusCode
 		if code >= 200 {
 			break
 		}
+		if code < 100 {
+			// Go's transport passes it on, and reverse_proxy cannot
+			// answer with it (WriteHeader panics)
+			return nil, true, pc.readError(fmt.Errorf("status %d is no HTTP status", code))
+		}
 		if code == http.StatusSwitchingProtocols {
-			return nil, true, errors.New("upstream switched protocols, which the request did not ask for")
+			return nil, true, pc.readError(errors.New("upstream switched protocols, which the request did not ask for"))
 		}
 		// As Go's transport: 1xx answers go to the trace, and each one
 		// delivered resets the header limit (the trace's owner limits
@@ -128,4 +140,9 @@ func (pc *conn) exchange(req *http.Request) (resp *http.Response, answered bool,
 		}
 	}
 	return resp, true, nil
+}
+
+// readError says what failed when reading a response header failed.
+func (pc *conn) readError(err error) error {
+	return fmt.Errorf("reading the response header from %s: %w", pc.host.Address, err)
 }

@@ -3,109 +3,828 @@ package h1
 import (
 	"bufio"
 	"bytes"
+	"compress/gzip"
+	"context"
+	"errors"
+	"fmt"
 	"io"
+	"log"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/http/httptrace"
 	"net/textproto"
+	"os"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
 
-// TestClientMatchesGoTransport sends the same requests to the same
-// misbehaving hosts through the client and through Go's
-// transport, and expects the same outcome.
-func TestClientMatchesGoTransport(t *testing.T) {
-	keepAnswering := func(answer func(*http.Request) string) func(net.Conn, *bufio.Reader, int) {
-		return func(c net.Conn, br *bufio.Reader, _ int) {
-			for {
-				req, err := http.ReadRequest(br)
-				if err != nil {
-					return
-				}
-				io.Copy(io.Discard, req.Body)
-				io.WriteString(c, answer(req))
-			}
-		}
+// The differential table: the same misbehaving hosts, raw TCP on
+// 127.0.0.1, sent the same requests through Go's transport and through
+// the client, one after the other. Each row compares the two outcomes:
+// they must be the same, or, where the row says why in one line, the
+// client's must be the safer one.
+
+// outcome sums up what a row's requests got.
+type outcome struct {
+	answer string // what came back, in a few words
+	wrong  int    // answers meant for another request
+	twice  int    // requests that may not reach their host twice and did
+	failed int    // requests the row expects answered that got an error
+	notes  string // more, not compared: for the log
+}
+
+func (o outcome) String() string {
+	s := fmt.Sprintf("%q, %d wrong, %d twice, %d failed", o.answer, o.wrong, o.twice, o.failed)
+	if o.notes != "" {
+		s += " (" + o.notes + ")"
 	}
-	const ok = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
-	post := func(url string) *http.Request {
-		req := newReq(t, "POST", url, nil)
-		req.Body, req.ContentLength = io.NopCloser(bytes.NewReader([]byte("data"))), 4
-		return req
-	}
-	for _, tc := range []struct {
-		name string
-		run  func(t *testing.T, rt http.RoundTripper) string
-	}{
-		{"HEAD answered with a body, then GET", func(t *testing.T, rt http.RoundTripper) string {
-			url := rawServer(t, keepAnswering(func(r *http.Request) string {
-				if r.Method == "HEAD" {
-					return "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
-				}
-				return ok
-			}))
-			outcome(rt, newReq(t, "HEAD", url, nil))
-			time.Sleep(20 * time.Millisecond) // the stray bytes arrive
-			return outcome(rt, newReq(t, "GET", url, nil))
-		}},
-		{"204 answered with a body, then POST", func(t *testing.T, rt http.RoundTripper) string {
-			url := rawServer(t, keepAnswering(func(r *http.Request) string {
-				if r.Method == "GET" {
-					return "HTTP/1.1 204 No Content\r\n\r\n{\"x\":1}\r\n"
-				}
-				return ok
-			}))
-			outcome(rt, newReq(t, "GET", url, nil))
-			time.Sleep(20 * time.Millisecond)
-			return outcome(rt, post(url))
-		}},
-		{"408 on an idle connection, then GET", func(t *testing.T, rt http.RoundTripper) string {
-			sent := make(chan struct{})
-			url := rawServer(t, func(c net.Conn, br *bufio.Reader, n int) {
-				if _, err := http.ReadRequest(br); err != nil {
-					return
-				}
-				io.WriteString(c, ok)
-				if n == 1 {
-					time.Sleep(10 * time.Millisecond)
-					io.WriteString(c, "HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
-					close(sent)
-					time.Sleep(time.Second)
-				}
-			})
-			outcome(rt, newReq(t, "GET", url, nil))
-			<-sent
-			time.Sleep(20 * time.Millisecond)
-			return outcome(rt, newReq(t, "GET", url, nil))
-		}},
-		{"eight 103 Early Hints to a trace", func(t *testing.T, rt http.RoundTripper) string {
-			url := rawServer(t, keepAnswering(func(*http.Request) string {
-				return strings.Repeat("HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n", 8) + ok
-			}))
-			n := 0
-			req := newReq(t, "GET", url, nil)
-			req = req.WithContext(httptrace.WithClientTrace(req.Context(), &httptrace.ClientTrace{
-				Got1xxResponse: func(int, textproto.MIMEHeader) error { n++; return nil },
-			}))
-			return outcome(rt, req) + " " + strconv.Itoa(n) + " hints"
-		}},
-		{"control characters in a header value", func(t *testing.T, rt http.RoundTripper) string {
-			url := rawServer(t, keepAnswering(func(*http.Request) string { return ok }))
-			req := newReq(t, "GET", url, nil)
-			req.Header["X-Bad"] = []string{"a\x00b"}
-			return outcome(rt, req)
-		}},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			goTransport := &http.Transport{}
-			defer goTransport.CloseIdleConnections()
-			want := tc.run(t, goTransport)
-			if got := tc.run(t, roundTripper{newTestClient(t)}); got != want {
-				t.Errorf("service_http: %q, Go's transport: %q", got, want)
+	return s
+}
+
+// same compares two outcomes, leaving out the notes.
+func (o outcome) same(p outcome) bool {
+	o.notes, p.notes = "", ""
+	return o == p
+}
+
+// side is one of the two clients a row runs against.
+type side struct {
+	rt   http.RoundTripper
+	ours *Client // nil: Go's transport
+}
+
+// diffRow is a row of the table.
+type diffRow struct {
+	name string
+	run  func(t *testing.T, s side) outcome
+	// differs, when set, says in one line why the client's outcome may
+	// differ from Go's transport's; safer then checks that it is the
+	// safer one (and, where it may not differ, that it is the same).
+	differs string
+	safer   func(ours, theirs outcome) bool
+}
+
+func TestDifferential(t *testing.T) {
+	// Go's transport logs what it reads on an idle connection
+	// ("Unsolicited response received on idle HTTP channel").
+	log.SetOutput(io.Discard)
+	t.Cleanup(func() { log.SetOutput(os.Stderr) })
+	var rows []diffRow
+	rows = append(rows, framingRows()...)
+	rows = append(rows, smugglingRows()...)
+	rows = append(rows, informationalRows()...)
+	rows = append(rows, lifecycleRows()...)
+	rows = append(rows, raceRows()...)
+	for _, row := range rows {
+		t.Run(row.name, func(t *testing.T) {
+			goTransport := &http.Transport{MaxIdleConnsPerHost: 32}
+			t.Cleanup(goTransport.CloseIdleConnections)
+			theirs := row.run(t, side{rt: goTransport})
+			c := newTestClient(t)
+			ours := row.run(t, side{rt: roundTripper{c}, ours: c})
+			t.Logf("Go's transport: %v", theirs)
+			t.Logf("the client:     %v", ours)
+			switch {
+			case row.differs == "" && !ours.same(theirs):
+				t.Errorf("the client: %v; Go's transport: %v", ours, theirs)
+			case row.differs != "" && !row.safer(ours, theirs):
+				t.Errorf("the client: %v; Go's transport: %v; want the client's safer (%s)", ours, theirs, row.differs)
 			}
 		})
 	}
+}
+
+// noWorse is the usual safer: nothing wrong, nothing twice, and no more
+// failures than Go's transport.
+func noWorse(ours, theirs outcome) bool {
+	return ours.wrong == 0 && ours.twice == 0 && ours.failed <= theirs.failed
+}
+
+// testHost is a raw HTTP/1.1 host on 127.0.0.1 that a row scripts.
+type testHost struct {
+	addr  string
+	url   string
+	conns atomic.Int64
+	mu    sync.Mutex
+	got   map[string]int // requests by X-Id
+}
+
+// newHost starts a host: serve handles each connection, numbered from 1,
+// with a reader over it; the connection closes when serve returns.
+func newHost(t *testing.T, serve func(h *testHost, c net.Conn, br *bufio.Reader, n int)) *testHost {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &testHost{addr: ln.Addr().String(), url: "http://" + ln.Addr().String(), got: map[string]int{}}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	open := map[net.Conn]bool{}
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for c := range open {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			n := int(h.conns.Add(1))
+			mu.Lock()
+			open[c] = true
+			mu.Unlock()
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer func() {
+					c.Close()
+					mu.Lock()
+					delete(open, c)
+					mu.Unlock()
+				}()
+				serve(h, c, bufio.NewReader(c), n)
+			}()
+		}
+	}()
+	return h
+}
+
+// read reads a request, counts it by its X-Id, and reads its body.
+func (h *testHost) read(br *bufio.Reader) (*http.Request, error) {
+	req, err := http.ReadRequest(br)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := io.Copy(io.Discard, req.Body); err != nil {
+		return nil, err
+	}
+	h.mu.Lock()
+	h.got[req.Header.Get("X-Id")]++
+	h.mu.Unlock()
+	return req, nil
+}
+
+// times returns how many times the request with this id arrived.
+func (h *testHost) times(id string) int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.got[id]
+}
+
+// twice returns how many POSTs without an Idempotency-Key, among ids,
+// arrived more than once.
+func (h *testHost) twice(ids []string) int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	n := 0
+	for _, id := range ids {
+		if h.got[id] > 1 {
+			n++
+		}
+	}
+	return n
+}
+
+// answer is the host's real answer to the request with this id.
+func answer(id string) string {
+	body := "id " + id
+	return "HTTP/1.1 200 OK\r\nContent-Length: " + strconv.Itoa(len(body)) + "\r\n\r\n" + body
+}
+
+// fake is a response no request asked for.
+const fake = "HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nfake"
+
+// request returns a request with an id; a POST gets a body of size bytes.
+func request(t testing.TB, method, url, id string, size int) *http.Request {
+	t.Helper()
+	req := newReq(t, method, url, nil)
+	req.Header.Set("X-Id", id)
+	if size > 0 {
+		// as http.NewRequest makes it, and service_http hands it to Go's
+		// transport
+		body := bytes.Repeat([]byte("x"), size)
+		req.Body, req.ContentLength = io.NopCloser(bytes.NewReader(body)), int64(size)
+		req.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
+	}
+	return req
+}
+
+// fetch sends req and reads its answer whole. The status is -1 when no
+// answer came.
+func fetch(rt http.RoundTripper, req *http.Request) (int, string, error) {
+	code, body, _, err := fetchGzip(rt, req)
+	return code, body, err
+}
+
+// fetchGzip is fetch, and also says whether the transport decompressed
+// the answer. The status is -1 when no answer came.
+func fetchGzip(rt http.RoundTripper, req *http.Request) (code int, body string, gz bool, err error) {
+	resp, err := rt.RoundTrip(req)
+	if err != nil {
+		return -1, "", false, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		err = fmt.Errorf("reading the body: %w", err)
+	}
+	return resp.StatusCode, string(b), resp.Uncompressed, err
+}
+
+// summary sums up an exchange in a few words, the same for both clients
+// (their error messages differ).
+func summary(code int, body string, err error) string {
+	switch {
+	case err == nil:
+		return strconv.Itoa(code) + " " + body
+	case errors.Is(err, context.DeadlineExceeded):
+		return "deadline exceeded"
+	case errors.Is(err, context.Canceled):
+		return "canceled"
+	case code >= 0:
+		return strconv.Itoa(code) + " then refused in the body"
+	}
+	return "refused"
+}
+
+// wrongAnswer reports whether a GET's answer is not the host's answer to
+// it.
+func wrongAnswer(id string, code int, body string, err error) bool {
+	return err == nil && (code != 200 || body != "id "+id)
+}
+
+// framingRows are single answers in every shape, each to a GET with id
+// "a", followed by a GET with id "b": the first outcome must be Go's
+// transport's (the same status and body, or both refuse), and the second
+// request must get its own answer, never on a connection whose answer
+// was refused.
+func framingRows() []diffRow {
+	var out []diffRow
+	for _, r := range framingAnswers {
+		out = append(out, diffRow{
+			name:    "framing/" + r.name,
+			differs: r.differs,
+			safer: func(ours, theirs outcome) bool {
+				return ours.answer == "refused" && ours.wrong == 0
+			},
+			run: func(t *testing.T, s side) outcome { return framing(t, s, r.answer) },
+		})
+	}
+	return out
+}
+
+// framingAnswers are the answers of framingRows (and seeds of
+// FuzzResponseFraming).
+var framingAnswers = []struct{ name, answer, differs string }{
+	{"Content-Length", "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", ""},
+	{"two equal Content-Lengths", "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nok", ""},
+	{"two Content-Lengths", "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok!", ""},
+	{"Content-Length +2", "HTTP/1.1 200 OK\r\nContent-Length: +2\r\n\r\nok", ""},
+	{"Content-Length 0x2", "HTTP/1.1 200 OK\r\nContent-Length: 0x2\r\n\r\nok", ""},
+	{"Content-Length -1", "HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\nok", ""},
+	{"empty Content-Length", "HTTP/1.1 200 OK\r\nContent-Length: \r\n\r\nok", ""},
+	{"huge Content-Length", "HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999\r\n\r\nok", ""},
+	{"Content-Length longer than the body", "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nok", ""},
+	{"Content-Length and chunked", "HTTP/1.1 200 OK\r\nContent-Length: 100\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n", ""},
+	{"chunked", "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n", ""},
+	{"chunked with an extension", "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2;x=y\r\nok\r\n0\r\n\r\n", ""},
+	{"chunked, bad size", "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nok\r\n0\r\n\r\n", ""},
+	{"chunked, size too large", "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nfffffffffffffffff\r\nok\r\n0\r\n\r\n", ""},
+	{"chunked, no last chunk", "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n", ""},
+	{"chunked, bad chunk end", "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nokXX0\r\n\r\n", ""},
+	{"gzip, chunked", "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n", ""},
+	{"Transfer-Encoding identity", "HTTP/1.1 200 OK\r\nTransfer-Encoding: identity\r\n\r\nok", ""},
+	{"two Transfer-Encodings", "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n", ""},
+	{"no length, until the close", "HTTP/1.1 200 OK\r\n\r\nok", ""},
+	{"HTTP/1.0, no keep-alive", "HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok", ""},
+	{"Connection: close", "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok", ""},
+	{"bare LF", "HTTP/1.1 200 OK\nContent-Length: 2\n\nok", ""},
+	{"space before the colon", "HTTP/1.1 200 OK\r\nContent-Length : 2\r\n\r\nok", ""},
+	{"folded header", "HTTP/1.1 200 OK\r\nX-A: 1\r\n 2\r\nContent-Length: 2\r\n\r\nok", ""},
+	{"bad status", "HTTP/1.1 2000 OK\r\nContent-Length: 2\r\n\r\nok", ""},
+	{"HTTP/2.0 status line", "HTTP/2.0 200 OK\r\nContent-Length: 2\r\n\r\nok", ""},
+	{"not HTTP", "SSH-2.0-OpenSSH_9.2\r\n", ""},
+	{"nothing, then the close", "", ""},
+	{"204 with Content-Length", "HTTP/1.1 204 No Content\r\nContent-Length: 2\r\n\r\n", ""},
+	{"gzip", "HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: " + strconv.Itoa(len(gzipped("ok"))) + "\r\n\r\n" + gzipped("ok"), ""},
+	{"gzip, broken", "HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 4\r\n\r\nnope", ""},
+	{"101 to a request that did not ask", "HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: Upgrade\r\n\r\n",
+		"the client refuses a protocol switch nobody asked for; Go's transport hands the connection over as the body"},
+}
+
+// gzipped returns s compressed with gzip.
+func gzipped(s string) string {
+	var b bytes.Buffer
+	zw := gzip.NewWriter(&b)
+	io.WriteString(zw, s)
+	zw.Close()
+	return b.String()
+}
+
+// framingLinger is how long a framing host waits for another request on
+// a connection before it closes it (which ends a body without a length).
+const framingLinger = 50 * time.Millisecond
+
+// framingHost answers the request with id "a" with raw, and any other
+// with its real answer; after each answer it waits framingLinger for the
+// next request on the connection. reused counts the requests that came
+// on a connection after an answer to "a".
+func framingHost(t *testing.T, raw string, reused *atomic.Int64) *testHost {
+	return newHost(t, func(h *testHost, c net.Conn, br *bufio.Reader, _ int) {
+		answeredA := false
+		for {
+			req, err := h.read(br)
+			if err != nil {
+				return
+			}
+			if answeredA {
+				reused.Add(1)
+			}
+			id := req.Header.Get("X-Id")
+			if id == "a" {
+				answeredA = true
+				io.WriteString(c, raw)
+			} else {
+				io.WriteString(c, answer(id))
+			}
+			c.SetReadDeadline(time.Now().Add(framingLinger))
+		}
+	})
+}
+
+// framing sends a GET answered with raw, then another GET.
+func framing(t *testing.T, s side, raw string) outcome {
+	var reused atomic.Int64
+	h := framingHost(t, raw, &reused)
+	code, body, gz, err := fetchGzip(s.rt, request(t, "GET", h.url, "a", 0))
+	o := outcome{answer: summary(code, body, err)}
+	// A body that does not decompress came whole: its connection may
+	// be reused (Go's transport does; the client does not).
+	refused := err != nil && !gz
+	code, body, err = fetch(s.rt, request(t, "GET", h.url, "b", 0))
+	if err != nil {
+		o.failed++
+	} else if wrongAnswer("b", code, body, err) {
+		o.wrong++
+	}
+	if refused && reused.Load() > 0 {
+		o.wrong++ // a connection reused after its answer was refused
+	}
+	return o
+}
+
+// smugglingRows answer a request in a way that leaves bytes after the
+// answer (a fake response) in the same write, then send the next request
+// at once, 100 times in each of 10 clients at once: the next request must
+// get its own answer.
+func smugglingRows() []diffRow {
+	var out []diffRow
+	for _, r := range smugglingAnswers {
+		out = append(out, diffRow{
+			name:    "smuggling/" + r.name,
+			differs: "Go's transport pools the connection before its reader looks past the answer, and the next request can take it first; the client looks before it pools it",
+			safer:   func(ours, theirs outcome) bool { return ours.wrong == 0 },
+			run: func(t *testing.T, s side) outcome {
+				h := newHost(t, func(h *testHost, c net.Conn, br *bufio.Reader, _ int) {
+					for {
+						req, err := h.read(br)
+						if err != nil {
+							return
+						}
+						if id := req.Header.Get("X-Id"); strings.HasPrefix(id, "trick") {
+							io.WriteString(c, r.answer+fake)
+						} else {
+							io.WriteString(c, answer(id))
+						}
+					}
+				})
+				var wrong, failed atomic.Int64
+				var wg sync.WaitGroup
+				for client := range 10 {
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						for i := range 100 {
+							id := fmt.Sprint(client, "-", i)
+							fetch(s.rt, request(t, r.method, h.url, "trick"+id, 0))
+							code, body, err := fetch(s.rt, request(t, "GET", h.url, id, 0))
+							if err != nil {
+								failed.Add(1)
+							} else if wrongAnswer(id, code, body, err) {
+								wrong.Add(1)
+							}
+						}
+					}()
+				}
+				wg.Wait()
+				return outcome{wrong: int(wrong.Load()), notes: fmt.Sprintf("%d of 1000 failed", failed.Load())}
+			},
+		})
+	}
+	// A host that answers a request with another's answer: no HTTP/1
+	// client can tell (README, "Its own HTTP/1.1 client").
+	out = append(out, diffRow{
+		name: "smuggling/an answer that comes after the next request was sent",
+		run: func(t *testing.T, s side) outcome {
+			h := newHost(t, func(h *testHost, c net.Conn, br *bufio.Reader, _ int) {
+				for i := 0; ; i++ {
+					req, err := h.read(br)
+					if err != nil {
+						return
+					}
+					if i == 1 {
+						io.WriteString(c, fake) // late bytes, before the real answer
+					}
+					io.WriteString(c, answer(req.Header.Get("X-Id")))
+				}
+			})
+			fetch(s.rt, request(t, "GET", h.url, "1", 0))
+			code, body, err := fetch(s.rt, request(t, "GET", h.url, "2", 0))
+			return outcome{answer: summary(code, body, err)}
+		},
+	})
+	return out
+}
+
+// smugglingAnswers are the answers of smugglingRows, before the fake one
+// (and, with it, seeds of FuzzResponseFraming).
+var smugglingAnswers = []struct{ name, method, answer string }{
+	{"HEAD answered with a body", "HEAD", "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"},
+	{"204 with a body", "GET", "HTTP/1.1 204 No Content\r\n\r\n"},
+	{"304 with a body", "GET", "HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n"},
+	{"Content-Length 0 with a body", "GET", "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"},
+	{"bytes after the body", "GET", "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"},
+	{"chunked with trailers, bytes after", "GET", "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\n\r\n2\r\nok\r\n0\r\nX-Sum: 1\r\n\r\n"},
+	{"gzip, bytes after", "GET", "HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: " + strconv.Itoa(len(gzipped("ok"))) + "\r\n\r\n" + gzipped("ok")},
+}
+
+// informationalRows are 1xx answers before the final one.
+func informationalRows() []diffRow {
+	hints := strings.Repeat("HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n", 8)
+	flood := strings.Repeat("HTTP/1.1 100 Continue\r\n\r\n", 1000)
+	big := strings.Repeat("HTTP/1.1 103 Early Hints\r\nLink: </"+strings.Repeat("a", 1000)+".css>\r\n\r\n", 20)
+	ok := "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+	rows := []struct {
+		name, raw   string
+		trace       bool
+		maxHeader   int64
+		wantAnswers string
+	}{
+		{"eight 103 to a trace", hints + ok, true, 0, ""},
+		{"eight 103, no trace", hints + ok, false, 0, ""},
+		{"a thousand 100", flood + ok, false, 0, ""},
+		{"1xx past max_response_header, no trace", big + ok, false, 4 << 10, ""},
+		{"1xx past max_response_header, to a trace", big + ok, true, 4 << 10, ""},
+	}
+	var out []diffRow
+	for _, r := range rows {
+		out = append(out, diffRow{
+			name: "1xx/" + r.name,
+			run: func(t *testing.T, s side) outcome {
+				rt := s.rt
+				if r.maxHeader > 0 {
+					if s.ours != nil {
+						rt = roundTripper{newTestClient(t, func(c *Config) { c.MaxResponseHeaderBytes = r.maxHeader })}
+					} else {
+						tr := &http.Transport{MaxResponseHeaderBytes: r.maxHeader}
+						t.Cleanup(tr.CloseIdleConnections)
+						rt = tr
+					}
+				}
+				h := newHost(t, func(h *testHost, c net.Conn, br *bufio.Reader, _ int) {
+					for {
+						if _, err := h.read(br); err != nil {
+							return
+						}
+						io.WriteString(c, r.raw)
+					}
+				})
+				req := request(t, "GET", h.url, "a", 0)
+				n := 0
+				if r.trace {
+					req = req.WithContext(httptrace.WithClientTrace(req.Context(), &httptrace.ClientTrace{
+						Got1xxResponse: func(int, textproto.MIMEHeader) error { n++; return nil },
+					}))
+				}
+				code, body, err := fetch(rt, req)
+				return outcome{answer: summary(code, body, err) + ", " + strconv.Itoa(n) + " 1xx to the trace"}
+			},
+		})
+	}
+	return out
+}
+
+// lifecycleRows are connections that end, stall or answer early.
+func lifecycleRows() []diffRow {
+	return []diffRow{
+		{
+			name: "POST read on a reused connection, closed unanswered",
+			run:  func(t *testing.T, s side) outcome { return closedAfterReading(t, s, "POST", "") },
+		},
+		{
+			name: "GET read on a reused connection, closed unanswered",
+			run:  func(t *testing.T, s side) outcome { return closedAfterReading(t, s, "GET", "") },
+		},
+		{name: "408 on an idle connection, then GET", run: idle408},
+		{name: "a header that stalls, past the request's deadline", run: stalledHeader},
+		{name: "a slow header past max_response_header", run: slowHeader},
+	}
+}
+
+// closedAfterReading sends a request on a reused connection that the host
+// reads whole and closes without answering; key, when set, is the header
+// that marks the request idempotent.
+func closedAfterReading(t *testing.T, s side, method, key string) outcome {
+	h := newHost(t, func(h *testHost, c net.Conn, br *bufio.Reader, _ int) {
+		for i := 0; ; i++ {
+			req, err := h.read(br)
+			if err != nil || i == 1 {
+				return
+			}
+			io.WriteString(c, answer(req.Header.Get("X-Id")))
+		}
+	})
+	size := 0
+	if method == "POST" {
+		size = 4
+	}
+	fetch(s.rt, request(t, method, h.url, "1", size))
+	req := request(t, method, h.url, "2", size)
+	if key != "" {
+		req.Header.Set(key, "k2")
+	}
+	code, body, err := fetch(s.rt, req)
+	o := outcome{answer: summary(code, body, err), notes: fmt.Sprintf("the host got it %d times", h.times("2"))}
+	if key == "" && method == "POST" && h.times("2") > 1 {
+		o.twice++
+	}
+	return o
+}
+
+// idle408 has the host send 408 on an idle connection and close it; the
+// next GET must not take that for its answer.
+func idle408(t *testing.T, s side) outcome {
+	sent := make(chan struct{})
+	h := newHost(t, func(h *testHost, c net.Conn, br *bufio.Reader, n int) {
+		req, err := h.read(br)
+		if err != nil {
+			return
+		}
+		io.WriteString(c, answer(req.Header.Get("X-Id")))
+		if n == 1 {
+			time.Sleep(10 * time.Millisecond)
+			io.WriteString(c, "HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+			close(sent)
+			return
+		}
+		for {
+			req, err := h.read(br)
+			if err != nil {
+				return
+			}
+			io.WriteString(c, answer(req.Header.Get("X-Id")))
+		}
+	})
+	fetch(s.rt, request(t, "GET", h.url, "1", 0))
+	<-sent
+	time.Sleep(20 * time.Millisecond) // the 408 and the close arrive
+	code, body, err := fetch(s.rt, request(t, "GET", h.url, "2", 0))
+	return outcome{answer: summary(code, body, err)}
+}
+
+// stalledHeader has the host send half a header and then nothing.
+func stalledHeader(t *testing.T, s side) outcome {
+	h := newHost(t, func(h *testHost, c net.Conn, br *bufio.Reader, _ int) {
+		if _, err := h.read(br); err != nil {
+			return
+		}
+		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Len")
+		br.ReadByte()
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	code, body, err := fetch(s.rt, request(t, "GET", h.url, "1", 0).WithContext(ctx))
+	return outcome{answer: summary(code, body, err)}
+}
+
+// slowHeader has the host trickle a 2 KiB header to a client that takes
+// 1 KiB.
+func slowHeader(t *testing.T, s side) outcome {
+	rt := s.rt
+	if s.ours != nil {
+		rt = roundTripper{newTestClient(t, func(c *Config) { c.MaxResponseHeaderBytes = 1 << 10 })}
+	} else {
+		tr := &http.Transport{MaxResponseHeaderBytes: 1 << 10}
+		t.Cleanup(tr.CloseIdleConnections)
+		rt = tr
+	}
+	h := newHost(t, func(h *testHost, c net.Conn, br *bufio.Reader, _ int) {
+		if _, err := h.read(br); err != nil {
+			return
+		}
+		head := "HTTP/1.1 200 OK\r\nX-Long: " + strings.Repeat("x", 2<<10) + "\r\nContent-Length: 2\r\n\r\nok"
+		for i := 0; i < len(head); i += 64 {
+			if _, err := io.WriteString(c, head[i:min(i+64, len(head))]); err != nil {
+				return
+			}
+			time.Sleep(time.Millisecond)
+		}
+	})
+	code, body, err := fetch(rt, request(t, "GET", h.url, "1", 0))
+	return outcome{answer: summary(code, body, err)}
+}
+
+// raceRows race requests against a host that closes connections.
+func raceRows() []diffRow {
+	return []diffRow{
+		{
+			name:    "keep-alive timeout race, FIN",
+			differs: "which requests cross the close is up to the scheduler; neither client may send a POST twice or fail a GET",
+			safer:   raceSafe,
+			run:     func(t *testing.T, s side) outcome { return keepAliveRace(t, s, false) },
+		},
+		{
+			name:    "keep-alive timeout race, RST",
+			differs: "which requests cross the close is up to the scheduler; neither client may send a POST twice or fail a GET",
+			safer:   raceSafe,
+			run:     func(t *testing.T, s side) outcome { return keepAliveRace(t, s, true) },
+		},
+		{
+			name:    "200 concurrent clients while the host closes",
+			differs: "which requests cross a close is up to the scheduler; no client may get another's answer, nor a POST reach the host twice",
+			safer:   func(ours, theirs outcome) bool { return ours.wrong == 0 && ours.twice == 0 },
+			run:     concurrentClosing,
+		},
+		{
+			name:    "408s and delays at random",
+			differs: "which requests meet a 408 is up to the scheduler; no client may get another's answer",
+			safer:   func(ours, theirs outcome) bool { return ours.wrong == 0 && ours.twice == 0 },
+			run:     random408s,
+		},
+	}
+}
+
+// raceSafe: no answer to another, no POST twice, no GET failed.
+func raceSafe(ours, theirs outcome) bool {
+	return ours.wrong == 0 && ours.twice == 0 && ours.failed == 0
+}
+
+// keepAliveRace sends GETs and POSTs, one at a time, about as far apart
+// as the host's keep-alive timeout (10 ms), after which it closes an idle
+// connection, with a FIN or a reset (rst). failed counts the GETs that
+// failed; the POSTs that did are in the notes.
+func keepAliveRace(t *testing.T, s side, rst bool) outcome {
+	h := newHost(t, func(h *testHost, c net.Conn, br *bufio.Reader, _ int) {
+		for {
+			c.SetReadDeadline(time.Now().Add(10 * time.Millisecond))
+			req, err := h.read(br)
+			if err != nil {
+				if rst {
+					c.(*net.TCPConn).SetLinger(0)
+				}
+				return
+			}
+			io.WriteString(c, answer(req.Header.Get("X-Id")))
+		}
+	})
+	var o outcome
+	var posts []string
+	postsFailed := 0
+	for i := range 100 {
+		time.Sleep(time.Duration(8000+rand.IntN(4000)) * time.Microsecond)
+		id := strconv.Itoa(i)
+		method, size := "GET", 0
+		if i%2 == 1 {
+			method, size = "POST", 4
+			posts = append(posts, id)
+		}
+		code, body, err := fetch(s.rt, request(t, method, h.url, id, size))
+		switch {
+		case err != nil && method == "GET":
+			o.failed++
+		case err != nil:
+			postsFailed++
+		case wrongAnswer(id, code, body, err):
+			o.wrong++
+		}
+	}
+	o.twice = h.twice(posts)
+	o.notes = fmt.Sprintf("%d of 50 POSTs failed", postsFailed)
+	return o
+}
+
+// concurrentClosing has 200 clients send 5 requests each, GETs and POSTs
+// with their own ids, to a host that closes connections at random: after
+// an answer, or after reading a request without answering it.
+func concurrentClosing(t *testing.T, s side) outcome {
+	h := newHost(t, func(h *testHost, c net.Conn, br *bufio.Reader, _ int) {
+		for {
+			req, err := h.read(br)
+			if err != nil {
+				return
+			}
+			switch rand.IntN(8) {
+			case 0:
+				return // read, not answered
+			case 1, 2:
+				io.WriteString(c, answer(req.Header.Get("X-Id")))
+				return // answered, then closed without saying so
+			default:
+				io.WriteString(c, answer(req.Header.Get("X-Id")))
+			}
+		}
+	})
+	var wrong, failed atomic.Int64
+	var mu sync.Mutex
+	var posts []string
+	var wg sync.WaitGroup
+	for client := range 200 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 5 {
+				id := fmt.Sprint(client, "-", i)
+				method, size := "GET", 0
+				if i%2 == 1 {
+					method, size = "POST", 4
+					mu.Lock()
+					posts = append(posts, id)
+					mu.Unlock()
+				}
+				code, body, err := fetch(s.rt, request(t, method, h.url, id, size))
+				if err != nil {
+					failed.Add(1)
+				} else if wrongAnswer(id, code, body, err) {
+					wrong.Add(1)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return outcome{wrong: int(wrong.Load()), twice: h.twice(posts), notes: fmt.Sprintf("%d of 1000 failed", failed.Load())}
+}
+
+// random408s has 20 clients send 20 GETs each to a host that answers
+// after a random delay and, on a connection idle for a moment, sometimes
+// sends 408 and closes it.
+func random408s(t *testing.T, s side) outcome {
+	h := newHost(t, func(h *testHost, c net.Conn, br *bufio.Reader, _ int) {
+		for {
+			c.SetReadDeadline(time.Now().Add(time.Duration(rand.IntN(3000)) * time.Microsecond))
+			if _, err := br.Peek(1); err != nil {
+				if errors.Is(err, os.ErrDeadlineExceeded) && rand.IntN(2) == 0 {
+					io.WriteString(c, "HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+					return
+				}
+				if !errors.Is(err, os.ErrDeadlineExceeded) {
+					return
+				}
+				continue
+			}
+			c.SetReadDeadline(time.Time{})
+			req, err := h.read(br)
+			if err != nil {
+				return
+			}
+			time.Sleep(time.Duration(rand.IntN(2000)) * time.Microsecond)
+			io.WriteString(c, answer(req.Header.Get("X-Id")))
+		}
+	})
+	var wrong, failed, timeouts atomic.Int64
+	var wg sync.WaitGroup
+	for client := range 20 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 20 {
+				time.Sleep(time.Duration(rand.IntN(3000)) * time.Microsecond)
+				id := fmt.Sprint(client, "-", i)
+				code, body, err := fetch(s.rt, request(t, "GET", h.url, id, 0))
+				switch {
+				case err != nil:
+					failed.Add(1)
+				case code == 408:
+					timeouts.Add(1)
+				case wrongAnswer(id, code, body, err):
+					wrong.Add(1)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return outcome{wrong: int(wrong.Load()), notes: fmt.Sprintf("%d of 400 failed, %d answered 408", failed.Load(), timeouts.Load())}
 }
