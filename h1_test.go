@@ -18,6 +18,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 
 	"github.com/svcreg/caddy-svcreg/internal/h1"
+	"github.com/svcreg/caddy-svcreg/registry"
 )
 
 // connCountingServer is an HTTP server on 127.0.0.1 that counts the
@@ -240,5 +241,43 @@ func TestH1ClientErrorsSayWhatFailed(t *testing.T) {
 	}
 	if _, isNetError := err.(net.Error); isNetError {
 		t.Errorf("error %v is a net.Error: reverse_proxy would answer 504", err)
+	}
+}
+
+// A host that answers a POST before it has read its body (413, as nginx
+// does past client_max_body_size) and closes (a reset) has answered: the
+// answer goes to the client, and the host is not a failed host.
+func TestH1ClientEarlyAnswerIsAnAnswer(t *testing.T) {
+	addr := rawHost(t, func(c net.Conn, br *bufio.Reader, _ int) {
+		if _, err := http.ReadRequest(br); err == nil {
+			io.WriteString(c, "HTTP/1.1 413 Request Entity Too Large\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+		}
+	})
+	key := registry.ServiceKey{Service: "users", Version: "v1"}
+	reg := newTestRegistry(t, map[registry.ServiceKey][]registry.Endpoint{key: eps(addr)})
+	tr := transportWith(t, func(*HTTPTransport) {})
+	failed := 0
+	for _, size := range []int{16 << 10, 32 << 10, 48 << 10, 64 << 10} {
+		for range 40 {
+			req, _, _ := registryTry(t, reg, key, http.MethodPost)
+			post := bufferedPOST(t, "http://"+addr, size)
+			req.Body, req.ContentLength = post.Body, post.ContentLength
+			resp, err := tr.RoundTrip(req)
+			if err != nil {
+				failed++
+				continue
+			}
+			resp.Body.Close()
+			if resp.StatusCode != 413 {
+				t.Fatalf("status %d, want 413", resp.StatusCode)
+			}
+		}
+	}
+	if failed > 0 {
+		t.Errorf("%d of 160 POSTs answered 413 before their body was read failed", failed)
+	}
+	svc, _ := reg.Lookup(key)
+	if st := svc.Endpoints[0].Stats(); st.Failures != 0 || !st.Available {
+		t.Errorf("the host that answered: %+v; want no failures, in rotation", st)
 	}
 }

@@ -171,6 +171,41 @@ func rawHost(t *testing.T, serve func(c net.Conn, br *bufio.Reader)) string {
 	return ln.Addr().String()
 }
 
+// TestOwnHTTP1ClientEarlyAnswers sends POSTs of 16 to 64 KiB through
+// service_proxy to a host that answers 413 as soon as it has read the
+// header and closes without reading the body (which resets the
+// connection), as nginx does past client_max_body_size: every client gets
+// the 413, and the host, which answered, stays in rotation.
+func TestOwnHTTP1ClientEarlyAnswers(t *testing.T) {
+	addr := rawHost(t, func(c net.Conn, br *bufio.Reader) {
+		if _, err := http.ReadRequest(br); err == nil {
+			io.WriteString(c, "HTTP/1.1 413 Request Entity Too Large\r\nConnection: close\r\nContent-Length: 9\r\n\r\ntoo large")
+		}
+	})
+	c := startCaddy(t, fmt.Sprintf(`service_registry {
+		service users v1 %s
+	}`, addr), "{http} {\n\tservice_proxy\n}", caddyOpts{})
+	client := &http.Client{Timeout: 10 * time.Second}
+	got := map[int]int{}
+	for _, kib := range []int{16, 32, 48, 64} {
+		for range 40 {
+			resp, err := client.Post("http://"+c.HTTP+"/users/v1/upload", "application/octet-stream", bytes.NewReader(make([]byte, kib<<10)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			got[resp.StatusCode]++
+		}
+	}
+	if got[413] != 160 {
+		t.Errorf("160 POSTs answered 413 before their body was read: %v by status; want all 413", got)
+	}
+	if ep := endpointState(t, c, addr); ep["failures"].(float64) != 0 || ep["out_of_rotation"] != nil {
+		t.Errorf("the host that answered them: %v; want no failures, in rotation", ep)
+	}
+}
+
 // TestOwnHTTP1ClientLogsRefusedAnswers sends requests to hosts that answer
 // with two Content-Lengths, once through service_http's own client and
 // once through Go's transport (response_header_timeout takes a

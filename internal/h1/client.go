@@ -215,7 +215,7 @@ func (c *Client) RoundTrip(req *http.Request, host Host, w Watchdog) (*http.Resp
 			}
 			return nil, err
 		}
-		body := &responseBody{pc: pc, stop: stop, reuse: !resp.Close && !req.Close}
+		body := &responseBody{pc: pc, stop: stop, reuse: !resp.Close && !req.Close && !pc.spent}
 		if resp.Body == http.NoBody {
 			// done with the connection before the watchdog stops: it
 			// must not end it in the pool, or under another request

@@ -16,16 +16,18 @@ import (
 // conn is a connection of the client: one request at a time, written and
 // answered in the goroutine of the request.
 type conn struct {
-	c       *Client
-	host    Host
-	nc      net.Conn
-	br      *bufio.Reader // reads through connReader
-	bw      *bufio.Writer // writes through connWriter
-	written int64         // bytes written on nc
-	left    int64         // bytes that may still be read: the header limit while reading one
-	idleAt  time.Time
-	abortFn func() // abort, made once: the watchdog and context.AfterFunc take it per request
-	peer    peeker // checks the connection before it is reused
+	c        *Client
+	host     Host
+	nc       net.Conn
+	br       *bufio.Reader // reads through connReader
+	bw       *bufio.Writer // writes through connWriter
+	written  int64         // bytes written on nc
+	writeErr error         // the last write on nc that failed, in this exchange
+	spent    bool          // not to be reused, whatever the answer says
+	left     int64         // bytes that may still be read: the header limit while reading one
+	idleAt   time.Time
+	abortFn  func() // abort, made once: the watchdog and context.AfterFunc take it per request
+	peer     peeker // checks the connection before it is reused
 }
 
 // connReader is what a conn's reader reads: its connection, up to the
@@ -51,6 +53,9 @@ type connWriter conn
 func (w *connWriter) Write(p []byte) (int, error) {
 	n, err := w.nc.Write(p)
 	w.written += int64(n)
+	if err != nil {
+		w.writeErr = err
+	}
 	return n, err
 }
 
@@ -65,7 +70,8 @@ func (pc *conn) close() { _ = pc.nc.Close() }
 var acceptGzip = []string{"gzip"}
 
 // exchange writes req and reads its response header. answered says
-// whether any byte of an answer came back.
+// whether any byte of an answer came back. A connection whose answer
+// came before the whole request was written is spent.
 func (pc *conn) exchange(req *http.Request) (resp *http.Response, answered bool, err error) {
 	gz := false
 	if pc.c.compress && req.Method != http.MethodHead {
@@ -79,6 +85,8 @@ func (pc *conn) exchange(req *http.Request) (resp *http.Response, answered bool,
 			}
 		}
 	}
+	before := pc.written
+	pc.writeErr = nil
 	err = req.Write(pc.bw)
 	if gz {
 		// the request goes on to other tries, maybe over Go's transport
@@ -88,9 +96,32 @@ func (pc *conn) exchange(req *http.Request) (resp *http.Response, answered bool,
 		err = pc.bw.Flush()
 	}
 	if err != nil {
-		return nil, false, fmt.Errorf("writing the request to %s: %w", pc.host.Address, err)
+		err = fmt.Errorf("writing the request to %s: %w", pc.host.Address, err)
+		if pc.written == before || !pc.answeredEarly() {
+			return nil, false, err
+		}
+		// The host answered before it read the whole request, and
+		// stopped reading (a 413 past its body limit, then a close that
+		// resets the connection): the answer is the outcome, not the
+		// write that failed after it, as when Go's transport's reader
+		// gets it first. The connection is spent.
+		pc.spent = true
+		resp, answered, rerr := pc.readResponse(req, gz)
+		if rerr != nil {
+			return nil, answered, err
+		}
+		return resp, true, nil
 	}
 	return pc.readResponse(req, gz)
+}
+
+// answeredEarly reports whether a request whose write failed may have an
+// answer waiting: its connection broke (not a timeout, not the request's
+// own body failing), so that reading it cannot wait for long, and the
+// host may have sent something before.
+func (pc *conn) answeredEarly() bool {
+	var ne net.Error
+	return pc.writeErr != nil && !(errors.As(pc.writeErr, &ne) && ne.Timeout())
 }
 
 // readResponse reads the response header to req, and 1xx answers before

@@ -532,6 +532,12 @@ func informationalRows() []diffRow {
 func lifecycleRows() []diffRow {
 	return []diffRow{
 		{
+			name:    "early answer: 413, then a reset, before the POST body is read",
+			differs: "Go's transport loses the answer when its writer fails before its reader has it; the client reads what the host sent",
+			safer:   func(ours, theirs outcome) bool { return ours.failed == 0 },
+			run:     earlyAnswer,
+		},
+		{
 			name: "POST read on a reused connection, closed unanswered",
 			run:  func(t *testing.T, s side) outcome { return closedAfterReading(t, s, "POST", "") },
 		},
@@ -543,6 +549,33 @@ func lifecycleRows() []diffRow {
 		{name: "a header that stalls, past the request's deadline", run: stalledHeader},
 		{name: "a slow header past max_response_header", run: slowHeader},
 	}
+}
+
+// earlyAnswer sends POSTs of 1 to 64 KiB to a host that answers 413 as
+// soon as it has the header, and closes without reading the body (so the
+// connection is reset), as nginx does past client_max_body_size.
+func earlyAnswer(t *testing.T, s side) outcome {
+	h := newHost(t, func(h *testHost, c net.Conn, br *bufio.Reader, _ int) {
+		if _, err := http.ReadRequest(br); err != nil {
+			return
+		}
+		io.WriteString(c, "HTTP/1.1 413 Request Entity Too Large\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+	})
+	var o outcome
+	var notes []string
+	for _, kib := range []int{1, 8, 16, 32, 48, 64} {
+		failed := 0
+		for i := range 40 {
+			code, _, err := fetch(s.rt, request(t, "POST", h.url, fmt.Sprint(kib, "-", i), kib<<10))
+			if err != nil || code != 413 {
+				failed++
+			}
+		}
+		o.failed += failed
+		notes = append(notes, fmt.Sprintf("%d KiB: %d of 40 failed", kib, failed))
+	}
+	o.notes = strings.Join(notes, ", ")
+	return o
 }
 
 // closedAfterReading sends a request on a reused connection that the host
