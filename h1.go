@@ -113,6 +113,12 @@ func (t *HTTPTransport) ownRoundTrip(req *http.Request, w *watchdog) (resp *http
 	if w != nil {
 		watch = w
 	}
+	if req.Body != nil && req.Body != http.NoBody && req.GetBody == nil && retriedAnyway(req) {
+		// The client sends a request that may reach its host twice
+		// again on a new connection when a reused one fails before it
+		// is answered, as Go's transport does: with GetBody, as with Go's.
+		req = withGetBody(req)
+	}
 	resp, err = t.ownClient.RoundTrip(req, host, watch)
 	if err == nil {
 		return resp, nil, false

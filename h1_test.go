@@ -220,6 +220,59 @@ func bufferedPOST(t *testing.T, url string, size int) *http.Request {
 	return req
 }
 
+// A POST marked with Idempotency-Key is sent again on a new connection
+// when the reused one it went out on is closed before it is answered, as
+// Go's transport does and as README promises ("retried like GETs"); a
+// POST without one is not.
+func TestH1ClientResendsIdempotentPOSTs(t *testing.T) {
+	for _, tc := range []struct {
+		header    string
+		wantTimes int64
+	}{{"Idempotency-Key", 2}, {"X-Idempotency-Key", 2}, {"", 1}} {
+		t.Run("header "+tc.header, func(t *testing.T) {
+			var got atomic.Int64
+			// each connection: the first request answered, the second
+			// read and left unanswered
+			addr := rawHost(t, func(c net.Conn, br *bufio.Reader, _ int) {
+				for i := 0; ; i++ {
+					req, err := http.ReadRequest(br)
+					if err != nil {
+						return
+					}
+					io.Copy(io.Discard, req.Body)
+					if req.Header.Get("X-Id") == "2" {
+						got.Add(1)
+					}
+					if i == 1 {
+						return
+					}
+					io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+				}
+			})
+			tr := newTestTransport(t)
+			h1Do(t, tr, bufferedPOST(t, "http://"+addr, 4))
+			req := bufferedPOST(t, "http://"+addr, 4)
+			req.Header.Set("X-Id", "2")
+			if tc.header != "" {
+				req.Header.Set(tc.header, "k2")
+			}
+			resp, err := tr.RoundTrip(req)
+			if err == nil {
+				resp.Body.Close()
+			}
+			if tc.header != "" && err != nil {
+				t.Errorf("a POST with %s on a connection closed unanswered: %v; want it sent again and answered", tc.header, err)
+			}
+			if tc.header == "" && err == nil {
+				t.Error("a POST without a key the host may have read was sent again")
+			}
+			if n := got.Load(); n != tc.wantTimes {
+				t.Errorf("the host got the POST %d times, want %d", n, tc.wantTimes)
+			}
+		})
+	}
+}
+
 // A refused answer fails the try with an error that says what failed and
 // where, with Go's own parse error, and that reverse_proxy answers 502 (not
 // a net.Error, which it would answer 504).

@@ -40,6 +40,7 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"fmt"
 	"math"
 	"net"
 	"net/http"
@@ -166,7 +167,7 @@ func (c *Client) RoundTrip(req *http.Request, host Host, w Watchdog) (*http.Resp
 	// be sent twice is sent again on a new connection if a reused one
 	// still fails before it is answered (the host closed it meanwhile);
 	// any other request's body cannot be read again.
-	resend := (req.Body == nil || req.Body == http.NoBody) && idempotent(req)
+	resend := idempotent(req) && (req.Body == nil || req.Body == http.NoBody || req.GetBody != nil)
 	fresh := false // take a new connection, not an idle one
 	for {
 		var pc *conn
@@ -206,6 +207,9 @@ func (c *Client) RoundTrip(req *http.Request, host Host, w Watchdog) (*http.Resp
 				// likely its other idle ones
 				c.drop(host)
 				if resend {
+					if req, err = rewind(req); err != nil {
+						return nil, err
+					}
 					fresh = true
 					continue
 				}
@@ -229,6 +233,21 @@ func (c *Client) RoundTrip(req *http.Request, host Host, w Watchdog) (*http.Resp
 		}
 		return resp, nil
 	}
+}
+
+// rewind returns req ready to be sent again: with its body from its
+// start (from GetBody), in a copy.
+func rewind(req *http.Request) (*http.Request, error) {
+	if req.Body == nil || req.Body == http.NoBody {
+		return req, nil
+	}
+	body, err := req.GetBody()
+	if err != nil {
+		return nil, fmt.Errorf("reading the request body again: %w", err)
+	}
+	r := *req
+	r.Body = body
+	return &r, nil
 }
 
 // idempotent reports whether req may reach its host twice, as Go's

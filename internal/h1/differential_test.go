@@ -538,6 +538,14 @@ func lifecycleRows() []diffRow {
 			run:     earlyAnswer,
 		},
 		{
+			name: "Idempotency-Key POST read on a reused connection, closed unanswered",
+			run:  func(t *testing.T, s side) outcome { return closedAfterReading(t, s, "POST", "Idempotency-Key") },
+		},
+		{
+			name: "X-Idempotency-Key POST read on a reused connection, closed unanswered",
+			run:  func(t *testing.T, s side) outcome { return closedAfterReading(t, s, "POST", "X-Idempotency-Key") },
+		},
+		{
 			name: "POST read on a reused connection, closed unanswered",
 			run:  func(t *testing.T, s side) outcome { return closedAfterReading(t, s, "POST", "") },
 		},
