@@ -2,6 +2,7 @@ package h1
 
 import (
 	"compress/gzip"
+	"context"
 	"io"
 	"sync/atomic"
 )
@@ -11,8 +12,9 @@ import (
 type responseBody struct {
 	body  io.ReadCloser // from http.ReadResponse: never closed (that reads it to its end)
 	pc    *conn
-	stop  func() bool // ends the watch on the request's context
-	reuse bool        // neither side asked to close the connection
+	ctx   context.Context // the request's
+	stop  func() bool     // ends the watch on the request's context
+	reuse bool            // neither side asked to close the connection
 	done  atomic.Bool
 }
 
@@ -23,6 +25,11 @@ func (b *responseBody) Read(p []byte) (int, error) {
 	n, err := b.body.Read(p)
 	if err != nil {
 		b.finish(err == io.EOF)
+		if err != io.EOF && b.ctx.Err() != nil {
+			// the request's context closed the connection: say why,
+			// as Go's transport does (its deadline, its cancellation)
+			err = context.Cause(b.ctx)
+		}
 	}
 	return n, err
 }

@@ -197,7 +197,7 @@ func (c *Client) RoundTrip(req *http.Request, host Host, w Watchdog) (*http.Resp
 			stop()
 			pc.close()
 			if ctx.Err() != nil {
-				return nil, ctx.Err()
+				return nil, context.Cause(ctx)
 			}
 			if w != nil && w.Fired() {
 				return nil, err // the watchdog cut the try: its owner says why
@@ -219,7 +219,7 @@ func (c *Client) RoundTrip(req *http.Request, host Host, w Watchdog) (*http.Resp
 			}
 			return nil, err
 		}
-		body := &responseBody{pc: pc, stop: stop, reuse: !resp.Close && !req.Close && !pc.spent}
+		body := &responseBody{pc: pc, ctx: ctx, stop: stop, reuse: !resp.Close && !req.Close && !pc.spent}
 		if resp.Body == http.NoBody {
 			// done with the connection before the watchdog stops: it
 			// must not end it in the pool, or under another request

@@ -554,6 +554,8 @@ func lifecycleRows() []diffRow {
 			run:  func(t *testing.T, s side) outcome { return closedAfterReading(t, s, "GET", "") },
 		},
 		{name: "408 on an idle connection, then GET", run: idle408},
+		{name: "a body that stalls, past the request's deadline", run: stalledBody},
+		{name: "a client that goes away mid-body", run: goneMidBody},
 		{name: "a header that stalls, past the request's deadline", run: stalledHeader},
 		{name: "a slow header past max_response_header", run: slowHeader},
 	}
@@ -645,6 +647,58 @@ func idle408(t *testing.T, s side) outcome {
 	time.Sleep(20 * time.Millisecond) // the 408 and the close arrive
 	code, body, err := fetch(s.rt, request(t, "GET", h.url, "2", 0))
 	return outcome{answer: summary(code, body, err)}
+}
+
+// stalledBody has the host send a header and part of the body, then
+// nothing, while the request's deadline passes: the body's read must
+// say it was the deadline.
+func stalledBody(t *testing.T, s side) outcome {
+	h := newHost(t, func(h *testHost, c net.Conn, br *bufio.Reader, _ int) {
+		if _, err := h.read(br); err != nil {
+			return
+		}
+		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nok")
+		br.ReadByte() // until the client closes
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	code, body, err := fetch(s.rt, request(t, "GET", h.url, "1", 0).WithContext(ctx))
+	return outcome{answer: summary(code, body, err)}
+}
+
+// goneMidBody cancels the request's context while its body comes in: the
+// body's read must say the request was canceled, and the host must see
+// the connection close.
+func goneMidBody(t *testing.T, s side) outcome {
+	closed := make(chan struct{})
+	h := newHost(t, func(h *testHost, c net.Conn, br *bufio.Reader, _ int) {
+		if _, err := h.read(br); err != nil {
+			return
+		}
+		io.WriteString(c, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n")
+		br.ReadByte() // until the client closes
+		close(closed)
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	resp, err := s.rt.RoundTrip(request(t, "GET", h.url, "1", 0).WithContext(ctx))
+	if err != nil {
+		return outcome{answer: summary(-1, "", err)}
+	}
+	defer resp.Body.Close()
+	first := make([]byte, 2)
+	if _, err := io.ReadFull(resp.Body, first); err != nil {
+		return outcome{answer: "refused in the first chunk"}
+	}
+	cancel()
+	_, err = io.ReadAll(resp.Body)
+	o := outcome{answer: summary(resp.StatusCode, string(first), err)}
+	select {
+	case <-closed:
+	case <-time.After(5 * time.Second):
+		o.answer += ", the host never saw the close"
+	}
+	return o
 }
 
 // stalledHeader has the host send half a header and then nothing.
