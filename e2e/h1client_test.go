@@ -12,6 +12,9 @@ import (
 	"net/http/httptest"
 	"net/http/httptrace"
 	"net/textproto"
+	"os"
+	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -204,6 +207,73 @@ func TestOwnHTTP1ClientEarlyAnswers(t *testing.T) {
 	if ep := endpointState(t, c, addr); ep["failures"].(float64) != 0 || ep["out_of_rotation"] != nil {
 		t.Errorf("the host that answered them: %v; want no failures, in rotation", ep)
 	}
+}
+
+// TestOwnHTTP1ClientClosesWhatTheHostClosed has service_proxy open 32
+// connections to a host at once, which closes them once they are idle
+// (its keep-alive timeout, 1 s): Caddy closes its ends promptly, where
+// it kept them in CLOSE_WAIT up to its own idle timeout (2 minutes).
+func TestOwnHTTP1ClientClosesWhatTheHostClosed(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("counts sockets in /proc/net/tcp; the prompt close is Linux's (epoll)")
+	}
+	const n = 32
+	var arrived sync.WaitGroup
+	arrived.Add(n)
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/users/v1/together" || r.URL.Path == "/together" {
+			arrived.Done()
+			arrived.Wait() // n requests at once: n connections
+		}
+		io.WriteString(w, "ok")
+	}))
+	srv.Config.IdleTimeout = time.Second
+	srv.Start()
+	defer srv.Close()
+	addr := srv.Listener.Addr().String()
+	c := startCaddy(t, fmt.Sprintf(`service_registry {
+		service users v1 %s
+	}`, addr), "{http} {\n\tservice_proxy\n}", caddyOpts{})
+	var wg sync.WaitGroup
+	for range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			resp, err := http.Get("http://" + c.HTTP + "/users/v1/together")
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}()
+	}
+	wg.Wait()
+	t.Logf("%d connections from Caddy to the host after %d requests at once", openTo(addr), n)
+	// the host closes them after 1 s idle; Caddy's ends must follow
+	waitFor(t, 5*time.Second, "Caddy to close the connections its host closed", func() bool { return openTo(addr) == 0 })
+}
+
+// openTo counts this machine's TCP connections to addr that their client
+// has not closed: established, or closed by the host only (CLOSE_WAIT).
+func openTo(addr string) int {
+	_, port, _ := net.SplitHostPort(addr)
+	p, _ := strconv.Atoi(port)
+	want := fmt.Sprintf(":%04X", p)
+	n := 0
+	for _, file := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
+		b, err := os.ReadFile(file)
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(b), "\n")[1:] {
+			f := strings.Fields(line)
+			if len(f) > 3 && strings.HasSuffix(f[2], want) && (f[3] == "01" || f[3] == "08") {
+				n++
+			}
+		}
+	}
+	return n
 }
 
 // TestOwnHTTP1ClientLogsRefusedAnswers sends requests to hosts that answer

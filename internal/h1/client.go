@@ -44,6 +44,7 @@ import (
 	"math"
 	"net"
 	"net/http"
+	"slices"
 	"sync"
 	"time"
 )
@@ -86,11 +87,15 @@ type Client struct {
 	readSize    int
 	writeSize   int
 
-	mu     sync.Mutex
-	idle   map[Host][]*conn
-	sweep  *time.Timer // closes connections idle too long
-	swept  bool        // sweep is armed
-	closed bool
+	mu       sync.Mutex
+	idle     map[Host][]*conn
+	sweep    *time.Timer // closes connections idle too long
+	swept    bool        // sweep is armed
+	closed   bool
+	poller   *poller          // started with the first connection; nil: none yet, or none at all
+	noPoller bool             // the poller could not start: connections are checked when taken
+	lastID   uint64           // the id of the last connection the poller watches
+	watched  map[uint64]*conn // the connections the poller watches, by id
 }
 
 // Host names the host a request goes to.
@@ -107,6 +112,7 @@ func New(cfg Config) *Client {
 		readSize:    cfg.ReadBufferSize,
 		writeSize:   cfg.WriteBufferSize,
 		idle:        map[Host][]*conn{},
+		watched:     map[uint64]*conn{},
 	}
 	if c.maxHeader <= 0 {
 		c.maxHeader = 10 << 20 // Go's transport's default
@@ -283,7 +289,59 @@ func (c *Client) connect(ctx context.Context, host Host, w Watchdog) (*conn, err
 	pc.bw = bufio.NewWriterSize((*connWriter)(pc), c.writeSize)
 	pc.abortFn = pc.abort
 	pc.peer.init(nc)
+	c.watch(pc)
 	return pc, nil
+}
+
+// watch has the poller watch a new connection for its host's close,
+// starting the poller with the client's first connection.
+func (c *Client) watch(pc *conn) {
+	c.mu.Lock()
+	if c.poller == nil && !c.noPoller && !c.closed {
+		p, err := newPoller(c.hostClosed)
+		c.poller, c.noPoller = p, err != nil
+	}
+	p := c.poller
+	if p == nil {
+		c.mu.Unlock()
+		return
+	}
+	c.lastID++
+	pc.id = c.lastID
+	c.watched[pc.id] = pc
+	c.mu.Unlock()
+	if !p.watch(pc.nc, pc.id) {
+		c.mu.Lock()
+		delete(c.watched, pc.id)
+		c.mu.Unlock()
+		pc.id = 0
+	}
+}
+
+// hostClosed closes the connection with this id if it is idle: its host
+// closed it. One in use is marked, so that it does not go back to the
+// pool; its request finds out by itself.
+func (c *Client) hostClosed(id uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	pc := c.watched[id]
+	switch {
+	case pc == nil:
+		return // closed meanwhile
+	case !pc.idle:
+		pc.hostClosed = true
+		return
+	}
+	list := c.idle[pc.host]
+	if i := slices.Index(list, pc); i >= 0 {
+		list = slices.Delete(list, i, i+1)
+	}
+	if len(list) == 0 {
+		delete(c.idle, pc.host)
+	} else {
+		c.idle[pc.host] = list
+	}
+	pc.closeLocked()
 }
 
 // get takes the most recently used idle connection to host, or returns
@@ -300,12 +358,13 @@ func (c *Client) get(host Host) *conn {
 		pc := list[len(list)-1]
 		list[len(list)-1] = nil
 		list = list[:len(list)-1]
+		pc.idle = false
 		if c.idleTimeout > 0 {
 			if now.IsZero() {
 				now = time.Now()
 			}
 			if now.Sub(pc.idleAt) > c.idleTimeout {
-				pc.close()
+				pc.closeLocked()
 				continue
 			}
 		}
@@ -321,10 +380,11 @@ func (c *Client) put(pc *conn) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	list := c.idle[pc.host]
-	if c.closed || len(list) >= c.maxIdle {
-		pc.close()
+	if c.closed || len(list) >= c.maxIdle || pc.hostClosed {
+		pc.closeLocked()
 		return
 	}
+	pc.idle = true
 	if c.idleTimeout > 0 {
 		pc.idleAt = time.Now()
 		if !c.swept {
@@ -344,7 +404,7 @@ func (c *Client) drop(host Host) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for _, pc := range c.idle[host] {
-		pc.close()
+		pc.closeLocked()
 	}
 	delete(c.idle, host)
 }
@@ -363,7 +423,7 @@ func (c *Client) sweepIdle() {
 		kept := list[:0]
 		for _, pc := range list {
 			if now.Sub(pc.idleAt) > c.idleTimeout {
-				pc.close()
+				pc.closeLocked()
 			} else {
 				kept = append(kept, pc)
 			}
@@ -381,19 +441,24 @@ func (c *Client) sweepIdle() {
 	}
 }
 
-// Close closes every idle connection; connections in use close when
-// their response is done.
+// Close closes every idle connection, and stops the poller; connections
+// in use close when their response is done.
 func (c *Client) Close() {
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	c.closed = true
 	if c.sweep != nil {
 		c.sweep.Stop()
 	}
 	for _, list := range c.idle {
 		for _, pc := range list {
-			pc.close()
+			pc.closeLocked()
 		}
 	}
 	clear(c.idle)
+	p := c.poller
+	c.poller = nil
+	c.mu.Unlock()
+	if p != nil {
+		p.stop()
+	}
 }

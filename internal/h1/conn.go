@@ -28,6 +28,11 @@ type conn struct {
 	idleAt   time.Time
 	abortFn  func() // abort, made once: the watchdog and context.AfterFunc take it per request
 	peer     peeker // checks the connection before it is reused
+	id       uint64 // in the poller; 0: not watched
+
+	// guarded by the client's mu
+	idle       bool // in the pool
+	hostClosed bool // the poller saw the host close it while in use
 }
 
 // connReader is what a conn's reader reads: its connection, up to the
@@ -64,7 +69,20 @@ func (w *connWriter) Write(p []byte) (int, error) {
 func (pc *conn) abort() { _ = pc.nc.Close() }
 
 // close closes a connection that goes back to no pool.
-func (pc *conn) close() { _ = pc.nc.Close() }
+func (pc *conn) close() {
+	_ = pc.nc.Close()
+	if pc.id != 0 {
+		pc.c.mu.Lock()
+		delete(pc.c.watched, pc.id)
+		pc.c.mu.Unlock()
+	}
+}
+
+// closeLocked is close with the client's mu held.
+func (pc *conn) closeLocked() {
+	_ = pc.nc.Close()
+	delete(pc.c.watched, pc.id)
+}
 
 // acceptGzip is the Accept-Encoding the client adds (read only).
 var acceptGzip = []string{"gzip"}

@@ -15,6 +15,7 @@ import (
 	"net/http/httptrace"
 	"net/textproto"
 	"os"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -553,6 +554,7 @@ func lifecycleRows() []diffRow {
 			name: "GET read on a reused connection, closed unanswered",
 			run:  func(t *testing.T, s side) outcome { return closedAfterReading(t, s, "GET", "") },
 		},
+		{name: "idle connections the host closed", run: idleClosedByHost},
 		{name: "408 on an idle connection, then GET", run: idle408},
 		{name: "a body that stalls, past the request's deadline", run: stalledBody},
 		{name: "a client that goes away mid-body", run: goneMidBody},
@@ -616,6 +618,76 @@ func closedAfterReading(t *testing.T, s side, method, key string) outcome {
 		o.twice++
 	}
 	return o
+}
+
+// idleClosedByHost opens 32 connections at once, lets them go idle, has
+// the host close them all, and counts those the client left open
+// (CLOSE_WAIT: closed by the host, not by the client) once they are all
+// closed or 3 s passed.
+func idleClosedByHost(t *testing.T, s side) outcome {
+	if runtime.GOOS != "linux" {
+		t.Skip("counts sockets in /proc/net/tcp")
+	}
+	const n = 32
+	var arrived, closed sync.WaitGroup
+	arrived.Add(n)
+	closed.Add(n)
+	closeAll := make(chan struct{})
+	h := newHost(t, func(h *testHost, c net.Conn, br *bufio.Reader, _ int) {
+		req, err := h.read(br)
+		if err != nil {
+			return
+		}
+		arrived.Done()
+		arrived.Wait() // n connections at once
+		io.WriteString(c, answer(req.Header.Get("X-Id")))
+		<-closeAll
+		c.Close()
+		closed.Done()
+	})
+	var wg sync.WaitGroup
+	var failed atomic.Int64
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, _, err := fetch(s.rt, request(t, "GET", h.url, strconv.Itoa(i), 0)); err != nil {
+				failed.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	close(closeAll)
+	closed.Wait()
+	deadline := time.Now().Add(3 * time.Second)
+	open := openTo(h.addr)
+	for open > 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+		open = openTo(h.addr)
+	}
+	return outcome{answer: fmt.Sprintf("%d of %d idle connections the host closed left open", open, n), failed: int(failed.Load())}
+}
+
+// openTo counts this machine's TCP connections to addr that their client
+// has not closed: established, or closed by the host only (CLOSE_WAIT).
+func openTo(addr string) int {
+	_, port, _ := net.SplitHostPort(addr)
+	p, _ := strconv.Atoi(port)
+	want := fmt.Sprintf(":%04X", p)
+	n := 0
+	for _, file := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
+		b, err := os.ReadFile(file)
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(b), "\n")[1:] {
+			f := strings.Fields(line)
+			if len(f) > 3 && strings.HasSuffix(f[2], want) && (f[3] == "01" || f[3] == "08") {
+				n++
+			}
+		}
+	}
+	return n
 }
 
 // idle408 has the host send 408 on an idle connection and close it; the
