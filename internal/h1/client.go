@@ -225,6 +225,19 @@ func (c *Client) RoundTrip(req *http.Request, host Host, w Watchdog) (*http.Resp
 			}
 			return nil, err
 		}
+		if reused && resend && resp.StatusCode == http.StatusRequestTimeout {
+			// The host closed the idle connection as the request went
+			// out on it, and said so: the 408 was not an answer to the
+			// request, which RFC 9110 lets the client repeat on a new
+			// connection (Go's transport hands the 408 on).
+			stop()
+			pc.close()
+			if req, err = rewind(req); err != nil {
+				return nil, err
+			}
+			fresh = true
+			continue
+		}
 		body := &responseBody{pc: pc, ctx: ctx, stop: stop, reuse: !resp.Close && !req.Close && !pc.spent}
 		if resp.Body == http.NoBody {
 			// done with the connection before the watchdog stops: it

@@ -554,6 +554,22 @@ func lifecycleRows() []diffRow {
 			name: "GET read on a reused connection, closed unanswered",
 			run:  func(t *testing.T, s side) outcome { return closedAfterReading(t, s, "GET", "") },
 		},
+		{
+			name:    "408 and a close as a GET goes out on a reused connection",
+			differs: "Go's transport hands the request the 408 meant for the idle connection; the client sends the request again, as RFC 9110 allows",
+			safer:   func(ours, theirs outcome) bool { return ours.answer == "200 id 2" },
+			run:     func(t *testing.T, s side) outcome { return idle408AsSent(t, s, "GET", "") },
+		},
+		{
+			name:    "408 and a close as an Idempotency-Key POST goes out on a reused connection",
+			differs: "Go's transport hands the request the 408 meant for the idle connection; the client sends the request again, as RFC 9110 allows",
+			safer:   func(ours, theirs outcome) bool { return ours.answer == "200 id 2" },
+			run:     func(t *testing.T, s side) outcome { return idle408AsSent(t, s, "POST", "Idempotency-Key") },
+		},
+		{
+			name: "408 and a close as a POST goes out on a reused connection",
+			run:  func(t *testing.T, s side) outcome { return idle408AsSent(t, s, "POST", "") },
+		},
 		{name: "idle connections the host closed", run: idleClosedByHost},
 		{name: "408 on an idle connection, then GET", run: idle408},
 		{name: "a body that stalls, past the request's deadline", run: stalledBody},
@@ -718,6 +734,36 @@ func idle408(t *testing.T, s side) outcome {
 	<-sent
 	time.Sleep(20 * time.Millisecond) // the 408 and the close arrive
 	code, body, err := fetch(s.rt, request(t, "GET", h.url, "2", 0))
+	return outcome{answer: summary(code, body, err)}
+}
+
+// idle408AsSent has the host answer a connection's first request, and
+// send 408 and close the connection as soon as the second comes in,
+// before reading it (the keep-alive timeout of a host that says so,
+// crossing the request); key, when set, marks the request idempotent. A
+// POST has 32 KiB of body.
+func idle408AsSent(t *testing.T, s side, method, key string) outcome {
+	h := newHost(t, func(h *testHost, c net.Conn, br *bufio.Reader, _ int) {
+		req, err := h.read(br)
+		if err != nil {
+			return
+		}
+		io.WriteString(c, answer(req.Header.Get("X-Id")))
+		if _, err := br.Peek(1); err != nil {
+			return
+		}
+		io.WriteString(c, "HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+	})
+	size := 0
+	if method == "POST" {
+		size = 32 << 10
+	}
+	fetch(s.rt, request(t, method, h.url, "1", size))
+	req := request(t, method, h.url, "2", size)
+	if key != "" {
+		req.Header.Set(key, "k2")
+	}
+	code, body, err := fetch(s.rt, req)
 	return outcome{answer: summary(code, body, err)}
 }
 
