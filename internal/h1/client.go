@@ -326,8 +326,8 @@ func (c *Client) watch(pc *conn) {
 	if !p.watch(pc.nc, pc.id) {
 		c.mu.Lock()
 		delete(c.watched, pc.id)
-		c.mu.Unlock()
 		pc.id = 0
+		c.mu.Unlock()
 	}
 }
 
