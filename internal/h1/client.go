@@ -10,27 +10,38 @@
 // response back from a reader goroutine, with a context, channels and a
 // dozen allocations per request.
 //
-// It does what Go's transport does for such requests:
+// It does what Go's transport does for such requests, and is tested
+// against it case by case (differential_test.go, and the fuzz targets in
+// fuzz_test.go):
+//   - answers are read by http.ReadResponse, so both take and refuse the
+//     same framings; this client also refuses a status below 100 and a
+//     101 the request did not ask for;
 //   - it asks for gzip when the request did not say which encodings it
 //     takes (unless compression is off), and decompresses the answer;
 //   - it hands 1xx answers to the request's httptrace.ClientTrace;
 //   - a connection goes back to the pool once its response body has been
-//     read to its end, unless either side asked to close it or the host
-//     sent more than the body; a body closed before its end closes its
-//     connection;
-//   - the request's context ends the round trip at once: a request whose
-//     context ends takes its connection with it;
+//     read to its end, unless either side asked to close it, the host sent
+//     more than the body, or answered before it had the whole request; a
+//     body closed before its end closes its connection;
+//   - the request's context ends the round trip at once, and the round
+//     trip or the body's read fails with the context's cause: a request
+//     whose context ends takes its connection with it;
 //   - a reused connection is checked before a request is written on it
 //     (a read that does not wait): the host must not have closed it, or
-//     sent anything unasked (a 408 before it closes). A request without a
-//     body that may be sent twice (GET, HEAD, OPTIONS, TRACE, or marked
-//     with Idempotency-Key) and still fails on a reused connection before
-//     one byte of an answer came back is sent again on a new connection:
-//     the host closed it meanwhile, which is not the host failing (Go's
-//     transport does the same). The host's other idle connections are
-//     closed then too;
+//     sent anything unasked (a 408 before it closes). A request that may
+//     be sent twice (GET, HEAD, OPTIONS, TRACE, or marked with
+//     Idempotency-Key or X-Idempotency-Key, with a GetBody if it has a
+//     body) and still fails on a reused connection before one byte of an
+//     answer came back, or is answered 408 there, is sent again on a new
+//     connection: the host closed it meanwhile, which is not the host
+//     failing (Go's transport does the same, but for the 408). The host's
+//     other idle connections are closed then too;
+//   - an answer the host sent before the write of the request failed (a
+//     413 before a POST's body was read, then a reset) is the outcome;
 //   - idle connections are kept up to MaxIdleConnsPerHost per host for
-//     IdleConnTimeout, the most recently used first, and closed by Close.
+//     IdleConnTimeout, the most recently used first, and closed by Close;
+//     on Linux, one that its host closes is closed at once (the poller),
+//     as Go's transport's reader of every idle connection does.
 //
 // A try's watchdog (its deadline, a silent host) ends the try by closing
 // the try's connection instead of cancelling a context made for it.
@@ -169,10 +180,10 @@ func (c *Client) RoundTrip(req *http.Request, host Host, w Watchdog) (*http.Resp
 	}
 	// A reused connection is checked first (as Go's transport reads every
 	// idle one): the host must not have closed it, or sent anything
-	// unasked (a 408 before it closes). A request without a body that may
-	// be sent twice is sent again on a new connection if a reused one
-	// still fails before it is answered (the host closed it meanwhile);
-	// any other request's body cannot be read again.
+	// unasked (a 408 before it closes). A request that may be sent twice,
+	// and whose body can be read again, is sent again on a new connection
+	// if a reused one still fails before it is answered, or is answered
+	// 408 (the host closed it meanwhile).
 	resend := idempotent(req) && (req.Body == nil || req.Body == http.NoBody || req.GetBody != nil)
 	fresh := false // take a new connection, not an idle one
 	for {
@@ -232,6 +243,7 @@ func (c *Client) RoundTrip(req *http.Request, host Host, w Watchdog) (*http.Resp
 			// connection (Go's transport hands the 408 on).
 			stop()
 			pc.close()
+			c.drop(host)
 			if req, err = rewind(req); err != nil {
 				return nil, err
 			}
