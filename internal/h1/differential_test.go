@@ -336,15 +336,12 @@ func gzipped(s string) string {
 	return b.String()
 }
 
-// framingLinger is how long a framing host waits for another request on
-// a connection before it closes it (which ends a body without a length).
-const framingLinger = 50 * time.Millisecond
-
 // framingHost answers the request with id "a" with raw, and any other
-// with its real answer; after each answer it waits framingLinger for the
-// next request on the connection. reused counts the requests that came
-// on a connection after an answer to "a".
-func framingHost(t *testing.T, raw string, reused *atomic.Int64) *testHost {
+// with its real answer; after each answer it waits linger for the next
+// request on the connection before it closes it (which ends a body
+// without a length). reused counts the requests that came on a
+// connection after an answer to "a".
+func framingHost(t *testing.T, raw string, linger time.Duration, reused *atomic.Int64) *testHost {
 	return newHost(t, func(h *testHost, c net.Conn, br *bufio.Reader, _ int) {
 		answeredA := false
 		for {
@@ -362,7 +359,7 @@ func framingHost(t *testing.T, raw string, reused *atomic.Int64) *testHost {
 			} else {
 				io.WriteString(c, answer(id))
 			}
-			c.SetReadDeadline(time.Now().Add(framingLinger))
+			c.SetReadDeadline(time.Now().Add(linger))
 		}
 	})
 }
@@ -370,7 +367,7 @@ func framingHost(t *testing.T, raw string, reused *atomic.Int64) *testHost {
 // framing sends a GET answered with raw, then another GET.
 func framing(t *testing.T, s side, raw string) outcome {
 	var reused atomic.Int64
-	h := framingHost(t, raw, &reused)
+	h := framingHost(t, raw, 50*time.Millisecond, &reused)
 	code, body, gz, err := fetchGzip(s.rt, request(t, "GET", h.url, "a", 0))
 	o := outcome{answer: summary(code, body, err)}
 	// A body that does not decompress came whole: its connection may

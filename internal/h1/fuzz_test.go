@@ -67,7 +67,8 @@ type framingResult struct {
 // fuzzFraming sends a GET answered with raw, then another GET, through rt.
 func fuzzFraming(t *testing.T, rt http.RoundTripper, raw string) framingResult {
 	var reused atomic.Int64
-	h := framingHost(t, raw, &reused)
+	// a short linger: most fuzzed answers are cut short, and wait for it
+	h := framingHost(t, raw, 5*time.Millisecond, &reused)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	code, body, gz, err := fetchGzip(rt, request(t, "GET", h.url, "a", 0).WithContext(ctx))
