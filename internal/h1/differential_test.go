@@ -564,8 +564,10 @@ func lifecycleRows() []diffRow {
 			run:     func(t *testing.T, s side) outcome { return idle408AsSent(t, s, "POST", "Idempotency-Key") },
 		},
 		{
-			name: "408 and a close as a POST goes out on a reused connection",
-			run:  func(t *testing.T, s side) outcome { return idle408AsSent(t, s, "POST", "") },
+			name:    "408 and a close as a POST goes out on a reused connection",
+			differs: "when the host's reset comes before its 408 is read, Go's transport fails the POST; the client reads the 408",
+			safer:   func(ours, theirs outcome) bool { return ours.answer == "408 " },
+			run:     func(t *testing.T, s side) outcome { return idle408AsSent(t, s, "POST", "") },
 		},
 		{name: "idle connections the host closed", run: idleClosedByHost},
 		{name: "408 on an idle connection, then GET", run: idle408},
@@ -704,7 +706,8 @@ func openTo(addr string) int {
 }
 
 // idle408 has the host send 408 on an idle connection and close it; the
-// next GET must not take that for its answer.
+// next GET, sent once the client has closed the connection too (or 2 s
+// passed), must not take that for its answer.
 func idle408(t *testing.T, s side) outcome {
 	sent := make(chan struct{})
 	h := newHost(t, func(h *testHost, c net.Conn, br *bufio.Reader, n int) {
@@ -716,6 +719,9 @@ func idle408(t *testing.T, s side) outcome {
 		if n == 1 {
 			time.Sleep(10 * time.Millisecond)
 			io.WriteString(c, "HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+			c.(*net.TCPConn).CloseWrite()
+			c.SetReadDeadline(time.Now().Add(2 * time.Second))
+			br.ReadByte() // until the client closes its end
 			close(sent)
 			return
 		}
@@ -729,7 +735,6 @@ func idle408(t *testing.T, s side) outcome {
 	})
 	fetch(s.rt, request(t, "GET", h.url, "1", 0))
 	<-sent
-	time.Sleep(20 * time.Millisecond) // the 408 and the close arrive
 	code, body, err := fetch(s.rt, request(t, "GET", h.url, "2", 0))
 	return outcome{answer: summary(code, body, err)}
 }
@@ -899,8 +904,10 @@ func raceSafe(ours, theirs outcome) bool {
 // failed; the POSTs that did are in the notes.
 func keepAliveRace(t *testing.T, s side, rst bool) outcome {
 	h := newHost(t, func(h *testHost, c net.Conn, br *bufio.Reader, _ int) {
-		for {
-			c.SetReadDeadline(time.Now().Add(10 * time.Millisecond))
+		for i := 0; ; i++ {
+			if i > 0 { // the keep-alive timeout: between requests
+				c.SetReadDeadline(time.Now().Add(10 * time.Millisecond))
+			}
 			req, err := h.read(br)
 			if err != nil {
 				if rst {
