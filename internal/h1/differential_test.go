@@ -317,6 +317,8 @@ var framingAnswers = []struct{ name, answer, differs string }{
 	{"space before the colon", "HTTP/1.1 200 OK\r\nContent-Length : 2\r\n\r\nok", ""},
 	{"folded header", "HTTP/1.1 200 OK\r\nX-A: 1\r\n 2\r\nContent-Length: 2\r\n\r\nok", ""},
 	{"bad status", "HTTP/1.1 2000 OK\r\nContent-Length: 2\r\n\r\nok", ""},
+	{"status 000, then a 200", "HTTP/1.1 000 Zero\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+		"the client refuses a status below 100 (it took it for a 1xx); Go's transport passes it on, and reverse_proxy cannot answer with it"},
 	{"HTTP/2.0 status line", "HTTP/2.0 200 OK\r\nContent-Length: 2\r\n\r\nok", ""},
 	{"not HTTP", "SSH-2.0-OpenSSH_9.2\r\n", ""},
 	{"nothing, then the close", "", ""},
