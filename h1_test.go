@@ -334,3 +334,31 @@ func TestH1ClientEarlyAnswerIsAnAnswer(t *testing.T) {
 		t.Errorf("the host that answered: %+v; want no failures, in rotation", st)
 	}
 }
+
+// A host that stalls in the middle of its response header, past the try's
+// deadline: the try fails as timed out (a net.Error that timed out, which
+// reverse_proxy answers 504), not as a connection the client closed.
+func TestH1ClientStalledHeaderIsATimeout(t *testing.T) {
+	addr := rawHost(t, func(c net.Conn, br *bufio.Reader, _ int) {
+		if _, err := http.ReadRequest(br); err == nil {
+			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-")
+			br.ReadByte() // until the client closes
+		}
+	})
+	key := registry.ServiceKey{Service: "users", Version: "v1"}
+	reg := newTestRegistry(t, map[registry.ServiceKey][]registry.Endpoint{key: eps(addr)})
+	tr := transportWith(t, func(tr *HTTPTransport) { tr.TryTimeout = "200ms" })
+	req, _, ep := registryTry(t, reg, key, http.MethodGet)
+	resp, err := tr.RoundTrip(req)
+	if err == nil {
+		resp.Body.Close()
+		t.Fatal("a stalled header was taken")
+	}
+	var netErr net.Error
+	if !errors.As(err, &netErr) || !netErr.Timeout() {
+		t.Errorf("error %v: want the try's timeout", err)
+	}
+	if st := ep.Stats(); st.Failures != 1 {
+		t.Errorf("after one timed-out try: %+v, want 1 failure", st)
+	}
+}
