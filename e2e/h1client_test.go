@@ -218,12 +218,15 @@ func TestOwnHTTP1ClientClosesWhatTheHostClosed(t *testing.T) {
 		t.Skip("counts sockets in /proc/net/tcp; the prompt close is Linux's (epoll)")
 	}
 	const n = 32
-	var arrived sync.WaitGroup
-	arrived.Add(n)
+	var arrived atomic.Int64
+	all := make(chan struct{})
 	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/users/v1/together" || r.URL.Path == "/together" {
-			arrived.Done()
-			arrived.Wait() // n requests at once: n connections
+		if arrived.Add(1) == n {
+			close(all)
+		}
+		select { // n requests at once: n connections
+		case <-all:
+		case <-time.After(10 * time.Second):
 		}
 		io.WriteString(w, "ok")
 	}))
@@ -234,12 +237,13 @@ func TestOwnHTTP1ClientClosesWhatTheHostClosed(t *testing.T) {
 	c := startCaddy(t, fmt.Sprintf(`service_registry {
 		service users v1 %s
 	}`, addr), "{http} {\n\tservice_proxy\n}", caddyOpts{})
+	client := &http.Client{Timeout: 20 * time.Second}
 	var wg sync.WaitGroup
 	for range n {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			resp, err := http.Get("http://" + c.HTTP + "/users/v1/together")
+			resp, err := client.Get("http://" + c.HTTP + "/users/v1/together")
 			if err != nil {
 				t.Error(err)
 				return
