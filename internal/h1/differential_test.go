@@ -646,21 +646,24 @@ func idleClosedByHost(t *testing.T, s side) outcome {
 		t.Skip("counts sockets in /proc/net/tcp")
 	}
 	const n = 32
-	var arrived, closed sync.WaitGroup
-	arrived.Add(n)
-	closed.Add(n)
-	closeAll := make(chan struct{})
+	var arrived, closed atomic.Int64
+	all, closeAll := make(chan struct{}), make(chan struct{})
 	h := newHost(t, func(h *testHost, c net.Conn, br *bufio.Reader, _ int) {
 		req, err := h.read(br)
 		if err != nil {
 			return
 		}
-		arrived.Done()
-		arrived.Wait() // n connections at once
+		if arrived.Add(1) == n {
+			close(all)
+		}
+		select { // n connections at once
+		case <-all:
+		case <-time.After(10 * time.Second):
+		}
 		io.WriteString(c, answer(req.Header.Get("X-Id")))
 		<-closeAll
 		c.Close()
-		closed.Done()
+		closed.Add(1)
 	})
 	var wg sync.WaitGroup
 	var failed atomic.Int64
@@ -675,8 +678,10 @@ func idleClosedByHost(t *testing.T, s side) outcome {
 	}
 	wg.Wait()
 	close(closeAll)
-	closed.Wait()
 	deadline := time.Now().Add(3 * time.Second)
+	for closed.Load() < arrived.Load() && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
 	open := openTo(h.addr)
 	for open > 0 && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
