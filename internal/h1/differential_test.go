@@ -741,7 +741,11 @@ func idle408(t *testing.T, s side) outcome {
 		}
 	})
 	fetch(s.rt, request(t, "GET", h.url, "1", 0))
-	<-sent
+	select {
+	case <-sent:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the host never sent its 408")
+	}
 	code, body, err := fetch(s.rt, request(t, "GET", h.url, "2", 0))
 	return outcome{answer: summary(code, body, err)}
 }
