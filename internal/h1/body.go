@@ -14,7 +14,7 @@ type responseBody struct {
 	pc    *conn
 	ctx   context.Context // the request's
 	stop  func() bool     // ends the watch on the request's context
-	reuse bool            // neither side asked to close the connection
+	reuse bool            // neither side asked to close the connection, nor is it spent
 	done  atomic.Bool
 }
 
