@@ -201,6 +201,10 @@ func (c *Client) RoundTrip(req *http.Request, host Host, w Watchdog) (*http.Resp
 		if !reused {
 			var err error
 			if pc, err = c.connect(ctx, host, w); err != nil {
+				if ctx.Err() != nil {
+					// the dial says "operation was canceled"
+					return nil, context.Cause(ctx)
+				}
 				return nil, err
 			}
 		}

@@ -335,6 +335,31 @@ func TestClientContextEndsTheTry(t *testing.T) {
 	}
 }
 
+// A request whose context ended before a connection was made for it fails
+// with the context's cause, as through Go's transport, not with the
+// dial's "operation was canceled".
+func TestClientContextEndedBeforeTheDial(t *testing.T) {
+	srv, conns := connCountingServer(t, func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") })
+	goTransport := &http.Transport{}
+	t.Cleanup(goTransport.CloseIdleConnections)
+	cause := errors.New("the client went away")
+	ctx, cancel := context.WithCancelCause(context.Background())
+	cancel(cause)
+	for _, rt := range []http.RoundTripper{goTransport, roundTripper{newTestClient(t)}} {
+		resp, err := rt.RoundTrip(newReq(t, "GET", srv.URL, nil).WithContext(ctx))
+		if err == nil {
+			resp.Body.Close()
+			t.Fatalf("%T: a request whose context had ended was answered", rt)
+		}
+		if !errors.Is(err, cause) {
+			t.Errorf("%T: %v; want the context's cause, %q", rt, err, cause)
+		}
+	}
+	if n := conns.Load(); n != 0 {
+		t.Errorf("%d connections for requests whose context had ended, want 0", n)
+	}
+}
+
 func TestClientLimitsResponseHeaders(t *testing.T) {
 	srv, _ := connCountingServer(t, func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("X-Big", strings.Repeat("x", 8<<10))
