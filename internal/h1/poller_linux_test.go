@@ -85,3 +85,46 @@ func TestClientCloseStopsThePoller(t *testing.T) {
 		t.Error("the poller's goroutine outlived Close")
 	}
 }
+
+// sawHostClose reports whether the poller has seen the host close a
+// connection that was in use.
+func (c *Client) sawHostClose() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, pc := range c.watched {
+		if pc.hostClosed {
+			return true
+		}
+	}
+	return false
+}
+
+// A connection whose host closes it while its response is read (answered,
+// then gone without saying so) does not go back to the pool once the body
+// is read: the poller, which saw the close then, will not see it again.
+func TestClientDoesNotPoolWhatTheHostClosedInUse(t *testing.T) {
+	url := rawServer(t, func(c net.Conn, br *bufio.Reader, _ int) {
+		if _, err := http.ReadRequest(br); err == nil {
+			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+		} // and rawServer closes the connection
+	})
+	c := newTestClient(t)
+	resp, err := roundTripper{c}.RoundTrip(newReq(t, "GET", url, nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	deadline := time.Now().Add(5 * time.Second)
+	for !c.sawHostClose() && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	if !c.sawHostClose() {
+		t.Fatal("the poller did not see the host close a connection in use within 5 s")
+	}
+	if b, err := io.ReadAll(resp.Body); err != nil || string(b) != "ok" {
+		t.Fatalf("body %q, %v", b, err)
+	}
+	if n := c.idleCount(); n != 0 {
+		t.Errorf("%d idle connections: a connection its host closed while in use went back to the pool", n)
+	}
+}
