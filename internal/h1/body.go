@@ -3,6 +3,7 @@ package h1
 import (
 	"compress/gzip"
 	"context"
+	"errors"
 	"io"
 	"sync/atomic"
 )
@@ -15,12 +16,23 @@ type responseBody struct {
 	ctx   context.Context // the request's
 	stop  func() bool     // ends the watch on the request's context
 	reuse bool            // neither side asked to close the connection, nor is it spent
+	err   error           // how the body ended, returned by every later Read (set by Read only)
 	done  atomic.Bool
 }
 
+// errBodyClosed is a read of a response body after its Close.
+var errBodyClosed = errors.New("read on a closed response body")
+
+// Read reads the body. Once it has ended, with its end or an error, every
+// later Read returns the same (as Go's transport's bodies do: a reader that
+// reads again after an error, as reverse_proxy's response_buffers does,
+// must not take a cut body for whole).
 func (b *responseBody) Read(p []byte) (int, error) {
+	if b.err != nil {
+		return 0, b.err
+	}
 	if b.done.Load() {
-		return 0, io.EOF
+		return 0, errBodyClosed
 	}
 	n, err := b.body.Read(p)
 	if err != nil {
@@ -30,6 +42,7 @@ func (b *responseBody) Read(p []byte) (int, error) {
 			// as Go's transport does (its deadline, its cancellation)
 			err = context.Cause(b.ctx)
 		}
+		b.err = err
 	}
 	return n, err
 }

@@ -167,6 +167,9 @@ func TestClientClosesUnfinishedConnections(t *testing.T) {
 	if n := c.idleCount(); n != 0 {
 		t.Fatalf("a connection whose body was closed early went back to the pool (%d idle)", n)
 	}
+	if _, err := resp.Body.Read(make([]byte, 10)); err == nil || err == io.EOF {
+		t.Errorf("a read after Close: %v; want an error, as through Go's transport (not the end of the body)", err)
+	}
 	// the host asked to close it
 	if _, body := h1Do(t, tr, newReq(t, "GET", srv.URL+"/close", nil)); body != long {
 		t.Fatal("wrong body")

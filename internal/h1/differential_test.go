@@ -575,6 +575,7 @@ func lifecycleRows() []diffRow {
 		{name: "408 on an idle connection, then GET", run: idle408},
 		{name: "a body that stalls, past the request's deadline", run: stalledBody},
 		{name: "a client that goes away mid-body", run: goneMidBody},
+		{name: "a body cut short, read again after its error (response_buffers)", run: rereadCutBody},
 		{name: "a header that stalls, past the request's deadline", run: stalledHeader},
 		{name: "a slow header past max_response_header", run: slowHeader},
 	}
@@ -795,6 +796,29 @@ func stalledBody(t *testing.T, s side) outcome {
 	defer cancel()
 	code, body, err := fetch(s.rt, request(t, "GET", h.url, "1", 0).WithContext(ctx))
 	return outcome{answer: summary(code, body, err)}
+}
+
+// rereadCutBody has the host close a chunked body before its end, and
+// reads the body as reverse_proxy's response_buffers does: up to its
+// limit, then on from what it buffered when the read failed. The read
+// after the error must fail again, or the cut body passes for whole.
+func rereadCutBody(t *testing.T, s side) outcome {
+	h := newHost(t, func(h *testHost, c net.Conn, br *bufio.Reader, _ int) {
+		if _, err := h.read(br); err == nil {
+			io.WriteString(c, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n")
+		}
+	})
+	resp, err := s.rt.RoundTrip(request(t, "GET", h.url, "1", 0))
+	if err != nil {
+		return outcome{answer: summary(-1, "", err)}
+	}
+	defer resp.Body.Close()
+	var buf bytes.Buffer
+	if _, err := io.CopyN(&buf, resp.Body, 1<<20); err == nil || err == io.EOF {
+		return outcome{answer: "the cut body read whole: " + buf.String()}
+	}
+	b, err := io.ReadAll(io.MultiReader(&buf, resp.Body))
+	return outcome{answer: summary(resp.StatusCode, string(b), err)}
 }
 
 // goneMidBody cancels the request's context while its body comes in: the
