@@ -20,6 +20,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 
+	"github.com/svcreg/caddy-svcreg/internal/h1"
 	"github.com/svcreg/caddy-svcreg/registry"
 )
 
@@ -93,8 +94,8 @@ type HTTPTransport struct {
 	h2c         bool          // plain connections speak HTTP/2
 	tryTimeout  time.Duration // 0 = auto, < 0 = off
 	budget      registry.RetryBudget
-	retryStatus [8]bool   // retryStatus[code-500] for 500-507
-	h1          *h1Client // nil: every request goes through Go's transport
+	retryStatus [8]bool    // retryStatus[code-500] for 500-507
+	ownClient   *h1.Client // service_http's own HTTP/1.1 client; nil: every request goes through Go's transport
 }
 
 // RetryBudget configures a retry budget (see HTTPTransport.RetryBudget).
@@ -131,14 +132,14 @@ func (t *HTTPTransport) Provision(ctx caddy.Context) error {
 	if t.tracked {
 		t.Transport.DialContext = trackDial(t.Transport.DialContext)
 	}
-	t.h1 = newH1Client(t)
+	t.ownClient = newOwnClient(t)
 	return nil
 }
 
 // Cleanup closes the idle connections.
 func (t *HTTPTransport) Cleanup() error {
-	if t.h1 != nil {
-		t.h1.close()
+	if t.ownClient != nil {
+		t.ownClient.Close()
 	}
 	return t.HTTPTransport.Cleanup()
 }
@@ -368,10 +369,10 @@ const (
 // d <= 0), and the silence check s (none when s.after is 0). cut says
 // whether, and why, the watchdog ended the try.
 func (t *HTTPTransport) sendWithin(req *http.Request, d time.Duration, s silenceCheck) (resp *http.Response, err error, neverSent bool, cut int) {
-	direct := t.h1 != nil && t.h1.handles(req)
+	direct := t.ownClientSends(req)
 	if d <= 0 && s.after == 0 {
 		if direct {
-			resp, err, neverSent = t.h1.roundTrip(req, nil)
+			resp, err, neverSent = t.ownRoundTrip(req, nil)
 		} else {
 			resp, err, neverSent = t.send(req)
 		}
@@ -387,11 +388,11 @@ func (t *HTTPTransport) sendWithin(req *http.Request, d time.Duration, s silence
 		// the client hands the watchdog the try's dial, then its
 		// connection
 		w.start(nil, s, d, first)
-		resp, err, neverSent = t.h1.roundTrip(req, w)
+		resp, err, neverSent = t.ownRoundTrip(req, w)
 	} else {
 		var ctx context.Context
 		ctx, cancel = context.WithCancel(req.Context())
-		w.start(cancelAborter(cancel), s, d, first)
+		w.start(cancel, s, d, first)
 		resp, err, neverSent = t.send(req.WithContext(ctx))
 	}
 	if why := w.stop(); why != notCut {
@@ -427,7 +428,7 @@ func (t *HTTPTransport) sendWithin(req *http.Request, d time.Duration, s silence
 // would otherwise allocate one, its timer and its callback.
 type watchdog struct {
 	timer    *time.Timer   // calls fire; made once, Reset for each try
-	abort    aborter       // ends the try; nil: nothing to end yet
+	abort    func()        // ends the try; nil: nothing to end yet
 	silence  silenceCheck  // checked every silence.after; after 0: none
 	deadline time.Duration // 0: none
 
@@ -469,40 +470,40 @@ func (w *watchdog) fire() {
 		w.cut = cutDeadline
 	}
 	if w.abort != nil {
-		w.abort.abort()
+		w.abort()
 	}
 }
 
 // start arms the watchdog for a try: it fires first after first.
-func (w *watchdog) start(abort aborter, s silenceCheck, deadline, first time.Duration) {
+func (w *watchdog) start(abort func(), s silenceCheck, deadline, first time.Duration) {
 	w.mu.Lock() // fire may run before Reset returns
 	w.abort, w.silence, w.deadline, w.done, w.cut = abort, s, deadline, false, notCut
 	w.timer.Reset(first)
 	w.mu.Unlock()
 }
 
-// setAbort makes abort what the watchdog ends, and ends it at once if the
+// Watch makes abort what the watchdog ends, and ends it at once if the
 // watchdog has fired already.
-func (w *watchdog) setAbort(abort aborter) {
+func (w *watchdog) Watch(abort func()) {
 	w.mu.Lock()
 	w.abort = abort
 	fired := w.cut != notCut
 	w.mu.Unlock()
 	if fired {
-		abort.abort()
+		abort()
 	}
 }
 
-// fired reports whether the watchdog has ended the try.
-func (w *watchdog) fired() bool {
+// Fired reports whether the watchdog has ended the try.
+func (w *watchdog) Fired() bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return w.cut != notCut
 }
 
-// detach leaves the try's connection alone from now on, and reports
+// Detach leaves the try's connection alone from now on, and reports
 // whether the watchdog had not ended it already.
-func (w *watchdog) detach() bool {
+func (w *watchdog) Detach() bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.abort = nil
@@ -686,7 +687,7 @@ type writeTrackingConn struct {
 }
 
 func (c *writeTrackingConn) Write(p []byte) (int, error) {
-	if c.checkPeer.Swap(false) && peerClosed(c.Conn) {
+	if c.checkPeer.Swap(false) && h1.PeerClosed(c.Conn) {
 		// nothing written: the transport sends the request elsewhere
 		return 0, errPeerClosed
 	}
@@ -719,4 +720,5 @@ var (
 	_ reverseproxy.TLSTransport           = (*HTTPTransport)(nil)
 	_ reverseproxy.ProxyProtocolTransport = (*HTTPTransport)(nil)
 	_ net.Error                           = tryTimeoutError{}
+	_ h1.Watchdog                         = (*watchdog)(nil)
 )

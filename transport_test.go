@@ -17,6 +17,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 
+	"github.com/svcreg/caddy-svcreg/internal/h1"
 	"github.com/svcreg/caddy-svcreg/internal/testutil"
 	"github.com/svcreg/caddy-svcreg/registry"
 )
@@ -490,7 +491,7 @@ func TestWithGetBody(t *testing.T) {
 	}
 }
 
-// peerClosed tells an idle connection whose host closed it, or sent
+// h1.PeerClosed tells an idle connection whose host closed it, or sent
 // something unasked, from one still open, and consumes nothing.
 func TestPeerClosed(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -521,7 +522,7 @@ func TestPeerClosed(t *testing.T) {
 	// waitReadable waits until c has something to read (without reading).
 	waitReadable := func(c net.Conn) {
 		for range 1000 {
-			if peerClosed(c) {
+			if h1.PeerClosed(c) {
 				return
 			}
 			time.Sleep(time.Millisecond)
@@ -529,19 +530,19 @@ func TestPeerClosed(t *testing.T) {
 	}
 
 	open, _ := dial()
-	if peerClosed(open) {
+	if h1.PeerClosed(open) {
 		t.Error("an open idle connection was reported closed")
 	}
 	closed, s := dial()
 	s.Close()
 	waitReadable(closed)
-	if !peerClosed(closed) {
+	if !h1.PeerClosed(closed) {
 		t.Error("a connection the host closed was reported open")
 	}
 	talking, s := dial()
 	s.Write([]byte("HTTP/1.1 408 Request Timeout\r\n\r\n"))
 	waitReadable(talking)
-	if !peerClosed(talking) {
+	if !h1.PeerClosed(talking) {
 		t.Error("a connection the host sent something unasked on was reported open")
 	}
 	buf := make([]byte, 8)

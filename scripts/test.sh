@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test: gofmt and go vet checks, that the core imports nothing of
 # Caddy, go test -race ./... (the etcd
-# tests start their own etcd from the etcd binary on PATH), the xcaddy
+# tests start their own etcd from the etcd binary on PATH), a few seconds of
+# each fuzz target of service_http's own HTTP/1.1 client, the xcaddy
 # build, and the quickstart demo check.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,13 +15,24 @@ if [ -n "$unformatted" ]; then
 	exit 1
 fi
 go vet ./...
-# The core and the self-registration library import nothing of Caddy.
-caddy_deps=$(go list -deps ./registry ./selfreg ./backends/etcd/etcdkv ./backends/zookeeper/zkkv ./backends/zookeeper/zkclient | grep caddyserver || true)
+# service_http's own HTTP/1.1 client watches idle connections with epoll on
+# Linux only: the package, its tests included, must build elsewhere too.
+for goos in darwin windows; do
+	GOOS=$goos go vet ./internal/h1
+done
+# The core, the self-registration library and service_http's own HTTP/1.1
+# client import nothing of Caddy.
+caddy_deps=$(go list -deps ./registry ./selfreg ./backends/etcd/etcdkv ./backends/zookeeper/zkkv ./backends/zookeeper/zkclient ./internal/h1 | grep caddyserver || true)
 if [ -n "$caddy_deps" ]; then
 	echo "the Caddy-free packages import Caddy:" >&2
 	echo "$caddy_deps" >&2
 	exit 1
 fi
 go test -race -count=1 -timeout 45m ./...
+# service_http's own HTTP/1.1 client, each fuzz target briefly (README,
+# "Tests and benchmarks", says how to run one long).
+for target in FuzzResponseFraming FuzzConnectionReuse; do
+	go test -run '^$' -fuzz "^$target\$" -fuzztime 5s ./internal/h1
+done
 ./scripts/xcaddy-build.sh
 ./examples/quickstart/run.sh --check

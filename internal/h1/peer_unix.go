@@ -1,22 +1,23 @@
 //go:build unix
 
-package svcreg
+package h1
 
 import (
 	"net"
 	"syscall"
 )
 
-// peerClosed reports whether the host at the other end of an idle
+// PeerClosed reports whether the host at the other end of an idle
 // connection has closed it, or sent something unasked (as a server does
 // before it closes: a 408, say): a peek that does not wait finds the end
-// of the stream, an error, or data. It never consumes anything.
-func peerClosed(c net.Conn) bool {
+// of the stream, an error, or data. It never consumes anything. A
+// connection that is not a socket is reported open.
+func PeerClosed(c net.Conn) bool {
 	var p peeker
 	return p.init(c) && p.closed()
 }
 
-// peeker does peerClosed's peek on one connection, again and again,
+// peeker does PeerClosed's peek on one connection, again and again,
 // without allocating each time.
 type peeker struct {
 	raw    syscall.RawConn
