@@ -458,16 +458,23 @@ func makeParents(conn *zk.Conn, p string) error {
 func (b *Backend) watchDir(p string, depth int) error {
 	// the watches' events come through sessionEvent, not their channels
 	children, _, _, err := b.conn().ChildrenW(p)
-	if errors.Is(err, zk.ErrNoNode) {
+	for errors.Is(err, zk.ErrNoNode) {
 		// not there (yet): watch for it to appear
-		_, _, _, err = b.conn().ExistsW(p)
-		if err != nil {
+		afterNoNode(p)
+		var exists bool
+		if exists, _, _, err = b.conn().ExistsW(p); err != nil {
 			return err
 		}
-		b.mu.Lock()
-		b.forget(p)
-		b.mu.Unlock()
-		return nil
+		if !exists {
+			b.mu.Lock()
+			b.forget(p)
+			b.mu.Unlock()
+			return nil
+		}
+		// created in between (a wiped ZooKeeper filling up again): the
+		// watch just set is on its data, not its creation, and would
+		// never say so; list it after all
+		children, _, _, err = b.conn().ChildrenW(p)
 	}
 	if err != nil {
 		return err
@@ -518,6 +525,10 @@ func (b *Backend) watchDir(p string, depth int) error {
 	wg.Wait()
 	return firstErr
 }
+
+// afterNoNode runs when watchDir found a node missing, before it watches
+// for its creation; tests create it there.
+var afterNoNode = func(string) {}
 
 // listConcurrency is how many children of one node are read at once.
 const listConcurrency = 16

@@ -577,3 +577,27 @@ func TestZooKeeperStopLeavesNoGoroutine(t *testing.T) {
 	}
 	eventually(t, 10*time.Second, "the goroutines to end", func() bool { return runtime.NumGoroutine() <= before })
 }
+
+// A node created between the listing finding it missing and the watch
+// set for its creation (as when a wiped ZooKeeper fills up again while
+// this instance lists it): the watch lands on the node's data, which
+// would never fire, and the instances under it would never be routed. The
+// listing sees it was created and lists it after all.
+func TestZooKeeperNodeCreatedWhileListed(t *testing.T) {
+	srv := zktest.Start(t)
+	jvm := srv.Conn(t)
+	var once sync.Once
+	afterNoNode = func(p string) {
+		if p == "/services" {
+			once.Do(func() {
+				curator(t, jvm, "users", "created-meanwhile", "127.0.0.1", 9091, `{"version":"v1"}`, 0)
+			})
+		}
+	}
+	t.Cleanup(func() { afterNoNode = func(string) {} })
+	r, _ := startRegistry(t, &Backend{Servers: []string{srv.Addr}}, nil)
+	eventually(t, 15*time.Second, "the first sync", func() bool { return r.Snapshot().Synced() })
+	eventually(t, 5*time.Second, "the instance created while the base was listed", func() bool {
+		return slices.Equal(has(r, users), []string{"127.0.0.1:9091"})
+	})
+}
