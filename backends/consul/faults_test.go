@@ -229,6 +229,10 @@ func TestConsulIndexBackwards(t *testing.T) {
 	testutil.Eventually(t, 10*time.Second, "the catalog's index going backwards to be noticed", func() bool {
 		return logs.FilterMessageSnippet("index went backwards").Len() > 0
 	})
+	testutil.Eventually(t, 10*time.Second, "the check that Consul answers to run after the reset", func() bool {
+		reqs := srv.Requests()
+		return slices.ContainsFunc(reqs[len(reqs)/2:], func(r consultest.Request) bool { return r.Path == "/v1/status/leader" })
+	})
 	if n := logs.FilterMessageSnippet("consul unreachable").Len(); n != 0 {
 		t.Errorf("logged unreachable %d times, though Consul answered throughout", n)
 	}

@@ -3,6 +3,7 @@ package consultest
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"maps"
 	"net"
 	"net/http"
@@ -328,6 +329,11 @@ func (s *Fake) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		wait = min(wait, 10*time.Minute)
 	}
 
+	if r.URL.Path == "/v1/status/leader" {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `"127.0.0.1:8300"`)
+		return
+	}
 	var read func() (uint64, any)
 	switch name, ok := strings.CutPrefix(r.URL.Path, "/v1/health/service/"); {
 	case r.URL.Path == "/v1/catalog/services":
