@@ -4,6 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
+	"net/http"
+	"net/http/httptest"
 	"runtime/pprof"
 	"slices"
 	"sort"
@@ -644,4 +647,75 @@ func TestConsulProvision(t *testing.T) {
 	if a.Fingerprint() != b.Fingerprint() || a.Fingerprint() == other.Fingerprint() {
 		t.Error("the fingerprint does not follow the token")
 	}
+}
+
+// TestConsulRestartedAgentChecksNotRunYet restarts the agent of a host
+// whose HTTP check passes: the agent marks the check critical, with no
+// output, until it has run it again (once within its interval), though
+// the host never stopped answering. The host stays routed meanwhile.
+func TestConsulRestartedAgentChecksNotRunYet(t *testing.T) {
+	host := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
+	t.Cleanup(host.Close)
+	port := host.Listener.Addr().(*net.TCPAddr).Port
+	agent := consultest.Start(t)
+	agent.Register(&api.AgentServiceRegistration{ID: "h", Name: "users", Address: "127.0.0.1", Port: port,
+		Tags: []string{"version=v1"}, Check: &api.AgentServiceCheck{HTTP: host.URL, Interval: "6s"}})
+	// With the recovery grace a registry has by default: the restarted
+	// agent's catalog starts empty (-dev), and the agent registers its
+	// services again a moment later.
+	tbl, _ := start(t, &Backend{}, agent.Addr, registry.BackendEnv{})
+	tbl.SetRecoveryGrace(registry.DefaultRecoveryGrace)
+	want := fmt.Sprintf("127.0.0.1:%d", port)
+	testutil.Eventually(t, 20*time.Second, "the first check to pass", func() bool { return tableState(tbl, users) == want })
+
+	// The agent runs the check again at a random time within its
+	// interval of its start: restart it until it is seen not run yet.
+	seen := false
+	for try := 0; try < 5 && !seen; try++ {
+		agent.Kill()
+		agent.Restart()
+		deadline := time.Now().Add(20 * time.Second)
+		for time.Now().Before(deadline) {
+			if got := tableState(tbl, users); got != want {
+				t.Fatalf("routing %q while the restarted agent had not run the check yet, want %q", got, want)
+			}
+			checks, _, err := agent.Client().Health().Checks("users", nil)
+			if err == nil && len(checks) == 1 {
+				if checks[0].Status == api.HealthPassing {
+					break
+				}
+				seen = seen || checks[0].Output == ""
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	if !seen {
+		t.Fatal("the restarted agent ran the check at once, five times: the case was not tested")
+	}
+	if got := tableState(tbl, users); got != want {
+		t.Errorf("after the check passed again: %q, want %q", got, want)
+	}
+}
+
+// TestConsulHTTPCheckFails: a host whose HTTP check runs and fails is
+// dropped at once.
+func TestConsulHTTPCheckFails(t *testing.T) {
+	good := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
+	t.Cleanup(good.Close)
+	bad := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
+	badPort := bad.Listener.Addr().(*net.TCPAddr).Port
+	port := good.Listener.Addr().(*net.TCPAddr).Port
+	agent := consultest.Start(t)
+	agent.Register(&api.AgentServiceRegistration{ID: "g", Name: "users", Address: "127.0.0.1", Port: port,
+		Tags: []string{"version=v1"}, Check: &api.AgentServiceCheck{HTTP: good.URL, Interval: "1s"}})
+	agent.Register(&api.AgentServiceRegistration{ID: "b", Name: "users", Address: "127.0.0.1", Port: badPort,
+		Tags: []string{"version=v1"}, Check: &api.AgentServiceCheck{HTTP: bad.URL, Interval: "1s"}})
+	tbl, _ := start(t, &Backend{}, agent.Addr, registry.BackendEnv{RecoveryGrace: -1})
+	both := fmt.Sprintf("127.0.0.1:%d,127.0.0.1:%d", min(port, badPort), max(port, badPort))
+	testutil.Eventually(t, 20*time.Second, "both checks to pass", func() bool { return tableState(tbl, users) == both })
+	bad.Close()
+	testutil.Eventually(t, 20*time.Second, "a check that ran and failed to take its host out", func() bool {
+		return tableState(tbl, users) == fmt.Sprintf("127.0.0.1:%d", port)
+	})
+
 }

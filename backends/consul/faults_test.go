@@ -243,3 +243,27 @@ func TestConsulIndexBackwards(t *testing.T) {
 		return slices.Equal(tableHas(tbl, users), []string{"127.0.0.1:9009", "127.0.0.1:9010"})
 	})
 }
+
+// TestConsulCheckNotRunYet: an instance that passed and whose HTTP check
+// turns critical with no output (the agent has not run it since it
+// restarted) is kept for pendingCheckHold, then dropped; one whose check
+// ran and failed is dropped at once, and a new one whose check has not
+// run is not routed.
+func TestConsulCheckNotRunYet(t *testing.T) {
+	fake := consultest.StartFake(t)
+	ok := "HTTP GET http://127.0.0.1/: 200 OK"
+	fake.Register("users", consultest.Instance{ID: "u1", Port: 9001, Tags: []string{"version=v1"}, CheckType: "http", Output: ok})
+	fake.Register("users", consultest.Instance{ID: "u2", Port: 9002, Tags: []string{"version=v1"}, CheckType: "http", Output: ok})
+	tbl, _ := start(t, &Backend{}, fake.Addr, registry.BackendEnv{})
+	testutil.Eventually(t, 10*time.Second, "the first sync", func() bool { return tableState(tbl, users) == "127.0.0.1:9001,127.0.0.1:9002" })
+
+	fake.SetCheck("users", "u1", api.HealthCritical, "")
+	fake.Register("users", consultest.Instance{ID: "u3", Port: 9003, Tags: []string{"version=v1"}, CheckType: "http", Status: api.HealthCritical})
+	fake.SetCheck("users", "u2", api.HealthCritical, "HTTP GET http://127.0.0.1/: dial tcp: connection refused")
+	testutil.Eventually(t, 10*time.Second, "u2, whose check failed, to leave while u1 is kept", func() bool {
+		return tableState(tbl, users) == "127.0.0.1:9001"
+	})
+	testutil.Eventually(t, pendingCheckHold+10*time.Second, "u1 to leave when its check has not run for too long", func() bool {
+		return tableState(tbl, users) == ""
+	})
+}

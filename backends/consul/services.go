@@ -16,18 +16,19 @@ import (
 // service is a Consul service the backend follows.
 type service struct {
 	name     string
-	versions []string          // the versions it holds in Backend.stored, known even without endpoints
-	warned   map[string]string // skipped instance → why, as logged; only its reader touches it
-	nodes    []string          // of its instances, as last read
-	tried    bool              // read, or failed, at least once
-	read     bool              // read at least once
-	gone     bool              // no longer followed
-	queued   queue             // the queue it waits in to be read, if any
-	reading  bool              // being read
-	again    bool              // asked for while being read: read once more after
-	failure  string            // how its last read failed (a key of reads.failures), "" if it did not
-	retry    time.Duration     // the wait before its next read after a failure
-	retryAt  time.Time         // when it is read again after a failure
+	versions []string             // the versions it holds in Backend.stored, known even without endpoints
+	warned   map[string]string    // skipped instance → why, as logged; only its reader touches it
+	nodes    []string             // of its instances, as last read
+	tried    bool                 // read, or failed, at least once
+	read     bool                 // read at least once
+	gone     bool                 // no longer followed
+	queued   queue                // the queue it waits in to be read, if any
+	reading  bool                 // being read
+	again    bool                 // asked for while being read: read once more after
+	failure  string               // how its last read failed (a key of reads.failures), "" if it did not
+	retry    time.Duration        // the wait before its next read after a failure
+	retryAt  time.Time            // when it is read again after a failure
+	pending  map[string]time.Time // instances kept while their failing checks have not run yet → since when
 }
 
 // queue is a queue of services waiting to be read.
@@ -44,7 +45,7 @@ const (
 type reads struct {
 	services map[string]*service          // followed, by Consul name
 	queues   [3][]*service                // the services waiting to be read, by queue (urgent first); some taken already
-	retrying map[*service]bool            // failed, waiting for their retryAt
+	retrying map[*service]bool            // failed, or keeping instances whose checks have not run yet: waiting for their retryAt
 	onNode   map[string]map[*service]bool // the services with instances on a node, as last read
 	failures map[string]*failure          // how reads fail, by error
 	wake     chan struct{}                // closed, and replaced, when there is more to read
@@ -202,6 +203,7 @@ func (c *Backend) pop(now time.Time) (*service, time.Time) {
 func (c *Backend) read(ctx context.Context, s *service) {
 	var byVersion map[string]map[string]registry.Change
 	var warned map[string]string
+	var pending []pendingInstance
 	var nodes []string
 	readCtx, cancel := context.WithTimeout(ctx, consulReadTimeout)
 	err := c.safely("reading consul service "+s.name, func() error {
@@ -211,7 +213,7 @@ func (c *Backend) read(ctx context.Context, s *service) {
 		if err != nil {
 			return err
 		}
-		byVersion, warned = c.instances(s, entries)
+		byVersion, warned, pending = c.instances(s, entries)
 		for _, entry := range entries {
 			if entry.Node != nil && !slices.Contains(nodes, entry.Node.Node) {
 				nodes = append(nodes, entry.Node.Node)
@@ -240,6 +242,10 @@ func (c *Backend) read(ctx context.Context, s *service) {
 		c.recovered(s)
 		s.read, s.warned = true, warned
 		c.setNodes(s, nodes)
+		if due := c.keepPending(s, byVersion, pending, time.Now()); !due.IsZero() {
+			s.retryAt = due // read again then, unless a change of its checks comes first
+			c.retrying[s] = true
+		}
 		c.apply(s, byVersion)
 	}
 	if s.again {
@@ -251,9 +257,9 @@ func (c *Backend) read(ctx context.Context, s *service) {
 
 // instances returns the versions of s's instances with the passing
 // ones as endpoints, and logs each instance skipped that was not yet.
-func (c *Backend) instances(s *service, entries []*api.ServiceEntry) (map[string]map[string]registry.Change, map[string]string) {
-	byVersion := map[string]map[string]registry.Change{}
-	warned := map[string]string{}
+func (c *Backend) instances(s *service, entries []*api.ServiceEntry) (byVersion map[string]map[string]registry.Change, warned map[string]string, pending []pendingInstance) {
+	byVersion = map[string]map[string]registry.Change{}
+	warned = map[string]string{}
 	for _, entry := range entries {
 		versions, ep, err := c.instance(entry)
 		if err != nil {
@@ -266,6 +272,9 @@ func (c *Backend) instances(s *service, entries []*api.ServiceEntry) (map[string
 			continue
 		}
 		passing := entry.Checks.AggregatedStatus() == api.HealthPassing
+		if !passing && notRunYet(entry.Checks) {
+			pending = append(pending, pendingInstance{id: instanceName(entry), versions: versions, ep: ep})
+		}
 		for _, v := range versions {
 			if byVersion[v] == nil {
 				byVersion[v] = map[string]registry.Change{}
@@ -275,7 +284,89 @@ func (c *Backend) instances(s *service, entries []*api.ServiceEntry) (map[string
 			}
 		}
 	}
-	return byVersion, warned
+	return byVersion, warned, pending
+}
+
+// pendingCheckHold is how long, at most, an instance that passed is kept
+// while its failing checks have not run yet: a restarted Consul agent
+// marks every check critical until it has run it again, once within its
+// interval (the checks are staggered over it), and a fresh agent that
+// services register with again does the same.
+const pendingCheckHold = 10 * time.Second
+
+// agentRuns are the types of the checks a Consul agent runs itself.
+var agentRuns = map[string]bool{"http": true, "tcp": true, "udp": true, "grpc": true, "h2ping": true, "script": true, "docker": true, "os_service": true}
+
+// pendingInstance is an instance whose only failing checks have not run
+// yet.
+type pendingInstance struct {
+	id       string
+	versions []string
+	ep       registry.Endpoint
+}
+
+// notRunYet reports whether every check of checks that does not pass is
+// one the agent has not run yet: a check the agent runs (HTTP, TCP, gRPC,
+// a script...), critical, with no output; once run, it says what it saw.
+// Not a TTL check (its service reports, maybe with no note, and the agent
+// keeps its state over a restart), nor maintenance, an alias, a check of
+// the node itself (a node's checks have no type) or of a type not known.
+func notRunYet(checks api.HealthChecks) bool {
+	for _, hc := range checks {
+		if hc.Status == api.HealthPassing {
+			continue
+		}
+		if hc.Status != api.HealthCritical || hc.Output != "" || !agentRuns[hc.Type] {
+			return false
+		}
+	}
+	return true
+}
+
+// keepPending adds to byVersion the pending instances that are routed
+// (those that passed, or that the table holds while Consul comes back),
+// for up to pendingCheckHold from when each was first seen pending, and
+// returns when the first of those it kept is due to be read again (zero
+// if none). The caller holds c.mu.
+func (c *Backend) keepPending(s *service, byVersion map[string]map[string]registry.Change, pending []pendingInstance, now time.Time) time.Time {
+	was := s.pending
+	s.pending = nil
+	var due time.Time
+	snap := c.table.Snapshot()
+	for _, p := range pending {
+		routed := false
+		for _, v := range p.versions {
+			if svc, err := snap.Lookup(s.name, v); err == nil {
+				routed = routed || slices.ContainsFunc(svc.Endpoints, func(ep *registry.Endpoint) bool { return ep.Address == p.ep.Address })
+			}
+		}
+		since, ok := was[p.id]
+		if !ok && !routed {
+			continue // not passing before: nothing to keep
+		}
+		if !ok {
+			since = now
+		}
+		if !now.Before(since.Add(pendingCheckHold)) {
+			continue
+		}
+		if s.pending == nil {
+			s.pending = map[string]time.Time{}
+		}
+		s.pending[p.id] = since
+		for _, v := range p.versions {
+			if byVersion[v] == nil {
+				byVersion[v] = map[string]registry.Change{}
+			}
+			if _, dup := byVersion[v][p.ep.Address]; !dup {
+				byVersion[v][p.ep.Address] = registry.Change{Endpoint: p.ep}
+			}
+		}
+		if at := since.Add(pendingCheckHold); due.IsZero() || at.Before(due) {
+			due = at
+		}
+	}
+	return due
 }
 
 // setNodes sets the nodes of s's instances. The caller holds c.mu.
@@ -428,6 +519,12 @@ func (c *Backend) checkSynced() {
 	}
 	c.synced = true
 	c.table.Replace(c.merged())
+	unreadable := 0
+	for s := range c.retrying {
+		if s.failure != "" || !s.read {
+			unreadable++
+		}
+	}
 	c.log().Info("consul registry synced", zap.String("backend", "consul"), zap.String("address", c.address),
-		zap.Int("services", len(c.services)), zap.Int("unreadable", len(c.retrying)))
+		zap.Int("services", len(c.services)), zap.Int("unreadable", unreadable))
 }

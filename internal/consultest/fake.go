@@ -71,6 +71,11 @@ type Instance struct {
 	Weights api.AgentWeights
 	// Status is the check's status: passing (default), warning or critical.
 	Status string
+	// CheckType is the check's type, as Consul reports it: ttl (default),
+	// http, tcp...
+	CheckType string
+	// Output is what the check last said ("" if it has not run).
+	Output string
 }
 
 // Request is what the fake saw of one request.
@@ -253,6 +258,16 @@ func (s *Fake) Deregister(name, id string) {
 // SetStatus sets the check status of an instance of service: passing,
 // warning or critical.
 func (s *Fake) SetStatus(name, id, status string) {
+	s.setCheck(name, id, status, nil)
+}
+
+// SetCheck sets the status of the check of the instance id of name and
+// what it said ("": a check not run yet).
+func (s *Fake) SetCheck(name, id, status, output string) {
+	s.setCheck(name, id, status, &output)
+}
+
+func (s *Fake) setCheck(name, id, status string, output *string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var inst Instance
@@ -266,6 +281,9 @@ func (s *Fake) SetStatus(name, id, status string) {
 	}
 	s.index++
 	inst.Status = status
+	if output != nil {
+		inst.Output = *output
+	}
 	svc.instances[id] = inst
 	svc.index, s.checks = s.index, s.index
 	s.changed()
@@ -436,7 +454,7 @@ func (s *Fake) readChecks(notPassing bool) (uint64, any) {
 				continue
 			}
 			out = append(out, &api.HealthCheck{Node: inst.Node, CheckID: "service:" + inst.ID, Status: inst.Status,
-				ServiceID: inst.ID, ServiceName: name, ServiceTags: inst.Tags})
+				ServiceID: inst.ID, ServiceName: name, ServiceTags: inst.Tags, Type: inst.CheckType, Output: inst.Output})
 		}
 	}
 	if !notPassing {
@@ -466,7 +484,8 @@ func (s *Fake) readHealth(name string, passing bool) (uint64, any) {
 				Address: inst.Address, Port: inst.Port, Weights: inst.Weights},
 			Checks: api.HealthChecks{
 				{Node: inst.Node, CheckID: "serfHealth", Status: api.HealthPassing},
-				{Node: inst.Node, CheckID: "service:" + inst.ID, Status: inst.Status, ServiceID: inst.ID, ServiceName: name},
+				{Node: inst.Node, CheckID: "service:" + inst.ID, Status: inst.Status, ServiceID: inst.ID, ServiceName: name,
+					Type: inst.CheckType, Output: inst.Output},
 			},
 		})
 	}
