@@ -29,8 +29,8 @@ if [ -n "$caddy_deps" ]; then
 	exit 1
 fi
 go test -race -count=1 -timeout 45m ./...
-# service_http's own HTTP/1.1 client, each fuzz target briefly (README,
-# "Tests and benchmarks", says how to run one long).
+# service_http's own HTTP/1.1 client, each fuzz target briefly
+# (docs/development.md, "Fuzzing for longer", says how to run one long).
 for target in FuzzResponseFraming FuzzConnectionReuse; do
 	go test -run '^$' -fuzz "^$target\$" -fuzztime 5s ./internal/h1
 done

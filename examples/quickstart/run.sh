@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs the quickstart demo: builds Caddy with the plugin (./bin/caddy) and
 # the demo backend, starts three backends on 127.0.0.1:9091-9093 and Caddy
-# on :9090 (admin API on localhost:2019) with examples/quickstart/Caddyfile.
-# Ctrl-C stops everything.
+# on 127.0.0.1:9090 (admin API on localhost:2019) with
+# examples/quickstart/Caddyfile. Ctrl-C stops everything it started.
 #
 #   ./examples/quickstart/run.sh           run until Ctrl-C
 #   ./examples/quickstart/run.sh --check   start, try a few requests, stop
@@ -11,9 +11,33 @@ cd "$(dirname "$0")/../.."
 export GOTOOLCHAIN=local
 
 mkdir -p bin
-echo "building bin/caddy and bin/backend..."
-go build -o bin/caddy ./cmd/caddy
-go build -o bin/backend ./examples/backend
+
+# progress reads go build -v, which names each package as it compiles:
+# on a terminal one line with a count, elsewhere a dot a package; anything
+# else (a compile error) is printed whole.
+progress() {
+	local n=0 line
+	while IFS= read -r line; do
+		if [[ $line =~ ^[A-Za-z0-9._~/+-]+$ ]]; then
+			n=$((n + 1))
+			if [ -t 1 ]; then
+				printf '\r  %d packages compiled: %s\033[K' "$n" "${line:0:60}"
+			else
+				printf .
+			fi
+		else
+			[ "$n" -gt 0 ] && echo
+			n=0
+			echo "$line"
+		fi
+	done
+	if [ "$n" -gt 0 ]; then echo; fi
+}
+echo "building Caddy with the plugin into bin/caddy (the first time takes about 3 minutes; Ctrl-C stops)..."
+go build -v -o bin/caddy ./cmd/caddy 2>&1 | progress
+echo "building the demo backend into bin/backend..."
+go build -v -o bin/backend ./examples/backend 2>&1 | progress
+echo "starting three backends on 127.0.0.1:9091-9093 and Caddy on 127.0.0.1:9090..."
 
 # Keep the demo's storage (admin-API changes) apart from the user's own Caddy.
 export XDG_DATA_HOME="$PWD/bin/demo-data" XDG_CONFIG_HOME="$PWD/bin/demo-config"
@@ -34,8 +58,14 @@ bin/caddy run --config examples/quickstart/Caddyfile --adapter caddyfile &
 caddy_pid=$!
 pids+=("$caddy_pid")
 
-for _ in $(seq 100); do
+# Wait until Caddy answers (up to 30 s), or stop if it exited (a port
+# already taken, say: its log above says why).
+for _ in $(seq 300); do
 	curl -fsS -o /dev/null http://localhost:2019/config/ 2>/dev/null && break
+	if ! kill -0 "$caddy_pid" 2>/dev/null; then
+		echo "Caddy exited; see its log above" >&2
+		exit 1
+	fi
 	sleep 0.1
 done
 
@@ -63,7 +93,8 @@ fi
 
 cat <<'MSG'
 
-svcreg demo is running. Try:
+svcreg demo is running (Caddy on 127.0.0.1:9090, admin API on localhost:2019).
+Try, in another terminal:
   curl localhost:9090/users/v1/hello        # balanced over 127.0.0.1:9091 and :9092
   curl localhost:9090/users/v2/hello        # 127.0.0.1:9093
   curl localhost:9090/users/v9/hello        # 404: unknown version
@@ -71,6 +102,7 @@ svcreg demo is running. Try:
   curl -X POST -H 'Content-Type: application/json' -d '{"address":"127.0.0.1:9093"}' \
        localhost:2019/service_registry/services/payments/v1
   curl localhost:9090/payments/v1/pay
+  bin/caddy service-registry list
 Ctrl-C stops Caddy and the backends.
 MSG
 wait "$caddy_pid"
