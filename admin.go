@@ -330,6 +330,10 @@ func checkNoDuplicates(dec *json.Decoder) error {
 // trafficStatus is how the admin API shows a service's traffic policy.
 type trafficStatus struct {
 	Service string `json:"service"`
+	// Source is "config" for the config's policy, "stored" for one set
+	// through the admin API and stored by the backend: it survives
+	// restarts and wins over the config's until it is deleted.
+	Source string `json:"source,omitempty"`
 	registry.TrafficPolicy
 	// NoHost are the versions the policy sends requests to (its split,
 	// aliases and fallback) that have no endpoint registered right now:
@@ -337,10 +341,10 @@ type trafficStatus struct {
 	NoHost []string `json:"no_host,omitempty"`
 }
 
-// newTrafficStatus shows t, a policy of snap.
-func newTrafficStatus(snap *registry.Snapshot, t *registry.Traffic) trafficStatus {
+// newTrafficStatus shows t, a policy of snap, in app.
+func newTrafficStatus(app *App, snap *registry.Snapshot, t *registry.Traffic) trafficStatus {
 	p := t.Policy()
-	out := trafficStatus{Service: t.Service(), TrafficPolicy: p}
+	out := trafficStatus{Service: t.Service(), Source: app.trafficSource(t), TrafficPolicy: p}
 	named := slices.Collect(maps.Keys(p.Split))
 	named = append(named, slices.Collect(maps.Values(p.Aliases))...)
 	if p.Fallback != "" {
@@ -365,7 +369,7 @@ func serveTraffic(w http.ResponseWriter, r *http.Request, app *App, segs []strin
 		out := []trafficStatus{}
 		snap := reg.Snapshot()
 		for _, t := range snap.Policies() {
-			out = append(out, newTrafficStatus(snap, t))
+			out = append(out, newTrafficStatus(app, snap, t))
 		}
 		return writeJSON(w, http.StatusOK, out)
 	}
@@ -386,7 +390,7 @@ func serveTraffic(w http.ResponseWriter, r *http.Request, app *App, segs []strin
 			}
 			return apiError(http.StatusNotFound, fmt.Errorf("service %q has no traffic policy", service))
 		}
-		return writeJSON(w, http.StatusOK, newTrafficStatus(snap, t))
+		return writeJSON(w, http.StatusOK, newTrafficStatus(app, snap, t))
 	case http.MethodPut:
 		var p registry.TrafficPolicy
 		if err := decodeBody(r, &p, "split", "aliases", "header", "cookie", "sticky", "sticky_header", "fallback"); err != nil {
@@ -405,7 +409,7 @@ func serveTraffic(w http.ResponseWriter, r *http.Request, app *App, segs []strin
 		if t == nil { // deleted again since by another change
 			return writeJSON(w, http.StatusOK, map[string]any{"service": service, "set": true, "note": "removed again since by another change"})
 		}
-		return writeJSON(w, http.StatusOK, newTrafficStatus(snap, t))
+		return writeJSON(w, http.StatusOK, newTrafficStatus(app, snap, t))
 	case http.MethodDelete:
 		if err := reg.DeleteTraffic(r.Context(), service); err != nil {
 			if errors.Is(err, registry.ErrNoTrafficPolicy) {
@@ -416,7 +420,7 @@ func serveTraffic(w http.ResponseWriter, r *http.Request, app *App, segs []strin
 		app.emitTraffic(service, "deleted")
 		out := map[string]any{"service": service, "deleted": true}
 		if snap := reg.Snapshot(); snap.Traffic(service) != nil {
-			out["now"] = newTrafficStatus(snap, snap.Traffic(service)) // the config's
+			out["now"] = newTrafficStatus(app, snap, snap.Traffic(service)) // the config's
 		}
 		return writeJSON(w, http.StatusOK, out)
 	default:

@@ -539,16 +539,25 @@ func printTraffic(w io.Writer, method string, raw []byte) error {
 // writePolicyTable writes traffic policies as an aligned table.
 func writePolicyTable(w io.Writer, policies []trafficStatus) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "SERVICE\tSPLIT\tALIASES\tHEADER\tCOOKIE\tSTICKY\tFALLBACK\tNO HOST")
+	fmt.Fprintln(tw, "SERVICE\tSPLIT\tALIASES\tHEADER\tCOOKIE\tSTICKY\tFALLBACK\tNO HOST\tSOURCE")
 	for _, p := range policies {
 		sticky := p.Sticky
 		if sticky == "header" {
 			sticky += ":" + p.StickyHeader
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", p.Service, cliDash(cliJoinPairs(p.Split)), cliDash(cliJoinPairs(p.Aliases)),
-			cliDash(p.Header), cliDash(p.Cookie), cliDash(sticky), cliDash(p.Fallback), cliDash(strings.Join(p.NoHost, ",")))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", p.Service, cliDash(cliJoinPairs(p.Split)), cliDash(cliJoinPairs(p.Aliases)),
+			cliDash(p.Header), cliDash(p.Cookie), cliDash(sticky), cliDash(p.Fallback), cliDash(strings.Join(p.NoHost, ",")), cliSource(p.Source))
 	}
 	return tw.Flush()
+}
+
+// cliSource shows where a policy comes from: "stored" (set through the
+// admin API, wins over the config's) or "config".
+func cliSource(s string) string {
+	if s == "stored" {
+		return "stored (overrides config)"
+	}
+	return cliDash(s)
 }
 
 // cliJoinPairs shows a map as k=v,k=v in the order of its keys.

@@ -111,7 +111,7 @@ func statusOfApp(app *App) statusData {
 		out.Services = append(out.Services, statusOf(svc))
 	}
 	for _, t := range snap.Policies() {
-		out.Traffic = append(out.Traffic, newTrafficStatus(snap, t))
+		out.Traffic = append(out.Traffic, newTrafficStatus(app, snap, t))
 	}
 	return out
 }

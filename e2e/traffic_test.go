@@ -199,11 +199,26 @@ func TestTrafficCanary(t *testing.T) {
 
 	// The policy survives a restart (memory backend: Caddy's storage);
 	// DELETE brings the config's back.
-	c.Restart()
-	if status, body := c.AdminDo(http.MethodGet, "/service_registry/traffic/users", "", ""); status != http.StatusOK || !strings.Contains(body, `"v2": 20`) {
-		t.Errorf("GET after a restart: %d %s; want the 80/20 policy", status, body)
+	// The start says so, and so do the admin API and the CLI.
+	if strings.Contains(c.Log(), "overrides the config") {
+		t.Errorf("a stored policy logged as overriding before any restart:\n%s", c.Log())
 	}
-	if status, body := c.AdminDo(http.MethodDelete, "/service_registry/traffic/users", "", ""); status != http.StatusOK || !strings.Contains(body, `"v2": 10`) {
+	c.Restart()
+	if status, body := c.AdminDo(http.MethodGet, "/service_registry/traffic/users", "", ""); status != http.StatusOK || !strings.Contains(body, `"v2": 20`) || !strings.Contains(body, `"source": "stored"`) {
+		t.Errorf("GET after a restart: %d %s; want the 80/20 policy, stored", status, body)
+	}
+	waitFor(t, 5*time.Second, "the start to log that the stored policy overrides the config's", func() bool {
+		for _, l := range strings.Split(c.Log(), "\n") {
+			if strings.Contains(l, `"level":"warn"`) && strings.Contains(l, "overrides the config") && strings.Contains(l, `"service":"users"`) {
+				return true
+			}
+		}
+		return false
+	})
+	if out := cliOK(t, c, "traffic", "users"); !strings.Contains(out, "SOURCE") || !strings.Contains(out, "stored (overrides config)") {
+		t.Errorf("caddy service-registry traffic users after a restart:\n%s\nwant the SOURCE column to say stored", out)
+	}
+	if status, body := c.AdminDo(http.MethodDelete, "/service_registry/traffic/users", "", ""); status != http.StatusOK || !strings.Contains(body, `"v2": 10`) || !strings.Contains(body, `"source": "config"`) {
 		t.Errorf("DELETE: %d %s; want the config's 90/10 back", status, body)
 	}
 	if status, body := c.AdminDo(http.MethodDelete, "/service_registry/traffic/users", "", ""); status != http.StatusNotFound {
