@@ -153,11 +153,21 @@ func TestStatusPageInBrowser(t *testing.T) {
 func TestStatusHandlerOnSite(t *testing.T) {
 	a := startBackend(t, "a")
 	c := startCaddy(t, healthRegistry("path /healthz\n\t\t\tinterval 100ms", a), `{http} {
-	handle_path /ops/status/* {
+	handle_path /ops/status* {
 		service_registry_status
 	}
 	service_proxy
 }`, caddyOpts{})
+
+	// without the slash: redirected to the page's URL, whose relative
+	// links find the data
+	req, _ := http.NewRequest(http.MethodGet, "http://"+c.HTTP+"/ops/status?x=1", nil)
+	noFollow := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	if resp, err := noFollow.Do(req); err != nil {
+		t.Fatal(err)
+	} else if resp.Body.Close(); resp.StatusCode != http.StatusPermanentRedirect || resp.Header.Get("Location") != "/ops/status/?x=1" {
+		t.Errorf("GET /ops/status: %d, Location %q; want 308 to /ops/status/?x=1", resp.StatusCode, resp.Header.Get("Location"))
+	}
 
 	status, body, h := c.Get("/ops/status/")
 	if status != http.StatusOK || !strings.HasPrefix(h.Get("Content-Type"), "text/html") || !strings.Contains(body, "<title>Service registry status</title>") {
