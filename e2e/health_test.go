@@ -290,25 +290,55 @@ func TestMetrics(t *testing.T) {
 		ok     func(float64) bool
 		want   string
 	}{
-		{"caddy_service_registry_requests_total{" + upLabels + "}", func(v float64) bool { return v >= 10 }, ">= 10"},
-		{"caddy_service_registry_requests_total{" + downLabels + "}", func(v float64) bool { return v >= 1 }, ">= 1"},
+		{"caddy_service_registry_tries_total{" + upLabels + "}", func(v float64) bool { return v >= 10 }, ">= 10"},
+		{"caddy_service_registry_tries_total{" + downLabels + "}", func(v float64) bool { return v >= 1 }, ">= 1"},
+		{`caddy_service_registry_requests_total{code_class="2xx",service="users",version="v1"}`, func(v float64) bool { return v == 10 }, "10: requests, not tries"},
+		{`caddy_service_registry_request_duration_seconds_count{code_class="2xx",service="users",version="v1"}`, func(v float64) bool { return v == 10 }, "10"},
+		{`caddy_service_registry_request_duration_seconds_bucket{code_class="2xx",service="users",version="v1",le="+Inf"}`, func(v float64) bool { return v == 10 }, "10"},
+		{`caddy_service_registry_request_duration_seconds_bucket{code_class="2xx",service="users",version="v1",le="0.005"}`, func(v float64) bool { return v <= 10 }, "at most 10"},
+		{"caddy_service_registry_upstreams_weight{" + upLabels + "}", func(v float64) bool { return v == 1 }, "1"},
 		{"caddy_service_registry_failures_total{" + downLabels + "}", func(v float64) bool { return v >= 1 }, ">= 1"},
 		{"caddy_service_registry_ejections_total{" + downLabels + "}", func(v float64) bool { return v == 1 }, "1"},
 		{`caddy_service_registry_retries_total{service="users",version="v1"}`, func(v float64) bool { return v >= 1 }, ">= 1"},
-		{"caddy_service_registry_upstream_healthy{" + upLabels + "}", func(v float64) bool { return v == 1 }, "1"},
-		{"caddy_service_registry_upstream_healthy{" + downLabels + "}", func(v float64) bool { return v == 0 }, "0"},
+		{"caddy_service_registry_upstreams_healthy{" + upLabels + "}", func(v float64) bool { return v == 1 }, "1"},
+		{"caddy_service_registry_upstreams_healthy{" + downLabels + "}", func(v float64) bool { return v == 0 }, "0"},
 	} {
 		v, ok := m[check.series]
 		if !ok || !check.ok(v) {
 			t.Errorf("%s = %v (present %v), want %s", check.series, v, ok, check.want)
 		}
 	}
-	before := m["caddy_service_registry_requests_total{"+upLabels+"}"]
+	before := m["caddy_service_registry_tries_total{"+upLabels+"}"]
 	for range 5 {
 		c.Get("/users/v1/x")
 	}
-	if after := metrics(t, c)["caddy_service_registry_requests_total{"+upLabels+"}"]; after != before+5 {
-		t.Errorf("requests_total went from %v to %v after 5 requests", before, after)
+	if after := metrics(t, c)["caddy_service_registry_tries_total{"+upLabels+"}"]; after != before+5 {
+		t.Errorf("tries_total went from %v to %v after 5 requests", before, after)
+	}
+
+	// the code class is the client's: 3 answers of 404 are 4xx; a request
+	// naming an unknown version makes no series (client input)
+	up.status.Store(http.StatusNotFound)
+	for range 3 {
+		c.Get("/users/v1/x")
+	}
+	up.status.Store(0)
+	c.Get("/users/v9/x")
+	m = metrics(t, c)
+	for series, want := range map[string]float64{
+		`caddy_service_registry_requests_total{code_class="2xx",service="users",version="v1"}`:                            15,
+		`caddy_service_registry_requests_total{code_class="4xx",service="users",version="v1"}`:                            3,
+		`caddy_service_registry_request_duration_seconds_count{code_class="4xx",service="users",version="v1"}`:            3,
+		`caddy_service_registry_request_duration_seconds_bucket{code_class="4xx",service="users",version="v1",le="+Inf"}`: 3,
+	} {
+		if got := m[series]; got != want {
+			t.Errorf("%s = %v, want %v", series, got, want)
+		}
+	}
+	for series := range m {
+		if strings.Contains(series, `version="v9"`) {
+			t.Errorf("a request naming an unknown version made the series %s", series)
+		}
 	}
 }
 
