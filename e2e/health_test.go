@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -339,6 +341,49 @@ func TestMetrics(t *testing.T) {
 		if strings.Contains(series, `version="v9"`) {
 			t.Errorf("a request naming an unknown version made the series %s", series)
 		}
+	}
+
+	// Every metric the Grafana dashboard queries is in the scrape (a
+	// request chosen by a split makes the version routing series).
+	if status, body := c.AdminDo(http.MethodPut, "/service_registry/traffic/users", "application/json", `{"split":{"v1":100}}`); status != http.StatusOK {
+		t.Fatalf("PUT traffic: %d %s", status, body)
+	}
+	if status, _, _ := c.Get("/users/x"); status != http.StatusOK {
+		t.Fatalf("GET /users/x by the split: %d", status)
+	}
+	scraped := map[string]bool{}
+	for series := range metrics(t, c) {
+		name, _, _ := strings.Cut(series, "{")
+		scraped[name] = true
+	}
+	raw, err := os.ReadFile(filepath.Join("..", "examples", "grafana", "dashboard.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dashboard struct {
+		Panels []struct {
+			Title   string `json:"title"`
+			Targets []struct {
+				Expr string `json:"expr"`
+			} `json:"targets"`
+		} `json:"panels"`
+	}
+	if err := json.Unmarshal(raw, &dashboard); err != nil || len(dashboard.Panels) == 0 {
+		t.Fatalf("examples/grafana/dashboard.json: %v, %d panels", err, len(dashboard.Panels))
+	}
+	used := 0
+	for _, p := range dashboard.Panels {
+		for _, target := range p.Targets {
+			for _, name := range regexp.MustCompile(`caddy_service_registry_\w+`).FindAllString(target.Expr, -1) {
+				used++
+				if !scraped[name] {
+					t.Errorf("dashboard panel %q queries %s, which Caddy's /metrics does not have", p.Title, name)
+				}
+			}
+		}
+	}
+	if used == 0 {
+		t.Error("the dashboard queries no metric of the plugin")
 	}
 }
 
