@@ -27,6 +27,7 @@ func init() {
 //	GET    /service_registry/                                  the live status page (HTML; see status.go)
 //	GET    /service_registry/status.json                       the page's data
 //	GET    /service_registry/services                          every service version, its endpoints and their health
+//	GET    /service_registry/services/<name>                   the versions of one service, in the same form
 //	GET    /service_registry/services/<name>/<version>         one service version
 //	POST   /service_registry/services/<name>/<version>         {"address":"127.0.0.1:9091","weight":1} adds an endpoint
 //	DELETE /service_registry/services/<name>/<version>/<address> removes one
@@ -61,9 +62,15 @@ const maxAdminBody = 64 << 10
 // endpointAdd is the body of a POST.
 type endpointAdd struct {
 	Address  string            `json:"address"`
-	Weight   int               `json:"weight,omitempty"`
+	Weight   registry.Weight   `json:"weight,omitempty"` // 0: drained; missing: 1
 	Metadata map[string]string `json:"metadata,omitempty"`
 	TTL      registry.Duration `json:"ttl,omitempty"`
+}
+
+// servicesStatus is the answer of GET /services and /services/<name>.
+type servicesStatus struct {
+	Synced   bool            `json:"synced"`
+	Services []serviceStatus `json:"services"`
 }
 
 // serviceStatus is how the admin API shows a service version.
@@ -74,19 +81,25 @@ type serviceStatus struct {
 }
 
 type endpointStatus struct {
-	Address       string            `json:"address"`
-	Weight        int               `json:"weight"`
-	Metadata      map[string]string `json:"metadata,omitempty"`
-	Healthy       bool              `json:"healthy"`
-	OutOfRotation string            `json:"out_of_rotation,omitempty"` // probe, passive, draining
-	Fails         int               `json:"fails"`
-	LastFailure   *time.Time        `json:"last_failure,omitempty"`
-	NextCheck     *time.Time        `json:"next_check,omitempty"`       // while out after a failed request
-	SlowStartEnds *time.Time        `json:"slow_start_until,omitempty"` // while ramping up after rejoining
-	InFlight      int               `json:"in_flight"`
-	Latency       string            `json:"latency,omitempty"` // peak EWMA, as balancing sees it
-	Requests      uint64            `json:"requests"`
-	Failures      uint64            `json:"failures"`
+	Address  string            `json:"address"`
+	Weight   int               `json:"weight"`
+	Metadata map[string]string `json:"metadata,omitempty"`
+	// Drained: weight 0, registered but sent no new request.
+	Drained       bool       `json:"drained,omitempty"`
+	Healthy       bool       `json:"healthy"`
+	OutOfRotation string     `json:"out_of_rotation,omitempty"` // probe, passive, draining
+	Fails         int        `json:"fails"`
+	LastFailure   *time.Time `json:"last_failure,omitempty"`
+	NextCheck     *time.Time `json:"next_check,omitempty"`       // while out after a failed request
+	SlowStartEnds *time.Time `json:"slow_start_until,omitempty"` // while ramping up after rejoining
+	InFlight      int        `json:"in_flight"`
+	Latency       string     `json:"latency,omitempty"` // peak EWMA, as balancing sees it
+	Requests      uint64     `json:"requests"`
+	Failures      uint64     `json:"failures"`
+	// NotTried: no request and no check has reached it yet, so its
+	// health is not known (a host added with nothing listening shows
+	// "in rotation" until something tries it).
+	NotTried bool `json:"not_tried,omitempty"`
 	// Held: the store no longer lists it, but it serves while it answers
 	// until the store has been back from an outage for recovery_grace.
 	Held bool `json:"held,omitempty"`
@@ -113,22 +126,30 @@ func (adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 		}
 		return serveStatus(w, r, app)
 	}
-	if segs[0] != "services" || len(segs) == 2 || len(segs) > 4 {
+	if segs[0] != "services" || len(segs) > 4 {
 		return apiError(http.StatusNotFound, fmt.Errorf("no such resource %q; see /service_registry/services and /service_registry/traffic", r.URL.Path))
 	}
 
 	switch len(segs) {
-	case 1: // /services
+	case 1, 2: // /services, /services/<name>
 		if r.Method != http.MethodGet {
 			return methodNotAllowed(w, http.MethodGet)
 		}
 		snap := reg.Snapshot()
-		out := struct {
-			Synced   bool            `json:"synced"`
-			Services []serviceStatus `json:"services"`
-		}{Synced: snap.Synced(), Services: []serviceStatus{}}
+		out := servicesStatus{Synced: snap.Synced(), Services: []serviceStatus{}}
 		for _, svc := range snap.Services() {
-			out.Services = append(out.Services, statusOf(svc))
+			if len(segs) == 1 || svc.Name == segs[1] {
+				out.Services = append(out.Services, statusOf(svc))
+			}
+		}
+		if len(segs) == 2 && len(out.Services) == 0 {
+			if err := registry.CheckName("service", segs[1]); err != nil {
+				return apiError(http.StatusBadRequest, err)
+			}
+			if !snap.Synced() {
+				return apiError(http.StatusServiceUnavailable, registry.ErrNotSynced)
+			}
+			return apiError(http.StatusNotFound, newUnknownError(snap, registry.ErrUnknownService, registry.ServiceKey{Service: segs[1]}, ""))
 		}
 		return writeJSON(w, http.StatusOK, out)
 
@@ -141,7 +162,7 @@ func (adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 		case http.MethodGet:
 			svc, err := reg.Lookup(key)
 			if err != nil {
-				return lookupError(key, err)
+				return lookupError(reg.Snapshot(), key, err)
 			}
 			return writeJSON(w, http.StatusOK, statusOf(svc))
 		case http.MethodPost:
@@ -164,6 +185,9 @@ func (adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 		}
 		drain, err := reg.Delete(r.Context(), key, addr)
 		if err != nil {
+			if errors.Is(err, registry.ErrUnknownService) || errors.Is(err, registry.ErrUnknownVersion) || errors.Is(err, registry.ErrUnknownEndpoint) {
+				return apiError(http.StatusNotFound, newUnknownError(reg.Snapshot(), err, key, addr))
+			}
 			return changeError(err)
 		}
 		return writeJSON(w, http.StatusOK, map[string]any{
@@ -306,6 +330,10 @@ func checkNoDuplicates(dec *json.Decoder) error {
 // trafficStatus is how the admin API shows a service's traffic policy.
 type trafficStatus struct {
 	Service string `json:"service"`
+	// Source is "config" for the config's policy, "stored" for one set
+	// through the admin API and stored by the backend: it survives
+	// restarts and wins over the config's until it is deleted.
+	Source string `json:"source,omitempty"`
 	registry.TrafficPolicy
 	// NoHost are the versions the policy sends requests to (its split,
 	// aliases and fallback) that have no endpoint registered right now:
@@ -313,10 +341,10 @@ type trafficStatus struct {
 	NoHost []string `json:"no_host,omitempty"`
 }
 
-// newTrafficStatus shows t, a policy of snap.
-func newTrafficStatus(snap *registry.Snapshot, t *registry.Traffic) trafficStatus {
+// newTrafficStatus shows t, a policy of snap, in app.
+func newTrafficStatus(app *App, snap *registry.Snapshot, t *registry.Traffic) trafficStatus {
 	p := t.Policy()
-	out := trafficStatus{Service: t.Service(), TrafficPolicy: p}
+	out := trafficStatus{Service: t.Service(), Source: app.trafficSource(t), TrafficPolicy: p}
 	named := slices.Collect(maps.Keys(p.Split))
 	named = append(named, slices.Collect(maps.Values(p.Aliases))...)
 	if p.Fallback != "" {
@@ -341,7 +369,7 @@ func serveTraffic(w http.ResponseWriter, r *http.Request, app *App, segs []strin
 		out := []trafficStatus{}
 		snap := reg.Snapshot()
 		for _, t := range snap.Policies() {
-			out = append(out, newTrafficStatus(snap, t))
+			out = append(out, newTrafficStatus(app, snap, t))
 		}
 		return writeJSON(w, http.StatusOK, out)
 	}
@@ -357,13 +385,20 @@ func serveTraffic(w http.ResponseWriter, r *http.Request, app *App, segs []strin
 			if !snap.Synced() {
 				return apiError(http.StatusServiceUnavailable, registry.ErrNotSynced)
 			}
+			if !snap.Versions(service).Exist() {
+				return apiError(http.StatusNotFound, newUnknownError(snap, registry.ErrUnknownService, registry.ServiceKey{Service: service}, ""))
+			}
 			return apiError(http.StatusNotFound, fmt.Errorf("service %q has no traffic policy", service))
 		}
-		return writeJSON(w, http.StatusOK, newTrafficStatus(snap, t))
+		return writeJSON(w, http.StatusOK, newTrafficStatus(app, snap, t))
 	case http.MethodPut:
 		var p registry.TrafficPolicy
 		if err := decodeBody(r, &p, "split", "aliases", "header", "cookie", "sticky", "sticky_header", "fallback"); err != nil {
 			return err
+		}
+		if snap := reg.Snapshot(); snap.Synced() && !snap.Versions(service).Exist() {
+			// no version to send requests to: say so, not "unknown versions"
+			return apiError(http.StatusNotFound, newUnknownError(snap, registry.ErrUnknownService, registry.ServiceKey{Service: service}, ""))
 		}
 		if err := reg.PutTraffic(r.Context(), service, p); err != nil {
 			return changeError(err)
@@ -374,7 +409,7 @@ func serveTraffic(w http.ResponseWriter, r *http.Request, app *App, segs []strin
 		if t == nil { // deleted again since by another change
 			return writeJSON(w, http.StatusOK, map[string]any{"service": service, "set": true, "note": "removed again since by another change"})
 		}
-		return writeJSON(w, http.StatusOK, newTrafficStatus(snap, t))
+		return writeJSON(w, http.StatusOK, newTrafficStatus(app, snap, t))
 	case http.MethodDelete:
 		if err := reg.DeleteTraffic(r.Context(), service); err != nil {
 			if errors.Is(err, registry.ErrNoTrafficPolicy) {
@@ -385,7 +420,7 @@ func serveTraffic(w http.ResponseWriter, r *http.Request, app *App, segs []strin
 		app.emitTraffic(service, "deleted")
 		out := map[string]any{"service": service, "deleted": true}
 		if snap := reg.Snapshot(); snap.Traffic(service) != nil {
-			out["now"] = newTrafficStatus(snap, snap.Traffic(service)) // the config's
+			out["now"] = newTrafficStatus(app, snap, snap.Traffic(service)) // the config's
 		}
 		return writeJSON(w, http.StatusOK, out)
 	default:
@@ -398,12 +433,13 @@ func statusOf(svc *registry.Service) serviceStatus {
 	for _, ep := range svc.Endpoints {
 		stats := ep.Stats()
 		st.Endpoints = append(st.Endpoints, endpointStatus{
-			Address: ep.Address, Weight: ep.Weight, Metadata: ep.Metadata,
+			Address: ep.Address, Weight: ep.Weight.Int(), Metadata: ep.Metadata, Drained: ep.Weight == registry.Drained,
 			Healthy: stats.Available, OutOfRotation: stats.OutOfRotation, Fails: stats.Fails,
 			LastFailure: timeOrNil(stats.LastFailure), NextCheck: timeOrNil(stats.NextCheck),
 			SlowStartEnds: timeOrNil(stats.SlowStartUntil),
 			InFlight:      stats.InFlight, Requests: stats.Requests, Failures: stats.Failures,
 			Latency: latencyText(stats.Latency), Held: stats.Held,
+			NotTried: stats.Requests == 0 && !stats.Checked,
 		})
 	}
 	return st
@@ -450,9 +486,9 @@ func pathSegments(escaped, prefix string) ([]string, error) {
 	return parts, nil
 }
 
-func lookupError(key registry.ServiceKey, err error) error {
+func lookupError(snap *registry.Snapshot, key registry.ServiceKey, err error) error {
 	if errors.Is(err, registry.ErrUnknownService) || errors.Is(err, registry.ErrUnknownVersion) {
-		return apiError(http.StatusNotFound, fmt.Errorf("service %s: %w", key, err))
+		return apiError(http.StatusNotFound, newUnknownError(snap, err, key, ""))
 	}
 	if errors.Is(err, registry.ErrNotSynced) {
 		return apiError(http.StatusServiceUnavailable, err)

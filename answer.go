@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net/http"
 	"strings"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -77,19 +78,27 @@ func (h *ErrorsHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, next c
 		// the split chose this client's version: it keeps it
 		w.Header().Add("Set-Cookie", c.header())
 	}
+	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	if h.StripPrefix {
-		repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 		if prefix, ok := repl.GetString(placeholderPrefix); ok && prefix != "" {
 			stripPrefix(r, repl, prefix)
 		}
 	}
+	start := time.Now()
 	err := NoBodyHandler{}.ServeHTTP(w, r, next)
 	if err == nil {
+		// the upstream's status, which the client got
+		status, _ := repl.Get(statusPlaceholder)
+		code, ok := status.(int)
+		if !ok {
+			code = http.StatusOK
+		}
+		h.observe(repl, code, start)
 		return nil
 	}
-	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	var herr caddyhttp.HandlerError
 	if !errors.As(err, &herr) {
+		h.observe(repl, http.StatusInternalServerError, start)
 		return err
 	}
 	if _, matched := repl.Get(placeholderName); !matched {
@@ -99,6 +108,7 @@ func (h *ErrorsHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, next c
 	if status == 0 {
 		status = http.StatusInternalServerError
 	}
+	h.observe(repl, status, start)
 	msg, _ := repl.GetString(placeholderError)
 	if msg == "" {
 		msg = repl.ReplaceKnown(failedBody, "")
@@ -112,6 +122,17 @@ func (h *ErrorsHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, next c
 			zap.String("version", version), zap.String("method", r.Method), zap.String("uri", r.RequestURI), zap.Error(err))
 	}
 	return answer(w, status, msg)
+}
+
+// observe counts a request of the service version the matcher chose in
+// the request metrics, if it chose one.
+func (h *ErrorsHandler) observe(repl *caddy.Replacer, status int, start time.Time) {
+	name, _ := repl.GetString(placeholderName)
+	version, _ := repl.GetString(placeholderVersion)
+	if name == "" || version == "" {
+		return
+	}
+	observeRequest(name, version, status, time.Since(start))
 }
 
 // stripPrefix removes prefix from r's path as the rewrite handler's

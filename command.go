@@ -34,7 +34,8 @@ as 'caddy reload' does: the admin endpoint is --address, else the one the
 config given with --config (and --adapter) names, else localhost:2019.
 
   list [<service> [<version>]]    endpoints, health and counters as a table
-  add <service> <version> <addr>  adds an endpoint
+  add <service> <version> <addr>  adds an endpoint, or changes its weight
+                                  (--weight 0 drains it) and metadata
   remove <service> <version> <addr>
                                   removes an endpoint, and says how its drain went
   traffic [<service>]             shows a traffic policy, or sets (--split ...)
@@ -67,9 +68,9 @@ func serviceRegistryCommand(cmd *cobra.Command) {
 		Short: "Adds an endpoint to a service version",
 		RunE:  runWithArgs(cmdAdd),
 	}
-	add.Flags().Int("weight", 0, "Weight of the endpoint, 1-100 (default 1)")
+	add.Flags().Int("weight", 1, "Weight of the endpoint, 1 to 100, or 0 to drain it (registered, sent no new request)")
 	add.Flags().String("ttl", "", "Time to live of the registration, with the etcd backend (e.g. 30s)")
-	add.Flags().StringArray("meta", nil, "Metadata key=value (repeatable)")
+	add.Flags().StringArray("meta", nil, "Metadata key=value (repeatable), shown by list")
 	cmd.AddCommand(add)
 
 	cmd.AddCommand(&cobra.Command{
@@ -110,18 +111,22 @@ API, so that the config's applies again.
 	cmd.AddCommand(watch)
 }
 
-// runWithArgs wraps f as Caddy wraps its own commands (the error is
-// logged, the exit code carried out), giving f the arguments too.
+// runWithArgs runs f with the command's flags and arguments. An error is
+// one plain line on stderr, "Error: <what went wrong>", as cobra prints a
+// bad flag, and exit status 1: a command line tool's error, not a log
+// line of the server.
 func runWithArgs(f func(caddycmd.Flags, []string) (int, error)) func(*cobra.Command, []string) error {
 	return func(cmd *cobra.Command, args []string) error {
-		return caddycmd.WrapCommandFuncForCobra(func(fl caddycmd.Flags) (int, error) {
-			code, err := f(fl, args)
-			var uerr usageError
-			if errors.As(err, &uerr) {
-				err = fmt.Errorf("%s: %s (usage: %s)", cmd.CommandPath(), uerr.problem, cmd.UseLine())
-			}
-			return code, err
-		})(cmd, args)
+		_, err := f(caddycmd.Flags{FlagSet: cmd.Flags()}, args)
+		if err == nil {
+			return nil
+		}
+		var uerr usageError
+		if errors.As(err, &uerr) {
+			err = fmt.Errorf("%s: %s (usage: %s)", cmd.CommandPath(), uerr.problem, cmd.UseLine())
+		}
+		cmd.SilenceUsage = true
+		return err // cobra prints "Error: " and the message; caddy exits 1
 	}
 }
 
@@ -185,7 +190,7 @@ func (c adminClient) requestError(method, uri string, err error) error {
 		if json.Unmarshal([]byte(body), &apiErr) == nil && apiErr.Error != "" {
 			body = apiErr.Error
 		}
-		return fmt.Errorf("%s %s: %s: %s", method, uri, status, strings.TrimSpace(body))
+		return fmt.Errorf("%s (%s from %s %s)", strings.TrimSpace(body), strings.TrimPrefix(status, "HTTP "), method, uri)
 	}
 	return fmt.Errorf("admin endpoint %s unreachable (is Caddy running there? see --address): %s %s: %v", c.addr, method, uri, err)
 }
@@ -218,37 +223,9 @@ func (c adminClient) fetchServices(args []string) ([]serviceStatus, []byte, erro
 		raw, err := c.getJSON(servicesPath(args...), &st)
 		return []serviceStatus{st}, raw, err
 	}
-	var all struct {
-		Synced   bool              `json:"synced"`
-		Services []json.RawMessage `json:"services"`
-	}
-	raw, err := c.getJSON(servicesPath(), &all)
-	if err != nil {
-		return nil, nil, err
-	}
-	var out []serviceStatus
-	var kept []json.RawMessage
-	for _, r := range all.Services {
-		var st serviceStatus
-		if err := json.Unmarshal(r, &st); err != nil {
-			return nil, nil, fmt.Errorf("decoding answer of GET %s: %v", servicesPath(), err)
-		}
-		if len(args) == 1 && st.Name != args[0] {
-			continue
-		}
-		out = append(out, st)
-		kept = append(kept, r)
-	}
-	if len(args) == 1 {
-		if len(out) == 0 {
-			return nil, nil, fmt.Errorf("service %q: not registered", args[0])
-		}
-		all.Services = kept
-		if raw, err = json.MarshalIndent(all, "", "\t"); err != nil {
-			return nil, nil, err
-		}
-	}
-	return out, raw, nil
+	var all servicesStatus
+	raw, err := c.getJSON(servicesPath(args...), &all)
+	return all.Services, raw, err
 }
 
 func cmdList(fl caddycmd.Flags, args []string) (int, error) {
@@ -275,31 +252,38 @@ func cmdList(fl caddycmd.Flags, args []string) (int, error) {
 // version without endpoints gets a row of its own.
 func writeEndpointTable(w io.Writer, services []serviceStatus) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "SERVICE\tVERSION\tADDRESS\tWEIGHT\tHEALTH\tIN-FLIGHT\tREQUESTS\tFAILURES\tLATENCY")
+	fmt.Fprintln(tw, "SERVICE\tVERSION\tADDRESS\tWEIGHT\tHEALTH\tIN-FLIGHT\tREQUESTS\tFAILURES\tLATENCY\tMETADATA")
 	for _, svc := range services {
 		if len(svc.Endpoints) == 0 {
-			fmt.Fprintf(tw, "%s\t%s\t-\t-\t-\t-\t-\t-\t-\n", svc.Name, svc.Version)
+			fmt.Fprintf(tw, "%s\t%s\t-\t-\t-\t-\t-\t-\t-\t-\n", svc.Name, svc.Version)
 		}
 		for _, ep := range svc.Endpoints {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%d\t%d\t%d\t%s\n", svc.Name, svc.Version, ep.Address, ep.Weight,
-				cliHealth(ep), ep.InFlight, ep.Requests, ep.Failures, cliDash(ep.Latency))
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%d\t%d\t%d\t%s\t%s\n", svc.Name, svc.Version, ep.Address, ep.Weight,
+				cliHealth(ep), ep.InFlight, ep.Requests, ep.Failures, cliDash(ep.Latency), cliDash(cliJoinPairs(ep.Metadata)))
 		}
 	}
 	return tw.Flush()
 }
 
-// cliHealth is "in", or "out" and why.
+// cliHealth is "in", or "out" and why, with "drained" first for an
+// endpoint of weight 0 (registered, sent no new request), and "not tried"
+// for one that no request or check has reached yet.
 func cliHealth(ep endpointStatus) string {
-	if ep.Healthy && ep.Held {
-		return "in (held)"
+	h := "out"
+	switch {
+	case ep.Healthy && ep.Held:
+		h = "in (held)"
+	case ep.Healthy && ep.NotTried:
+		h = "in (not tried)"
+	case ep.Healthy:
+		h = "in"
+	case ep.OutOfRotation != "":
+		h = "out (" + ep.OutOfRotation + ")"
 	}
-	if ep.Healthy {
-		return "in"
+	if ep.Drained {
+		return "drained, " + h
 	}
-	if ep.OutOfRotation != "" {
-		return "out (" + ep.OutOfRotation + ")"
-	}
-	return "out"
+	return h
 }
 
 func cliDash(s string) string {
@@ -314,8 +298,12 @@ func cmdAdd(fl caddycmd.Flags, args []string) (int, error) {
 		return usagef("want <service> <version> <address>, got %d arguments", len(args))
 	}
 	body := map[string]any{"address": args[2]}
-	if w := fl.Int("weight"); w != 0 {
-		body["weight"] = w
+	if fl.Changed("weight") {
+		w := fl.Int("weight")
+		if w < 0 || w > 100 {
+			return usagef("--weight %d: want 0 (drained) to 100", w)
+		}
+		body["weight"] = w // 0 included: it drains
 	}
 	if ttl := fl.String("ttl"); ttl != "" {
 		body["ttl"] = ttl
@@ -551,16 +539,25 @@ func printTraffic(w io.Writer, method string, raw []byte) error {
 // writePolicyTable writes traffic policies as an aligned table.
 func writePolicyTable(w io.Writer, policies []trafficStatus) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "SERVICE\tSPLIT\tALIASES\tHEADER\tCOOKIE\tSTICKY\tFALLBACK\tNO HOST")
+	fmt.Fprintln(tw, "SERVICE\tSPLIT\tALIASES\tHEADER\tCOOKIE\tSTICKY\tFALLBACK\tNO HOST\tSOURCE")
 	for _, p := range policies {
 		sticky := p.Sticky
 		if sticky == "header" {
 			sticky += ":" + p.StickyHeader
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", p.Service, cliDash(cliJoinPairs(p.Split)), cliDash(cliJoinPairs(p.Aliases)),
-			cliDash(p.Header), cliDash(p.Cookie), cliDash(sticky), cliDash(p.Fallback), cliDash(strings.Join(p.NoHost, ",")))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", p.Service, cliDash(cliJoinPairs(p.Split)), cliDash(cliJoinPairs(p.Aliases)),
+			cliDash(p.Header), cliDash(p.Cookie), cliDash(sticky), cliDash(p.Fallback), cliDash(strings.Join(p.NoHost, ",")), cliSource(p.Source))
 	}
 	return tw.Flush()
+}
+
+// cliSource shows where a policy comes from: "stored" (set through the
+// admin API, wins over the config's) or "config".
+func cliSource(s string) string {
+	if s == "stored" {
+		return "stored (overrides config)"
+	}
+	return cliDash(s)
 }
 
 // cliJoinPairs shows a map as k=v,k=v in the order of its keys.

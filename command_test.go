@@ -73,16 +73,22 @@ func TestWriteEndpointTable(t *testing.T) {
 		{Name: "users", Version: "v1", Endpoints: []endpointStatus{
 			{Address: "127.0.0.1:9091", Weight: 1, Healthy: true, Requests: 12, Latency: "1.2ms"},
 			{Address: "127.0.0.1:19092", Weight: 100, OutOfRotation: "probe", InFlight: 3, Failures: 2},
+			{Address: "127.0.0.1:9093", Weight: 0, Drained: true, Healthy: true, Metadata: map[string]string{"zone": "a", "rack": "2"}},
+			{Address: "127.0.0.1:9094", Weight: 0, Drained: true, OutOfRotation: "unreachable"},
+			{Address: "127.0.0.1:9095", Weight: 1, Healthy: true, NotTried: true},
 		}},
 		{Name: "orders", Version: "v10"},
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := `SERVICE  VERSION  ADDRESS          WEIGHT  HEALTH       IN-FLIGHT  REQUESTS  FAILURES  LATENCY
-users    v1       127.0.0.1:9091   1       in           0          12        0         1.2ms
-users    v1       127.0.0.1:19092  100     out (probe)  3          0         2         -
-orders   v10      -                -       -            -          -         -         -
+	want := `SERVICE  VERSION  ADDRESS          WEIGHT  HEALTH                      IN-FLIGHT  REQUESTS  FAILURES  LATENCY  METADATA
+users    v1       127.0.0.1:9091   1       in                          0          12        0         1.2ms    -
+users    v1       127.0.0.1:19092  100     out (probe)                 3          0         2         -        -
+users    v1       127.0.0.1:9093   0       drained, in                 0          0         0         -        rack=2,zone=a
+users    v1       127.0.0.1:9094   0       drained, out (unreachable)  0          0         0         -        -
+users    v1       127.0.0.1:9095   1       in (not tried)              0          0         0         -        -
+orders   v10      -                -       -                           -          -         -         -        -
 `
 	if b.String() != want {
 		t.Errorf("table:\n%s\nwant:\n%s", b.String(), want)
@@ -93,8 +99,8 @@ func TestRequestError(t *testing.T) {
 	c := adminClient{addr: "127.0.0.1:2999"}
 	for _, tc := range []struct{ in, want string }{
 		{"caddy responded with error: HTTP 400: {\"error\":\"bad address \\\"x\\\": want host:port\"}\n",
-			`DELETE /u: HTTP 400: bad address "x": want host:port`},
-		{"caddy responded with error: HTTP 502: bad gateway", "DELETE /u: HTTP 502: bad gateway"},
+			`bad address "x": want host:port (400 from DELETE /u)`},
+		{"caddy responded with error: HTTP 502: bad gateway", "bad gateway (502 from DELETE /u)"},
 		{"performing request: dial tcp 127.0.0.1:2999: connect: connection refused",
 			"admin endpoint 127.0.0.1:2999 unreachable"},
 	} {
@@ -108,7 +114,11 @@ func TestWatchServices(t *testing.T) {
 	var gets atomic.Int32
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		n := gets.Add(1)
-		fmt.Fprintf(w, `{"synced":true,"services":[{"name":"users","version":"v1","endpoints":[{"address":"127.0.0.1:%d","weight":1,"healthy":true}]},{"name":"orders","version":"v1","endpoints":[]}]}`, 9090+n)
+		orders := `,{"name":"orders","version":"v1","endpoints":[]}`
+		if r.URL.Path == "/service_registry/services/users" {
+			orders = ""
+		}
+		fmt.Fprintf(w, `{"synced":true,"services":[{"name":"users","version":"v1","endpoints":[{"address":"127.0.0.1:%d","weight":1,"healthy":true}]}%s]}`, 9090+n, orders)
 	}))
 	defer srv.Close()
 	c := adminClient{addr: strings.TrimPrefix(srv.URL, "http://")}

@@ -208,18 +208,47 @@ func (m MatchServiceVersion) MatchWithError(r *http.Request) (bool, error) {
 // version may come from a request header, so the text quotes no more
 // than a short excerpt of it.
 func (m MatchServiceVersion) unknown(r *http.Request, repl *caddy.Replacer, err error, name, version string) (bool, error) {
-	var msg string
-	if errors.Is(err, registry.ErrUnknownService) {
-		msg = fmt.Sprintf("unknown service %q", excerpt(name))
-	} else {
-		msg = fmt.Sprintf("unknown version %q of service %q", excerpt(version), excerpt(name))
-	}
+	msg := unknownText(err, excerpt(name), excerpt(version))
 	repl.Set(placeholderError, msg)
 	if m.Unknown == "match" {
 		caddyhttp.SetVar(r.Context(), varUnknown, true)
 		return true, nil
 	}
 	return false, caddyhttp.Error(http.StatusNotFound, errors.New(msg))
+}
+
+// unknownText is how the proxy's 404, the admin API and the CLI all word
+// an unknown service (err matches registry.ErrUnknownService) or version
+// of a known service.
+func unknownText(err error, service, version string) string {
+	if errors.Is(err, registry.ErrUnknownService) {
+		return fmt.Sprintf("unknown service %q", service)
+	}
+	return fmt.Sprintf("unknown version %q of service %q", version, service)
+}
+
+// unknownError is an unknown service, version or endpoint, worded as
+// unknownText does; it matches the registry error it stands for.
+type unknownError struct {
+	msg string
+	err error
+}
+
+func (e unknownError) Error() string { return e.msg }
+func (e unknownError) Unwrap() error { return e.err }
+
+// newUnknownError words err, which matches registry.ErrUnknownService,
+// ErrUnknownVersion or ErrUnknownEndpoint, for key and address. A version
+// unknown to a snapshot that holds no version of the service at all is an
+// unknown service: a backend that cannot tell them apart says version.
+func newUnknownError(snap *registry.Snapshot, err error, key registry.ServiceKey, address string) error {
+	switch {
+	case errors.Is(err, registry.ErrUnknownEndpoint):
+		return unknownError{fmt.Sprintf("unknown endpoint %q of version %q of service %q", address, key.Version, key.Service), err}
+	case errors.Is(err, registry.ErrUnknownVersion) && snap != nil && !snap.Versions(key.Service).Exist():
+		return unknownError{unknownText(registry.ErrUnknownService, key.Service, ""), registry.ErrUnknownService}
+	}
+	return unknownError{unknownText(err, key.Service, key.Version), err}
 }
 
 // excerpt returns s, or its first bytes and "..." when it is longer than

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -71,6 +72,55 @@ type App struct {
 	// of old apps, and of the configs they hold, stays reachable.
 	prev    atomic.Pointer[App]
 	stopped atomic.Bool // Stop was called
+
+	// stopLog ends the goroutine that logs the stored traffic policies
+	// once the backend has synced; logDone is closed when it has ended.
+	stopLog context.CancelFunc
+	logDone chan struct{}
+}
+
+// trafficSource says where the traffic policy t of the running registry
+// comes from: "config" when it is the config's, "stored" when it was set
+// through the admin API (PUT) and stored by the backend, in which case it
+// wins over the config's until it is deleted (DELETE, or
+// `caddy service-registry traffic <service> --delete`).
+func (a *App) trafficSource(t *registry.Traffic) string {
+	p, ok := a.Traffic[t.Service()]
+	if !ok {
+		return "stored"
+	}
+	c, err := p.Compile(t.Service(), nil) // fills in the defaults
+	if err != nil || !samePolicy(c.Policy(), t.Policy()) {
+		return "stored"
+	}
+	return "config"
+}
+
+func samePolicy(a, b registry.TrafficPolicy) bool {
+	return maps.Equal(a.Split, b.Split) && maps.Equal(a.Aliases, b.Aliases) && a.Header == b.Header &&
+		a.Cookie == b.Cookie && a.Sticky == b.Sticky && a.StickyHeader == b.StickyHeader && a.Fallback == b.Fallback
+}
+
+// logStoredTraffic says, once the backend has synced, which services
+// route by a traffic policy set through the admin API rather than the
+// config's: a stored policy survives restarts and wins over the config.
+func (a *App) logStoredTraffic(ctx context.Context) {
+	defer close(a.logDone)
+	if !a.reg.WaitSynced(ctx) {
+		return
+	}
+	for _, t := range a.reg.Snapshot().Policies() {
+		if a.trafficSource(t) != "stored" {
+			continue
+		}
+		if _, inConfig := a.Traffic[t.Service()]; inConfig {
+			a.logger.Warn("a traffic policy set through the admin API overrides the config's; delete it to use the config's",
+				zap.String("service", t.Service()), zap.String("source", "stored"))
+		} else {
+			a.logger.Info("traffic policy set through the admin API, stored by the backend",
+				zap.String("service", t.Service()), zap.String("source", "stored"))
+		}
+	}
 }
 
 // checkSeededVersions refuses a policy naming versions the config does
@@ -288,6 +338,9 @@ func (a *App) Start() error {
 		return fmt.Errorf("starting service registry backend: %w", err)
 	}
 	a.prev.Store(current.Swap(a))
+	ctx, cancel := context.WithCancel(context.Background())
+	a.stopLog, a.logDone = cancel, make(chan struct{})
+	go a.logStoredTraffic(ctx)
 	return nil
 }
 
@@ -297,6 +350,10 @@ func (a *App) Start() error {
 // registry itself stops when no config uses it any more (Cleanup).
 func (a *App) Stop() error {
 	a.stopped.Store(true)
+	if a.stopLog != nil {
+		a.stopLog()
+		<-a.logDone
+	}
 	prev := a.prev.Swap(nil)
 	if prev == nil || prev.stopped.Load() {
 		current.CompareAndSwap(a, nil)

@@ -374,7 +374,7 @@ func (a *attempt) Load(i int) (inFlight, weight int) {
 	if a.svc == nil {
 		return a.pool[i].Host.NumRequests(), 1
 	}
-	return a.pool[i].Host.NumRequests(), a.svc.Endpoints[i].Weight
+	return a.pool[i].Host.NumRequests(), a.svc.Endpoints[i].Weight.Int()
 }
 
 // Endpoint returns pool[i]'s registry endpoint, or nil for a pool not

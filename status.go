@@ -111,7 +111,7 @@ func statusOfApp(app *App) statusData {
 		out.Services = append(out.Services, statusOf(svc))
 	}
 	for _, t := range snap.Policies() {
-		out.Traffic = append(out.Traffic, newTrafficStatus(snap, t))
+		out.Traffic = append(out.Traffic, newTrafficStatus(app, snap, t))
 	}
 	return out
 }
@@ -165,11 +165,25 @@ func (s *StatusHandler) Provision(ctx caddy.Context) error {
 	return nil
 }
 
-// ServeHTTP serves the page or its data.
+// ServeHTTP serves the page or its data. A request for the page whose
+// URL does not end in a slash (/ops/status with `handle_path
+// /ops/status*`) is redirected to the URL with one: the page fetches its
+// data relative to its own URL.
 func (s *StatusHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		w.Header().Set("Allow", "GET, HEAD")
 		return caddyhttp.Error(http.StatusMethodNotAllowed, errors.New("the service registry status page is read-only; want GET or HEAD"))
+	}
+	if orig, ok := r.Context().Value(caddyhttp.OriginalRequestCtxKey).(http.Request); ok && orig.URL != nil {
+		p := orig.URL.EscapedPath()
+		if !strings.HasSuffix(p, "/") && !strings.HasSuffix(p, "/"+statusDataName) {
+			target := p + "/"
+			if orig.URL.RawQuery != "" {
+				target += "?" + orig.URL.RawQuery
+			}
+			http.Redirect(w, r, target, http.StatusPermanentRedirect)
+			return nil
+		}
 	}
 	return serveStatus(w, r, s.app)
 }
@@ -179,9 +193,10 @@ func (s *StatusHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ cadd
 //	service_registry_status [<matcher>]
 //
 // It takes no arguments and no block. Mount it under a path behind the
-// site's own authentication, for example:
+// site's own authentication, for example (/status redirects to
+// /status/, where the page finds its data):
 //
-//	handle_path /status/* {
+//	handle_path /status* {
 //		basic_auth { admin <hash> }
 //		service_registry_status
 //	}

@@ -365,7 +365,7 @@ func BenchmarkMatchTraffic(b *testing.B) {
 // service it seeds; for one it does not seed, versions come later.
 func TestCheckSeededVersions(t *testing.T) {
 	seeds := map[registry.ServiceKey][]registry.Endpoint{{Service: "users", Version: "v1"}: nil}
-	if err := checkSeededVersions("users", registry.TrafficPolicy{Split: map[string]int{"v1": 1, "v2": 1}}, seeds); err == nil || !strings.Contains(err.Error(), "unknown versions: v2") {
+	if err := checkSeededVersions("users", registry.TrafficPolicy{Split: map[string]int{"v1": 1, "v2": 1}}, seeds); err == nil || !strings.Contains(err.Error(), `unknown version "v2"`) {
 		t.Errorf("a split naming an unseeded version of a seeded service: %v", err)
 	}
 	if err := checkSeededVersions("users", registry.TrafficPolicy{Split: map[string]int{"v1": 1}}, seeds); err != nil {

@@ -56,10 +56,14 @@ func TestAdminAPI(t *testing.T) {
 		{"slash in name", "POST", svc + "/us%2Fers/v1", "", `{"address":"127.0.0.1:1"}`, 400, "bad path segment"},
 		{"too big", "POST", svc + "/users/v1", "", `{"address":"` + strings.Repeat("a", 70<<10) + `"}`, 413, "over"},
 		{"bad address in DELETE", "DELETE", svc + "/users/v1/not-an-address", "", "", 400, "want host:port"},
-		{"unknown endpoint", "DELETE", svc + "/users/v1/127.0.0.1:9999", "", "", 404, "127.0.0.1:9999"},
-		{"unknown version", "DELETE", svc + "/users/v7/127.0.0.1:9091", "", "", 404, "unknown version"},
-		{"unknown service", "GET", svc + "/orders/v1", "", "", 404, "unknown service"},
-		{"no such resource", "GET", svc + "/users", "", "", 404, "no such resource"},
+		{"unknown endpoint", "DELETE", svc + "/users/v1/127.0.0.1:9999", "", "", 404, `unknown endpoint \"127.0.0.1:9999\" of version \"v1\" of service \"users\"`},
+		{"unknown version", "DELETE", svc + "/users/v7/127.0.0.1:9091", "", "", 404, `unknown version \"v7\" of service \"users\"`},
+		{"unknown service in DELETE", "DELETE", svc + "/orders/v7/127.0.0.1:9091", "", "", 404, `unknown service \"orders\"`},
+		{"unknown service", "GET", svc + "/orders/v1", "", "", 404, `unknown service \"orders\"`},
+		{"unknown version in GET", "GET", svc + "/users/v7", "", "", 404, `unknown version \"v7\" of service \"users\"`},
+		{"unknown service alone", "GET", svc + "/orders", "", "", 404, `unknown service \"orders\"`},
+		{"one service", "GET", svc + "/users", "", "", 200, `"name": "users"`},
+		{"no such resource", "GET", "/service_registry/nope", "", "", 404, "no such resource"},
 		{"method", "PUT", svc + "/users/v1", "", `{}`, 405, "method not allowed"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

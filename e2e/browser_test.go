@@ -195,3 +195,12 @@ func (b *browser) Text(selector string) string {
 	b.Eval(fmt.Sprintf(`(document.querySelector(%q) || {textContent: ""}).textContent`, selector), &s)
 	return s
 }
+
+// SetViewport makes the page lay out as on a phone of the given width
+// in CSS pixels (touch, device scale 3), as Chrome's device mode does.
+func (b *browser) SetViewport(width, height int) {
+	b.t.Helper()
+	b.call(b.session, "Emulation.setDeviceMetricsOverride", map[string]any{
+		"width": width, "height": height, "deviceScaleFactor": 3, "mobile": true,
+	}, nil)
+}

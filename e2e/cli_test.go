@@ -40,13 +40,17 @@ func cliOK(t *testing.T, c *caddy, args ...string) string {
 	return out
 }
 
-// cliFails runs the command and fails the test unless it exits non-zero
-// with stderr mentioning every one of mentions.
+// cliFails runs the command and fails the test unless it exits 1 with
+// one plain line on stderr, "Error: ...", mentioning every one of
+// mentions.
 func cliFails(t *testing.T, args []string, mentions ...string) {
 	t.Helper()
 	out, errOut, code := cliRun(t, args...)
-	if code == 0 {
-		t.Fatalf("service-registry %q: exit 0, want an error\nstdout: %s", args, out)
+	if code != 1 {
+		t.Fatalf("service-registry %q: exit %d, want 1\nstdout: %s\nstderr: %s", args, code, out, errOut)
+	}
+	if !strings.HasPrefix(errOut, "Error: ") || strings.Count(errOut, "\n") != 1 || strings.Contains(errOut, `"level"`) {
+		t.Errorf("service-registry %q: stderr %q, want one plain line starting with Error: ", args, errOut)
 	}
 	for _, m := range mentions {
 		if !strings.Contains(errOut, m) {
@@ -74,7 +78,7 @@ func tableRows(t *testing.T, out string) []string {
 	if header == "" {
 		t.Fatalf("no table header in:\n%s", out)
 	}
-	want := []string{"SERVICE", "VERSION", "ADDRESS", "WEIGHT", "HEALTH", "IN-FLIGHT", "REQUESTS", "FAILURES", "LATENCY"}
+	want := []string{"SERVICE", "VERSION", "ADDRESS", "WEIGHT", "HEALTH", "IN-FLIGHT", "REQUESTS", "FAILURES", "LATENCY", "METADATA"}
 	if got := strings.Fields(header); strings.Join(got, " ") != strings.Join(want, " ") {
 		t.Fatalf("header %q, want columns %q", header, want)
 	}
@@ -146,11 +150,43 @@ func TestCLI(t *testing.T) {
 			t.Errorf("add: %s", out)
 		}
 		rows := tableRows(t, cliOK(t, c, "list", "users", "v2"))
-		if !slicesContainsPrefix(rows, "users v2 "+extra.Addr+" 3 ") {
-			t.Errorf("list after add:\n%s", strings.Join(rows, "\n"))
+		if !slicesContainsPrefix(rows, "users v2 "+extra.Addr+" 3 in (not tried) 0 0 0 - zone=b") {
+			t.Errorf("list after add: want weight 3, not tried yet, metadata zone=b:\n%s", strings.Join(rows, "\n"))
 		}
 		if out := cliOK(t, c, "add", "users", "v2", extra.Addr, "--weight", "3"); !strings.Contains(out, "updated") {
 			t.Errorf("add again: %s", out)
+		}
+	})
+
+	t.Run("weight 0 drains", func(t *testing.T) {
+		// HAProxy's "set weight 0": registered, shown, sent nothing
+		if out := cliOK(t, c, "add", "users", "v2", extra.Addr, "--weight", "0"); !strings.Contains(out, "updated") {
+			t.Errorf("add --weight 0: %s", out)
+		}
+		rows := tableRows(t, cliOK(t, c, "list", "users", "v2"))
+		if !slicesContainsPrefix(rows, "users v2 "+extra.Addr+" 0 drained, in") {
+			t.Errorf("list after --weight 0: want weight 0 and drained:\n%s", strings.Join(rows, "\n"))
+		}
+		before := extra.arrived.Load()
+		for range 20 {
+			if status, _, _ := c.Get("/users/v2/"); status != http.StatusOK {
+				t.Fatalf("GET /users/v2/ with one host drained: %d", status)
+			}
+		}
+		if n := extra.arrived.Load() - before; n != 0 {
+			t.Errorf("the drained host got %d of 20 requests, want 0", n)
+		}
+		// every host drained: no available host, as a version without one
+		cliOK(t, c, "add", "users", "v2", v2.Addr, "--weight", "0")
+		if status, body, h := c.Get("/users/v2/"); status != http.StatusServiceUnavailable || h.Get("Retry-After") == "" {
+			t.Errorf("GET /users/v2/ with every host drained: %d %q, want 503 with Retry-After", status, body)
+		}
+		cliOK(t, c, "add", "users", "v2", v2.Addr, "--weight", "1")
+		if status, _, _ := c.Get("/users/v2/"); status != http.StatusOK {
+			t.Errorf("GET /users/v2/ after undraining: %d", status)
+		}
+		if out := cliOK(t, c, "list", "users", "--json"); !strings.Contains(out, `"drained": true`) {
+			t.Errorf("list --json shows no drained endpoint:\n%s", out)
 		}
 	})
 
@@ -211,9 +247,15 @@ func TestCLI(t *testing.T) {
 			{"bad meta", []string{"add", "users", "v1", a.Addr, "--meta", "zone"}, []string{"--meta", "key=value"}},
 			{"bad address", []string{"add", "users", "v1", "not-an-address"}, []string{"400", "want host:port"}},
 			{"bad address in remove", []string{"remove", "users", "v1", "not-an-address"}, []string{"400", "want host:port"}},
-			{"unknown version on remove", []string{"remove", "users", "v7", a.Addr}, []string{"404", "unknown version"}},
-			{"unknown service in list", []string{"list", "payments"}, []string{"payments", "not registered"}},
-			{"unknown version in list", []string{"list", "users", "v7"}, []string{"404", "unknown version"}},
+			{"unknown version on remove", []string{"remove", "users", "v7", a.Addr}, []string{"404", `unknown version "v7" of service "users"`}},
+			{"unknown service on remove", []string{"remove", "nosuch", "v1", a.Addr}, []string{"404", `unknown service "nosuch"`}},
+			{"unknown endpoint on remove", []string{"remove", "users", "v1", extra.Addr}, []string{"404", `unknown endpoint "` + extra.Addr + `" of version "v1" of service "users"`}},
+			{"unknown service in list", []string{"list", "payments"}, []string{"404", `unknown service "payments"`}},
+			{"unknown version in list", []string{"list", "users", "v7"}, []string{"404", `unknown version "v7" of service "users"`}},
+			{"unknown service in traffic", []string{"traffic", "nosuch", "--split", "v1=100"}, []string{"404", `unknown service "nosuch"`}},
+			{"unknown service's traffic", []string{"traffic", "nosuch"}, []string{"404", `unknown service "nosuch"`}},
+			{"unknown version in traffic", []string{"traffic", "users", "--split", "v1=50,v9=50"}, []string{"400", `unknown version "v9" of service "users"`}},
+			{"weight out of range", []string{"add", "users", "v1", a.Addr, "--weight", "101"}, []string{"--weight 101", "0 (drained) to 100"}},
 		} {
 			t.Run(tc.name, func(t *testing.T) {
 				cliFails(t, append(tc.args, adm...), tc.mentions...)

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -290,25 +292,98 @@ func TestMetrics(t *testing.T) {
 		ok     func(float64) bool
 		want   string
 	}{
-		{"caddy_service_registry_requests_total{" + upLabels + "}", func(v float64) bool { return v >= 10 }, ">= 10"},
-		{"caddy_service_registry_requests_total{" + downLabels + "}", func(v float64) bool { return v >= 1 }, ">= 1"},
+		{"caddy_service_registry_tries_total{" + upLabels + "}", func(v float64) bool { return v >= 10 }, ">= 10"},
+		{"caddy_service_registry_tries_total{" + downLabels + "}", func(v float64) bool { return v >= 1 }, ">= 1"},
+		{`caddy_service_registry_requests_total{code_class="2xx",service="users",version="v1"}`, func(v float64) bool { return v == 10 }, "10: requests, not tries"},
+		{`caddy_service_registry_request_duration_seconds_count{code_class="2xx",service="users",version="v1"}`, func(v float64) bool { return v == 10 }, "10"},
+		{`caddy_service_registry_request_duration_seconds_bucket{code_class="2xx",service="users",version="v1",le="+Inf"}`, func(v float64) bool { return v == 10 }, "10"},
+		{`caddy_service_registry_request_duration_seconds_bucket{code_class="2xx",service="users",version="v1",le="0.005"}`, func(v float64) bool { return v <= 10 }, "at most 10"},
+		{"caddy_service_registry_upstreams_weight{" + upLabels + "}", func(v float64) bool { return v == 1 }, "1"},
 		{"caddy_service_registry_failures_total{" + downLabels + "}", func(v float64) bool { return v >= 1 }, ">= 1"},
 		{"caddy_service_registry_ejections_total{" + downLabels + "}", func(v float64) bool { return v == 1 }, "1"},
 		{`caddy_service_registry_retries_total{service="users",version="v1"}`, func(v float64) bool { return v >= 1 }, ">= 1"},
-		{"caddy_service_registry_upstream_healthy{" + upLabels + "}", func(v float64) bool { return v == 1 }, "1"},
-		{"caddy_service_registry_upstream_healthy{" + downLabels + "}", func(v float64) bool { return v == 0 }, "0"},
+		{"caddy_service_registry_upstreams_healthy{" + upLabels + "}", func(v float64) bool { return v == 1 }, "1"},
+		{"caddy_service_registry_upstreams_healthy{" + downLabels + "}", func(v float64) bool { return v == 0 }, "0"},
 	} {
 		v, ok := m[check.series]
 		if !ok || !check.ok(v) {
 			t.Errorf("%s = %v (present %v), want %s", check.series, v, ok, check.want)
 		}
 	}
-	before := m["caddy_service_registry_requests_total{"+upLabels+"}"]
+	before := m["caddy_service_registry_tries_total{"+upLabels+"}"]
 	for range 5 {
 		c.Get("/users/v1/x")
 	}
-	if after := metrics(t, c)["caddy_service_registry_requests_total{"+upLabels+"}"]; after != before+5 {
-		t.Errorf("requests_total went from %v to %v after 5 requests", before, after)
+	if after := metrics(t, c)["caddy_service_registry_tries_total{"+upLabels+"}"]; after != before+5 {
+		t.Errorf("tries_total went from %v to %v after 5 requests", before, after)
+	}
+
+	// the code class is the client's: 3 answers of 404 are 4xx; a request
+	// naming an unknown version makes no series (client input)
+	up.status.Store(http.StatusNotFound)
+	for range 3 {
+		c.Get("/users/v1/x")
+	}
+	up.status.Store(0)
+	c.Get("/users/v9/x")
+	m = metrics(t, c)
+	for series, want := range map[string]float64{
+		`caddy_service_registry_requests_total{code_class="2xx",service="users",version="v1"}`:                            15,
+		`caddy_service_registry_requests_total{code_class="4xx",service="users",version="v1"}`:                            3,
+		`caddy_service_registry_request_duration_seconds_count{code_class="4xx",service="users",version="v1"}`:            3,
+		`caddy_service_registry_request_duration_seconds_bucket{code_class="4xx",service="users",version="v1",le="+Inf"}`: 3,
+	} {
+		if got := m[series]; got != want {
+			t.Errorf("%s = %v, want %v", series, got, want)
+		}
+	}
+	for series := range m {
+		if strings.Contains(series, `version="v9"`) {
+			t.Errorf("a request naming an unknown version made the series %s", series)
+		}
+	}
+
+	// Every metric the Grafana dashboard queries is in the scrape (a
+	// request chosen by a split makes the version routing series).
+	if status, body := c.AdminDo(http.MethodPut, "/service_registry/traffic/users", "application/json", `{"split":{"v1":100}}`); status != http.StatusOK {
+		t.Fatalf("PUT traffic: %d %s", status, body)
+	}
+	if status, _, _ := c.Get("/users/x"); status != http.StatusOK {
+		t.Fatalf("GET /users/x by the split: %d", status)
+	}
+	scraped := map[string]bool{}
+	for series := range metrics(t, c) {
+		name, _, _ := strings.Cut(series, "{")
+		scraped[name] = true
+	}
+	raw, err := os.ReadFile(filepath.Join("..", "examples", "grafana", "dashboard.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dashboard struct {
+		Panels []struct {
+			Title   string `json:"title"`
+			Targets []struct {
+				Expr string `json:"expr"`
+			} `json:"targets"`
+		} `json:"panels"`
+	}
+	if err := json.Unmarshal(raw, &dashboard); err != nil || len(dashboard.Panels) == 0 {
+		t.Fatalf("examples/grafana/dashboard.json: %v, %d panels", err, len(dashboard.Panels))
+	}
+	used := 0
+	for _, p := range dashboard.Panels {
+		for _, target := range p.Targets {
+			for _, name := range regexp.MustCompile(`caddy_service_registry_\w+`).FindAllString(target.Expr, -1) {
+				used++
+				if !scraped[name] {
+					t.Errorf("dashboard panel %q queries %s, which Caddy's /metrics does not have", p.Title, name)
+				}
+			}
+		}
+	}
+	if used == 0 {
+		t.Error("the dashboard queries no metric of the plugin")
 	}
 }
 

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/svcreg/caddy-svcreg/internal/testutil"
 )
 
 // pageRowsJS lists the endpoint rows of the status page as
@@ -153,11 +155,21 @@ func TestStatusPageInBrowser(t *testing.T) {
 func TestStatusHandlerOnSite(t *testing.T) {
 	a := startBackend(t, "a")
 	c := startCaddy(t, healthRegistry("path /healthz\n\t\t\tinterval 100ms", a), `{http} {
-	handle_path /ops/status/* {
+	handle_path /ops/status* {
 		service_registry_status
 	}
 	service_proxy
 }`, caddyOpts{})
+
+	// without the slash: redirected to the page's URL, whose relative
+	// links find the data
+	req, _ := http.NewRequest(http.MethodGet, "http://"+c.HTTP+"/ops/status?x=1", nil)
+	noFollow := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	if resp, err := noFollow.Do(req); err != nil {
+		t.Fatal(err)
+	} else if resp.Body.Close(); resp.StatusCode != http.StatusPermanentRedirect || resp.Header.Get("Location") != "/ops/status/?x=1" {
+		t.Errorf("GET /ops/status: %d, Location %q; want 308 to /ops/status/?x=1", resp.StatusCode, resp.Header.Get("Location"))
+	}
 
 	status, body, h := c.Get("/ops/status/")
 	if status != http.StatusOK || !strings.HasPrefix(h.Get("Content-Type"), "text/html") || !strings.Contains(body, "<title>Service registry status</title>") {
@@ -187,4 +199,100 @@ func TestStatusHandlerOnSite(t *testing.T) {
 	waitFor(t, 30*time.Second, "the page under /ops/status/ to list "+a.Addr, func() bool {
 		return hasRow(pageRows(page), "users v1 "+a.Addr+" in rotation")
 	})
+}
+
+// phoneLayoutJS lists what is cut off or hidden on the page: the page
+// wider than the screen, a cell or caption reaching past either edge, a
+// hidden cell, an endpoint address broken over two lines.
+const phoneLayoutJS = `(() => {
+	const w = document.documentElement.clientWidth, problems = [];
+	if (document.documentElement.scrollWidth > w) problems.push('page scrolls sideways: ' + document.documentElement.scrollWidth + ' > ' + w);
+	for (const e of document.querySelectorAll('main caption, main th, main td')) {
+		if (e.closest('thead')) continue;
+		const r = e.getBoundingClientRect();
+		if (getComputedStyle(e).display === 'none' || r.width === 0) problems.push('hidden: ' + (e.dataset.label || e.textContent));
+		else if (r.left < 0 || r.right > w + 0.5) problems.push('cut off: ' + (e.dataset.label || '') + ' ' + e.textContent + ' at ' + r.left + '-' + r.right);
+	}
+	for (const th of document.querySelectorAll('tr[data-address] th[scope=row]')) {
+		const range = document.createRange();
+		range.selectNodeContents(th);
+		if (range.getClientRects().length !== 1) problems.push('address wraps: ' + th.textContent);
+	}
+	return JSON.stringify({width: w, problems});
+})()`
+
+// The status page on a phone, 390 CSS pixels wide, in headless Chromium:
+// every column of every endpoint shows (latency and weight included),
+// nothing reaches past the screen's edge, addresses stay on one line; a
+// drained endpoint (weight 0) shows as drained, one that nothing has
+// tried yet as not tried, and metadata shows.
+func TestStatusPageOnPhone(t *testing.T) {
+	a, b := startBackend(t, "a"), startBackend(t, "b")
+	nobody := testutil.RefusedAddr(t)
+	c := startCaddy(t, fmt.Sprintf(`service_registry {
+		service users v1 %s
+		service orders v1 %s
+	}`, a.Addr, nobody), `{http} {
+	service_proxy
+}`, caddyOpts{})
+	if status, body := c.AdminDo("POST", "/service_registry/services/users/v1", "application/json",
+		`{"address":"`+b.Addr+`","weight":0,"metadata":{"zone":"eu-west-1a","rack":"r17"}}`); status != http.StatusCreated {
+		t.Fatalf("adding a drained endpoint: %d %s", status, body)
+	}
+	if status, body := c.AdminDo("PUT", "/service_registry/traffic/users", "application/json", `{"split":{"v1":100},"aliases":{"stable":"v1"},"fallback":"v1"}`); status != http.StatusOK {
+		t.Fatalf("setting a traffic policy: %d %s", status, body)
+	}
+	for range 5 {
+		if status, _, _ := c.Get("/users/v1/x"); status != http.StatusOK {
+			t.Fatalf("GET /users/v1/x: %d", status)
+		}
+	}
+	if n := b.arrived.Load(); n != 0 {
+		t.Errorf("the drained endpoint got %d requests", n)
+	}
+
+	pageURL := "http://" + c.Admin + "/service_registry/"
+	page := startBrowser(t, pageURL, pageURL)
+	page.SetViewport(390, 844)
+	want := []string{
+		"users v1 " + a.Addr + " in rotation",
+		"users v1 " + b.Addr + " drained (weight 0): no new requests",
+		"orders v1 " + nobody + " not tried yet",
+	}
+	waitFor(t, 30*time.Second, "the page to list every endpoint", func() bool {
+		rows := pageRows(page)
+		for _, w := range want {
+			if !hasRow(rows, w) {
+				return false
+			}
+		}
+		return page.Text(`table[data-service="users"] tr[data-address="`+a.Addr+`"] td[data-label="Latency"]`) != "–"
+	})
+	var layout struct {
+		Width    int
+		Problems []string
+	}
+	var raw string
+	page.Eval(phoneLayoutJS, &raw)
+	if err := jsonUnmarshal(raw, &layout); err != nil {
+		t.Fatal(err)
+	}
+	if layout.Width != 390 {
+		t.Fatalf("the page is %d CSS pixels wide, want the phone's 390", layout.Width)
+	}
+	for _, p := range layout.Problems {
+		t.Errorf("at 390 px: %s", p)
+	}
+	if got := page.Text(`tr[data-address="` + b.Addr + `"] td[data-label="Weight"]`); got != "0" {
+		t.Errorf("the drained endpoint's weight on the page: %q, want 0", got)
+	}
+	if got := page.Text(`tr[data-address="` + b.Addr + `"] td[data-label="Metadata"]`); got != "rack=r17, zone=eu-west-1a" {
+		t.Errorf("the drained endpoint's metadata on the page: %q", got)
+	}
+	if got := page.Text(`table[data-service="users"] caption`); got != "users v1 — 1 of 2 in rotation" {
+		t.Errorf("users v1 caption with one endpoint drained: %q", got)
+	}
+	if got := page.Text(`section[data-service="users"] .source`); !strings.Contains(got, "set through the admin API") {
+		t.Errorf("users' policy, set through the admin API, not shown as stored: %q", got)
+	}
 }

@@ -61,7 +61,8 @@ type Pool interface {
 	// not tried by it yet, and (see Endpoint.Pickable) in rotation, or,
 	// with ignoreHealth, merely not being removed.
 	Candidate(i int, ignoreHealth bool) bool
-	// Load returns host i's requests in flight and its weight (1 to 100).
+	// Load returns host i's requests in flight and its weight (1 to 100;
+	// a drained host is never a candidate).
 	Load(i int) (inFlight, weight int)
 	// Endpoint returns host i's endpoint in the registry, or nil for a
 	// host that does not come from it (whose latency is then unknown).
@@ -293,7 +294,7 @@ func (t *Tries) Candidate(i int, ignoreHealth bool) bool {
 // Endpoint.CountInFlight) and weight.
 func (t *Tries) Load(i int) (inFlight, weight int) {
 	ep := t.svc.Endpoints[i]
-	return ep.InFlight(), ep.Weight
+	return ep.InFlight(), ep.Weight.Int()
 }
 
 // Endpoint returns endpoint i.

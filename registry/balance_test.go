@@ -2,6 +2,7 @@ package registry
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"slices"
 	"testing"
@@ -22,7 +23,7 @@ func newSvcPool(svc *Service) *svcPool {
 }
 
 func (p *svcPool) Len() int                 { return len(p.svc.Endpoints) }
-func (p *svcPool) Load(i int) (int, int)    { return p.inFlight[i], p.svc.Endpoints[i].Weight }
+func (p *svcPool) Load(i int) (int, int)    { return p.inFlight[i], p.svc.Endpoints[i].Weight.Int() }
 func (p *svcPool) Endpoint(i int) *Endpoint { return p.svc.Endpoints[i] }
 func (p *svcPool) Candidate(i int, ignoreHealth bool) bool {
 	return !p.tried[i] && p.svc.Endpoints[i].Pickable(ignoreHealth)
@@ -192,5 +193,71 @@ func TestPeakEWMAProportional(t *testing.T) {
 	}
 	if counts[0] < 5600 || counts[0] > 6400 {
 		t.Errorf("10ms and 20ms hosts got %v, want about 2:1", counts)
+	}
+}
+
+// TestPickSkipsDrained: no algorithm picks a drained endpoint (weight 0),
+// not even in panic mode, and a version whose endpoints are all drained
+// has no host to pick.
+func TestPickSkipsDrained(t *testing.T) {
+	tbl := NewTable()
+	key, all := ServiceKey{"users", "v1"}, ServiceKey{"users", "v2"}
+	tbl.Replace(normalized(t, map[ServiceKey][]Endpoint{
+		key: {{Address: "127.0.0.1:1", Weight: Drained}, {Address: "127.0.0.1:2", Weight: 3}, {Address: "127.0.0.1:3", Weight: Drained}, {Address: "127.0.0.1:4"}},
+		all: {{Address: "127.0.0.1:5", Weight: Drained}, {Address: "127.0.0.1:6", Weight: Drained}},
+	}))
+	svc, _ := tbl.Snapshot().Lookup("users", "v1")
+	for _, b := range balances {
+		for _, panicMode := range []bool{false, true} {
+			for range 200 {
+				i := b.Pick(newSvcPool(svc), svc.Rotation(), panicMode)
+				if i != 1 && i != 3 {
+					t.Fatalf("%s (panic mode %v): picked %d, want one of the endpoints not drained (1, 3)", b, panicMode, i)
+				}
+			}
+		}
+		tries := NewTries(svc)
+		var got []string
+		for ep := tries.Next(b); ep != nil; ep = tries.Next(b) {
+			got = append(got, ep.Address)
+		}
+		if slices.Sort(got); !slices.Equal(got, []string{"127.0.0.1:2", "127.0.0.1:4"}) {
+			t.Errorf("%s: tries went to %q, want only the endpoints not drained", b, got)
+		}
+	}
+	drained, _ := tbl.Snapshot().Lookup("users", "v2")
+	for _, b := range balances {
+		if ep := NewTries(drained).Next(b); ep != nil {
+			t.Errorf("%s: picked %s of a version whose endpoints are all drained", b, ep.Address)
+		}
+	}
+}
+
+// TestWeightJSON: 0 in JSON is Drained, a missing weight the default,
+// and both survive a round trip.
+func TestWeightJSON(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want Weight
+		out  string
+	}{
+		{`{"address":"127.0.0.1:1"}`, 0, `{"address":"127.0.0.1:1"}`},
+		{`{"address":"127.0.0.1:1","weight":0}`, Drained, `{"address":"127.0.0.1:1","weight":0}`},
+		{`{"address":"127.0.0.1:1","weight":7}`, 7, `{"address":"127.0.0.1:1","weight":7}`},
+	} {
+		var ep Endpoint
+		if err := json.Unmarshal([]byte(tc.in), &ep); err != nil || ep.Weight != tc.want {
+			t.Errorf("%s: weight %d, %v; want %d", tc.in, ep.Weight, err, tc.want)
+			continue
+		}
+		if out, err := json.Marshal(ep); err != nil || string(out) != tc.out {
+			t.Errorf("%s: marshaled as %s, %v; want %s", tc.in, out, err, tc.out)
+		}
+	}
+	for _, bad := range []string{`{"weight":-1}`, `{"weight":101}`, `{"weight":"3"}`, `{"weight":1.5}`} {
+		var ep Endpoint
+		if err := json.Unmarshal([]byte(bad), &ep); err == nil || !errors.Is(err, ErrInvalid) {
+			t.Errorf("%s: %v, want an ErrInvalid", bad, err)
+		}
 	}
 }

@@ -409,6 +409,7 @@ func (c *checker) done(r probeResult, now time.Time) {
 	}
 	hc := c.policy.Load().For(t.key)
 	h := t.health
+	h.checked.Store(true)
 	ok := r.err == nil
 	if ok {
 		t.passes, t.fails = t.passes+1, 0

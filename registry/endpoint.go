@@ -1,8 +1,10 @@
 package registry
 
 import (
+	"encoding/json"
 	"maps"
 	"math/rand/v2"
+	"strconv"
 	"time"
 )
 
@@ -14,8 +16,10 @@ type Endpoint struct {
 	Address string `json:"address,omitempty"`
 
 	// Weight is the endpoint's share of requests relative to the other
-	// endpoints of its service version, from 1 to 100. Default: 1.
-	Weight int `json:"weight,omitempty"`
+	// endpoints of its service version, from 1 to 100, or 0 (Drained in
+	// Go) for an endpoint that stays registered but takes no new request
+	// (maintenance). Default: 1.
+	Weight Weight `json:"weight,omitempty"`
 
 	// Metadata is free-form information about the endpoint (at most 16
 	// entries of up to 256 bytes each), shown by the admin API.
@@ -33,8 +37,61 @@ type Endpoint struct {
 	health *endpointHealth
 }
 
+// Weight is an endpoint's share of requests relative to the other
+// endpoints of its service version: 1 to 100, or Drained. Its zero value
+// stands for the default, 1, so that an Endpoint literal without a weight
+// takes requests. In JSON a drained endpoint's weight is 0, and a missing
+// weight is the default.
+type Weight int
+
+// Drained is the weight of an endpoint that stays registered, health
+// checked and shown, but takes no new request: balancing skips it, and a
+// service version whose endpoints are all drained has no available host
+// (its requests go to the fallback, or get 503). Requests in flight to it
+// finish. It is 0 in JSON.
+const Drained Weight = -1
+
 // MaxWeight is the largest endpoint weight.
 const MaxWeight = 100
+
+// Int returns the weight as balancing uses it: 0 for Drained, 1 for the
+// zero value, else the weight.
+func (w Weight) Int() int {
+	switch {
+	case w == Drained:
+		return 0
+	case w == 0:
+		return 1
+	}
+	return int(w)
+}
+
+// String returns the weight as JSON has it: "0" when drained.
+func (w Weight) String() string { return strconv.Itoa(w.Int()) }
+
+// MarshalJSON writes the weight as a number, 0 when drained.
+func (w Weight) MarshalJSON() ([]byte, error) { return strconv.AppendInt(nil, int64(w.Int()), 10), nil }
+
+// UnmarshalJSON reads a number: 0 is Drained.
+func (w *Weight) UnmarshalJSON(b []byte) error {
+	var n int
+	if err := json.Unmarshal(b, &n); err != nil {
+		return Invalidf("weight %s: want a whole number from 0 to %d", b, MaxWeight)
+	}
+	if n < 0 || n > MaxWeight {
+		return Invalidf("invalid weight %d: want 0 (drained) to %d", n, MaxWeight)
+	}
+	*w = WeightOf(n)
+	return nil
+}
+
+// WeightOf returns the weight of a number as JSON has it: 0 is Drained.
+func WeightOf(n int) Weight {
+	if n == 0 {
+		return Drained
+	}
+	return Weight(n)
+}
 
 // Limits of an endpoint's metadata and TTL.
 const (
@@ -50,8 +107,8 @@ func (ep *Endpoint) sameConfig(other Endpoint) bool {
 }
 
 // Normalize validates ep and returns it with a canonical address (see
-// ParseAddress), a weight of 1 for 0, and its own copy of the metadata.
-// Errors match ErrInvalid.
+// ParseAddress), a weight of 1 for the zero value, and its own copy of
+// the metadata. Errors match ErrInvalid.
 func (ep Endpoint) Normalize() (Endpoint, error) {
 	addr, err := ParseAddress(ep.Address)
 	if err != nil {
@@ -61,8 +118,8 @@ func (ep Endpoint) Normalize() (Endpoint, error) {
 	if w == 0 {
 		w = 1
 	}
-	if w < 1 || w > MaxWeight {
-		return Endpoint{}, Invalidf("invalid weight %d for %s: want 1 to %d", ep.Weight, addr, MaxWeight)
+	if w != Drained && (w < 1 || w > MaxWeight) {
+		return Endpoint{}, Invalidf("invalid weight %d for %s: want 0 (drained) to %d", ep.Weight, addr, MaxWeight)
 	}
 	if len(ep.Metadata) > maxMetadataEntries {
 		return Endpoint{}, Invalidf("metadata of %s: %d entries, want at most %d", addr, len(ep.Metadata), maxMetadataEntries)
@@ -87,11 +144,14 @@ func (ep Endpoint) Normalize() (Endpoint, error) {
 func (ep *Endpoint) Available() bool { return ep.health.available() }
 
 // Pickable reports whether a new request may go to the endpoint. An
-// endpoint being removed never may; with ignoreHealth (panic mode: every
+// endpoint being removed or Drained never may; with ignoreHealth (panic mode: every
 // other choice is out of rotation too) any other may. Otherwise it must be
 // in rotation, and an endpoint in slow start is pickable with the
 // probability of its current share, drawn anew at every call.
 func (ep *Endpoint) Pickable(ignoreHealth bool) bool {
+	if ep.Weight == Drained {
+		return false
+	}
 	h := ep.health
 	state := h.state.Load()
 	if ignoreHealth {
@@ -180,6 +240,10 @@ type EndpointStats struct {
 	// without an answer, Ejections the times it left rotation after a
 	// failed request.
 	Requests, Failures, Ejections uint64
+	// Checked is true once a check (active, or one that brings it back
+	// after failures) has finished on it. An endpoint with neither
+	// Requests nor Checked has not been tried: its health is not known yet.
+	Checked bool
 	// Held is true when the store no longer lists it, but the registry
 	// keeps it a little longer because the store just came back from an
 	// outage (see Table.SetReachable): it serves while it answers.
@@ -198,6 +262,7 @@ func (ep *Endpoint) Stats() EndpointStats {
 		Failures:    h.failures.Load(),
 		Ejections:   h.ejections.Load(),
 		Held:        h.held.Load(),
+		Checked:     h.checked.Load(),
 	}
 	switch {
 	case h.out(outDraining):

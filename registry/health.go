@@ -326,7 +326,8 @@ type endpointHealth struct {
 
 	inFlight atomic.Pointer[inFlightBox] // where the proxy counts requests in flight
 
-	held atomic.Bool // the store dropped it; the table keeps it through a recovery
+	held    atomic.Bool // the store dropped it; the table keeps it through a recovery
+	checked atomic.Bool // a check (active, or after a failure) has finished on it
 
 	now func() time.Time // the registry's clock
 }

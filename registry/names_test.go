@@ -123,7 +123,8 @@ func TestEndpointNormalize(t *testing.T) {
 		{ep: Endpoint{Address: "127.0.0.1:1", Weight: 1}, want: 1},
 		{ep: Endpoint{Address: "127.0.0.1:1", Weight: 100}, want: 100},
 		{ep: Endpoint{Address: "127.0.0.1:1", Weight: 101}, wantErr: "invalid weight 101"},
-		{ep: Endpoint{Address: "127.0.0.1:1", Weight: -1}, wantErr: "invalid weight -1"},
+		{ep: Endpoint{Address: "127.0.0.1:1", Weight: Drained}, want: 0},
+		{ep: Endpoint{Address: "127.0.0.1:1", Weight: -2}, wantErr: "invalid weight -2"},
 		{ep: Endpoint{Address: "127.0.0.1:1", TTL: Duration(500 * time.Millisecond)}, wantErr: "invalid ttl"},
 		{ep: Endpoint{Address: "127.0.0.1:1", TTL: Duration(25 * time.Hour)}, wantErr: "invalid ttl"},
 		{ep: Endpoint{Address: "127.0.0.1:1", Metadata: map[string]string{"": "x"}}, wantErr: "metadata"},
@@ -135,7 +136,7 @@ func TestEndpointNormalize(t *testing.T) {
 			}
 			continue
 		}
-		if err != nil || got.Weight != tc.want {
+		if err != nil || got.Weight.Int() != tc.want {
 			t.Errorf("%+v: %+v, %v; want weight %d", tc.ep, got, err, tc.want)
 		}
 	}

@@ -143,7 +143,7 @@ func newService(key ServiceKey, eps []*Endpoint) *Service {
 func weightedSchedule(eps []*Endpoint) []int32 {
 	equal, total := true, 0
 	for _, ep := range eps {
-		total += ep.Weight
+		total += ep.Weight.Int()
 		if ep.Weight != eps[0].Weight {
 			equal = false
 		}
@@ -156,7 +156,7 @@ func weightedSchedule(eps []*Endpoint) []int32 {
 	for range total {
 		best := 0
 		for i, ep := range eps {
-			current[i] += ep.Weight
+			current[i] += ep.Weight.Int()
 			if current[i] > current[best] {
 				best = i
 			}

@@ -142,7 +142,14 @@ func (p TrafficPolicy) Compile(service string, known func(version string) bool) 
 	if len(unknown) > 0 {
 		slices.Sort(unknown)
 		unknown = slices.Compact(unknown)
-		problems = append(problems, "unknown versions: "+strings.Join(unknown, ", "))
+		what := "unknown version "
+		if len(unknown) > 1 {
+			what = "unknown versions "
+		}
+		for i, v := range unknown {
+			unknown[i] = strconv.Quote(v)
+		}
+		problems = append(problems, what+strings.Join(unknown, ", ")+" of service "+strconv.Quote(service))
 	}
 	if len(problems) > 0 {
 		slices.Sort(problems)

@@ -67,13 +67,13 @@ func TestTrafficCompileErrors(t *testing.T) {
 		p    TrafficPolicy
 		want string
 	}{
-		{TrafficPolicy{Split: map[string]int{"v1": 50, "v3": 50, "v9": 1}}, "unknown versions: v3, v9"},
+		{TrafficPolicy{Split: map[string]int{"v1": 50, "v3": 50, "v9": 1}}, `unknown versions "v3", "v9" of service "users"`},
 		{TrafficPolicy{Split: map[string]int{"v1": 101}}, `split weight of "v1" is 101`},
 		{TrafficPolicy{Split: map[string]int{"v1": 0, "v2": 0}}, "every weight is 0"},
 		{TrafficPolicy{Aliases: map[string]string{"v2": "v1"}}, `alias "v2" is also a version`},
-		{TrafficPolicy{Aliases: map[string]string{"stable": "v7"}}, "unknown versions: v7"},
+		{TrafficPolicy{Aliases: map[string]string{"stable": "v7"}}, `unknown version "v7" of service "users"`},
 		{TrafficPolicy{Aliases: map[string]string{"a/b": "v1"}}, "not a valid name"},
-		{TrafficPolicy{Fallback: "v8"}, "unknown versions: v8"},
+		{TrafficPolicy{Fallback: "v8"}, `unknown version "v8" of service "users"`},
 		{TrafficPolicy{Sticky: "random"}, `sticky "random"`},
 		{TrafficPolicy{Sticky: "header"}, "needs sticky_header"},
 	} {

@@ -97,7 +97,7 @@ func (c Config) Encode() (key, value string, err error) {
 	if c.Service == "" || c.Version == "" || c.Address == "" {
 		return "", "", registry.Invalidf("selfreg: service, version and address are required")
 	}
-	ep := registry.Endpoint{Address: c.Address, Weight: c.Weight, TTL: registry.Duration(c.TTL)}
+	ep := registry.Endpoint{Address: c.Address, Weight: registry.Weight(c.Weight), TTL: registry.Duration(c.TTL)}
 	key, value, err = etcdkv.Encode(etcdkv.Prefix(c.Prefix), registry.ServiceKey{Service: c.Service, Version: c.Version}, ep)
 	if err != nil {
 		return "", "", fmt.Errorf("selfreg: %w", err)
@@ -198,7 +198,7 @@ func registerZooKeeper(ctx context.Context, cfg Config) error {
 		return fmt.Errorf("selfreg: %w", err)
 	}
 	key := registry.ServiceKey{Service: cfg.Service, Version: cfg.Version}
-	ep := registry.Endpoint{Address: cfg.Address, Weight: cfg.Weight, TTL: registry.Duration(cfg.TTL)}
+	ep := registry.Endpoint{Address: cfg.Address, Weight: registry.Weight(cfg.Weight), TTL: registry.Duration(cfg.TTL)}
 	node, data, err := layout.Encode(key, ep, true, time.Now())
 	if err != nil {
 		return fmt.Errorf("selfreg: %w", err)

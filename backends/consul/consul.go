@@ -79,7 +79,9 @@ const (
 // names (the tag's prefix is version_tag), or its service metadata under
 // version_meta, if set; at its service address (the node's address when
 // the service has none) and port; with the weight of
-// Service.Weights.Passing (1 to 100). An instance with several version
+// Service.Weights.Passing (1 to 100), or of its service metadata
+// weight=<0 to 100> when set, where 0 drains it: it stays an endpoint
+// but takes no new request (Consul's own weights cannot be 0). An instance with several version
 // tags serves each of those versions. A version is known as long as
 // Consul holds an instance of it, whatever its health: when none passes,
 // its requests get 503 (no available host); once none is registered, 404.

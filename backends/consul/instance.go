@@ -26,6 +26,11 @@ func instanceName(entry *api.ServiceEntry) string {
 	return node + "/" + id
 }
 
+// weightMeta is the service metadata key whose value, 0 to 100, is an
+// instance's weight instead of Service.Weights.Passing, which Consul
+// keeps at 1 or more: 0 drains the instance (registered, sent nothing).
+const weightMeta = "weight"
+
 // instance reads the versions and the endpoint of a Consul instance, or
 // says why it is skipped.
 func (c *Backend) instance(entry *api.ServiceEntry) ([]string, registry.Endpoint, error) {
@@ -63,6 +68,14 @@ func (c *Backend) instance(entry *api.ServiceEntry) ([]string, registry.Endpoint
 			return nil, registry.Endpoint{}, err
 		}
 	}
-	weight := min(max(svc.Weights.Passing, 1), registry.MaxWeight)
+	weight := registry.Weight(min(max(svc.Weights.Passing, 1), registry.MaxWeight))
+	if m, ok := svc.Meta[weightMeta]; ok {
+		// Consul's weights cannot be 0: the metadata can drain
+		n, err := strconv.Atoi(m)
+		if err != nil || n < 0 || n > registry.MaxWeight {
+			return nil, registry.Endpoint{}, fmt.Errorf("service metadata %s=%q: want a whole number from 0 (drained) to %d", weightMeta, m, registry.MaxWeight)
+		}
+		weight = registry.WeightOf(n)
+	}
 	return versions, registry.Endpoint{Address: addr, Weight: weight}, nil
 }

@@ -88,7 +88,7 @@ type record struct {
 	Service  string            `json:"service"`
 	Version  string            `json:"version"`
 	Address  string            `json:"address"`
-	Weight   int               `json:"weight,omitempty"`
+	Weight   registry.Weight   `json:"weight,omitempty"`
 	Metadata map[string]string `json:"metadata,omitempty"`
 	Deleted  bool              `json:"deleted,omitempty"`
 }

@@ -74,6 +74,8 @@ func TestSeedsAndSavedChanges(t *testing.T) {
 	// First run: add one, delete a seed, add and delete another.
 	r := start(t, dir, seeds)
 	must(t, r.Add(ctx, users, registry.Endpoint{Address: "127.0.0.1:3", Weight: 4}))
+	maint := registry.ServiceKey{Service: "maint", Version: "v1"}
+	must(t, r.Add(ctx, maint, registry.Endpoint{Address: "127.0.0.1:6", Weight: registry.Drained}))
 	must(t, del(r, users, "127.0.0.1:1"))
 	must(t, r.Add(ctx, orders, registry.Endpoint{Address: "127.0.0.1:7"}))
 	must(t, r.Add(ctx, orders, registry.Endpoint{Address: "127.0.0.1:8"}))
@@ -90,6 +92,7 @@ func TestSeedsAndSavedChanges(t *testing.T) {
 	}{
 		{users, []string{"127.0.0.1:2", "127.0.0.1:3"}},
 		{orders, []string{"127.0.0.1:7"}},
+		{maint, []string{"127.0.0.1:6"}},
 		{empty, []string{}},
 	} {
 		got, err := addresses(r2, tc.key)
@@ -102,6 +105,9 @@ func TestSeedsAndSavedChanges(t *testing.T) {
 	}
 	if svc, _ := r2.Lookup(users); svc.Endpoint("127.0.0.1:3").Weight != 4 {
 		t.Errorf("saved weight lost")
+	}
+	if svc, _ := r2.Lookup(maint); svc.Endpoint("127.0.0.1:6").Weight != registry.Drained {
+		t.Errorf("saved weight 0 (drained) lost: %d", svc.Endpoint("127.0.0.1:6").Weight)
 	}
 
 	// A reload with other seeds: the deleted seed stays deleted, the API
@@ -247,7 +253,7 @@ func TestTrafficPolicies(t *testing.T) {
 		t.Fatalf("seeded policy: %v", got)
 	}
 	err := a.PutTraffic(ctx, "users", registry.TrafficPolicy{Split: map[string]int{"v1": 50, "v3": 50}})
-	if !errors.Is(err, registry.ErrInvalid) || !strings.Contains(err.Error(), "unknown versions: v3") {
+	if !errors.Is(err, registry.ErrInvalid) || !strings.Contains(err.Error(), `unknown version "v3"`) {
 		t.Fatalf("a policy naming v3: %v; want an invalid-input error naming v3", err)
 	}
 	must(t, a.PutTraffic(ctx, "users", registry.TrafficPolicy{Split: map[string]int{"v1": 50, "v2": 50}}))

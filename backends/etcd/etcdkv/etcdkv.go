@@ -4,7 +4,8 @@
 //
 // One key per endpoint, <prefix><service>/<version>/<address> with the
 // address in canonical host:port form (registry.ParseAddress), and a
-// small JSON value such as {"weight":2,"metadata":{"zone":"a"}}; an empty
+// small JSON value such as {"weight":2,"metadata":{"zone":"a"}} (weight 0
+// drains the endpoint: registered, sent no new request); an empty
 // value or {} means the defaults. A service's traffic policy is the key
 // <prefix>@traffic/<service>, its value the policy's JSON.
 package etcdkv
@@ -35,7 +36,7 @@ func Prefix(prefix string) string {
 
 // value is the JSON value of an endpoint key.
 type value struct {
-	Weight   int               `json:"weight,omitempty"`
+	Weight   registry.Weight   `json:"weight,omitempty"`
 	Metadata map[string]string `json:"metadata,omitempty"`
 }
 
@@ -100,6 +101,9 @@ func Decode(prefix string, k, v []byte) (registry.ServiceKey, registry.Endpoint,
 	var val value
 	if len(strings.TrimSpace(string(v))) > 0 {
 		if err := json.Unmarshal(v, &val); err != nil {
+			if errors.Is(err, registry.ErrInvalid) { // a weight out of range
+				return registry.ServiceKey{}, registry.Endpoint{}, err
+			}
 			return registry.ServiceKey{}, registry.Endpoint{}, ErrBadValue
 		}
 	}

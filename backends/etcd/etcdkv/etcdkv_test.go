@@ -30,6 +30,7 @@ func TestEncodeDecode(t *testing.T) {
 		{ep: registry.Endpoint{Address: "http://127.0.0.1:9091"}, key: "/svcreg/users/v1/127.0.0.1:9091", value: `{"weight":1}`},
 		{ep: registry.Endpoint{Address: "LocalHost:09091", Weight: 2}, key: "/svcreg/users/v1/localhost:9091", value: `{"weight":2}`},
 		{ep: registry.Endpoint{Address: "[::1]:80", Metadata: map[string]string{"zone": "a"}}, key: "/svcreg/users/v1/[::1]:80", value: `{"weight":1,"metadata":{"zone":"a"}}`},
+		{ep: registry.Endpoint{Address: "127.0.0.1:9092", Weight: registry.Drained}, key: "/svcreg/users/v1/127.0.0.1:9092", value: `{"weight":0}`},
 		{ep: registry.Endpoint{Address: "127.0.0.1"}, wantErr: "want host:port"},
 		{ep: registry.Endpoint{Address: "https://127.0.0.1:1"}, wantErr: "tls"},
 		{ep: registry.Endpoint{Address: "127.0.0.1:1", Weight: 101}, wantErr: "weight"},
@@ -46,7 +47,7 @@ func TestEncodeDecode(t *testing.T) {
 			continue
 		}
 		key, ep, err := Decode(DefaultPrefix, []byte(k), []byte(v))
-		if err != nil || key != users || ep.Address != strings.TrimPrefix(tc.key, "/svcreg/users/v1/") {
+		if want, _ := tc.ep.Normalize(); err != nil || key != users || ep.Address != strings.TrimPrefix(tc.key, "/svcreg/users/v1/") || ep.Weight != want.Weight {
 			t.Errorf("Decode(%q, %q) = %v %+v %v", k, v, key, ep, err)
 		}
 	}
@@ -67,6 +68,7 @@ func TestDecodeSkips(t *testing.T) {
 		{"/other/users/v1/127.0.0.1:1", "{}", ErrNotEndpointKey},
 		{"/svcreg/users/v1/127.0.0.1:1", `{"weight":`, ErrBadValue},
 		{"/svcreg/users/v1/127.0.0.1:1", `{"weight":1000}`, registry.ErrInvalid},
+		{"/svcreg/users/v1/127.0.0.1:1", `{"weight":-1}`, registry.ErrInvalid},
 	} {
 		if _, _, err := Decode(DefaultPrefix, []byte(tc.key), []byte(tc.value)); !errors.Is(err, tc.want) {
 			t.Errorf("Decode(%q, %q): %v, want %v", tc.key, tc.value, err, tc.want)

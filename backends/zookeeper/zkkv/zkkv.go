@@ -13,7 +13,8 @@
 //
 // The version is a field of the payload ("version" unless configured),
 // or, with VersionLevel, a level of the path: <base>/<service>/<version>/<id>.
-// The weight is the payload's "weight" field, if any.
+// The weight is the payload's "weight" field, if any (0 drains the
+// instance: registered, sent no new request).
 package zkkv
 
 import (
@@ -153,8 +154,8 @@ func (l Layout) Encode(key registry.ServiceKey, ep registry.Endpoint, ephemeral 
 	if !l.VersionLevel {
 		payload[l.VersionField] = key.Version
 	}
-	if ep.Weight > 1 {
-		payload[l.WeightField] = ep.Weight
+	if ep.Weight != 1 {
+		payload[l.WeightField] = ep.Weight.Int() // 0 when drained
 	}
 	for k, v := range ep.Metadata {
 		if _, taken := payload[k]; !taken {
@@ -233,10 +234,10 @@ func (l Layout) Decode(nodePath string, data []byte) (registry.ServiceKey, regis
 	ep := registry.Endpoint{Address: net.JoinHostPort(inst.Address, strconv.Itoa(*port)), Weight: 1}
 	if w, ok := payload[l.WeightField].(json.Number); ok {
 		n, err := strconv.Atoi(w.String())
-		if err != nil {
-			return key, registry.Endpoint{}, fmt.Errorf("instance weight %s: want a whole number from 1 to 100", w)
+		if err != nil || n < 0 {
+			return key, registry.Endpoint{}, fmt.Errorf("instance weight %s: want a whole number from 0 (drained) to 100", w)
 		}
-		ep.Weight = n
+		ep.Weight = registry.WeightOf(n)
 	}
 	for k, v := range payload {
 		if s, ok := v.(string); ok && k != l.VersionField && !strings.HasPrefix(k, "@") {

@@ -25,6 +25,17 @@ func TestEncodeDecode(t *testing.T) {
 	if err != nil || gotKey != key || ep.Address != "127.0.0.1:9091" || ep.Weight != 3 || ep.Metadata["zone"] != "a" {
 		t.Errorf("decoded %v %+v %v", gotKey, ep, err)
 	}
+	// a drained endpoint (weight 0) stays drained; the default weight is
+	// not written
+	for _, w := range []registry.Weight{registry.Drained, 0} {
+		p, data, err := l.Encode(key, registry.Endpoint{Address: "127.0.0.1:9092", Weight: w}, true, time.UnixMilli(1))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, ep, err := l.Decode(p, data); err != nil || ep.Weight.Int() != w.Int() || strings.Contains(string(data), `"weight"`) != (w == registry.Drained) {
+			t.Errorf("weight %d: encoded %s, decoded %+v %v", w, data, ep, err)
+		}
+	}
 	// what Curator writes, with its payload class
 	curator := `{"name":"users","id":"b1","address":"::1","port":null,"sslPort":8443,"payload":{"@class":"x.Details","version":"v2"},"registrationTimeUTC":1,"serviceType":"DYNAMIC","uriSpec":null}`
 	if k, ep, err := l.Decode("/services/users/b1", []byte(curator)); err != nil || k.Version != "v2" || ep.Address != "[::1]:8443" || ep.Metadata != nil {
