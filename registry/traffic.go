@@ -10,8 +10,8 @@ import (
 )
 
 // TrafficPolicy is how requests to a service that name no version, or
-// name an alias, choose a version (../shared/DESIGN.md, "Version
-// traffic"). Its zero value is no policy: a request must name a version.
+// name an alias, choose a version (README, "Version traffic"). Its zero
+// value is no policy: a request must name a version.
 type TrafficPolicy struct {
 	// Split weighs the versions a request that names none goes to: 0 to
 	// 100 each, at least one above 0.
