@@ -319,15 +319,7 @@ func (c *Backend) setReachable(ok bool, err error) bool {
 	if !changed {
 		return false
 	}
-	c.table.SetReachable(ok)
-	fields := []zap.Field{zap.String("backend", "consul"), zap.String("address", c.address)}
-	switch {
-	case ok:
-		c.log().Info("consul reachable again", fields...)
-	case synced:
-		c.log().Error("consul unreachable; routing keeps the last snapshot and retries", append(fields, zap.Error(err))...)
-	default:
-		c.log().Error("consul unreachable; registry-routed requests get 503 until the first sync, retrying", append(fields, zap.Error(err))...)
-	}
+	registry.ReachableChanged(c.table, c.log(), "consul", ok, synced, err,
+		"consul reachable again", zap.String("address", c.address))
 	return true
 }

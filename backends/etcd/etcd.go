@@ -852,16 +852,8 @@ func (e *Backend) setReachable(ok bool, err error) {
 	if !changed {
 		return
 	}
-	e.table.SetReachable(ok)
-	fields := []zap.Field{zap.String("backend", "etcd"), zap.Strings("endpoints", e.config.Endpoints)}
-	switch {
-	case ok:
-		e.log().Info("etcd reachable; registry synced", fields...)
-	case synced:
-		e.log().Error("etcd unreachable; routing keeps the last snapshot and retries", append(fields, zap.Error(err))...)
-	default:
-		e.log().Error("etcd unreachable; registry-routed requests get 503 until the first sync, retrying", append(fields, zap.Error(err))...)
-	}
+	registry.ReachableChanged(e.table, e.log(), "etcd", ok, synced, err,
+		"etcd reachable; registry synced", zap.Strings("endpoints", e.config.Endpoints))
 }
 
 // Add writes the endpoint to etcd (under a lease this Caddy keeps alive

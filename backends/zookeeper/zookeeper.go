@@ -707,16 +707,8 @@ func (b *Backend) setReachable(ok bool, err error) {
 	if !changed {
 		return
 	}
-	b.table.SetReachable(ok)
-	fields := []zap.Field{zap.String("backend", "zookeeper"), zap.Strings("servers", b.servers)}
-	switch {
-	case ok:
-		b.log().Info("zookeeper reachable; registry synced", fields...)
-	case synced:
-		b.log().Error("zookeeper unreachable; routing keeps the last snapshot and retries", append(fields, zap.Error(err))...)
-	default:
-		b.log().Error("zookeeper unreachable; registry-routed requests get 503 until the first sync, retrying", append(fields, zap.Error(err))...)
-	}
+	registry.ReachableChanged(b.table, b.log(), "zookeeper", ok, synced, err,
+		"zookeeper reachable; registry synced", zap.Strings("servers", b.servers))
 }
 
 func (b *Backend) log() *zap.Logger {
