@@ -2,46 +2,46 @@ package registry_test
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 
+	"github.com/svcreg/caddy-svcreg/backends/memory/memstore"
 	"github.com/svcreg/caddy-svcreg/registry"
 )
 
-// seedsBackend is the smallest Backend: the registry is the seeds it is
-// started with, and nothing stores changes. A real program uses a store's
-// backend instead (the backends directory); the registry does not care
-// which.
-type seedsBackend struct{ table *registry.Table }
+// mapStorage keeps what the memory store saves in a map: a program would
+// give it a file, or a database.
+type mapStorage struct {
+	mu   sync.Mutex
+	keys map[string][]byte
+}
 
-func (b *seedsBackend) Start(table *registry.Table, env registry.BackendEnv) error {
-	b.table = table
-	table.Replace(env.Seeds)
+func (s *mapStorage) Load(_ context.Context, key string) ([]byte, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	v, ok := s.keys[key]
+	if !ok {
+		return nil, fs.ErrNotExist
+	}
+	return v, nil
+}
+
+func (s *mapStorage) Store(_ context.Context, key string, value []byte) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.keys[key] = value
 	return nil
 }
-
-func (b *seedsBackend) Reconfigure(env registry.BackendEnv) error {
-	b.table.Replace(env.Seeds)
-	return nil
-}
-
-func (b *seedsBackend) Add(context.Context, registry.ServiceKey, registry.Endpoint) error {
-	return errors.New("seeds only")
-}
-
-func (b *seedsBackend) Delete(context.Context, registry.ServiceKey, string) error {
-	return errors.New("seeds only")
-}
-
-func (b *seedsBackend) Stop() error { return nil }
 
 // The package doc's example, run: a program balances its calls to users
 // v1 over the registry and fails over from a host that refuses to one
-// that answers.
+// that answers. Its backend is the memory backend's store, which imports
+// nothing of Caddy.
 func Example() {
 	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		_, _ = io.WriteString(w, "hello from users v1")
@@ -68,9 +68,11 @@ func Example() {
 		return err
 	}
 
-	run := func(backend registry.Backend) error {
+	storage := &mapStorage{keys: map[string][]byte{}}
+	run := func() error {
+		backend := &memstore.Store{StorageKey: "registry.json"}
 		reg := registry.New(backend, registry.Options{})
-		if err := reg.Start(registry.BackendEnv{Seeds: seeds}, nil, nil); err != nil {
+		if err := reg.Start(registry.BackendEnv{Seeds: seeds, Storage: storage}, nil, nil); err != nil {
 			return err
 		}
 		defer reg.Stop()
@@ -89,7 +91,7 @@ func Example() {
 		}
 		return svc.Unavailable()
 	}
-	if err := run(new(seedsBackend)); err != nil {
+	if err := run(); err != nil {
 		fmt.Println(err)
 	}
 	// Output: 200 hello from users v1
