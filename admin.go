@@ -58,14 +58,6 @@ func (a adminAPI) Routes() []caddy.AdminRoute {
 // maxAdminBody bounds the size of a POST body.
 const maxAdminBody = 64 << 10
 
-// endpointAdd is the body of a POST.
-type endpointAdd struct {
-	Address  string            `json:"address"`
-	Weight   int               `json:"weight,omitempty"`
-	Metadata map[string]string `json:"metadata,omitempty"`
-	TTL      registry.Duration `json:"ttl,omitempty"`
-}
-
 // serviceStatus is how the admin API shows a service version.
 type serviceStatus struct {
 	Name      string           `json:"name"`
@@ -201,14 +193,14 @@ func decodeBody(r *http.Request, v any, fields ...string) error {
 }
 
 func addEndpoint(w http.ResponseWriter, r *http.Request, reg registry.Registry, key registry.ServiceKey) error {
-	var req endpointAdd
+	var req registry.Endpoint // the body of a POST is an endpoint's JSON
 	if err := decodeBody(r, &req, "address", "weight", "metadata", "ttl"); err != nil {
 		return err
 	}
 	if req.Address == "" {
 		return apiError(http.StatusBadRequest, errors.New(`missing "address": want {"address":"host:port"}`))
 	}
-	ep, err := registry.Endpoint{Address: req.Address, Weight: req.Weight, Metadata: req.Metadata, TTL: req.TTL}.Normalize()
+	ep, err := req.Normalize()
 	if err != nil {
 		return apiError(http.StatusBadRequest, err)
 	}
