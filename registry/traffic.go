@@ -358,12 +358,6 @@ func (t *Traffic) Fallback() string { return t.policy.Fallback }
 // version the policy chose.
 func (t *Traffic) SplitPrefix() any { return t.splitPrefix }
 
-// aliasPrefix returns "/<service>/<alias>" boxed.
-func (t *Traffic) aliasPrefix(alias string) any {
-	_, prefix := t.AliasOf(alias)
-	return prefix
-}
-
 // BoxedSource returns s.String() boxed.
 func (t *Traffic) BoxedSource(s Source) any { return t.sources[s] }
 
