@@ -59,14 +59,6 @@ func (a adminAPI) Routes() []caddy.AdminRoute {
 // maxAdminBody bounds the size of a POST body.
 const maxAdminBody = 64 << 10
 
-// endpointAdd is the body of a POST.
-type endpointAdd struct {
-	Address  string            `json:"address"`
-	Weight   registry.Weight   `json:"weight,omitempty"` // 0: drained; missing: 1
-	Metadata map[string]string `json:"metadata,omitempty"`
-	TTL      registry.Duration `json:"ttl,omitempty"`
-}
-
 // servicesStatus is the answer of GET /services and /services/<name>.
 type servicesStatus struct {
 	Synced   bool            `json:"synced"`
@@ -225,14 +217,14 @@ func decodeBody(r *http.Request, v any, fields ...string) error {
 }
 
 func addEndpoint(w http.ResponseWriter, r *http.Request, reg registry.Registry, key registry.ServiceKey) error {
-	var req endpointAdd
+	var req registry.Endpoint // the body of a POST is an endpoint's JSON
 	if err := decodeBody(r, &req, "address", "weight", "metadata", "ttl"); err != nil {
 		return err
 	}
 	if req.Address == "" {
 		return apiError(http.StatusBadRequest, errors.New(`missing "address": want {"address":"host:port"}`))
 	}
-	ep, err := registry.Endpoint{Address: req.Address, Weight: req.Weight, Metadata: req.Metadata, TTL: req.TTL}.Normalize()
+	ep, err := req.Normalize()
 	if err != nil {
 		return apiError(http.StatusBadRequest, err)
 	}

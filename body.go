@@ -24,7 +24,8 @@ func init() {
 // way, a bodiless request skips the buffering and costs what it costs
 // behind a plain reverse_proxy; a request with a body is not touched.
 //
-// It has no options and no Caddyfile directive: service_proxy adds it.
+// It has no options and no Caddyfile directive. service_proxy does not add
+// it: service_errors, which service_proxy puts first, does the same.
 type NoBodyHandler struct{}
 
 // CaddyModule returns the Caddy module information.

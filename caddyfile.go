@@ -499,7 +499,7 @@ func (u *UpstreamSource) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 
 // UnmarshalCaddyfile sets up the selection policy:
 //
-//	lb_policy service_failover [round_robin|random|least_conn|p2c]
+//	lb_policy service_failover [round_robin|random|least_conn|p2c|peak_ewma]
 func (p *FailoverSelection) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume policy name
 	args := d.RemainingArgs()
@@ -658,7 +658,7 @@ const (
 //
 //	service_proxy [{
 //		prefix       <base path>
-//		lb_policy    [service_failover] round_robin|random|least_conn|p2c
+//		lb_policy    [service_failover] round_robin|random|least_conn|p2c|peak_ewma
 //		retries      <n>
 //		strip_prefix on|off
 //		<any other reverse_proxy subdirective: transport, header_up, header_down, ...>
@@ -680,7 +680,7 @@ const (
 //		uri strip_prefix {svc.prefix}
 //		reverse_proxy {
 //			dynamic service_registry
-//			lb_policy service_failover round_robin
+//			lb_policy service_failover peak_ewma
 //			lb_retries 16
 //			lb_retry_match {
 //				method GET HEAD OPTIONS
@@ -747,7 +747,7 @@ func parseServiceProxy(h httpcaddyfile.Helper) ([]httpcaddyfile.ConfigValue, err
 				args = args[1:]
 			}
 			if len(args) != 1 {
-				return nil, h.Errf("service_proxy: lb_policy: want round_robin, random, least_conn or p2c")
+				return nil, h.Errf("service_proxy: lb_policy: want round_robin, random, least_conn, p2c or peak_ewma")
 			}
 			if _, err := registry.ParseBalance(args[0]); err != nil {
 				return nil, h.Errf("service_proxy: lb_policy: %v", err)

@@ -167,7 +167,7 @@ func TestH1ClientCutKeepsIdleConnections(t *testing.T) {
 	if n := conns.Load(); n != 4 {
 		t.Fatalf("%d connections, want 4", n)
 	}
-	_, _, _, cut := tr.sendWithin(newReq(t, "GET", srv.URL+"/slow", nil), 50*time.Millisecond, silenceCheck{})
+	_, cut, _, _ := tr.sendWithin(newReq(t, "GET", srv.URL+"/slow", nil), 50*time.Millisecond, silenceCheck{})
 	if cut != cutDeadline {
 		t.Fatalf("the try was not cut at its deadline (cut %d)", cut)
 	}

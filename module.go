@@ -3,7 +3,8 @@
 // request, and retries a request that fails on a host it has not tried.
 //
 // The registry itself, its backends' interface, health and balancing are
-// in the Caddy-free package registry; the backends (memory, etcd) are
+// in the Caddy-free package registry; the backends (memory, etcd,
+// zookeeper, consul) are
 // packages of their own. This package is the Caddy glue, one concept per
 // file: the service_registry app (registry.go) owns the registry and its
 // backend; the service_version matcher (module.go) finds the service of a

@@ -251,8 +251,10 @@ func (u *UpstreamSource) serviceOf(r *http.Request, vars map[string]any) (string
 type FailoverSelection struct {
 	// Balance is how to choose among the available hosts: round_robin
 	// (default), random, least_conn (fewest requests in flight per unit
-	// of weight, ties broken at random) or p2c (the less busy of two
-	// random hosts).
+	// of weight, ties broken at random), p2c (the less busy of two
+	// random hosts) or peak_ewma (the cheaper of two random hosts by
+	// peak-EWMA latency times requests in flight; service_proxy's
+	// default).
 	Balance string `json:"balance,omitempty"`
 
 	balance  registry.Balance

@@ -231,7 +231,7 @@ func (t *HTTPTransport) provisionFailover() error {
 func (t *HTTPTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	a, _ := caddyhttp.GetVar(req.Context(), attemptVar).(*attempt)
 	if a == nil || a.svc == nil || a.last < 0 {
-		resp, err, _, _ := t.sendWithin(req, 0, silenceCheck{})
+		resp, _, err, _ := t.sendWithin(req, 0, silenceCheck{})
 		return resp, err
 	}
 	return t.try(req, a, a.svc.Endpoints[a.last])
@@ -261,7 +261,7 @@ func (t *HTTPTransport) try(req *http.Request, a *attempt, ep *registry.Endpoint
 		// has stopped answering
 		silence = silenceCheck{svc: svc, ep: ep, begin: start, after: t.silenceAfter(svc, start, deadline)}
 	}
-	resp, err, neverSent, cut := t.sendWithin(req, deadline, silence)
+	resp, cut, err, neverSent := t.sendWithin(req, deadline, silence)
 	latency := time.Since(start)
 	a.reported = true
 	switch {
@@ -368,7 +368,7 @@ const (
 // sendWithin sends req with a deadline for its response header (none for
 // d <= 0), and the silence check s (none when s.after is 0). cut says
 // whether, and why, the watchdog ended the try.
-func (t *HTTPTransport) sendWithin(req *http.Request, d time.Duration, s silenceCheck) (resp *http.Response, err error, neverSent bool, cut int) {
+func (t *HTTPTransport) sendWithin(req *http.Request, d time.Duration, s silenceCheck) (resp *http.Response, cut int, err error, neverSent bool) {
 	direct := t.ownClientSends(req)
 	if d <= 0 && s.after == 0 {
 		if direct {
@@ -376,7 +376,7 @@ func (t *HTTPTransport) sendWithin(req *http.Request, d time.Duration, s silence
 		} else {
 			resp, err, neverSent = t.send(req)
 		}
-		return resp, err, neverSent, notCut
+		return resp, notCut, err, neverSent
 	}
 	w := watchdogs.Get().(*watchdog)
 	first := d
@@ -403,24 +403,24 @@ func (t *HTTPTransport) sendWithin(req *http.Request, d time.Duration, s silence
 			cancel()
 		}
 		if req.Context().Err() != nil {
-			return nil, req.Context().Err(), false, notCut // the client went away
+			return nil, notCut, req.Context().Err(), false // the client went away
 		}
-		return nil, nil, false, why
+		return nil, why, nil, false
 	}
 	if direct {
-		return resp, err, neverSent, notCut
+		return resp, notCut, err, neverSent
 	}
 	if err != nil {
 		cancel()
-		return nil, err, neverSent, notCut
+		return nil, notCut, err, neverSent
 	}
 	if resp.StatusCode == http.StatusSwitchingProtocols {
 		// An upgraded connection is the body: it must stay a
 		// ReadWriteCloser, and lives as long as the request.
-		return resp, nil, false, notCut
+		return resp, notCut, nil, false
 	}
 	resp.Body = &cancelOnClose{ReadCloser: resp.Body, cancel: cancel}
-	return resp, nil, false, notCut
+	return resp, notCut, nil, false
 }
 
 // watchdog cancels a try that gets no response header in time, or whose

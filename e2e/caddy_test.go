@@ -5,7 +5,6 @@ package e2e
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"fmt"
 	"github.com/svcreg/caddy-svcreg/internal/testutil"
@@ -59,7 +58,7 @@ func run(m *testing.M) int {
 }
 
 // freePort returns a TCP port on 127.0.0.1 that was free a moment ago.
-func freePort(t testing.TB) int { return testutil.FreePort(t) }
+var freePort = testutil.FreePort
 
 // caddy is a running Caddy process.
 type caddy struct {
@@ -315,18 +314,6 @@ func (c *caddy) Services() []string {
 	return out
 }
 
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	tick := time.NewTicker(20 * time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		select {
-		case <-ctx.Done():
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		case <-tick.C:
-		}
-	}
-}
+// waitFor polls cond until it holds or the deadline passes
+// (testutil.Eventually, under the name these tests have always used).
+var waitFor = testutil.Eventually

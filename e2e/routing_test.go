@@ -151,8 +151,8 @@ func TestRouting(t *testing.T) {
 	}
 }
 
-// TestLongFormAsWritten runs the long form exactly as DESIGN.md writes it
-// (examples/long-form) against real backends.
+// TestLongFormAsWritten runs the long form exactly as examples/long-form
+// writes it against real backends.
 func TestLongFormAsWritten(t *testing.T) {
 	raw, err := os.ReadFile(filepath.Join("..", "examples", "long-form", "Caddyfile"))
 	if err != nil {

@@ -256,7 +256,7 @@ func TestTrafficSharedThroughEtcd(t *testing.T) {
 	if took := time.Since(put); took > time.Second {
 		t.Errorf("B used the policy %v after the PUT; want within 1s", took)
 	}
-	// stored where DESIGN.md says, shared by both
+	// stored in the shared etcd, so a DELETE through B removes it for A too
 	if status, body := b.AdminDo(http.MethodDelete, "/service_registry/traffic/users", "", ""); status != http.StatusOK {
 		t.Fatalf("DELETE through B: %d %s", status, body)
 	}

@@ -34,7 +34,8 @@ const (
 
 var balanceNames = [...]string{RoundRobin: "round_robin", Random: "random", LeastConn: "least_conn", P2C: "p2c", PeakEWMA: "peak_ewma"}
 
-// String returns the algorithm's name: round_robin, random, least_conn or p2c.
+// String returns the algorithm's name: round_robin, random, least_conn,
+// p2c or peak_ewma.
 func (b Balance) String() string {
 	if int(b) < len(balanceNames) {
 		return balanceNames[b]

@@ -14,20 +14,26 @@
 //     each with its sorted Endpoints and weighted round-robin Rotation.
 //     Readers load the snapshot atomically; writers publish a new one.
 //   - A Backend (memory, etcd, ...) stores the endpoints and feeds the
-//     Table; see the backends directory.
+//     Table; see the backends directory. The memory backend's store,
+//     backends/memory/memstore, imports nothing of Caddy.
 //   - Local ties a Backend, its Table and a health checker together and
 //     implements Registry: Add, Delete (which drains the endpoint first),
 //     Failure (passive health) and Lookup.
 //   - A HealthPolicy, built from HealthCheck entries, configures active
 //     checks, rise and fall, slow start, the ejection limit and the drain
-//     timeout; the probe itself is a ProbeFunc (Prober by default).
+//     timeout; the probe itself is a ProbeFunc (by default, an HTTP check
+//     or a TCP connect).
 //   - Balance.Pick chooses a request's next host from a Pool, never one
 //     the request already tried.
 //
-// A program that balances its own calls over a registry and fails over:
+// A program that balances its own calls over a registry and fails over,
+// here with the memory backend's store (memstore, which imports nothing of
+// Caddy either) saving to storage, any registry.Storage
+// (example_test.go runs this):
 //
+//	backend := &memstore.Store{StorageKey: "registry.json"}
 //	reg := registry.New(backend, registry.Options{})
-//	if err := reg.Start(registry.BackendEnv{Seeds: seeds}, nil, nil); err != nil {
+//	if err := reg.Start(registry.BackendEnv{Seeds: seeds, Storage: storage}, nil, nil); err != nil {
 //		return err
 //	}
 //	defer reg.Stop()

@@ -92,11 +92,11 @@ func (t *Table) withHeld(key ServiceKey, prev *Service, eps []Endpoint, gone boo
 	return out
 }
 
-// SetRecoveryGrace sets how long endpoints the backend drops while its
+// setRecoveryGrace sets how long endpoints the backend drops while its
 // store is out of reach, or within that time after it came back, are
 // kept (0: none are). Default: 0 for a Table, DefaultRecoveryGrace for a
 // registry made by New.
-func (t *Table) SetRecoveryGrace(d time.Duration) {
+func (t *Table) setRecoveryGrace(d time.Duration) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.hold.grace = max(d, 0)

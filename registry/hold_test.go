@@ -22,7 +22,7 @@ func newHoldTable(t *testing.T) *holdTable {
 		h.fire, h.after = f, d
 		return time.NewTimer(time.Hour) // stopped by SetReachable or never fires in the test
 	}
-	h.SetRecoveryGrace(3 * time.Second)
+	h.setRecoveryGrace(3 * time.Second)
 	return h
 }
 
@@ -118,7 +118,7 @@ func TestHoldOnlyThroughOutages(t *testing.T) {
 	h.fire()
 	h.want(t, "after the second grace", users, []string{}, nil)
 
-	h.SetRecoveryGrace(0)
+	h.setRecoveryGrace(0)
 	h.Replace(map[ServiceKey][]Endpoint{users: eps("a:1")})
 	h.SetReachable(false)
 	h.Remove(users)

@@ -202,7 +202,8 @@ func TestRetryBudget(t *testing.T) {
 	for range 4 {
 		b.deposit(c)
 	}
-	if !b.withdraw(c, now) || !b.withdraw(c, now) || b.withdraw(c, now) {
+	first, second, third := b.withdraw(c, now), b.withdraw(c, now), b.withdraw(c, now)
+	if !first || !second || third {
 		t.Error("4 requests at 0.5 did not allow exactly 2 retries")
 	}
 	now += int64(300 * time.Millisecond)

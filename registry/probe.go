@@ -27,7 +27,7 @@ type ProbeTarget struct {
 	TLS bool
 }
 
-// Prober is the default probe. For a service version with active checks
+// prober is the default probe. For a service version with active checks
 // it sends an HTTP (or, with the check's TLS, HTTPS) GET of the check's
 // path and port, that must answer within its timeout with a status in its
 // range and a body matching its pattern, without following redirects.
@@ -36,7 +36,7 @@ type ProbeTarget struct {
 // endpoint, without checking its certificate), which passes with any
 // status below 500 within the check's timeout: a host that accepts
 // connections but does not answer HTTP, or answers 5xx, stays out.
-type Prober struct {
+type prober struct {
 	// Dial opens the connections of plain-HTTP checks. Default: a
 	// net.Dialer with a 1s timeout.
 	Dial func(ctx context.Context, network, address string) (net.Conn, error)
@@ -49,11 +49,11 @@ type Prober struct {
 // dialTimeout bounds connecting for a check.
 const dialTimeout = time.Second
 
-// NewProber returns the default probe. Close releases its idle
+// newProber returns the default probe. Close releases its idle
 // connections.
-func NewProber() *Prober {
+func newProber() *prober {
 	d := &net.Dialer{Timeout: dialTimeout}
-	p := &Prober{Dial: d.DialContext}
+	p := &prober{Dial: d.DialContext}
 	p.plain = &http.Transport{
 		DialContext:         func(ctx context.Context, n, a string) (net.Conn, error) { return p.Dial(ctx, n, a) },
 		MaxIdleConnsPerHost: 1,
@@ -70,7 +70,7 @@ func NewProber() *Prober {
 }
 
 // Probe checks target.
-func (p *Prober) Probe(ctx context.Context, target ProbeTarget) error {
+func (p *prober) Probe(ctx context.Context, target ProbeTarget) error {
 	hc := target.Check
 	if hc == nil {
 		hc = p.fallback
@@ -118,7 +118,7 @@ func (p *Prober) Probe(ctx context.Context, target ProbeTarget) error {
 
 // answers checks that the endpoint answers HTTP at all: HEAD / with any
 // status below 500.
-func (p *Prober) answers(ctx context.Context, target ProbeTarget, hc *HealthCheck) error {
+func (p *prober) answers(ctx context.Context, target ProbeTarget, hc *HealthCheck) error {
 	scheme, transport := "http", p.plain
 	if target.TLS {
 		scheme, transport = "https", p.anyTLS
@@ -142,7 +142,7 @@ func (p *Prober) answers(ctx context.Context, target ProbeTarget, hc *HealthChec
 }
 
 // Close closes the probe's idle connections.
-func (p *Prober) Close() {
+func (p *prober) Close() {
 	p.plain.CloseIdleConnections()
 	p.anyTLS.CloseIdleConnections()
 }

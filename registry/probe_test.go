@@ -24,7 +24,7 @@ func probe(t *testing.T, addr string, check HealthCheck, tls ...bool) error {
 	t.Helper()
 	policy, err := NewHealthPolicy([]HealthCheck{check})
 	must(t, err)
-	p := NewProber()
+	p := newProber()
 	defer p.Close()
 	key := ServiceKey{"users", "v1"}
 	return p.Probe(context.Background(), ProbeTarget{Key: key, Address: addr, Check: policy.For(key), TLS: len(tls) > 0 && tls[0]})

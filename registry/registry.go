@@ -69,8 +69,8 @@ type Options struct {
 	Logger *zap.Logger
 	// Now is the registry's clock. Default: time.Now.
 	Now func() time.Time
-	// Probe checks an endpoint for the health checker. Default: a
-	// Prober (HTTP checks, and TCP connects for passive re-checks).
+	// Probe checks an endpoint for the health checker. Default: an
+	// HTTP probe (HTTP checks, and TCP connects for passive re-checks).
 	Probe ProbeFunc
 }
 
@@ -83,7 +83,7 @@ type Local struct {
 	health  *checker
 	now     func() time.Time
 	logger  *zap.Logger
-	prober  *Prober // the default probe, if used
+	prober  *prober // the default probe, if used
 
 	mu      sync.Mutex // guards started, stopped and orders Start calls
 	started bool
@@ -103,7 +103,7 @@ func New(backend Backend, opts Options) *Local {
 	}
 	l := &Local{backend: backend, now: opts.Now, logger: opts.Logger, table: newTable(opts.Now)}
 	if opts.Probe == nil {
-		l.prober = NewProber()
+		l.prober = newProber()
 		opts.Probe = l.prober.Probe
 	}
 	l.health = newChecker(l.table, opts.Now, opts.Probe, opts.Logger)
@@ -126,9 +126,9 @@ func (l *Local) Start(env BackendEnv, policy *HealthPolicy, events EventFunc) er
 	}
 	switch {
 	case env.RecoveryGrace == 0:
-		l.table.SetRecoveryGrace(DefaultRecoveryGrace)
+		l.table.setRecoveryGrace(DefaultRecoveryGrace)
 	default:
-		l.table.SetRecoveryGrace(env.RecoveryGrace) // negative: off
+		l.table.setRecoveryGrace(env.RecoveryGrace) // negative: off
 	}
 	if l.started {
 		if err := l.backend.Reconfigure(env); err != nil {

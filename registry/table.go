@@ -310,8 +310,8 @@ func (t *Table) Remove(key ServiceKey) {
 	t.publish(old, key, nil)
 }
 
-// SetSynced marks whether the table holds the backend's endpoints.
-func (t *Table) SetSynced(synced bool) {
+// setSynced marks whether the table holds the backend's endpoints.
+func (t *Table) setSynced(synced bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	old := t.snap.Load()

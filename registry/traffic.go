@@ -10,8 +10,8 @@ import (
 )
 
 // TrafficPolicy is how requests to a service that name no version, or
-// name an alias, choose a version (../shared/DESIGN.md, "Version
-// traffic"). Its zero value is no policy: a request must name a version.
+// name an alias, choose a version (README, "Version traffic"). Its zero
+// value is no policy: a request must name a version.
 type TrafficPolicy struct {
 	// Split weighs the versions a request that names none goes to: 0 to
 	// 100 each, at least one above 0.
@@ -43,11 +43,11 @@ const (
 	DefaultTrafficCookie = "svc_version"
 )
 
-// Buckets is how many buckets a split divides clients into: a client's
+// buckets is how many buckets a split divides clients into: a client's
 // bucket, from its sticky cookie or a hash of its header or IP, picks its
 // version, so that a change of weights moves only the buckets whose range
 // changed.
-const Buckets = 10000
+const buckets = 10000
 
 // Traffic is a checked traffic policy of one service, ready to choose
 // versions. It is immutable.
@@ -165,7 +165,7 @@ func (p TrafficPolicy) Compile(service string, known func(version string) bool) 
 	acc := 0
 	for _, v := range t.versions {
 		acc += p.Split[v]
-		t.bounds = append(t.bounds, acc*Buckets/total)
+		t.bounds = append(t.bounds, acc*buckets/total)
 	}
 	t.names = TrafficNames{Header: t.policy.Header, Cookie: t.policy.Cookie, Sticky: t.policy.Sticky, StickyHeader: t.policy.StickyHeader}
 	t.splitPrefix = "/" + service
@@ -207,14 +207,14 @@ func (t *Traffic) Names() *TrafficNames { return &t.names }
 // Policy returns the policy with its defaults filled in.
 func (t *Traffic) Policy() TrafficPolicy { return t.policy }
 
-// Resolve returns the version name names: itself if known (or named by
+// resolve returns the version name names: itself if known (or named by
 // the policy: a version of its split or its fallback, which may have no
 // host right now), the version of an alias, or "" for none of these.
-func (t *Traffic) Resolve(name string, known func(string) bool) string {
+func (t *Traffic) resolve(name string, known func(string) bool) string {
 	if known(name) || t.namesVersion(name) {
 		return name
 	}
-	return t.Alias(name)
+	return t.alias(name)
 }
 
 // namesVersion reports whether the policy's split or fallback names version v.
@@ -296,34 +296,34 @@ type Choice struct {
 // not pin it to an error; the split draws it a new bucket.
 func (t *Traffic) Choose(req TrafficRequest, known func(string) bool) Choice {
 	if req.Header != "" {
-		if v := t.Resolve(req.Header, known); v != "" {
+		if v := t.resolve(req.Header, known); v != "" {
 			return Choice{Version: v, From: FromHeader, Bucket: -1, Index: -1}
 		}
 		return Choice{Named: req.Header, From: FromHeader, Bucket: -1, Index: -1}
 	}
 	if req.Cookie != "" {
-		if b, ok := ParseStickyCookie(req.Cookie); ok {
-			if t.Splits() && t.policy.Sticky == "cookie" {
+		if b, ok := parseStickyCookie(req.Cookie); ok {
+			if t.splits() && t.policy.Sticky == "cookie" {
 				return t.bucketChoice(b, FromSticky)
 			}
-		} else if v := t.Resolve(req.Cookie, known); v != "" {
+		} else if v := t.resolve(req.Cookie, known); v != "" {
 			return Choice{Version: v, From: FromCookie, Bucket: -1, Index: -1}
 		}
 	}
-	if !t.Splits() {
+	if !t.splits() {
 		return Choice{From: FromSplit, Bucket: -1, Index: -1}
 	}
 	switch t.policy.Sticky {
 	case "header", "ip":
 		if req.StickyKey != "" {
-			return t.bucketChoice(Bucket(req.StickyKey), FromSticky)
+			return t.bucketChoice(bucketOf(req.StickyKey), FromSticky)
 		}
 	}
 	r := req.Random
 	if r == 0 {
 		r = rand.Uint64()
 	}
-	b := int(r % Buckets)
+	b := int(r % buckets)
 	c := t.bucketChoice(b, FromSplit)
 	if t.policy.Sticky == "cookie" {
 		c.Bucket = b
@@ -337,9 +337,9 @@ func (t *Traffic) bucketChoice(b int, from Source) Choice {
 	return Choice{Version: t.versions[i], From: from, Bucket: -1, Index: i}
 }
 
-// Alias returns the version an alias names, or "" when it names none.
+// alias returns the version an alias names, or "" when it names none.
 // A policy has few aliases: comparing them costs less than hashing.
-func (t *Traffic) Alias(alias string) string {
+func (t *Traffic) alias(alias string) string {
 	v, _ := t.AliasOf(alias)
 	return v
 }
@@ -365,22 +365,16 @@ func (t *Traffic) Fallback() string { return t.policy.Fallback }
 // version the policy chose.
 func (t *Traffic) SplitPrefix() any { return t.splitPrefix }
 
-// AliasPrefix returns "/<service>/<alias>" boxed.
-func (t *Traffic) AliasPrefix(alias string) any {
-	_, prefix := t.AliasOf(alias)
-	return prefix
-}
-
 // BoxedSource returns s.String() boxed.
 func (t *Traffic) BoxedSource(s Source) any { return t.sources[s] }
 
-// Splits reports whether the policy has a split.
-func (t *Traffic) Splits() bool { return len(t.versions) > 0 }
+// splits reports whether the policy has a split.
+func (t *Traffic) splits() bool { return len(t.versions) > 0 }
 
-// Version returns the split's version for bucket b (0 <= b < Buckets),
+// Version returns the split's version for bucket b (0 <= b < 10000),
 // or "" without a split.
 func (t *Traffic) Version(b int) string {
-	if !t.Splits() {
+	if !t.splits() {
 		return ""
 	}
 	return t.versions[t.index(b)]
@@ -397,15 +391,15 @@ func (t *Traffic) index(b int) int {
 	return len(t.bounds) - 1
 }
 
-// Bucket hashes a sticky key (a header value, a client IP) to a bucket,
+// bucketOf hashes a sticky key (a header value, a client IP) to a bucket,
 // with FNV-1a.
-func Bucket(key string) int {
+func bucketOf(key string) int {
 	h := uint64(14695981039346656037)
 	for i := 0; i < len(key); i++ {
 		h ^= uint64(key[i])
 		h *= 1099511628211
 	}
-	return int(h % Buckets)
+	return int(h % buckets)
 }
 
 // stickyPrefix starts a cookie value that carries a bucket rather than a
@@ -415,8 +409,8 @@ const stickyPrefix = "~"
 // StickyCookie returns the cookie value that keeps a client in bucket b.
 func StickyCookie(b int) string { return stickyPrefix + strconv.Itoa(b) }
 
-// ParseStickyCookie returns the bucket a sticky cookie value carries.
-func ParseStickyCookie(v string) (int, bool) {
+// parseStickyCookie returns the bucket a sticky cookie value carries.
+func parseStickyCookie(v string) (int, bool) {
 	if len(v) < 2 || len(v) > 5 || v[0] != stickyPrefix[0] {
 		return 0, false
 	}
@@ -428,5 +422,5 @@ func ParseStickyCookie(v string) (int, bool) {
 		}
 		b = b*10 + int(c-'0')
 	}
-	return b, b < Buckets
+	return b, b < buckets
 }

@@ -32,7 +32,7 @@ func TestTrafficSplitShares(t *testing.T) {
 	tr := compile(t, TrafficPolicy{Split: map[string]int{"v1": 90, "v2": 10}}, "v1", "v2")
 	count := map[string]int{}
 	for i := range 10000 {
-		count[tr.Version(Bucket(fmt.Sprintf("10.%d.%d.%d", i>>16&255, i>>8&255, i&255)))]++
+		count[tr.Version(bucketOf(fmt.Sprintf("10.%d.%d.%d", i>>16&255, i>>8&255, i&255)))]++
 	}
 	if v2 := count["v2"]; v2 < 800 || v2 > 1200 {
 		t.Errorf("90/10 split over 10,000 IPs: %v; want v2 within 800-1200", count)
@@ -47,7 +47,7 @@ func TestTrafficRaiseCanary(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
 	moved, back := 0, 0
 	for range 1000 {
-		b := rng.IntN(Buckets)
+		b := rng.IntN(buckets)
 		was, is := before.Version(b), after.Version(b)
 		if was != is {
 			moved++
@@ -86,22 +86,22 @@ func TestTrafficCompileErrors(t *testing.T) {
 	if p := tr.Policy(); p.Header != DefaultTrafficHeader || p.Cookie != DefaultTrafficCookie || p.Sticky != "cookie" {
 		t.Errorf("defaults: %+v", p)
 	}
-	if tr.Resolve("stable", known) != "v1" || tr.Resolve("v2", known) != "v2" || tr.Resolve("beta", known) != "" {
+	if tr.resolve("stable", known) != "v1" || tr.resolve("v2", known) != "v2" || tr.resolve("beta", known) != "" {
 		t.Error("Resolve does not resolve versions and aliases")
 	}
-	if tr.Splits() || tr.Version(5) != "" {
+	if tr.splits() || tr.Version(5) != "" {
 		t.Error("a policy without a split chose a version")
 	}
 }
 
 func TestStickyCookie(t *testing.T) {
-	for _, b := range []int{0, 1, 4821, Buckets - 1} {
-		if got, ok := ParseStickyCookie(StickyCookie(b)); !ok || got != b {
+	for _, b := range []int{0, 1, 4821, buckets - 1} {
+		if got, ok := parseStickyCookie(StickyCookie(b)); !ok || got != b {
 			t.Errorf("bucket %d: cookie %q parses to %d, %v", b, StickyCookie(b), got, ok)
 		}
 	}
 	for _, v := range []string{"v1", "~", "~-1", "~10000", "~+5", "~12a", ""} {
-		if _, ok := ParseStickyCookie(v); ok {
+		if _, ok := parseStickyCookie(v); ok {
 			t.Errorf("%q parsed as a sticky bucket", v)
 		}
 	}
@@ -110,7 +110,7 @@ func TestStickyCookie(t *testing.T) {
 // Choosing a version costs no allocation.
 func TestTrafficVersionAllocs(t *testing.T) {
 	tr := compile(t, TrafficPolicy{Split: map[string]int{"v1": 90, "v2": 10}}, "v1", "v2")
-	if n := testing.AllocsPerRun(1000, func() { _ = tr.Version(Bucket("10.0.0.1")) }); n != 0 {
+	if n := testing.AllocsPerRun(1000, func() { _ = tr.Version(bucketOf("10.0.0.1")) }); n != 0 {
 		t.Errorf("%v allocations per choice, want 0", n)
 	}
 }
@@ -118,7 +118,7 @@ func TestTrafficVersionAllocs(t *testing.T) {
 func BenchmarkTrafficVersion(b *testing.B) {
 	tr, _ := TrafficPolicy{Split: map[string]int{"v1": 90, "v2": 10}}.Compile("users", knownVersions("v1", "v2"))
 	for b.Loop() {
-		_ = tr.Version(Bucket("10.0.0.1"))
+		_ = tr.Version(bucketOf("10.0.0.1"))
 	}
 }
 
@@ -144,7 +144,7 @@ func TestTrafficChoose(t *testing.T) {
 		{TrafficRequest{Cookie: StickyCookie(9999)}, Choice{Version: "v2", From: FromSticky, Bucket: -1, Index: 1}},
 		{TrafficRequest{Cookie: StickyCookie(0)}, Choice{Version: "v1", From: FromSticky, Bucket: -1, Index: 0}},
 		{TrafficRequest{Random: 9500}, Choice{Version: "v2", From: FromSplit, Bucket: 9500, Index: 1}},
-		{TrafficRequest{Random: Buckets + 12}, Choice{Version: "v1", From: FromSplit, Bucket: 12, Index: 0}},
+		{TrafficRequest{Random: buckets + 12}, Choice{Version: "v1", From: FromSplit, Bucket: 12, Index: 0}},
 	} {
 		if got := tr.Choose(tc.req, known); got != tc.want {
 			t.Errorf("%+v: %+v, want %+v", tc.req, got, tc.want)
@@ -152,7 +152,7 @@ func TestTrafficChoose(t *testing.T) {
 	}
 	byIP := compile(t, TrafficPolicy{Split: map[string]int{"v1": 50, "v2": 50}, Sticky: "ip"}, "v1", "v2")
 	c := byIP.Choose(TrafficRequest{StickyKey: "10.1.2.3", Random: 1}, known)
-	if c.From != FromSticky || c.Bucket != -1 || c.Version != byIP.Version(Bucket("10.1.2.3")) {
+	if c.From != FromSticky || c.Bucket != -1 || c.Version != byIP.Version(bucketOf("10.1.2.3")) {
 		t.Errorf("sticky ip: %+v", c)
 	}
 	if c := byIP.Choose(TrafficRequest{Cookie: StickyCookie(1), Random: 9999}, known); c.From != FromSplit || c.Bucket != -1 {
@@ -187,7 +187,7 @@ func TestTableTraffic(t *testing.T) {
 	tbl.Replace(map[ServiceKey][]Endpoint{{Service: "users", Version: "v2"}: nil})
 	tbl.Set(ServiceKey{Service: "users", Version: "v1"}, nil)
 	tbl.Remove(ServiceKey{Service: "users", Version: "v1"})
-	tbl.SetSynced(false)
+	tbl.setSynced(false)
 	snap := tbl.Snapshot()
 	if snap.Traffic("users") == nil || snap.Traffic("orders") == nil || len(snap.Policies()) != 2 {
 		t.Error("endpoint changes lost the traffic policies")

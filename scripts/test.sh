@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs every test: gofmt and go vet checks, that the core imports nothing of
+# Runs every test: gofmt, go vet and staticcheck checks, that the core imports nothing of
 # Caddy, go test -race ./... (the etcd
 # tests start their own etcd from the etcd binary on PATH), a few seconds of
 # each fuzz target of service_http's own HTTP/1.1 client, the xcaddy
@@ -20,9 +20,13 @@ go vet ./...
 for goos in darwin windows; do
 	GOOS=$goos go vet ./internal/h1
 done
-# The core, the self-registration library and service_http's own HTTP/1.1
-# client import nothing of Caddy.
-caddy_deps=$(go list -deps ./registry ./selfreg ./backends/etcd/etcdkv ./backends/zookeeper/zkkv ./backends/zookeeper/zkclient ./internal/h1 | grep caddyserver || true)
+# staticcheck at a pinned version, installed outside the repository if it
+# is not there yet (scripts/staticcheck-install.sh).
+staticcheck=$(./scripts/staticcheck-install.sh)
+"$staticcheck" ./...
+# The core, the stores' Caddy-free packages, the self-registration library
+# and service_http's own HTTP/1.1 client import nothing of Caddy.
+caddy_deps=$(go list -deps ./registry ./selfreg ./backends/memory/memstore ./backends/etcd/etcdstore ./backends/etcd/etcdkv ./backends/zookeeper/zkstore ./backends/zookeeper/zkkv ./backends/zookeeper/zkclient ./backends/consul/consulstore ./internal/h1 | grep caddyserver || true)
 if [ -n "$caddy_deps" ]; then
 	echo "the Caddy-free packages import Caddy:" >&2
 	echo "$caddy_deps" >&2

@@ -1,8 +1,11 @@
 package consul
 
 import (
-	"github.com/caddyserver/caddy/v2"
+	"time"
+
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+
+	"github.com/svcreg/caddy-svcreg/internal/backendopt"
 )
 
 // UnmarshalCaddyfile sets up the consul backend:
@@ -19,51 +22,34 @@ import (
 //
 // Values may be placeholders such as {env.CONSUL_TOKEN}.
 func (c *Backend) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
-	d.Next() // consume backend name
-	if d.NextArg() {
-		return d.ArgErr()
+	blk, err := backendopt.Open(d, "consul backend")
+	if err != nil {
+		return err
 	}
-	seen := map[string]bool{}
-	for d.NextBlock(0) {
-		opt := d.Val()
-		if seen[opt] {
-			return d.Errf("consul backend: %s specified more than once", opt)
-		}
-		seen[opt] = true
-		switch opt {
+	for blk.Next() {
+		switch blk.Option() {
 		case "services":
-			c.Services = d.RemainingArgs()
-			if len(c.Services) == 0 {
-				return d.ArgErr()
-			}
-		case "address", "token", "datacenter", "version_tag", "version_meta":
-			if !d.NextArg() {
-				return d.ArgErr()
-			}
-			*map[string]*string{
-				"address": &c.Address, "token": &c.Token, "datacenter": &c.Datacenter,
-				"version_tag": &c.VersionTag, "version_meta": &c.VersionMeta,
-			}[opt] = d.Val()
-			if d.NextArg() {
-				return d.ArgErr()
-			}
+			err = blk.Strings(&c.Services)
+		case "address":
+			err = blk.String(&c.Address)
+		case "token":
+			err = blk.String(&c.Token)
+		case "datacenter":
+			err = blk.String(&c.Datacenter)
+		case "version_tag":
+			err = blk.String(&c.VersionTag)
+		case "version_meta":
+			err = blk.String(&c.VersionMeta)
 		case "wait":
-			if !d.NextArg() {
-				return d.ArgErr()
-			}
-			dur, err := caddy.ParseDuration(d.Val())
-			if err != nil || dur < minWait || dur > maxWait {
-				return d.Errf("consul backend: wait: want a duration from 1s to 10m, got %q", d.Val())
-			}
-			c.Wait = caddy.Duration(dur)
-			if d.NextArg() {
-				return d.ArgErr()
-			}
+			err = blk.Duration(&c.Wait, func(d time.Duration) bool { return d >= minWait && d <= maxWait }, "a duration from 1s to 10m")
 		default:
-			return d.Errf("consul backend: unknown subdirective %q", opt)
+			err = blk.Unknown()
+		}
+		if err != nil {
+			return err
 		}
 	}
-	return nil
+	return blk.Err()
 }
 
 // Interface guards

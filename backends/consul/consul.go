@@ -1,28 +1,24 @@
 // Package consul is the service_registry.backends.consul backend: the
 // health-passing instances of the services in Consul's catalog, followed
 // through blocking queries, so that no Consul call is made on the request
-// path.
+// path. The store itself is consulstore, which imports nothing of Caddy;
+// this package is its Caddy module (settings, placeholders) and Caddyfile
+// syntax.
 package consul
 
 import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"net"
-	"net/http"
-	"net/url"
 	"slices"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
-	"github.com/hashicorp/consul/api"
-	"go.uber.org/zap"
 
+	"github.com/svcreg/caddy-svcreg/backends/consul/consulstore"
 	"github.com/svcreg/caddy-svcreg/registry"
 )
 
@@ -30,44 +26,17 @@ func init() {
 	caddy.RegisterModule(new(Backend))
 }
 
-// Timing and bounds of the consul backend.
-var (
-	consulRetryMin    = 100 * time.Millisecond // first wait after a failed query
-	consulRetryMax    = 3 * time.Second        // longest wait between failed queries
-	consulMinInterval = 100 * time.Millisecond // shortest time from one query of a watch to the next
-	consulSlack       = 10 * time.Second       // how much longer than its wait a blocking query may take
-	consulReadTimeout = 10 * time.Second       // longest a read of one service may take
-)
-
-// consulReaders is how many services are read at once: with the two
-// blocking queries and the reachability check, the most connections the
-// backend holds to Consul.
-const consulReaders = 8
-
-// consulConns is the most connections the backend holds to Consul.
-const consulConns = consulReaders + 3
-
-// consulCheckEvery is how often the backend checks that Consul answers
-// (a blocking query to a frozen or cut-off agent just waits), and
-// consulCheckTimeout how long a check may take.
-var (
-	consulCheckEvery   = time.Second
-	consulCheckTimeout = 2 * time.Second
-)
-
-// notPassingFilter keeps, of every health check, those that do not pass.
-const notPassingFilter = `Status != "passing"`
-
 // dial opens the connections to Consul; tests count them.
 var dial = (&net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}).DialContext
 
-// Defaults of the consul backend.
+// consulReadTimeout is the longest a read of one service may take; tests
+// shorten it.
+var consulReadTimeout = consulstore.DefaultReadTimeout
+
+// Bounds of Wait.
 const (
-	defaultAddress    = "127.0.0.1:8500"
-	defaultVersionTag = "version="
-	defaultWait       = caddy.Duration(time.Minute)
-	minWait           = time.Second
-	maxWait           = 10 * time.Minute // Consul's own limit
+	minWait = consulstore.MinWait
+	maxWait = consulstore.MaxWait
 )
 
 // Backend routes to the instances that Consul's catalog holds and whose
@@ -160,31 +129,8 @@ type Backend struct {
 	// amount up to a quarter less, so that queries spread out. Default: 1m.
 	Wait caddy.Duration `json:"wait,omitempty"`
 
-	logger      atomic.Pointer[zap.Logger] // the latest config's
-	client      *api.Client
-	transport   *http.Transport // the client's, closed at Stop
-	address     string          // as expanded, for logs
-	fingerprint string          // of the settings as read
-
-	done sync.WaitGroup // every goroutine of the backend
-
-	mu            sync.Mutex         // guards everything below
-	ctx           context.Context    // ends at Stop
-	cancel        context.CancelFunc // ends ctx
-	stopped       bool
-	table         *registry.Table
-	seeds         map[registry.ServiceKey][]registry.Endpoint
-	trafficSeeds  map[string]registry.TrafficPolicy
-	stored        map[registry.ServiceKey]map[string]registry.Change // what Consul holds: the passing instances of each known version
-	reads                                                            // the services followed, and which to read
-	listed        bool                                               // the catalog has answered
-	catalogIndex  uint64                                             // of the catalog's last answer
-	notPassing    map[checkID]check                                  // the checks that do not pass, as last read; nil when not known
-	checksFailing bool                                               // the checks' query fails with an answer from Consul, and that was logged
-	synced        bool
-	reachable     bool
-	back          chan struct{}   // closed when Consul is seen back (see wakeQueries)
-	badNames      map[string]bool // service names warned about
+	fingerprint string // of the settings as read
+	store       *consulstore.Store
 }
 
 // CaddyModule returns the Caddy module information.
@@ -198,7 +144,6 @@ func (*Backend) CaddyModule() caddy.ModuleInfo {
 // Provision expands placeholders, sets defaults and makes the client; it
 // does not contact Consul.
 func (c *Backend) Provision(ctx caddy.Context) error {
-	c.logger.Store(ctx.Logger())
 	repl := caddy.NewReplacer()
 	expand := func(name, value string) (string, error) {
 		out := strings.TrimSpace(repl.ReplaceKnown(value, ""))
@@ -209,13 +154,13 @@ func (c *Backend) Provision(ctx caddy.Context) error {
 		return out, nil
 	}
 	if c.Address == "" {
-		c.Address = defaultAddress
+		c.Address = consulstore.DefaultAddress
 	}
 	address, err := expand("address", c.Address)
 	if err != nil {
 		return err
 	}
-	if err := checkAddress(address); err != nil {
+	if err := consulstore.CheckAddress(address); err != nil {
 		return fmt.Errorf("consul backend: %w", err)
 	}
 	token, err := expand("token", c.Token)
@@ -227,44 +172,25 @@ func (c *Backend) Provision(ctx caddy.Context) error {
 		return err
 	}
 	if c.VersionTag == "" {
-		c.VersionTag = defaultVersionTag
+		c.VersionTag = consulstore.DefaultVersionTag
 	}
 	if c.Wait == 0 {
-		c.Wait = defaultWait
+		c.Wait = caddy.Duration(consulstore.DefaultWait)
 	}
 
-	transport := http.DefaultTransport.(*http.Transport).Clone()
-	transport.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) { return dial(ctx, network, addr) }
-	// the two blocking queries and the readers: never more, and each
-	// connection waits idle for its next query rather than closing
-	transport.MaxConnsPerHost = consulConns
-	transport.MaxIdleConnsPerHost = consulConns
-	client, err := api.NewClient(&api.Config{Address: address, Token: token, Datacenter: datacenter, Transport: transport})
+	store, err := consulstore.New(consulstore.Options{
+		Address: address, Token: token, Datacenter: datacenter, Services: c.Services,
+		VersionTag: c.VersionTag, VersionMeta: c.VersionMeta, Wait: time.Duration(c.Wait),
+		ReadTimeout: consulReadTimeout,
+		Dial:        func(ctx context.Context, network, addr string) (net.Conn, error) { return dial(ctx, network, addr) },
+	}, ctx.Logger())
 	if err != nil {
-		return fmt.Errorf("consul backend: creating client: %w", err)
+		return fmt.Errorf("consul backend: %w", err)
 	}
-	c.client, c.transport, c.address = client, transport, address
+	c.store = store
 	h := sha256.New()
 	fmt.Fprintf(h, "%q %q %q %q %q %q %d\n", address, token, datacenter, c.Services, c.VersionTag, c.VersionMeta, c.Wait)
 	c.fingerprint = hex.EncodeToString(h.Sum(nil))
-	return nil
-}
-
-// checkAddress checks that address is host:port or an http or https URL.
-func checkAddress(address string) error {
-	if scheme, _, ok := strings.Cut(address, "://"); ok {
-		u, err := url.Parse(address)
-		if err == nil && u.User != nil {
-			return errors.New("address: credentials in the URL are not supported (and would show in logs); use token")
-		}
-		if err != nil || (scheme != "http" && scheme != "https") || u.Host == "" || u.RawQuery != "" {
-			return fmt.Errorf("address %q: want host:port or an http:// or https:// URL", address)
-		}
-		return nil
-	}
-	if _, port, err := net.SplitHostPort(address); err != nil || port == "" {
-		return fmt.Errorf("address %q: want host:port or an http:// or https:// URL", address)
-	}
 	return nil
 }
 
@@ -292,100 +218,37 @@ func (c *Backend) Validate() error {
 // same fingerprint share one registry; a rotated token gives another.
 func (c *Backend) Fingerprint() string { return c.fingerprint }
 
-// log returns the logger of the config that started last.
-func (c *Backend) log() *zap.Logger { return c.logger.Load() }
-
-// safely runs f, turning a panic into a logged error, so that a bug in
-// handling one answer does not end a goroutine the registry depends on:
-// the caller goes on as after any other failure.
-func (c *Backend) safely(what string, f func() error) (err error) {
-	defer func() {
-		if p := recover(); p != nil {
-			err = fmt.Errorf("panic %s: %v", what, p)
-			c.log().Error("panic "+what, zap.String("backend", "consul"), zap.Any("panic", p), zap.Stack("stack"))
-		}
-	}()
-	return f()
-}
-
 // Start begins following Consul in the background; it never waits for it.
 func (c *Backend) Start(table *registry.Table, env registry.BackendEnv) error {
-	c.logger.Store(env.Logger)
-	ctx, cancel := context.WithCancel(context.Background())
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.stopped {
-		cancel()
-		return errors.New("consul backend: started after Stop")
-	}
-	c.ctx, c.cancel = ctx, cancel
-	c.table, c.seeds, c.trafficSeeds = table, env.Seeds, env.Traffic
-	c.stored = map[registry.ServiceKey]map[string]registry.Change{}
-	c.reads = newReads()
-	c.back = make(chan struct{})
-	c.badNames = map[string]bool{}
-	c.reachable = true // until shown otherwise, so that a first failure is logged
-	c.table.SetTraffic(registry.MergeTraffic(c.trafficSeeds, nil, nil))
-	c.done.Go(func() { c.watchCatalog(ctx) })
-	c.done.Go(func() { c.watchChecks(ctx) })
-	c.done.Go(func() { c.monitor(ctx) })
-	for range consulReaders {
-		c.done.Go(func() { c.reader(ctx) })
-	}
-	return nil
+	return c.store.Start(table, env)
 }
 
 // Reconfigure takes a newer config's seeds, traffic policies and logger,
 // and republishes the registry once synced.
-func (c *Backend) Reconfigure(env registry.BackendEnv) error {
-	c.logger.Store(env.Logger)
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.seeds, c.trafficSeeds = env.Seeds, env.Traffic
-	c.table.SetTraffic(registry.MergeTraffic(c.trafficSeeds, nil, nil))
-	if c.synced {
-		c.table.Replace(c.merged())
-	}
-	return nil
-}
+func (c *Backend) Reconfigure(env registry.BackendEnv) error { return c.store.Reconfigure(env) }
 
 // Stop ends every query and goroutine, and closes the idle connections.
 func (c *Backend) Stop() error {
-	c.mu.Lock()
-	if c.stopped {
-		c.mu.Unlock()
+	if c.store == nil {
 		return nil
 	}
-	c.stopped = true
-	cancel := c.cancel
-	c.mu.Unlock()
-	if cancel != nil {
-		cancel()
-	}
-	c.done.Wait()
-	if c.transport != nil {
-		c.transport.CloseIdleConnections()
-	}
-	return nil
+	return c.store.Stop()
 }
 
-// errReadOnly is what the admin API's writes get.
-var errReadOnly = registry.Invalidf("the consul backend is read-only: register services with Consul itself (its agent's /v1/agent/service/register)")
-
 // Add refuses: Consul is the source of truth.
-func (c *Backend) Add(_ context.Context, key registry.ServiceKey, ep registry.Endpoint) error {
-	return fmt.Errorf("adding %s to %s: %w", ep.Address, key, errReadOnly)
+func (c *Backend) Add(ctx context.Context, key registry.ServiceKey, ep registry.Endpoint) error {
+	return c.store.Add(ctx, key, ep)
 }
 
 // Delete refuses: Consul is the source of truth.
-func (c *Backend) Delete(_ context.Context, key registry.ServiceKey, address string) error {
-	return c.CheckDelete(key, address)
+func (c *Backend) Delete(ctx context.Context, key registry.ServiceKey, address string) error {
+	return c.store.Delete(ctx, key, address)
 }
 
 // CheckDelete refuses every removal, so that the registry does not drain
 // an endpoint for nothing.
 func (c *Backend) CheckDelete(key registry.ServiceKey, address string) error {
-	return fmt.Errorf("deleting %s from %s: %w", address, key, errReadOnly)
+	return c.store.CheckDelete(key, address)
 }
 
 // Interface guards

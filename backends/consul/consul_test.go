@@ -19,6 +19,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/svcreg/caddy-svcreg/backends/consul/consulstore"
 	"github.com/svcreg/caddy-svcreg/internal/consultest"
 	"github.com/svcreg/caddy-svcreg/internal/testutil"
 	"github.com/svcreg/caddy-svcreg/registry"
@@ -236,86 +237,6 @@ func TestConsulServicesFilter(t *testing.T) {
 	})
 	if got := tableState(tbl, orders); got != "unknown" {
 		t.Errorf("orders, not listed: %q, want unknown", got)
-	}
-}
-
-func TestConsulInstance(t *testing.T) {
-	c := &Backend{VersionTag: "version="}
-	meta := &Backend{VersionTag: "ver:", VersionMeta: "version"}
-	node := &api.Node{Node: "n1", Address: "10.0.0.1"}
-	for _, tc := range []struct {
-		name     string
-		backend  *Backend
-		svc      api.AgentService
-		versions []string
-		ep       registry.Endpoint
-		err      string
-	}{
-		{"node address", c, api.AgentService{Port: 80, Tags: []string{"version=v1"}},
-			[]string{"v1"}, registry.Endpoint{Address: "10.0.0.1:80", Weight: 1}, ""},
-		{"service address", c, api.AgentService{Address: "users.internal", Port: 8080, Tags: []string{"version=v1"}},
-			[]string{"v1"}, registry.Endpoint{Address: "users.internal:8080", Weight: 1}, ""},
-		{"ipv6", c, api.AgentService{Address: "::1", Port: 8080, Tags: []string{"version=v1"}},
-			[]string{"v1"}, registry.Endpoint{Address: "[::1]:8080", Weight: 1}, ""},
-		{"weight", c, api.AgentService{Port: 80, Tags: []string{"version=v1"}, Weights: api.AgentWeights{Passing: 7}},
-			[]string{"v1"}, registry.Endpoint{Address: "10.0.0.1:80", Weight: 7}, ""},
-		{"weight over 100", c, api.AgentService{Port: 80, Tags: []string{"version=v1"}, Weights: api.AgentWeights{Passing: 250}},
-			[]string{"v1"}, registry.Endpoint{Address: "10.0.0.1:80", Weight: 100}, ""},
-		{"negative weight", c, api.AgentService{Port: 80, Tags: []string{"version=v1"}, Weights: api.AgentWeights{Passing: -2}},
-			[]string{"v1"}, registry.Endpoint{Address: "10.0.0.1:80", Weight: 1}, ""},
-		{"drained by metadata", c, api.AgentService{Port: 80, Tags: []string{"version=v1"}, Weights: api.AgentWeights{Passing: 3}, Meta: map[string]string{"weight": "0"}},
-			[]string{"v1"}, registry.Endpoint{Address: "10.0.0.1:80", Weight: registry.Drained}, ""},
-		{"weight by metadata", c, api.AgentService{Port: 80, Tags: []string{"version=v1"}, Weights: api.AgentWeights{Passing: 3}, Meta: map[string]string{"weight": "9"}},
-			[]string{"v1"}, registry.Endpoint{Address: "10.0.0.1:80", Weight: 9}, ""},
-		{"bad weight metadata", c, api.AgentService{Port: 80, Tags: []string{"version=v1"}, Meta: map[string]string{"weight": "heavy"}},
-			nil, registry.Endpoint{}, `service metadata weight="heavy"`},
-		{"two versions", c, api.AgentService{Port: 80, Tags: []string{"version=v1", "x", "version=v2", "version=v1"}},
-			[]string{"v1", "v2"}, registry.Endpoint{Address: "10.0.0.1:80", Weight: 1}, ""},
-		{"meta wins over tags", meta, api.AgentService{Port: 80, Tags: []string{"ver:v1"}, Meta: map[string]string{"version": "v2"}},
-			[]string{"v2"}, registry.Endpoint{Address: "10.0.0.1:80", Weight: 1}, ""},
-		{"tag without meta", meta, api.AgentService{Port: 80, Tags: []string{"ver:v1"}},
-			[]string{"v1"}, registry.Endpoint{Address: "10.0.0.1:80", Weight: 1}, ""},
-		{"no version", c, api.AgentService{Port: 80, Tags: []string{"v1"}}, nil, registry.Endpoint{}, "no version: want a tag version=<version>"},
-		{"other prefix", meta, api.AgentService{Port: 80, Tags: []string{"version=v1"}}, nil, registry.Endpoint{},
-			"no version: want a tag ver:<version> or service metadata version"},
-		{"bad version", c, api.AgentService{Port: 80, Tags: []string{"version=v 1"}}, nil, registry.Endpoint{}, `invalid version name "v 1"`},
-		{"bad meta version", meta, api.AgentService{Port: 80, Meta: map[string]string{"version": "../"}}, nil, registry.Endpoint{}, `invalid version name "../"`},
-		{"no port", c, api.AgentService{Tags: []string{"version=v1"}}, nil, registry.Endpoint{}, "port must be a number from 1 to 65535"},
-		{"bad address", c, api.AgentService{Address: "a b", Port: 80, Tags: []string{"version=v1"}}, nil, registry.Endpoint{}, "invalid address"},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			svc := tc.svc
-			versions, ep, err := tc.backend.instance(&api.ServiceEntry{Node: node, Service: &svc})
-			if tc.err != "" {
-				if err == nil || !strings.Contains(err.Error(), tc.err) {
-					t.Fatalf("error %v, want one containing %q", err, tc.err)
-				}
-				return
-			}
-			if err != nil || !slices.Equal(versions, tc.versions) || ep.Address != tc.ep.Address || ep.Weight != tc.ep.Weight {
-				t.Errorf("got %q %+v %v, want %q %+v", versions, ep, err, tc.versions, tc.ep)
-			}
-		})
-	}
-}
-
-func TestConsulNextIndex(t *testing.T) {
-	for _, tc := range []struct {
-		name            string
-		sent, got, want uint64
-	}{
-		{"first read", 0, 42, 42},
-		{"moved on", 42, 50, 50},
-		{"wait expired", 42, 42, 42},
-		{"went backwards", 42, 7, 0},
-		{"zero after a full read", 0, 0, 1},
-		{"zero after a blocking one", 42, 0, 0},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			if got := nextIndex(tc.sent, tc.got); got != tc.want {
-				t.Errorf("nextIndex(%d, %d) = %d, want %d", tc.sent, tc.got, got, tc.want)
-			}
-		})
 	}
 }
 
@@ -566,7 +487,7 @@ func backendGoroutines() []string {
 	_ = pprof.Lookup("goroutine").WriteTo(&buf, 2)
 	var out []string
 	for g := range strings.SplitSeq(buf.String(), "\n\n") {
-		if strings.Contains(g, "backends/consul.(*Backend)") || strings.Contains(g, "net/http.(*persistConn)") {
+		if strings.Contains(g, "backends/consul/consulstore.(*Store)") || strings.Contains(g, "net/http.(*persistConn)") {
 			out = append(out, g)
 		}
 	}
@@ -582,7 +503,7 @@ func TestConsulStopEndsEverything(t *testing.T) {
 	c := &Backend{Wait: caddy.Duration(10 * time.Minute)}
 	tbl, _ := start(t, c, agent.Addr, registry.BackendEnv{})
 	testutil.Eventually(t, 10*time.Second, "the first sync", func() bool { return len(tbl.Snapshot().Services()) == 5 })
-	if n := len(backendGoroutines()); n < 2+consulReaders {
+	if n := len(backendGoroutines()); n < 2+consulstore.Readers {
 		t.Fatalf("%d goroutines before Stop, fewer than the two watches and the readers:\n%s", n, strings.Join(backendGoroutines(), "\n\n"))
 	}
 	stopped := make(chan error, 1)
@@ -669,8 +590,12 @@ func TestConsulRestartedAgentChecksNotRunYet(t *testing.T) {
 	// With the recovery grace a registry has by default: the restarted
 	// agent's catalog starts empty (-dev), and the agent registers its
 	// services again a moment later.
-	tbl, _ := start(t, &Backend{}, agent.Addr, registry.BackendEnv{})
-	tbl.SetRecoveryGrace(registry.DefaultRecoveryGrace)
+	c := &Backend{}
+	provision(t, c, agent.Addr)
+	reg := registry.New(c, registry.Options{})
+	testutil.Must(t, reg.Start(registry.BackendEnv{}, nil, nil))
+	t.Cleanup(func() { testutil.Must(t, reg.Stop()) })
+	tbl := reg.Table()
 	want := fmt.Sprintf("127.0.0.1:%d", port)
 	testutil.Eventually(t, 20*time.Second, "the first check to pass", func() bool { return tableState(tbl, users) == want })
 

@@ -12,6 +12,7 @@ import (
 
 	"github.com/hashicorp/consul/api"
 
+	"github.com/svcreg/caddy-svcreg/backends/consul/consulstore"
 	"github.com/svcreg/caddy-svcreg/internal/consultest"
 	"github.com/svcreg/caddy-svcreg/internal/testutil"
 	"github.com/svcreg/caddy-svcreg/registry"
@@ -132,7 +133,7 @@ func TestConsulThousandServices(t *testing.T) {
 	testutil.Eventually(t, 10*time.Second, "s777's new instance", func() bool { return tableState(tbl, s777) == "127.0.0.1:10777,127.0.0.1:20777" })
 	t.Logf("a registration routed in %v, with %d reads so far", time.Since(begin).Round(time.Millisecond), cc.reads.Load()-reads)
 
-	if most := cc.most(); most > consulConns {
-		t.Errorf("at most %d connections open at once to Consul, want %d at most", most, consulConns)
+	if most := cc.most(); most > consulstore.MaxConns {
+		t.Errorf("at most %d connections open at once to Consul, want %d at most", most, consulstore.MaxConns)
 	}
 }

@@ -1,8 +1,9 @@
 package memory
 
 import (
-	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+
+	"github.com/svcreg/caddy-svcreg/internal/backendopt"
 )
 
 // UnmarshalCaddyfile sets up the memory backend:
@@ -12,43 +13,24 @@ import (
 //		poll_interval <duration>
 //	}
 func (m *Backend) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
-	d.Next() // consume backend name
-	if d.NextArg() {
-		return d.ArgErr()
+	blk, err := backendopt.Open(d, "memory backend")
+	if err != nil {
+		return err
 	}
-	for d.NextBlock(0) {
-		switch d.Val() {
+	for blk.Next() {
+		switch blk.Option() {
 		case "storage_key":
-			if m.StorageKey != "" {
-				return d.Err("storage_key: specified more than once")
-			}
-			if !d.NextArg() {
-				return d.ArgErr()
-			}
-			m.StorageKey = d.Val()
-			if d.NextArg() {
-				return d.ArgErr()
-			}
+			err = blk.String(&m.StorageKey)
 		case "poll_interval":
-			if m.PollInterval != 0 {
-				return d.Err("poll_interval: specified more than once")
-			}
-			if !d.NextArg() {
-				return d.ArgErr()
-			}
-			dur, err := caddy.ParseDuration(d.Val())
-			if err != nil || dur <= 0 {
-				return d.Errf("poll_interval: want a positive duration, got %q", d.Val())
-			}
-			m.PollInterval = caddy.Duration(dur)
-			if d.NextArg() {
-				return d.ArgErr()
-			}
+			err = blk.Duration(&m.PollInterval, backendopt.Positive, "a positive duration")
 		default:
-			return d.Errf("memory backend: unknown subdirective %q", d.Val())
+			err = blk.Unknown()
+		}
+		if err != nil {
+			return err
 		}
 	}
-	return nil
+	return blk.Err()
 }
 
 // Interface guards

@@ -1,8 +1,9 @@
 package zookeeper
 
 import (
-	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+
+	"github.com/svcreg/caddy-svcreg/internal/backendopt"
 )
 
 // UnmarshalCaddyfile sets up the ZooKeeper backend:
@@ -19,57 +20,34 @@ import (
 //
 // Values may be placeholders such as {env.ZK_SERVERS}.
 func (b *Backend) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
-	d.Next() // consume backend name
-	if d.NextArg() {
-		return d.ArgErr()
+	blk, err := backendopt.Open(d, "zookeeper backend")
+	if err != nil {
+		return err
 	}
-	seen := map[string]bool{}
-	for d.NextBlock(0) {
-		opt := d.Val()
-		if seen[opt] {
-			return d.Errf("zookeeper backend: %s specified more than once", opt)
-		}
-		seen[opt] = true
-		switch opt {
+	for blk.Next() {
+		switch blk.Option() {
 		case "servers":
-			b.Servers = d.RemainingArgs()
-			if len(b.Servers) == 0 {
-				return d.ArgErr()
-			}
-		case "base_path", "version_field", "weight_field":
-			if !d.NextArg() {
-				return d.ArgErr()
-			}
-			*map[string]*string{"base_path": &b.BasePath, "version_field": &b.VersionField, "weight_field": &b.WeightField}[opt] = d.Val()
-			if d.NextArg() {
-				return d.ArgErr()
-			}
+			err = blk.Strings(&b.Servers)
+		case "base_path":
+			err = blk.String(&b.BasePath)
+		case "version_field":
+			err = blk.String(&b.VersionField)
+		case "weight_field":
+			err = blk.String(&b.WeightField)
 		case "version_level":
-			if d.NextArg() {
-				return d.ArgErr()
-			}
-			b.VersionLevel = true
-		case "session_timeout", "write_timeout":
-			if !d.NextArg() {
-				return d.ArgErr()
-			}
-			dur, err := caddy.ParseDuration(d.Val())
-			if err != nil || dur <= 0 {
-				return d.Errf("zookeeper backend: %s: want a positive duration, got %q", opt, d.Val())
-			}
-			if opt == "session_timeout" {
-				b.SessionTimeout = caddy.Duration(dur)
-			} else {
-				b.WriteTimeout = caddy.Duration(dur)
-			}
-			if d.NextArg() {
-				return d.ArgErr()
-			}
+			err = blk.Flag(&b.VersionLevel)
+		case "session_timeout":
+			err = blk.Duration(&b.SessionTimeout, backendopt.Positive, "a positive duration")
+		case "write_timeout":
+			err = blk.Duration(&b.WriteTimeout, backendopt.Positive, "a positive duration")
 		default:
-			return d.Errf("zookeeper backend: unknown subdirective %q", opt)
+			err = blk.Unknown()
+		}
+		if err != nil {
+			return err
 		}
 	}
-	return nil
+	return blk.Err()
 }
 
 // Interface guards

@@ -30,7 +30,7 @@ func startRegistry(t *testing.T, b *Backend, seeds map[registry.ServiceKey][]reg
 	if b.SessionTimeout == 0 {
 		b.SessionTimeout = caddy.Duration(4 * time.Second)
 	}
-	if err := b.setup(); err != nil {
+	if err := b.setup(nil); err != nil {
 		t.Fatal(err)
 	}
 	core, logs := observer.New(zap.InfoLevel)
@@ -44,17 +44,6 @@ func startRegistry(t *testing.T, b *Backend, seeds map[registry.ServiceKey][]reg
 		t.Fatal(err)
 	}
 	return r, logs
-}
-
-func eventually(t *testing.T, within time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %v", what, within)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
 // has returns the sorted addresses of key.
@@ -104,7 +93,7 @@ func TestZooKeeperCuratorLayout(t *testing.T) {
 	}
 
 	r, logs := startRegistry(t, &Backend{Servers: []string{srv.Addr}}, nil)
-	eventually(t, 15*time.Second, "the first sync", func() bool { return r.Snapshot().Synced() })
+	testutil.Eventually(t, 15*time.Second, "the first sync", func() bool { return r.Snapshot().Synced() })
 	if got := has(r, users); !slices.Equal(got, []string{"127.0.0.1:9091", "127.0.0.1:9092"}) {
 		t.Fatalf("after the first listing: %v", got)
 	}
@@ -123,25 +112,25 @@ func TestZooKeeperCuratorLayout(t *testing.T) {
 
 	// through the watches
 	p := curator(t, jvm, "users", "c3", "127.0.0.1", 9095, `{"version":"v1"}`, 0)
-	eventually(t, 5*time.Second, "a new instance", func() bool { return slices.Contains(has(r, users), "127.0.0.1:9095") })
+	testutil.Eventually(t, 5*time.Second, "a new instance", func() bool { return slices.Contains(has(r, users), "127.0.0.1:9095") })
 	curator(t, jvm, "orders", "o1", "127.0.0.1", 9096, `{"version":"v2"}`, 0)
-	eventually(t, 5*time.Second, "a new service", func() bool {
+	testutil.Eventually(t, 5*time.Second, "a new service", func() bool {
 		return slices.Equal(has(r, registry.ServiceKey{Service: "orders", Version: "v2"}), []string{"127.0.0.1:9096"})
 	})
 	if _, err := jvm.Set(p, []byte(`{"name":"users","id":"c3","address":"127.0.0.1","port":9095,"payload":{"version":"v1","weight":7}}`), -1); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 5*time.Second, "a changed weight", func() bool {
+	testutil.Eventually(t, 5*time.Second, "a changed weight", func() bool {
 		svc, err := r.Lookup(users)
 		return err == nil && svc.Endpoint("127.0.0.1:9095") != nil && svc.Endpoint("127.0.0.1:9095").Weight == 7
 	})
 	if err := jvm.Delete(p, -1); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 5*time.Second, "a deleted instance to go", func() bool { return !slices.Contains(has(r, users), "127.0.0.1:9095") })
+	testutil.Eventually(t, 5*time.Second, "a deleted instance to go", func() bool { return !slices.Contains(has(r, users), "127.0.0.1:9095") })
 	// the JVM service's session ends: its ephemeral instance goes
 	jvm.Close()
-	eventually(t, 10*time.Second, "the ephemeral instance to go with its session", func() bool {
+	testutil.Eventually(t, 10*time.Second, "the ephemeral instance to go with its session", func() bool {
 		return slices.Equal(has(r, users), []string{"127.0.0.1:9092"})
 	})
 }
@@ -155,7 +144,7 @@ func TestZooKeeperAdminWrites(t *testing.T) {
 	seeds := map[registry.ServiceKey][]registry.Endpoint{users: {{Address: "127.0.0.1:9001", Weight: 1}}}
 	b := &Backend{Servers: []string{srv.Addr}}
 	r, _ := startRegistry(t, b, seeds)
-	eventually(t, 15*time.Second, "the first sync", func() bool { return r.Snapshot().Synced() })
+	testutil.Eventually(t, 15*time.Second, "the first sync", func() bool { return r.Snapshot().Synced() })
 
 	if err := r.Add(ctx, users, registry.Endpoint{Address: "127.0.0.1:9002", Weight: 2}); err != nil {
 		t.Fatal(err)
@@ -190,13 +179,13 @@ func TestZooKeeperAdminWrites(t *testing.T) {
 	}
 	// another instance sees this one's ephemeral node until it stops
 	other, _ := startRegistry(t, &Backend{Servers: []string{srv.Addr}}, nil)
-	eventually(t, 15*time.Second, "the other instance to see the ephemeral node", func() bool {
+	testutil.Eventually(t, 15*time.Second, "the other instance to see the ephemeral node", func() bool {
 		return slices.Contains(has(other, users), "127.0.0.1:9003")
 	})
 	if err := r.Stop(); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 10*time.Second, "the ephemeral node to go with its instance", func() bool {
+	testutil.Eventually(t, 10*time.Second, "the ephemeral node to go with its instance", func() bool {
 		return !slices.Contains(has(other, users), "127.0.0.1:9003")
 	})
 }
@@ -215,10 +204,10 @@ func TestZooKeeperFaults(t *testing.T) {
 		t.Errorf("lookup before the first sync: %v", err)
 	}
 	srv.Restart()
-	eventually(t, 20*time.Second, "the first sync once ZooKeeper is up", func() bool { return r.Snapshot().Synced() })
+	testutil.Eventually(t, 20*time.Second, "the first sync once ZooKeeper is up", func() bool { return r.Snapshot().Synced() })
 	jvm := srv.Conn(t)
 	curator(t, jvm, "users", "a", "127.0.0.1", 9091, `{"version":"v1"}`, 0)
-	eventually(t, 5*time.Second, "an instance", func() bool { return slices.Equal(has(r, users), []string{"127.0.0.1:9091"}) })
+	testutil.Eventually(t, 5*time.Second, "an instance", func() bool { return slices.Equal(has(r, users), []string{"127.0.0.1:9091"}) })
 
 	srv.Stop()
 	time.Sleep(time.Second)
@@ -231,7 +220,7 @@ func TestZooKeeperFaults(t *testing.T) {
 	srv.Restart()
 	jvm2 := srv.Conn(t)
 	curator(t, jvm2, "users", "b", "127.0.0.1", 9092, `{"version":"v1"}`, 0)
-	eventually(t, 20*time.Second, "the change made while away", func() bool {
+	testutil.Eventually(t, 20*time.Second, "the change made while away", func() bool {
 		return slices.Equal(has(r, users), []string{"127.0.0.1:9091", "127.0.0.1:9092"})
 	})
 	if n := len(logs.FilterMessage("zookeeper unreachable; routing keeps the last snapshot and retries").All()); n != 1 {
@@ -248,13 +237,13 @@ func TestZooKeeperSessionExpiry(t *testing.T) {
 	proxy := testutil.NewProxy(t, srv.Addr)
 	b := &Backend{Servers: []string{proxy.Addr}, SessionTimeout: caddy.Duration(2 * time.Second)}
 	r, _ := startRegistry(t, b, nil)
-	eventually(t, 15*time.Second, "the first sync", func() bool { return r.Snapshot().Synced() })
+	testutil.Eventually(t, 15*time.Second, "the first sync", func() bool { return r.Snapshot().Synced() })
 	if err := r.Add(context.Background(), users, registry.Endpoint{Address: "127.0.0.1:9003", TTL: registry.Duration(time.Second)}); err != nil {
 		t.Fatal(err)
 	}
 	first := b.conn().SessionID()
 	proxy.Cut()
-	eventually(t, 30*time.Second, "ZooKeeper to expire the session and drop its node", func() bool {
+	testutil.Eventually(t, 30*time.Second, "ZooKeeper to expire the session and drop its node", func() bool {
 		ok, _, err := check.Exists("/services/users/v1@127.0.0.1:9003")
 		return err == nil && !ok
 	})
@@ -262,12 +251,12 @@ func TestZooKeeperSessionExpiry(t *testing.T) {
 		t.Errorf("while cut off: %v; want the last snapshot", got)
 	}
 	proxy.Mend()
-	eventually(t, 30*time.Second, "a new session", func() bool { return b.conn().SessionID() != first && b.conn().State() == zk.StateHasSession })
-	eventually(t, 15*time.Second, "the ephemeral node back in the new session", func() bool {
+	testutil.Eventually(t, 30*time.Second, "a new session", func() bool { return b.conn().SessionID() != first && b.conn().State() == zk.StateHasSession })
+	testutil.Eventually(t, 15*time.Second, "the ephemeral node back in the new session", func() bool {
 		_, stat, err := check.Get("/services/users/v1@127.0.0.1:9003")
 		return err == nil && stat.EphemeralOwner == b.conn().SessionID()
 	})
-	eventually(t, 5*time.Second, "the endpoint routed", func() bool { return slices.Equal(has(r, users), []string{"127.0.0.1:9003"}) })
+	testutil.Eventually(t, 5*time.Second, "the endpoint routed", func() bool { return slices.Equal(has(r, users), []string{"127.0.0.1:9003"}) })
 }
 
 // A ZooKeeper wiped and started again (replaced, or restored from an
@@ -287,7 +276,7 @@ func TestZooKeeperWipedIsListedAgain(t *testing.T) {
 	jvm.Close() // it has seen that zxid too
 	b := &Backend{Servers: []string{srv.Addr}}
 	r, logs := startRegistry(t, b, nil)
-	eventually(t, 15*time.Second, "the first sync", func() bool { return len(has(r, filler)) == 40 })
+	testutil.Eventually(t, 15*time.Second, "the first sync", func() bool { return len(has(r, filler)) == 40 })
 	ctx := context.Background()
 	if err := r.Add(ctx, users, registry.Endpoint{Address: "127.0.0.1:9003", TTL: registry.Duration(time.Second)}); err != nil {
 		t.Fatal(err)
@@ -296,10 +285,10 @@ func TestZooKeeperWipedIsListedAgain(t *testing.T) {
 	srv.Wipe()
 	fresh := srv.Conn(t)
 	curator(t, fresh, "users", "new", "127.0.0.1", 9092, `{"version":"v1"}`, 0)
-	eventually(t, 20*time.Second, "the registry to be what the wiped ZooKeeper holds", func() bool {
+	testutil.Eventually(t, 20*time.Second, "the registry to be what the wiped ZooKeeper holds", func() bool {
 		return slices.Equal(has(r, users), []string{"127.0.0.1:9003", "127.0.0.1:9092"}) && len(has(r, filler)) == 0
 	})
-	eventually(t, 5*time.Second, "this instance's ephemeral node in the wiped ZooKeeper", func() bool {
+	testutil.Eventually(t, 5*time.Second, "this instance's ephemeral node in the wiped ZooKeeper", func() bool {
 		_, stat, err := fresh.Get("/services/users/v1@127.0.0.1:9003")
 		return err == nil && stat.EphemeralOwner != 0 && stat.EphemeralOwner == sessionOf(b)
 	})
@@ -323,7 +312,7 @@ func TestZooKeeperHandOver(t *testing.T) {
 	check := srv.Conn(t)
 	prev := &Backend{Servers: []string{srv.Addr}}
 	prevR, _ := startRegistry(t, prev, nil)
-	eventually(t, 15*time.Second, "the first sync", func() bool { return prevR.Snapshot().Synced() })
+	testutil.Eventually(t, 15*time.Second, "the first sync", func() bool { return prevR.Snapshot().Synced() })
 	if err := prevR.Add(context.Background(), users, registry.Endpoint{Address: "127.0.0.1:9003", TTL: registry.Duration(time.Second)}); err != nil {
 		t.Fatal(err)
 	}
@@ -331,7 +320,7 @@ func TestZooKeeperHandOver(t *testing.T) {
 	nextR, _ := startRegistry(t, next, nil)
 	other, _ := startRegistry(t, &Backend{Servers: []string{srv.Addr}}, nil)
 	for _, r := range []*registry.Local{nextR, other} {
-		eventually(t, 15*time.Second, "the ephemeral node listed", func() bool { return slices.Equal(has(r, users), []string{"127.0.0.1:9003"}) })
+		testutil.Eventually(t, 15*time.Second, "the ephemeral node listed", func() bool { return slices.Equal(has(r, users), []string{"127.0.0.1:9003"}) })
 	}
 
 	var gaps atomic.Int64
@@ -365,7 +354,7 @@ func TestZooKeeperHandOver(t *testing.T) {
 	// order).
 	curator(t, check, "users", "marker", "127.0.0.1", 9009, `{"version":"v1"}`, 0)
 	for _, r := range []*registry.Local{nextR, other} {
-		eventually(t, 10*time.Second, "the node written after the handover", func() bool { return slices.Contains(has(r, users), "127.0.0.1:9009") })
+		testutil.Eventually(t, 10*time.Second, "the node written after the handover", func() bool { return slices.Contains(has(r, users), "127.0.0.1:9009") })
 	}
 	close(stop)
 	sampling.Wait()
@@ -395,7 +384,7 @@ func TestZooKeeperVersionLevel(t *testing.T) {
 		t.Fatal(err)
 	}
 	r, _ := startRegistry(t, &Backend{Servers: []string{srv.Addr}, BasePath: "/reg", VersionLevel: true}, nil)
-	eventually(t, 15*time.Second, "the first sync", func() bool { return r.Snapshot().Synced() })
+	testutil.Eventually(t, 15*time.Second, "the first sync", func() bool { return r.Snapshot().Synced() })
 	v2 := registry.ServiceKey{Service: "users", Version: "v2"}
 	if got := has(r, v2); !slices.Equal(got, []string{"127.0.0.1:9091"}) {
 		t.Fatalf("users v2: %v", got)
@@ -534,7 +523,7 @@ func BenchmarkZooKeeperScale(b *testing.B) {
 func startBenchRegistry(b *testing.B, addr string) (*registry.Local, *Backend) {
 	b.Helper()
 	be := &Backend{Servers: []string{addr}, SessionTimeout: caddy.Duration(10 * time.Second)}
-	if err := be.setup(); err != nil {
+	if err := be.setup(nil); err != nil {
 		b.Fatal(err)
 	}
 	r := registry.New(be, registry.Options{})
@@ -561,43 +550,19 @@ func TestZooKeeperStopLeavesNoGoroutine(t *testing.T) {
 	srv := zktest.Start(t)
 	before := runtime.NumGoroutine()
 	b := &Backend{Servers: []string{srv.Addr}, SessionTimeout: caddy.Duration(4 * time.Second)}
-	if err := b.setup(); err != nil {
+	if err := b.setup(nil); err != nil {
 		t.Fatal(err)
 	}
 	r := registry.New(b, registry.Options{})
 	if err := r.Start(registry.BackendEnv{Logger: zap.NewNop()}, nil, nil); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 15*time.Second, "the first sync", func() bool { return r.Snapshot().Synced() })
+	testutil.Eventually(t, 15*time.Second, "the first sync", func() bool { return r.Snapshot().Synced() })
 	if err := r.Add(context.Background(), users, registry.Endpoint{Address: "127.0.0.1:9001", TTL: registry.Duration(time.Second)}); err != nil {
 		t.Fatal(err)
 	}
 	if err := r.Stop(); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 10*time.Second, "the goroutines to end", func() bool { return runtime.NumGoroutine() <= before })
-}
-
-// A node created between the listing finding it missing and the watch
-// set for its creation (as when a wiped ZooKeeper fills up again while
-// this instance lists it): the watch lands on the node's data, which
-// would never fire, and the instances under it would never be routed. The
-// listing sees it was created and lists it after all.
-func TestZooKeeperNodeCreatedWhileListed(t *testing.T) {
-	srv := zktest.Start(t)
-	jvm := srv.Conn(t)
-	var once sync.Once
-	afterNoNode = func(p string) {
-		if p == "/services" {
-			once.Do(func() {
-				curator(t, jvm, "users", "created-meanwhile", "127.0.0.1", 9091, `{"version":"v1"}`, 0)
-			})
-		}
-	}
-	t.Cleanup(func() { afterNoNode = func(string) {} })
-	r, _ := startRegistry(t, &Backend{Servers: []string{srv.Addr}}, nil)
-	eventually(t, 15*time.Second, "the first sync", func() bool { return r.Snapshot().Synced() })
-	eventually(t, 5*time.Second, "the instance created while the base was listed", func() bool {
-		return slices.Equal(has(r, users), []string{"127.0.0.1:9091"})
-	})
+	testutil.Eventually(t, 10*time.Second, "the goroutines to end", func() bool { return runtime.NumGoroutine() <= before })
 }

@@ -100,12 +100,6 @@ func TestDifferential(t *testing.T) {
 	}
 }
 
-// noWorse is the usual safer: nothing wrong, nothing twice, and no more
-// failures than Go's transport.
-func noWorse(ours, theirs outcome) bool {
-	return ours.wrong == 0 && ours.twice == 0 && ours.failed <= theirs.failed
-}
-
 // testHost is a raw HTTP/1.1 host on 127.0.0.1 that a row scripts.
 type testHost struct {
 	addr  string
@@ -874,7 +868,7 @@ func stalledHeader(t *testing.T, s side) outcome {
 // slowHeader has the host trickle a 2 KiB header to a client that takes
 // 1 KiB.
 func slowHeader(t *testing.T, s side) outcome {
-	rt := s.rt
+	var rt http.RoundTripper
 	if s.ours != nil {
 		rt = roundTripper{newTestClient(t, func(c *Config) { c.MaxResponseHeaderBytes = 1 << 10 })}
 	} else {

@@ -1,4 +1,4 @@
-package consul
+package consulstore
 
 import (
 	"context"
@@ -55,14 +55,14 @@ func sleep(ctx context.Context, d time.Duration, wake <-chan struct{}) bool {
 
 // backChan returns the channel closed when Consul is next seen back
 // after a failure, which ends the backoff of the blocking queries.
-func (c *Backend) backChan() <-chan struct{} {
+func (c *Store) backChan() <-chan struct{} {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.back
 }
 
 // wakeQueries ends the backoff of the blocking queries: Consul is back.
-func (c *Backend) wakeQueries() {
+func (c *Store) wakeQueries() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	close(c.back)
@@ -74,12 +74,12 @@ func (c *Backend) wakeQueries() {
 // makes the next one. After a failure, which failed hears of unless ctx
 // has ended, poll waits (backoff, with jitter) and reads everything again
 // (index 0).
-func (c *Backend) poll(ctx context.Context, what string, read func(ctx context.Context, index uint64, wait time.Duration) (uint64, error), failed func(error)) {
+func (c *Store) poll(ctx context.Context, what string, read func(ctx context.Context, index uint64, wait time.Duration) (uint64, error), failed func(error)) {
 	var index uint64
 	retry := consulRetryMin
 	for ctx.Err() == nil {
 		begin := time.Now()
-		wait := jitter(time.Duration(c.Wait))
+		wait := jitter(c.opts.Wait)
 		// Consul may add up to wait/16 to the wait
 		reqCtx, cancel := context.WithTimeout(ctx, wait+wait/16+consulSlack)
 		var got uint64
@@ -112,7 +112,7 @@ func (c *Backend) poll(ctx context.Context, what string, read func(ctx context.C
 }
 
 // watchCatalog follows the catalog's list of services until ctx ends.
-func (c *Backend) watchCatalog(ctx context.Context) {
+func (c *Store) watchCatalog(ctx context.Context) {
 	c.poll(ctx, "the consul catalog", func(ctx context.Context, index uint64, wait time.Duration) (uint64, error) {
 		services, meta, err := c.client.Catalog().Services(query(ctx, index, wait))
 		if err != nil {
@@ -129,7 +129,7 @@ func (c *Backend) watchCatalog(ctx context.Context) {
 // says which services exist, not which of their instances changed: when
 // its index moved, every service is read again; when Consul is back
 // after a failure, at once, failing services included.
-func (c *Backend) applyCatalog(ctx context.Context, services map[string][]string, sent, got uint64, back bool) {
+func (c *Store) applyCatalog(ctx context.Context, services map[string][]string, sent, got uint64, back bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if ctx.Err() != nil {
@@ -138,8 +138,8 @@ func (c *Backend) applyCatalog(ctx context.Context, services map[string][]string
 	want := map[string]bool{}
 	for name := range services {
 		switch {
-		case len(c.Services) > 0 && !slices.Contains(c.Services, name):
-		case len(c.Services) == 0 && name == "consul":
+		case len(c.opts.Services) > 0 && !slices.Contains(c.opts.Services, name):
+		case len(c.opts.Services) == 0 && name == "consul":
 		case !registry.ValidName(name):
 			if !c.badNames[name] {
 				c.badNames[name] = true
@@ -176,7 +176,7 @@ func (c *Backend) applyCatalog(ctx context.Context, services map[string][]string
 // off, just waits, so without it such a fault would go unseen (and
 // unlogged) until the agent is back. When Consul answers again after a
 // failed check, every service is read again at once.
-func (c *Backend) monitor(ctx context.Context) {
+func (c *Store) monitor(ctx context.Context) {
 	tick := time.NewTicker(consulCheckEvery)
 	defer tick.Stop()
 	for {
@@ -211,7 +211,7 @@ func (c *Backend) monitor(ctx context.Context) {
 }
 
 // watchChecks follows the health checks that do not pass until ctx ends.
-func (c *Backend) watchChecks(ctx context.Context) {
+func (c *Store) watchChecks(ctx context.Context) {
 	c.poll(ctx, "consul's health checks", func(ctx context.Context, index uint64, wait time.Duration) (uint64, error) {
 		q := query(ctx, index, wait)
 		q.Filter = notPassingFilter
@@ -243,7 +243,7 @@ type checkID struct {
 // with instances on that node. An answer without a last one to compare
 // with (the first, or after a failure), or whose index went backwards,
 // reads every service again.
-func (c *Backend) applyChecks(checks api.HealthChecks, sent, got uint64) {
+func (c *Store) applyChecks(checks api.HealthChecks, sent, got uint64) {
 	now := make(map[checkID]check, len(checks))
 	for _, hc := range checks {
 		if hc.Status == api.HealthPassing { // should the filter not apply
@@ -278,7 +278,7 @@ func (c *Backend) applyChecks(checks api.HealthChecks, sent, got uint64) {
 // checkChanged reads again the service of a check that changed on node,
 // or for a node's own check, the services with instances there. The
 // caller holds c.mu.
-func (c *Backend) checkChanged(node string, hc check) {
+func (c *Store) checkChanged(node string, hc check) {
 	if hc.service == "" {
 		for s := range c.onNode[node] {
 			c.want(s, urgent)
@@ -294,7 +294,7 @@ func (c *Backend) checkChanged(node string, hc check) {
 // answers again, a service whose health changes is read again only when
 // the catalog changes. Consul out of reach shows in the catalog's queries
 // and is logged there; an answer refusing the query is logged here, once.
-func (c *Backend) checksFailed(err error) {
+func (c *Store) checksFailed(err error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.notPassing = nil
@@ -310,7 +310,7 @@ func (c *Backend) checksFailed(err error) {
 
 // setReachable logs a change of Consul's reachability, as the catalog's
 // queries see it, and reports whether it changed.
-func (c *Backend) setReachable(ok bool, err error) bool {
+func (c *Store) setReachable(ok bool, err error) bool {
 	c.mu.Lock()
 	changed := c.reachable != ok
 	c.reachable = ok
@@ -319,15 +319,7 @@ func (c *Backend) setReachable(ok bool, err error) bool {
 	if !changed {
 		return false
 	}
-	c.table.SetReachable(ok)
-	fields := []zap.Field{zap.String("backend", "consul"), zap.String("address", c.address)}
-	switch {
-	case ok:
-		c.log().Info("consul reachable again", fields...)
-	case synced:
-		c.log().Error("consul unreachable; routing keeps the last snapshot and retries", append(fields, zap.Error(err))...)
-	default:
-		c.log().Error("consul unreachable; registry-routed requests get 503 until the first sync, retrying", append(fields, zap.Error(err))...)
-	}
+	registry.ReachableChanged(c.table, c.log(), "consul", ok, synced, err,
+		"consul reachable again", zap.String("address", c.address))
 	return true
 }

@@ -1,4 +1,4 @@
-package consul
+package consulstore
 
 import (
 	"context"
@@ -16,7 +16,7 @@ import (
 // service is a Consul service the backend follows.
 type service struct {
 	name     string
-	versions []string             // the versions it holds in Backend.stored, known even without endpoints
+	versions []string             // the versions it holds in Store.stored, known even without endpoints
 	warned   map[string]string    // skipped instance → why, as logged; only its reader touches it
 	nodes    []string             // of its instances, as last read
 	tried    bool                 // read, or failed, at least once
@@ -41,7 +41,7 @@ const (
 )
 
 // reads are the services the backend follows, and which of them to read.
-// Backend.mu guards them.
+// Store.mu guards them.
 type reads struct {
 	services map[string]*service          // followed, by Consul name
 	queues   [3][]*service                // the services waiting to be read, by queue (urgent first); some taken already
@@ -66,7 +66,7 @@ func newReads() reads {
 
 // follow starts following a service: it is read at once. The caller
 // holds c.mu.
-func (c *Backend) follow(name string) {
+func (c *Store) follow(name string) {
 	s := &service{name: name, warned: map[string]string{}}
 	c.services[name] = s
 	c.untried++
@@ -74,7 +74,7 @@ func (c *Backend) follow(name string) {
 }
 
 // drop stops following s and forgets what it held. The caller holds c.mu.
-func (c *Backend) drop(s *service) {
+func (c *Store) drop(s *service) {
 	s.gone = true
 	delete(c.services, s.name)
 	delete(c.retrying, s)
@@ -93,7 +93,7 @@ func (c *Backend) drop(s *service) {
 
 // want asks for s to be read, in queue q (urgent or sweep). The caller
 // holds c.mu.
-func (c *Backend) want(s *service, q queue) {
+func (c *Store) want(s *service, q queue) {
 	switch {
 	case s.gone:
 		return
@@ -112,7 +112,7 @@ func (c *Backend) want(s *service, q queue) {
 
 // readAll asks for every service to be read again. A service that
 // failed is read at its retry time, unless now. The caller holds c.mu.
-func (c *Backend) readAll(now bool) {
+func (c *Store) readAll(now bool) {
 	for _, s := range c.services {
 		if now || !c.retrying[s] {
 			if now {
@@ -124,7 +124,7 @@ func (c *Backend) readAll(now bool) {
 }
 
 // reader reads the services asked for until ctx ends.
-func (c *Backend) reader(ctx context.Context) {
+func (c *Store) reader(ctx context.Context) {
 	for {
 		s := c.next(ctx)
 		if s == nil {
@@ -136,7 +136,7 @@ func (c *Backend) reader(ctx context.Context) {
 
 // next waits for a service to read, and marks it being read; it returns
 // nil once ctx ends.
-func (c *Backend) next(ctx context.Context) *service {
+func (c *Store) next(ctx context.Context) *service {
 	for {
 		c.mu.Lock()
 		s, due := c.pop(time.Now())
@@ -153,7 +153,7 @@ func (c *Backend) next(ctx context.Context) *service {
 
 // idle waits until wake is closed or due has come (if not zero), and
 // reports whether ctx is still going.
-func (c *Backend) idle(ctx context.Context, wake <-chan struct{}, due time.Time) bool {
+func (c *Store) idle(ctx context.Context, wake <-chan struct{}, due time.Time) bool {
 	var retry <-chan time.Time
 	if !due.IsZero() {
 		t := time.NewTimer(time.Until(due))
@@ -173,7 +173,7 @@ func (c *Backend) idle(ctx context.Context, wake <-chan struct{}, due time.Time)
 // has come queued first; else it returns when the next retry is due
 // (zero if none). While Consul is unreachable, failed services wait for
 // it to be back, when everything is read again. The caller holds c.mu.
-func (c *Backend) pop(now time.Time) (*service, time.Time) {
+func (c *Store) pop(now time.Time) (*service, time.Time) {
 	var due time.Time
 	for s := range c.retrying {
 		if !c.reachable {
@@ -200,12 +200,12 @@ func (c *Backend) pop(now time.Time) (*service, time.Time) {
 }
 
 // read reads s's instances and their health, and applies them.
-func (c *Backend) read(ctx context.Context, s *service) {
+func (c *Store) read(ctx context.Context, s *service) {
 	var byVersion map[string]map[string]registry.Change
 	var warned map[string]string
 	var pending []pendingInstance
 	var nodes []string
-	readCtx, cancel := context.WithTimeout(ctx, consulReadTimeout)
+	readCtx, cancel := context.WithTimeout(ctx, c.opts.ReadTimeout)
 	err := c.safely("reading consul service "+s.name, func() error {
 		// every instance, whatever its health: a version whose
 		// instances all fail is known, without endpoints (503)
@@ -257,7 +257,7 @@ func (c *Backend) read(ctx context.Context, s *service) {
 
 // instances returns the versions of s's instances with the passing
 // ones as endpoints, and logs each instance skipped that was not yet.
-func (c *Backend) instances(s *service, entries []*api.ServiceEntry) (byVersion map[string]map[string]registry.Change, warned map[string]string, pending []pendingInstance) {
+func (c *Store) instances(s *service, entries []*api.ServiceEntry) (byVersion map[string]map[string]registry.Change, warned map[string]string, pending []pendingInstance) {
 	byVersion = map[string]map[string]registry.Change{}
 	warned = map[string]string{}
 	for _, entry := range entries {
@@ -328,7 +328,7 @@ func notRunYet(checks api.HealthChecks) bool {
 // for up to pendingCheckHold from when each was first seen pending, and
 // returns when the first of those it kept is due to be read again (zero
 // if none). The caller holds c.mu.
-func (c *Backend) keepPending(s *service, byVersion map[string]map[string]registry.Change, pending []pendingInstance, now time.Time) time.Time {
+func (c *Store) keepPending(s *service, byVersion map[string]map[string]registry.Change, pending []pendingInstance, now time.Time) time.Time {
 	was := s.pending
 	s.pending = nil
 	var due time.Time
@@ -370,7 +370,7 @@ func (c *Backend) keepPending(s *service, byVersion map[string]map[string]regist
 }
 
 // setNodes sets the nodes of s's instances. The caller holds c.mu.
-func (c *Backend) setNodes(s *service, nodes []string) {
+func (c *Store) setNodes(s *service, nodes []string) {
 	for _, node := range s.nodes {
 		delete(c.onNode[node], s)
 		if len(c.onNode[node]) == 0 {
@@ -387,7 +387,7 @@ func (c *Backend) setNodes(s *service, nodes []string) {
 }
 
 // apply replaces what s holds with byVersion. The caller holds c.mu.
-func (c *Backend) apply(s *service, byVersion map[string]map[string]registry.Change) {
+func (c *Store) apply(s *service, byVersion map[string]map[string]registry.Change) {
 	old := s.versions
 	s.versions = make([]string, 0, len(byVersion))
 	for v, eps := range byVersion {
@@ -411,12 +411,12 @@ func (c *Backend) apply(s *service, byVersion map[string]map[string]registry.Cha
 // and the end of all those failures is logged once. A connection Consul
 // refused or closed is logged by the catalog's query, as Consul
 // unreachable. The caller holds c.mu.
-func (c *Backend) failed(s *service, err error) {
+func (c *Store) failed(s *service, err error) {
 	s.retry = min(max(2*s.retry, consulRetryMin), consulRetryMax)
 	s.retryAt = time.Now().Add(jitter(s.retry))
 	c.retrying[s] = true
 
-	how, notable := failedHow(err)
+	how, notable := failedHow(err, c.opts.ReadTimeout)
 	if s.failure == how {
 		return
 	}
@@ -442,7 +442,7 @@ func (c *Backend) failed(s *service, err error) {
 }
 
 // recovered notes that s no longer fails. The caller holds c.mu.
-func (c *Backend) recovered(s *service) {
+func (c *Store) recovered(s *service) {
 	s.retry = 0
 	delete(c.retrying, s)
 	c.endFailure(s)
@@ -451,7 +451,7 @@ func (c *Backend) recovered(s *service) {
 // endFailure notes that s no longer fails the way it did, and logs the
 // end of that way of failing once no service fails so. The caller holds
 // c.mu.
-func (c *Backend) endFailure(s *service) {
+func (c *Store) endFailure(s *service) {
 	if s.failure == "" {
 		return
 	}
@@ -471,13 +471,13 @@ func (c *Backend) endFailure(s *service) {
 // fails that way, and whether that is logged here: a refusal by Consul
 // (an HTTP status) or no answer in time. A connection refused or closed
 // is Consul out of reach, logged by the catalog's query.
-func failedHow(err error) (string, bool) {
+func failedHow(err error, readTimeout time.Duration) (string, bool) {
 	var status api.StatusError
 	switch {
 	case errors.As(err, &status):
 		return err.Error(), true
 	case errors.Is(err, context.DeadlineExceeded):
-		return fmt.Sprintf("no answer in %v", consulReadTimeout), true
+		return fmt.Sprintf("no answer in %v", readTimeout), true
 	default:
 		return "connection failed", false
 	}
@@ -485,7 +485,7 @@ func failedHow(err error) (string, bool) {
 
 // publish hands the table key's endpoints, its seeds merged with what
 // Consul holds, once synced. The caller holds c.mu.
-func (c *Backend) publish(key registry.ServiceKey) {
+func (c *Store) publish(key registry.ServiceKey) {
 	if !c.synced {
 		return
 	}
@@ -500,7 +500,7 @@ func (c *Backend) publish(key registry.ServiceKey) {
 
 // merged returns the seeds merged with what Consul holds, every version
 // Consul knows included. The caller holds c.mu.
-func (c *Backend) merged() map[registry.ServiceKey][]registry.Endpoint {
+func (c *Store) merged() map[registry.ServiceKey][]registry.Endpoint {
 	all := registry.MergeAll(c.seeds, c.stored)
 	for key := range c.stored {
 		if _, known := all[key]; !known {
@@ -513,7 +513,7 @@ func (c *Backend) merged() map[registry.ServiceKey][]registry.Endpoint {
 // checkSynced publishes the whole registry once the catalog has been
 // read and each service it lists read or failed once. The caller holds
 // c.mu.
-func (c *Backend) checkSynced() {
+func (c *Store) checkSynced() {
 	if c.synced || !c.listed || c.untried > 0 {
 		return
 	}

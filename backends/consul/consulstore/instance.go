@@ -1,4 +1,4 @@
-package consul
+package consulstore
 
 import (
 	"errors"
@@ -33,7 +33,7 @@ const weightMeta = "weight"
 
 // instance reads the versions and the endpoint of a Consul instance, or
 // says why it is skipped.
-func (c *Backend) instance(entry *api.ServiceEntry) ([]string, registry.Endpoint, error) {
+func (c *Store) instance(entry *api.ServiceEntry) ([]string, registry.Endpoint, error) {
 	svc := entry.Service
 	if svc == nil {
 		return nil, registry.Endpoint{}, errors.New("no service in the answer")
@@ -47,19 +47,19 @@ func (c *Backend) instance(entry *api.ServiceEntry) ([]string, registry.Endpoint
 		return nil, registry.Endpoint{}, err
 	}
 	var versions []string
-	if v := svc.Meta[c.VersionMeta]; c.VersionMeta != "" && v != "" {
+	if v := svc.Meta[c.opts.VersionMeta]; c.opts.VersionMeta != "" && v != "" {
 		versions = []string{v}
 	} else {
 		for _, tag := range svc.Tags {
-			if v, ok := strings.CutPrefix(tag, c.VersionTag); ok && !slices.Contains(versions, v) {
+			if v, ok := strings.CutPrefix(tag, c.opts.VersionTag); ok && !slices.Contains(versions, v) {
 				versions = append(versions, v)
 			}
 		}
 	}
 	if len(versions) == 0 {
-		why := fmt.Sprintf("no version: want a tag %s<version>", c.VersionTag)
-		if c.VersionMeta != "" {
-			why += fmt.Sprintf(" or service metadata %s", c.VersionMeta)
+		why := fmt.Sprintf("no version: want a tag %s<version>", c.opts.VersionTag)
+		if c.opts.VersionMeta != "" {
+			why += fmt.Sprintf(" or service metadata %s", c.opts.VersionMeta)
 		}
 		return nil, registry.Endpoint{}, errors.New(why)
 	}
