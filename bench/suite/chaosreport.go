@@ -201,7 +201,11 @@ func hedgeOverhead(runs []ChaosRun) string {
 		}
 	}
 	var rps, cpu []float64
-	for rep, a := range on {
+	for rep := range len(runs) {
+		a, ok := on[rep]
+		if !ok {
+			continue
+		}
 		if b, ok := off[rep]; ok && b.RPS > 0 && b.CPUus > 0 {
 			rps, cpu = append(rps, a.RPS/b.RPS), append(cpu, a.CPUus/b.CPUus)
 		}
@@ -210,5 +214,14 @@ func hedgeOverhead(runs []ChaosRun) string {
 		return ""
 	}
 	return fmt.Sprintf("Hedging on over off with no fault (same run, each repetition): req/s %s, median **%.3f**; proxy CPU per request %s, median **%.3f**.\n\n",
-		format(rps), median(rps), format(cpu), median(cpu))
+		ratios(rps), median(rps), ratios(cpu), median(cpu))
+}
+
+// ratios lists ratios with three decimals.
+func ratios(xs []float64) string {
+	var parts []string
+	for _, x := range xs {
+		parts = append(parts, fmt.Sprintf("%.3f", x))
+	}
+	return strings.Join(parts, ", ")
 }
