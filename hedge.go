@@ -74,6 +74,7 @@ type hedgePlan struct {
 	t        *HTTPTransport
 	a        *attempt
 	req      *http.Request // the try's request; its body has a GetBody
+	header   http.Header   // a copy of its header, taken before it was sent
 	deadline time.Duration // the hedge's own deadline (0: none)
 }
 
@@ -121,7 +122,7 @@ func (p *hedgePlan) launch(w *watchdog, now time.Time) *hedge {
 	svc.CountHedge()
 	h := &hedge{t: p.t, reg: a.reg, svc: svc, ep: ep, index: i, begin: now, first: w, deadline: p.deadline,
 		dialing: &attempt{svc: svc, last: -1}, done: make(chan struct{})}
-	h.req = h.request(p.req, a.pool[i])
+	h.req = h.request(p.req, p.header, a.pool[i])
 	after := p.t.silenceAfter(svc, now, p.deadline)
 	h.silence = silenceCheck{svc: svc, ep: ep, begin: now, after: after}
 	go h.run()
@@ -130,8 +131,9 @@ func (p *hedgePlan) launch(w *watchdog, now time.Time) *hedge {
 
 // request returns a copy of req for the hedge's host: its own context
 // (cancelled when the first try wins), request variables and dial
-// address, and its own body.
-func (h *hedge) request(req *http.Request, up *reverseproxy.Upstream) *http.Request {
+// address, header (a copy taken before the first try was sent: the own
+// client adds to the first try's while it writes it) and body.
+func (h *hedge) request(req *http.Request, header http.Header, up *reverseproxy.Upstream) *http.Request {
 	ctx := req.Context()
 	vars, _ := ctx.Value(caddyhttp.VarsCtxKey).(map[string]any)
 	vars = maps.Clone(vars)
@@ -143,8 +145,10 @@ func (h *hedge) request(req *http.Request, up *reverseproxy.Upstream) *http.Requ
 	ctx = context.WithValue(ctx, caddyhttp.VarsCtxKey, vars)
 	ctx = context.WithValue(ctx, dialInfoKey, reverseproxy.DialInfo{Upstream: up, Network: "tcp", Address: h.ep.Address, Host: host, Port: port})
 	ctx, h.cancel = context.WithCancel(ctx)
-	r := req.Clone(ctx)
-	r.URL.Host = h.ep.Address
+	r := req.WithContext(ctx)
+	u := *req.URL
+	u.Host = h.ep.Address
+	r.URL, r.Header = &u, header
 	if req.GetBody != nil {
 		if body, err := req.GetBody(); err == nil {
 			r.Body = body

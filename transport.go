@@ -293,7 +293,7 @@ func (t *HTTPTransport) try(req *http.Request, a *attempt, ep *registry.Endpoint
 			if req.Body != nil && req.Body != http.NoBody && req.GetBody == nil {
 				req = withGetBody(req) // the hedge sends the body too
 			}
-			plan = hedgePlan{after: after, t: t, a: a, req: req, deadline: deadline}
+			plan = hedgePlan{after: after, t: t, a: a, req: req, header: req.Header.Clone(), deadline: deadline}
 		}
 	}
 	s := t.sendHedged(req, deadline, silence, plan)
