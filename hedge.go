@@ -195,6 +195,9 @@ func (h *hedge) run() {
 		h.mu.Lock()
 		won := h.state == hedgePending
 		if won {
+			if resp.StatusCode != http.StatusSwitchingProtocols {
+				resp.Body = &cancelOnClose{ReadCloser: resp.Body, cancel: h.cancel}
+			}
 			h.state, h.resp = hedgeWon, resp
 		}
 		h.mu.Unlock()

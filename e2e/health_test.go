@@ -295,6 +295,8 @@ func TestMetrics(t *testing.T) {
 		{"caddy_service_registry_failures_total{" + downLabels + "}", func(v float64) bool { return v >= 1 }, ">= 1"},
 		{"caddy_service_registry_ejections_total{" + downLabels + "}", func(v float64) bool { return v == 1 }, "1"},
 		{`caddy_service_registry_retries_total{service="users",version="v1"}`, func(v float64) bool { return v >= 1 }, ">= 1"},
+		{`caddy_service_registry_hedges_total{service="users",version="v1"}`, func(v float64) bool { return v >= 0 }, "present"},
+		{`caddy_service_registry_hedges_won_total{service="users",version="v1"}`, func(v float64) bool { return v >= 0 }, "present"},
 		{"caddy_service_registry_upstream_healthy{" + upLabels + "}", func(v float64) bool { return v == 1 }, "1"},
 		{"caddy_service_registry_upstream_healthy{" + downLabels + "}", func(v float64) bool { return v == 0 }, "0"},
 	} {
