@@ -43,11 +43,11 @@ const dialInfoKey caddy.CtxKey = "reverse_proxy.dial_info"
 
 // hedgeAfter returns how long a try of req that began at now waits for
 // its response header before a hedge is sent, or 0 for no hedge: hedging
-// off, a request that must not be sent twice, no untried host, no delay
+// off, a forward proxy, an upgrade, no untried host, no delay
 // shorter than the try's next check (firstCheck: its silence check or
 // deadline, 0 for none).
 func (t *HTTPTransport) hedgeAfter(req *http.Request, a *attempt, now time.Time, firstCheck time.Duration) time.Duration {
-	if t.hedge < 0 || a.untried() == 0 {
+	if t.hedge < 0 || t.proxied || a.untried() == 0 {
 		return 0
 	}
 	if _, upgrade := req.Header["Upgrade"]; upgrade {

@@ -105,6 +105,7 @@ type HTTPTransport struct {
 	h2c         bool          // plain connections speak HTTP/2
 	tryTimeout  time.Duration // 0 = auto, < 0 = off
 	hedge       time.Duration // 0 = auto, < 0 = off
+	proxied     bool          // requests may go through a forward proxy: no hedges
 	budget      registry.RetryBudget
 	retryStatus [8]bool    // retryStatus[code-500] for 500-507
 	ownClient   *h1.Client // service_http's own HTTP/1.1 client; nil: every request goes through Go's transport
@@ -145,6 +146,9 @@ func (t *HTTPTransport) Provision(ctx caddy.Context) error {
 		t.Transport.DialContext = trackDial(t.Transport.DialContext)
 	}
 	t.ownClient = newOwnClient(t)
+	// Through a forward proxy, Go's transport writes the request's
+	// variables as it sends it, which a hedge copies meanwhile.
+	t.proxied = t.ForwardProxyURL != "" || len(t.NetworkProxyRaw) > 0 || proxyInEnvironment()
 	return nil
 }
 
