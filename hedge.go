@@ -67,6 +67,28 @@ func (t *HTTPTransport) hedgeAfter(req *http.Request, a *attempt, now time.Time,
 	return after
 }
 
+// headerCopies are the maps of copyHeader.
+var headerCopies = sync.Pool{New: func() any { return make(http.Header, 16) }}
+
+// copyHeader returns a copy of h for a hedge, taken before the first try
+// is sent: the own client adds Accept-Encoding to the first try's header
+// while it writes it, so a hedge cannot copy it then. The values are
+// shared (nothing that sends a request changes them), and the map comes
+// from a pool: most tries send no hedge, and give it back.
+func copyHeader(h http.Header) http.Header {
+	c := headerCopies.Get().(http.Header)
+	for k, v := range h {
+		c[k] = v
+	}
+	return c
+}
+
+// releaseHeader gives back a copyHeader map that no hedge took.
+func releaseHeader(c http.Header) {
+	clear(c)
+	headerCopies.Put(c)
+}
+
 // hedgePlan is what a try's watchdog needs to send its hedge: the zero
 // value sends none.
 type hedgePlan struct {
@@ -74,7 +96,7 @@ type hedgePlan struct {
 	t        *HTTPTransport
 	a        *attempt
 	req      *http.Request // the try's request; its body has a GetBody
-	header   http.Header   // a copy of its header, taken before it was sent
+	header   http.Header   // a copy of its header, taken before it was sent (copyHeader)
 	deadline time.Duration // the hedge's own deadline (0: none)
 }
 

@@ -297,11 +297,14 @@ func (t *HTTPTransport) try(req *http.Request, a *attempt, ep *registry.Endpoint
 			if req.Body != nil && req.Body != http.NoBody && req.GetBody == nil {
 				req = withGetBody(req) // the hedge sends the body too
 			}
-			plan = hedgePlan{after: after, t: t, a: a, req: req, header: req.Header.Clone(), deadline: deadline}
+			plan = hedgePlan{after: after, t: t, a: a, req: req, header: copyHeader(req.Header), deadline: deadline}
 		}
 	}
 	s := t.sendHedged(req, deadline, silence, plan)
 	a.reported = true
+	if s.hedge == nil && plan.header != nil {
+		releaseHeader(plan.header)
+	}
 	if s.hedge != nil {
 		return t.hedged(s.hedge, req, a, ep, start, s)
 	}
