@@ -67,26 +67,46 @@ func (t *HTTPTransport) hedgeAfter(req *http.Request, a *attempt, now time.Time,
 	return after
 }
 
-// headerCopies are the maps of copyHeader.
-var headerCopies = sync.Pool{New: func() any { return make(http.Header, 16) }}
-
-// copyHeader returns a copy of h for a hedge, taken before the first try
-// is sent: the own client adds Accept-Encoding to the first try's header
-// while it writes it, so a hedge cannot copy it then. The values are
-// shared (nothing that sends a request changes them), and the map comes
-// from a pool: most tries send no hedge, and give it back.
-func copyHeader(h http.Header) http.Header {
-	c := headerCopies.Get().(http.Header)
-	for k, v := range h {
-		c[k] = v
-	}
-	return c
+// headerField is one field of a request header: its name and values.
+type headerField struct {
+	name   string
+	values []string
 }
 
-// releaseHeader gives back a copyHeader map that no hedge took.
-func releaseHeader(c http.Header) {
-	clear(c)
-	headerCopies.Put(c)
+// headerCopies hold the lists of copyHeader.
+var headerCopies = sync.Pool{New: func() any {
+	fields := make([]headerField, 0, 16)
+	return &fields
+}}
+
+// copyHeader returns the fields of h for a hedge, taken before the first
+// try is sent: the own client adds Accept-Encoding to the first try's
+// header while it writes it, so a hedge cannot read it then. A list from a
+// pool, not a map: most tries send no hedge and give it back, and a list
+// costs no hashing. The values are shared (nothing that sends a request
+// changes them).
+func copyHeader(h http.Header) *[]headerField {
+	p := headerCopies.Get().(*[]headerField)
+	for name, values := range h {
+		*p = append(*p, headerField{name, values})
+	}
+	return p
+}
+
+// releaseHeader gives back a copyHeader list that no hedge took.
+func releaseHeader(p *[]headerField) {
+	clear(*p) // no references kept
+	*p = (*p)[:0]
+	headerCopies.Put(p)
+}
+
+// headerOf returns the header of copyHeader's fields.
+func headerOf(fields []headerField) http.Header {
+	h := make(http.Header, len(fields))
+	for _, f := range fields {
+		h[f.name] = f.values
+	}
+	return h
 }
 
 // hedgePlan is what a try's watchdog needs to send its hedge: the zero
@@ -95,9 +115,9 @@ type hedgePlan struct {
 	after    time.Duration // since the try began; 0: no hedge
 	t        *HTTPTransport
 	a        *attempt
-	req      *http.Request // the try's request; its body has a GetBody
-	header   http.Header   // a copy of its header, taken before it was sent (copyHeader)
-	deadline time.Duration // the hedge's own deadline (0: none)
+	req      *http.Request  // the try's request; its body has a GetBody
+	header   *[]headerField // its header, taken before it was sent (copyHeader)
+	deadline time.Duration  // the hedge's own deadline (0: none)
 }
 
 // Who answered first.
@@ -144,7 +164,7 @@ func (p *hedgePlan) launch(w *watchdog, now time.Time) *hedge {
 	svc.CountHedge()
 	h := &hedge{t: p.t, reg: a.reg, svc: svc, ep: ep, index: i, begin: now, first: w, deadline: p.deadline,
 		dialing: &attempt{svc: svc, last: -1}, done: make(chan struct{})}
-	h.req = h.request(p.req, p.header, a.pool[i])
+	h.req = h.request(p.req, headerOf(*p.header), a.pool[i])
 	after := p.t.silenceAfter(svc, now, p.deadline)
 	h.silence = silenceCheck{svc: svc, ep: ep, begin: now, after: after}
 	go h.run()
