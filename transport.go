@@ -39,6 +39,10 @@ func init() {
 //     lb_retry_match), other methods are answered 504.
 //   - A GET, HEAD or OPTIONS answered 502, 503 or 504 is retried on another
 //     host while there is an untried one and the retry budget allows.
+//   - A GET, HEAD or OPTIONS whose try has had no response header for the
+//     service version's recent p99 (at least 50 ms) is also sent to a host
+//     in rotation it has not tried, if the retry budget allows (Hedge); the
+//     first answer wins and the other try is ended.
 //   - Every try's outcome goes to the registry: its latency (balancing,
 //     the deadline), a gateway error or a timeout (EjectAfter in a row
 //     take the host out), a failed or refused connection (out at once).
