@@ -70,6 +70,11 @@ type serviceStatus struct {
 	Name      string           `json:"name"`
 	Version   string           `json:"version"`
 	Endpoints []endpointStatus `json:"endpoints"`
+	// Retries are tries after a failed one; Hedges backup tries sent
+	// while a try waited, HedgesWon those that answered first.
+	Retries   uint64 `json:"retries"`
+	Hedges    uint64 `json:"hedges"`
+	HedgesWon uint64 `json:"hedges_won"`
 }
 
 type endpointStatus struct {
@@ -421,7 +426,8 @@ func serveTraffic(w http.ResponseWriter, r *http.Request, app *App, segs []strin
 }
 
 func statusOf(svc *registry.Service) serviceStatus {
-	st := serviceStatus{Name: svc.Name, Version: svc.Version, Endpoints: make([]endpointStatus, 0, len(svc.Endpoints))}
+	st := serviceStatus{Name: svc.Name, Version: svc.Version, Endpoints: make([]endpointStatus, 0, len(svc.Endpoints)), Retries: svc.Retries()}
+	st.Hedges, st.HedgesWon = svc.Hedges()
 	for _, ep := range svc.Endpoints {
 		stats := ep.Stats()
 		st.Endpoints = append(st.Endpoints, endpointStatus{

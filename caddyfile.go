@@ -526,6 +526,7 @@ func (p *FailoverSelection) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 //		try_timeout_max <duration>
 //		retry_status    <status>...|off
 //		retry_budget    <percent>% [<per second> [<burst>]]
+//		hedge           auto|off|<duration>
 //		<any http transport option>
 //	}
 func (t *HTTPTransport) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
@@ -539,7 +540,7 @@ func (t *HTTPTransport) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	for d.NextBlock(0) {
 		opt := d.Val()
 		switch opt {
-		case "try_timeout", "try_timeout_min", "try_timeout_max", "retry_status", "retry_budget":
+		case "try_timeout", "try_timeout_min", "try_timeout_max", "retry_status", "retry_budget", "hedge":
 			if seen[opt] {
 				return d.Errf("service_http: %s specified more than once", opt)
 			}
@@ -557,7 +558,7 @@ func (t *HTTPTransport) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		}
 		// the checks Provision makes, with the line to show
 		check := HTTPTransport{TryTimeout: t.TryTimeout, TryTimeoutMin: t.TryTimeoutMin, TryTimeoutMax: t.TryTimeoutMax,
-			RetryStatus: t.RetryStatus, RetryBudget: t.RetryBudget}
+			RetryStatus: t.RetryStatus, RetryBudget: t.RetryBudget, Hedge: t.Hedge}
 		if err := check.provisionFailover(); err != nil {
 			return d.Errf("service_http: %v", err)
 		}
@@ -577,6 +578,10 @@ func (t *HTTPTransport) setFailoverOption(opt string, args []string) error {
 	case "try_timeout":
 		v, err := one()
 		t.TryTimeout = v
+		return err
+	case "hedge":
+		v, err := one()
+		t.Hedge = v
 		return err
 	case "try_timeout_min", "try_timeout_max":
 		v, err := one()

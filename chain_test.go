@@ -137,6 +137,11 @@ func BenchmarkHandlerChainNet(b *testing.B) {
 		lb_retries 2
 	}`},
 		{"service_proxy", registry, `service_proxy`},
+		{"service_proxy_hedge_off", registry, `service_proxy {
+		transport service_http {
+			hedge off
+		}
+	}`},
 	}
 	for _, cfg := range configs {
 		b.Run(cfg.name, func(b *testing.B) { benchChain(b, cfg.global, cfg.site) })

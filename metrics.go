@@ -32,6 +32,10 @@ var (
 		"The endpoint's weight: 1 to 100, or 0 when drained (registered, sent no new request).", metricLabels, nil)
 	descRetries = prometheus.NewDesc("caddy_service_registry_retries_total",
 		"Tries after the first one of a request.", []string{"service", "version"}, nil)
+	descHedges = prometheus.NewDesc("caddy_service_registry_hedges_total",
+		"Backup (hedged) tries sent to another host while a request's try waited for its answer.", []string{"service", "version"}, nil)
+	descHedgesWon = prometheus.NewDesc("caddy_service_registry_hedges_won_total",
+		"Backup (hedged) tries that answered before the try they backed up.", []string{"service", "version"}, nil)
 	descRouted = prometheus.NewDesc("caddy_service_registry_version_requests_total",
 		"Requests routed to a service version, by why it was chosen: path, alias, header, cookie, sticky, split or fallback.",
 		[]string{"service", "version", "from"}, nil)
@@ -45,7 +49,7 @@ var collector registryCollector
 
 // Describe sends the metric descriptions.
 func (registryCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descTries, descFailures, descEjections, descHealthy, descWeight, descRetries, descRouted} {
+	for _, d := range []*prometheus.Desc{descTries, descFailures, descEjections, descHealthy, descWeight, descRetries, descRouted, descHedges, descHedgesWon} {
 		ch <- d
 	}
 }
@@ -65,6 +69,9 @@ func (registryCollector) Collect(ch chan<- prometheus.Metric) {
 			if !seenServices[svc.Key()] {
 				seenServices[svc.Key()] = true
 				ch <- prometheus.MustNewConstMetric(descRetries, prometheus.CounterValue, float64(svc.Retries()), svc.Name, svc.Version)
+				hedges, won := svc.Hedges()
+				ch <- prometheus.MustNewConstMetric(descHedges, prometheus.CounterValue, float64(hedges), svc.Name, svc.Version)
+				ch <- prometheus.MustNewConstMetric(descHedgesWon, prometheus.CounterValue, float64(won), svc.Name, svc.Version)
 				for from := registry.FromPath; from <= registry.FromFallback; from++ {
 					if n := svc.Routed(from); n > 0 {
 						ch <- prometheus.MustNewConstMetric(descRouted, prometheus.CounterValue, float64(n), svc.Name, svc.Version, from.String())

@@ -38,8 +38,9 @@ type attempt struct {
 	tried []uint64 // bit i: pool[i] was tried
 	last  int      // pool index of the previous try; -1 for none
 
-	retrying   bool // reverse_proxy announced a retry (ResetCache)
-	retryAfter bool // Retry-After was set on the response
+	balance    registry.Balance // the selection policy's, for hedges
+	retrying   bool             // reverse_proxy announced a retry (ResetCache)
+	retryAfter bool             // Retry-After was set on the response
 
 	// Set by the service_http transport:
 	reg       registry.Registry // where tries are reported
@@ -295,6 +296,7 @@ func (p *FailoverSelection) Validate() error {
 func (p *FailoverSelection) Select(pool reverseproxy.UpstreamPool, r *http.Request, w http.ResponseWriter) *reverseproxy.Upstream {
 	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	a := attemptFor(r, pool)
+	a.balance = p.balance
 	a.reportPrevious(p.registry, repl)
 	if a.noRetry {
 		return nil // the retry budget is spent: the last try's error stands

@@ -26,6 +26,7 @@ import (
 
 func init() {
 	caddy.RegisterModule(HTTPTransport{})
+	watchdogs.New = newWatchdog
 }
 
 // HTTPTransport is Caddy's http transport (every option of `transport
@@ -38,6 +39,10 @@ func init() {
 //     lb_retry_match), other methods are answered 504.
 //   - A GET, HEAD or OPTIONS answered 502, 503 or 504 is retried on another
 //     host while there is an untried one and the retry budget allows.
+//   - A GET, HEAD or OPTIONS whose try has had no response header for the
+//     service version's recent p99 (at least 50 ms) is also sent to a host
+//     in rotation it has not tried, if the retry budget allows (Hedge); the
+//     first answer wins and the other try is ended.
 //   - Every try's outcome goes to the registry: its latency (balancing,
 //     the deadline), a gateway error or a timeout (EjectAfter in a row
 //     take the host out), a failed or refused connection (out at once).
@@ -90,9 +95,21 @@ type HTTPTransport struct {
 	// second, saving up to 100.
 	RetryBudget *RetryBudget `json:"retry_budget,omitempty"`
 
+	// Hedge is when a GET, HEAD or OPTIONS request (or one with an
+	// Idempotency-Key) whose try has had no response header for a while
+	// is also sent to another host, the first answer winning and the
+	// other try ended: auto (after the service version's recent p99
+	// latency, at least 50ms; not before the version has 20 recent
+	// answers), a duration, or off. A hedge counts as a retry for the
+	// retry budget, and goes only to a host in rotation that the request
+	// has not tried. Default: auto.
+	Hedge string `json:"hedge,omitempty"`
+
 	tracked     bool          // connections are writeTrackingConns (not HTTP/3)
 	h2c         bool          // plain connections speak HTTP/2
 	tryTimeout  time.Duration // 0 = auto, < 0 = off
+	hedge       time.Duration // 0 = auto, < 0 = off
+	proxied     bool          // requests may go through a forward proxy: no hedges
 	budget      registry.RetryBudget
 	retryStatus [8]bool    // retryStatus[code-500] for 500-507
 	ownClient   *h1.Client // service_http's own HTTP/1.1 client; nil: every request goes through Go's transport
@@ -133,6 +150,9 @@ func (t *HTTPTransport) Provision(ctx caddy.Context) error {
 		t.Transport.DialContext = trackDial(t.Transport.DialContext)
 	}
 	t.ownClient = newOwnClient(t)
+	// Through a forward proxy, Go's transport writes the request's
+	// variables as it sends it, which a hedge copies meanwhile.
+	t.proxied = t.ForwardProxyURL != "" || len(t.NetworkProxyRaw) > 0 || proxyInEnvironment()
 	return nil
 }
 
@@ -183,6 +203,18 @@ func (t *HTTPTransport) provisionFailover() error {
 			return fmt.Errorf("try_timeout %q: want auto, off or a positive duration", t.TryTimeout)
 		}
 		t.tryTimeout = d
+	}
+	switch t.Hedge {
+	case "", "auto":
+		t.hedge = 0
+	case "off":
+		t.hedge = -1
+	default:
+		d, err := caddy.ParseDuration(t.Hedge)
+		if err != nil || d <= 0 {
+			return fmt.Errorf("hedge %q: want auto, off or a positive duration", t.Hedge)
+		}
+		t.hedge = d
 	}
 	if t.TryTimeoutMax == 0 {
 		t.TryTimeoutMax = max(defaultTryTimeoutMax, t.TryTimeoutMin)
@@ -256,14 +288,51 @@ func (t *HTTPTransport) try(req *http.Request, a *attempt, ep *registry.Endpoint
 	replayable := bodyReplayable(req)
 	retried := replayable && retriedAnyway(req)
 	var silence silenceCheck
+	var plan hedgePlan
 	if retried {
 		// a request that is retried anyway need not wait out a host that
 		// has stopped answering
 		silence = silenceCheck{svc: svc, ep: ep, begin: start, after: t.silenceAfter(svc, start, deadline)}
+		firstCheck := deadline
+		if silence.after > 0 {
+			firstCheck = silence.after
+		}
+		if after := t.hedgeAfter(req, a, start, firstCheck); after > 0 {
+			if req.Body != nil && req.Body != http.NoBody && req.GetBody == nil {
+				req = withGetBody(req) // the hedge sends the body too
+			}
+			plan = hedgePlan{after: after, t: t, a: a, req: req, header: copyHeader(req.Header), deadline: deadline}
+		}
 	}
-	resp, cut, err, neverSent := t.sendWithin(req, deadline, silence)
-	latency := time.Since(start)
+	s := t.sendHedged(req, deadline, silence, plan)
 	a.reported = true
+	if s.hedge == nil && plan.header != nil {
+		releaseHeader(plan.header)
+	}
+	if s.hedge != nil {
+		return t.hedged(s.hedge, req, a, ep, start, s)
+	}
+	return t.outcome(req, a, ep, start, s)
+}
+
+// sent is how one try's sending ended.
+type sent struct {
+	resp      *http.Response
+	err       error
+	neverSent bool   // the request provably did not reach the host
+	cut       int    // whether, and why, the watchdog ended the try
+	hedge     *hedge // the hedge sent meanwhile, or nil
+}
+
+// outcome reports how a try of a request from the registry to ep that
+// began at start ended, and returns its answer, or the error that
+// reverse_proxy retries (or not: a.noRetry).
+func (t *HTTPTransport) outcome(req *http.Request, a *attempt, ep *registry.Endpoint, start time.Time, s sent) (*http.Response, error) {
+	svc := a.svc
+	resp, err, neverSent, cut := s.resp, s.err, s.neverSent, s.cut
+	latency := time.Since(start)
+	replayable := bodyReplayable(req)
+	retried := replayable && retriedAnyway(req)
 	switch {
 	case cut != notCut:
 		outcome := registry.TimedOut
@@ -363,20 +432,28 @@ const (
 	notCut      = iota
 	cutDeadline // the try's deadline passed
 	cutSilent   // the host went silent
+	cutHedged   // its hedge answered first
 )
 
 // sendWithin sends req with a deadline for its response header (none for
 // d <= 0), and the silence check s (none when s.after is 0). cut says
 // whether, and why, the watchdog ended the try.
 func (t *HTTPTransport) sendWithin(req *http.Request, d time.Duration, s silenceCheck) (resp *http.Response, cut int, err error, neverSent bool) {
+	r := t.sendHedged(req, d, s, hedgePlan{})
+	return r.resp, r.cut, r.err, r.neverSent
+}
+
+// sendHedged is sendWithin that also sends the hedge of plan, if any, when
+// it is due.
+func (t *HTTPTransport) sendHedged(req *http.Request, d time.Duration, s silenceCheck, plan hedgePlan) (r sent) {
 	direct := t.ownClientSends(req)
-	if d <= 0 && s.after == 0 {
+	if d <= 0 && s.after == 0 && plan.after == 0 {
 		if direct {
-			resp, err, neverSent = t.ownRoundTrip(req, nil)
+			r.resp, r.err, r.neverSent = t.ownRoundTrip(req, nil)
 		} else {
-			resp, err, neverSent = t.send(req)
+			r.resp, r.err, r.neverSent = t.send(req)
 		}
-		return resp, notCut, err, neverSent
+		return r
 	}
 	w := watchdogs.Get().(*watchdog)
 	first := d
@@ -387,40 +464,43 @@ func (t *HTTPTransport) sendWithin(req *http.Request, d time.Duration, s silence
 	if direct {
 		// the client hands the watchdog the try's dial, then its
 		// connection
-		w.start(nil, s, d, first)
-		resp, err, neverSent = t.ownRoundTrip(req, w)
+		w.start(nil, s, d, first, plan)
+		r.resp, r.err, r.neverSent = t.ownRoundTrip(req, w)
 	} else {
 		var ctx context.Context
 		ctx, cancel = context.WithCancel(req.Context())
-		w.start(cancel, s, d, first)
-		resp, err, neverSent = t.send(req.WithContext(ctx))
+		w.start(cancel, s, d, first, plan)
+		r.resp, r.err, r.neverSent = t.send(req.WithContext(ctx))
 	}
-	if why := w.stop(); why != notCut {
-		if resp != nil {
-			resp.Body.Close()
+	why, h := w.stop()
+	r.hedge = h
+	if why != notCut {
+		if r.resp != nil {
+			r.resp.Body.Close()
 		}
 		if cancel != nil {
 			cancel()
 		}
 		if req.Context().Err() != nil {
-			return nil, notCut, req.Context().Err(), false // the client went away
+			return sent{err: req.Context().Err(), hedge: h} // the client went away
 		}
-		return nil, why, nil, false
+		return sent{cut: why, hedge: h}
 	}
 	if direct {
-		return resp, notCut, err, neverSent
+		return r
 	}
-	if err != nil {
+	if r.err != nil {
 		cancel()
-		return nil, notCut, err, neverSent
+		r.resp = nil
+		return r
 	}
-	if resp.StatusCode == http.StatusSwitchingProtocols {
+	if r.resp.StatusCode == http.StatusSwitchingProtocols {
 		// An upgraded connection is the body: it must stay a
 		// ReadWriteCloser, and lives as long as the request.
-		return resp, notCut, nil, false
+		return r
 	}
-	resp.Body = &cancelOnClose{ReadCloser: resp.Body, cancel: cancel}
-	return resp, notCut, nil, false
+	r.resp.Body = &cancelOnClose{ReadCloser: r.resp.Body, cancel: cancel}
+	return r
 }
 
 // watchdog cancels a try that gets no response header in time, or whose
@@ -431,18 +511,26 @@ type watchdog struct {
 	abort    func()        // ends the try; nil: nothing to end yet
 	silence  silenceCheck  // checked every silence.after; after 0: none
 	deadline time.Duration // 0: none
+	plan     hedgePlan     // the hedge to send; after 0: none (any more)
+	begin    time.Time     // the try's start, when a hedge is planned
+	first    time.Duration // the first check after a planned hedge; 0: none
+	hedged   *hedge        // the hedge sent
 
 	mu   sync.Mutex // guards everything below, and orders fire and stop
 	done bool       // the try has its answer, or failed
 	cut  int        // why the watchdog ended the try; notCut: it did not
 }
 
-var watchdogs = sync.Pool{New: func() any {
+// watchdogs is filled in init: a watchdog's callback may send a hedge,
+// which takes a watchdog of its own.
+var watchdogs sync.Pool
+
+func newWatchdog() any {
 	w := new(watchdog)
 	w.timer = time.AfterFunc(time.Hour, w.fire)
 	w.timer.Stop()
 	return w
-}}
+}
 
 func (w *watchdog) fire() {
 	w.mu.Lock()
@@ -450,8 +538,16 @@ func (w *watchdog) fire() {
 	if w.done {
 		return
 	}
+	now := time.Now()
+	if p := &w.plan; p.after > 0 {
+		p.after = 0
+		w.hedged = p.launch(w, now)
+		if w.first > 0 {
+			w.timer.Reset(max(w.first-now.Sub(w.begin), 0))
+		}
+		return
+	}
 	if s := &w.silence; s.after > 0 {
-		now := time.Now()
 		if !s.svc.Silent(s.ep, now, s.after) {
 			// not silent: check again, up to the deadline
 			next := s.after
@@ -474,12 +570,30 @@ func (w *watchdog) fire() {
 	}
 }
 
-// start arms the watchdog for a try: it fires first after first.
-func (w *watchdog) start(abort func(), s silenceCheck, deadline, first time.Duration) {
+// start arms the watchdog for a try: it fires first after first (0:
+// never), or sends plan's hedge before that.
+func (w *watchdog) start(abort func(), s silenceCheck, deadline, first time.Duration, plan hedgePlan) {
 	w.mu.Lock() // fire may run before Reset returns
 	w.abort, w.silence, w.deadline, w.done, w.cut = abort, s, deadline, false, notCut
+	w.plan, w.hedged, w.first = plan, nil, 0
+	if plan.after > 0 {
+		w.begin, w.first, first = time.Now(), first, plan.after
+	}
 	w.timer.Reset(first)
 	w.mu.Unlock()
+}
+
+// cutFor ends the try for why, unless it has ended.
+func (w *watchdog) cutFor(why int) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.done || w.cut != notCut {
+		return
+	}
+	w.cut = why
+	if w.abort != nil {
+		w.abort()
+	}
 }
 
 // Watch makes abort what the watchdog ends, and ends it at once if the
@@ -511,19 +625,20 @@ func (w *watchdog) Detach() bool {
 }
 
 // stop ends the watchdog, says whether, and why, it ended the try, and
-// puts it back in the pool unless its callback has started (a callback
-// that started may still be running: that watchdog is left to the GC).
-func (w *watchdog) stop() int {
+// which hedge it sent, and puts it back in the pool unless its callback
+// has started (a callback that started may still be running: that
+// watchdog is left to the GC), or it sent a hedge (which holds it).
+func (w *watchdog) stop() (int, *hedge) {
 	w.mu.Lock()
 	w.done = true
-	cut := w.cut
+	cut, h := w.cut, w.hedged
 	stopped := w.timer.Stop()
-	w.abort, w.silence = nil, silenceCheck{}
+	w.abort, w.silence, w.plan, w.hedged = nil, silenceCheck{}, hedgePlan{}, nil
 	w.mu.Unlock()
-	if stopped {
+	if stopped && h == nil {
 		watchdogs.Put(w)
 	}
-	return cut
+	return cut, h
 }
 
 // cancelOnClose ends a try's context when its response body is closed.

@@ -594,3 +594,86 @@ func TestTryLatencyLeavesOutDialing(t *testing.T) {
 		t.Errorf("reported latency %v; want the try's %v without its %v of dialing", lat, took, dialing)
 	}
 }
+
+// TestTryHedge sends a try to a host that does not answer in time, once
+// the version's p99 is known (1 ms: hedges go after 50 ms): a GET, or a
+// POST marked idempotent, is answered by its hedge on the other host, and
+// the host that answered nobody meanwhile is reported silent, though it
+// had one request in flight; a POST, a version with hedging off or with
+// its retry budget spent, or with no other host, sends no hedge. When the
+// first try answers before its hedge, its answer is the one.
+func TestTryHedge(t *testing.T) {
+	hung := hungServer(t)
+	answering := func(name string, delay time.Duration) string {
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			time.Sleep(delay)
+			io.WriteString(w, name)
+		}))
+		t.Cleanup(srv.Close)
+		return srv.Listener.Addr().String()
+	}
+	fast, slow := answering("fast", 0), answering("slow", 300*time.Millisecond)
+	none := func(*HTTPTransport) {}
+	zero := 0
+	pct := 0.0
+	key := registry.ServiceKey{Service: "users", Version: "v1"}
+	for _, tc := range []struct {
+		name        string
+		first, peer string // the first try's host, and the other one ("": none)
+		method      string
+		header      string
+		set         func(*HTTPTransport)
+		want        string // the answer's body; "": the try fails
+		hedges, won uint64
+		firstOut    string // the first host's out_of_rotation afterwards
+	}{
+		{"GET", hung.Listener.Addr().String(), fast, http.MethodGet, "", none, "fast", 1, 1, "unreachable"},
+		{"POST with Idempotency-Key", hung.Listener.Addr().String(), fast, http.MethodPost, "Idempotency-Key", none, "fast", 1, 1, "unreachable"},
+		{"POST", hung.Listener.Addr().String(), fast, http.MethodPost, "", none, "", 0, 0, "passive"},
+		{"hedge off", hung.Listener.Addr().String(), fast, http.MethodGet, "", func(tr *HTTPTransport) { tr.Hedge = "off" }, "", 0, 0, "passive"},
+		{"budget spent", hung.Listener.Addr().String(), fast, http.MethodGet, "", func(tr *HTTPTransport) {
+			tr.RetryBudget = &RetryBudget{Percent: &pct, PerSecond: &zero, Burst: &zero}
+		}, "", 0, 0, "passive"},
+		{"no other host", hung.Listener.Addr().String(), "", http.MethodGet, "", none, "", 0, 0, "passive"},
+		{"first answers first", slow, hung.Listener.Addr().String(), http.MethodGet, "", none, "slow", 1, 0, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			hosts := []string{tc.first}
+			if tc.peer != "" {
+				hosts = append(hosts, tc.peer)
+			}
+			reg := newTestRegistry(t, map[registry.ServiceKey][]registry.Endpoint{key: eps(hosts...)})
+			svc, _ := reg.Lookup(key)
+			for range 30 { // the version's p99 becomes 1 ms
+				reg.Report(svc, svc.Endpoint(hosts[len(hosts)-1]), registry.Answered, time.Millisecond)
+			}
+			var req *http.Request
+			var first *registry.Endpoint
+			for req == nil { // a try aimed at the first host
+				if r, _, ep := registryTry(t, reg, key, tc.method); ep.Address == tc.first {
+					req, first = r, ep
+				}
+			}
+			if tc.header != "" {
+				req.Header.Set(tc.header, "k1")
+			}
+			tr := transportWith(t, func(tr *HTTPTransport) { tr.TryTimeout = "1s"; tc.set(tr) })
+			resp, err := tr.RoundTrip(req)
+			got := ""
+			if err == nil {
+				b, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				got = string(b)
+			}
+			if got != tc.want {
+				t.Errorf("answer %q (error %v), want %q", got, err, tc.want)
+			}
+			if hedges, won := svc.Hedges(); hedges != tc.hedges || won != tc.won {
+				t.Errorf("%d hedges, %d won; want %d, %d", hedges, won, tc.hedges, tc.won)
+			}
+			if out := first.Stats().OutOfRotation; out != tc.firstOut {
+				t.Errorf("the first host is out of rotation as %q, want %q", out, tc.firstOut)
+			}
+		})
+	}
+}

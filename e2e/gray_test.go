@@ -265,3 +265,137 @@ func TestGrayPOSTTimeoutCounts(t *testing.T) {
 		t.Errorf("after 3 POSTs timed out: %v; want 3 failures and out of rotation", ep)
 	}
 }
+
+// Hedged tries: once the version's latency is known (20 answers), a GET
+// whose host has not answered within its p99 (at least 50 ms) is also sent
+// to another host, and the first answer wins.
+
+// hedgeCounts returns the hedged tries of users v1 that were sent, and
+// those that answered first, from the admin API.
+func hedgeCounts(t *testing.T, c *caddy) (sent, won float64) {
+	t.Helper()
+	status, body := c.AdminDo("GET", "/service_registry/services/users/v1", "", "")
+	if status != http.StatusOK {
+		t.Fatalf("listing: %d %s", status, body)
+	}
+	var svc struct {
+		Hedges    *float64 `json:"hedges"`
+		HedgesWon *float64 `json:"hedges_won"`
+	}
+	if err := jsonUnmarshal(body, &svc); err != nil {
+		t.Fatal(err)
+	}
+	if svc.Hedges == nil || svc.HedgesWon == nil {
+		t.Fatalf("the listing does not count hedges: %s", body)
+	}
+	return *svc.Hedges, *svc.HedgesWon
+}
+
+// TestGrayHedgedFrozenHost freezes one of three hosts under load once the
+// version's latency is known: the GETs waiting on it are answered by their
+// hedged tries on the others, none fails, and the host leaves rotation.
+func TestGrayHedgedFrozenHost(t *testing.T) {
+	c, bs := grayCaddy(t)
+	frozen := bs[1]
+	run := runLoad(t, "http://"+c.HTTP+"/users/v1/x", 16, 3*time.Second,
+		step{time.Second, func() { frozen.hang.Store(true) }},
+		step{2500 * time.Millisecond, func() {
+			if ep := endpointState(t, c, frozen.Addr); ep["healthy"] != false {
+				t.Errorf("the frozen host is still in rotation: %v", ep)
+			}
+			frozen.hang.Store(false)
+		}},
+	)
+	run.noneFailed(t)
+	if sent, won := hedgeCounts(t, c); won == 0 {
+		t.Errorf("%v hedged tries, none answered first; want the frozen host's GETs answered by their hedges", sent)
+	}
+}
+
+// TestGrayHedgedLoneRequest freezes one of three hosts of a version that
+// gets one request at a time: the GET that meets it, alone on that host,
+// is answered by its hedge, and the host, which answered nobody while its
+// peer answered that very request, is reported silent: out of rotation as
+// unreachable (a try cut at its deadline would leave it out as passive).
+func TestGrayHedgedLoneRequest(t *testing.T) {
+	c, bs := grayCaddy(t)
+	for range 30 { // the version's latency becomes known
+		if status, body, _ := c.Get("/users/v1/x"); status != http.StatusOK {
+			t.Fatalf("GET before the fault: %d %q", status, body)
+		}
+	}
+	frozen := bs[0]
+	frozen.hang.Store(true)
+	defer frozen.hang.Store(false)
+	waitFor(t, 15*time.Second, "the frozen host to be reported silent", func() bool {
+		if status, body, _ := c.Get("/users/v1/x"); status != http.StatusOK {
+			t.Fatalf("GET with a frozen host: %d %q", status, body)
+		}
+		return endpointState(t, c, frozen.Addr)["out_of_rotation"] == "unreachable"
+	})
+	if _, won := hedgeCounts(t, c); won == 0 {
+		t.Error("no hedged try answered first")
+	}
+}
+
+// TestGrayHedgedBlackHole adds, under load, an address that accepts
+// connections and never reads from them beside three hosts (round robin,
+// so that it gets its share at once): none fails, hedges answer the GETs
+// it took, and it leaves rotation.
+func TestGrayHedgedBlackHole(t *testing.T) {
+	hole := blackHole(t)
+	bs := []*backend{startBackend(t, "a"), startBackend(t, "b"), startBackend(t, "c")}
+	c := startCaddy(t, fmt.Sprintf(`service_registry {
+		service users v1 %s %s %s
+	}`, bs[0].Addr, bs[1].Addr, bs[2].Addr), roundRobinSite, caddyOpts{})
+	run := runLoad(t, "http://"+c.HTTP+"/users/v1/x", 16, 3*time.Second,
+		step{time.Second, func() {
+			if status, body := c.AdminDo("POST", "/service_registry/services/users/v1", "application/json", `{"address":"`+hole+`"}`); status/100 != 2 {
+				t.Errorf("adding the black hole: %d %s", status, body)
+			}
+		}},
+	)
+	run.noneFailed(t)
+	if ep := endpointState(t, c, hole); ep["healthy"] != false {
+		t.Errorf("the black hole is in rotation: %v", ep)
+	}
+	if sent, won := hedgeCounts(t, c); won == 0 {
+		t.Errorf("%v hedged tries, none answered first", sent)
+	}
+}
+
+// TestGrayHedgedSlowHost makes one of three hosts 1 s slower under load:
+// none fails, and hedges answer GETs it took.
+func TestGrayHedgedSlowHost(t *testing.T) {
+	c, bs := grayCaddy(t)
+	slow := bs[1]
+	run := runLoad(t, "http://"+c.HTTP+"/users/v1/x", 16, 3*time.Second,
+		step{time.Second, func() { slow.slow.Store(int64(time.Second)) }})
+	run.noneFailed(t)
+	if sent, won := hedgeCounts(t, c); won == 0 {
+		t.Errorf("%v hedged tries, none answered first", sent)
+	}
+}
+
+// TestGrayHedgeOff freezes one of three hosts under load with `hedge off`:
+// no hedged try is sent, and none fails all the same (the silence check
+// and retries).
+func TestGrayHedgeOff(t *testing.T) {
+	bs := []*backend{startBackend(t, "a"), startBackend(t, "b"), startBackend(t, "c")}
+	c := startCaddy(t, fmt.Sprintf(`service_registry {
+		service users v1 %s %s %s
+	}`, bs[0].Addr, bs[1].Addr, bs[2].Addr), `{http} {
+	service_proxy {
+		transport service_http {
+			hedge off
+		}
+	}
+}`, caddyOpts{})
+	run := runLoad(t, "http://"+c.HTTP+"/users/v1/x", 16, 3*time.Second,
+		step{time.Second, func() { bs[1].hang.Store(true) }},
+		step{2500 * time.Millisecond, func() { bs[1].hang.Store(false) }})
+	run.noneFailed(t)
+	if sent, _ := hedgeCounts(t, c); sent != 0 {
+		t.Errorf("%v hedged tries with hedge off", sent)
+	}
+}

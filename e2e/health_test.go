@@ -304,6 +304,8 @@ func TestMetrics(t *testing.T) {
 		{`caddy_service_registry_retries_total{service="users",version="v1"}`, func(v float64) bool { return v >= 1 }, ">= 1"},
 		{"caddy_service_registry_upstreams_healthy{" + upLabels + "}", func(v float64) bool { return v == 1 }, "1"},
 		{"caddy_service_registry_upstreams_healthy{" + downLabels + "}", func(v float64) bool { return v == 0 }, "0"},
+		{`caddy_service_registry_hedges_total{service="users",version="v1"}`, func(v float64) bool { return v >= 0 }, "present"},
+		{`caddy_service_registry_hedges_won_total{service="users",version="v1"}`, func(v float64) bool { return v >= 0 }, "present"},
 	} {
 		v, ok := m[check.series]
 		if !ok || !check.ok(v) {

@@ -148,6 +148,10 @@ func (c *checker) report(svc *Service, ep *Endpoint, o Outcome, latency time.Dur
 		svc.stats.latency.observe(latency, now)
 		return
 	}
+	if o == Overtaken {
+		h.ewma.observe(latency, now) // at least this slow
+		return
+	}
 	h.fails.Add(1)
 	h.lastFailure.Store(now)
 	h.failures.Add(1)

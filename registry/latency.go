@@ -127,10 +127,11 @@ func (h *latencyHist) learning(now int64) bool { return h.quantile99(now) == 0 }
 
 // quantile99 returns the 99th percentile of the recent samples, or 0 with
 // fewer than histMinimum of them. It is recomputed at most every
-// histRefresh.
+// histRefresh, and at every call while it is 0: a version learns its
+// latency with its 20th answer, not up to histRefresh later.
 func (h *latencyHist) quantile99(now int64) time.Duration {
-	if now-h.p99At.Load() < int64(histRefresh) {
-		return time.Duration(h.p99.Load())
+	if p := h.p99.Load(); p != 0 && now-h.p99At.Load() < int64(histRefresh) {
+		return time.Duration(p)
 	}
 	h.p99At.Store(now)
 	if now-h.rotatedAt.Load() >= int64(histWindow) {

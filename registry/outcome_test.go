@@ -137,7 +137,7 @@ func TestLatencyBuckets(t *testing.T) {
 
 // TestLatencyP99 fills a service's histogram: 1% of slow answers make the
 // p99, old samples age out after two windows, and there is no p99 before
-// 20 samples.
+// 20 samples (and one with the 20th).
 func TestLatencyP99(t *testing.T) {
 	var h latencyHist
 	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano()
@@ -147,7 +147,12 @@ func TestLatencyP99(t *testing.T) {
 	if p := h.quantile99(now); p != 0 {
 		t.Errorf("p99 of 19 samples = %v, want none", p)
 	}
-	for range 979 {
+	// the 20th sample makes a p99 at once, not a refresh later
+	h.observe(time.Millisecond, now)
+	if p := h.quantile99(now); p == 0 {
+		t.Error("no p99 right after the 20th sample")
+	}
+	for range 978 {
 		h.observe(time.Millisecond, now)
 	}
 	for range 22 {

@@ -342,9 +342,15 @@ const (
 	// whatever the ejection limit: a host that answers nobody serves
 	// nobody in rotation.
 	Silent
+	// Overtaken: no response header yet when a backup try of the same
+	// request on another endpoint answered, and the try was ended; the
+	// endpoint answered other requests meanwhile (else the try is
+	// Silent). Not a failure: its latency counts as at least this long
+	// for balancing (peak EWMA), not in the service's p99.
+	Overtaken
 )
 
-var outcomeNames = [...]string{Answered: "answered", GatewayError: "gateway_error", TimedOut: "timed_out", Failed: "failed", Unreachable: "unreachable", Silent: "silent"}
+var outcomeNames = [...]string{Answered: "answered", GatewayError: "gateway_error", TimedOut: "timed_out", Failed: "failed", Unreachable: "unreachable", Silent: "silent", Overtaken: "overtaken"}
 
 // String returns the outcome's name, such as "timed_out".
 func (o Outcome) String() string {

@@ -29,6 +29,8 @@ type Service struct {
 // registered, whatever its endpoints do.
 type serviceStats struct {
 	retries   atomic.Uint64              // tries after a request's first
+	hedges    atomic.Uint64              // backup tries sent while a request's try waited
+	hedgesWon atomic.Uint64              // backup tries that answered first
 	lastReply atomic.Int64               // unix nanoseconds of its last response header
 	latency   latencyHist                // response times of its tries
 	budget    retryBudget                // retries after requests its hosts received
@@ -95,6 +97,18 @@ func (s *Service) CountRetry() { s.stats.retries.Add(1) }
 // service version's life in the registry.
 func (s *Service) Retries() uint64 { return s.stats.retries.Load() }
 
+// CountHedge counts a backup (hedged) try: sent to another endpoint while
+// a request's try was still waiting for its answer.
+func (s *Service) CountHedge() { s.stats.hedges.Add(1) }
+
+// CountHedgeWon counts a backup try that answered before the try it backed
+// up.
+func (s *Service) CountHedgeWon() { s.stats.hedgesWon.Add(1) }
+
+// Hedges returns how many backup tries were sent, and how many of them
+// answered first, over the service version's life in the registry.
+func (s *Service) Hedges() (sent, won uint64) { return s.stats.hedges.Load(), s.stats.hedgesWon.Load() }
+
 // LatencyP99 returns the 99th percentile of the time its endpoints took
 // to answer (to the response header) over the last 10 to 20 s, or 0
 // before 20 answers. It is cheap to call on every request.
@@ -112,6 +126,16 @@ func (s *Service) Silent(ep *Endpoint, now time.Time, window time.Duration) bool
 	since := now.Add(-window).UnixNano()
 	return ep.health.lastReply.Load() < since && s.stats.lastReply.Load() >= since &&
 		ep.InFlight() >= 2 && !ep.health.out(outDraining)
+}
+
+// SilentSince reports whether ep, an endpoint of the service version, has
+// sent no response header since t while another of its endpoints has, and
+// is not being drained: a try that began at t and lost to a backup try on
+// another endpoint waited on a host that answered nobody meanwhile,
+// however few requests it had.
+func (s *Service) SilentSince(ep *Endpoint, t time.Time) bool {
+	since := t.UnixNano()
+	return ep.health.lastReply.Load() < since && s.stats.lastReply.Load() >= since && !ep.health.out(outDraining)
 }
 
 // DepositRetry credits the service version's retry budget with one

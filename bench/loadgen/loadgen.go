@@ -58,6 +58,7 @@ type Result struct {
 	RPS     float64 `json:"rps"`
 	P50ms   float64 `json:"p50_ms"`
 	P99ms   float64 `json:"p99_ms"`
+	P999ms  float64 `json:"p99_9_ms"`
 	MaxMs   float64 `json:"max_ms"`
 
 	Backends map[string]int `json:"backends"` // 2xx responses by backend
@@ -273,6 +274,7 @@ func summarize(samples []sample, elapsed, bucket time.Duration) *Result {
 		ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 		r.P50ms = ms(lat[len(lat)/2])
 		r.P99ms = ms(lat[len(lat)*99/100])
+		r.P999ms = ms(lat[len(lat)*999/1000])
 		r.MaxMs = ms(lat[len(lat)-1])
 	}
 	r.RPS = float64(r.Total) / elapsed.Seconds()

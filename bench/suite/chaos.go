@@ -2,9 +2,11 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"log"
 	"net"
+	"net/http"
 	"strings"
 	"sync"
 	"syscall"
@@ -40,11 +42,32 @@ type ChaosRun struct {
 	Ratio      float64 `json:"ratio"`
 	// BegunAfter counts the requests that began from one second into the
 	// fault to its end; P99AfterMs and FailedAfter are of those.
-	BegunAfter  int              `json:"begun_after_first_second"`
-	P99AfterMs  float64          `json:"p99_after_first_second_ms"`
-	FailedAfter int              `json:"failed_after_first_second"`
-	MaxMs       float64          `json:"max_ms"`
-	Timeline    []loadgen.Bucket `json:"timeline"`
+	BegunAfter  int     `json:"begun_after_first_second"`
+	P99AfterMs  float64 `json:"p99_after_first_second_ms"`
+	FailedAfter int     `json:"failed_after_first_second"`
+	MaxMs       float64 `json:"max_ms"`
+	P999Ms      float64 `json:"p99_9_ms"`
+	// RPS is answered requests per second over the whole run.
+	RPS float64 `json:"rps"`
+	// CPUus is the proxy's CPU time (user + system) per request over the
+	// whole run.
+	CPUus float64 `json:"cpu_us_per_request"`
+	// Tries is what service_proxy's admin API counted over the run (nil
+	// for other proxies).
+	Tries    *TryCounts       `json:"tries,omitempty"`
+	Timeline []loadgen.Bucket `json:"timeline"`
+}
+
+// TryCounts are the tries beyond a request's first that service_proxy
+// sent during a run, from its admin API.
+type TryCounts struct {
+	// Retries are tries after a failed one; Hedges are backup tries sent
+	// while the first was still waiting; HedgesWon answered first.
+	Retries   uint64 `json:"retries"`
+	Hedges    uint64 `json:"hedges"`
+	HedgesWon uint64 `json:"hedges_won"`
+	// ExtraPer1000 is (Retries + Hedges) per 1,000 requests.
+	ExtraPer1000 float64 `json:"extra_per_1000"`
 }
 
 // fault is something that goes wrong with the backends during a run.
@@ -131,6 +154,7 @@ func rolling(sig syscall.Signal) func(*backendSet, *holes) error {
 }
 
 var chaosFaults = []fault{
+	{Name: "none", Desc: "no fault: the healthy load, for the overhead of hedging"},
 	{Name: "hang", Desc: "one of three hosts frozen (SIGSTOP) for 5 s",
 		inject: signalBackend(1, syscall.SIGSTOP), heal: signalBackend(1, syscall.SIGCONT)},
 	{Name: "black_hole", Desc: "one host replaced for 5 s by a listener that accepts and never reads",
@@ -150,15 +174,16 @@ var chaosFaults = []fault{
 }
 
 // chaosConfigs are compared in the chaos matrix.
-var chaosConfigs = []proxy{serviceProxy, caddyRetries, caddyTimeouts, nginxProxy, haproxyProxy}
+var chaosConfigs = []proxy{serviceProxy, serviceProxyNoHedge, caddyRetries, caddyTimeouts, nginxProxy, haproxyProxy}
 
 // chaosPostConfigs are compared in the chaos matrix with POSTs (-post):
 // the same, and service_proxy over h2c, which tells which requests a host
 // did not process.
-var chaosPostConfigs = []proxy{serviceProxy, serviceProxyH2C, caddyRetries, caddyTimeouts, nginxProxy, haproxyProxy}
+var chaosPostConfigs = []proxy{serviceProxy, serviceProxyNoHedge, serviceProxyH2C, caddyRetries, caddyTimeouts, nginxProxy, haproxyProxy}
 
-// runChaos runs every configuration through every fault.
-func runChaos(e *env, only string) ([]ChaosRun, error) {
+// runChaos runs every configuration (or those named in proxies) through
+// every fault (or those named in only).
+func runChaos(e *env, only, proxies string) ([]ChaosRun, error) {
 	var runs []ChaosRun
 	for rep := range e.reps {
 		for _, f := range chaosFaults {
@@ -169,7 +194,13 @@ func runChaos(e *env, only string) ([]ChaosRun, error) {
 			if e.post > 0 {
 				configs = chaosPostConfigs
 			}
-			for _, px := range configs {
+			for k := range configs {
+				// a different order each repetition: the machine's
+				// load drifts
+				px := configs[(k+rep)%len(configs)]
+				if proxies != "" && !strings.Contains(","+proxies+",", ","+px.Name+",") {
+					continue
+				}
 				run, err := chaosOnce(e, px, f, rep)
 				if err != nil {
 					return nil, fmt.Errorf("%s, %s: %w", f.Name, px.Name, err)
@@ -177,8 +208,8 @@ func runChaos(e *env, only string) ([]ChaosRun, error) {
 				if run == nil {
 					continue
 				}
-				log.Printf("chaos %-16s %-26s rep %d: %6d requests, %5d failed (%d after 1 s), %5.0f%% of healthy req/s, p99 after 1 s %7.1f ms, max %7.1f ms",
-					f.Name, px.Name, rep, run.Total, run.Failed, run.FailedAfter, 100*run.Ratio, run.P99AfterMs, run.MaxMs)
+				log.Printf("chaos %-16s %-26s rep %d: %6d requests, %5d failed (%d after 1 s), %5.0f%% of healthy req/s, p99 after 1 s %7.1f ms, p99.9 %7.1f ms, max %7.1f ms, cpu %.1f µs/req%s",
+					f.Name, px.Name, rep, run.Total, run.Failed, run.FailedAfter, 100*run.Ratio, run.P99AfterMs, run.P999Ms, run.MaxMs, run.CPUus, run.Tries.text())
 				runs = append(runs, *run)
 			}
 		}
@@ -203,11 +234,24 @@ func chaosOnce(e *env, px proxy, f fault, rep int) (*ChaosRun, error) {
 		return nil, err
 	}
 
+	var cpu0 float64
+	if r.proc != nil {
+		cpu0 = r.proc.cpuSeconds()
+	}
+	var tries0 *TryCounts
+	if px.Name != serviceProxyH2C.Name && r.admin != "" {
+		if tries0, err = tryCounts(r.admin); err != nil {
+			return nil, err
+		}
+	}
 	start := time.Now()
 	var faultErr error
 	faults := make(chan struct{})
 	go func() {
 		defer close(faults)
+		if f.inject == nil {
+			return
+		}
 		time.Sleep(time.Until(start.Add(chaosFault)))
 		if faultErr = f.inject(backends, h); faultErr != nil || f.heal == nil {
 			return
@@ -227,13 +271,48 @@ func chaosOnce(e *env, px proxy, f fault, rep int) (*ChaosRun, error) {
 	}
 	bucket := 100 * time.Millisecond
 	run := &ChaosRun{Fault: f.Name, Proxy: px.Name, Rep: rep, PostBody: e.post, ReadBody: e.read, Outcome: outcomeOf(res), MaxMs: res.MaxMs, Timeline: res.Timeline,
+		P999Ms: res.P999ms, RPS: float64(res.OK) / res.Seconds,
 		HealthyRPS: res.OKPerSecond(chaosHealthy, chaosFault, bucket),
 		FaultRPS:   res.OKPerSecond(chaosFault, chaosHeal, bucket)}
 	if run.HealthyRPS > 0 {
 		run.Ratio = run.FaultRPS / run.HealthyRPS
 	}
 	run.BegunAfter, run.FailedAfter, run.P99AfterMs, _ = res.Window(chaosFault+chaosGrace, chaosHeal)
+	if r.proc != nil && res.Total > 0 {
+		run.CPUus = (r.proc.cpuSeconds() - cpu0) / float64(res.Total) * 1e6
+	}
+	if tries0 != nil && res.Total > 0 {
+		t, err := tryCounts(r.admin)
+		if err != nil {
+			return nil, err
+		}
+		t.Retries, t.Hedges, t.HedgesWon = t.Retries-tries0.Retries, t.Hedges-tries0.Hedges, t.HedgesWon-tries0.HedgesWon
+		t.ExtraPer1000 = float64(t.Retries+t.Hedges) * 1000 / float64(res.Total)
+		run.Tries = t
+	}
 	return run, nil
+}
+
+// tryCounts reads the bench service's retries and hedges from Caddy's
+// admin API (zero where the build does not count them).
+func tryCounts(admin string) (*TryCounts, error) {
+	resp, err := http.Get("http://" + admin + "/service_registry/services/bench/v1")
+	if err != nil {
+		return nil, fmt.Errorf("reading retries: %w", err)
+	}
+	defer resp.Body.Close()
+	var t TryCounts
+	if err := json.NewDecoder(resp.Body).Decode(&t); err != nil {
+		return nil, fmt.Errorf("reading retries: %w", err)
+	}
+	return &t, nil
+}
+
+func (t *TryCounts) text() string {
+	if t == nil {
+		return ""
+	}
+	return fmt.Sprintf(", %d retries, %d hedges (%d won), %.1f extra tries per 1,000", t.Retries, t.Hedges, t.HedgesWon, t.ExtraPer1000)
 }
 
 // blackHole listens on addr, accepts connections and never reads from

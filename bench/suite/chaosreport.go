@@ -11,6 +11,8 @@ type chaosCell struct {
 	runs                               int
 	failed, worst, failedAfter, begun  int
 	ratio, p99After, maxMs, healthyRPS float64
+	p999, worstMax, rps, cpu           float64
+	extra, hedges, hedgesWon           float64 // per 1,000 requests; -1: not counted
 }
 
 // p99Text shows the p99 after the fault's first second, or that no
@@ -46,8 +48,16 @@ func chaosCells(runs []ChaosRun) (cells map[[2]string]*chaosCell, faults, config
 	}
 	for k, xs := range by {
 		var failed, after, ratio, p99, maxMs, healthy, begun []float64
-		c := &chaosCell{runs: len(xs)}
+		var p999, rps, cpu, extra, hedges, won []float64
+		c := &chaosCell{runs: len(xs), extra: -1}
 		for _, x := range xs {
+			p999, rps, cpu = append(p999, x.P999Ms), append(rps, x.RPS), append(cpu, x.CPUus)
+			c.worstMax = max(c.worstMax, x.MaxMs)
+			if t := x.Tries; t != nil && x.Total > 0 {
+				extra = append(extra, t.ExtraPer1000)
+				hedges = append(hedges, float64(t.Hedges)*1000/float64(x.Total))
+				won = append(won, float64(t.HedgesWon)*1000/float64(x.Total))
+			}
 			failed, after = append(failed, float64(x.Failed)), append(after, float64(x.FailedAfter))
 			ratio, p99, maxMs = append(ratio, x.Ratio), append(p99, x.P99AfterMs), append(maxMs, x.MaxMs)
 			healthy, begun = append(healthy, x.HealthyRPS), append(begun, float64(x.BegunAfter))
@@ -55,6 +65,10 @@ func chaosCells(runs []ChaosRun) (cells map[[2]string]*chaosCell, faults, config
 		}
 		c.failed, c.failedAfter, c.begun = int(median(failed)), int(median(after)), int(median(begun))
 		c.ratio, c.p99After, c.maxMs, c.healthyRPS = median(ratio), median(p99), median(maxMs), median(healthy)
+		c.p999, c.rps, c.cpu = median(p999), median(rps), median(cpu)
+		if len(extra) > 0 {
+			c.extra, c.hedges, c.hedgesWon = median(extra), median(hedges), median(won)
+		}
 		cells[k] = c
 	}
 	return cells, faults, configs
@@ -83,7 +97,8 @@ func chaosReport(runs []ChaosRun) string {
 	}
 	fmt.Fprintf(&b, "Three backends, %d keep-alive connections for %v, %s, no client retry. The fault begins at %v and ends at %v. "+
 		"`req/s in fault` is answered requests per second during the fault over the same run's healthy phase (%v-%v); "+
-		"`p99 after 1 s` is the p99 latency of the requests begun from %v into the fault to its end. Medians of the runs; `failed` also shows the worst run.\n\n",
+		"`p99 after 1 s` is the p99 latency of the requests begun from %v into the fault to its end; `p99.9` and `max` are of every request of the run (`max` also shows the worst run); "+
+		"`CPU` is the proxy's CPU time per request; `extra tries` are service_proxy's retries and hedged tries per 1,000 requests (hedges, and those that won, in brackets). Medians of the runs; `failed` also shows the worst run.\n\n",
 		conns, chaosTime, what, chaosFault, chaosHeal, chaosHealthy, chaosFault, chaosGrace)
 	for _, f := range faults {
 		desc := f
@@ -93,16 +108,21 @@ func chaosReport(runs []ChaosRun) string {
 			}
 		}
 		fmt.Fprintf(&b, "#### %s: %s\n\n", f, desc)
-		b.WriteString("| configuration | runs | failed (worst) | failed after 1 s | req/s in fault | p99 after 1 s, ms | max ms |\n|---|---:|---:|---:|---:|---:|---:|\n")
+		b.WriteString("| configuration | runs | failed (worst) | failed after 1 s | req/s in fault | p99 after 1 s, ms | p99.9 ms | max ms (worst) | req/s | CPU µs/request | extra tries /1,000 (hedges, won) |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 		for _, cfg := range configs {
 			c := cells[[2]string{f, cfg}]
 			if c == nil {
 				continue
 			}
-			fmt.Fprintf(&b, "| %s | %d | %d (%d) | %d | %.0f%% | %s | %.0f |\n", cfg, c.runs, c.failed, c.worst, c.failedAfter, 100*c.ratio, c.p99Text(), c.maxMs)
+			extra := "-"
+			if c.extra >= 0 {
+				extra = fmt.Sprintf("%.1f (%.1f, %.1f)", c.extra, c.hedges, c.hedgesWon)
+			}
+			fmt.Fprintf(&b, "| %s | %d | %d (%d) | %d | %.0f%% | %s | %.1f | %.0f (%.0f) | %.0f | %.1f | %s |\n", cfg, c.runs, c.failed, c.worst, c.failedAfter, 100*c.ratio, c.p99Text(), c.p999, c.maxMs, c.worstMax, c.rps, c.cpu, extra)
 		}
 		b.WriteString("\n")
 	}
+	b.WriteString(hedgeOverhead(runs))
 	b.WriteString("Configurations:\n\n")
 	for _, cfg := range configs {
 		for _, px := range chaosPostConfigs {
@@ -164,4 +184,44 @@ func chaosSVG(runs []ChaosRun) string {
 	fmt.Fprintf(&b, `<text x="10" y="%d">green: no failure, at least 80%% of the healthy req/s, p99 under 100 ms; amber: no failure; red: failures. p99 of the requests begun from 1 s into the fault.</text>`+"\n", top+len(faults)*ch+25)
 	b.WriteString("</svg>\n")
 	return b.String()
+}
+
+// hedgeOverhead compares service_proxy with and without hedged tries under
+// the healthy load (fault none), repetition by repetition: the two ran
+// back to back in the same run.
+func hedgeOverhead(runs []ChaosRun) string {
+	on, off := map[int]ChaosRun{}, map[int]ChaosRun{}
+	for _, x := range runs {
+		switch {
+		case x.Fault != "none":
+		case x.Proxy == serviceProxy.Name:
+			on[x.Rep] = x
+		case x.Proxy == serviceProxyNoHedge.Name:
+			off[x.Rep] = x
+		}
+	}
+	var rps, cpu []float64
+	for rep := range len(runs) {
+		a, ok := on[rep]
+		if !ok {
+			continue
+		}
+		if b, ok := off[rep]; ok && b.RPS > 0 && b.CPUus > 0 {
+			rps, cpu = append(rps, a.RPS/b.RPS), append(cpu, a.CPUus/b.CPUus)
+		}
+	}
+	if len(rps) == 0 {
+		return ""
+	}
+	return fmt.Sprintf("Hedging on over off with no fault (same run, each repetition): req/s %s, median **%.3f**; proxy CPU per request %s, median **%.3f**.\n\n",
+		ratios(rps), median(rps), ratios(cpu), median(cpu))
+}
+
+// ratios lists ratios with three decimals.
+func ratios(xs []float64) string {
+	var parts []string
+	for _, x := range xs {
+		parts = append(parts, fmt.Sprintf("%.3f", x))
+	}
+	return strings.Join(parts, ", ")
 }

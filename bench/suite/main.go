@@ -70,6 +70,7 @@ func main() {
 	scenarios := flag.String("scenarios", "throughput,failover,chaos,scale", "comma-separated scenarios to run (also: stores, the control-plane fault matrix)")
 	reps := flag.Int("reps", 3, "repetitions of each measurement")
 	faults := flag.String("faults", "", "comma-separated faults of the chaos or stores scenario to run (default all)")
+	proxies := flag.String("proxies", "", "comma-separated configurations of the chaos scenario to run, such as service_proxy (default all)")
 	stores := flag.String("stores", "", "comma-separated stores of the stores scenario: etcd, zookeeper, consul (default all)")
 	post := flag.Int("post", 0, "the chaos scenario sends POSTs with bodies of this many bytes instead of GETs")
 	readBody := flag.Bool("read-body", false, "the backends read each request body whole before they answer (default: they answer at once)")
@@ -106,7 +107,7 @@ func main() {
 		case "failover":
 			res.Failover, err = runFailover(e)
 		case "chaos":
-			res.Chaos, err = runChaos(e, *faults)
+			res.Chaos, err = runChaos(e, *faults, *proxies)
 		case "scale":
 			res.Scale, err = runScale(e)
 		case "stores":

@@ -94,6 +94,8 @@ const benchPath = "/bench/v1/x"
 var (
 	serviceProxy = caddyProxy("service_proxy", "`service_proxy` with its defaults",
 		"service_registry {\n\t\tservice bench v1 {b}\n\t}", "service_proxy", benchPath)
+	serviceProxyNoHedge = caddyProxy("service_proxy_hedge_off", "`service_proxy { transport service_http { hedge off } }`: the defaults without hedged tries",
+		"service_registry {\n\t\tservice bench v1 {b}\n\t}", "service_proxy {\n\t\ttransport service_http {\n\t\t\thedge off\n\t\t}\n\t}", benchPath)
 	serviceProxyH2C = caddyProxy("service_proxy_h2c", "`service_proxy { transport http { versions h2c } }`: the same over HTTP/2 without TLS to the hosts",
 		"service_registry {\n\t\tservice bench v1 {b}\n\t}", "service_proxy {\n\t\ttransport http {\n\t\t\tversions h2c\n\t\t}\n\t}", benchPath)
 	caddyPlain = caddyProxy("caddy_round_robin", "`reverse_proxy {b} { lb_policy round_robin }` (static upstreams)",
