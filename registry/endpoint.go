@@ -246,7 +246,7 @@ type EndpointStats struct {
 	Checked bool
 	// Held is true when the store no longer lists it, but the registry
 	// keeps it a little longer because the store just came back from an
-	// outage (see Table.SetReachable): it serves while it answers.
+	// outage (see Feed.Reachable): it serves while it answers.
 	Held bool
 }
 

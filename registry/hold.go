@@ -6,7 +6,7 @@ import (
 
 // DefaultRecoveryGrace is how long, by default, endpoints that a store
 // dropped while it was out of reach, or just after it came back, stay in
-// the snapshot (see Table.SetReachable).
+// the snapshot (see Feed.Reachable).
 const DefaultRecoveryGrace = 2 * time.Second
 
 // hold keeps the endpoints a backend removes while its store is out of
@@ -105,13 +105,13 @@ func (t *Table) setRecoveryGrace(d time.Duration) {
 	}
 }
 
-// SetReachable tells the table whether the backend's store answers. A
+// setReachable tells the table whether the backend's store answers. A
 // backend calls it when it loses its store and when it has it again
 // (after listing it again, if it does). Endpoints the backend removes
 // meanwhile, and for the recovery grace after, stay in the snapshot until
 // the store has been back for the grace; then the snapshot holds what the
 // backend holds.
-func (t *Table) SetReachable(ok bool) {
+func (t *Table) setReachable(ok bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	h := &t.hold
@@ -138,7 +138,7 @@ func (t *Table) endHold() {
 	h := &t.hold
 	h.timer = nil
 	if !h.reachable {
-		return // lost again: SetReachable arms the next end
+		return // lost again: setReachable arms the next end
 	}
 	if left := h.until.Sub(t.now()); left > 0 {
 		h.timer = h.afterFunc(left, t.endHold)

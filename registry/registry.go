@@ -79,6 +79,7 @@ type Options struct {
 // with Start, and Stop it when done.
 type Local struct {
 	table   *Table
+	feed    *Feed // the backend's, of table
 	backend Backend
 	health  *checker
 	now     func() time.Time
@@ -102,6 +103,7 @@ func New(backend Backend, opts Options) *Local {
 		opts.Now = time.Now
 	}
 	l := &Local{backend: backend, now: opts.Now, logger: opts.Logger, table: newTable(opts.Now)}
+	l.feed = newFeed(l.table)
 	if opts.Probe == nil {
 		l.prober = newProber()
 		opts.Probe = l.prober.Probe
@@ -135,7 +137,7 @@ func (l *Local) Start(env BackendEnv, policy *HealthPolicy, events EventFunc) er
 			return err
 		}
 	} else {
-		if err := l.backend.Start(l.table, env); err != nil {
+		if err := l.backend.Start(l.feed, env); err != nil {
 			return err
 		}
 		l.started = true

@@ -203,9 +203,8 @@ type Table struct {
 	hold hold // endpoints kept through a store's recovery
 }
 
-// NewTable returns an empty table that is not synced yet.
-func NewTable() *Table { return newTable(time.Now) }
-
+// newTable returns an empty table that is not synced yet, on the clock
+// now.
 func newTable(now func() time.Time) *Table {
 	t := &Table{now: now, hold: hold{reachable: true, afterFunc: time.AfterFunc}}
 	t.snap.Store(&Snapshot{services: map[string]*entry{}})
@@ -256,8 +255,8 @@ func (t *Table) Replace(all map[ServiceKey][]Endpoint) {
 	t.snap.Store(&Snapshot{services: services, synced: true})
 }
 
-// SetTraffic sets every service's traffic policy (nil: none).
-func (t *Table) SetTraffic(policies map[string]*Traffic) {
+// setTraffic sets every service's traffic policy (nil: none).
+func (t *Table) setTraffic(policies map[string]*Traffic) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	old := t.snap.Load()
@@ -292,8 +291,8 @@ func (t *Table) Set(key ServiceKey, eps []Endpoint) {
 	t.publish(old, key, svc)
 }
 
-// Remove forgets a service version.
-func (t *Table) Remove(key ServiceKey) {
+// remove forgets a service version.
+func (t *Table) remove(key ServiceKey) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	old := t.snap.Load()
