@@ -64,7 +64,7 @@ type BackendEnv struct {
 	// RecoveryGrace is how long the registry keeps endpoints the store
 	// dropped while it was out of reach, or within that time after it came
 	// back (see Feed.Reachable). The registry applies it; a backend
-	// ignores it. Default (0): DefaultRecoveryGrace; negative: none.
+	// ignores it. Default (0): 2s; negative: none.
 	RecoveryGrace time.Duration
 }
 

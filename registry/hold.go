@@ -4,10 +4,10 @@ import (
 	"time"
 )
 
-// DefaultRecoveryGrace is how long, by default, endpoints that a store
+// defaultRecoveryGrace is how long, by default, endpoints that a store
 // dropped while it was out of reach, or just after it came back, stay in
 // the snapshot (see Feed.Reachable).
-const DefaultRecoveryGrace = 2 * time.Second
+const defaultRecoveryGrace = 2 * time.Second
 
 // hold keeps the endpoints a backend removes while its store is out of
 // reach, or within the grace after it came back, for that grace.
@@ -94,7 +94,7 @@ func (t *Table) withHeld(key ServiceKey, prev *Service, eps []Endpoint, gone boo
 
 // setRecoveryGrace sets how long endpoints the backend drops while its
 // store is out of reach, or within that time after it came back, are
-// kept (0: none are). Default: 0 for a Table, DefaultRecoveryGrace for a
+// kept (0: none are). Default: 0 for a Table, defaultRecoveryGrace for a
 // registry made by New.
 func (t *Table) setRecoveryGrace(d time.Duration) {
 	t.mu.Lock()

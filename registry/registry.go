@@ -128,7 +128,7 @@ func (l *Local) Start(env BackendEnv, policy *HealthPolicy, events EventFunc) er
 	}
 	switch {
 	case env.RecoveryGrace == 0:
-		l.table.setRecoveryGrace(DefaultRecoveryGrace)
+		l.table.setRecoveryGrace(defaultRecoveryGrace)
 	default:
 		l.table.setRecoveryGrace(env.RecoveryGrace) // negative: off
 	}
@@ -283,10 +283,10 @@ func (l *Local) Delete(ctx context.Context, key ServiceKey, address string) (Dra
 // the registry's clock) runs out or ctx is done.
 func (l *Local) drain(ctx context.Context, key ServiceKey, ep *Endpoint) Drain {
 	begin := l.now()
-	deadline := begin.Add(time.Duration(l.health.policy.Load().For(key).DrainTimeout))
+	deadline := begin.Add(time.Duration(l.health.policy.Load().of(key).DrainTimeout))
 	tick := time.NewTicker(drainPoll)
 	defer tick.Stop()
-	for ep.InFlight() > 0 && l.now().Before(deadline) {
+	for ep.inFlight() > 0 && l.now().Before(deadline) {
 		select {
 		case <-tick.C:
 			continue
@@ -294,7 +294,7 @@ func (l *Local) drain(ctx context.Context, key ServiceKey, ep *Endpoint) Drain {
 		}
 		break
 	}
-	n := ep.InFlight()
+	n := ep.inFlight()
 	return Drain{Drained: n == 0, Waited: l.now().Sub(begin), InFlight: n}
 }
 
@@ -368,7 +368,7 @@ func (l *Local) PutTraffic(ctx context.Context, service string, p TrafficPolicy)
 	if !snap.Synced() {
 		return fmt.Errorf("setting the traffic policy of %q: %w", service, ErrNotSynced)
 	}
-	if _, err := p.Compile(service, func(v string) bool { return snap.Known(service, v) }); err != nil {
+	if _, err := p.Compile(service, snap.Versions(service).Known); err != nil {
 		return err
 	}
 	tb, ok := l.backend.(TrafficBackend)

@@ -84,7 +84,7 @@ func TestTrafficCompileErrors(t *testing.T) {
 		}
 	}
 	tr := compile(t, TrafficPolicy{Aliases: map[string]string{"stable": "v1"}}, "v1", "v2")
-	if p := tr.Policy(); p.Header != DefaultTrafficHeader || p.Cookie != DefaultTrafficCookie || p.Sticky != "cookie" {
+	if p := tr.Policy(); p.Header != defaultTrafficHeader || p.Cookie != defaultTrafficCookie || p.Sticky != "cookie" {
 		t.Errorf("defaults: %+v", p)
 	}
 	if tr.resolve("stable", known) != "v1" || tr.resolve("v2", known) != "v2" || tr.resolve("beta", known) != "" {
@@ -190,11 +190,11 @@ func TestTableTraffic(t *testing.T) {
 	if snap.Traffic("users") == nil || snap.Traffic("orders") == nil || len(snap.Policies()) != 2 {
 		t.Error("endpoint changes lost the traffic policies")
 	}
-	if !snap.Known("users", "v2") || snap.Known("users", "v1") {
+	if !snap.Versions("users").Known("v2") || snap.Versions("users").Known("v1") {
 		t.Error("Known does not reflect the versions")
 	}
 	tbl.setTraffic(nil)
-	if tbl.Snapshot().Traffic("users") != nil || !tbl.Snapshot().Known("users", "v2") {
+	if tbl.Snapshot().Traffic("users") != nil || !tbl.Snapshot().Versions("users").Known("v2") {
 		t.Error("setTraffic(nil) did not clear the policies, or lost the endpoints")
 	}
 }
