@@ -126,16 +126,6 @@ func TestFeedPublish(t *testing.T) {
 	}
 }
 
-func cmpString(a, b string) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
-}
-
 func BenchmarkLookup(b *testing.B) {
 	tbl := newTable(time.Now)
 	all := map[ServiceKey][]Endpoint{}
