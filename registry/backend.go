@@ -2,14 +2,13 @@ package registry
 
 import (
 	"context"
-	"maps"
-	"slices"
 	"time"
 
 	"go.uber.org/zap"
 )
 
-// Backend stores a registry's endpoints and keeps its Table current.
+// Backend stores a registry's endpoints and keeps its Table current
+// through a Feed.
 // In Caddy, backends are modules in the service_registry.backends
 // namespace.
 //
@@ -19,12 +18,13 @@ import (
 // settings: each configuration that starts hands it a BackendEnv with its
 // own seeds, storage and logger.
 type Backend interface {
-	// Start loads the stored endpoints, merges them with env's seeds,
-	// feeds them to table and keeps it current until Stop. It must
-	// return promptly even when the store is unreachable.
-	Start(table *Table, env BackendEnv) error
-	// Reconfigure takes the env of a configuration that starts later.
-	// On error nothing changed.
+	// Start gives feed env (Feed.Configure), loads the stored
+	// endpoints, publishes them through feed and keeps it current until
+	// Stop. It must return promptly even when the store is unreachable.
+	Start(feed *Feed, env BackendEnv) error
+	// Reconfigure takes the env of a configuration that starts later,
+	// gives it to the feed and publishes again. On error nothing
+	// changed.
 	Reconfigure(env BackendEnv) error
 	// Add stores an endpoint; the table holds it once Add returns nil.
 	// The endpoint is normalized (Endpoint.Normalize).
@@ -63,8 +63,8 @@ type BackendEnv struct {
 	Traffic map[string]TrafficPolicy
 	// RecoveryGrace is how long the registry keeps endpoints the store
 	// dropped while it was out of reach, or within that time after it came
-	// back (see Table.SetReachable). The registry applies it; a backend
-	// ignores it. Default (0): DefaultRecoveryGrace; negative: none.
+	// back (see Feed.Reachable). The registry applies it; a backend
+	// ignores it. Default (0): 2s; negative: none.
 	RecoveryGrace time.Duration
 }
 
@@ -81,27 +81,6 @@ type TrafficBackend interface {
 	// longer holds it once DeleteTraffic returns nil. It returns an error
 	// matching ErrNoTrafficPolicy when none is stored.
 	DeleteTraffic(ctx context.Context, service string) error
-}
-
-// MergeTraffic returns the policies of seeds with stored on top, compiled
-// without checking their versions exist (they may come later). A policy
-// that does not compile (a stored one written by hand) is left out and
-// reported to bad, if not nil.
-func MergeTraffic(seeds, stored map[string]TrafficPolicy, bad func(service string, err error)) map[string]*Traffic {
-	all := make(map[string]*Traffic, len(seeds)+len(stored))
-	for _, m := range []map[string]TrafficPolicy{seeds, stored} {
-		for service, p := range m {
-			t, err := p.Compile(service, nil)
-			if err != nil {
-				if bad != nil {
-					bad(service, err)
-				}
-				continue
-			}
-			all[service] = t
-		}
-	}
-	return all
 }
 
 // Owned is an endpoint a backend keeps registered for this process: one
@@ -129,49 +108,4 @@ type Owner interface {
 type Storage interface {
 	Load(ctx context.Context, key string) ([]byte, error)
 	Store(ctx context.Context, key string, value []byte) error
-}
-
-// Change is what a backend holds for one address of a service version
-// beside the seeds: an endpoint, which replaces a seed at the same
-// address, or, with Deleted, the removal of a seed.
-type Change struct {
-	Endpoint
-	Deleted bool
-}
-
-// Merge returns the endpoints of one service version, its seeds with the
-// changes applied on top, and whether the version is known: seeded (even
-// with no endpoints) or holding an endpoint.
-func Merge(seeds []Endpoint, seeded bool, changes map[string]Change) ([]Endpoint, bool) {
-	byAddr := make(map[string]Endpoint, len(seeds)+len(changes))
-	for _, ep := range seeds {
-		byAddr[ep.Address] = ep
-	}
-	for addr, c := range changes {
-		if c.Deleted {
-			delete(byAddr, addr)
-		} else {
-			byAddr[addr] = c.Endpoint
-		}
-	}
-	eps := slices.Collect(maps.Values(byAddr))
-	return eps, seeded || len(eps) > 0
-}
-
-// MergeAll merges every service version that seeds or changes name (see
-// Merge) and leaves out those that end up unknown.
-func MergeAll(seeds map[ServiceKey][]Endpoint, changes map[ServiceKey]map[string]Change) map[ServiceKey][]Endpoint {
-	all := make(map[ServiceKey][]Endpoint, len(seeds)+len(changes))
-	for key, eps := range seeds {
-		all[key], _ = Merge(eps, true, changes[key])
-	}
-	for key, forKey := range changes {
-		if _, seeded := seeds[key]; seeded {
-			continue
-		}
-		if eps, known := Merge(nil, false, forKey); known {
-			all[key] = eps
-		}
-	}
-	return all
 }

@@ -295,7 +295,7 @@ func (t *Tries) Candidate(i int, ignoreHealth bool) bool {
 // Endpoint.CountInFlight) and weight.
 func (t *Tries) Load(i int) (inFlight, weight int) {
 	ep := t.svc.Endpoints[i]
-	return ep.InFlight(), ep.Weight.Int()
+	return ep.inFlight(), ep.Weight.Int()
 }
 
 // Endpoint returns endpoint i.

@@ -42,7 +42,7 @@ func TestParseBalance(t *testing.T) {
 
 // TestPickEveryHostOnce picks until nothing is left: every host once.
 func TestPickEveryHostOnce(t *testing.T) {
-	tbl := NewTable()
+	tbl := newTable(time.Now)
 	key := ServiceKey{"users", "v1"}
 	tbl.Replace(normalized(t, map[ServiceKey][]Endpoint{key: {{Address: "127.0.0.1:1", Weight: 3}, {Address: "127.0.0.1:2"}, {Address: "127.0.0.1:3", Weight: 2}}}))
 	svc, _ := tbl.Snapshot().Lookup("users", "v1")
@@ -66,7 +66,7 @@ func TestPickEveryHostOnce(t *testing.T) {
 // for p2c the less busy per unit of weight of two random hosts (host 0,
 // with 9 in flight and weight 3, is less busy than host 2 with 5 and 1).
 func TestPickShares(t *testing.T) {
-	tbl := NewTable()
+	tbl := newTable(time.Now)
 	key := ServiceKey{"users", "v1"}
 	tbl.Replace(normalized(t, map[ServiceKey][]Endpoint{key: {{Address: "127.0.0.1:1", Weight: 3}, {Address: "127.0.0.1:2"}, {Address: "127.0.0.1:3"}}}))
 	svc, _ := tbl.Snapshot().Lookup("users", "v1")
@@ -154,7 +154,7 @@ func TestTries(t *testing.T) {
 // and random its share goes to the three others evenly, not all to the
 // host after it in the order (which made 50/25/25).
 func TestOutHostShareSpreads(t *testing.T) {
-	tbl := NewTable()
+	tbl := newTable(time.Now)
 	key := ServiceKey{"users", "v1"}
 	tbl.Replace(normalized(t, map[ServiceKey][]Endpoint{key: eps("127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3", "127.0.0.1:4")}))
 	svc, _ := tbl.Snapshot().Lookup("users", "v1")
@@ -200,7 +200,7 @@ func TestPeakEWMAProportional(t *testing.T) {
 // not even in panic mode, and a version whose endpoints are all drained
 // has no host to pick.
 func TestPickSkipsDrained(t *testing.T) {
-	tbl := NewTable()
+	tbl := newTable(time.Now)
 	key, all := ServiceKey{"users", "v1"}, ServiceKey{"users", "v2"}
 	tbl.Replace(normalized(t, map[ServiceKey][]Endpoint{
 		key: {{Address: "127.0.0.1:1", Weight: Drained}, {Address: "127.0.0.1:2", Weight: 3}, {Address: "127.0.0.1:3", Weight: Drained}, {Address: "127.0.0.1:4"}},

@@ -157,7 +157,7 @@ func (c *checker) report(svc *Service, ep *Endpoint, o Outcome, latency time.Dur
 	h.failures.Add(1)
 	switch o {
 	case GatewayError:
-		if n := h.gatewayErrs.Add(1); n >= int64(c.policy.Load().For(svc.Key()).EjectAfter) {
+		if n := h.gatewayErrs.Add(1); n >= int64(c.policy.Load().of(svc.Key()).EjectAfter) {
 			c.eject(svc, ep, outPassive, t)
 		}
 	case TimedOut:
@@ -190,7 +190,7 @@ func (c *checker) eject(svc *Service, ep *Endpoint, reason uint32, t time.Time) 
 		return
 	}
 	// at least one may always go, whatever the percentage
-	limit := max(1, len(svc.Endpoints)*c.policy.Load().For(svc.Key()).MaxEjectedPercent/100)
+	limit := max(1, len(svc.Endpoints)*c.policy.Load().of(svc.Key()).MaxEjectedPercent/100)
 
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -305,7 +305,7 @@ func (c *checker) check(ctx context.Context, t *probeTarget) (err error) {
 				zap.String("version", t.key.Version), zap.String("upstream", t.address), zap.Any("panic", p), zap.Stack("stack"))
 		}
 	}()
-	return c.probe(ctx, ProbeTarget{Key: t.key, Address: t.address, Check: c.policy.Load().For(t.key), TLS: t.health.tls.Load()})
+	return c.probe(ctx, ProbeTarget{Key: t.key, Address: t.address, Check: c.policy.Load().of(t.key), TLS: t.health.tls.Load()})
 }
 
 // reconcile brings the targets in line with the snapshot, the policy and
@@ -322,10 +322,10 @@ func (c *checker) reconcile(now time.Time) {
 		c.seen, c.seenFor = snap, policy
 		live := map[*endpointHealth]bool{}
 		for _, svc := range snap.Services() {
-			hc := policy.For(svc.Key())
+			hc := policy.of(svc.Key())
 			for _, ep := range svc.Endpoints {
 				live[ep.health] = true
-				if _, ok := c.targets[ep.health]; !ok && hc.Active() {
+				if _, ok := c.targets[ep.health]; !ok && hc.active() {
 					// first check at a random point of the interval, so that
 					// checks spread out
 					c.add(&probeTarget{key: svc.Key(), address: ep.Address, health: ep.health,
@@ -345,7 +345,7 @@ func (c *checker) reconcile(now time.Time) {
 			continue // not out, or taken out again since
 		}
 		t.backoff, t.passes = 0, 0
-		if !policy.For(t.key).Active() {
+		if !policy.of(t.key).active() {
 			c.remove(t)
 		}
 		if r.health.available() {
@@ -411,7 +411,7 @@ func (c *checker) done(r probeResult, now time.Time) {
 	if c.targets[t.health] != t {
 		return // removed (or replaced) while being checked
 	}
-	hc := c.policy.Load().For(t.key)
+	hc := c.policy.Load().of(t.key)
 	h := t.health
 	h.checked.Store(true)
 	ok := r.err == nil
@@ -421,7 +421,7 @@ func (c *checker) done(r probeResult, now time.Time) {
 		t.passes, t.fails = 0, t.fails+1
 	}
 	rise := 1
-	if hc.Active() {
+	if hc.active() {
 		rise = hc.Rise
 	}
 
@@ -450,7 +450,7 @@ func (c *checker) done(r probeResult, now time.Time) {
 		t.backoff = 0
 	}
 
-	if hc.Active() {
+	if hc.active() {
 		switch {
 		case !ok && t.fails >= hc.Fall && !h.out(outProbe):
 			h.setOut(outProbe, true)

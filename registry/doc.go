@@ -14,8 +14,12 @@
 //     each with its sorted Endpoints and weighted round-robin Rotation.
 //     Readers load the snapshot atomically; writers publish a new one.
 //   - A Backend (memory, etcd, ...) stores the endpoints and feeds the
-//     Table; see the backends directory. The memory backend's store,
-//     backends/memory/memstore, imports nothing of Caddy.
+//     Table through a Feed: the backend only lists, watches and writes
+//     its store and hands the Feed what the store holds (Changes beside
+//     the configuration's seeds); the Feed merges the seeds in, publishes,
+//     holds what a store drops while out of reach (Feed.Reachable) and
+//     logs its reachability. See the backends directory; the memory
+//     backend's store, backends/memory/memstore, imports nothing of Caddy.
 //   - Local ties a Backend, its Table and a health checker together and
 //     implements Registry: Add, Delete (which drains the endpoint first),
 //     Failure (passive health) and Lookup.

@@ -203,9 +203,9 @@ func (ep *Endpoint) CountInFlight(c InFlightCounter) {
 	ep.health.inFlight.Store(&inFlightBox{c})
 }
 
-// InFlight returns how many requests the proxy has in flight to the
+// inFlight returns how many requests the proxy has in flight to the
 // endpoint, as its InFlightCounter counts them.
-func (ep *Endpoint) InFlight() int {
+func (ep *Endpoint) inFlight() int {
 	if c := ep.InFlightCounter(); c != nil {
 		return c.NumRequests()
 	}
@@ -246,7 +246,7 @@ type EndpointStats struct {
 	Checked bool
 	// Held is true when the store no longer lists it, but the registry
 	// keeps it a little longer because the store just came back from an
-	// outage (see Table.SetReachable): it serves while it answers.
+	// outage (see Feed.Reachable): it serves while it answers.
 	Held bool
 }
 
@@ -257,7 +257,7 @@ func (ep *Endpoint) Stats() EndpointStats {
 		Available:   h.available(),
 		Fails:       int(h.fails.Load()),
 		LastFailure: unixTime(h.lastFailure.Load()),
-		InFlight:    ep.InFlight(),
+		InFlight:    ep.inFlight(),
 		Requests:    h.requests.Load(),
 		Failures:    h.failures.Load(),
 		Ejections:   h.ejections.Load(),

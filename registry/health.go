@@ -121,8 +121,8 @@ func parseStatus(s string) (statusRange, error) {
 	return statusRange{}, Invalidf("invalid status %q: want a code (200), a class (2xx) or a range (200-399)", s)
 }
 
-// Active reports whether active checks are on.
-func (h *HealthCheck) Active() bool { return h.Path != "" || h.Port != 0 }
+// active reports whether active checks are on.
+func (h *HealthCheck) active() bool { return h.Path != "" || h.Port != 0 }
 
 // merge returns h with the fields o sets.
 func (h HealthCheck) merge(o HealthCheck) HealthCheck {
@@ -285,18 +285,18 @@ func newHealthPolicy(entries []HealthCheck, load bool) (*HealthPolicy, error) {
 			return nil, fmt.Errorf("health check for service %q %q: %w", key.Service, key.Version, err)
 		}
 		p.overrides[key] = &h
-		p.anyActive = p.anyActive || h.Active()
+		p.anyActive = p.anyActive || h.active()
 	}
 	if err := p.base.finish(load); err != nil {
 		return nil, fmt.Errorf("health check: %w", err)
 	}
-	p.anyActive = p.anyActive || p.base.Active()
+	p.anyActive = p.anyActive || p.base.active()
 	return p, nil
 }
 
-// For returns the health configuration of a service version, with its
+// of returns the health configuration of a service version, with its
 // defaults filled in; it must not be modified.
-func (p *HealthPolicy) For(key ServiceKey) *HealthCheck {
+func (p *HealthPolicy) of(key ServiceKey) *HealthCheck {
 	if h, ok := p.overrides[key]; ok {
 		return h
 	}

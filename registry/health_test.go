@@ -53,14 +53,14 @@ func TestHealthPolicy(t *testing.T) {
 		{ServiceKey{"users", "v1"}, "/status", 3, 10 * time.Second, time.Second, 50, 30 * time.Second, [2]int{200, 299}},
 		{ServiceKey{"users", "v2"}, "/status", 5, 10 * time.Second, time.Second, 50, 30 * time.Second, [2]int{200, 299}},
 	} {
-		h := p.For(tc.key)
+		h := p.of(tc.key)
 		if h.Path != tc.path || h.Fall != tc.fall || time.Duration(h.SlowStart) != tc.slowStart || time.Duration(h.Interval) != tc.interval ||
 			h.MaxEjectedPercent != tc.maxEjectedPct || time.Duration(h.DrainTimeout) != tc.drainTimeout ||
-			h.status.min != tc.statusMinMaxWant[0] || h.status.max != tc.statusMinMaxWant[1] || !h.Active() {
+			h.status.min != tc.statusMinMaxWant[0] || h.status.max != tc.statusMinMaxWant[1] || !h.active() {
 			t.Errorf("%s: %+v", tc.key, *h)
 		}
 	}
-	if none, _ := NewHealthPolicy(nil); none.For(ServiceKey{"a", "b"}).Active() {
+	if none, _ := NewHealthPolicy(nil); none.of(ServiceKey{"a", "b"}).active() {
 		t.Error("active checks on without a path or port")
 	}
 

@@ -13,18 +13,19 @@ import (
 // Delete on top, as a backend without a store would.
 type testBackend struct {
 	mu      sync.Mutex
-	table   *Table
+	feed    *Feed
 	seeds   map[ServiceKey][]Endpoint
 	changes map[ServiceKey]map[string]Change
 	stopped bool
 }
 
-func (b *testBackend) Start(table *Table, env BackendEnv) error {
+func (b *testBackend) Start(feed *Feed, env BackendEnv) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	b.table, b.changes = table, map[ServiceKey]map[string]Change{}
+	b.feed, b.changes = feed, map[ServiceKey]map[string]Change{}
 	b.seeds = env.Seeds
-	b.table.Replace(MergeAll(b.seeds, b.changes))
+	b.feed.Configure(env)
+	b.feed.Publish(b.changes, false)
 	return nil
 }
 
@@ -32,7 +33,8 @@ func (b *testBackend) Reconfigure(env BackendEnv) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.seeds = env.Seeds
-	b.table.Replace(MergeAll(b.seeds, b.changes))
+	b.feed.Configure(env)
+	b.feed.Publish(b.changes, false)
 	return nil
 }
 
@@ -50,8 +52,7 @@ func (b *testBackend) Delete(_ context.Context, key ServiceKey, address string) 
 func (b *testBackend) CheckDelete(key ServiceKey, address string) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	seeds, seeded := b.seeds[key]
-	eps, known := Merge(seeds, seeded, b.changes[key])
+	eps, known := b.feed.Merged(key, b.changes[key])
 	switch {
 	case !known:
 		return fmt.Errorf("deleting %s from %s: %w", address, key, ErrUnknownVersion)
@@ -68,12 +69,7 @@ func (b *testBackend) apply(key ServiceKey, c Change) error {
 		b.changes[key] = map[string]Change{}
 	}
 	b.changes[key][c.Address] = c
-	seeds, seeded := b.seeds[key]
-	if eps, known := Merge(seeds, seeded, b.changes[key]); known {
-		b.table.Set(key, eps)
-	} else {
-		b.table.Remove(key)
-	}
+	b.feed.PublishKey(key, b.changes[key], false)
 	return nil
 }
 

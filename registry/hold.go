@@ -4,10 +4,10 @@ import (
 	"time"
 )
 
-// DefaultRecoveryGrace is how long, by default, endpoints that a store
+// defaultRecoveryGrace is how long, by default, endpoints that a store
 // dropped while it was out of reach, or just after it came back, stay in
-// the snapshot (see Table.SetReachable).
-const DefaultRecoveryGrace = 2 * time.Second
+// the snapshot (see Feed.Reachable).
+const defaultRecoveryGrace = 2 * time.Second
 
 // hold keeps the endpoints a backend removes while its store is out of
 // reach, or within the grace after it came back, for that grace.
@@ -94,7 +94,7 @@ func (t *Table) withHeld(key ServiceKey, prev *Service, eps []Endpoint, gone boo
 
 // setRecoveryGrace sets how long endpoints the backend drops while its
 // store is out of reach, or within that time after it came back, are
-// kept (0: none are). Default: 0 for a Table, DefaultRecoveryGrace for a
+// kept (0: none are). Default: 0 for a Table, defaultRecoveryGrace for a
 // registry made by New.
 func (t *Table) setRecoveryGrace(d time.Duration) {
 	t.mu.Lock()
@@ -105,13 +105,13 @@ func (t *Table) setRecoveryGrace(d time.Duration) {
 	}
 }
 
-// SetReachable tells the table whether the backend's store answers. A
+// setReachable tells the table whether the backend's store answers. A
 // backend calls it when it loses its store and when it has it again
 // (after listing it again, if it does). Endpoints the backend removes
 // meanwhile, and for the recovery grace after, stay in the snapshot until
 // the store has been back for the grace; then the snapshot holds what the
 // backend holds.
-func (t *Table) SetReachable(ok bool) {
+func (t *Table) setReachable(ok bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	h := &t.hold
@@ -138,7 +138,7 @@ func (t *Table) endHold() {
 	h := &t.hold
 	h.timer = nil
 	if !h.reachable {
-		return // lost again: SetReachable arms the next end
+		return // lost again: setReachable arms the next end
 	}
 	if left := h.until.Sub(t.now()); left > 0 {
 		h.timer = h.afterFunc(left, t.endHold)

@@ -20,7 +20,7 @@ func newHoldTable(t *testing.T) *holdTable {
 	h := &holdTable{Table: newTable(clock.Now), clock: clock}
 	h.hold.afterFunc = func(d time.Duration, f func()) *time.Timer {
 		h.fire, h.after = f, d
-		return time.NewTimer(time.Hour) // stopped by SetReachable or never fires in the test
+		return time.NewTimer(time.Hour) // stopped by setReachable or never fires in the test
 	}
 	h.setRecoveryGrace(3 * time.Second)
 	return h
@@ -60,12 +60,12 @@ func TestHoldThroughRecovery(t *testing.T) {
 	h := newHoldTable(t)
 	h.Replace(map[ServiceKey][]Endpoint{users: eps("a:1", "b:1"), orders: eps("c:1")})
 
-	h.SetReachable(false)
+	h.setReachable(false)
 	h.Replace(map[ServiceKey][]Endpoint{}) // listed again: every ephemeral node gone
 	h.want(t, "relisted empty while out of reach", users, []string{"a:1", "b:1"}, []string{"a:1", "b:1"})
 	h.want(t, "relisted empty while out of reach", orders, []string{"c:1"}, []string{"c:1"})
 
-	h.SetReachable(true)
+	h.setReachable(true)
 	if h.fire == nil || h.after != 3*time.Second {
 		t.Fatalf("coming back armed a timer of %v; want 3s", h.after)
 	}
@@ -73,7 +73,7 @@ func TestHoldThroughRecovery(t *testing.T) {
 	h.want(t, "a back", users, []string{"a:1", "b:1"}, []string{"b:1"})
 
 	h.clock.Advance(2 * time.Second)
-	h.Remove(users) // a removal within the grace is held too
+	h.remove(users) // a removal within the grace is held too
 	h.want(t, "removed within the grace", users, []string{"a:1", "b:1"}, []string{"a:1", "b:1"})
 	h.Set(users, eps("a:1"))
 
@@ -82,7 +82,7 @@ func TestHoldThroughRecovery(t *testing.T) {
 	h.want(t, "after the grace", users, []string{"a:1"}, nil)
 	h.want(t, "after the grace", orders, nil, nil)
 
-	h.Remove(users) // after the grace: at once
+	h.remove(users) // after the grace: at once
 	h.want(t, "removed after the grace", users, nil, nil)
 }
 
@@ -95,7 +95,7 @@ func TestHoldOnlyThroughOutages(t *testing.T) {
 	h.Set(users, eps("a:1"))
 	h.want(t, "removed with the store in reach", users, []string{"a:1"}, nil)
 
-	h.SetReachable(false)
+	h.setReachable(false)
 	h.Set(users, nil)
 	svc, _ := h.Snapshot().Lookup("users", "v1")
 	before := svc.Endpoints[0]
@@ -107,20 +107,20 @@ func TestHoldOnlyThroughOutages(t *testing.T) {
 
 	// lost again before the grace ended: held until the next grace ends
 	h.Set(users, nil)
-	h.SetReachable(true)
+	h.setReachable(true)
 	fire := h.fire
-	h.SetReachable(false)
+	h.setReachable(false)
 	h.clock.Advance(10 * time.Second)
 	fire() // a timer that fires anyway finds the store out of reach
 	h.want(t, "lost again", users, []string{"a:1"}, []string{"a:1"})
-	h.SetReachable(true)
+	h.setReachable(true)
 	h.clock.Advance(3 * time.Second)
 	h.fire()
 	h.want(t, "after the second grace", users, []string{}, nil)
 
 	h.setRecoveryGrace(0)
 	h.Replace(map[ServiceKey][]Endpoint{users: eps("a:1")})
-	h.SetReachable(false)
-	h.Remove(users)
+	h.setReachable(false)
+	h.remove(users)
 	h.want(t, "grace 0", users, nil, nil)
 }

@@ -21,7 +21,7 @@ type ProbeTarget struct {
 	Key     ServiceKey
 	Address string
 	// Check is the service version's health configuration, as
-	// HealthPolicy.For returns it (with its defaults filled in).
+	// the HealthPolicy has it (with its defaults filled in).
 	Check *HealthCheck
 	// TLS says the proxy speaks TLS to the endpoint (Endpoint.UsesTLS).
 	TLS bool
@@ -65,7 +65,7 @@ func newProber() *prober {
 		DisableKeepAlives: true,
 	}
 	defaults, _ := NewHealthPolicy(nil)
-	p.fallback = defaults.For(ServiceKey{})
+	p.fallback = defaults.of(ServiceKey{})
 	return p
 }
 
@@ -75,7 +75,7 @@ func (p *prober) Probe(ctx context.Context, target ProbeTarget) error {
 	if hc == nil {
 		hc = p.fallback
 	}
-	if !hc.Active() {
+	if !hc.active() {
 		return p.answers(ctx, target, hc)
 	}
 	addr := target.Address

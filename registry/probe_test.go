@@ -27,7 +27,7 @@ func probe(t *testing.T, addr string, check HealthCheck, tls ...bool) error {
 	p := newProber()
 	defer p.Close()
 	key := ServiceKey{"users", "v1"}
-	return p.Probe(context.Background(), ProbeTarget{Key: key, Address: addr, Check: policy.For(key), TLS: len(tls) > 0 && tls[0]})
+	return p.Probe(context.Background(), ProbeTarget{Key: key, Address: addr, Check: policy.of(key), TLS: len(tls) > 0 && tls[0]})
 }
 
 func TestProbeHTTP(t *testing.T) {

@@ -79,6 +79,7 @@ type Options struct {
 // with Start, and Stop it when done.
 type Local struct {
 	table   *Table
+	feed    *Feed // the backend's, of table
 	backend Backend
 	health  *checker
 	now     func() time.Time
@@ -102,6 +103,7 @@ func New(backend Backend, opts Options) *Local {
 		opts.Now = time.Now
 	}
 	l := &Local{backend: backend, now: opts.Now, logger: opts.Logger, table: newTable(opts.Now)}
+	l.feed = newFeed(l.table)
 	if opts.Probe == nil {
 		l.prober = newProber()
 		opts.Probe = l.prober.Probe
@@ -126,7 +128,7 @@ func (l *Local) Start(env BackendEnv, policy *HealthPolicy, events EventFunc) er
 	}
 	switch {
 	case env.RecoveryGrace == 0:
-		l.table.setRecoveryGrace(DefaultRecoveryGrace)
+		l.table.setRecoveryGrace(defaultRecoveryGrace)
 	default:
 		l.table.setRecoveryGrace(env.RecoveryGrace) // negative: off
 	}
@@ -135,7 +137,7 @@ func (l *Local) Start(env BackendEnv, policy *HealthPolicy, events EventFunc) er
 			return err
 		}
 	} else {
-		if err := l.backend.Start(l.table, env); err != nil {
+		if err := l.backend.Start(l.feed, env); err != nil {
 			return err
 		}
 		l.started = true
@@ -281,10 +283,10 @@ func (l *Local) Delete(ctx context.Context, key ServiceKey, address string) (Dra
 // the registry's clock) runs out or ctx is done.
 func (l *Local) drain(ctx context.Context, key ServiceKey, ep *Endpoint) Drain {
 	begin := l.now()
-	deadline := begin.Add(time.Duration(l.health.policy.Load().For(key).DrainTimeout))
+	deadline := begin.Add(time.Duration(l.health.policy.Load().of(key).DrainTimeout))
 	tick := time.NewTicker(drainPoll)
 	defer tick.Stop()
-	for ep.InFlight() > 0 && l.now().Before(deadline) {
+	for ep.inFlight() > 0 && l.now().Before(deadline) {
 		select {
 		case <-tick.C:
 			continue
@@ -292,7 +294,7 @@ func (l *Local) drain(ctx context.Context, key ServiceKey, ep *Endpoint) Drain {
 		}
 		break
 	}
-	n := ep.InFlight()
+	n := ep.inFlight()
 	return Drain{Drained: n == 0, Waited: l.now().Sub(begin), InFlight: n}
 }
 
@@ -366,7 +368,7 @@ func (l *Local) PutTraffic(ctx context.Context, service string, p TrafficPolicy)
 	if !snap.Synced() {
 		return fmt.Errorf("setting the traffic policy of %q: %w", service, ErrNotSynced)
 	}
-	if _, err := p.Compile(service, func(v string) bool { return snap.Known(service, v) }); err != nil {
+	if _, err := p.Compile(service, snap.Versions(service).Known); err != nil {
 		return err
 	}
 	tb, ok := l.backend.(TrafficBackend)

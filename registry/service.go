@@ -125,7 +125,7 @@ func (s *Service) LatencyP99(now time.Time) time.Duration {
 func (s *Service) Silent(ep *Endpoint, now time.Time, window time.Duration) bool {
 	since := now.Add(-window).UnixNano()
 	return ep.health.lastReply.Load() < since && s.stats.lastReply.Load() >= since &&
-		ep.InFlight() >= 2 && !ep.health.out(outDraining)
+		ep.inFlight() >= 2 && !ep.health.out(outDraining)
 }
 
 // SilentSince reports whether ep, an endpoint of the service version, has

@@ -94,15 +94,14 @@ func (s *Snapshot) Policies() []*Traffic {
 	return out
 }
 
-// Known reports whether the service has the version.
-func (s *Snapshot) Known(service, version string) bool {
-	return s.Versions(service).Known(version)
-}
-
 // Lookup returns a service version, or an error matching ErrUnknownService,
 // ErrUnknownVersion or ErrNotSynced.
 func (s *Snapshot) Lookup(name, version string) (*Service, error) {
-	return s.Versions(name).Lookup(version)
+	v := s.Versions(name)
+	if svc := v.Get(version); svc != nil {
+		return svc, nil
+	}
+	return nil, v.Missing()
 }
 
 // Versions are the versions of one service in a snapshot, and its traffic
@@ -130,15 +129,6 @@ func (s *Snapshot) Versions(service string) Versions {
 // or nil for none.
 func (v Versions) Routing() *Routing { return v.e.routing }
 
-// Lookup returns a version of the service, with the errors of
-// Snapshot.Lookup.
-func (v Versions) Lookup(version string) (*Service, error) {
-	if svc := v.Get(version); svc != nil {
-		return svc, nil
-	}
-	return nil, v.Missing()
-}
-
 // Get returns a version of the service, or nil (Missing says why): the
 // request path's lookup, with no error to compare.
 func (v Versions) Get(version string) *Service {
@@ -150,7 +140,7 @@ func (v Versions) Get(version string) *Service {
 	return v.e.versions[version]
 }
 
-// Missing returns the error of Lookup for a version Get did not find.
+// Missing returns the error of Snapshot.Lookup for a version Get did not find.
 func (v Versions) Missing() error {
 	switch {
 	case !v.synced:
@@ -203,9 +193,8 @@ type Table struct {
 	hold hold // endpoints kept through a store's recovery
 }
 
-// NewTable returns an empty table that is not synced yet.
-func NewTable() *Table { return newTable(time.Now) }
-
+// newTable returns an empty table that is not synced yet, on the clock
+// now.
 func newTable(now func() time.Time) *Table {
 	t := &Table{now: now, hold: hold{reachable: true, afterFunc: time.AfterFunc}}
 	t.snap.Store(&Snapshot{services: map[string]*entry{}})
@@ -256,8 +245,8 @@ func (t *Table) Replace(all map[ServiceKey][]Endpoint) {
 	t.snap.Store(&Snapshot{services: services, synced: true})
 }
 
-// SetTraffic sets every service's traffic policy (nil: none).
-func (t *Table) SetTraffic(policies map[string]*Traffic) {
+// setTraffic sets every service's traffic policy (nil: none).
+func (t *Table) setTraffic(policies map[string]*Traffic) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	old := t.snap.Load()
@@ -292,8 +281,8 @@ func (t *Table) Set(key ServiceKey, eps []Endpoint) {
 	t.publish(old, key, svc)
 }
 
-// Remove forgets a service version.
-func (t *Table) Remove(key ServiceKey) {
+// remove forgets a service version.
+func (t *Table) remove(key ServiceKey) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	old := t.snap.Load()

@@ -6,6 +6,7 @@ import (
 	"maps"
 	"slices"
 	"testing"
+	"time"
 )
 
 func TestWeightedSchedule(t *testing.T) {
@@ -21,7 +22,7 @@ func TestWeightedSchedule(t *testing.T) {
 
 func TestTable(t *testing.T) {
 	users := ServiceKey{"users", "v1"}
-	tbl := NewTable()
+	tbl := newTable(time.Now)
 	if _, err := tbl.Snapshot().Lookup("users", "v1"); !errors.Is(err, ErrNotSynced) {
 		t.Fatalf("new table: Lookup error = %v, want ErrNotSynced", err)
 	}
@@ -79,13 +80,13 @@ func TestTable(t *testing.T) {
 	if svc3, err := tbl.Snapshot().Lookup("users", "v1"); err != nil || len(svc3.Endpoints) != 0 {
 		t.Errorf("empty version: %v, %v", svc3, err)
 	}
-	tbl.Remove(users)
+	tbl.remove(users)
 	if _, err := tbl.Snapshot().Lookup("users", "v1"); !errors.Is(err, ErrUnknownService) {
 		t.Errorf("after Remove: %v", err)
 	}
 }
 
-func TestMerge(t *testing.T) {
+func TestFeedPublish(t *testing.T) {
 	users, orders, empty, gone := ServiceKey{"users", "v1"}, ServiceKey{"orders", "v1"}, ServiceKey{"empty", "v1"}, ServiceKey{"gone", "v1"}
 	seeds := map[ServiceKey][]Endpoint{
 		users: eps("a:1", "b:1"),
@@ -96,39 +97,37 @@ func TestMerge(t *testing.T) {
 		orders: {"d:1": {Endpoint: Endpoint{Address: "d:1", Weight: 1}}},
 		gone:   {"e:1": {Endpoint: Endpoint{Address: "e:1"}, Deleted: true}},
 	}
-	all := MergeAll(seeds, changes)
-	got := map[ServiceKey][]string{}
-	for key, eps := range all {
-		slices.SortFunc(eps, func(a, b Endpoint) int { return cmpString(a.Address, b.Address) })
-		for _, ep := range eps {
-			got[key] = append(got[key], fmt.Sprintf("%s/%d", ep.Address, ep.Weight))
+	publish := func(listed bool) map[ServiceKey][]string {
+		feed := NewFeed()
+		feed.Configure(BackendEnv{Seeds: seeds})
+		feed.Publish(changes, listed)
+		got := map[ServiceKey][]string{}
+		for _, svc := range feed.Snapshot().Services() {
+			got[svc.Key()] = []string{}
+			for _, ep := range svc.Endpoints {
+				got[svc.Key()] = append(got[svc.Key()], fmt.Sprintf("%s/%d", ep.Address, ep.Weight))
+			}
 		}
-		if got[key] == nil {
-			got[key] = []string{}
-		}
+		return got
 	}
 	want := map[ServiceKey][]string{
 		users:  {"a:1/3", "c:1/1"}, // a reweighted, b deleted, c added
 		orders: {"d:1/1"},          // only added
 		empty:  {},                 // seeded with no endpoints: known
 	}
-	if !maps.EqualFunc(got, want, slices.Equal) {
-		t.Errorf("MergeAll = %v, want %v (gone: only a deletion, so unknown)", got, want)
+	if got := publish(false); !maps.EqualFunc(got, want, slices.Equal) {
+		t.Errorf("Publish = %v, want %v (gone: only a deletion, so unknown)", got, want)
 	}
-}
-
-func cmpString(a, b string) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
+	// A store that lists its versions (Consul) makes each one it
+	// holds known, even with no endpoint.
+	want[gone] = []string{}
+	if got := publish(true); !maps.EqualFunc(got, want, slices.Equal) {
+		t.Errorf("Publish listed = %v, want %v (gone: listed, so known)", got, want)
 	}
-	return 0
 }
 
 func BenchmarkLookup(b *testing.B) {
-	tbl := NewTable()
+	tbl := newTable(time.Now)
 	all := map[ServiceKey][]Endpoint{}
 	for i := range 1000 {
 		all[ServiceKey{fmt.Sprintf("svc%d", i), "v1"}] = eps("127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3")
@@ -150,7 +149,7 @@ func BenchmarkLookup(b *testing.B) {
 // TestLookupAllocs checks that Lookup, on the request path, allocates
 // nothing.
 func TestLookupAllocs(t *testing.T) {
-	tbl := NewTable()
+	tbl := newTable(time.Now)
 	tbl.Replace(map[ServiceKey][]Endpoint{{"users", "v1"}: eps("127.0.0.1:1", "127.0.0.1:2")})
 	r := &Local{table: tbl}
 	key := ServiceKey{"users", "v1"}

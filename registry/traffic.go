@@ -39,8 +39,8 @@ type TrafficPolicy struct {
 
 // Defaults of a traffic policy.
 const (
-	DefaultTrafficHeader = "X-Service-Version"
-	DefaultTrafficCookie = "svc_version"
+	defaultTrafficHeader = "X-Service-Version"
+	defaultTrafficCookie = "svc_version"
 )
 
 // buckets is how many buckets a split divides clients into: a client's
@@ -77,10 +77,10 @@ type alias struct {
 func (p TrafficPolicy) Compile(service string, known func(version string) bool) (*Traffic, error) {
 	t := &Traffic{service: service, policy: p}
 	if t.policy.Header == "" {
-		t.policy.Header = DefaultTrafficHeader
+		t.policy.Header = defaultTrafficHeader
 	}
 	if t.policy.Cookie == "" {
-		t.policy.Cookie = DefaultTrafficCookie
+		t.policy.Cookie = defaultTrafficCookie
 	}
 	if t.policy.Sticky == "" {
 		t.policy.Sticky = "cookie"

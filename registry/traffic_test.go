@@ -5,6 +5,7 @@ import (
 	"math/rand/v2"
 	"strings"
 	"testing"
+	"time"
 )
 
 func knownVersions(vs ...string) func(string) bool {
@@ -83,7 +84,7 @@ func TestTrafficCompileErrors(t *testing.T) {
 		}
 	}
 	tr := compile(t, TrafficPolicy{Aliases: map[string]string{"stable": "v1"}}, "v1", "v2")
-	if p := tr.Policy(); p.Header != DefaultTrafficHeader || p.Cookie != DefaultTrafficCookie || p.Sticky != "cookie" {
+	if p := tr.Policy(); p.Header != defaultTrafficHeader || p.Cookie != defaultTrafficCookie || p.Sticky != "cookie" {
 		t.Errorf("defaults: %+v", p)
 	}
 	if tr.resolve("stable", known) != "v1" || tr.resolve("v2", known) != "v2" || tr.resolve("beta", known) != "" {
@@ -171,40 +172,37 @@ func TestTrafficChoose(t *testing.T) {
 }
 
 // A table keeps its traffic policies when its endpoints change, and the
-// other way round; MergeTraffic puts stored policies over seeds and
-// leaves out bad ones.
+// other way round; Feed.PublishTraffic puts stored policies over seeds
+// and leaves out bad ones.
 func TestTableTraffic(t *testing.T) {
-	tbl := NewTable()
-	var bad []string
-	all := MergeTraffic(
-		map[string]TrafficPolicy{"users": {Split: map[string]int{"v1": 1}}, "orders": {Split: map[string]int{"v1": 1}}},
-		map[string]TrafficPolicy{"users": {Split: map[string]int{"v2": 1}}, "x": {Sticky: "maybe"}},
-		func(service string, err error) { bad = append(bad, service) })
-	if len(bad) != 1 || bad[0] != "x" || len(all) != 2 || all["users"].Version(0) != "v2" {
-		t.Fatalf("merged %v, bad %v", all, bad)
+	feed := NewFeed()
+	feed.Configure(BackendEnv{Traffic: map[string]TrafficPolicy{"users": {Split: map[string]int{"v1": 1}}, "orders": {Split: map[string]int{"v1": 1}}}})
+	feed.PublishTraffic(map[string]TrafficPolicy{"users": {Split: map[string]int{"v2": 1}}, "x": {Sticky: "maybe"}})
+	tbl := feed.table
+	if all := tbl.Snapshot().Policies(); len(all) != 2 || tbl.Snapshot().Traffic("users").Version(0) != "v2" {
+		t.Fatalf("published %v, want users' stored policy and orders' seeded one, not x's", all)
 	}
-	tbl.SetTraffic(all)
 	tbl.Replace(map[ServiceKey][]Endpoint{{Service: "users", Version: "v2"}: nil})
 	tbl.Set(ServiceKey{Service: "users", Version: "v1"}, nil)
-	tbl.Remove(ServiceKey{Service: "users", Version: "v1"})
+	tbl.remove(ServiceKey{Service: "users", Version: "v1"})
 	tbl.setSynced(false)
 	snap := tbl.Snapshot()
 	if snap.Traffic("users") == nil || snap.Traffic("orders") == nil || len(snap.Policies()) != 2 {
 		t.Error("endpoint changes lost the traffic policies")
 	}
-	if !snap.Known("users", "v2") || snap.Known("users", "v1") {
+	if !snap.Versions("users").Known("v2") || snap.Versions("users").Known("v1") {
 		t.Error("Known does not reflect the versions")
 	}
-	tbl.SetTraffic(nil)
-	if tbl.Snapshot().Traffic("users") != nil || !tbl.Snapshot().Known("users", "v2") {
-		t.Error("SetTraffic(nil) did not clear the policies, or lost the endpoints")
+	tbl.setTraffic(nil)
+	if tbl.Snapshot().Traffic("users") != nil || !tbl.Snapshot().Versions("users").Known("v2") {
+		t.Error("setTraffic(nil) did not clear the policies, or lost the endpoints")
 	}
 }
 
 // A snapshot's Routing resolves the split's versions to the Services of
 // that snapshot, through every kind of change.
 func TestRoutingFollowsVersions(t *testing.T) {
-	tbl := NewTable()
+	tbl := newTable(time.Now)
 	split := func() (v1, v2 *Service) {
 		r := tbl.Snapshot().Versions("users").Routing()
 		if r == nil {
@@ -219,7 +217,7 @@ func TestRoutingFollowsVersions(t *testing.T) {
 			t.Errorf("%s: split resolves %s to %p, the snapshot has %p", what, version, got, want)
 		}
 	}
-	tbl.SetTraffic(map[string]*Traffic{"users": compile(t, TrafficPolicy{Split: map[string]int{"v1": 50, "v2": 50}}, "v1", "v2")})
+	tbl.setTraffic(map[string]*Traffic{"users": compile(t, TrafficPolicy{Split: map[string]int{"v1": 50, "v2": 50}}, "v1", "v2")})
 	if v1, v2 := split(); v1 != nil || v2 != nil {
 		t.Errorf("no versions yet, resolved %p %p", v1, v2)
 	}
@@ -236,7 +234,7 @@ func TestRoutingFollowsVersions(t *testing.T) {
 	tbl.Set(ServiceKey{Service: "users", Version: "v1"}, []Endpoint{{Address: "127.0.0.1:3", Weight: 1}})
 	v1, _ = split()
 	same("after v1 changed", v1, "v1")
-	tbl.Remove(ServiceKey{Service: "users", Version: "v1"})
+	tbl.remove(ServiceKey{Service: "users", Version: "v1"})
 	if v1, _ = split(); v1 != nil {
 		t.Error("v1 still resolved after its removal")
 	}

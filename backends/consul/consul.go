@@ -219,8 +219,8 @@ func (c *Backend) Validate() error {
 func (c *Backend) Fingerprint() string { return c.fingerprint }
 
 // Start begins following Consul in the background; it never waits for it.
-func (c *Backend) Start(table *registry.Table, env registry.BackendEnv) error {
-	return c.store.Start(table, env)
+func (c *Backend) Start(feed *registry.Feed, env registry.BackendEnv) error {
+	return c.store.Start(feed, env)
 }
 
 // Reconfigure takes a newer config's seeds, traffic policies and logger,

@@ -56,12 +56,12 @@ func provision(t testing.TB, c *Backend, address string) {
 // start provisions and starts c on the agent at address with env (and a
 // log observer) and returns its table and its log. c stops when the test
 // ends.
-func start(t testing.TB, c *Backend, address string, env registry.BackendEnv) (*registry.Table, *observer.ObservedLogs) {
+func start(t testing.TB, c *Backend, address string, env registry.BackendEnv) (*registry.Feed, *observer.ObservedLogs) {
 	t.Helper()
 	provision(t, c, address)
 	core, logs := observer.New(zap.DebugLevel)
 	env.Logger = zap.New(core)
-	table := registry.NewTable()
+	table := registry.NewFeed()
 	testutil.Must(t, c.Start(table, env))
 	t.Cleanup(func() { testutil.Must(t, c.Stop()) })
 	return table, logs
@@ -69,7 +69,7 @@ func start(t testing.TB, c *Backend, address string, env registry.BackendEnv) (*
 
 // tableHas returns the sorted addresses of key in the table, nil for an
 // unknown key.
-func tableHas(tbl *registry.Table, key registry.ServiceKey) []string {
+func tableHas(tbl interface{ Snapshot() *registry.Snapshot }, key registry.ServiceKey) []string {
 	svc, err := tbl.Snapshot().Lookup(key.Service, key.Version)
 	if err != nil {
 		return nil
@@ -79,7 +79,7 @@ func tableHas(tbl *registry.Table, key registry.ServiceKey) []string {
 
 // tableState returns "unknown" for an unknown key, else the sorted
 // addresses of key in the table, joined by commas ("" for none).
-func tableState(tbl *registry.Table, key registry.ServiceKey) string {
+func tableState(tbl interface{ Snapshot() *registry.Snapshot }, key registry.ServiceKey) string {
 	svc, err := tbl.Snapshot().Lookup(key.Service, key.Version)
 	if err != nil {
 		return "unknown"

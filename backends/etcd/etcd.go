@@ -206,8 +206,8 @@ func (t *TLS) load(repl *caddy.Replacer, h io.Writer) (*tls.Config, error) {
 }
 
 // Start begins syncing in the background; it never waits for etcd.
-func (e *Backend) Start(table *registry.Table, env registry.BackendEnv) error {
-	return e.store.Start(table, env)
+func (e *Backend) Start(feed *registry.Feed, env registry.BackendEnv) error {
+	return e.store.Start(feed, env)
 }
 
 // Reconfigure takes a newer config's seeds and logger, and republishes

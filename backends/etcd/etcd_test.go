@@ -22,17 +22,17 @@ import (
 
 // startEtcdBackend starts an etcd backend on endpoint with the given seeds
 // and returns it with its table and its log.
-func startEtcdBackend(t testing.TB, endpoint string, seeds map[registry.ServiceKey][]registry.Endpoint) (*Backend, *registry.Table, *observer.ObservedLogs) {
+func startEtcdBackend(t testing.TB, endpoint string, seeds map[registry.ServiceKey][]registry.Endpoint) (*Backend, *registry.Feed, *observer.ObservedLogs) {
 	t.Helper()
 	return startEtcdBackendWith(t, &Backend{Endpoints: []string{endpoint}}, seeds)
 }
 
 // startEtcdBackendWith starts e (2s dial timeout unless set).
-func startEtcdBackendWith(t testing.TB, e *Backend, seeds map[registry.ServiceKey][]registry.Endpoint) (*Backend, *registry.Table, *observer.ObservedLogs) {
+func startEtcdBackendWith(t testing.TB, e *Backend, seeds map[registry.ServiceKey][]registry.Endpoint) (*Backend, *registry.Feed, *observer.ObservedLogs) {
 	t.Helper()
 	core, logs := observer.New(zap.InfoLevel)
 	provision(t, e)
-	table := registry.NewTable()
+	table := registry.NewFeed()
 	if err := e.Start(table, registry.BackendEnv{Seeds: seeds, Logger: zap.New(core)}); err != nil {
 		t.Fatal(err)
 	}
@@ -78,7 +78,7 @@ func startRegistry(t testing.TB, e *Backend, seeds map[registry.ServiceKey][]reg
 
 // tableHas returns the sorted addresses of key in the table ("" entries
 // for an unknown key).
-func tableHas(tbl *registry.Table, key registry.ServiceKey) []string {
+func tableHas(tbl interface{ Snapshot() *registry.Snapshot }, key registry.ServiceKey) []string {
 	svc, err := tbl.Snapshot().Lookup(key.Service, key.Version)
 	if err != nil {
 		return nil
@@ -433,7 +433,7 @@ func TestEtcdAuthAndSecrets(t *testing.T) {
 	pctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
 	defer cancel()
 	must(t, bad.Provision(pctx))
-	startErr := bad.Start(registry.NewTable(), registry.BackendEnv{Logger: zap.NewNop()})
+	startErr := bad.Start(registry.NewFeed(), registry.BackendEnv{Logger: zap.NewNop()})
 	if startErr == nil {
 		bad.Stop()
 		t.Fatal("started with a wrong password")

@@ -76,9 +76,9 @@ func (m *Backend) Provision(caddy.Context) error {
 
 // Start loads the saved changes, publishes seeds plus changes, and starts
 // checking the storage for changes other instances save.
-func (m *Backend) Start(table *registry.Table, env registry.BackendEnv) error {
+func (m *Backend) Start(feed *registry.Feed, env registry.BackendEnv) error {
 	m.store.StorageKey, m.store.PollInterval = m.StorageKey, time.Duration(m.PollInterval)
-	return m.store.Start(table, withStorage(env))
+	return m.store.Start(feed, withStorage(env))
 }
 
 // Reconfigure takes a newer config's seeds and storage: the saved changes

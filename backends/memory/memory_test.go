@@ -161,7 +161,7 @@ func TestCorruptStorage(t *testing.T) {
 	must(t, os.MkdirAll(filepath.Join(dir, "service_registry"), 0o700))
 	must(t, os.WriteFile(filepath.Join(dir, "service_registry", "memory.json"), []byte(`{"changes":[{"service":"a/b","version":"v1","address":"x:1"}]}`), 0o600))
 	backend := &Backend{StorageKey: "service_registry/memory.json"}
-	table := registry.NewTable()
+	table := registry.NewFeed()
 	err := backend.Start(table, env(dir, nil))
 	if err == nil || !strings.Contains(err.Error(), "service name") {
 		t.Fatalf("Start with a bad saved record: %v, want an error naming it", err)

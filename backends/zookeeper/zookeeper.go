@@ -138,13 +138,13 @@ func (b *Backend) setup(logger *zap.Logger) error {
 }
 
 // Start connects in the background; it never waits for ZooKeeper.
-func (b *Backend) Start(table *registry.Table, env registry.BackendEnv) error {
+func (b *Backend) Start(feed *registry.Feed, env registry.BackendEnv) error {
 	if b.store == nil { // used without Provision, as a library
 		if err := b.setup(env.Logger); err != nil {
 			return err
 		}
 	}
-	return b.store.Start(table, env)
+	return b.store.Start(feed, env)
 }
 
 // Reconfigure takes a newer config's seeds and logger.

@@ -158,9 +158,7 @@ type Store struct {
 	ctx           context.Context    // ends at Stop
 	cancel        context.CancelFunc // ends ctx
 	stopped       bool
-	table         *registry.Table
-	seeds         map[registry.ServiceKey][]registry.Endpoint
-	trafficSeeds  map[string]registry.TrafficPolicy
+	feed          *registry.Feed
 	stored        map[registry.ServiceKey]map[string]registry.Change // what Consul holds: the passing instances of each known version
 	reads                                                            // the services followed, and which to read
 	listed        bool                                               // the catalog has answered
@@ -249,7 +247,7 @@ func (c *Store) safely(what string, f func() error) (err error) {
 }
 
 // Start begins following Consul in the background; it never waits for it.
-func (c *Store) Start(table *registry.Table, env registry.BackendEnv) error {
+func (c *Store) Start(feed *registry.Feed, env registry.BackendEnv) error {
 	c.logger.Store(env.Logger)
 	ctx, cancel := context.WithCancel(context.Background())
 	c.mu.Lock()
@@ -259,13 +257,14 @@ func (c *Store) Start(table *registry.Table, env registry.BackendEnv) error {
 		return errors.New("consul backend: started after Stop")
 	}
 	c.ctx, c.cancel = ctx, cancel
-	c.table, c.seeds, c.trafficSeeds = table, env.Seeds, env.Traffic
+	c.feed = feed
+	c.feed.Configure(env)
 	c.stored = map[registry.ServiceKey]map[string]registry.Change{}
 	c.reads = newReads()
 	c.back = make(chan struct{})
 	c.badNames = map[string]bool{}
 	c.reachable = true // until shown otherwise, so that a first failure is logged
-	c.table.SetTraffic(registry.MergeTraffic(c.trafficSeeds, nil, nil))
+	c.feed.PublishTraffic(nil)
 	c.done.Go(func() { c.watchCatalog(ctx) })
 	c.done.Go(func() { c.watchChecks(ctx) })
 	c.done.Go(func() { c.monitor(ctx) })
@@ -281,10 +280,10 @@ func (c *Store) Reconfigure(env registry.BackendEnv) error {
 	c.logger.Store(env.Logger)
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.seeds, c.trafficSeeds = env.Seeds, env.Traffic
-	c.table.SetTraffic(registry.MergeTraffic(c.trafficSeeds, nil, nil))
+	c.feed.Configure(env)
+	c.feed.PublishTraffic(nil)
 	if c.synced {
-		c.table.Replace(c.merged())
+		c.feed.Publish(c.stored, true)
 	}
 	return nil
 }

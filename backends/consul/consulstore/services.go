@@ -332,7 +332,7 @@ func (c *Store) keepPending(s *service, byVersion map[string]map[string]registry
 	was := s.pending
 	s.pending = nil
 	var due time.Time
-	snap := c.table.Snapshot()
+	snap := c.feed.Snapshot()
 	for _, p := range pending {
 		routed := false
 		for _, v := range p.versions {
@@ -483,31 +483,15 @@ func failedHow(err error, readTimeout time.Duration) (string, bool) {
 	}
 }
 
-// publish hands the table key's endpoints, its seeds merged with what
-// Consul holds, once synced. The caller holds c.mu.
+// publish hands the feed key's endpoints, what Consul holds, once
+// synced: a version Consul lists is known even when no instance passes
+// (503, not 404). The caller holds c.mu.
 func (c *Store) publish(key registry.ServiceKey) {
 	if !c.synced {
 		return
 	}
-	seeds, seeded := c.seeds[key]
 	changes, registered := c.stored[key]
-	if eps, known := registry.Merge(seeds, seeded, changes); known || registered {
-		c.table.Set(key, eps)
-	} else {
-		c.table.Remove(key)
-	}
-}
-
-// merged returns the seeds merged with what Consul holds, every version
-// Consul knows included. The caller holds c.mu.
-func (c *Store) merged() map[registry.ServiceKey][]registry.Endpoint {
-	all := registry.MergeAll(c.seeds, c.stored)
-	for key := range c.stored {
-		if _, known := all[key]; !known {
-			all[key] = []registry.Endpoint{} // no instance passes
-		}
-	}
-	return all
+	c.feed.PublishKey(key, changes, registered)
 }
 
 // checkSynced publishes the whole registry once the catalog has been
@@ -518,7 +502,7 @@ func (c *Store) checkSynced() {
 		return
 	}
 	c.synced = true
-	c.table.Replace(c.merged())
+	c.feed.Publish(c.stored, true)
 	unreadable := 0
 	for s := range c.retrying {
 		if s.failure != "" || !s.read {

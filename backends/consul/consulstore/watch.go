@@ -319,7 +319,7 @@ func (c *Store) setReachable(ok bool, err error) bool {
 	if !changed {
 		return false
 	}
-	registry.ReachableChanged(c.table, c.log(), "consul", ok, synced, err,
+	c.feed.Reachable(ok, synced, err, "consul",
 		"consul reachable again", zap.String("address", c.address))
 	return true
 }

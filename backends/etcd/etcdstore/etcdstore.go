@@ -76,11 +76,10 @@ type Store struct {
 	mu      sync.Mutex // guards everything below
 	stopped bool
 	client  *clientv3.Client
-	table   *registry.Table
-	seeds   map[registry.ServiceKey][]registry.Endpoint
+	feed    *registry.Feed
+	seeds   map[registry.ServiceKey][]registry.Endpoint        // for CheckDelete; the feed merges them
 	stored  map[registry.ServiceKey]map[string]registry.Change // what etcd holds
-	// traffic policies: the config's, and those etcd holds
-	trafficSeeds  map[string]registry.TrafficPolicy
+	// the traffic policies etcd holds
 	trafficStored map[string]registry.TrafficPolicy
 	synced        bool
 	reachable     bool
@@ -161,7 +160,7 @@ func (e *Store) safely(what string, f func() error) (err error) {
 func (e *Store) log() *zap.Logger { return e.logger.Load() }
 
 // Start begins syncing in the background; it never waits for etcd.
-func (e *Store) Start(table *registry.Table, env registry.BackendEnv) error {
+func (e *Store) Start(feed *registry.Feed, env registry.BackendEnv) error {
 	e.logger.Store(env.Logger)
 	config := e.config
 	config.Logger = env.Logger.Named("etcd_client").WithOptions(zap.IncreaseLevel(zapcore.ErrorLevel))
@@ -172,9 +171,10 @@ func (e *Store) Start(table *registry.Table, env registry.BackendEnv) error {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	e.mu.Lock()
-	e.client, e.table, e.seeds, e.ctx, e.cancel = client, table, seeds, ctx, cancel
+	e.client, e.feed, e.seeds, e.ctx, e.cancel = client, feed, seeds, ctx, cancel
+	e.feed.Configure(env)
 	e.stored = map[registry.ServiceKey]map[string]registry.Change{}
-	e.trafficSeeds, e.trafficStored = env.Traffic, map[string]registry.TrafficPolicy{}
+	e.trafficStored = map[string]registry.TrafficPolicy{}
 	e.appliedCh = make(chan struct{})
 	e.warned = map[string]int64{}
 	e.revs = map[string]int64{}
@@ -193,10 +193,11 @@ func (e *Store) Reconfigure(env registry.BackendEnv) error {
 	e.logger.Store(env.Logger)
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	e.seeds, e.trafficSeeds = env.Seeds, env.Traffic
+	e.seeds = env.Seeds
+	e.feed.Configure(env)
 	if e.synced {
-		e.table.Replace(registry.MergeAll(e.seeds, e.stored))
-		e.publishTraffic()
+		e.feed.Publish(e.stored, false)
+		e.feed.PublishTraffic(e.trafficStored)
 	}
 	return nil
 }
@@ -309,8 +310,8 @@ func (e *Store) list(ctx context.Context) (rev int64, epoch int, err error) {
 	}
 	e.stored, e.trafficStored = stored, traffic
 	e.synced = true
-	e.table.Replace(registry.MergeAll(e.seeds, e.stored))
-	e.publishTraffic()
+	e.feed.Publish(e.stored, false)
+	e.feed.PublishTraffic(e.trafficStored)
 	e.clusterID, e.term = resp.Header.ClusterId, resp.Header.RaftTerm
 	if rewritten {
 		e.seen = resp.Header.Revision // the history listed is the one that goes on
@@ -473,9 +474,9 @@ func (e *Store) followConnection(ctx context.Context) {
 		// their owners make again once they see it.
 		switch {
 		case lost:
-			e.table.SetReachable(false)
+			e.feed.Reachable(false, false, nil, "", "")
 		case back:
-			e.table.SetReachable(true)
+			e.feed.Reachable(true, false, nil, "", "")
 		}
 		if !conn.WaitForStateChange(ctx, state) {
 			return // ctx is done
@@ -564,14 +565,10 @@ func (e *Store) apply(events []*clientv3.Event, rev int64, epoch int) {
 		if len(e.stored[key]) == 0 {
 			delete(e.stored, key)
 		}
-		if eps, known := e.merge(key); known {
-			e.table.Set(key, eps)
-		} else {
-			e.table.Remove(key)
-		}
+		e.feed.PublishKey(key, e.stored[key], false)
 	}
 	if trafficChanged {
-		e.publishTraffic()
+		e.feed.PublishTraffic(e.trafficStored)
 	}
 	e.setApplied(rev)
 }
@@ -585,12 +582,6 @@ func (e *Store) parseTraffic(kv *mvccpb.KeyValue) (string, registry.TrafficPolic
 		return "", registry.TrafficPolicy{}, false
 	}
 	return service, p, true
-}
-
-// publishTraffic hands the table the config's traffic policies with
-// those etcd holds on top. The caller holds e.mu.
-func (e *Store) publishTraffic() {
-	e.table.SetTraffic(registry.MergeTraffic(e.trafficSeeds, e.trafficStored, nil))
 }
 
 // PutTraffic writes a service's traffic policy to etcd and waits until
@@ -720,7 +711,7 @@ func (e *Store) setReachable(ok bool, err error) {
 	if !changed {
 		return
 	}
-	registry.ReachableChanged(e.table, e.log(), "etcd", ok, synced, err,
+	e.feed.Reachable(ok, synced, err, "etcd",
 		"etcd reachable; registry synced", zap.Strings("endpoints", e.config.Endpoints))
 }
 
@@ -996,7 +987,7 @@ func (e *Store) CheckDelete(key registry.ServiceKey, address string) error {
 	e.mu.Lock()
 	_, stored := e.stored[key][address]
 	seeded := slices.ContainsFunc(e.seeds[key], func(ep registry.Endpoint) bool { return ep.Address == address })
-	_, known := e.merge(key)
+	_, known := e.feed.Merged(key, e.stored[key])
 	e.mu.Unlock()
 	switch {
 	case !stored && seeded:
@@ -1005,13 +996,6 @@ func (e *Store) CheckDelete(key registry.ServiceKey, address string) error {
 		return fmt.Errorf("deleting %s from %s: %w", address, key, registry.ErrUnknownVersion)
 	}
 	return nil
-}
-
-// merge merges key's seeds with what etcd holds, and says whether the
-// service version is known. The caller holds e.mu.
-func (e *Store) merge(key registry.ServiceKey) ([]registry.Endpoint, bool) {
-	seeds, seeded := e.seeds[key]
-	return registry.Merge(seeds, seeded, e.stored[key])
 }
 
 // Interface guards

@@ -57,13 +57,12 @@ type Store struct {
 	done    sync.WaitGroup
 
 	mu      sync.Mutex // guards everything below and orders saves
-	table   *registry.Table
+	feed    *registry.Feed
 	seeds   map[registry.ServiceKey][]registry.Endpoint
 	changes map[registry.ServiceKey]map[string]registry.Change // copy-on-write
 	seen    stamp                                              // the saved changes last read or written
 
-	trafficSeeds map[string]registry.TrafficPolicy // the config's policies
-	traffic      map[string]registry.TrafficPolicy // saved policies; copy-on-write
+	traffic map[string]registry.TrafficPolicy // saved policies; copy-on-write
 }
 
 // DefaultPollInterval is how often the storage is checked by default.
@@ -110,10 +109,10 @@ type record struct {
 
 // Start loads the saved changes, publishes seeds plus changes, and starts
 // checking the storage for changes other instances save.
-func (m *Store) Start(table *registry.Table, env registry.BackendEnv) error {
+func (m *Store) Start(feed *registry.Feed, env registry.BackendEnv) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.table = table
+	m.feed = feed
 	if err := m.reconfigure(env); err != nil {
 		return err
 	}
@@ -176,11 +175,11 @@ func (m *Store) refresh(ctx context.Context) error {
 	m.seen = st
 	if !sameChanges(changes, m.changes) {
 		m.changes = changes
-		m.table.Replace(registry.MergeAll(m.seeds, m.changes))
+		m.feed.Publish(m.changes, false)
 	}
 	if !maps.EqualFunc(traffic, m.traffic, sameTraffic) {
 		m.traffic = traffic
-		m.publishTraffic()
+		m.feed.PublishTraffic(m.traffic)
 	}
 	return nil
 }
@@ -232,10 +231,11 @@ func (m *Store) reconfigure(env registry.BackendEnv) error {
 		return err
 	}
 	m.storage, m.logger, m.seeds, m.changes = env.Storage, env.Logger, env.Seeds, changes
-	m.trafficSeeds, m.traffic = env.Traffic, traffic
+	m.traffic = traffic
 	m.seen, _ = m.stat(context.Background())
-	m.table.Replace(registry.MergeAll(m.seeds, m.changes))
-	m.publishTraffic()
+	m.feed.Configure(env)
+	m.feed.Publish(m.changes, false)
+	m.feed.PublishTraffic(m.traffic)
 	m.logger.Debug("memory backend loaded", zap.String("backend", "memory"), zap.Int("saved_changes", len(changes)), zap.String("storage_key", m.StorageKey))
 	return nil
 }
@@ -320,8 +320,7 @@ func (m *Store) Stop() error {
 // merge returns key's seeds with the saved changes applied, and whether
 // the service version is known. The caller holds m.mu.
 func (m *Store) merge(key registry.ServiceKey) ([]registry.Endpoint, bool) {
-	seeds, seeded := m.seeds[key]
-	return registry.Merge(seeds, seeded, m.changes[key])
+	return m.feed.Merged(key, m.changes[key])
 }
 
 // apply saves the registry with one more change and, only if that
@@ -351,11 +350,7 @@ func (m *Store) apply(ctx context.Context, key registry.ServiceKey, c registry.C
 	}
 	m.seen, _ = m.stat(ctx)
 	m.changes = next
-	if eps, known := m.merge(key); known {
-		m.table.Set(key, eps)
-	} else {
-		m.table.Remove(key)
-	}
+	m.feed.PublishKey(key, m.changes[key], false)
 	return nil
 }
 
@@ -465,14 +460,8 @@ func (m *Store) changeTraffic(ctx context.Context, service string, p *registry.T
 	}
 	m.seen, _ = m.stat(ctx)
 	m.traffic = next
-	m.publishTraffic()
+	m.feed.PublishTraffic(m.traffic)
 	return nil
-}
-
-// publishTraffic hands the table the config's policies with the saved
-// ones on top. The caller holds m.mu.
-func (m *Store) publishTraffic() {
-	m.table.SetTraffic(registry.MergeTraffic(m.trafficSeeds, m.traffic, nil))
 }
 
 // sameTraffic reports whether two policies are equal.

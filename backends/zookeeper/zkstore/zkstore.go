@@ -70,25 +70,24 @@ type Store struct {
 	wake   chan struct{} // a session event arrived
 	fired  chan struct{} // a watch fired: see queue
 
-	mu           sync.Mutex // guards everything below
-	table        *registry.Table
-	seeds        map[registry.ServiceKey][]registry.Endpoint
-	trafficSeeds map[string]registry.TrafficPolicy
-	state        zk.State
-	gen          int                                                  // sessions begun (or resumed) so far
-	listedGen    int                                                  // the gen of the last listing
-	session      int64                                                // the session of the last listing
-	queue        []zk.Event                                           // fired watches, in order, not applied yet
-	dirs         map[string]map[string]bool                           // watched node -> its children
-	leaves       map[string]leaf                                      // instance node -> what it holds
-	byKey        map[registry.ServiceKey]map[string]registry.Endpoint // service version -> node -> endpoint
-	dirty        map[registry.ServiceKey]bool                         // changed since last published
-	warned       map[string]int64                                     // node -> modification zxid warned about
-	owned        map[string][]byte                                    // ephemeral nodes this backend keeps: path -> data
-	adopting     map[string]bool                                      // owned nodes not yet of this session, taken over from another backend
-	synced       bool
-	reachable    bool
-	stopped      bool
+	mu        sync.Mutex // guards everything below
+	feed      *registry.Feed
+	seeds     map[registry.ServiceKey][]registry.Endpoint // for CheckDelete; the feed merges them
+	state     zk.State
+	gen       int                                                  // sessions begun (or resumed) so far
+	listedGen int                                                  // the gen of the last listing
+	session   int64                                                // the session of the last listing
+	queue     []zk.Event                                           // fired watches, in order, not applied yet
+	dirs      map[string]map[string]bool                           // watched node -> its children
+	leaves    map[string]leaf                                      // instance node -> what it holds
+	byKey     map[registry.ServiceKey]map[string]registry.Endpoint // service version -> node -> endpoint
+	dirty     map[registry.ServiceKey]bool                         // changed since last published
+	warned    map[string]int64                                     // node -> modification zxid warned about
+	owned     map[string][]byte                                    // ephemeral nodes this backend keeps: path -> data
+	adopting  map[string]bool                                      // owned nodes not yet of this session, taken over from another backend
+	synced    bool
+	reachable bool
+	stopped   bool
 }
 
 // Options are a Store's settings.
@@ -128,7 +127,7 @@ type leaf struct {
 }
 
 // Start connects in the background; it never waits for ZooKeeper.
-func (b *Store) Start(table *registry.Table, env registry.BackendEnv) error {
+func (b *Store) Start(feed *registry.Feed, env registry.BackendEnv) error {
 	b.logger = env.Logger
 	b.wake = make(chan struct{}, 1)
 	b.fired = make(chan struct{}, 1)
@@ -141,13 +140,13 @@ func (b *Store) Start(table *registry.Table, env registry.BackendEnv) error {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	b.mu.Lock()
-	b.client, b.ctx, b.cancel, b.table = client, ctx, cancel, table
-	b.seeds, b.trafficSeeds = env.Seeds, env.Traffic
+	b.client, b.ctx, b.cancel, b.feed, b.seeds = client, ctx, cancel, feed, env.Seeds
+	b.feed.Configure(env)
 	b.warned, b.owned, b.adopting = map[string]int64{}, map[string][]byte{}, map[string]bool{}
 	b.dirs, b.leaves = map[string]map[string]bool{}, map[string]leaf{}
 	b.byKey, b.dirty = map[registry.ServiceKey]map[string]registry.Endpoint{}, map[registry.ServiceKey]bool{}
 	b.reachable = true // until shown otherwise, so that a first failure is logged
-	b.table.SetTraffic(registry.MergeTraffic(b.trafficSeeds, nil, nil))
+	b.feed.PublishTraffic(nil)
 	b.mu.Unlock()
 	b.done.Go(func() { b.run(ctx) })
 	return nil
@@ -212,11 +211,12 @@ func (b *Store) Reconfigure(env registry.BackendEnv) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.logger = env.Logger
-	b.seeds, b.trafficSeeds = env.Seeds, env.Traffic
+	b.seeds = env.Seeds
+	b.feed.Configure(env)
 	if b.synced {
-		b.table.Replace(registry.MergeAll(b.seeds, b.stored()))
+		b.feed.Publish(b.stored(), false)
 	}
-	b.table.SetTraffic(registry.MergeTraffic(b.trafficSeeds, nil, nil))
+	b.feed.PublishTraffic(nil)
 	return nil
 }
 
@@ -352,7 +352,7 @@ func (b *Store) list(ctx context.Context) error {
 	b.session = session
 	b.synced = true
 	clear(b.dirty)
-	b.table.Replace(registry.MergeAll(b.seeds, b.stored()))
+	b.feed.Publish(b.stored(), false)
 	return nil
 }
 
@@ -645,12 +645,7 @@ func (b *Store) publish() {
 		return
 	}
 	for key := range b.dirty {
-		seeds, seeded := b.seeds[key]
-		if eps, known := registry.Merge(seeds, seeded, b.storedOf(key)); known {
-			b.table.Set(key, eps)
-		} else {
-			b.table.Remove(key)
-		}
+		b.feed.PublishKey(key, b.storedOf(key), false)
 	}
 	clear(b.dirty)
 }
@@ -665,7 +660,7 @@ func (b *Store) setReachable(ok bool, err error) {
 	if !changed {
 		return
 	}
-	registry.ReachableChanged(b.table, b.log(), "zookeeper", ok, synced, err,
+	b.feed.Reachable(ok, synced, err, "zookeeper",
 		"zookeeper reachable; registry synced", zap.Strings("servers", b.servers))
 }
 
@@ -811,8 +806,7 @@ func (b *Store) CheckDelete(key registry.ServiceKey, address string) error {
 	stored := b.storedOf(key)
 	_, inStore := stored[address]
 	seeded := slices.ContainsFunc(b.seeds[key], func(ep registry.Endpoint) bool { return ep.Address == address })
-	seeds, isSeeded := b.seeds[key]
-	_, known := registry.Merge(seeds, isSeeded, stored)
+	_, known := b.feed.Merged(key, stored)
 	switch {
 	case !inStore && seeded:
 		return fmt.Errorf("deleting %s from %s: %w; remove it from the config", address, key, registry.ErrSeeded)

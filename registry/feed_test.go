@@ -9,25 +9,27 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 )
 
-// TestReachableChanged: every store's reachability changes reach the
+// TestFeedReachable: every store's reachability changes reach the
 // table and are logged the same way: the loss as an error saying what
 // routing does meanwhile (which depends on whether the registry has
 // synced), the return with the backend's own message.
-func TestReachableChanged(t *testing.T) {
+func TestFeedReachable(t *testing.T) {
 	core, logs := observer.New(zap.InfoLevel)
 	log := zap.New(core)
-	table := NewTable()
+	feed := NewFeed()
+	feed.Configure(BackendEnv{Logger: log})
+	table := feed.table
 	addr := zap.String("address", "127.0.0.1:8500")
 
-	ReachableChanged(table, log, "consul", false, false, errors.New("refused"), "consul reachable again", addr)
+	feed.Reachable(false, false, errors.New("refused"), "consul", "consul reachable again", addr)
 	if table.hold.reachable {
 		t.Error("the table still counts the store reachable after it was lost")
 	}
-	ReachableChanged(table, log, "consul", true, false, nil, "consul reachable again", addr)
+	feed.Reachable(true, false, nil, "consul", "consul reachable again", addr)
 	if !table.hold.reachable {
 		t.Error("the table does not count the store reachable after it came back")
 	}
-	ReachableChanged(table, log, "consul", false, true, errors.New("refused"), "consul reachable again", addr)
+	feed.Reachable(false, true, errors.New("refused"), "consul", "consul reachable again", addr)
 
 	want := []struct {
 		level zapcore.Level
