@@ -1,18 +1,3 @@
-// Package svcreg is a Caddy plugin that routes /<service>/<version>/...
-// to the hosts registered for that service and version, balances every
-// request, and retries a request that fails on a host it has not tried.
-//
-// The registry itself, its backends' interface, health and balancing are
-// in the Caddy-free package registry; the backends (memory, etcd,
-// zookeeper, consul) are
-// packages of their own. This package is the Caddy glue, one concept per
-// file: the service_registry app (registry.go) owns the registry and its
-// backend; the service_version matcher (module.go) finds the service of a
-// request; the service_registry upstream source and the service_failover
-// selection policy (selection.go) hand its endpoints to reverse_proxy and
-// fail over; service_proxy and the other Caddyfile syntax (caddyfile.go),
-// the service_http transport (transport.go), the service_no_body handler
-// (body.go), the admin API (admin.go) and the metrics (metrics.go).
 package svcreg
 
 import (
@@ -32,30 +17,6 @@ import (
 func init() {
 	caddy.RegisterModule(MatchServiceVersion{})
 }
-
-// Placeholders and variables the matcher sets.
-const (
-	varName    = "svc_name"
-	varVersion = "svc_version"
-
-	placeholderName    = "svc.name"
-	placeholderVersion = "svc.version"
-	placeholderPrefix  = "svc.prefix"
-	// placeholderVersionFrom says why the request went to its version:
-	// path, alias, header, cookie, sticky, split or fallback.
-	placeholderVersionFrom = "svc.version_from"
-	// varSticky holds the stickyCookie to set on the answer, if any.
-	varSticky = "svc_sticky"
-	// placeholderError holds the short text Caddy answers with when the
-	// request fails with an unknown service (404) or no available host
-	// (503). service_proxy's error route writes it, or, for a matched
-	// request no host answered, a text made of {svc.name} and {svc.version}.
-	placeholderError = "svc.error"
-	// varUnknown is set (true) on a request the matcher matched, in
-	// Unknown "match" mode, although it names an unknown service or
-	// version: service_errors answers it 404 with {svc.error}.
-	varUnknown = "svc_unknown"
-)
 
 // MatchServiceVersion matches requests whose cleaned path is
 // [<prefix>]/<service>/<version>[/...] for a service version the registry
