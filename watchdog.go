@@ -29,7 +29,9 @@ const (
 // host goes silent. Watchdogs are pooled with their timer: every request
 // would otherwise allocate one, its timer and its callback.
 type watchdog struct {
-	timer    *time.Timer   // calls fire; made once, Reset for each try
+	clock    clock         // time.Now and time.AfterFunc, or a test's
+	pool     *sync.Pool    // where stop puts it back; nil: nowhere
+	timer    timer         // calls fire; made once, Reset for each try
 	abort    func()        // ends the try; nil: nothing to end yet
 	silence  silenceCheck  // checked every silence.after; after 0: none
 	deadline time.Duration // 0: none
@@ -48,11 +50,39 @@ type watchdog struct {
 var watchdogs sync.Pool
 
 func newWatchdog() any {
-	w := new(watchdog)
-	w.timer = time.AfterFunc(time.Hour, w.fire)
+	w := newWatchdogOn(realClock{})
+	w.pool = &watchdogs
+	return w
+}
+
+// newWatchdogOn returns a watchdog that keeps time with c.
+func newWatchdogOn(c clock) *watchdog {
+	w := &watchdog{clock: c}
+	w.timer = c.AfterFunc(time.Hour, w.fire)
 	w.timer.Stop()
 	return w
 }
+
+// clock is a watchdog's time: the real one, or a test's, which moves only
+// when the test says, so that the silence check is tested without waits.
+type clock interface {
+	Now() time.Time
+	// AfterFunc calls f, in its own goroutine, once d has passed.
+	AfterFunc(d time.Duration, f func()) timer
+}
+
+// timer is what a watchdog does with AfterFunc's timer, as with a
+// *time.Timer.
+type timer interface {
+	Reset(d time.Duration) bool
+	Stop() bool
+}
+
+// realClock is the time package's clock.
+type realClock struct{}
+
+func (realClock) Now() time.Time                            { return time.Now() }
+func (realClock) AfterFunc(d time.Duration, f func()) timer { return time.AfterFunc(d, f) }
 
 func (w *watchdog) fire() {
 	w.mu.Lock()
@@ -60,7 +90,7 @@ func (w *watchdog) fire() {
 	if w.done {
 		return
 	}
-	now := time.Now()
+	now := w.clock.Now()
 	if p := &w.plan; p.after > 0 {
 		p.after = 0
 		w.hedged = p.launch(w, now)
@@ -99,7 +129,7 @@ func (w *watchdog) start(abort func(), s silenceCheck, deadline, first time.Dura
 	w.abort, w.silence, w.deadline, w.done, w.cut = abort, s, deadline, false, notCut
 	w.plan, w.hedged, w.first = plan, nil, 0
 	if plan.after > 0 {
-		w.begin, w.first, first = time.Now(), first, plan.after
+		w.begin, w.first, first = w.clock.Now(), first, plan.after
 	}
 	w.timer.Reset(first)
 	w.mu.Unlock()
@@ -157,8 +187,8 @@ func (w *watchdog) stop() (int, *hedge) {
 	stopped := w.timer.Stop()
 	w.abort, w.silence, w.plan, w.hedged = nil, silenceCheck{}, hedgePlan{}, nil
 	w.mu.Unlock()
-	if stopped && h == nil {
-		watchdogs.Put(w)
+	if stopped && h == nil && w.pool != nil {
+		w.pool.Put(w)
 	}
 	return cut, h
 }
