@@ -20,7 +20,10 @@ const inlineHosts = 8
 
 // attempt is what one request has tried so far. reverse_proxy calls
 // GetUpstreams and then Select once per try, on one goroutine, so the
-// attempt needs no locking.
+// attempt needs no locking. GetUpstreams starts it (on the service version
+// the matcher found) and keeps it in the request's variables; Select and
+// the service_http transport's RoundTrip each fetch it from there once and
+// hand it down.
 type attempt struct {
 	svc   *registry.Service // where pool came from; nil for pools not from the registry
 	pool  []*reverseproxy.Upstream

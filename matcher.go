@@ -139,7 +139,7 @@ func (m MatchServiceVersion) MatchWithError(r *http.Request) (bool, error) {
 		if m.Prefix != "" {
 			prefix = m.Prefix + svc.Prefix
 		}
-		setServiceVars(r, repl, b.Name, b.Version, prefix, "path")
+		setServiceVars(r, repl, svc, b.Name, b.Version, prefix, "path")
 		svc.CountRouted(registry.FromPath)
 		return true, nil
 	}
@@ -152,7 +152,7 @@ func (m MatchServiceVersion) MatchWithError(r *http.Request) (bool, error) {
 		}
 		// The backend has not loaded yet: let the request through, so
 		// that reverse_proxy answers 503 with Retry-After.
-		setServiceVars(r, repl, name, seg, m.Prefix+"/"+name+"/"+seg, "path")
+		setServiceVars(r, repl, nil, name, seg, m.Prefix+"/"+name+"/"+seg, "path")
 		return true, nil
 
 	case tr != nil && (!lookedUp || versions.Exist()):
@@ -299,13 +299,13 @@ func (m MatchServiceVersion) matchTraffic(r *http.Request, repl *caddy.Replacer,
 			return false, nil
 		}
 		// reverse_proxy finds no host: 503 with Retry-After
-		setServiceVars(r, repl, name, version, prefix, tr.BoxedSource(from))
+		setServiceVars(r, repl, nil, name, version, prefix, tr.BoxedSource(from))
 	} else {
 		if m.Version != "" && svc.Version != m.Version {
 			return false, nil
 		}
 		b := svc.Boxed()
-		setServiceVars(r, repl, b.Name, b.Version, prefix, tr.BoxedSource(from))
+		setServiceVars(r, repl, svc, b.Name, b.Version, prefix, tr.BoxedSource(from))
 		svc.CountRouted(from)
 	}
 	if bucket >= 0 {
@@ -397,13 +397,17 @@ func (c stickyCookie) header() string {
 	}).String()
 }
 
-func setServiceVars(r *http.Request, repl *caddy.Replacer, name, version, prefix, from any) {
+// setServiceVars sets the placeholders and variables of a match to the
+// service version name, version, and hands the upstream source svc, the
+// snapshot's (nil when it holds none), so that the request's first try
+// does not look it up again.
+func setServiceVars(r *http.Request, repl *caddy.Replacer, svc *registry.Service, name, version, prefix, from any) {
 	repl.Set(placeholderName, name)
 	repl.Set(placeholderVersion, version)
 	repl.Set(placeholderPrefix, prefix)
 	repl.Set(placeholderVersionFrom, from)
 	if vars, ok := r.Context().Value(caddyhttp.VarsCtxKey).(map[string]any); ok {
-		vars[varName], vars[varVersion] = name, version
+		vars[varName], vars[varVersion], vars[varService] = name, version, svc
 	}
 }
 

@@ -81,11 +81,15 @@ func (u *UpstreamSource) GetUpstreams(r *http.Request) ([]*reverseproxy.Upstream
 	if err != nil {
 		return nil, err
 	}
-	svc, err := u.registry.Lookup(registry.ServiceKey{Service: name, Version: version})
-	if err != nil {
-		svc = nil
-	}
 	prev, _ := vars[attemptVar].(*attempt)
+	svc, _ := vars[varService].(*registry.Service)
+	if prev != nil || u.Service != "" || svc == nil || svc.Name != name || svc.Version != version {
+		// Not the request's first try at the version the matcher
+		// found: look it up in the current snapshot.
+		if svc, err = u.registry.Lookup(registry.ServiceKey{Service: name, Version: version}); err != nil {
+			svc = nil
+		}
+	}
 	if prev != nil && !prev.retrying {
 		prev = nil // another proxy loop of the same request: start afresh
 	}
