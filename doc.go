@@ -10,7 +10,8 @@
 //   - app.go: the service_registry app, which owns the registry and its
 //     backend;
 //   - matcher.go: the service_version matcher, which finds the service
-//     version of a request (by path, or by its traffic policy);
+//     version of a request (by path, or by its traffic policy); boxed.go:
+//     the values of its placeholders, made once per version and policy;
 //   - errors_handler.go: service_errors, which answers what the route's
 //     handlers fail with; body.go: service_no_body;
 //   - selection.go: the service_registry upstream source and the

@@ -134,12 +134,12 @@ func (m MatchServiceVersion) MatchWithError(r *http.Request) (bool, error) {
 		if m.Version != "" && seg != m.Version {
 			return false, nil
 		}
-		b := svc.Boxed()
-		prefix := b.Prefix
+		b := boxesOf(svc)
+		prefix := b.prefix
 		if m.Prefix != "" {
 			prefix = m.Prefix + svc.Prefix
 		}
-		setServiceVars(r, repl, svc, b.Name, b.Version, prefix, "path")
+		setServiceVars(r, repl, svc, b.name, b.version, prefix, "path")
 		svc.CountRouted(registry.FromPath)
 		return true, nil
 	}
@@ -230,9 +230,10 @@ func (m MatchServiceVersion) matchTraffic(r *http.Request, repl *caddy.Replacer,
 	var version string
 	var from registry.Source
 	var svc *registry.Service
-	prefix := tr.SplitPrefix()
+	boxes := trafficBoxesOf(tr.Traffic)
+	prefix := boxes.splitPrefix
 	bucket := -1
-	if alias, aliasPrefix := tr.AliasOf(seg); segOK && !grpc && alias != "" {
+	if alias, aliasPrefix := boxes.aliasOf(seg); segOK && !grpc && alias != "" {
 		version, from, prefix = alias, registry.FromAlias, aliasPrefix
 	} else {
 		p := tr.Names()
@@ -299,13 +300,13 @@ func (m MatchServiceVersion) matchTraffic(r *http.Request, repl *caddy.Replacer,
 			return false, nil
 		}
 		// reverse_proxy finds no host: 503 with Retry-After
-		setServiceVars(r, repl, nil, name, version, prefix, tr.BoxedSource(from))
+		setServiceVars(r, repl, nil, name, version, prefix, boxedSource(from))
 	} else {
 		if m.Version != "" && svc.Version != m.Version {
 			return false, nil
 		}
-		b := svc.Boxed()
-		setServiceVars(r, repl, svc, b.Name, b.Version, prefix, tr.BoxedSource(from))
+		b := boxesOf(svc)
+		setServiceVars(r, repl, svc, b.name, b.version, prefix, boxedSource(from))
 		svc.CountRouted(from)
 	}
 	if bucket >= 0 {

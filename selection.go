@@ -228,7 +228,7 @@ func (p *FailoverSelection) Select(pool reverseproxy.UpstreamPool, r *http.Reque
 			w.Header().Set("Retry-After", "1")
 			a.retryAfter = true
 			if a.svc != nil {
-				repl.Set(placeholderError, a.svc.Boxed().Unavailable)
+				repl.Set(placeholderError, boxesOf(a.svc).unavailable)
 			} else if name, matched := repl.GetString(placeholderName); matched {
 				repl.Set(placeholderError, unavailableText(p.registry, name, repl))
 			}
