@@ -12,7 +12,10 @@ import (
 	"github.com/svcreg/caddy-svcreg/registry"
 )
 
-// attemptVar is the request variable holding the request's *attempt.
+// attemptVar is the request variable holding the request's *attempt;
+// before its first try, the *registry.Service the matcher found, on which
+// GetUpstreams starts the attempt (one map slot for both: a request
+// variable costs a map insert).
 const attemptVar = "service_registry.attempt"
 
 // inlineHosts is how many upstream pointers an attempt holds inline.

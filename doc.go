@@ -50,7 +50,4 @@ const (
 	// Unknown "match" mode, although it names an unknown service or
 	// version: service_errors answers it 404 with {svc.error}.
 	varUnknown = "svc_unknown"
-	// varService holds the *registry.Service the matcher chose (nil for
-	// none): the upstream source starts the request's attempt on it.
-	varService = "service_registry.service"
 )

@@ -400,15 +400,15 @@ func (c stickyCookie) header() string {
 
 // setServiceVars sets the placeholders and variables of a match to the
 // service version name, version, and hands the upstream source svc, the
-// snapshot's (nil when it holds none), so that the request's first try
-// does not look it up again.
+// snapshot's (nil when it holds none), where the request's attempt goes,
+// so that its first try does not look the version up again.
 func setServiceVars(r *http.Request, repl *caddy.Replacer, svc *registry.Service, name, version, prefix, from any) {
 	repl.Set(placeholderName, name)
 	repl.Set(placeholderVersion, version)
 	repl.Set(placeholderPrefix, prefix)
 	repl.Set(placeholderVersionFrom, from)
 	if vars, ok := r.Context().Value(caddyhttp.VarsCtxKey).(map[string]any); ok {
-		vars[varName], vars[varVersion], vars[varService] = name, version, svc
+		vars[varName], vars[varVersion], vars[attemptVar] = name, version, svc
 	}
 }
 

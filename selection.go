@@ -81,11 +81,16 @@ func (u *UpstreamSource) GetUpstreams(r *http.Request) ([]*reverseproxy.Upstream
 	if err != nil {
 		return nil, err
 	}
-	prev, _ := vars[attemptVar].(*attempt)
-	svc, _ := vars[varService].(*registry.Service)
-	if prev != nil || u.Service != "" || svc == nil || svc.Name != name || svc.Version != version {
-		// Not the request's first try at the version the matcher
-		// found: look it up in the current snapshot.
+	var prev *attempt
+	var svc *registry.Service
+	switch v := vars[attemptVar].(type) {
+	case *attempt:
+		prev = v
+	case *registry.Service:
+		svc = v // the request's first try: the version the matcher found
+	}
+	if svc == nil || u.Service != "" || svc.Name != name || svc.Version != version {
+		// a retry, or no version from the matcher: the current snapshot's
 		if svc, err = u.registry.Lookup(registry.ServiceKey{Service: name, Version: version}); err != nil {
 			svc = nil
 		}

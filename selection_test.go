@@ -518,7 +518,7 @@ func TestUpstreamsFromMatcher(t *testing.T) {
 	if ok, err := (MatchServiceVersion{registry: reg}).MatchWithError(r); !ok || err != nil {
 		t.Fatalf("match: %v, %v", ok, err)
 	}
-	matched, _ := caddyhttp.GetVar(r.Context(), varService).(*registry.Service)
+	matched, _ := caddyhttp.GetVar(r.Context(), attemptVar).(*registry.Service)
 	if matched == nil || matched.Key() != key {
 		t.Fatalf("the matcher handed on %v", matched)
 	}
