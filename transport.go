@@ -368,6 +368,24 @@ func isGatewayError(code int) bool {
 	return code == http.StatusBadGateway || code == http.StatusServiceUnavailable || code == http.StatusGatewayTimeout
 }
 
+// tryTimeoutError is a try that got no response header before its
+// deadline, or before its host went silent. It is a net.Error that timed
+// out, which reverse_proxy answers with 504.
+type tryTimeoutError struct{ after time.Duration }
+
+func (e tryTimeoutError) Error() string {
+	return "no response header after " + e.after.String() + " (the try's deadline, or its host stopped answering)"
+}
+func (tryTimeoutError) Timeout() bool   { return true }
+func (tryTimeoutError) Temporary() bool { return true }
+
+// gatewayStatusError is a gateway error answer that another host retries.
+type gatewayStatusError struct{ status int }
+
+func (e gatewayStatusError) Error() string {
+	return "upstream answered " + strconv.Itoa(e.status) + " " + http.StatusText(e.status) + "; retrying on another host"
+}
+
 // deadline returns the deadline of a try to svc that starts at now, or 0
 // for none.
 func (t *HTTPTransport) deadline(svc *registry.Service, now time.Time) time.Duration {
@@ -474,24 +492,6 @@ func (b *cancelOnClose) Close() error {
 	err := b.ReadCloser.Close()
 	b.cancel()
 	return err
-}
-
-// tryTimeoutError is a try that got no response header before its
-// deadline, or before its host went silent. It is a net.Error that timed
-// out, which reverse_proxy answers with 504.
-type tryTimeoutError struct{ after time.Duration }
-
-func (e tryTimeoutError) Error() string {
-	return "no response header after " + e.after.String() + " (the try's deadline, or its host stopped answering)"
-}
-func (tryTimeoutError) Timeout() bool   { return true }
-func (tryTimeoutError) Temporary() bool { return true }
-
-// gatewayStatusError is a gateway error answer that another host retries.
-type gatewayStatusError struct{ status int }
-
-func (e gatewayStatusError) Error() string {
-	return "upstream answered " + strconv.Itoa(e.status) + " " + http.StatusText(e.status) + "; retrying on another host"
 }
 
 // send sends req with the http transport and marks a request that the
