@@ -6,8 +6,9 @@ import "github.com/svcreg/caddy-svcreg/registry"
 // request would be boxed, an allocation, each time. The strings the
 // matcher and the selection policy store are boxed once instead, per
 // service version and per traffic policy, and kept with them
-// (registry.Service.Attach, registry.Traffic.Attach): a registry change
-// brings new Services, a policy change a new Traffic.
+// (registry.Service.Attach, registry.Traffic.Attach): neither changes; a
+// change of a version's endpoints brings a new Service, a change of a
+// policy a new Traffic.
 
 // serviceBoxes are a service version's strings, boxed.
 type serviceBoxes struct {

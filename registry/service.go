@@ -56,9 +56,9 @@ func (s *Service) Endpoint(address string) *Endpoint {
 func (s *Service) Rotation() *Rotation { return &s.rotation }
 
 // Attachment returns the value a caller attached to the service version
-// with Attach, or nil. A Service never changes, and a registry change
-// brings new ones: what a caller derives from it once (the Caddy module,
-// the values of its placeholders) can stay with it.
+// with Attach, or nil. A Service never changes (a change of its version's
+// endpoints brings a new one): what a caller derives from it once (the
+// Caddy module, the values of its placeholders) can stay with it.
 func (s *Service) Attachment() any { return s.attached.Load() }
 
 // Attach attaches v to the service version unless a value is attached
