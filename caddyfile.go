@@ -828,10 +828,6 @@ func parseServiceProxy(h httpcaddyfile.Helper) ([]httpcaddyfile.ConfigValue, err
 	return []httpcaddyfile.ConfigValue{{Class: "route", Value: route}}, nil
 }
 
-// failedBody is the error route's text for a matched request that no host
-// answered (502, or 504 on a timeout).
-const failedBody = `no host of service "{` + placeholderName + `}" version "{` + placeholderVersion + `}" answered`
-
 // serviceProxyDefaults fills in what service_proxy sets on reverse_proxy.
 func serviceProxyDefaults(rp *reverseproxy.Handler, balance string, retries int) error {
 	rp.DynamicUpstreamsRaw = caddyconfig.JSONModuleObject(new(UpstreamSource), "source", "service_registry", nil)

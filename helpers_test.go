@@ -16,6 +16,12 @@ import (
 // test ends.
 func newTestRegistry(t testing.TB, seeds map[registry.ServiceKey][]registry.Endpoint, checks ...registry.HealthCheck) *registry.Local {
 	t.Helper()
+	return newTestRegistryWith(t, registry.Options{}, seeds, checks...)
+}
+
+// newTestRegistryWith is newTestRegistry with opts (a fake clock, say).
+func newTestRegistryWith(t testing.TB, opts registry.Options, seeds map[registry.ServiceKey][]registry.Endpoint, checks ...registry.HealthCheck) *registry.Local {
+	t.Helper()
 	policy, err := registry.NewHealthPolicy(checks)
 	if err != nil {
 		t.Fatal(err)
@@ -24,7 +30,7 @@ func newTestRegistry(t testing.TB, seeds map[registry.ServiceKey][]registry.Endp
 	for key, eps := range seeds {
 		normalized[key] = normalize(t, eps)
 	}
-	r := registry.New(&memory.Backend{StorageKey: "service_registry/memory.json"}, registry.Options{})
+	r := registry.New(&memory.Backend{StorageKey: "service_registry/memory.json"}, opts)
 	t.Cleanup(func() {
 		if err := r.Stop(); err != nil {
 			t.Error(err)

@@ -3,10 +3,8 @@ package svcreg
 import (
 	"errors"
 	"fmt"
-	"math/bits"
 	"net/http"
 	"slices"
-	"sync/atomic"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -20,98 +18,8 @@ func init() {
 	caddy.RegisterModule(new(FailoverSelection))
 }
 
-// attemptVar is the request variable holding the request's *attempt.
-const attemptVar = "service_registry.attempt"
-
 // statusPlaceholder is set by reverse_proxy once an upstream has answered.
 const statusPlaceholder = "http.reverse_proxy.status_code"
-
-// inlineHosts is how many upstream pointers an attempt holds inline.
-const inlineHosts = 8
-
-// attempt is what one request has tried so far. reverse_proxy calls
-// GetUpstreams and then Select once per try, on one goroutine, so the
-// attempt needs no locking.
-type attempt struct {
-	svc   *registry.Service // where pool came from; nil for pools not from the registry
-	pool  []*reverseproxy.Upstream
-	tried []uint64 // bit i: pool[i] was tried
-	last  int      // pool index of the previous try; -1 for none
-
-	balance    registry.Balance // the selection policy's, for hedges
-	retrying   bool             // reverse_proxy announced a retry (ResetCache)
-	retryAfter bool             // Retry-After was set on the response
-
-	// Set by the service_http transport:
-	reg       registry.Registry // where tries are reported
-	reported  bool              // the last try's outcome was reported
-	deposited bool              // the request paid into the retry budget
-	noRetry   bool              // the retry budget refused the next try
-	// dialing is the time spent dialing new connections for the
-	// current try, in nanoseconds: a latency sample leaves it out.
-	dialing atomic.Int64
-
-	triedInline [1]uint64
-	poolInline  [inlineHosts]*reverseproxy.Upstream
-}
-
-// newAttempt starts an attempt on pool, or, when pool is nil, on fresh
-// upstreams for svc's endpoints: two allocations, the attempt and exactly
-// as many upstreams as the version has endpoints (each is ~100 bytes, and
-// every allocated byte is garbage after the request).
-func newAttempt(svc *registry.Service, pool []*reverseproxy.Upstream) *attempt {
-	a := &attempt{svc: svc, pool: pool, last: -1}
-	if pool == nil && svc != nil {
-		n := len(svc.Endpoints)
-		a.pool = a.poolInline[:0]
-		if n > inlineHosts {
-			a.pool = make([]*reverseproxy.Upstream, 0, n)
-		}
-		ups := make([]reverseproxy.Upstream, n)
-		for i, ep := range svc.Endpoints {
-			ups[i].Dial = ep.Address
-			a.pool = append(a.pool, &ups[i])
-		}
-	}
-	if words := (len(a.pool) + 63) / 64; words <= len(a.triedInline) {
-		a.tried = a.triedInline[:words]
-	} else {
-		a.tried = make([]uint64, words)
-	}
-	return a
-}
-
-func (a *attempt) wasTried(i int) bool { return a.tried[i/64]&(1<<(i%64)) != 0 }
-func (a *attempt) markTried(i int)     { a.tried[i/64] |= 1 << (i % 64) }
-
-// untried counts the pool's hosts not tried yet.
-func (a *attempt) untried() int {
-	n := len(a.pool)
-	for _, w := range a.tried {
-		n -= bits.OnesCount64(w)
-	}
-	return n
-}
-
-// reportPrevious tells reg that the previous try failed, unless its host
-// answered (a retry on the response, through lb_retry_match). reverse_proxy
-// only asks for another host after a failed or rejected try.
-//
-// The service_http transport reports every try itself; this is for other
-// transports.
-func (a *attempt) reportPrevious(reg registry.Registry, repl *caddy.Replacer) {
-	if a.last < 0 {
-		return
-	}
-	if a.svc != nil {
-		a.svc.CountRetry()
-		if _, answered := repl.Get(statusPlaceholder); !answered && reg != nil && !a.reported {
-			reg.Failure(a.svc.Key(), a.svc.Endpoints[a.last].Address)
-		}
-	}
-	a.last = -1
-	a.reported = false
-}
 
 // UpstreamSource is the service_registry dynamic upstream source: the
 // endpoints of the request's service version, straight from the registry's
@@ -173,11 +81,20 @@ func (u *UpstreamSource) GetUpstreams(r *http.Request) ([]*reverseproxy.Upstream
 	if err != nil {
 		return nil, err
 	}
-	svc, err := u.registry.Lookup(registry.ServiceKey{Service: name, Version: version})
-	if err != nil {
-		svc = nil
+	var prev *attempt
+	var svc *registry.Service
+	switch v := vars[attemptVar].(type) {
+	case *attempt:
+		prev = v
+	case *registry.Service:
+		svc = v // the request's first try: the version the matcher found
 	}
-	prev, _ := vars[attemptVar].(*attempt)
+	if svc == nil || u.Service != "" || svc.Name != name || svc.Version != version {
+		// a retry, or no version from the matcher: the current snapshot's
+		if svc, err = u.registry.Lookup(registry.ServiceKey{Service: name, Version: version}); err != nil {
+			svc = nil
+		}
+	}
 	if prev != nil && !prev.retrying {
 		prev = nil // another proxy loop of the same request: start afresh
 	}
@@ -316,7 +233,7 @@ func (p *FailoverSelection) Select(pool reverseproxy.UpstreamPool, r *http.Reque
 			w.Header().Set("Retry-After", "1")
 			a.retryAfter = true
 			if a.svc != nil {
-				repl.Set(placeholderError, a.svc.Boxed().Unavailable)
+				repl.Set(placeholderError, boxesOf(a.svc).unavailable)
 			} else if name, matched := repl.GetString(placeholderName); matched {
 				repl.Set(placeholderError, unavailableText(p.registry, name, repl))
 			}
@@ -357,49 +274,6 @@ func unavailableText(reg registry.Registry, name string, repl *caddy.Replacer) s
 	return msg
 }
 
-// attemptFor returns the request's attempt for pool, starting one for a
-// pool that did not come from the service_registry upstream source.
-func attemptFor(r *http.Request, pool []*reverseproxy.Upstream) *attempt {
-	a, _ := caddyhttp.GetVar(r.Context(), attemptVar).(*attempt)
-	if a != nil && len(a.pool) == len(pool) && (len(pool) == 0 || &a.pool[0] == &pool[0]) {
-		return a
-	}
-	a = newAttempt(nil, pool)
-	caddyhttp.SetVar(r.Context(), attemptVar, a)
-	return a
-}
-
-// Len returns the size of the request's pool (registry.Pool).
-func (a *attempt) Len() int { return len(a.pool) }
-
-// Load returns reverse_proxy's count of requests in flight to pool[i],
-// and its weight.
-func (a *attempt) Load(i int) (inFlight, weight int) {
-	if a.svc == nil {
-		return a.pool[i].Host.NumRequests(), 1
-	}
-	return a.pool[i].Host.NumRequests(), a.svc.Endpoints[i].Weight.Int()
-}
-
-// Endpoint returns pool[i]'s registry endpoint, or nil for a pool not
-// from the registry.
-func (a *attempt) Endpoint(i int) *registry.Endpoint {
-	if a.svc == nil {
-		return nil
-	}
-	return a.svc.Endpoints[i]
-}
-
-// Candidate reports whether pool[i] may take this try: not tried yet,
-// available to reverse_proxy (not full, not tripped), and pickable by the
-// registry's health (see registry.Endpoint.Pickable).
-func (a *attempt) Candidate(i int, ignoreHealth bool) bool {
-	if a.wasTried(i) || !a.pool[i].Available() {
-		return false
-	}
-	return a.svc == nil || a.svc.Endpoints[i].Pickable(ignoreHealth)
-}
-
 // Interface guards
 var (
 	_ caddy.Provisioner           = (*UpstreamSource)(nil)
@@ -408,7 +282,6 @@ var (
 	_ caddy.Provisioner           = (*FailoverSelection)(nil)
 	_ caddy.Validator             = (*FailoverSelection)(nil)
 	_ reverseproxy.Selector       = (*FailoverSelection)(nil)
-	_ registry.Pool               = (*attempt)(nil)
 	// service_failover depends on reverse_proxy calling ResetCache before
 	// the GetUpstreams of a retry, an interface Caddy marks experimental:
 	// if it changes, this stops compiling instead of failover breaking.

@@ -496,3 +496,42 @@ func TestSelectAllocs(t *testing.T) {
 		}
 	}
 }
+
+// countingLookups counts the registry's Lookup calls.
+type countingLookups struct {
+	registry.Registry
+	n int
+}
+
+func (c *countingLookups) Lookup(key registry.ServiceKey) (*registry.Service, error) {
+	c.n++
+	return c.Registry.Lookup(key)
+}
+
+// The upstream source starts a request's first try on the service version
+// the matcher found, without looking it up again; a retry looks it up in
+// the current snapshot.
+func TestUpstreamsFromMatcher(t *testing.T) {
+	key := registry.ServiceKey{Service: "users", Version: "v1"}
+	reg := newTestRegistry(t, map[registry.ServiceKey][]registry.Endpoint{key: hostList(2)})
+	r, _ := newRequest(t, http.MethodGet, "/users/v1/x")
+	if ok, err := (MatchServiceVersion{registry: reg}).MatchWithError(r); !ok || err != nil {
+		t.Fatalf("match: %v, %v", ok, err)
+	}
+	matched, _ := caddyhttp.GetVar(r.Context(), attemptVar).(*registry.Service)
+	if matched == nil || matched.Key() != key {
+		t.Fatalf("the matcher handed on %v", matched)
+	}
+	counter := &countingLookups{Registry: reg}
+	source := &UpstreamSource{registry: counter}
+	pool, err := source.GetUpstreams(r)
+	must(t, err)
+	a, _ := caddyhttp.GetVar(r.Context(), attemptVar).(*attempt)
+	if len(pool) != 2 || a == nil || a.svc != matched || counter.n != 0 {
+		t.Fatalf("first try: %d hosts, attempt on the matcher's service %v, %d lookups; want 2, true, 0", len(pool), a != nil && a.svc == matched, counter.n)
+	}
+	must(t, source.ResetCache(r))
+	if _, err := source.GetUpstreams(r); err != nil || counter.n != 1 {
+		t.Errorf("retry: %v, %d lookups; want 1", err, counter.n)
+	}
+}

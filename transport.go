@@ -1,7 +1,6 @@
 package svcreg
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -12,8 +11,6 @@ import (
 	"net/http/httptrace"
 	"slices"
 	"strconv"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -162,25 +159,6 @@ func (t *HTTPTransport) Cleanup() error {
 		t.ownClient.Close()
 	}
 	return t.HTTPTransport.Cleanup()
-}
-
-// trackDial wraps dial: its connections count the bytes written on them,
-// and the time it takes is added to the dialing time of the request's
-// attempt. A host's latency is how long it takes to answer, not to be
-// reached: one slow connect (a busy moment, a SYN resent) would make
-// peak_ewma shun a fast host for seconds.
-func trackDial(dial func(ctx context.Context, network, address string) (net.Conn, error)) func(ctx context.Context, network, address string) (net.Conn, error) {
-	return func(ctx context.Context, network, address string) (net.Conn, error) {
-		begin := time.Now()
-		conn, err := dial(ctx, network, address)
-		if a, _ := caddyhttp.GetVar(ctx, attemptVar).(*attempt); a != nil {
-			a.dialing.Add(int64(time.Since(begin)))
-		}
-		if err != nil {
-			return nil, err
-		}
-		return &writeTrackingConn{Conn: conn}, nil
-	}
 }
 
 // Defaults of the failover settings.
@@ -390,6 +368,24 @@ func isGatewayError(code int) bool {
 	return code == http.StatusBadGateway || code == http.StatusServiceUnavailable || code == http.StatusGatewayTimeout
 }
 
+// tryTimeoutError is a try that got no response header before its
+// deadline, or before its host went silent. It is a net.Error that timed
+// out, which reverse_proxy answers with 504.
+type tryTimeoutError struct{ after time.Duration }
+
+func (e tryTimeoutError) Error() string {
+	return "no response header after " + e.after.String() + " (the try's deadline, or its host stopped answering)"
+}
+func (tryTimeoutError) Timeout() bool   { return true }
+func (tryTimeoutError) Temporary() bool { return true }
+
+// gatewayStatusError is a gateway error answer that another host retries.
+type gatewayStatusError struct{ status int }
+
+func (e gatewayStatusError) Error() string {
+	return "upstream answered " + strconv.Itoa(e.status) + " " + http.StatusText(e.status) + "; retrying on another host"
+}
+
 // deadline returns the deadline of a try to svc that starts at now, or 0
 // for none.
 func (t *HTTPTransport) deadline(svc *registry.Service, now time.Time) time.Duration {
@@ -417,23 +413,6 @@ func (t *HTTPTransport) silenceAfter(svc *registry.Service, now time.Time, deadl
 	}
 	return after
 }
-
-// silenceCheck ends a try early when its host has answered nothing for a
-// while (after) though its service's other hosts answered.
-type silenceCheck struct {
-	svc   *registry.Service
-	ep    *registry.Endpoint
-	begin time.Time
-	after time.Duration // 0: no check
-}
-
-// Why a watchdog ended a try.
-const (
-	notCut      = iota
-	cutDeadline // the try's deadline passed
-	cutSilent   // the host went silent
-	cutHedged   // its hedge answered first
-)
 
 // sendWithin sends req with a deadline for its response header (none for
 // d <= 0), and the silence check s (none when s.after is 0). cut says
@@ -503,144 +482,6 @@ func (t *HTTPTransport) sendHedged(req *http.Request, d time.Duration, s silence
 	return r
 }
 
-// watchdog cancels a try that gets no response header in time, or whose
-// host goes silent. Watchdogs are pooled with their timer: every request
-// would otherwise allocate one, its timer and its callback.
-type watchdog struct {
-	timer    *time.Timer   // calls fire; made once, Reset for each try
-	abort    func()        // ends the try; nil: nothing to end yet
-	silence  silenceCheck  // checked every silence.after; after 0: none
-	deadline time.Duration // 0: none
-	plan     hedgePlan     // the hedge to send; after 0: none (any more)
-	begin    time.Time     // the try's start, when a hedge is planned
-	first    time.Duration // the first check after a planned hedge; 0: none
-	hedged   *hedge        // the hedge sent
-
-	mu   sync.Mutex // guards everything below, and orders fire and stop
-	done bool       // the try has its answer, or failed
-	cut  int        // why the watchdog ended the try; notCut: it did not
-}
-
-// watchdogs is filled in init: a watchdog's callback may send a hedge,
-// which takes a watchdog of its own.
-var watchdogs sync.Pool
-
-func newWatchdog() any {
-	w := new(watchdog)
-	w.timer = time.AfterFunc(time.Hour, w.fire)
-	w.timer.Stop()
-	return w
-}
-
-func (w *watchdog) fire() {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if w.done {
-		return
-	}
-	now := time.Now()
-	if p := &w.plan; p.after > 0 {
-		p.after = 0
-		w.hedged = p.launch(w, now)
-		if w.first > 0 {
-			w.timer.Reset(max(w.first-now.Sub(w.begin), 0))
-		}
-		return
-	}
-	if s := &w.silence; s.after > 0 {
-		if !s.svc.Silent(s.ep, now, s.after) {
-			// not silent: check again, up to the deadline
-			next := s.after
-			if w.deadline > 0 {
-				left := w.deadline - now.Sub(s.begin)
-				if left <= next {
-					s.after = 0 // the deadline comes first
-					next = max(left, 0)
-				}
-			}
-			w.timer.Reset(next)
-			return
-		}
-		w.cut = cutSilent
-	} else {
-		w.cut = cutDeadline
-	}
-	if w.abort != nil {
-		w.abort()
-	}
-}
-
-// start arms the watchdog for a try: it fires first after first (0:
-// never), or sends plan's hedge before that.
-func (w *watchdog) start(abort func(), s silenceCheck, deadline, first time.Duration, plan hedgePlan) {
-	w.mu.Lock() // fire may run before Reset returns
-	w.abort, w.silence, w.deadline, w.done, w.cut = abort, s, deadline, false, notCut
-	w.plan, w.hedged, w.first = plan, nil, 0
-	if plan.after > 0 {
-		w.begin, w.first, first = time.Now(), first, plan.after
-	}
-	w.timer.Reset(first)
-	w.mu.Unlock()
-}
-
-// cutFor ends the try for why, unless it has ended.
-func (w *watchdog) cutFor(why int) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if w.done || w.cut != notCut {
-		return
-	}
-	w.cut = why
-	if w.abort != nil {
-		w.abort()
-	}
-}
-
-// Watch makes abort what the watchdog ends, and ends it at once if the
-// watchdog has fired already.
-func (w *watchdog) Watch(abort func()) {
-	w.mu.Lock()
-	w.abort = abort
-	fired := w.cut != notCut
-	w.mu.Unlock()
-	if fired {
-		abort()
-	}
-}
-
-// Fired reports whether the watchdog has ended the try.
-func (w *watchdog) Fired() bool {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.cut != notCut
-}
-
-// Detach leaves the try's connection alone from now on, and reports
-// whether the watchdog had not ended it already.
-func (w *watchdog) Detach() bool {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.abort = nil
-	return w.cut == notCut
-}
-
-// stop ends the watchdog, says whether, and why, it ended the try, and
-// which hedge it sent, and puts it back in the pool unless its callback
-// has started (a callback that started may still be running: that
-// watchdog is left to the GC), or it sent a hedge (which holds it).
-func (w *watchdog) stop() (int, *hedge) {
-	w.mu.Lock()
-	w.done = true
-	cut, h := w.cut, w.hedged
-	stopped := w.timer.Stop()
-	w.abort, w.silence, w.plan, w.hedged = nil, silenceCheck{}, hedgePlan{}, nil
-	w.mu.Unlock()
-	if stopped && h == nil {
-		watchdogs.Put(w)
-	}
-	return cut, h
-}
-
 // cancelOnClose ends a try's context when its response body is closed.
 type cancelOnClose struct {
 	io.ReadCloser
@@ -651,24 +492,6 @@ func (b *cancelOnClose) Close() error {
 	err := b.ReadCloser.Close()
 	b.cancel()
 	return err
-}
-
-// tryTimeoutError is a try that got no response header before its
-// deadline, or before its host went silent. It is a net.Error that timed
-// out, which reverse_proxy answers with 504.
-type tryTimeoutError struct{ after time.Duration }
-
-func (e tryTimeoutError) Error() string {
-	return "no response header after " + e.after.String() + " (the try's deadline, or its host stopped answering)"
-}
-func (tryTimeoutError) Timeout() bool   { return true }
-func (tryTimeoutError) Temporary() bool { return true }
-
-// gatewayStatusError is a gateway error answer that another host retries.
-type gatewayStatusError struct{ status int }
-
-func (e gatewayStatusError) Error() string {
-	return "upstream answered " + strconv.Itoa(e.status) + " " + http.StatusText(e.status) + "; retrying on another host"
 }
 
 // send sends req with the http transport and marks a request that the
@@ -737,96 +560,6 @@ func (t *HTTPTransport) send(req *http.Request) (*http.Response, error, bool) {
 	return resp, err, false
 }
 
-// withGetBody returns a shallow copy of req, whose body is buffered whole,
-// with a GetBody that returns the body from its start.
-func withGetBody(req *http.Request) *http.Request {
-	var b bodyBytes
-	if _, err := req.Body.(io.WriterTo).WriteTo(&b); err != nil {
-		return req // a bytes.Reader does not fail; leave any other alone
-	}
-	r := new(http.Request)
-	*r = *req
-	body := []byte(b)
-	r.Body = io.NopCloser(bytes.NewReader(body))
-	r.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
-	return r
-}
-
-// bodyBytes collects a buffered body from its WriteTo. The first write is
-// kept as it is: a bytes.Reader hands over its whole buffer in one write,
-// which outlives every try of the request (reverse_proxy frees it once
-// the request is done).
-type bodyBytes []byte
-
-func (b *bodyBytes) Write(p []byte) (int, error) {
-	if *b == nil {
-		*b = p[:len(p):len(p)]
-	} else {
-		*b = append(*b, p...)
-	}
-	return len(p), nil
-}
-
-// retriedAnyway reports whether service_proxy retries req after any
-// failure: GET, HEAD and OPTIONS, and requests that the client marked
-// idempotent with an Idempotency-Key or X-Idempotency-Key header (as Go's
-// own transport does).
-func retriedAnyway(req *http.Request) bool {
-	switch req.Method {
-	case http.MethodGet, http.MethodHead, http.MethodOptions:
-		return true
-	}
-	return markedIdempotent(req.Header)
-}
-
-// markedIdempotent reports whether a request's header marks it idempotent.
-func markedIdempotent(h http.Header) bool {
-	if _, ok := h["Idempotency-Key"]; ok {
-		return true
-	}
-	_, ok := h["X-Idempotency-Key"]
-	return ok
-}
-
-// writeTrackingConn counts the bytes written on it. An HTTP/1 connection
-// carries one request at a time, and once a round trip has failed its
-// writer has stopped, so the count tells whether any byte of that request
-// left; on an HTTP/2 connection, an unchanged count tells that no byte of
-// any request left meanwhile.
-type writeTrackingConn struct {
-	net.Conn
-	written atomic.Int64
-	// checkPeer asks the next write to check first that the host has
-	// not closed the connection.
-	checkPeer atomic.Bool
-}
-
-func (c *writeTrackingConn) Write(p []byte) (int, error) {
-	if c.checkPeer.Swap(false) && h1.PeerClosed(c.Conn) {
-		// nothing written: the transport sends the request elsewhere
-		return 0, errPeerClosed
-	}
-	n, err := c.Conn.Write(p)
-	c.written.Add(int64(n))
-	return n, err
-}
-
-// errPeerClosed is a write refused because the host had closed the
-// connection (or sent something unasked) before it.
-var errPeerClosed = errors.New("upstream closed the idle connection before the request was sent")
-
-// bodyReplayable reports whether reverse_proxy can send req's body again:
-// there is none, or request_buffers holds all of it (reverse_proxy then
-// hands each try a fresh io.NopCloser over a bytes.Reader, which is an
-// io.WriterTo; a streamed body is not).
-func bodyReplayable(req *http.Request) bool {
-	if req.Body == nil || req.Body == http.NoBody {
-		return true
-	}
-	_, buffered := req.Body.(io.WriterTo)
-	return buffered
-}
-
 // Interface guards
 var (
 	_ caddy.Provisioner                   = (*HTTPTransport)(nil)
@@ -835,5 +568,4 @@ var (
 	_ reverseproxy.TLSTransport           = (*HTTPTransport)(nil)
 	_ reverseproxy.ProxyProtocolTransport = (*HTTPTransport)(nil)
 	_ net.Error                           = tryTimeoutError{}
-	_ h1.Watchdog                         = (*watchdog)(nil)
 )

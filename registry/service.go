@@ -19,8 +19,8 @@ type Service struct {
 	Endpoints []*Endpoint
 
 	rotation    Rotation
-	boxed       Boxed
 	unavailable error
+	attached    atomic.Value // Attach's
 
 	stats *serviceStats // kept across snapshots
 }
@@ -55,19 +55,21 @@ func (s *Service) Endpoint(address string) *Endpoint {
 // every request to it.
 func (s *Service) Rotation() *Rotation { return &s.rotation }
 
-// Boxed holds a Service's strings as interface values, made once per
-// Service, so that code storing them as `any` on every request (Caddy's
-// placeholders do) does not allocate. They are strings.
-type Boxed struct {
-	// Name, Version and Prefix are the Service's.
-	Name, Version, Prefix any
-	// Unavailable is the text of Service.Unavailable.
-	Unavailable any
-}
+// Attachment returns the value a caller attached to the service version
+// with Attach, or nil. A Service never changes (a change of its version's
+// endpoints brings a new one): what a caller derives from it once (the
+// Caddy module, the values of its placeholders) can stay with it.
+func (s *Service) Attachment() any { return s.attached.Load() }
 
-// Boxed returns the service version's boxed strings; they must not be
-// modified.
-func (s *Service) Boxed() *Boxed { return &s.boxed }
+// Attach attaches v to the service version unless a value is attached
+// already (the first of concurrent callers wins), and returns the value
+// attached. Every value attached must be of the same type.
+func (s *Service) Attach(v any) any {
+	if s.attached.CompareAndSwap(nil, v) {
+		return v
+	}
+	return s.attached.Load()
+}
 
 // Unavailable returns the error for a request that finds no available
 // endpoint of the service version: it matches ErrNoAvailableHost and
@@ -158,7 +160,6 @@ func newService(key ServiceKey, eps []*Endpoint) *Service {
 		stats:     new(serviceStats),
 	}
 	s.unavailable = fmt.Errorf("%w for service %q version %q", ErrNoAvailableHost, s.Name, s.Version)
-	s.boxed = Boxed{Name: s.Name, Version: s.Version, Prefix: s.Prefix, Unavailable: s.unavailable.Error()}
 	return s
 }
 

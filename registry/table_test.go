@@ -38,8 +38,9 @@ func TestTable(t *testing.T) {
 	if svc.Prefix != "/users/v1" {
 		t.Errorf("prefix = %q", svc.Prefix)
 	}
-	if b := svc.Boxed(); b.Name != "users" || b.Version != "v1" || b.Prefix != "/users/v1" || b.Unavailable != `no available host for service "users" version "v1"` {
-		t.Errorf("boxed = %+v", *b)
+	first, second := new(int), new(int)
+	if svc.Attachment() != nil || svc.Attach(first) != first || svc.Attach(second) != first || svc.Attachment() != first {
+		t.Errorf("attach: the first value attached does not stay")
 	}
 	if err := svc.Unavailable(); !errors.Is(err, ErrNoAvailableHost) || err.Error() != `no available host for service "users" version "v1"` {
 		t.Errorf("unavailable = %v", err)

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 )
 
 // TrafficPolicy is how requests to a service that name no version, or
@@ -57,17 +58,13 @@ type Traffic struct {
 	versions []string // of the split, in name order
 	bounds   []int    // bounds[i]: the first bucket after versions[i]'s range
 
-	splitPrefix any // "/<service>", boxed
-	sources     [sourceCount]any
-	names       TrafficNames
-	aliases     []alias
+	names    TrafficNames
+	aliases  []alias
+	attached atomic.Value // Attach's
 }
 
-// alias is an alias of a policy, with its prefix boxed.
-type alias struct {
-	name, version string
-	prefix        any // "/<service>/<alias>"
-}
+// alias is an alias of a policy.
+type alias struct{ name, version string }
 
 // Compile checks p, the policy of service, and returns it ready to
 // choose. known reports whether a version of the service exists; with
@@ -168,12 +165,8 @@ func (p TrafficPolicy) Compile(service string, known func(version string) bool) 
 		t.bounds = append(t.bounds, acc*buckets/total)
 	}
 	t.names = TrafficNames{Header: t.policy.Header, Cookie: t.policy.Cookie, Sticky: t.policy.Sticky, StickyHeader: t.policy.StickyHeader}
-	t.splitPrefix = "/" + service
 	for a, v := range p.Aliases {
-		t.aliases = append(t.aliases, alias{name: a, version: v, prefix: "/" + service + "/" + a})
-	}
-	for s := range Source(sourceCount) {
-		t.sources[s] = s.String()
+		t.aliases = append(t.aliases, alias{name: a, version: v})
 	}
 	return t, nil
 }
@@ -340,33 +333,32 @@ func (t *Traffic) bucketChoice(b int, from Source) Choice {
 // alias returns the version an alias names, or "" when it names none.
 // A policy has few aliases: comparing them costs less than hashing.
 func (t *Traffic) alias(alias string) string {
-	v, _ := t.AliasOf(alias)
-	return v
-}
-
-// AliasOf returns the version an alias names and the alias's prefix,
-// "/<service>/<alias>" boxed, or "" and nil when it names none.
-func (t *Traffic) AliasOf(name string) (version string, prefix any) {
 	for i := range t.aliases {
-		if a := &t.aliases[i]; a.name == name {
-			return a.version, a.prefix
+		if a := &t.aliases[i]; a.name == alias {
+			return a.version
 		}
 	}
-	return "", nil
+	return ""
 }
 
 // Fallback returns the policy's fallback version, or "".
 func (t *Traffic) Fallback() string { return t.policy.Fallback }
 
-// Boxed values, made once per policy, for callers that store them as
-// `any` on every request (Caddy's placeholders) without allocating.
+// Attachment returns the value a caller attached to the policy with
+// Attach, or nil: what it derives from the policy once (the Caddy module,
+// the values of its placeholders) can stay with it, since a Traffic never
+// changes.
+func (t *Traffic) Attachment() any { return t.attached.Load() }
 
-// SplitPrefix returns "/<service>" boxed: the prefix of a request whose
-// version the policy chose.
-func (t *Traffic) SplitPrefix() any { return t.splitPrefix }
-
-// BoxedSource returns s.String() boxed.
-func (t *Traffic) BoxedSource(s Source) any { return t.sources[s] }
+// Attach attaches v to the policy unless a value is attached already (the
+// first of concurrent callers wins), and returns the value attached. Every
+// value attached must be of the same type.
+func (t *Traffic) Attach(v any) any {
+	if t.attached.CompareAndSwap(nil, v) {
+		return v
+	}
+	return t.attached.Load()
+}
 
 // splits reports whether the policy has a split.
 func (t *Traffic) splits() bool { return len(t.versions) > 0 }

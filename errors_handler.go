@@ -124,6 +124,10 @@ func (h *ErrorsHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, next c
 	return answer(w, status, msg)
 }
 
+// failedBody is service_errors' text for a matched request that no host
+// answered (502, or 504 on a timeout).
+const failedBody = `no host of service "{` + placeholderName + `}" version "{` + placeholderVersion + `}" answered`
+
 // observe counts a request of the service version the matcher chose in
 // the request metrics, if it chose one.
 func (h *ErrorsHandler) observe(repl *caddy.Replacer, status int, start time.Time) {

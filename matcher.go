@@ -1,18 +1,3 @@
-// Package svcreg is a Caddy plugin that routes /<service>/<version>/...
-// to the hosts registered for that service and version, balances every
-// request, and retries a request that fails on a host it has not tried.
-//
-// The registry itself, its backends' interface, health and balancing are
-// in the Caddy-free package registry; the backends (memory, etcd,
-// zookeeper, consul) are
-// packages of their own. This package is the Caddy glue, one concept per
-// file: the service_registry app (registry.go) owns the registry and its
-// backend; the service_version matcher (module.go) finds the service of a
-// request; the service_registry upstream source and the service_failover
-// selection policy (selection.go) hand its endpoints to reverse_proxy and
-// fail over; service_proxy and the other Caddyfile syntax (caddyfile.go),
-// the service_http transport (transport.go), the service_no_body handler
-// (body.go), the admin API (admin.go) and the metrics (metrics.go).
 package svcreg
 
 import (
@@ -32,30 +17,6 @@ import (
 func init() {
 	caddy.RegisterModule(MatchServiceVersion{})
 }
-
-// Placeholders and variables the matcher sets.
-const (
-	varName    = "svc_name"
-	varVersion = "svc_version"
-
-	placeholderName    = "svc.name"
-	placeholderVersion = "svc.version"
-	placeholderPrefix  = "svc.prefix"
-	// placeholderVersionFrom says why the request went to its version:
-	// path, alias, header, cookie, sticky, split or fallback.
-	placeholderVersionFrom = "svc.version_from"
-	// varSticky holds the stickyCookie to set on the answer, if any.
-	varSticky = "svc_sticky"
-	// placeholderError holds the short text Caddy answers with when the
-	// request fails with an unknown service (404) or no available host
-	// (503). service_proxy's error route writes it, or, for a matched
-	// request no host answered, a text made of {svc.name} and {svc.version}.
-	placeholderError = "svc.error"
-	// varUnknown is set (true) on a request the matcher matched, in
-	// Unknown "match" mode, although it names an unknown service or
-	// version: service_errors answers it 404 with {svc.error}.
-	varUnknown = "svc_unknown"
-)
 
 // MatchServiceVersion matches requests whose cleaned path is
 // [<prefix>]/<service>/<version>[/...] for a service version the registry
@@ -173,12 +134,12 @@ func (m MatchServiceVersion) MatchWithError(r *http.Request) (bool, error) {
 		if m.Version != "" && seg != m.Version {
 			return false, nil
 		}
-		b := svc.Boxed()
-		prefix := b.Prefix
+		b := boxesOf(svc)
+		prefix := b.prefix
 		if m.Prefix != "" {
 			prefix = m.Prefix + svc.Prefix
 		}
-		setServiceVars(r, repl, b.Name, b.Version, prefix, "path")
+		setServiceVars(r, repl, svc, b.name, b.version, prefix, "path")
 		svc.CountRouted(registry.FromPath)
 		return true, nil
 	}
@@ -191,7 +152,7 @@ func (m MatchServiceVersion) MatchWithError(r *http.Request) (bool, error) {
 		}
 		// The backend has not loaded yet: let the request through, so
 		// that reverse_proxy answers 503 with Retry-After.
-		setServiceVars(r, repl, name, seg, m.Prefix+"/"+name+"/"+seg, "path")
+		setServiceVars(r, repl, nil, name, seg, m.Prefix+"/"+name+"/"+seg, "path")
 		return true, nil
 
 	case tr != nil && (!lookedUp || versions.Exist()):
@@ -269,9 +230,10 @@ func (m MatchServiceVersion) matchTraffic(r *http.Request, repl *caddy.Replacer,
 	var version string
 	var from registry.Source
 	var svc *registry.Service
-	prefix := tr.SplitPrefix()
+	boxes := trafficBoxesOf(tr.Traffic)
+	prefix := boxes.splitPrefix
 	bucket := -1
-	if alias, aliasPrefix := tr.AliasOf(seg); segOK && !grpc && alias != "" {
+	if alias, aliasPrefix := boxes.aliasOf(seg); segOK && !grpc && alias != "" {
 		version, from, prefix = alias, registry.FromAlias, aliasPrefix
 	} else {
 		p := tr.Names()
@@ -338,13 +300,13 @@ func (m MatchServiceVersion) matchTraffic(r *http.Request, repl *caddy.Replacer,
 			return false, nil
 		}
 		// reverse_proxy finds no host: 503 with Retry-After
-		setServiceVars(r, repl, name, version, prefix, tr.BoxedSource(from))
+		setServiceVars(r, repl, nil, name, version, prefix, boxedSource(from))
 	} else {
 		if m.Version != "" && svc.Version != m.Version {
 			return false, nil
 		}
-		b := svc.Boxed()
-		setServiceVars(r, repl, b.Name, b.Version, prefix, tr.BoxedSource(from))
+		b := boxesOf(svc)
+		setServiceVars(r, repl, svc, b.name, b.version, prefix, boxedSource(from))
 		svc.CountRouted(from)
 	}
 	if bucket >= 0 {
@@ -436,13 +398,17 @@ func (c stickyCookie) header() string {
 	}).String()
 }
 
-func setServiceVars(r *http.Request, repl *caddy.Replacer, name, version, prefix, from any) {
+// setServiceVars sets the placeholders and variables of a match to the
+// service version name, version, and hands the upstream source svc, the
+// snapshot's (nil when it holds none), where the request's attempt goes,
+// so that its first try does not look the version up again.
+func setServiceVars(r *http.Request, repl *caddy.Replacer, svc *registry.Service, name, version, prefix, from any) {
 	repl.Set(placeholderName, name)
 	repl.Set(placeholderVersion, version)
 	repl.Set(placeholderPrefix, prefix)
 	repl.Set(placeholderVersionFrom, from)
 	if vars, ok := r.Context().Value(caddyhttp.VarsCtxKey).(map[string]any); ok {
-		vars[varName], vars[varVersion] = name, version
+		vars[varName], vars[varVersion], vars[attemptVar] = name, version, svc
 	}
 }
 
