@@ -586,7 +586,7 @@ func TestConsulRestartedAgentChecksNotRunYet(t *testing.T) {
 	port := host.Listener.Addr().(*net.TCPAddr).Port
 	agent := consultest.Start(t)
 	agent.Register(&api.AgentServiceRegistration{ID: "h", Name: "users", Address: "127.0.0.1", Port: port,
-		Tags: []string{"version=v1"}, Check: &api.AgentServiceCheck{HTTP: host.URL, Interval: "6s"}})
+		Tags: []string{"version=v1"}, Check: &api.AgentServiceCheck{HTTP: host.URL, Interval: "10s"}})
 	// With the recovery grace a registry has by default: the restarted
 	// agent's catalog starts empty (-dev), and the agent registers its
 	// services again a moment later.
@@ -600,11 +600,15 @@ func TestConsulRestartedAgentChecksNotRunYet(t *testing.T) {
 	testutil.Eventually(t, 20*time.Second, "the first check to pass", func() bool { return tableState(tbl, users) == want })
 
 	// The agent runs the check again at a random time within its
-	// interval of its start: restart it until it is seen not run yet.
-	seen := false
-	for try := 0; try < 5 && !seen; try++ {
+	// interval of its start: restart it until the check has stayed not
+	// run past the recovery grace (2 s), which alone would keep the host
+	// routed until then.
+	const pastGrace = 3 * time.Second
+	longest := time.Duration(0)
+	for try := 0; try < 8 && longest < pastGrace; try++ {
 		agent.Kill()
 		agent.Restart()
+		var notRunSince time.Time
 		deadline := time.Now().Add(20 * time.Second)
 		for time.Now().Before(deadline) {
 			if got := tableState(tbl, users); got != want {
@@ -615,13 +619,18 @@ func TestConsulRestartedAgentChecksNotRunYet(t *testing.T) {
 				if checks[0].Status == api.HealthPassing {
 					break
 				}
-				seen = seen || checks[0].Output == ""
+				if checks[0].Output == "" {
+					if notRunSince.IsZero() {
+						notRunSince = time.Now()
+					}
+					longest = max(longest, time.Since(notRunSince))
+				}
 			}
 			time.Sleep(10 * time.Millisecond)
 		}
 	}
-	if !seen {
-		t.Fatal("the restarted agent ran the check at once, five times: the case was not tested")
+	if longest < pastGrace {
+		t.Fatalf("in 8 restarts the agent never left the check unrun past the recovery grace (at most %v): the case was not tested", longest)
 	}
 	if got := tableState(tbl, users); got != want {
 		t.Errorf("after the check passed again: %q, want %q", got, want)
