@@ -267,3 +267,37 @@ func TestConsulCheckNotRunYet(t *testing.T) {
 		return tableState(tbl, users) == ""
 	})
 }
+
+// TestConsulCheckFlipsBetweenAnswers has a check fail and pass again
+// between two answers of the query of the checks, while a read of its
+// service (after a change of the catalog) saw it failing: the two
+// answers show the same checks failing (none), yet the service must be
+// read again, or its instance stays out of rotation until its service
+// next changes.
+func TestConsulCheckFlipsBetweenAnswers(t *testing.T) {
+	fake := consultest.StartFake(t)
+	fake.Register("users", tagged("u1", 9001, "v1"))
+	fake.Register("users", tagged("u2", 9002, "v1"))
+	tbl, _ := start(t, &Backend{}, fake.Addr, registry.BackendEnv{})
+	testutil.Eventually(t, 10*time.Second, "the first sync", func() bool { return tableState(tbl, users) == "127.0.0.1:9001,127.0.0.1:9002" })
+
+	// Hold the next query of the checks: wake the one waiting now with
+	// a change, and wait for the next to arrive.
+	fake.Fail("/v1/health/state/any", consultest.Fault{Hang: true})
+	sent := len(fake.Requests())
+	fake.Register("other", tagged("o1", 9100, "v1"))
+	testutil.Eventually(t, 10*time.Second, "the next query of the checks to be held", func() bool {
+		return slices.ContainsFunc(fake.Requests()[sent:], func(r consultest.Request) bool { return r.Path == "/v1/health/state/any" })
+	})
+
+	fake.SetStatus("users", "u1", api.HealthCritical)
+	fake.Register("users", tagged("u3", 9003, "v1")) // the catalog changes: users is read again
+	testutil.Eventually(t, 10*time.Second, "a read of users to see u1 failing", func() bool {
+		return tableState(tbl, users) == "127.0.0.1:9002,127.0.0.1:9003"
+	})
+	fake.SetStatus("users", "u1", api.HealthPassing)
+	fake.Clear("/v1/health/state/any")
+	testutil.Eventually(t, 10*time.Second, "u1 back once its check passes again", func() bool {
+		return tableState(tbl, users) == "127.0.0.1:9001,127.0.0.1:9002,127.0.0.1:9003"
+	})
+}

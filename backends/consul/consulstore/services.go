@@ -29,6 +29,7 @@ type service struct {
 	retry    time.Duration        // the wait before its next read after a failure
 	retryAt  time.Time            // when it is read again after a failure
 	pending  map[string]time.Time // instances kept while their failing checks have not run yet → since when
+	failing  map[checkID]string   // the checks that did not pass in its last read (its instances' and their nodes'), with their status
 }
 
 // queue is a queue of services waiting to be read.
@@ -205,6 +206,7 @@ func (c *Store) read(ctx context.Context, s *service) {
 	var warned map[string]string
 	var pending []pendingInstance
 	var nodes []string
+	var failing map[checkID]string
 	readCtx, cancel := context.WithTimeout(ctx, c.opts.ReadTimeout)
 	err := c.safely("reading consul service "+s.name, func() error {
 		// every instance, whatever its health: a version whose
@@ -214,6 +216,7 @@ func (c *Store) read(ctx context.Context, s *service) {
 			return err
 		}
 		byVersion, warned, pending = c.instances(s, entries)
+		failing = failingChecks(entries)
 		for _, entry := range entries {
 			if entry.Node != nil && !slices.Contains(nodes, entry.Node.Node) {
 				nodes = append(nodes, entry.Node.Node)
@@ -240,7 +243,7 @@ func (c *Store) read(ctx context.Context, s *service) {
 		c.failed(s, err)
 	} else {
 		c.recovered(s)
-		s.read, s.warned = true, warned
+		s.read, s.warned, s.failing = true, warned, failing
 		c.setNodes(s, nodes)
 		if due := c.keepPending(s, byVersion, pending, time.Now()); !due.IsZero() {
 			s.retryAt = due // read again then, unless a change of its checks comes first
@@ -511,4 +514,23 @@ func (c *Store) checkSynced() {
 	}
 	c.log().Info("consul registry synced", zap.String("backend", "consul"), zap.String("address", c.address),
 		zap.Int("services", len(c.services)), zap.Int("unreadable", unreadable))
+}
+
+// failingChecks returns the checks of entries that do not pass, with
+// their status: what the query of the checks that do not pass should
+// show for their service while it is as read.
+func failingChecks(entries []*api.ServiceEntry) map[checkID]string {
+	var failing map[checkID]string
+	for _, entry := range entries {
+		for _, hc := range entry.Checks {
+			if hc.Status == api.HealthPassing {
+				continue
+			}
+			if failing == nil {
+				failing = map[checkID]string{}
+			}
+			failing[checkID{hc.Node, hc.CheckID}] = hc.Status
+		}
+	}
+	return failing
 }

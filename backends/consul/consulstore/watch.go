@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"slices"
 	"time"
@@ -271,6 +272,37 @@ func (c *Store) applyChecks(checks api.HealthChecks, sent, got uint64) {
 	for id, is := range now {
 		if old[id] != is {
 			c.checkChanged(id.node, is)
+		}
+	}
+	c.readStale(now)
+}
+
+// readStale reads again every service whose last read saw other failing
+// checks than now says it has: a check can fail and pass again between
+// two answers of the query of the checks, while a read of its service
+// (for another reason) saw it failing; comparing answers alone would miss
+// it, and the service would keep that instance out until its next change.
+// The caller holds c.mu.
+func (c *Store) readStale(now map[checkID]check) {
+	expect := map[*service]map[checkID]string{}
+	add := func(s *service, id checkID, status string) {
+		if expect[s] == nil {
+			expect[s] = map[checkID]string{}
+		}
+		expect[s][id] = status
+	}
+	for id, hc := range now {
+		if hc.service == "" { // a node's own check fails its instances
+			for s := range c.onNode[id.node] {
+				add(s, id, hc.status)
+			}
+		} else if s := c.services[hc.service]; s != nil {
+			add(s, id, hc.status)
+		}
+	}
+	for _, s := range c.services {
+		if s.read && !maps.Equal(s.failing, expect[s]) && !(len(s.failing) == 0 && len(expect[s]) == 0) {
+			c.want(s, urgent)
 		}
 	}
 }
