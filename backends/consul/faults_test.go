@@ -180,6 +180,14 @@ func TestConsulQueries(t *testing.T) {
 	fake.SetStatus("users", "u1", api.HealthCritical)
 	testutil.Eventually(t, 10*time.Second, "a check turning critical", func() bool { return tableState(tbl, users) == "127.0.0.1:9002" })
 
+	// a query follows an answer no sooner than 100 ms after it was sent
+	testutil.Eventually(t, 10*time.Second, "blocking queries (with an index and a wait) on the catalog and the checks", func() bool {
+		blocking := map[string]bool{}
+		for _, r := range fake.Requests() {
+			blocking[r.Path] = blocking[r.Path] || r.Index != "" && r.Wait != ""
+		}
+		return blocking["/v1/catalog/services"] && blocking["/v1/health/state/any"]
+	})
 	blocking := map[string]bool{}
 	for _, r := range fake.Requests() {
 		switch {

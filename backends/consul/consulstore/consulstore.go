@@ -163,7 +163,7 @@ type Store struct {
 	reads                                                            // the services followed, and which to read
 	listed        bool                                               // the catalog has answered
 	catalogIndex  uint64                                             // of the catalog's last answer
-	notPassing    map[checkID]check                                  // the checks that do not pass, as last read; nil when not known
+	checksKnown   bool                                               // the query of the checks has answered since it last failed
 	checksFailing bool                                               // the checks' query fails with an answer from Consul, and that was logged
 	synced        bool
 	reachable     bool

@@ -258,30 +258,21 @@ func (c *Store) applyChecks(checks api.HealthChecks, sent, got uint64) {
 		c.checksFailing = false
 		c.log().Info("consul's health checks readable again", zap.String("backend", "consul"))
 	}
-	old := c.notPassing
-	c.notPassing = now
-	if old == nil || got < sent {
+	known := c.checksKnown
+	c.checksKnown = true
+	if !known || got < sent {
 		c.readAll(false)
 		return
-	}
-	for id, was := range old {
-		if now[id] != was {
-			c.checkChanged(id.node, was)
-		}
-	}
-	for id, is := range now {
-		if old[id] != is {
-			c.checkChanged(id.node, is)
-		}
 	}
 	c.readStale(now)
 }
 
 // readStale reads again every service whose last read saw other failing
-// checks than now says it has: a check can fail and pass again between
-// two answers of the query of the checks, while a read of its service
-// (for another reason) saw it failing; comparing answers alone would miss
-// it, and the service would keep that instance out until its next change.
+// checks than now says it has (a node's own failing checks count for the
+// services with instances there). Comparing each service with its own
+// last read, not one answer with the one before, also catches a check
+// that failed and passed again between two answers while a read of its
+// service saw it failing.
 // The caller holds c.mu.
 func (c *Store) readStale(now map[checkID]check) {
 	expect := map[*service]map[checkID]string{}
@@ -301,24 +292,9 @@ func (c *Store) readStale(now map[checkID]check) {
 		}
 	}
 	for _, s := range c.services {
-		if s.read && !maps.Equal(s.failing, expect[s]) && !(len(s.failing) == 0 && len(expect[s]) == 0) {
+		if s.read && !maps.Equal(s.failing, expect[s]) {
 			c.want(s, urgent)
 		}
-	}
-}
-
-// checkChanged reads again the service of a check that changed on node,
-// or for a node's own check, the services with instances there. The
-// caller holds c.mu.
-func (c *Store) checkChanged(node string, hc check) {
-	if hc.service == "" {
-		for s := range c.onNode[node] {
-			c.want(s, urgent)
-		}
-		return
-	}
-	if s := c.services[hc.service]; s != nil {
-		c.want(s, urgent)
 	}
 }
 
@@ -329,7 +305,7 @@ func (c *Store) checkChanged(node string, hc check) {
 func (c *Store) checksFailed(err error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.notPassing = nil
+	c.checksKnown = false
 	var status api.StatusError
 	if !errors.As(err, &status) || c.checksFailing {
 		c.log().Debug("consul's health checks query failed; retrying", zap.String("backend", "consul"), zap.Error(err))
