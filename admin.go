@@ -426,8 +426,9 @@ func serveTraffic(w http.ResponseWriter, r *http.Request, app *App, segs []strin
 }
 
 func statusOf(svc *registry.Service) serviceStatus {
-	st := serviceStatus{Name: svc.Name, Version: svc.Version, Endpoints: make([]endpointStatus, 0, len(svc.Endpoints)), Retries: svc.Retries()}
-	st.Hedges, st.HedgesWon = svc.Hedges()
+	c := countsOf(svc)
+	st := serviceStatus{Name: svc.Name, Version: svc.Version, Endpoints: make([]endpointStatus, 0, len(svc.Endpoints)),
+		Retries: c.retries, Hedges: c.hedges, HedgesWon: c.hedgesWon}
 	for _, ep := range svc.Endpoints {
 		stats := ep.Stats()
 		st.Endpoints = append(st.Endpoints, endpointStatus{

@@ -99,7 +99,7 @@ func (a *attempt) reportPrevious(reg registry.Registry, repl *caddy.Replacer) {
 		return
 	}
 	if a.svc != nil {
-		a.svc.CountRetry()
+		stateOf(a.svc).retries.Add(1)
 		if _, answered := repl.Get(statusPlaceholder); !answered && reg != nil && !a.reported {
 			reg.Failure(a.svc.Key(), a.svc.Endpoints[a.last].Address)
 		}

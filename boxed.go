@@ -5,24 +5,15 @@ import "github.com/svcreg/caddy-svcreg/registry"
 // A Caddy placeholder holds an `any`: a string stored there on every
 // request would be boxed, an allocation, each time. The strings the
 // matcher and the selection policy store are boxed once instead, per
-// service version and per traffic policy, and kept with them
-// (registry.Service.Attach, registry.Traffic.Attach): neither changes; a
-// change of a version's endpoints brings a new Service, a change of a
-// policy a new Traffic.
+// service version and per traffic policy, and kept with them (a
+// serviceState, attached to the version while it stays registered;
+// registry.Traffic.Attach, whose Traffic never changes: a change of a
+// policy brings a new one).
 
 // serviceBoxes are a service version's strings, boxed.
 type serviceBoxes struct {
 	name, version, prefix any
 	unavailable           any // the text of Service.Unavailable
-}
-
-// boxesOf returns svc's boxed strings, made by its first request.
-func boxesOf(svc *registry.Service) *serviceBoxes {
-	if b, ok := svc.Attachment().(*serviceBoxes); ok {
-		return b
-	}
-	b := &serviceBoxes{name: svc.Name, version: svc.Version, prefix: svc.Prefix, unavailable: svc.Unavailable().Error()}
-	return svc.Attach(b).(*serviceBoxes)
 }
 
 // trafficBoxes are a traffic policy's prefixes, boxed.

@@ -155,13 +155,13 @@ type hedge struct {
 func (p *hedgePlan) launch(w *watchdog, now time.Time) *hedge {
 	a, svc := p.a, p.a.svc
 	i := a.balance.Pick(a, svc.Rotation(), false)
-	if i < 0 || !svc.WithdrawRetry(p.t.budget, now) {
+	if i < 0 || !stateOf(svc).budget.withdraw(p.t.budget, now) {
 		return nil
 	}
 	a.markTried(i)
 	ep := svc.Endpoints[i]
 	ep.Sent()
-	svc.CountHedge()
+	stateOf(svc).hedges.Add(1)
 	h := &hedge{t: p.t, reg: a.reg, svc: svc, ep: ep, index: i, begin: now, first: w, deadline: p.deadline,
 		dialing: &attempt{svc: svc, last: -1}, done: make(chan struct{})}
 	h.req = h.request(p.req, headerOf(*p.header), a.pool[i])
@@ -295,7 +295,7 @@ func (t *HTTPTransport) hedged(h *hedge, req *http.Request, a *attempt, ep *regi
 		return t.outcome(req, a, ep, start, s)
 	}
 	svc := a.svc
-	svc.CountHedgeWon()
+	stateOf(svc).hedgesWon.Add(1)
 	a.last = h.index
 	latency := time.Since(start)
 	switch {

@@ -134,13 +134,13 @@ func (m MatchServiceVersion) MatchWithError(r *http.Request) (bool, error) {
 		if m.Version != "" && seg != m.Version {
 			return false, nil
 		}
-		b := boxesOf(svc)
+		b := stateOf(svc)
 		prefix := b.prefix
 		if m.Prefix != "" {
 			prefix = m.Prefix + svc.Prefix
 		}
 		setServiceVars(r, repl, svc, b.name, b.version, prefix, "path")
-		svc.CountRouted(registry.FromPath)
+		b.countRouted(registry.FromPath)
 		return true, nil
 	}
 	// No version in the path (seg is none, or was not looked up): why.
@@ -305,9 +305,9 @@ func (m MatchServiceVersion) matchTraffic(r *http.Request, repl *caddy.Replacer,
 		if m.Version != "" && svc.Version != m.Version {
 			return false, nil
 		}
-		b := boxesOf(svc)
+		b := stateOf(svc)
 		setServiceVars(r, repl, svc, b.name, b.version, prefix, boxedSource(from))
-		svc.CountRouted(from)
+		b.countRouted(from)
 	}
 	if bucket >= 0 {
 		caddyhttp.SetVar(r.Context(), varSticky, stickyCookie{tr: tr.Traffic, bucket: bucket, path: m.Prefix + "/" + name})

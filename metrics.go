@@ -68,12 +68,12 @@ func (registryCollector) Collect(ch chan<- prometheus.Metric) {
 		for _, svc := range r.Snapshot().Services() {
 			if !seenServices[svc.Key()] {
 				seenServices[svc.Key()] = true
-				ch <- prometheus.MustNewConstMetric(descRetries, prometheus.CounterValue, float64(svc.Retries()), svc.Name, svc.Version)
-				hedges, won := svc.Hedges()
-				ch <- prometheus.MustNewConstMetric(descHedges, prometheus.CounterValue, float64(hedges), svc.Name, svc.Version)
-				ch <- prometheus.MustNewConstMetric(descHedgesWon, prometheus.CounterValue, float64(won), svc.Name, svc.Version)
+				c := countsOf(svc)
+				ch <- prometheus.MustNewConstMetric(descRetries, prometheus.CounterValue, float64(c.retries), svc.Name, svc.Version)
+				ch <- prometheus.MustNewConstMetric(descHedges, prometheus.CounterValue, float64(c.hedges), svc.Name, svc.Version)
+				ch <- prometheus.MustNewConstMetric(descHedgesWon, prometheus.CounterValue, float64(c.hedgesWon), svc.Name, svc.Version)
 				for from := registry.FromPath; from <= registry.FromFallback; from++ {
-					if n := svc.Routed(from); n > 0 {
+					if n := c.routed[from]; n > 0 {
 						ch <- prometheus.MustNewConstMetric(descRouted, prometheus.CounterValue, float64(n), svc.Name, svc.Version, from.String())
 					}
 				}

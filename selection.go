@@ -233,7 +233,7 @@ func (p *FailoverSelection) Select(pool reverseproxy.UpstreamPool, r *http.Reque
 			w.Header().Set("Retry-After", "1")
 			a.retryAfter = true
 			if a.svc != nil {
-				repl.Set(placeholderError, boxesOf(a.svc).unavailable)
+				repl.Set(placeholderError, stateOf(a.svc).unavailable)
 			} else if name, matched := repl.GetString(placeholderName); matched {
 				repl.Set(placeholderError, unavailableText(p.registry, name, repl))
 			}

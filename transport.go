@@ -107,7 +107,7 @@ type HTTPTransport struct {
 	tryTimeout  time.Duration // 0 = auto, < 0 = off
 	hedge       time.Duration // 0 = auto, < 0 = off
 	proxied     bool          // requests may go through a forward proxy: no hedges
-	budget      registry.RetryBudget
+	budget      budgetRule
 	retryStatus [8]bool    // retryStatus[code-500] for 500-507
 	ownClient   *h1.Client // service_http's own HTTP/1.1 client; nil: every request goes through Go's transport
 }
@@ -213,25 +213,25 @@ func (t *HTTPTransport) provisionFailover() error {
 		}
 		t.retryStatus[code-500] = true
 	}
-	t.budget = registry.DefaultRetryBudget
+	t.budget = defaultBudget
 	if b := t.RetryBudget; b != nil {
 		if b.Percent != nil {
 			if *b.Percent < 0 || *b.Percent > 100 {
 				return fmt.Errorf("retry_budget percent %v: want 0 to 100", *b.Percent)
 			}
-			t.budget.Ratio = *b.Percent / 100
+			t.budget.ratio = *b.Percent / 100
 		}
 		if b.PerSecond != nil {
 			if *b.PerSecond < 0 {
 				return fmt.Errorf("retry_budget per_second %d: want 0 or more", *b.PerSecond)
 			}
-			t.budget.PerSecond = *b.PerSecond
+			t.budget.perSecond = *b.PerSecond
 		}
 		if b.Burst != nil {
 			if *b.Burst < 0 {
 				return fmt.Errorf("retry_budget burst %d: want 0 or more", *b.Burst)
 			}
-			t.budget.Burst = *b.Burst
+			t.budget.burst = *b.Burst
 		}
 	}
 	return nil
@@ -258,7 +258,7 @@ func (t *HTTPTransport) try(req *http.Request, a *attempt, ep *registry.Endpoint
 	a.dialing.Store(0)
 	if !a.deposited {
 		a.deposited = true
-		svc.DepositRetry(t.budget)
+		stateOf(svc).budget.deposit(t.budget)
 	}
 	deadline := t.deadline(svc, start)
 	// A body that is not buffered whole cannot be sent again once read:
@@ -320,7 +320,7 @@ func (t *HTTPTransport) outcome(req *http.Request, a *attempt, ep *registry.Endp
 		svcReport(a, ep, outcome, latency)
 		// A silent host's peers are answering: retrying on them does not
 		// pile load on a failing version, so it costs no budget.
-		if !replayable || retried && cut == cutDeadline && !svc.WithdrawRetry(t.budget, start.Add(latency)) {
+		if !replayable || retried && cut == cutDeadline && !stateOf(svc).budget.withdraw(t.budget, start.Add(latency)) {
 			a.noRetry = true
 		}
 		return nil, tryTimeoutError{latency.Round(time.Millisecond)}
@@ -334,14 +334,14 @@ func (t *HTTPTransport) outcome(req *http.Request, a *attempt, ep *registry.Endp
 			return nil, err // nothing was sent: retrying is free
 		}
 		svcReport(a, ep, registry.Failed, 0)
-		if !neverSent && !replayable || retried && !svc.WithdrawRetry(t.budget, start.Add(latency)) {
+		if !neverSent && !replayable || retried && !stateOf(svc).budget.withdraw(t.budget, start.Add(latency)) {
 			a.noRetry = true
 		}
 		return nil, err
 	case resp.StatusCode >= 500 && resp.StatusCode < 500+len(t.retryStatus) && isGatewayError(resp.StatusCode):
 		latency = max(latency-time.Duration(a.dialing.Load()), 0)
 		svcReport(a, ep, registry.GatewayError, latency)
-		if retried && t.retryStatus[resp.StatusCode-500] && a.untried() > 0 && svc.WithdrawRetry(t.budget, start.Add(latency)) {
+		if retried && t.retryStatus[resp.StatusCode-500] && a.untried() > 0 && stateOf(svc).budget.withdraw(t.budget, start.Add(latency)) {
 			// another host takes the request: this answer goes nowhere
 			_, _ = io.CopyN(io.Discard, resp.Body, 4<<10) // so that the connection can be reused
 			resp.Body.Close()

@@ -668,8 +668,8 @@ func TestTryHedge(t *testing.T) {
 			if got != tc.want {
 				t.Errorf("answer %q (error %v), want %q", got, err, tc.want)
 			}
-			if hedges, won := svc.Hedges(); hedges != tc.hedges || won != tc.won {
-				t.Errorf("%d hedges, %d won; want %d, %d", hedges, won, tc.hedges, tc.won)
+			if c := countsOf(svc); c.hedges != tc.hedges || c.hedgesWon != tc.won {
+				t.Errorf("%d hedges, %d won; want %d, %d", c.hedges, c.hedgesWon, tc.hedges, tc.won)
 			}
 			if out := first.Stats().OutOfRotation; out != tc.firstOut {
 				t.Errorf("the first host is out of rotation as %q, want %q", out, tc.firstOut)

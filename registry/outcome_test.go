@@ -191,36 +191,6 @@ func TestPeakEWMA(t *testing.T) {
 	}
 }
 
-// TestRetryBudget spends a budget: it starts full (burst), each request
-// adds a share of a retry, and the floor adds some every second.
-func TestRetryBudget(t *testing.T) {
-	c := RetryBudget{Ratio: 0.5, PerSecond: 10, Burst: 5}
-	var b retryBudget
-	now := int64(1e18)
-	n := 0
-	for b.withdraw(c, now) {
-		n++
-	}
-	if n != 5 {
-		t.Errorf("a new budget allowed %d retries, want its burst of 5", n)
-	}
-	for range 4 {
-		b.deposit(c)
-	}
-	first, second, third := b.withdraw(c, now), b.withdraw(c, now), b.withdraw(c, now)
-	if !first || !second || third {
-		t.Error("4 requests at 0.5 did not allow exactly 2 retries")
-	}
-	now += int64(300 * time.Millisecond)
-	n = 0
-	for b.withdraw(c, now) {
-		n++
-	}
-	if n != 3 {
-		t.Errorf("0.3s of a 10/s floor allowed %d retries, want 3", n)
-	}
-}
-
 // threeHosts returns a fake clock and the service users v1 with three
 // hosts, in a table on that clock.
 func threeHosts(t *testing.T) (*fakeClock, *Service) {

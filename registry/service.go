@@ -20,7 +20,6 @@ type Service struct {
 
 	rotation    Rotation
 	unavailable error
-	attached    atomic.Value // Attach's
 
 	stats *serviceStats // kept across snapshots
 }
@@ -28,13 +27,9 @@ type Service struct {
 // serviceStats are what a service version keeps while it stays
 // registered, whatever its endpoints do.
 type serviceStats struct {
-	retries   atomic.Uint64              // tries after a request's first
-	hedges    atomic.Uint64              // backup tries sent while a request's try waited
-	hedgesWon atomic.Uint64              // backup tries that answered first
-	lastReply atomic.Int64               // unix nanoseconds of its last response header
-	latency   latencyHist                // response times of its tries
-	budget    retryBudget                // retries after requests its hosts received
-	routed    [sourceCount]atomic.Uint64 // requests routed here, by why
+	lastReply atomic.Int64 // unix nanoseconds of its last response header
+	latency   latencyHist  // response times of its tries
+	attached  atomic.Value // Attach's
 }
 
 // Key returns the service version's key.
@@ -56,60 +51,26 @@ func (s *Service) Endpoint(address string) *Endpoint {
 func (s *Service) Rotation() *Rotation { return &s.rotation }
 
 // Attachment returns the value a caller attached to the service version
-// with Attach, or nil. A Service never changes (a change of its version's
-// endpoints brings a new one): what a caller derives from it once (the
-// Caddy module, the values of its placeholders) can stay with it.
-func (s *Service) Attachment() any { return s.attached.Load() }
+// with Attach, or nil. It stays with the version while the version stays
+// registered, whatever its endpoints do: a proxy keeps there what it
+// derives from the version once (the values of its placeholders) and what
+// it counts (its retries, its retry budget).
+func (s *Service) Attachment() any { return s.stats.attached.Load() }
 
 // Attach attaches v to the service version unless a value is attached
 // already (the first of concurrent callers wins), and returns the value
 // attached. Every value attached must be of the same type.
 func (s *Service) Attach(v any) any {
-	if s.attached.CompareAndSwap(nil, v) {
+	if s.stats.attached.CompareAndSwap(nil, v) {
 		return v
 	}
-	return s.attached.Load()
+	return s.stats.attached.Load()
 }
 
 // Unavailable returns the error for a request that finds no available
 // endpoint of the service version: it matches ErrNoAvailableHost and
 // names the service and version. It is made once per Service.
 func (s *Service) Unavailable() error { return s.unavailable }
-
-// CountRouted counts a request routed to the service version, and why.
-func (s *Service) CountRouted(from Source) {
-	if from < sourceCount {
-		s.stats.routed[from].Add(1)
-	}
-}
-
-// Routed returns how many requests were routed to the service version
-// for the reason from, while it stayed registered.
-func (s *Service) Routed(from Source) uint64 {
-	if from >= sourceCount {
-		return 0
-	}
-	return s.stats.routed[from].Load()
-}
-
-// CountRetry counts one more try after a request's first.
-func (s *Service) CountRetry() { s.stats.retries.Add(1) }
-
-// Retries returns how many tries came after a request's first, over the
-// service version's life in the registry.
-func (s *Service) Retries() uint64 { return s.stats.retries.Load() }
-
-// CountHedge counts a backup (hedged) try: sent to another endpoint while
-// a request's try was still waiting for its answer.
-func (s *Service) CountHedge() { s.stats.hedges.Add(1) }
-
-// CountHedgeWon counts a backup try that answered before the try it backed
-// up.
-func (s *Service) CountHedgeWon() { s.stats.hedgesWon.Add(1) }
-
-// Hedges returns how many backup tries were sent, and how many of them
-// answered first, over the service version's life in the registry.
-func (s *Service) Hedges() (sent, won uint64) { return s.stats.hedges.Load(), s.stats.hedgesWon.Load() }
 
 // LatencyP99 returns the 99th percentile of the time its endpoints took
 // to answer (to the response header) over the last 10 to 20 s, or 0
@@ -138,16 +99,6 @@ func (s *Service) Silent(ep *Endpoint, now time.Time, window time.Duration) bool
 func (s *Service) SilentSince(ep *Endpoint, t time.Time) bool {
 	since := t.UnixNano()
 	return ep.health.lastReply.Load() < since && s.stats.lastReply.Load() >= since && !ep.health.out(outDraining)
-}
-
-// DepositRetry credits the service version's retry budget with one
-// request: call it once per request (not per try).
-func (s *Service) DepositRetry(b RetryBudget) { s.stats.budget.deposit(b) }
-
-// WithdrawRetry takes a retry after a request its host received out of
-// the budget, and reports whether one was left.
-func (s *Service) WithdrawRetry(b RetryBudget, now time.Time) bool {
-	return s.stats.budget.withdraw(b, now.UnixNano())
 }
 
 func newService(key ServiceKey, eps []*Endpoint) *Service {

@@ -52,10 +52,9 @@ func TestTable(t *testing.T) {
 		t.Errorf("unknown service: %v", err)
 	}
 
-	// Health and counters survive a write that keeps the endpoint.
+	// Health and the attachment survive a write that keeps the endpoint.
 	a := svc.Endpoint("a:1")
 	a.health.setOut(outPassive, true)
-	svc.CountRetry()
 	tbl.Set(users, eps("a:1", "b:1"))
 	if same, _ := tbl.Snapshot().Lookup("users", "v1"); same != svc {
 		t.Errorf("setting the same endpoints published a new Service")
@@ -68,8 +67,8 @@ func TestTable(t *testing.T) {
 	if a2 := svc2.Endpoint("a:1"); a2.Weight != 5 || a2.Available() {
 		t.Errorf("reweighted endpoint: weight %d available %v; want 5 and the old (ejected) health", a2.Weight, a2.Available())
 	}
-	if svc2.Retries() != 1 {
-		t.Errorf("retries = %d after a rewrite, want the 1 counted before", svc2.Retries())
+	if svc2.Attachment() != first {
+		t.Errorf("attachment after a rewrite = %v, want the one attached before", svc2.Attachment())
 	}
 	// The old Service a reader may still hold is unchanged.
 	if got := addresses(svc); !slices.Equal(got, []string{"a:1", "b:1"}) {
