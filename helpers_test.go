@@ -1,6 +1,8 @@
 package svcreg
 
 import (
+	"context"
+	"errors"
 	"testing"
 
 	"github.com/caddyserver/certmagic"
@@ -62,3 +64,58 @@ var (
 	addresses = testutil.Addresses
 	must      = testutil.Must
 )
+
+// handFed is a backend with no store: it publishes what a test hands it
+// (publish), and until then leaves its registry not synced.
+type handFed struct{ feed *registry.Feed }
+
+func (h *handFed) Start(feed *registry.Feed, env registry.BackendEnv) error {
+	h.feed = feed
+	feed.Configure(env)
+	return nil
+}
+
+func (h *handFed) Reconfigure(env registry.BackendEnv) error {
+	h.feed.Configure(env)
+	return nil
+}
+
+func (h *handFed) Add(context.Context, registry.ServiceKey, registry.Endpoint) error {
+	return errors.New("a hand-fed registry takes no Add")
+}
+
+func (h *handFed) Delete(context.Context, registry.ServiceKey, string) error {
+	return errors.New("a hand-fed registry takes no Delete")
+}
+
+func (h *handFed) Stop() error { return nil }
+
+// publish publishes all, as a store holding it would, and marks the
+// registry synced.
+func (h *handFed) publish(all map[registry.ServiceKey][]registry.Endpoint) {
+	stored := make(map[registry.ServiceKey]map[string]registry.Change, len(all))
+	for key, eps := range all {
+		stored[key] = make(map[string]registry.Change, len(eps))
+		for _, ep := range eps {
+			stored[key][ep.Address] = registry.Change{Endpoint: ep}
+		}
+	}
+	h.feed.Publish(stored, true)
+}
+
+// newHandFed returns a started registry on a handFed backend, stopped when
+// the test ends.
+func newHandFed(t testing.TB) (*registry.Local, *handFed) {
+	t.Helper()
+	h := &handFed{}
+	r := registry.New(h, registry.Options{})
+	t.Cleanup(func() {
+		if err := r.Stop(); err != nil {
+			t.Error(err)
+		}
+	})
+	if err := r.Start(registry.BackendEnv{Logger: zap.NewNop()}, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	return r, h
+}

@@ -1,6 +1,7 @@
 package svcreg
 
 import (
+	"context"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -218,7 +219,9 @@ func TestFailoverNoAvailableHost(t *testing.T) {
 	}
 	// A host shows up before the next try: it is used, and the response
 	// no longer says to retry later.
-	reg.Table().Set(key, normalize(t, hostList(1)))
+	if err := reg.Add(context.Background(), key, hostList(1)[0]); err != nil {
+		t.Fatal(err)
+	}
 	if addr := try.next(); addr != "127.0.0.1:9001" {
 		t.Fatalf("after a host was added: got %q", addr)
 	}
@@ -276,8 +279,7 @@ func TestFailoverNewProxyLoopStartsAfresh(t *testing.T) {
 
 func TestFailoverRetryAfterClearedWhenSynced(t *testing.T) {
 	key := registry.ServiceKey{Service: "users", Version: "v1"}
-	reg := registry.New(nil, registry.Options{}) // not started: not synced yet
-	tbl := reg.Table()
+	reg, fed := newHandFed(t) // not synced until it publishes
 	try := newProxyTry(t, reg, "round_robin", key)
 	repl := try.r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	repl.Set(placeholderName, "users") // as the matcher does
@@ -290,7 +292,7 @@ func TestFailoverRetryAfterClearedWhenSynced(t *testing.T) {
 	if msg, _ := repl.GetString(placeholderError); msg == "" {
 		t.Errorf("unsynced registry: no {svc.error}")
 	}
-	tbl.Replace(map[registry.ServiceKey][]registry.Endpoint{key: normalize(t, hostList(1))})
+	fed.publish(map[registry.ServiceKey][]registry.Endpoint{key: normalize(t, hostList(1))})
 	if addr := try.next(); addr != "127.0.0.1:9001" {
 		t.Fatalf("after the sync: got %q", addr)
 	}
@@ -305,7 +307,9 @@ func TestFailoverRegistryChangesBetweenTries(t *testing.T) {
 	try := newProxyTry(t, reg, "round_robin", key)
 	first := try.next()
 	// A third host is added while the first try is failing.
-	reg.Table().Set(key, normalize(t, hostList(3)))
+	if err := reg.Add(context.Background(), key, hostList(3)[2]); err != nil {
+		t.Fatal(err)
+	}
 	second := try.next()
 	third := try.next()
 	if second == first || third == first || second == third || second == "" || third == "" {
@@ -427,8 +431,8 @@ func BenchmarkRegistryScale(b *testing.B) {
 	var before, after runtime.MemStats
 	runtime.GC()
 	runtime.ReadMemStats(&before)
-	reg := registry.New(nil, registry.Options{}) // fed by hand: no backend
-	reg.Table().Replace(all)
+	reg, fed := newHandFed(b)
+	fed.publish(all)
 	runtime.GC()
 	runtime.ReadMemStats(&after)
 	heap := float64(after.HeapAlloc - before.HeapAlloc)

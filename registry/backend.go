@@ -7,7 +7,7 @@ import (
 	"go.uber.org/zap"
 )
 
-// Backend stores a registry's endpoints and keeps its Table current
+// Backend stores a registry's endpoints and keeps its table current
 // through a Feed.
 // In Caddy, backends are modules in the service_registry.backends
 // namespace.

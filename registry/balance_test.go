@@ -44,7 +44,7 @@ func TestParseBalance(t *testing.T) {
 func TestPickEveryHostOnce(t *testing.T) {
 	tbl := newTable(time.Now)
 	key := ServiceKey{"users", "v1"}
-	tbl.Replace(normalized(t, map[ServiceKey][]Endpoint{key: {{Address: "127.0.0.1:1", Weight: 3}, {Address: "127.0.0.1:2"}, {Address: "127.0.0.1:3", Weight: 2}}}))
+	tbl.replace(normalized(t, map[ServiceKey][]Endpoint{key: {{Address: "127.0.0.1:1", Weight: 3}, {Address: "127.0.0.1:2"}, {Address: "127.0.0.1:3", Weight: 2}}}))
 	svc, _ := tbl.Snapshot().Lookup("users", "v1")
 	for _, b := range balances {
 		p := newSvcPool(svc)
@@ -68,7 +68,7 @@ func TestPickEveryHostOnce(t *testing.T) {
 func TestPickShares(t *testing.T) {
 	tbl := newTable(time.Now)
 	key := ServiceKey{"users", "v1"}
-	tbl.Replace(normalized(t, map[ServiceKey][]Endpoint{key: {{Address: "127.0.0.1:1", Weight: 3}, {Address: "127.0.0.1:2"}, {Address: "127.0.0.1:3"}}}))
+	tbl.replace(normalized(t, map[ServiceKey][]Endpoint{key: {{Address: "127.0.0.1:1", Weight: 3}, {Address: "127.0.0.1:2"}, {Address: "127.0.0.1:3"}}}))
 	svc, _ := tbl.Snapshot().Lookup("users", "v1")
 	const n = 10000
 	for _, tc := range []struct {
@@ -105,7 +105,7 @@ func TestSlowStartEveryBalance(t *testing.T) {
 	clock := newFakeClock()
 	tbl := newTable(clock.Now)
 	key := ServiceKey{"users", "v1"}
-	tbl.Replace(normalized(t, map[ServiceKey][]Endpoint{key: eps("127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3", "127.0.0.1:4", "127.0.0.1:5")}))
+	tbl.replace(normalized(t, map[ServiceKey][]Endpoint{key: eps("127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3", "127.0.0.1:4", "127.0.0.1:5")}))
 	svc, _ := tbl.Snapshot().Lookup("users", "v1")
 	for _, ep := range svc.Endpoints {
 		ep.health.rampStart.Store(clock.Now().UnixNano())
@@ -156,7 +156,7 @@ func TestTries(t *testing.T) {
 func TestOutHostShareSpreads(t *testing.T) {
 	tbl := newTable(time.Now)
 	key := ServiceKey{"users", "v1"}
-	tbl.Replace(normalized(t, map[ServiceKey][]Endpoint{key: eps("127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3", "127.0.0.1:4")}))
+	tbl.replace(normalized(t, map[ServiceKey][]Endpoint{key: eps("127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3", "127.0.0.1:4")}))
 	svc, _ := tbl.Snapshot().Lookup("users", "v1")
 	svc.Endpoints[1].health.setOut(outPassive, true)
 	for _, b := range []Balance{RoundRobin, Random} {
@@ -182,7 +182,7 @@ func TestPeakEWMAProportional(t *testing.T) {
 	clock := newFakeClock()
 	tbl := newTable(clock.Now)
 	key := ServiceKey{"users", "v1"}
-	tbl.Replace(normalized(t, map[ServiceKey][]Endpoint{key: eps("127.0.0.1:1", "127.0.0.1:2")}))
+	tbl.replace(normalized(t, map[ServiceKey][]Endpoint{key: eps("127.0.0.1:1", "127.0.0.1:2")}))
 	svc, _ := tbl.Snapshot().Lookup("users", "v1")
 	now := clock.Now().UnixNano()
 	svc.Endpoints[0].health.ewma.observe(10*time.Millisecond, now)
@@ -202,7 +202,7 @@ func TestPeakEWMAProportional(t *testing.T) {
 func TestPickSkipsDrained(t *testing.T) {
 	tbl := newTable(time.Now)
 	key, all := ServiceKey{"users", "v1"}, ServiceKey{"users", "v2"}
-	tbl.Replace(normalized(t, map[ServiceKey][]Endpoint{
+	tbl.replace(normalized(t, map[ServiceKey][]Endpoint{
 		key: {{Address: "127.0.0.1:1", Weight: Drained}, {Address: "127.0.0.1:2", Weight: 3}, {Address: "127.0.0.1:3", Weight: Drained}, {Address: "127.0.0.1:4"}},
 		all: {{Address: "127.0.0.1:5", Weight: Drained}, {Address: "127.0.0.1:6", Weight: Drained}},
 	}))

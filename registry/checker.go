@@ -38,7 +38,7 @@ type EventFunc func(name string, data map[string]any)
 // Everything the scheduler decides is in methods that take the time, so
 // that tests drive it with a fake clock.
 type checker struct {
-	table  *Table
+	table  *table
 	now    func() time.Time
 	probe  ProbeFunc
 	logger atomic.Pointer[zap.Logger]
@@ -84,7 +84,7 @@ func (q *probeQueue) Pop() any {
 	return t
 }
 
-func newChecker(table *Table, now func() time.Time, probe ProbeFunc, logger *zap.Logger) *checker {
+func newChecker(table *table, now func() time.Time, probe ProbeFunc, logger *zap.Logger) *checker {
 	c := &checker{
 		table:   table,
 		now:     now,

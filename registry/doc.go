@@ -10,17 +10,17 @@
 //   - ServiceKey names a service version; ValidName and ParseAddress say
 //     what names and addresses are, and Endpoint.Normalize makes an
 //     endpoint canonical.
-//   - A Table holds the registry as an immutable Snapshot of Services,
+//   - The registry holds its endpoints as an immutable Snapshot of Services,
 //     each with its sorted Endpoints and weighted round-robin Rotation.
 //     Readers load the snapshot atomically; writers publish a new one.
 //   - A Backend (memory, etcd, ...) stores the endpoints and feeds the
-//     Table through a Feed: the backend only lists, watches and writes
+//     table through a Feed: the backend only lists, watches and writes
 //     its store and hands the Feed what the store holds (Changes beside
 //     the configuration's seeds); the Feed merges the seeds in, publishes,
 //     holds what a store drops while out of reach (Feed.Reachable) and
 //     logs its reachability. See the backends directory; the memory
 //     backend's store, backends/memory/memstore, imports nothing of Caddy.
-//   - Local ties a Backend, its Table and a health checker together and
+//   - Local ties a Backend, its table and a health checker together and
 //     implements Registry: Add, Delete (which drains the endpoint first),
 //     Failure (passive health) and Lookup.
 //   - A HealthPolicy, built from HealthCheck entries, configures active

@@ -11,11 +11,11 @@ import (
 
 // Feed is how a backend feeds its registry: the backend hands it what its
 // store holds beside the configuration's seeds, and the feed merges the
-// seeds in and publishes the result in the registry's Table. A backend
+// seeds in and publishes the result in the registry's table. A backend
 // gets its feed from Start and gives it each configuration's BackendEnv
 // (Configure) when it takes that configuration.
 type Feed struct {
-	table *Table
+	table *table
 
 	mu      sync.Mutex // guards the fields below
 	seeds   map[ServiceKey][]Endpoint
@@ -28,7 +28,7 @@ type Feed struct {
 // tests do.
 func NewFeed() *Feed { return newFeed(newTable(time.Now)) }
 
-func newFeed(table *Table) *Feed { return &Feed{table: table, log: zap.NewNop()} }
+func newFeed(table *table) *Feed { return &Feed{table: table, log: zap.NewNop()} }
 
 // Configure takes env's seeds, traffic policies and logger. It publishes
 // nothing: the backend publishes next, with what its store holds.
@@ -73,7 +73,7 @@ func (f *Feed) Publish(stored map[ServiceKey]map[string]Change, listed bool) {
 			all[key] = eps
 		}
 	}
-	f.table.Replace(all)
+	f.table.replace(all)
 }
 
 // PublishKey publishes one service version as Publish does; listed says
@@ -82,7 +82,7 @@ func (f *Feed) PublishKey(key ServiceKey, stored map[string]Change, listed bool)
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if eps, known := f.merged(key, stored); known || listed {
-		f.table.Set(key, eps)
+		f.table.set(key, eps)
 	} else {
 		f.table.remove(key)
 	}

@@ -111,7 +111,7 @@ func TestSlowStartShare(t *testing.T) {
 type machine struct {
 	t      *testing.T
 	clock  *fakeClock
-	table  *Table
+	table  *table
 	c      *checker
 	events *recorder
 }
@@ -120,7 +120,7 @@ func newMachine(t *testing.T, seeds map[ServiceKey][]Endpoint, checks ...HealthC
 	t.Helper()
 	clock := newFakeClock()
 	tbl := newTable(clock.Now)
-	tbl.Replace(normalized(t, seeds))
+	tbl.replace(normalized(t, seeds))
 	m := &machine{t: t, clock: clock, table: tbl, events: new(recorder)}
 	m.c = newChecker(tbl, clock.Now, func(context.Context, ProbeTarget) error {
 		t.Error("the machine's checker probed on its own")
@@ -345,7 +345,7 @@ func TestRemovedWhileOut(t *testing.T) {
 	m := newMachine(t, map[ServiceKey][]Endpoint{key: eps(a, "127.0.0.1:2")})
 	m.fail(key, a)
 	m.due()
-	m.table.Set(key, normalized(t, map[ServiceKey][]Endpoint{key: eps("127.0.0.1:2")})[key])
+	m.table.set(key, normalized(t, map[ServiceKey][]Endpoint{key: eps("127.0.0.1:2")})[key])
 	m.clock.Advance(time.Hour)
 	m.idle()
 }

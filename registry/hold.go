@@ -39,7 +39,7 @@ type heldKey struct {
 }
 
 // holding reports whether a removal now is held. The caller holds t.mu.
-func (t *Table) holding() bool {
+func (t *table) holding() bool {
 	h := &t.hold
 	return h.grace > 0 && (!h.reachable || t.now().Before(h.until))
 }
@@ -48,7 +48,7 @@ func (t *Table) holding() bool {
 // eps for it (gone: it has no such version): eps, and the endpoints held
 // for key that eps does not have. prev is what is published now; when
 // holding, its endpoints that eps drops are held. The caller holds t.mu.
-func (t *Table) withHeld(key ServiceKey, prev *Service, eps []Endpoint, gone bool) []Endpoint {
+func (t *table) withHeld(key ServiceKey, prev *Service, eps []Endpoint, gone bool) []Endpoint {
 	h := &t.hold
 	hk := h.keys[key]
 	if hk == nil && (prev == nil || !t.holding()) {
@@ -94,9 +94,9 @@ func (t *Table) withHeld(key ServiceKey, prev *Service, eps []Endpoint, gone boo
 
 // setRecoveryGrace sets how long endpoints the backend drops while its
 // store is out of reach, or within that time after it came back, are
-// kept (0: none are). Default: 0 for a Table, defaultRecoveryGrace for a
+// kept (0: none are). Default: 0 for a table, defaultRecoveryGrace for a
 // registry made by New.
-func (t *Table) setRecoveryGrace(d time.Duration) {
+func (t *table) setRecoveryGrace(d time.Duration) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.hold.grace = max(d, 0)
@@ -111,7 +111,7 @@ func (t *Table) setRecoveryGrace(d time.Duration) {
 // meanwhile, and for the recovery grace after, stay in the snapshot until
 // the store has been back for the grace; then the snapshot holds what the
 // backend holds.
-func (t *Table) setReachable(ok bool) {
+func (t *table) setReachable(ok bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	h := &t.hold
@@ -132,7 +132,7 @@ func (t *Table) setReachable(ok bool) {
 
 // endHold publishes what the backend holds once the grace has passed
 // since the store came back.
-func (t *Table) endHold() {
+func (t *table) endHold() {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	h := &t.hold
@@ -149,7 +149,7 @@ func (t *Table) endHold() {
 
 // releaseHeld drops every held endpoint from the snapshot. The caller
 // holds t.mu.
-func (t *Table) releaseHeld() {
+func (t *table) releaseHeld() {
 	h := &t.hold
 	keys := h.keys
 	h.keys = nil
@@ -178,7 +178,7 @@ func (t *Table) releaseHeld() {
 }
 
 // stopHold stops the timer of the hold, if any. The caller holds t.mu.
-func (t *Table) stopHold() {
+func (t *table) stopHold() {
 	if t.hold.timer != nil {
 		t.hold.timer.Stop()
 		t.hold.timer = nil

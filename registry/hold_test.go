@@ -9,7 +9,7 @@ import (
 // holdTable is a table with a recovery grace of 3s on a fake clock whose
 // hold timer the test fires.
 type holdTable struct {
-	*Table
+	*table
 	clock *fakeClock
 	fire  func() // the armed timer's function, nil when none
 	after time.Duration
@@ -17,7 +17,7 @@ type holdTable struct {
 
 func newHoldTable(t *testing.T) *holdTable {
 	clock := newFakeClock()
-	h := &holdTable{Table: newTable(clock.Now), clock: clock}
+	h := &holdTable{table: newTable(clock.Now), clock: clock}
 	h.hold.afterFunc = func(d time.Duration, f func()) *time.Timer {
 		h.fire, h.after = f, d
 		return time.NewTimer(time.Hour) // stopped by setReachable or never fires in the test
@@ -58,10 +58,10 @@ func (h *holdTable) want(t *testing.T, when string, key ServiceKey, all, held []
 func TestHoldThroughRecovery(t *testing.T) {
 	users, orders := ServiceKey{"users", "v1"}, ServiceKey{"orders", "v1"}
 	h := newHoldTable(t)
-	h.Replace(map[ServiceKey][]Endpoint{users: eps("a:1", "b:1"), orders: eps("c:1")})
+	h.replace(map[ServiceKey][]Endpoint{users: eps("a:1", "b:1"), orders: eps("c:1")})
 
 	h.setReachable(false)
-	h.Replace(map[ServiceKey][]Endpoint{}) // listed again: every ephemeral node gone
+	h.replace(map[ServiceKey][]Endpoint{}) // listed again: every ephemeral node gone
 	h.want(t, "relisted empty while out of reach", users, []string{"a:1", "b:1"}, []string{"a:1", "b:1"})
 	h.want(t, "relisted empty while out of reach", orders, []string{"c:1"}, []string{"c:1"})
 
@@ -69,13 +69,13 @@ func TestHoldThroughRecovery(t *testing.T) {
 	if h.fire == nil || h.after != 3*time.Second {
 		t.Fatalf("coming back armed a timer of %v; want 3s", h.after)
 	}
-	h.Set(users, eps("a:1")) // a registered again
+	h.set(users, eps("a:1")) // a registered again
 	h.want(t, "a back", users, []string{"a:1", "b:1"}, []string{"b:1"})
 
 	h.clock.Advance(2 * time.Second)
 	h.remove(users) // a removal within the grace is held too
 	h.want(t, "removed within the grace", users, []string{"a:1", "b:1"}, []string{"a:1", "b:1"})
-	h.Set(users, eps("a:1"))
+	h.set(users, eps("a:1"))
 
 	h.clock.Advance(time.Second)
 	h.fire()
@@ -91,22 +91,22 @@ func TestHoldThroughRecovery(t *testing.T) {
 func TestHoldOnlyThroughOutages(t *testing.T) {
 	users := ServiceKey{"users", "v1"}
 	h := newHoldTable(t)
-	h.Replace(map[ServiceKey][]Endpoint{users: eps("a:1", "b:1")})
-	h.Set(users, eps("a:1"))
+	h.replace(map[ServiceKey][]Endpoint{users: eps("a:1", "b:1")})
+	h.set(users, eps("a:1"))
 	h.want(t, "removed with the store in reach", users, []string{"a:1"}, nil)
 
 	h.setReachable(false)
-	h.Set(users, nil)
+	h.set(users, nil)
 	svc, _ := h.Snapshot().Lookup("users", "v1")
 	before := svc.Endpoints[0]
-	h.Set(users, eps("a:1"))
+	h.set(users, eps("a:1"))
 	svc, _ = h.Snapshot().Lookup("users", "v1")
 	if svc.Endpoints[0].health != before.health || svc.Endpoints[0].Stats().Held {
 		t.Errorf("an endpoint listed again while held lost its health, or is still marked held")
 	}
 
 	// lost again before the grace ended: held until the next grace ends
-	h.Set(users, nil)
+	h.set(users, nil)
 	h.setReachable(true)
 	fire := h.fire
 	h.setReachable(false)
@@ -119,7 +119,7 @@ func TestHoldOnlyThroughOutages(t *testing.T) {
 	h.want(t, "after the second grace", users, []string{}, nil)
 
 	h.setRecoveryGrace(0)
-	h.Replace(map[ServiceKey][]Endpoint{users: eps("a:1")})
+	h.replace(map[ServiceKey][]Endpoint{users: eps("a:1")})
 	h.setReachable(false)
 	h.remove(users)
 	h.want(t, "grace 0", users, nil, nil)

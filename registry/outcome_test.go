@@ -197,7 +197,7 @@ func threeHosts(t *testing.T) (*fakeClock, *Service) {
 	t.Helper()
 	clock := newFakeClock()
 	tbl := newTable(clock.Now)
-	tbl.Replace(normalized(t, map[ServiceKey][]Endpoint{{"users", "v1"}: eps("127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3")}))
+	tbl.replace(normalized(t, map[ServiceKey][]Endpoint{{"users", "v1"}: eps("127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3")}))
 	svc, err := tbl.Snapshot().Lookup("users", "v1")
 	if err != nil {
 		t.Fatal(err)

@@ -74,11 +74,11 @@ type Options struct {
 	Probe ProbeFunc
 }
 
-// Local is a Registry in this process: a Backend feeding a Table that
+// Local is a Registry in this process: a Backend feeding a table that
 // requests read, a health checker, and drains. Make it with New, start it
 // with Start, and Stop it when done.
 type Local struct {
-	table   *Table
+	table   *table
 	feed    *Feed // the backend's, of table
 	backend Backend
 	health  *checker
@@ -204,11 +204,6 @@ func (l *Local) WaitSynced(ctx context.Context) bool {
 	}
 	return true
 }
-
-// Table returns the table the backend feeds. Writing to it directly
-// bypasses the backend: it is for backends, and for registries fed by
-// hand (with no backend, never started), as tests and benchmarks do.
-func (l *Local) Table() *Table { return l.table }
 
 // Add validates and normalizes ep and stores it through the backend.
 func (l *Local) Add(ctx context.Context, key ServiceKey, ep Endpoint) error {

@@ -183,10 +183,10 @@ func (s *Snapshot) Services() []*Service {
 	return out
 }
 
-// Table is the in-memory registry that backends feed. Reads go to an
+// table is the in-memory registry that backends feed. Reads go to an
 // immutable Snapshot; each write publishes a new one. Endpoints keep their
 // health state across writes as long as they stay registered.
-type Table struct {
+type table struct {
 	now  func() time.Time // the clock of the endpoints' health
 	mu   sync.Mutex       // serializes writers, guards hold
 	snap atomic.Pointer[Snapshot]
@@ -195,19 +195,19 @@ type Table struct {
 
 // newTable returns an empty table that is not synced yet, on the clock
 // now.
-func newTable(now func() time.Time) *Table {
-	t := &Table{now: now, hold: hold{reachable: true, afterFunc: time.AfterFunc}}
+func newTable(now func() time.Time) *table {
+	t := &table{now: now, hold: hold{reachable: true, afterFunc: time.AfterFunc}}
 	t.snap.Store(&Snapshot{services: map[string]*entry{}})
 	return t
 }
 
 // Snapshot returns the current snapshot.
-func (t *Table) Snapshot() *Snapshot { return t.snap.Load() }
+func (t *table) Snapshot() *Snapshot { return t.snap.Load() }
 
 // Replace sets the whole registry and marks it synced. A key with an empty
 // endpoint list is a known service version with no endpoints. The
 // endpoints must be normalized (Endpoint.Normalize).
-func (t *Table) Replace(all map[ServiceKey][]Endpoint) {
+func (t *table) replace(all map[ServiceKey][]Endpoint) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	old := t.snap.Load()
@@ -246,7 +246,7 @@ func (t *Table) Replace(all map[ServiceKey][]Endpoint) {
 }
 
 // setTraffic sets every service's traffic policy (nil: none).
-func (t *Table) setTraffic(policies map[string]*Traffic) {
+func (t *table) setTraffic(policies map[string]*Traffic) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	old := t.snap.Load()
@@ -269,7 +269,7 @@ func (t *Table) setTraffic(policies map[string]*Traffic) {
 
 // Set sets the endpoints of one service version, which becomes known even
 // with no endpoints. The endpoints must be normalized.
-func (t *Table) Set(key ServiceKey, eps []Endpoint) {
+func (t *table) set(key ServiceKey, eps []Endpoint) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	old := t.snap.Load()
@@ -282,7 +282,7 @@ func (t *Table) Set(key ServiceKey, eps []Endpoint) {
 }
 
 // remove forgets a service version.
-func (t *Table) remove(key ServiceKey) {
+func (t *table) remove(key ServiceKey) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	old := t.snap.Load()
@@ -300,7 +300,7 @@ func (t *Table) remove(key ServiceKey) {
 }
 
 // setSynced marks whether the table holds the backend's endpoints.
-func (t *Table) setSynced(synced bool) {
+func (t *table) setSynced(synced bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	old := t.snap.Load()
@@ -312,7 +312,7 @@ func (t *Table) setSynced(synced bool) {
 
 // publish stores a copy of old with key set to svc (removed when nil).
 // The caller holds t.mu.
-func (t *Table) publish(old *Snapshot, key ServiceKey, svc *Service) {
+func (t *table) publish(old *Snapshot, key ServiceKey, svc *Service) {
 	services := maps.Clone(old.services)
 	oe := old.services[key.Service]
 	if oe == nil {
@@ -343,7 +343,7 @@ func (t *Table) publish(old *Snapshot, key ServiceKey, svc *Service) {
 // buildService makes the Service for key from eps, reusing prev's
 // endpoints (and so their health) where address and weight are unchanged.
 // It returns prev itself when nothing changed.
-func (t *Table) buildService(key ServiceKey, eps []Endpoint, prev *Service) *Service {
+func (t *table) buildService(key ServiceKey, eps []Endpoint, prev *Service) *Service {
 	byAddr := make(map[string]Endpoint, len(eps))
 	for _, ep := range eps {
 		byAddr[ep.Address] = ep

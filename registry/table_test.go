@@ -26,7 +26,7 @@ func TestTable(t *testing.T) {
 	if _, err := tbl.Snapshot().Lookup("users", "v1"); !errors.Is(err, ErrNotSynced) {
 		t.Fatalf("new table: Lookup error = %v, want ErrNotSynced", err)
 	}
-	tbl.Replace(map[ServiceKey][]Endpoint{users: eps("b:1", "a:1")})
+	tbl.replace(map[ServiceKey][]Endpoint{users: eps("b:1", "a:1")})
 
 	svc, err := tbl.Snapshot().Lookup("users", "v1")
 	if err != nil {
@@ -55,11 +55,11 @@ func TestTable(t *testing.T) {
 	// Health and the attachment survive a write that keeps the endpoint.
 	a := svc.Endpoint("a:1")
 	a.health.setOut(outPassive, true)
-	tbl.Set(users, eps("a:1", "b:1"))
+	tbl.set(users, eps("a:1", "b:1"))
 	if same, _ := tbl.Snapshot().Lookup("users", "v1"); same != svc {
 		t.Errorf("setting the same endpoints published a new Service")
 	}
-	tbl.Set(users, []Endpoint{{Address: "a:1", Weight: 5}, {Address: "c:1", Weight: 1}})
+	tbl.set(users, []Endpoint{{Address: "a:1", Weight: 5}, {Address: "c:1", Weight: 1}})
 	svc2, _ := tbl.Snapshot().Lookup("users", "v1")
 	if got := addresses(svc2); !slices.Equal(got, []string{"a:1", "c:1"}) {
 		t.Errorf("after Set: %v", got)
@@ -76,7 +76,7 @@ func TestTable(t *testing.T) {
 	}
 
 	// A known version with no endpoints, then removal.
-	tbl.Set(users, nil)
+	tbl.set(users, nil)
 	if svc3, err := tbl.Snapshot().Lookup("users", "v1"); err != nil || len(svc3.Endpoints) != 0 {
 		t.Errorf("empty version: %v, %v", svc3, err)
 	}
@@ -132,7 +132,7 @@ func BenchmarkLookup(b *testing.B) {
 	for i := range 1000 {
 		all[ServiceKey{fmt.Sprintf("svc%d", i), "v1"}] = eps("127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3")
 	}
-	tbl.Replace(all)
+	tbl.replace(all)
 	r := &Local{table: tbl}
 	key := ServiceKey{"svc500", "v1"}
 	b.ReportAllocs()
@@ -150,7 +150,7 @@ func BenchmarkLookup(b *testing.B) {
 // nothing.
 func TestLookupAllocs(t *testing.T) {
 	tbl := newTable(time.Now)
-	tbl.Replace(map[ServiceKey][]Endpoint{{"users", "v1"}: eps("127.0.0.1:1", "127.0.0.1:2")})
+	tbl.replace(map[ServiceKey][]Endpoint{{"users", "v1"}: eps("127.0.0.1:1", "127.0.0.1:2")})
 	r := &Local{table: tbl}
 	key := ServiceKey{"users", "v1"}
 	if n := testing.AllocsPerRun(100, func() {

@@ -182,8 +182,8 @@ func TestTableTraffic(t *testing.T) {
 	if all := tbl.Snapshot().Policies(); len(all) != 2 || tbl.Snapshot().Traffic("users").Version(0) != "v2" {
 		t.Fatalf("published %v, want users' stored policy and orders' seeded one, not x's", all)
 	}
-	tbl.Replace(map[ServiceKey][]Endpoint{{Service: "users", Version: "v2"}: nil})
-	tbl.Set(ServiceKey{Service: "users", Version: "v1"}, nil)
+	tbl.replace(map[ServiceKey][]Endpoint{{Service: "users", Version: "v2"}: nil})
+	tbl.set(ServiceKey{Service: "users", Version: "v1"}, nil)
 	tbl.remove(ServiceKey{Service: "users", Version: "v1"})
 	tbl.setSynced(false)
 	snap := tbl.Snapshot()
@@ -221,24 +221,24 @@ func TestRoutingFollowsVersions(t *testing.T) {
 	if v1, v2 := split(); v1 != nil || v2 != nil {
 		t.Errorf("no versions yet, resolved %p %p", v1, v2)
 	}
-	tbl.Replace(map[ServiceKey][]Endpoint{{Service: "users", Version: "v1"}: {{Address: "127.0.0.1:1", Weight: 1}}})
+	tbl.replace(map[ServiceKey][]Endpoint{{Service: "users", Version: "v1"}: {{Address: "127.0.0.1:1", Weight: 1}}})
 	v1, v2 := split()
 	same("after Replace", v1, "v1")
 	if v2 != nil {
 		t.Error("v2 resolved before it exists")
 	}
-	tbl.Set(ServiceKey{Service: "users", Version: "v2"}, []Endpoint{{Address: "127.0.0.1:2", Weight: 1}})
+	tbl.set(ServiceKey{Service: "users", Version: "v2"}, []Endpoint{{Address: "127.0.0.1:2", Weight: 1}})
 	v1, v2 = split()
 	same("after Set v2", v1, "v1")
 	same("after Set v2", v2, "v2")
-	tbl.Set(ServiceKey{Service: "users", Version: "v1"}, []Endpoint{{Address: "127.0.0.1:3", Weight: 1}})
+	tbl.set(ServiceKey{Service: "users", Version: "v1"}, []Endpoint{{Address: "127.0.0.1:3", Weight: 1}})
 	v1, _ = split()
 	same("after v1 changed", v1, "v1")
 	tbl.remove(ServiceKey{Service: "users", Version: "v1"})
 	if v1, _ = split(); v1 != nil {
 		t.Error("v1 still resolved after its removal")
 	}
-	tbl.Set(ServiceKey{Service: "orders", Version: "v1"}, nil) // another service: same routing
+	tbl.set(ServiceKey{Service: "orders", Version: "v1"}, nil) // another service: same routing
 	_, v2 = split()
 	same("after another service changed", v2, "v2")
 }

@@ -441,7 +441,7 @@ func TestConsulReadOnlyWithSeedsAndTraffic(t *testing.T) {
 	seeds := map[registry.ServiceKey][]registry.Endpoint{users: testutil.Endpoints("127.0.0.1:9100")}
 	testutil.Must(t, r.Start(registry.BackendEnv{Seeds: seeds, Traffic: map[string]registry.TrafficPolicy{"users": policy}, Logger: zap.NewNop()}, nil, nil))
 	testutil.Eventually(t, 10*time.Second, "the first sync", func() bool { return r.Snapshot().Synced() })
-	if got := tableHas(r.Table(), users); !slices.Equal(got, []string{"127.0.0.1:9001", "127.0.0.1:9100"}) {
+	if got := tableHas(r, users); !slices.Equal(got, []string{"127.0.0.1:9001", "127.0.0.1:9100"}) {
 		t.Errorf("seeds merged with Consul's: %v", got)
 	}
 	if r.Snapshot().Traffic("users") == nil {
@@ -459,7 +459,7 @@ func TestConsulReadOnlyWithSeedsAndTraffic(t *testing.T) {
 	if _, err := r.Delete(ctx, users, "127.0.0.1:9001"); !errors.Is(err, registry.ErrInvalid) || !strings.Contains(err.Error(), "read-only") {
 		t.Errorf("deleting through the registry: %v, want ErrInvalid saying the backend is read-only", err)
 	}
-	if !ep.Available() || !slices.Contains(tableHas(r.Table(), users), "127.0.0.1:9001") {
+	if !ep.Available() || !slices.Contains(tableHas(r, users), "127.0.0.1:9001") {
 		t.Error("a refused delete took the endpoint out")
 	}
 	if err := r.PutTraffic(ctx, "users", policy); !errors.Is(err, registry.ErrInvalid) {
@@ -469,10 +469,10 @@ func TestConsulReadOnlyWithSeedsAndTraffic(t *testing.T) {
 	// A later config's seeds and policies replace these.
 	seeds2 := map[registry.ServiceKey][]registry.Endpoint{{Service: "users", Version: "v3"}: testutil.Endpoints("127.0.0.1:9200")}
 	testutil.Must(t, r.Start(registry.BackendEnv{Seeds: seeds2, Logger: zap.NewNop()}, nil, nil))
-	if got := tableHas(r.Table(), users); !slices.Equal(got, []string{"127.0.0.1:9001"}) {
+	if got := tableHas(r, users); !slices.Equal(got, []string{"127.0.0.1:9001"}) {
 		t.Errorf("users v1 after a reconfigure: %v", got)
 	}
-	if got := tableHas(r.Table(), registry.ServiceKey{Service: "users", Version: "v3"}); !slices.Equal(got, []string{"127.0.0.1:9200"}) {
+	if got := tableHas(r, registry.ServiceKey{Service: "users", Version: "v3"}); !slices.Equal(got, []string{"127.0.0.1:9200"}) {
 		t.Errorf("the new config's seed: %v", got)
 	}
 	if r.Snapshot().Traffic("users") != nil {
@@ -595,7 +595,7 @@ func TestConsulRestartedAgentChecksNotRunYet(t *testing.T) {
 	reg := registry.New(c, registry.Options{})
 	testutil.Must(t, reg.Start(registry.BackendEnv{}, nil, nil))
 	t.Cleanup(func() { testutil.Must(t, reg.Stop()) })
-	tbl := reg.Table()
+	tbl := reg
 	want := fmt.Sprintf("127.0.0.1:%d", port)
 	testutil.Eventually(t, 20*time.Second, "the first check to pass", func() bool { return tableState(tbl, users) == want })
 

@@ -159,7 +159,7 @@ func TestEtcdAdminWritesAndLeases(t *testing.T) {
 	seeds := map[registry.ServiceKey][]registry.Endpoint{users: eps("127.0.0.1:9001")}
 	e := &Backend{Endpoints: []string{srv.Endpoint}}
 	r, spy := startRegistry(t, e, seeds)
-	tbl := r.Table()
+	tbl := r
 
 	// Add: in etcd, and in the table as soon as Add returns.
 	must(t, r.Add(ctx, users, registry.Endpoint{Address: "127.0.0.1:9002", Weight: 2, Metadata: map[string]string{"zone": "a"}}))
