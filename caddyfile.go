@@ -304,8 +304,8 @@ func parseHealthCheck(d *caddyfile.Dispenser) (registry.HealthCheck, error) {
 			}
 			hc.Path = val
 		case "status":
-			if err := registry.CheckStatus(val); err != nil {
-				return hc, d.Errf("health_check: %v", err)
+			if err := (registry.HealthCheck{Status: val}).Validate(); err != nil {
+				return hc, d.Errf("%v", err)
 			}
 			hc.Status = val
 		case "body":
@@ -339,7 +339,7 @@ func parseHealthCheck(d *caddyfile.Dispenser) (registry.HealthCheck, error) {
 		}
 	}
 	// the same checks as at provision time, with the line to show
-	if err := registry.CheckHealthChecks([]registry.HealthCheck{hc}); err != nil {
+	if err := hc.Validate(); err != nil {
 		return hc, d.Errf("%v", err)
 	}
 	return hc, nil

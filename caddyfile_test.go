@@ -8,6 +8,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
@@ -378,8 +379,8 @@ func TestCaddyfileErrors(t *testing.T) {
 	}
 }
 
-// TestParseDurationAsCaddy checks that the core's duration parser, which
-// cannot import Caddy, reads every input as caddy.ParseDuration does.
+// TestParseDurationAsCaddy checks that the core's Duration, which cannot
+// import Caddy, reads every duration string as caddy.ParseDuration does.
 func TestParseDurationAsCaddy(t *testing.T) {
 	inputs := []string{"", "0", "1s", "1.5m", "-2h", "+3m", "1d", "1d12h", "1h1d", "0.5d", "d", "1dd", "5s+5d", "0h+5d",
 		"1d5d", ".0d2d", "0.000000d1d", "1e3d", "-1.5d", "2d-3h", "x1d", "1d x", "100000000000d", "soon", "1µs1d"}
@@ -392,9 +393,13 @@ func TestParseDurationAsCaddy(t *testing.T) {
 	}
 	for _, in := range inputs {
 		want, wantErr := caddy.ParseDuration(in)
-		got, err := registry.ParseDuration(in)
-		if got != want || (err == nil) != (wantErr == nil) {
-			t.Errorf("ParseDuration(%q) = %v, %v; Caddy says %v, %v", in, got, err, want, wantErr)
+		var got registry.Duration
+		err := got.UnmarshalJSON([]byte(`"` + in + `"`))
+		if err != nil {
+			got = 0
+		}
+		if time.Duration(got) != want || (err == nil) != (wantErr == nil) {
+			t.Errorf("Duration %q = %v, %v; Caddy says %v, %v", in, time.Duration(got), err, want, wantErr)
 		}
 	}
 }

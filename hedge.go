@@ -304,7 +304,7 @@ func (t *HTTPTransport) hedged(h *hedge, req *http.Request, a *attempt, ep *regi
 		// try began, while its peer answered this very request, has
 		// gone silent, however few requests it had.
 		o := registry.Overtaken
-		if svc.SilentSince(ep, start) {
+		if svc.Silent(ep, start, 0) {
 			o = registry.Silent
 		}
 		svcReport(a, ep, o, latency)

@@ -100,7 +100,7 @@ func (w *watchdog) fire() {
 		return
 	}
 	if s := &w.silence; s.after > 0 {
-		if !s.svc.Silent(s.ep, now, s.after) {
+		if !s.svc.Silent(s.ep, now.Add(-s.after), 2) {
 			// not silent: check again, up to the deadline
 			next := s.after
 			if w.deadline > 0 {

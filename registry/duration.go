@@ -15,7 +15,7 @@ type Duration time.Duration
 // UnmarshalJSON reads a number of nanoseconds or a duration string.
 func (d *Duration) UnmarshalJSON(b []byte) error {
 	if len(b) >= 2 && b[0] == '"' && b[len(b)-1] == '"' {
-		dur, err := ParseDuration(string(b[1 : len(b)-1]))
+		dur, err := parseDuration(string(b[1 : len(b)-1]))
 		if err != nil {
 			return err
 		}
@@ -30,10 +30,10 @@ func (d *Duration) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
-// ParseDuration parses a duration as time.ParseDuration does, with the
+// parseDuration parses a duration as time.ParseDuration does, with the
 // unit d for days of 24h ("1d12h" is 36 hours), exactly as Caddy's
 // caddy.ParseDuration does.
-func ParseDuration(s string) (time.Duration, error) {
+func parseDuration(s string) (time.Duration, error) {
 	if len(s) > 1024 {
 		return 0, errors.New("parsing duration: input string too long")
 	}

@@ -94,13 +94,6 @@ type statusRange struct{ min, max int }
 
 func (r statusRange) has(code int) bool { return code >= r.min && code <= r.max }
 
-// CheckStatus checks a status given as a code (200), a class (2xx) or a
-// range (200-399), as HealthCheck.Status takes it.
-func CheckStatus(s string) error {
-	_, err := parseStatus(s)
-	return err
-}
-
 func parseStatus(s string) (statusRange, error) {
 	switch {
 	case len(s) == 3 && strings.HasSuffix(s, "xx") && s[0] >= '1' && s[0] <= '5':
@@ -255,10 +248,11 @@ func NewHealthPolicy(entries []HealthCheck) (*HealthPolicy, error) {
 	return newHealthPolicy(entries, true)
 }
 
-// CheckHealthChecks returns the error NewHealthPolicy would return for
-// entries, but for their TLS files, which it does not read.
-func CheckHealthChecks(entries []HealthCheck) error {
-	_, err := newHealthPolicy(entries, false)
+// Validate returns the error NewHealthPolicy would return for h as its
+// only entry, but for its TLS files, which it does not read: a
+// configuration can be checked before it runs.
+func (h HealthCheck) Validate() error {
+	_, err := newHealthPolicy([]HealthCheck{h}, false)
 	return err
 }
 

@@ -158,7 +158,7 @@ func TestParseDuration(t *testing.T) {
 		{"soon", 0, false},
 		{"", 0, false},
 	} {
-		got, err := ParseDuration(tc.in)
+		got, err := parseDuration(tc.in)
 		if (err == nil) != tc.ok || got != tc.want {
 			t.Errorf("ParseDuration(%q) = %v, %v; want %v (ok %v)", tc.in, got, err, tc.want, tc.ok)
 		}

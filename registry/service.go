@@ -79,26 +79,18 @@ func (s *Service) LatencyP99(now time.Time) time.Duration {
 	return s.stats.latency.quantile99(now.UnixNano())
 }
 
-// Silent reports whether ep, an endpoint of the service version, has
-// stopped answering (frozen, black-holed) rather than being slow: it has
-// sent no response header for the last window before now while another of
-// its endpoints has, though it has more than one request in flight (one
-// slow request on an otherwise idle host says nothing) and is not being
-// drained (which sends it none).
-func (s *Service) Silent(ep *Endpoint, now time.Time, window time.Duration) bool {
-	since := now.Add(-window).UnixNano()
-	return ep.health.lastReply.Load() < since && s.stats.lastReply.Load() >= since &&
-		ep.inFlight() >= 2 && !ep.health.out(outDraining)
-}
-
-// SilentSince reports whether ep, an endpoint of the service version, has
-// sent no response header since t while another of its endpoints has, and
-// is not being drained: a try that began at t and lost to a backup try on
-// another endpoint waited on a host that answered nobody meanwhile,
-// however few requests it had.
-func (s *Service) SilentSince(ep *Endpoint, t time.Time) bool {
+// Silent reports whether ep, an endpoint of the service version, has sent
+// no response header since t while another of its endpoints has, though
+// it has at least inFlight requests in flight, and is not being drained
+// (which sends it none): it has stopped answering (frozen, black-holed)
+// rather than being slow. A watchdog asks with inFlight 2 (one slow
+// request on an otherwise idle host says nothing); a try that began at t
+// and lost to a backup try on another endpoint asks with 0, since its
+// host answered nobody meanwhile, however few requests it had.
+func (s *Service) Silent(ep *Endpoint, t time.Time, inFlight int) bool {
 	since := t.UnixNano()
-	return ep.health.lastReply.Load() < since && s.stats.lastReply.Load() >= since && !ep.health.out(outDraining)
+	return ep.health.lastReply.Load() < since && s.stats.lastReply.Load() >= since &&
+		(inFlight <= 0 || ep.inFlight() >= inFlight) && !ep.health.out(outDraining)
 }
 
 func newService(key ServiceKey, eps []*Endpoint) *Service {
