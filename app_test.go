@@ -111,7 +111,7 @@ func TestAppLifecycle(t *testing.T) {
 	if got := strings.Join(addresses(svc), ","); got != "127.0.0.1:2,127.0.0.1:9" {
 		t.Errorf("after reload: %s, want the new seed and the admin addition", got)
 	}
-	if svc.Endpoint("127.0.0.1:9").Available() {
+	if svc.Endpoint("127.0.0.1:9").Stats().Available {
 		t.Errorf("health was lost across the reload")
 	}
 	if n := poolSize(); n != 1 {

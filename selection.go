@@ -253,9 +253,7 @@ func (p *FailoverSelection) Select(pool reverseproxy.UpstreamPool, r *http.Reque
 		// tell the registry where reverse_proxy counts the requests in
 		// flight that drains and least_conn look at
 		if host := pool[i].Host; host != nil {
-			if known, _ := ep.InFlightCounter().(*reverseproxy.Host); known != host {
-				ep.CountInFlight(host)
-			}
+			ep.CountInFlight(host)
 		}
 	}
 	return pool[i]

@@ -116,7 +116,7 @@ func TestFailoverTriesEveryHostOnce(t *testing.T) {
 				if ep.Stats().Fails != 1 {
 					t.Errorf("%s: %d failures reported, want 1", ep.Address, ep.Stats().Fails)
 				}
-				if !ep.Available() {
+				if !ep.Stats().Available {
 					out = append(out, ep.Address)
 				}
 			}
@@ -243,14 +243,14 @@ func TestFailoverRetryOnAnswerIsNoFailure(t *testing.T) {
 		t.Fatalf("retry after an answer: got %q after %q", second, first)
 	}
 	svc, _ := reg.Lookup(key)
-	if ep := svc.Endpoint(first); !ep.Available() || ep.Stats().Fails != 0 {
+	if ep := svc.Endpoint(first); !ep.Stats().Available || ep.Stats().Fails != 0 {
 		t.Errorf("a host that answered was counted as failed")
 	}
 	// A try that failed without an answer is still reported.
 	if try.next() != "" {
 		t.Fatal("a third host out of two")
 	}
-	if ep := svc.Endpoint(second); ep.Available() {
+	if ep := svc.Endpoint(second); ep.Stats().Available {
 		t.Errorf("a host that failed was not reported")
 	}
 }
@@ -272,7 +272,7 @@ func TestFailoverNewProxyLoopStartsAfresh(t *testing.T) {
 		seen[addr] = true
 	}
 	svc, _ := reg.Lookup(key)
-	if ep := svc.Endpoint(first); !ep.Available() {
+	if ep := svc.Endpoint(first); !ep.Stats().Available {
 		t.Errorf("the first loop's successful host was reported as failed")
 	}
 }
@@ -316,7 +316,7 @@ func TestFailoverRegistryChangesBetweenTries(t *testing.T) {
 		t.Fatalf("tries %q, %q, %q: want three different hosts", first, second, third)
 	}
 	svc, _ := reg.Lookup(key)
-	if ep := svc.Endpoint(first); ep.Available() {
+	if ep := svc.Endpoint(first); ep.Stats().Available {
 		t.Errorf("the first host's failure was lost when the registry changed")
 	}
 }

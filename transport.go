@@ -251,9 +251,7 @@ func (t *HTTPTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 // deadline, and reports its outcome.
 func (t *HTTPTransport) try(req *http.Request, a *attempt, ep *registry.Endpoint) (*http.Response, error) {
 	svc := a.svc
-	if tlsOn := t.TLSEnabled(); ep.UsesTLS() != tlsOn {
-		ep.SetUsesTLS(tlsOn)
-	}
+	ep.SetUsesTLS(t.TLSEnabled())
 	start := time.Now()
 	a.dialing.Store(0)
 	if !a.deposited {

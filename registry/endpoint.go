@@ -139,10 +139,6 @@ func (ep Endpoint) Normalize() (Endpoint, error) {
 	return Endpoint{Address: addr, Weight: w, Metadata: meta, TTL: ep.TTL}, nil
 }
 
-// Available reports whether the endpoint is in rotation: not failed, not
-// failing its active checks, not being removed.
-func (ep *Endpoint) Available() bool { return ep.health.available() }
-
 // Pickable reports whether a new request may go to the endpoint. An
 // endpoint being removed or Drained never may; with ignoreHealth (panic mode: every
 // other choice is out of rotation too) any other may. Otherwise it must be
@@ -170,13 +166,14 @@ func (h *endpointHealth) rampPick() bool {
 // request path: no allocation, no lock.
 func (ep *Endpoint) Sent() { ep.health.requests.Add(1) }
 
-// UsesTLS reports whether the proxy speaks TLS to the endpoint (see
-// SetUsesTLS).
-func (ep *Endpoint) UsesTLS() bool { return ep.health.tls.Load() }
-
 // SetUsesTLS tells the registry whether the proxy speaks TLS to the
 // endpoint, so that the checks that bring it back after failures do too.
-func (ep *Endpoint) SetUsesTLS(on bool) { ep.health.tls.Store(on) }
+// It is meant for every try: it writes only when that changes.
+func (ep *Endpoint) SetUsesTLS(on bool) {
+	if ep.health.tls.Load() != on {
+		ep.health.tls.Store(on)
+	}
+}
 
 // InFlightCounter counts the requests a proxy has in flight to one
 // address, such as Caddy's reverseproxy.Host.
@@ -187,27 +184,21 @@ type InFlightCounter interface {
 // inFlightBox holds an InFlightCounter for an atomic pointer.
 type inFlightBox struct{ c InFlightCounter }
 
-// InFlightCounter returns the counter last given to CountInFlight, or nil.
-func (ep *Endpoint) InFlightCounter() InFlightCounter {
-	if b := ep.health.inFlight.Load(); b != nil {
-		return b.c
-	}
-	return nil
-}
-
 // CountInFlight tells the registry where the proxy counts the endpoint's
-// requests in flight, which drains, least_conn and the stats read. A proxy
-// calls it when that changes: compare InFlightCounter first, which is
-// cheaper than this.
+// requests in flight, which drains, least_conn and the stats read. It is
+// meant for every try: it writes only when c is a new counter.
 func (ep *Endpoint) CountInFlight(c InFlightCounter) {
+	if b := ep.health.inFlight.Load(); b != nil && b.c == c {
+		return
+	}
 	ep.health.inFlight.Store(&inFlightBox{c})
 }
 
 // inFlight returns how many requests the proxy has in flight to the
 // endpoint, as its InFlightCounter counts them.
 func (ep *Endpoint) inFlight() int {
-	if c := ep.InFlightCounter(); c != nil {
-		return c.NumRequests()
+	if b := ep.health.inFlight.Load(); b != nil && b.c != nil {
+		return b.c.NumRequests()
 	}
 	return 0
 }

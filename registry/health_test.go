@@ -188,7 +188,7 @@ func TestPassiveRecheckBackoff(t *testing.T) {
 	m := newMachine(t, map[ServiceKey][]Endpoint{key: eps(a, "127.0.0.1:2")})
 	ep := m.endpoint(key, a)
 	m.fail(key, a)
-	if ep.Available() {
+	if ep.Stats().Available {
 		t.Fatal("an endpoint that failed a request is still in rotation")
 	}
 	m.idle()
@@ -228,8 +228,8 @@ func TestActiveRiseAndFall(t *testing.T) {
 	step := func(ok, wantAvailable bool) {
 		t.Helper()
 		m.check(a, ok)
-		if ep.Available() != wantAvailable {
-			t.Fatalf("after a check that passed=%v: available %v, want %v", ok, ep.Available(), wantAvailable)
+		if ep.Stats().Available != wantAvailable {
+			t.Fatalf("after a check that passed=%v: available %v, want %v", ok, ep.Stats().Available, wantAvailable)
 		}
 		m.clock.Advance(time.Second)
 	}
@@ -280,7 +280,7 @@ func TestEjectionLimit(t *testing.T) {
 			}
 			var out []string
 			for _, h := range hosts[:tc.n] {
-				if !m.endpoint(key, h).Available() {
+				if !m.endpoint(key, h).Stats().Available {
 					out = append(out, h)
 				}
 			}
@@ -366,7 +366,7 @@ func TestHealthEvents(t *testing.T) {
 	if got := events.events(); !slices.Equal(got, want) {
 		t.Errorf("events %q, want %q", got, want)
 	}
-	if !r.endpoint(key, addr).Available() {
+	if !r.endpoint(key, addr).Stats().Available {
 		t.Error("the endpoint that answers again is not back")
 	}
 }

@@ -63,7 +63,7 @@ func TestUnreachableOutsideTheLimit(t *testing.T) {
 		}
 		out := 0
 		for _, ep := range svc.Endpoints {
-			if !ep.Available() {
+			if !ep.Stats().Available {
 				out++
 			}
 		}

@@ -136,7 +136,7 @@ func TestProbePanic(t *testing.T) {
 	must(t, r.Start(BackendEnv{Seeds: normalized(t, map[ServiceKey][]Endpoint{key: eps("127.0.0.1:1", "127.0.0.1:2")}), Logger: zap.New(core)}, nil, nil))
 	r.Failure(key, "127.0.0.1:1")
 	eventually(t, 10*time.Second, "two checks of the failed endpoint", func() bool { return probes.Load() >= 2 })
-	if r.endpoint(key, "127.0.0.1:1").Available() {
+	if r.endpoint(key, "127.0.0.1:1").Stats().Available {
 		t.Error("a check that panicked put the endpoint back")
 	}
 	entries := logs.FilterMessage("health check panicked").All()

@@ -209,11 +209,11 @@ func TestAddStopsDrain(t *testing.T) {
 	r := startRegistry(t, map[ServiceKey][]Endpoint{users: eps("127.0.0.1:9091")}, Options{})
 	ep := r.endpoint(users, "127.0.0.1:9091")
 	ep.health.setOut(outDraining, true) // as Delete does before it waits
-	if ep.Available() || ep.Pickable(true) {
+	if ep.Stats().Available || ep.Pickable(true) {
 		t.Fatal("a draining endpoint takes requests")
 	}
 	must(t, r.Add(context.Background(), users, Endpoint{Address: "127.0.0.1:9091"}))
-	if !r.endpoint(users, "127.0.0.1:9091").Available() {
+	if !r.endpoint(users, "127.0.0.1:9091").Stats().Available {
 		t.Error("an endpoint added again during its drain stays out of rotation")
 	}
 }

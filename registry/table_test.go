@@ -64,8 +64,8 @@ func TestTable(t *testing.T) {
 	if got := addresses(svc2); !slices.Equal(got, []string{"a:1", "c:1"}) {
 		t.Errorf("after Set: %v", got)
 	}
-	if a2 := svc2.Endpoint("a:1"); a2.Weight != 5 || a2.Available() {
-		t.Errorf("reweighted endpoint: weight %d available %v; want 5 and the old (ejected) health", a2.Weight, a2.Available())
+	if a2 := svc2.Endpoint("a:1"); a2.Weight != 5 || a2.Stats().Available {
+		t.Errorf("reweighted endpoint: weight %d available %v; want 5 and the old (ejected) health", a2.Weight, a2.Stats().Available)
 	}
 	if svc2.Attachment() != first {
 		t.Errorf("attachment after a rewrite = %v, want the one attached before", svc2.Attachment())

@@ -459,7 +459,7 @@ func TestConsulReadOnlyWithSeedsAndTraffic(t *testing.T) {
 	if _, err := r.Delete(ctx, users, "127.0.0.1:9001"); !errors.Is(err, registry.ErrInvalid) || !strings.Contains(err.Error(), "read-only") {
 		t.Errorf("deleting through the registry: %v, want ErrInvalid saying the backend is read-only", err)
 	}
-	if !ep.Available() || !slices.Contains(tableHas(r, users), "127.0.0.1:9001") {
+	if !ep.Stats().Available || !slices.Contains(tableHas(r, users), "127.0.0.1:9001") {
 		t.Error("a refused delete took the endpoint out")
 	}
 	if err := r.PutTraffic(ctx, "users", policy); !errors.Is(err, registry.ErrInvalid) {

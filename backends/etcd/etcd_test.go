@@ -183,8 +183,8 @@ func TestEtcdAdminWritesAndLeases(t *testing.T) {
 	if err := del(r, ctx, users, "127.0.0.1:9001"); !errors.Is(err, registry.ErrSeeded) {
 		t.Errorf("deleting a seed: %v, want ErrSeeded", err)
 	}
-	if drainedSeed || !seed.Available() {
-		t.Errorf("a refused delete drained the seed (out of rotation while refused: %v, available after: %v)", drainedSeed, seed.Available())
+	if drainedSeed || !seed.Stats().Available {
+		t.Errorf("a refused delete drained the seed (out of rotation while refused: %v, available after: %v)", drainedSeed, seed.Stats().Available)
 	}
 
 	// Add with a TTL: bound to a lease this backend keeps alive.
