@@ -12,6 +12,8 @@
 //   - matcher.go: the service_version matcher, which finds the service
 //     version of a request (by path, or by its traffic policy); boxed.go:
 //     the values of its placeholders, made once per version and policy;
+//     service_state.go: what the proxy keeps per service version while it
+//     stays registered (those values, its counters, its retry budget);
 //   - errors_handler.go: service_errors, which answers what the route's
 //     handlers fail with; body.go: service_no_body;
 //   - selection.go: the service_registry upstream source and the
