@@ -385,7 +385,7 @@ func (a *App) Cleanup() error {
 			// This registry stops now: the running config's takes over
 			// the endpoints it keeps registered (TTL endpoints added
 			// through the admin API), before their leases run out.
-			next.reg.Adopt(a.reg.Owned())
+			a.reg.HandOver(next.reg.Local)
 		}
 	}
 	_, err := registries.Delete(a.poolKey)

@@ -173,20 +173,20 @@ func (l *Local) Stop() error {
 	return err
 }
 
-// Owned returns the endpoints the registry's backend keeps registered for
-// this process (see Owner), for a backend that replaces it to adopt.
-func (l *Local) Owned() []Owned {
-	if o, ok := l.backend.(Owner); ok {
-		return o.Owned()
+// HandOver hands the endpoints the registry's backend keeps registered
+// for this process (see Owner) to next's backend, which keeps them
+// registered from then on, in the background: a registry that stops for
+// another (a new configuration's) calls it first. A backend that keeps
+// none hands over nothing.
+func (l *Local) HandOver(next *Local) {
+	from, ok := l.backend.(Owner)
+	if !ok {
+		return
 	}
-	return nil
-}
-
-// Adopt hands the registry's backend endpoints another registry's backend
-// kept registered (see Owner); a backend that keeps none ignores them.
-func (l *Local) Adopt(owned []Owned) {
-	if o, ok := l.backend.(Owner); ok && len(owned) > 0 {
-		o.Adopt(owned)
+	if to, ok := next.backend.(Owner); ok {
+		if owned := from.Owned(); len(owned) > 0 {
+			to.Adopt(owned)
+		}
 	}
 }
 
