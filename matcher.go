@@ -146,7 +146,7 @@ func (m MatchServiceVersion) MatchWithError(r *http.Request) (bool, error) {
 	// No version in the path (seg is none, or was not looked up): why.
 	lookedUp := segOK && !grpc
 	switch {
-	case lookedUp && !versions.Synced():
+	case lookedUp && !snap.Synced():
 		if m.Version != "" && seg != m.Version {
 			return false, nil
 		}

@@ -151,9 +151,6 @@ func (v Versions) Missing() error {
 	return ErrUnknownVersion
 }
 
-// Synced reports whether the backend had loaded its endpoints.
-func (v Versions) Synced() bool { return v.synced }
-
 // Exist reports whether the service has a version.
 func (v Versions) Exist() bool { return v.e.versions != nil }
 
