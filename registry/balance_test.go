@@ -131,7 +131,7 @@ func TestSlowStartEveryBalance(t *testing.T) {
 func TestTries(t *testing.T) {
 	key := ServiceKey{"users", "v1"}
 	r := startRegistry(t, map[ServiceKey][]Endpoint{key: eps("127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3", "127.0.0.1:4")},
-		Options{Probe: func(context.Context, ProbeTarget) error { return errors.New("down") }})
+		Options{probe: func(context.Context, probeJob) error { return errors.New("down") }})
 	policy, err := NewHealthPolicy([]HealthCheck{{MaxEjectedPercent: 100}})
 	must(t, err)
 	must(t, r.Start(BackendEnv{Seeds: normalized(t, map[ServiceKey][]Endpoint{key: eps("127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3", "127.0.0.1:4")})}, policy, nil))

@@ -40,7 +40,7 @@ type EventFunc func(name string, data map[string]any)
 type checker struct {
 	table  *table
 	now    func() time.Time
-	probe  ProbeFunc
+	probe  probeFunc
 	logger atomic.Pointer[zap.Logger]
 	policy atomic.Pointer[HealthPolicy]
 	events atomic.Pointer[EventFunc]
@@ -84,7 +84,7 @@ func (q *probeQueue) Pop() any {
 	return t
 }
 
-func newChecker(table *table, now func() time.Time, probe ProbeFunc, logger *zap.Logger) *checker {
+func newChecker(table *table, now func() time.Time, probe probeFunc, logger *zap.Logger) *checker {
 	c := &checker{
 		table:   table,
 		now:     now,
@@ -305,7 +305,7 @@ func (c *checker) check(ctx context.Context, t *probeTarget) (err error) {
 				zap.String("version", t.key.Version), zap.String("upstream", t.address), zap.Any("panic", p), zap.Stack("stack"))
 		}
 	}()
-	return c.probe(ctx, ProbeTarget{Key: t.key, Address: t.address, Check: c.policy.Load().of(t.key), TLS: t.health.tls.Load()})
+	return c.probe(ctx, probeJob{Key: t.key, Address: t.address, Check: c.policy.Load().of(t.key), TLS: t.health.tls.Load()})
 }
 
 // reconcile brings the targets in line with the snapshot, the policy and

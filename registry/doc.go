@@ -25,8 +25,7 @@
 //     Failure (passive health) and Lookup.
 //   - A HealthPolicy, built from HealthCheck entries, configures active
 //     checks, rise and fall, slow start, the ejection limit and the drain
-//     timeout; the probe itself is a ProbeFunc (by default, an HTTP check
-//     or a TCP connect).
+//     timeout; the probe is an HTTP check, or a TCP connect.
 //   - Balance.Pick chooses a request's next host from a Pool, never one
 //     the request already tried.
 //

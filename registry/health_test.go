@@ -122,7 +122,7 @@ func newMachine(t *testing.T, seeds map[ServiceKey][]Endpoint, checks ...HealthC
 	tbl := newTable(clock.Now)
 	tbl.replace(normalized(t, seeds))
 	m := &machine{t: t, clock: clock, table: tbl, events: new(recorder)}
-	m.c = newChecker(tbl, clock.Now, func(context.Context, ProbeTarget) error {
+	m.c = newChecker(tbl, clock.Now, func(context.Context, probeJob) error {
 		t.Error("the machine's checker probed on its own")
 		return nil
 	}, zap.NewNop())

@@ -11,12 +11,12 @@ import (
 	"time"
 )
 
-// ProbeFunc checks one endpoint and returns nil when it passes. It must
+// probeFunc checks one endpoint and returns nil when it passes. It must
 // return once ctx is done.
-type ProbeFunc func(ctx context.Context, target ProbeTarget) error
+type probeFunc func(ctx context.Context, target probeJob) error
 
-// ProbeTarget is what a probe checks.
-type ProbeTarget struct {
+// probeJob is what a probe checks: one endpoint.
+type probeJob struct {
 	// Key and Address name the endpoint.
 	Key     ServiceKey
 	Address string
@@ -70,7 +70,7 @@ func newProber() *prober {
 }
 
 // Probe checks target.
-func (p *prober) Probe(ctx context.Context, target ProbeTarget) error {
+func (p *prober) Probe(ctx context.Context, target probeJob) error {
 	hc := target.Check
 	if hc == nil {
 		hc = p.fallback
@@ -118,7 +118,7 @@ func (p *prober) Probe(ctx context.Context, target ProbeTarget) error {
 
 // answers checks that the endpoint answers HTTP at all: HEAD / with any
 // status below 500.
-func (p *prober) answers(ctx context.Context, target ProbeTarget, hc *HealthCheck) error {
+func (p *prober) answers(ctx context.Context, target probeJob, hc *HealthCheck) error {
 	scheme, transport := "http", p.plain
 	if target.TLS {
 		scheme, transport = "https", p.anyTLS

@@ -27,7 +27,7 @@ func probe(t *testing.T, addr string, check HealthCheck, tls ...bool) error {
 	p := newProber()
 	defer p.Close()
 	key := ServiceKey{"users", "v1"}
-	return p.Probe(context.Background(), ProbeTarget{Key: key, Address: addr, Check: policy.of(key), TLS: len(tls) > 0 && tls[0]})
+	return p.Probe(context.Background(), probeJob{Key: key, Address: addr, Check: policy.of(key), TLS: len(tls) > 0 && tls[0]})
 }
 
 func TestProbeHTTP(t *testing.T) {
@@ -128,7 +128,7 @@ func TestProbePanic(t *testing.T) {
 	key := ServiceKey{"users", "v1"}
 	var probes atomic.Int64
 	core, logs := observer.New(zap.ErrorLevel)
-	r := New(new(testBackend), Options{Logger: zap.New(core), Probe: func(context.Context, ProbeTarget) error {
+	r := New(new(testBackend), Options{Logger: zap.New(core), probe: func(context.Context, probeJob) error {
 		probes.Add(1)
 		panic("probe bug")
 	}})

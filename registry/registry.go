@@ -69,9 +69,8 @@ type Options struct {
 	Logger *zap.Logger
 	// Now is the registry's clock. Default: time.Now.
 	Now func() time.Time
-	// Probe checks an endpoint for the health checker. Default: an
-	// HTTP probe (HTTP checks, and TCP connects for passive re-checks).
-	Probe ProbeFunc
+
+	probe probeFunc // replaces the HTTP probe, for tests
 }
 
 // Local is a Registry in this process: a Backend feeding a table that
@@ -104,11 +103,11 @@ func New(backend Backend, opts Options) *Local {
 	}
 	l := &Local{backend: backend, now: opts.Now, logger: opts.Logger, table: newTable(opts.Now)}
 	l.feed = newFeed(l.table)
-	if opts.Probe == nil {
+	if opts.probe == nil {
 		l.prober = newProber()
-		opts.Probe = l.prober.Probe
+		opts.probe = l.prober.Probe
 	}
-	l.health = newChecker(l.table, opts.Now, opts.Probe, opts.Logger)
+	l.health = newChecker(l.table, opts.Now, opts.probe, opts.Logger)
 	return l
 }
 

@@ -296,7 +296,7 @@ func TestStopEndsProbes(t *testing.T) {
 	probing := make(chan struct{})
 	var probeEnded atomic.Bool
 	backend := new(testBackend)
-	r := New(backend, Options{Probe: func(ctx context.Context, _ ProbeTarget) error {
+	r := New(backend, Options{probe: func(ctx context.Context, _ probeJob) error {
 		close(probing)
 		<-ctx.Done()
 		probeEnded.Store(true)
