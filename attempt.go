@@ -4,12 +4,14 @@ import (
 	"math/bits"
 	"net/http"
 	"sync/atomic"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 
 	"github.com/svcreg/caddy-svcreg/registry"
+	"github.com/svcreg/caddy-svcreg/registry/balance"
 )
 
 // attemptVar is the request variable holding the request's *attempt;
@@ -33,9 +35,9 @@ type attempt struct {
 	tried []uint64 // bit i: pool[i] was tried
 	last  int      // pool index of the previous try; -1 for none
 
-	balance    registry.Balance // the selection policy's, for hedges
-	retrying   bool             // reverse_proxy announced a retry (ResetCache)
-	retryAfter bool             // Retry-After was set on the response
+	balance    balance.Algorithm // the selection policy's, for hedges
+	retrying   bool              // reverse_proxy announced a retry (ResetCache)
+	retryAfter bool              // Retry-After was set on the response
 
 	// Set by the service_http transport:
 	reg       registry.Registry // where tries are reported
@@ -120,7 +122,7 @@ func attemptFor(r *http.Request, pool []*reverseproxy.Upstream) *attempt {
 	return a
 }
 
-// Len returns the size of the request's pool (registry.Pool).
+// Len returns the size of the request's pool (balance.Pool).
 func (a *attempt) Len() int { return len(a.pool) }
 
 // Load returns reverse_proxy's count of requests in flight to pool[i],
@@ -132,13 +134,13 @@ func (a *attempt) Load(i int) (inFlight, weight int) {
 	return a.pool[i].Host.NumRequests(), a.svc.Endpoints[i].Weight.Int()
 }
 
-// Endpoint returns pool[i]'s registry endpoint, or nil for a pool not
-// from the registry.
-func (a *attempt) Endpoint(i int) *registry.Endpoint {
+// Latency returns pool[i]'s latency as the registry knows it (see
+// registry.Endpoint.Latency); unknown for a pool not from the registry.
+func (a *attempt) Latency(i int) (ewma float64, sinceReply time.Duration, known bool) {
 	if a.svc == nil {
-		return nil
+		return 0, 0, false
 	}
-	return a.svc.Endpoints[i]
+	return a.svc.Endpoints[i].Latency()
 }
 
 // Candidate reports whether pool[i] may take this try: not tried yet,
@@ -152,4 +154,4 @@ func (a *attempt) Candidate(i int, ignoreHealth bool) bool {
 }
 
 // Interface guards
-var _ registry.Pool = (*attempt)(nil)
+var _ balance.Pool = (*attempt)(nil)

@@ -16,6 +16,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 
 	"github.com/svcreg/caddy-svcreg/registry"
+	"github.com/svcreg/caddy-svcreg/registry/balance"
 )
 
 func init() {
@@ -507,7 +508,7 @@ func (p *FailoverSelection) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		return d.Errf("service_failover: want at most one balancing algorithm, got %d arguments", len(args))
 	}
 	if len(args) == 1 {
-		if _, err := registry.ParseBalance(args[0]); err != nil {
+		if _, err := balance.Parse(args[0]); err != nil {
 			return d.Errf("service_failover: %v", err)
 		}
 		p.Balance = args[0]
@@ -725,7 +726,7 @@ func parseServiceProxy(h httpcaddyfile.Helper) ([]httpcaddyfile.ConfigValue, err
 	}
 
 	matcher := MatchServiceVersion{}
-	balance, retries, strip := defaultBalance, defaultRetries, true
+	lbPolicy, retries, strip := defaultBalance, defaultRetries, true
 	seen := map[string]bool{}
 	proxyTokens := []caddyfile.Token{nameTok}
 	for h.NextBlock(0) {
@@ -754,10 +755,10 @@ func parseServiceProxy(h httpcaddyfile.Helper) ([]httpcaddyfile.ConfigValue, err
 			if len(args) != 1 {
 				return nil, h.Errf("service_proxy: lb_policy: want round_robin, random, least_conn, p2c or peak_ewma")
 			}
-			if _, err := registry.ParseBalance(args[0]); err != nil {
+			if _, err := balance.Parse(args[0]); err != nil {
 				return nil, h.Errf("service_proxy: lb_policy: %v", err)
 			}
-			balance = args[0]
+			lbPolicy = args[0]
 		case "retries":
 			if !h.NextArg() {
 				return nil, h.ArgErr()
@@ -803,7 +804,7 @@ func parseServiceProxy(h httpcaddyfile.Helper) ([]httpcaddyfile.ConfigValue, err
 	if err := rp.FinalizeUnmarshalCaddyfile(h.WithDispenser(d)); err != nil {
 		return nil, err
 	}
-	if err := serviceProxyDefaults(rp, balance, retries); err != nil {
+	if err := serviceProxyDefaults(rp, lbPolicy, retries); err != nil {
 		return nil, h.Errf("service_proxy: %v", err)
 	}
 
@@ -829,12 +830,12 @@ func parseServiceProxy(h httpcaddyfile.Helper) ([]httpcaddyfile.ConfigValue, err
 }
 
 // serviceProxyDefaults fills in what service_proxy sets on reverse_proxy.
-func serviceProxyDefaults(rp *reverseproxy.Handler, balance string, retries int) error {
+func serviceProxyDefaults(rp *reverseproxy.Handler, lbPolicy string, retries int) error {
 	rp.DynamicUpstreamsRaw = caddyconfig.JSONModuleObject(new(UpstreamSource), "source", "service_registry", nil)
 	if rp.LoadBalancing == nil {
 		rp.LoadBalancing = new(reverseproxy.LoadBalancing)
 	}
-	rp.LoadBalancing.SelectionPolicyRaw = caddyconfig.JSONModuleObject(&FailoverSelection{Balance: balance}, "policy", "service_failover", nil)
+	rp.LoadBalancing.SelectionPolicyRaw = caddyconfig.JSONModuleObject(&FailoverSelection{Balance: lbPolicy}, "policy", "service_failover", nil)
 	rp.LoadBalancing.Retries = retries
 	// a user's lb_retry_match adds to the retries of idempotent methods
 	methods, err := json.Marshal(caddyhttp.MatchMethod{"GET", "HEAD", "OPTIONS"})

@@ -11,6 +11,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 
 	"github.com/svcreg/caddy-svcreg/registry"
+	"github.com/svcreg/caddy-svcreg/registry/balance"
 )
 
 func init() {
@@ -175,9 +176,9 @@ type FailoverSelection struct {
 	// default).
 	Balance string `json:"balance,omitempty"`
 
-	balance  registry.Balance
+	balance  balance.Algorithm
 	registry registry.Registry
-	rotation registry.Rotation // for pools not from the registry
+	rotation balance.Rotation // for pools not from the registry
 }
 
 // CaddyModule returns the Caddy module information.
@@ -191,9 +192,9 @@ func (*FailoverSelection) CaddyModule() caddy.ModuleInfo {
 // Provision sets the default algorithm and attaches to the registry.
 func (p *FailoverSelection) Provision(ctx caddy.Context) error {
 	if p.Balance == "" {
-		p.Balance = registry.RoundRobin.String()
+		p.Balance = balance.RoundRobin.String()
 	}
-	p.balance, _ = registry.ParseBalance(p.Balance) // Validate reports an error
+	p.balance, _ = balance.Parse(p.Balance) // Validate reports an error
 	app, err := registryApp(ctx)
 	if err != nil {
 		return err
@@ -204,7 +205,7 @@ func (p *FailoverSelection) Provision(ctx caddy.Context) error {
 
 // Validate checks the algorithm.
 func (p *FailoverSelection) Validate() error {
-	_, err := registry.ParseBalance(p.Balance)
+	_, err := balance.Parse(p.Balance)
 	return err
 }
 

@@ -14,9 +14,10 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 
 	"github.com/svcreg/caddy-svcreg/registry"
+	"github.com/svcreg/caddy-svcreg/registry/balance"
 )
 
-var balances = []string{"round_robin", "random", "least_conn", "p2c"}
+var balances = []string{"round_robin", "random", "least_conn", "p2c", "peak_ewma"}
 
 // proxyTry is one request going through the upstream source and the
 // policy the way reverse_proxy drives them: GetUpstreams, then Select, and
@@ -68,13 +69,13 @@ func (p *proxyTry) next() string {
 }
 
 // failoverPolicy returns a provisioned service_failover policy on reg.
-func failoverPolicy(t testing.TB, balance string, reg registry.Registry) *FailoverSelection {
+func failoverPolicy(t testing.TB, name string, reg registry.Registry) *FailoverSelection {
 	t.Helper()
-	b, err := registry.ParseBalance(balance)
+	b, err := balance.Parse(name)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &FailoverSelection{Balance: balance, balance: b, registry: reg}
+	return &FailoverSelection{Balance: name, balance: b, registry: reg}
 }
 
 // allEjections lets every endpoint leave rotation for failed requests.

@@ -26,8 +26,11 @@
 //   - A HealthPolicy, built from HealthCheck entries, configures active
 //     checks, rise and fall, slow start, the ejection limit and the drain
 //     timeout; the probe is an HTTP check, or a TCP connect.
-//   - Balance.Pick chooses a request's next host from a Pool, never one
-//     the request already tried.
+//   - Tries balance a request over a Service's endpoints and fail over,
+//     never trying an endpoint twice; the balancing algorithms themselves
+//     (round_robin, random, least_conn, p2c, peak_ewma) are in the
+//     balance package, registry/balance, which a proxy also uses over
+//     its own pool of hosts.
 //
 // A program that balances its own calls over a registry and fails over,
 // here with the memory backend's store (memstore, which imports nothing of
@@ -46,7 +49,7 @@
 //		return err // unknown service or version, or not synced yet
 //	}
 //	tries := registry.NewTries(svc)
-//	for ep := tries.Next(registry.RoundRobin); ep != nil; ep = tries.Next(registry.RoundRobin) {
+//	for ep := tries.Next(balance.RoundRobin); ep != nil; ep = tries.Next(balance.RoundRobin) {
 //		ep.Sent()
 //		if err := call(ep.Address); err == nil {
 //			return nil

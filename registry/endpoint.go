@@ -203,6 +203,21 @@ func (ep *Endpoint) inFlight() int {
 	return 0
 }
 
+// Latency returns what the peak_ewma balance (balance.PeakEWMA) weighs
+// the endpoint by, on the registry's clock: its peak-EWMA latency estimate
+// now, in nanoseconds, and the time since its last response (since the
+// Unix epoch if it never answered: with requests in flight, a host that
+// only ever timed out costs more than any other). known is false until a
+// try's latency was first reported.
+func (ep *Endpoint) Latency() (ewma float64, sinceReply time.Duration, known bool) {
+	h := ep.health
+	if h.ewma.stamp.Load() == 0 {
+		return 0, 0, false
+	}
+	now := h.now().UnixNano()
+	return h.ewma.at(now), time.Duration(now - h.lastReply.Load()), true
+}
+
 // EndpointStats is a point-in-time view of an endpoint's health and
 // counters.
 type EndpointStats struct {

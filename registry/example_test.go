@@ -12,6 +12,7 @@ import (
 
 	"github.com/svcreg/caddy-svcreg/backends/memory/memstore"
 	"github.com/svcreg/caddy-svcreg/registry"
+	"github.com/svcreg/caddy-svcreg/registry/balance"
 )
 
 // mapStorage keeps what the memory store saves in a map: a program would
@@ -82,7 +83,7 @@ func Example() {
 			return err // unknown service or version, or not synced yet
 		}
 		tries := registry.NewTries(svc)
-		for ep := tries.Next(registry.RoundRobin); ep != nil; ep = tries.Next(registry.RoundRobin) {
+		for ep := tries.Next(balance.RoundRobin); ep != nil; ep = tries.Next(balance.RoundRobin) {
 			ep.Sent()
 			if err := call(ep.Address); err == nil {
 				return nil

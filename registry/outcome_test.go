@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/svcreg/caddy-svcreg/registry/balance"
 )
 
 // TestReportOutcomes feeds each outcome of a try to the health state
@@ -223,7 +225,7 @@ func TestPeakEWMABalance(t *testing.T) {
 	for range 3000 {
 		p := newSvcPool(svc)
 		p.inFlight = []int{2, 2, 0} // the slow one is idle, the others busy
-		counts[PeakEWMA.Pick(p, svc.Rotation(), false)]++
+		counts[balance.PeakEWMA.Pick(p, svc.Rotation(), false)]++
 	}
 	if counts[2] > 30 {
 		t.Errorf("the slow host got %d of 3000 picks (%v)", counts[2], counts)
@@ -244,7 +246,7 @@ func TestPeakEWMABalance(t *testing.T) {
 	for range 3000 {
 		p := newSvcPool(svc)
 		p.inFlight = []int{2, 2, 0}
-		counts[PeakEWMA.Pick(p, svc.Rotation(), false)]++
+		counts[balance.PeakEWMA.Pick(p, svc.Rotation(), false)]++
 	}
 	if counts[2] < 300 {
 		t.Errorf("two minutes on, the once slow host got %d of 3000 picks (%v)", counts[2], counts)
@@ -300,7 +302,7 @@ func TestPeakEWMAStoppedAnswering(t *testing.T) {
 	for range 3000 {
 		p := newSvcPool(svc)
 		p.inFlight = []int{3, 5, 5}
-		counts[PeakEWMA.Pick(p, svc.Rotation(), false)]++
+		counts[balance.PeakEWMA.Pick(p, svc.Rotation(), false)]++
 	}
 	if counts[0] > 300 {
 		t.Errorf("a host silent for 50 ms with requests in flight got %d of 3000 (%v)", counts[0], counts)

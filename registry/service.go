@@ -6,6 +6,8 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
+
+	"github.com/svcreg/caddy-svcreg/registry/balance"
 )
 
 // Service is one version of a service and its endpoints, as seen in one
@@ -18,7 +20,7 @@ type Service struct {
 	// Endpoints are sorted by address. The slice is shared: never modify it.
 	Endpoints []*Endpoint
 
-	rotation    Rotation
+	rotation    balance.Rotation
 	unavailable error
 
 	stats *serviceStats // kept across snapshots
@@ -48,7 +50,7 @@ func (s *Service) Endpoint(address string) *Endpoint {
 
 // Rotation returns the service version's round-robin position, shared by
 // every request to it.
-func (s *Service) Rotation() *Rotation { return &s.rotation }
+func (s *Service) Rotation() *balance.Rotation { return &s.rotation }
 
 // Attachment returns the value a caller attached to the service version
 // with Attach, or nil. It stays with the version while the version stays
@@ -99,38 +101,18 @@ func newService(key ServiceKey, eps []*Endpoint) *Service {
 		Version:   key.Version,
 		Prefix:    "/" + key.Service + "/" + key.Version,
 		Endpoints: eps,
-		rotation:  Rotation{schedule: weightedSchedule(eps)},
+		rotation:  balance.NewRotation(weights(eps)),
 		stats:     new(serviceStats),
 	}
 	s.unavailable = fmt.Errorf("%w for service %q version %q", ErrNoAvailableHost, s.Name, s.Version)
 	return s
 }
 
-// weightedSchedule returns a smooth weighted round-robin order (as nginx
-// does it) of indexes into eps, or nil when all weights are equal.
-func weightedSchedule(eps []*Endpoint) []int32 {
-	equal, total := true, 0
-	for _, ep := range eps {
-		total += ep.Weight.Int()
-		if ep.Weight != eps[0].Weight {
-			equal = false
-		}
+// weights returns the balancing weights of eps (see Weight.Int).
+func weights(eps []*Endpoint) []int {
+	w := make([]int, len(eps))
+	for i, ep := range eps {
+		w[i] = ep.Weight.Int()
 	}
-	if equal {
-		return nil
-	}
-	sched := make([]int32, 0, total)
-	current := make([]int, len(eps))
-	for range total {
-		best := 0
-		for i, ep := range eps {
-			current[i] += ep.Weight.Int()
-			if current[i] > current[best] {
-				best = i
-			}
-		}
-		current[best] -= total
-		sched = append(sched, int32(best))
-	}
-	return sched
+	return w
 }

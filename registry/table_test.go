@@ -9,17 +9,6 @@ import (
 	"time"
 )
 
-func TestWeightedSchedule(t *testing.T) {
-	eps := []*Endpoint{{Address: "a", Weight: 3}, {Address: "b", Weight: 1}, {Address: "c", Weight: 1}}
-	sched := weightedSchedule(eps)
-	if want := []int32{0, 1, 0, 2, 0}; !slices.Equal(sched, want) {
-		t.Errorf("schedule = %v, want %v (smooth weighted round robin)", sched, want)
-	}
-	if s := weightedSchedule([]*Endpoint{{Weight: 2}, {Weight: 2}}); s != nil {
-		t.Errorf("equal weights: schedule = %v, want nil", s)
-	}
-}
-
 func TestTable(t *testing.T) {
 	users := ServiceKey{"users", "v1"}
 	tbl := newTable(time.Now)

@@ -26,7 +26,7 @@ staticcheck=$(./scripts/staticcheck-install.sh)
 "$staticcheck" ./...
 # The core, the stores' Caddy-free packages, the self-registration library
 # and service_http's own HTTP/1.1 client import nothing of Caddy.
-caddy_deps=$(go list -deps ./registry ./selfreg ./backends/memory/memstore ./backends/etcd/etcdstore ./backends/etcd/etcdkv ./backends/zookeeper/zkstore ./backends/zookeeper/zkkv ./backends/zookeeper/zkclient ./backends/consul/consulstore ./internal/h1 | grep caddyserver || true)
+caddy_deps=$(go list -deps ./registry ./registry/balance ./selfreg ./backends/memory/memstore ./backends/etcd/etcdstore ./backends/etcd/etcdkv ./backends/zookeeper/zkstore ./backends/zookeeper/zkkv ./backends/zookeeper/zkclient ./backends/consul/consulstore ./internal/h1 | grep caddyserver || true)
 if [ -n "$caddy_deps" ]; then
 	echo "the Caddy-free packages import Caddy:" >&2
 	echo "$caddy_deps" >&2

@@ -1,20 +1,27 @@
-package registry
+// Package balance holds the balancing algorithms: how a request's next try
+// chooses among the hosts it may take. It knows hosts only through a Pool,
+// which the caller implements (the registry's Tries over a Service, a
+// proxy's pool of upstreams); it imports nothing of the registry or of
+// Caddy.
+//
+// Pick takes no lock and does not allocate: it runs on every try of
+// every request.
+package balance
 
 import (
+	"fmt"
 	"math/rand/v2"
-	"sync/atomic"
 	"time"
 )
 
-// Balance is a balancing algorithm: how a request's next try chooses
-// among the hosts it may take.
-type Balance uint8
+// Algorithm is a balancing algorithm.
+type Algorithm uint8
 
 // The balancing algorithms.
 const (
 	// RoundRobin takes the hosts in turn, honoring weights with a smooth
 	// weighted order (as nginx does).
-	RoundRobin Balance = iota
+	RoundRobin Algorithm = iota
 	// Random takes a random host.
 	Random
 	// LeastConn takes the host with the fewest requests in flight per
@@ -32,63 +39,58 @@ const (
 	PeakEWMA
 )
 
-var balanceNames = [...]string{RoundRobin: "round_robin", Random: "random", LeastConn: "least_conn", P2C: "p2c", PeakEWMA: "peak_ewma"}
+var names = [...]string{RoundRobin: "round_robin", Random: "random", LeastConn: "least_conn", P2C: "p2c", PeakEWMA: "peak_ewma"}
 
 // String returns the algorithm's name: round_robin, random, least_conn,
 // p2c or peak_ewma.
-func (b Balance) String() string {
-	if int(b) < len(balanceNames) {
-		return balanceNames[b]
+func (a Algorithm) String() string {
+	if int(a) < len(names) {
+		return names[a]
 	}
 	return "unknown"
 }
 
-// ParseBalance returns the algorithm of the given name.
-func ParseBalance(name string) (Balance, error) {
-	for b, n := range balanceNames {
+// Parse returns the algorithm of the given name.
+func Parse(name string) (Algorithm, error) {
+	for a, n := range names {
 		if n == name {
-			return Balance(b), nil
+			return Algorithm(a), nil
 		}
 	}
-	return 0, Invalidf("unknown balancing algorithm %q: want round_robin, random, least_conn, p2c or peak_ewma", name)
+	return 0, fmt.Errorf("unknown balancing algorithm %q: want round_robin, random, least_conn, p2c or peak_ewma", name)
 }
 
 // Pool is the set of hosts one request chooses from, indexed from 0 to
-// Len()-1; for a pool made from a Service, index i is Endpoints[i].
+// Len()-1.
 type Pool interface {
 	// Len returns the number of hosts.
 	Len() int
 	// Candidate reports whether host i may take the request's next try:
-	// not tried by it yet, and (see Endpoint.Pickable) in rotation, or,
-	// with ignoreHealth, merely not being removed.
+	// not tried by it yet, and in rotation, or, with ignoreHealth (panic
+	// mode), merely not being removed. A registry endpoint's Pickable
+	// says the second part.
 	Candidate(i int, ignoreHealth bool) bool
 	// Load returns host i's requests in flight and its weight (1 to 100;
 	// a drained host is never a candidate).
 	Load(i int) (inFlight, weight int)
-	// Endpoint returns host i's endpoint in the registry, or nil for a
-	// host that does not come from it (whose latency is then unknown).
-	Endpoint(i int) *Endpoint
-}
-
-// Rotation is a position in a round-robin order, shared by the requests
-// that balance over the same hosts; a Service carries one with its
-// weighted schedule. The zero value is a plain rotation over however many
-// hosts a pool has.
-type Rotation struct {
-	schedule []int32 // weighted order of host indexes; nil when weights are equal
-	next     atomic.Uint64
+	// Latency returns what PeakEWMA weighs host i by, now: its peak-EWMA
+	// latency estimate in nanoseconds and the time since its last
+	// response. known is false while the host has no latency yet (no
+	// try's latency was reported, or the host does not come from a
+	// registry).
+	Latency(i int) (ewma float64, sinceReply time.Duration, known bool)
 }
 
 // Pick returns the index of the host for the request's next try, or -1
-// when no host is a candidate. rot, which must not be nil, is a Service's
-// rotation, or one the caller keeps for a pool of equal hosts: RoundRobin turns it, and
-// RoundRobin and Random follow its weighted order. Pick takes no lock and
-// does not allocate.
-func (b Balance) Pick(p Pool, rot *Rotation, ignoreHealth bool) int {
+// when no host is a candidate. rot, which must not be nil, is the rotation
+// of the pool's hosts (a registry Service's, or one the caller keeps for
+// a pool of equal hosts): RoundRobin turns it, and RoundRobin and Random
+// follow its weighted order. Pick takes no lock and does not allocate.
+func (a Algorithm) Pick(p Pool, rot *Rotation, ignoreHealth bool) int {
 	if p.Len() == 0 {
 		return -1
 	}
-	switch b {
+	switch a {
 	case Random:
 		return scan(p, rot.schedule, rand.Uint64(), ignoreHealth)
 	case LeastConn:
@@ -159,10 +161,10 @@ func leastConn(p Pool, ignoreHealth bool) int {
 }
 
 // costFunc returns what it costs host i to take one more request.
-type costFunc func(p Pool, i int, now int64) float64
+type costFunc func(p Pool, i int) float64
 
 // inFlightCost is the host's requests in flight per unit of weight.
-func inFlightCost(p Pool, i int, _ int64) float64 {
+func inFlightCost(p Pool, i int) float64 {
 	in, w := p.Load(i)
 	return float64(in) / float64(w)
 }
@@ -177,13 +179,13 @@ const defaultLatency = 30 * time.Millisecond
 // latency is at least the time since its last response: a host that
 // stops answering (frozen, black-holed) looks slower every millisecond,
 // long before its requests time out, and gets no more.
-func ewmaCost(p Pool, i int, now int64) float64 {
+func ewmaCost(p Pool, i int) float64 {
 	in, w := p.Load(i)
 	lat := float64(defaultLatency)
-	if ep := p.Endpoint(i); ep != nil && ep.health.ewma.stamp.Load() != 0 {
-		lat = ep.health.ewma.at(now) + float64(time.Microsecond)
+	if ewma, sinceReply, known := p.Latency(i); known {
+		lat = ewma + float64(time.Microsecond)
 		if in > 0 {
-			lat = max(lat, float64(now-ep.health.lastReply.Load()))
+			lat = max(lat, float64(sinceReply))
 		}
 	}
 	return lat * float64(in+1) / float64(w)
@@ -229,11 +231,7 @@ func powerOfTwo(p Pool, ignoreHealth bool, cost costFunc, byChance bool) int {
 // choose returns whichever of hosts i and j costs less (i on a tie), or
 // with byChance i with the chance cost(j) / (cost(i) + cost(j)).
 func choose(p Pool, i, j int, cost costFunc, byChance bool) int {
-	var now int64
-	if ep := p.Endpoint(i); ep != nil {
-		now = ep.health.now().UnixNano()
-	}
-	ci, cj := cost(p, i, now), cost(p, j, now)
+	ci, cj := cost(p, i), cost(p, j)
 	if byChance {
 		if rand.Float64()*(ci+cj) < cj {
 			return i
@@ -245,61 +243,3 @@ func choose(p Pool, i, j int, cost costFunc, byChance bool) int {
 	}
 	return i
 }
-
-// Tries is a Pool over a Service's endpoints for one request: a program
-// that proxies or calls a service itself uses it to balance the request
-// and fail over, never trying an endpoint twice.
-//
-//	tries := registry.NewTries(svc)
-//	for ep := tries.Next(registry.RoundRobin); ep != nil; ep = tries.Next(registry.RoundRobin) {
-//		ep.Sent()
-//		if err := call(ep.Address); err == nil {
-//			break
-//		}
-//		reg.Failure(svc.Key(), ep.Address)
-//	}
-type Tries struct {
-	svc   *Service
-	tried []bool
-}
-
-// NewTries starts a request's tries on svc.
-func NewTries(svc *Service) *Tries {
-	return &Tries{svc: svc, tried: make([]bool, len(svc.Endpoints))}
-}
-
-// Next picks the endpoint for the next try with b, and marks it tried: one
-// in rotation if any is left untried, else (panic mode) any untried one
-// not being removed. It returns nil once none is left.
-func (t *Tries) Next(b Balance) *Endpoint {
-	i := b.Pick(t, t.svc.Rotation(), false)
-	if i < 0 {
-		i = b.Pick(t, t.svc.Rotation(), true)
-	}
-	if i < 0 {
-		return nil
-	}
-	t.tried[i] = true
-	return t.svc.Endpoints[i]
-}
-
-// Len returns the number of endpoints.
-func (t *Tries) Len() int { return len(t.tried) }
-
-// Candidate reports whether endpoint i is untried and pickable.
-func (t *Tries) Candidate(i int, ignoreHealth bool) bool {
-	return !t.tried[i] && t.svc.Endpoints[i].Pickable(ignoreHealth)
-}
-
-// Load returns endpoint i's requests in flight (see
-// Endpoint.CountInFlight) and weight.
-func (t *Tries) Load(i int) (inFlight, weight int) {
-	ep := t.svc.Endpoints[i]
-	return ep.inFlight(), ep.Weight.Int()
-}
-
-// Endpoint returns endpoint i.
-func (t *Tries) Endpoint(i int) *Endpoint { return t.svc.Endpoints[i] }
-
-// Interface guards
-var _ Pool = (*Tries)(nil)
