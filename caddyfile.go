@@ -16,6 +16,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 
 	"github.com/svcreg/caddy-svcreg/registry"
+	"github.com/svcreg/caddy-svcreg/registry/traffic"
 )
 
 func init() {
@@ -77,7 +78,7 @@ func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 // without arguments is the default for every service; with a service (and
 // version) it overrides the options it sets for that service.
 //
-// traffic sets a service's traffic policy (see registry.TrafficPolicy):
+// traffic sets a service's traffic policy (see traffic.Policy):
 //
 //	traffic <service> {
 //		split    <version> <weight> [<version> <weight>...]
@@ -140,7 +141,7 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("traffic %s: specified more than once", service)
 			}
 			if a.Traffic == nil {
-				a.Traffic = map[string]registry.TrafficPolicy{}
+				a.Traffic = map[string]traffic.Policy{}
 			}
 			a.Traffic[service] = p
 
@@ -185,8 +186,8 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 
 // parseTraffic parses a traffic block; the policy is checked whole, the
 // error pointing at its first line.
-func parseTraffic(d *caddyfile.Dispenser) (string, registry.TrafficPolicy, error) {
-	var p registry.TrafficPolicy
+func parseTraffic(d *caddyfile.Dispenser) (string, traffic.Policy, error) {
+	var p traffic.Policy
 	if !d.NextArg() {
 		return "", p, d.Errf("traffic: want a service name")
 	}

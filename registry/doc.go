@@ -29,6 +29,10 @@
 //     or a TCP connect).
 //   - Balance.Pick chooses a request's next host from a Pool, never one
 //     the request already tried.
+//   - A service's traffic policy (package registry/traffic: canary
+//     splits, aliases, sticky clients) is stored by the Backend
+//     (PutTraffic) and kept in each Snapshot as its Rules, with the
+//     split's versions resolved to their Service (Versions.Routing).
 //
 // A program that balances its own calls over a registry and fails over,
 // here with the memory backend's store (memstore, which imports nothing of

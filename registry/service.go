@@ -6,6 +6,8 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
+
+	"github.com/svcreg/caddy-svcreg/registry/traffic"
 )
 
 // Service is one version of a service and its endpoints, as seen in one
@@ -77,7 +79,7 @@ func (s *Service) Attach(v any) any {
 func (s *Service) Unavailable() error { return s.unavailable }
 
 // CountRouted counts a request routed to the service version, and why.
-func (s *Service) CountRouted(from Source) {
+func (s *Service) CountRouted(from traffic.Source) {
 	if from < sourceCount {
 		s.stats.routed[from].Add(1)
 	}
@@ -85,7 +87,7 @@ func (s *Service) CountRouted(from Source) {
 
 // Routed returns how many requests were routed to the service version
 // for the reason from, while it stayed registered.
-func (s *Service) Routed(from Source) uint64 {
+func (s *Service) Routed(from traffic.Source) uint64 {
 	if from >= sourceCount {
 		return 0
 	}
