@@ -30,13 +30,15 @@ func Errorf(format string, args ...any) error {
 const MaxNameLen = 64
 
 // ValidName reports whether s is a service or version name: 1 to 64
-// characters of A-Z a-z 0-9 . _ -, and not only dots.
+// characters of A-Z a-z 0-9 . _ -, and not only dots. The request path
+// checks names with it through registry.ValidName: keep it small enough
+// (go build -gcflags=-m ./registry) that the compiler inlines that.
 func ValidName(s string) bool {
 	if len(s) == 0 || len(s) > MaxNameLen {
 		return false
 	}
 	onlyDots := true
-	for i := 0; i < len(s); i++ {
+	for i := range len(s) {
 		c := s[i]
 		switch {
 		case c == '.':
