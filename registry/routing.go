@@ -29,7 +29,8 @@ func newRouting(rules *traffic.Rules, versions map[string]*Service) *Routing {
 	return r
 }
 
-// Traffic returns the service's traffic policy, or nil for none.
+// Traffic returns the rules of the service's traffic policy, or nil for
+// none.
 func (s *Snapshot) Traffic(service string) *traffic.Rules {
 	if r := s.Versions(service).Routing(); r != nil {
 		return r.Rules
@@ -37,7 +38,8 @@ func (s *Snapshot) Traffic(service string) *traffic.Rules {
 	return nil
 }
 
-// Policies returns every service's traffic policy, sorted by service.
+// Policies returns the rules of every service's traffic policy, sorted
+// by service.
 func (s *Snapshot) Policies() []*traffic.Rules {
 	var out []*traffic.Rules
 	for _, e := range s.services {
