@@ -16,6 +16,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 
 	"github.com/svcreg/caddy-svcreg/registry"
+	"github.com/svcreg/caddy-svcreg/registry/traffic"
 )
 
 func init() {
@@ -331,7 +332,7 @@ type trafficStatus struct {
 	// through the admin API and stored by the backend: it survives
 	// restarts and wins over the config's until it is deleted.
 	Source string `json:"source,omitempty"`
-	registry.TrafficPolicy
+	traffic.Policy
 	// NoHost are the versions the policy sends requests to (its split,
 	// aliases and fallback) that have no endpoint registered right now:
 	// their requests go to the fallback, or get 503.
@@ -339,9 +340,9 @@ type trafficStatus struct {
 }
 
 // newTrafficStatus shows t, a policy of snap, in app.
-func newTrafficStatus(app *App, snap *registry.Snapshot, t *registry.Traffic) trafficStatus {
+func newTrafficStatus(app *App, snap *registry.Snapshot, t *traffic.Rules) trafficStatus {
 	p := t.Policy()
-	out := trafficStatus{Service: t.Service(), Source: app.trafficSource(t), TrafficPolicy: p}
+	out := trafficStatus{Service: t.Service(), Source: app.trafficSource(t), Policy: p}
 	named := slices.Collect(maps.Keys(p.Split))
 	named = append(named, slices.Collect(maps.Values(p.Aliases))...)
 	if p.Fallback != "" {
@@ -389,7 +390,7 @@ func serveTraffic(w http.ResponseWriter, r *http.Request, app *App, segs []strin
 		}
 		return writeJSON(w, http.StatusOK, newTrafficStatus(app, snap, t))
 	case http.MethodPut:
-		var p registry.TrafficPolicy
+		var p traffic.Policy
 		if err := decodeBody(r, &p, "split", "aliases", "header", "cookie", "sticky", "sticky_header", "fallback"); err != nil {
 			return err
 		}

@@ -19,6 +19,7 @@ import (
 	_ "github.com/svcreg/caddy-svcreg/backends/memory"
 	_ "github.com/svcreg/caddy-svcreg/backends/zookeeper"
 	"github.com/svcreg/caddy-svcreg/registry"
+	"github.com/svcreg/caddy-svcreg/registry/traffic"
 )
 
 func init() {
@@ -44,10 +45,10 @@ type App struct {
 	HealthChecks []registry.HealthCheck `json:"health_checks,omitempty"`
 
 	// Traffic are traffic policies by service: how requests that name no
-	// version, or an alias, choose one (see registry.TrafficPolicy). They
+	// version, or an alias, choose one (see traffic.Policy). They
 	// are seeds: a policy set through the admin API replaces the
 	// service's until it is deleted there.
-	Traffic map[string]registry.TrafficPolicy `json:"traffic,omitempty"`
+	Traffic map[string]traffic.Policy `json:"traffic,omitempty"`
 
 	// RecoveryGrace is how long endpoints that the backend's store
 	// dropped while it was out of reach, or within this time after it
@@ -84,7 +85,7 @@ type App struct {
 // through the admin API (PUT) and stored by the backend, in which case it
 // wins over the config's until it is deleted (DELETE, or
 // `caddy service-registry traffic <service> --delete`).
-func (a *App) trafficSource(t *registry.Traffic) string {
+func (a *App) trafficSource(t *traffic.Rules) string {
 	p, ok := a.Traffic[t.Service()]
 	if !ok {
 		return "stored"
@@ -96,7 +97,7 @@ func (a *App) trafficSource(t *registry.Traffic) string {
 	return "config"
 }
 
-func samePolicy(a, b registry.TrafficPolicy) bool {
+func samePolicy(a, b traffic.Policy) bool {
 	return maps.Equal(a.Split, b.Split) && maps.Equal(a.Aliases, b.Aliases) && a.Header == b.Header &&
 		a.Cookie == b.Cookie && a.Sticky == b.Sticky && a.StickyHeader == b.StickyHeader && a.Fallback == b.Fallback
 }
@@ -126,7 +127,7 @@ func (a *App) logStoredTraffic(ctx context.Context) {
 // checkSeededVersions refuses a policy naming versions the config does
 // not seed, when it seeds the service: a typo there would route nowhere.
 // (A service the config does not seed gets its versions from the backend.)
-func checkSeededVersions(service string, p registry.TrafficPolicy, seeds map[registry.ServiceKey][]registry.Endpoint) error {
+func checkSeededVersions(service string, p traffic.Policy, seeds map[registry.ServiceKey][]registry.Endpoint) error {
 	seeded := false
 	for key := range seeds {
 		if key.Service == service {

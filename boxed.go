@@ -1,14 +1,14 @@
 package svcreg
 
-import "github.com/svcreg/caddy-svcreg/registry"
+import "github.com/svcreg/caddy-svcreg/registry/traffic"
 
 // A Caddy placeholder holds an `any`: a string stored there on every
 // request would be boxed, an allocation, each time. The strings the
 // matcher and the selection policy store are boxed once instead, per
 // service version and per traffic policy, and kept with them (a
 // serviceState, attached to the version while it stays registered;
-// registry.Traffic.Attach, whose Traffic never changes: a change of a
-// policy brings a new one).
+// traffic.Rules.Attach, whose Rules never change: a change of a policy
+// brings new ones).
 
 // serviceBoxes are a service version's strings, boxed.
 type serviceBoxes struct {
@@ -30,7 +30,7 @@ type aliasBox struct {
 }
 
 // trafficBoxesOf returns t's boxed prefixes, made by its first request.
-func trafficBoxesOf(t *registry.Traffic) *trafficBoxes {
+func trafficBoxesOf(t *traffic.Rules) *trafficBoxes {
 	if b, ok := t.Attachment().(*trafficBoxes); ok {
 		return b
 	}
@@ -54,19 +54,19 @@ func (b *trafficBoxes) aliasOf(name string) (version string, prefix any) {
 	return "", nil
 }
 
-// boxedSources are the values of {svc.version_from}, by registry.Source.
+// boxedSources are the values of {svc.version_from}, by traffic.Source.
 var boxedSources = [...]any{
-	registry.FromPath:     registry.FromPath.String(),
-	registry.FromAlias:    registry.FromAlias.String(),
-	registry.FromHeader:   registry.FromHeader.String(),
-	registry.FromCookie:   registry.FromCookie.String(),
-	registry.FromSticky:   registry.FromSticky.String(),
-	registry.FromSplit:    registry.FromSplit.String(),
-	registry.FromFallback: registry.FromFallback.String(),
+	traffic.FromPath:     traffic.FromPath.String(),
+	traffic.FromAlias:    traffic.FromAlias.String(),
+	traffic.FromHeader:   traffic.FromHeader.String(),
+	traffic.FromCookie:   traffic.FromCookie.String(),
+	traffic.FromSticky:   traffic.FromSticky.String(),
+	traffic.FromSplit:    traffic.FromSplit.String(),
+	traffic.FromFallback: traffic.FromFallback.String(),
 }
 
 // boxedSource returns s.String() boxed.
-func boxedSource(s registry.Source) any {
+func boxedSource(s traffic.Source) any {
 	if int(s) < len(boxedSources) {
 		return boxedSources[s]
 	}

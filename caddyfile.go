@@ -17,6 +17,7 @@ import (
 
 	"github.com/svcreg/caddy-svcreg/registry"
 	"github.com/svcreg/caddy-svcreg/registry/balance"
+	"github.com/svcreg/caddy-svcreg/registry/traffic"
 )
 
 func init() {
@@ -78,7 +79,7 @@ func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 // without arguments is the default for every service; with a service (and
 // version) it overrides the options it sets for that service.
 //
-// traffic sets a service's traffic policy (see registry.TrafficPolicy):
+// traffic sets a service's traffic policy (see traffic.Policy):
 //
 //	traffic <service> {
 //		split    <version> <weight> [<version> <weight>...]
@@ -141,7 +142,7 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("traffic %s: specified more than once", service)
 			}
 			if a.Traffic == nil {
-				a.Traffic = map[string]registry.TrafficPolicy{}
+				a.Traffic = map[string]traffic.Policy{}
 			}
 			a.Traffic[service] = p
 
@@ -186,8 +187,8 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 
 // parseTraffic parses a traffic block; the policy is checked whole, the
 // error pointing at its first line.
-func parseTraffic(d *caddyfile.Dispenser) (string, registry.TrafficPolicy, error) {
-	var p registry.TrafficPolicy
+func parseTraffic(d *caddyfile.Dispenser) (string, traffic.Policy, error) {
+	var p traffic.Policy
 	if !d.NextArg() {
 		return "", p, d.Errf("traffic: want a service name")
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
 	"github.com/svcreg/caddy-svcreg/registry"
+	"github.com/svcreg/caddy-svcreg/registry/traffic"
 )
 
 func init() {
@@ -109,7 +110,7 @@ func (m MatchServiceVersion) Match(r *http.Request) bool {
 // MatchWithError matches like Match and answers an unknown service or
 // version with a 404 error.
 //
-// With a traffic policy for the service (registry.TrafficPolicy), a path
+// With a traffic policy for the service (traffic.Policy), a path
 // whose second segment is an alias goes to the alias's version, and one
 // whose second segment is not a version of the service (or that has
 // none) goes to the version its header, cookie, sticky bucket or the
@@ -140,7 +141,7 @@ func (m MatchServiceVersion) MatchWithError(r *http.Request) (bool, error) {
 			prefix = m.Prefix + svc.Prefix
 		}
 		setServiceVars(r, repl, svc, b.name, b.version, prefix, "path")
-		b.countRouted(registry.FromPath)
+		b.countRouted(traffic.FromPath)
 		return true, nil
 	}
 	// No version in the path (seg is none, or was not looked up): why.
@@ -228,16 +229,16 @@ func excerpt(s string) string {
 // start of the path.
 func (m MatchServiceVersion) matchTraffic(r *http.Request, repl *caddy.Replacer, versions registry.Versions, tr *registry.Routing, name, seg string, segOK, grpc bool) (bool, error) {
 	var version string
-	var from registry.Source
+	var from traffic.Source
 	var svc *registry.Service
-	boxes := trafficBoxesOf(tr.Traffic)
+	boxes := trafficBoxesOf(tr.Rules)
 	prefix := boxes.splitPrefix
 	bucket := -1
 	if alias, aliasPrefix := boxes.aliasOf(seg); segOK && !grpc && alias != "" {
-		version, from, prefix = alias, registry.FromAlias, aliasPrefix
+		version, from, prefix = alias, traffic.FromAlias, aliasPrefix
 	} else {
 		p := tr.Names()
-		var req registry.TrafficRequest // Choose draws a random number if it needs one
+		var req traffic.Request // Choose draws a random number if it needs one
 		if h := r.Header[p.Header]; len(h) > 0 {
 			req.Header = h[0]
 		}
@@ -267,7 +268,7 @@ func (m MatchServiceVersion) matchTraffic(r *http.Request, repl *caddy.Replacer,
 		if c.Index >= 0 {
 			svc = tr.SplitService(c.Index)
 		}
-		if from == registry.FromSplit {
+		if from == traffic.FromSplit {
 			// A request the matcher already sent to a version of this
 			// service (it runs more than once per request in some
 			// configs) keeps it: this draw could choose another.
@@ -289,7 +290,7 @@ func (m MatchServiceVersion) matchTraffic(r *http.Request, repl *caddy.Replacer,
 	// go to the fallback, or get 503, never 404.
 	if fb := tr.Fallback(); fb != "" && fb != version && (svc == nil || !anyAvailable(svc)) {
 		if other := versions.Get(fb); other != nil {
-			svc, from = other, registry.FromFallback
+			svc, from = other, traffic.FromFallback
 		}
 	}
 	if m.Prefix != "" {
@@ -310,7 +311,7 @@ func (m MatchServiceVersion) matchTraffic(r *http.Request, repl *caddy.Replacer,
 		b.countRouted(from)
 	}
 	if bucket >= 0 {
-		caddyhttp.SetVar(r.Context(), varSticky, stickyCookie{tr: tr.Traffic, bucket: bucket, path: m.Prefix + "/" + name})
+		caddyhttp.SetVar(r.Context(), varSticky, stickyCookie{tr: tr.Rules, bucket: bucket, path: m.Prefix + "/" + name})
 	}
 	return true, nil
 }
@@ -385,7 +386,7 @@ func cookieValue(h http.Header, name string) string {
 // stickyCookie is the sticky cookie service_errors sets on the answer to
 // a request the split sent to its version.
 type stickyCookie struct {
-	tr     *registry.Traffic
+	tr     *traffic.Rules
 	bucket int
 	path   string
 }
@@ -393,7 +394,7 @@ type stickyCookie struct {
 // header returns the Set-Cookie header value.
 func (c stickyCookie) header() string {
 	return (&http.Cookie{
-		Name: c.tr.Policy().Cookie, Value: registry.StickyCookie(c.bucket), Path: c.path,
+		Name: c.tr.Policy().Cookie, Value: traffic.StickyCookie(c.bucket), Path: c.path,
 		HttpOnly: true, SameSite: http.SameSiteLaxMode,
 	}).String()
 }

@@ -8,6 +8,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/svcreg/caddy-svcreg/registry"
+	"github.com/svcreg/caddy-svcreg/registry/traffic"
 )
 
 // Metrics of the registry in Caddy's metrics registry (Caddy's /metrics),
@@ -72,7 +73,7 @@ func (registryCollector) Collect(ch chan<- prometheus.Metric) {
 				ch <- prometheus.MustNewConstMetric(descRetries, prometheus.CounterValue, float64(c.retries), svc.Name, svc.Version)
 				ch <- prometheus.MustNewConstMetric(descHedges, prometheus.CounterValue, float64(c.hedges), svc.Name, svc.Version)
 				ch <- prometheus.MustNewConstMetric(descHedgesWon, prometheus.CounterValue, float64(c.hedgesWon), svc.Name, svc.Version)
-				for from := registry.FromPath; from <= registry.FromFallback; from++ {
+				for from := traffic.FromPath; from <= traffic.FromFallback; from++ {
 					if n := c.routed[from]; n > 0 {
 						ch <- prometheus.MustNewConstMetric(descRouted, prometheus.CounterValue, float64(n), svc.Name, svc.Version, from.String())
 					}

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/svcreg/caddy-svcreg/registry"
+	"github.com/svcreg/caddy-svcreg/registry/traffic"
 )
 
 // serviceState is what the proxy keeps with a service version while the
@@ -17,7 +18,7 @@ type serviceState struct {
 	retries   atomic.Uint64 // tries after a request's first
 	hedges    atomic.Uint64 // backup tries sent while a request's try waited
 	hedgesWon atomic.Uint64 // backup tries that answered first
-	routed    [registry.FromFallback + 1]atomic.Uint64
+	routed    [traffic.NumSources]atomic.Uint64
 	budget    retryBudget
 }
 
@@ -34,7 +35,7 @@ func stateOf(svc *registry.Service) *serviceState {
 // the admin API.
 type serviceCounts struct {
 	retries, hedges, hedgesWon uint64
-	routed                     [registry.FromFallback + 1]uint64 // by registry.Source
+	routed                     [traffic.NumSources]uint64 // by traffic.Source
 }
 
 // countsOf returns svc's counters: zero before its first request.
@@ -50,7 +51,7 @@ func countsOf(svc *registry.Service) serviceCounts {
 }
 
 // countRouted counts a request routed to the service version, and why.
-func (s *serviceState) countRouted(from registry.Source) {
+func (s *serviceState) countRouted(from traffic.Source) {
 	if int(from) < len(s.routed) {
 		s.routed[from].Add(1)
 	}

@@ -16,11 +16,12 @@ import (
 
 	"github.com/svcreg/caddy-svcreg/backends/memory"
 	"github.com/svcreg/caddy-svcreg/registry"
+	"github.com/svcreg/caddy-svcreg/registry/traffic"
 )
 
 // trafficRegistry returns a registry of matcherServices with policy set
 // for users through the registry (as the admin API sets it).
-func trafficRegistry(t testing.TB, policy registry.TrafficPolicy) *registry.Local {
+func trafficRegistry(t testing.TB, policy traffic.Policy) *registry.Local {
 	t.Helper()
 	reg := newTestRegistry(t, matcherServices)
 	if err := reg.PutTraffic(context.Background(), "users", policy); err != nil {
@@ -45,7 +46,7 @@ func matchTraffic(t testing.TB, m MatchServiceVersion, r *http.Request) (version
 }
 
 func TestMatchTraffic(t *testing.T) {
-	reg := trafficRegistry(t, registry.TrafficPolicy{
+	reg := trafficRegistry(t, traffic.Policy{
 		Split:   map[string]int{"v1": 90, "v2": 10},
 		Aliases: map[string]string{"stable": "v1", "canary": "v2"},
 	})
@@ -66,8 +67,8 @@ func TestMatchTraffic(t *testing.T) {
 		{name: "header names an alias", path: "/users/x", header: "canary", version: "v2", from: "header", after: "/x"},
 		{name: "header wins over cookie", path: "/users/x", header: "v1", cookie: "v2", version: "v1", from: "header", after: "/x"},
 		{name: "cookie", path: "/users/list/all", cookie: "v2", version: "v2", from: "cookie", after: "/list/all"},
-		{name: "sticky cookie", path: "/users/x", cookie: registry.StickyCookie(9500), version: "v2", from: "sticky", after: "/x"},
-		{name: "sticky cookie low bucket", path: "/users/x", cookie: registry.StickyCookie(3), version: "v1", from: "sticky", after: "/x"},
+		{name: "sticky cookie", path: "/users/x", cookie: traffic.StickyCookie(9500), version: "v2", from: "sticky", after: "/x"},
+		{name: "sticky cookie low bucket", path: "/users/x", cookie: traffic.StickyCookie(3), version: "v1", from: "sticky", after: "/x"},
 		{name: "service alone", path: "/users", header: "v2", version: "v2", from: "header", after: "/"},
 		{name: "service and slash", path: "/users/", header: "v2", version: "v2", from: "header", after: "/"},
 		{name: "odd segment", path: "/users/a%20b/y", header: "v2", version: "v2", from: "header", after: "/a b/y"},
@@ -116,7 +117,7 @@ func TestMatchTraffic(t *testing.T) {
 // long as it keeps the cookie. A header naming no version is still 404,
 // and the 404's text quotes only a short excerpt of it.
 func TestMatchTrafficUnusableCookie(t *testing.T) {
-	reg := trafficRegistry(t, registry.TrafficPolicy{Split: map[string]int{"v1": 90, "v2": 10}})
+	reg := trafficRegistry(t, traffic.Policy{Split: map[string]int{"v1": 90, "v2": 10}})
 	m := MatchServiceVersion{registry: reg}
 	for _, cookie := range []string{"v9", "~99999", "~-1", "~", "garbage", "~12a", strings.Repeat("v", 10000)} {
 		r, _ := newRequest(t, http.MethodGet, "/users/list")
@@ -156,7 +157,7 @@ func TestMatchTrafficSplitVersionGone(t *testing.T) {
 			t.Cleanup(func() { r.Stop() })
 			env := registry.BackendEnv{
 				Seeds:   map[registry.ServiceKey][]registry.Endpoint{{Service: "users", Version: "v1"}: normalize(t, eps("127.0.0.1:1"))},
-				Traffic: map[string]registry.TrafficPolicy{"users": {Split: map[string]int{"v1": 50, "v2": 50}, Fallback: fallback}},
+				Traffic: map[string]traffic.Policy{"users": {Split: map[string]int{"v1": 50, "v2": 50}, Fallback: fallback}},
 				Storage: &certmagic.FileStorage{Path: t.TempDir()}, Logger: zap.NewNop(),
 			}
 			if err := r.Start(env, nil, nil); err != nil {
@@ -164,7 +165,7 @@ func TestMatchTrafficSplitVersionGone(t *testing.T) {
 			}
 			m := MatchServiceVersion{registry: r}
 			for _, c := range []struct{ cookie, header string }{
-				{cookie: registry.StickyCookie(9999)}, // v2's bucket
+				{cookie: traffic.StickyCookie(9999)}, // v2's bucket
 				{header: "v2"},
 			} {
 				req, _ := newRequest(t, http.MethodGet, "/users/list")
@@ -193,7 +194,7 @@ func TestMatchTrafficSplitVersionGone(t *testing.T) {
 // Over 10,000 requests that name no version, a 90/10 split lands within
 // 2 points; each new client gets a sticky cookie for its bucket.
 func TestMatchTrafficSplit(t *testing.T) {
-	reg := trafficRegistry(t, registry.TrafficPolicy{Split: map[string]int{"v1": 90, "v2": 10}})
+	reg := trafficRegistry(t, traffic.Policy{Split: map[string]int{"v1": 90, "v2": 10}})
 	m := MatchServiceVersion{registry: reg}
 	count := map[string]int{}
 	for range 10000 {
@@ -218,7 +219,7 @@ func TestMatchTrafficSplit(t *testing.T) {
 
 // A request the matcher sees twice keeps the version of its first draw.
 func TestMatchTrafficTwice(t *testing.T) {
-	reg := trafficRegistry(t, registry.TrafficPolicy{Split: map[string]int{"v1": 50, "v2": 50}})
+	reg := trafficRegistry(t, traffic.Policy{Split: map[string]int{"v1": 50, "v2": 50}})
 	m := MatchServiceVersion{registry: reg}
 	for range 200 {
 		r, repl := newRequest(t, http.MethodGet, "/users/list")
@@ -241,7 +242,7 @@ func TestMatchTrafficTwice(t *testing.T) {
 // matcher restricted to a version matches only requests sent to it.
 func TestMatchTrafficStickyKeys(t *testing.T) {
 	for _, sticky := range []string{"header", "ip"} {
-		p := registry.TrafficPolicy{Split: map[string]int{"v1": 50, "v2": 50}, Sticky: sticky}
+		p := traffic.Policy{Split: map[string]int{"v1": 50, "v2": 50}, Sticky: sticky}
 		if sticky == "header" {
 			p.StickyHeader = "X-User"
 		}
@@ -285,7 +286,7 @@ func TestMatchTrafficStickyKeys(t *testing.T) {
 // A fallback takes requests of a version with no available host, and
 // only then.
 func TestMatchTrafficFallback(t *testing.T) {
-	reg := trafficRegistry(t, registry.TrafficPolicy{Split: map[string]int{"v2": 100}, Fallback: "v1"})
+	reg := trafficRegistry(t, traffic.Policy{Split: map[string]int{"v2": 100}, Fallback: "v1"})
 	m := MatchServiceVersion{registry: reg}
 	r, _ := newRequest(t, http.MethodGet, "/users/x")
 	if version, from, _, err := matchTraffic(t, m, r); err != nil || version != "v2" || from != "split" {
@@ -310,13 +311,13 @@ func TestCookieValue(t *testing.T) {
 // Choosing a version costs no allocation, whatever chooses it (the sticky
 // cookie of a client's first request aside).
 func TestMatchTrafficAllocs(t *testing.T) {
-	reg := trafficRegistry(t, registry.TrafficPolicy{Split: map[string]int{"v1": 90, "v2": 10}, Aliases: map[string]string{"stable": "v1"}})
+	reg := trafficRegistry(t, traffic.Policy{Split: map[string]int{"v1": 90, "v2": 10}, Aliases: map[string]string{"stable": "v1"}})
 	m := MatchServiceVersion{registry: reg}
 	for _, tc := range []struct{ path, header, cookie string }{
 		{path: "/users/v1/x"},
 		{path: "/users/stable/x"},
 		{path: "/users/x", header: "v2"},
-		{path: "/users/x", cookie: registry.StickyCookie(42)},
+		{path: "/users/x", cookie: traffic.StickyCookie(42)},
 	} {
 		r, _ := newRequest(t, http.MethodGet, tc.path)
 		if tc.header != "" {
@@ -340,10 +341,10 @@ func BenchmarkMatchTraffic(b *testing.B) {
 	for _, tc := range []struct{ name, path, cookie string }{
 		{"path", "/users/v1/list/of/things", ""},
 		{"alias", "/users/stable/list/of/things", ""},
-		{"sticky", "/users/list/of/things", "a=b; svc_version=" + registry.StickyCookie(4242)},
+		{"sticky", "/users/list/of/things", "a=b; svc_version=" + traffic.StickyCookie(4242)},
 	} {
 		b.Run(tc.name, func(b *testing.B) {
-			reg := trafficRegistry(b, registry.TrafficPolicy{Split: map[string]int{"v1": 90, "v2": 10}, Aliases: map[string]string{"stable": "v1"}})
+			reg := trafficRegistry(b, traffic.Policy{Split: map[string]int{"v1": 90, "v2": 10}, Aliases: map[string]string{"stable": "v1"}})
 			m := MatchServiceVersion{registry: reg}
 			r, _ := newRequest(b, http.MethodGet, tc.path)
 			if tc.cookie != "" {
@@ -365,13 +366,13 @@ func BenchmarkMatchTraffic(b *testing.B) {
 // service it seeds; for one it does not seed, versions come later.
 func TestCheckSeededVersions(t *testing.T) {
 	seeds := map[registry.ServiceKey][]registry.Endpoint{{Service: "users", Version: "v1"}: nil}
-	if err := checkSeededVersions("users", registry.TrafficPolicy{Split: map[string]int{"v1": 1, "v2": 1}}, seeds); err == nil || !strings.Contains(err.Error(), `unknown version "v2"`) {
+	if err := checkSeededVersions("users", traffic.Policy{Split: map[string]int{"v1": 1, "v2": 1}}, seeds); err == nil || !strings.Contains(err.Error(), `unknown version "v2"`) {
 		t.Errorf("a split naming an unseeded version of a seeded service: %v", err)
 	}
-	if err := checkSeededVersions("users", registry.TrafficPolicy{Split: map[string]int{"v1": 1}}, seeds); err != nil {
+	if err := checkSeededVersions("users", traffic.Policy{Split: map[string]int{"v1": 1}}, seeds); err != nil {
 		t.Error(err)
 	}
-	if err := checkSeededVersions("orders", registry.TrafficPolicy{Split: map[string]int{"v7": 1}}, seeds); err != nil {
+	if err := checkSeededVersions("orders", traffic.Policy{Split: map[string]int{"v7": 1}}, seeds); err != nil {
 		t.Errorf("a service the config does not seed: %v", err)
 	}
 }
@@ -387,9 +388,9 @@ func BenchmarkChooseVersion(b *testing.B) {
 		{"/users/v1/list/of/things", "", ""},
 		{"/users/stable/list/of/things", "", ""},
 		{"/users/list/of/things", "v2", ""},
-		{"/users/list/of/things", "", "a=b; svc_version=" + registry.StickyCookie(4242)},
+		{"/users/list/of/things", "", "a=b; svc_version=" + traffic.StickyCookie(4242)},
 	}
-	reg := trafficRegistry(b, registry.TrafficPolicy{Split: map[string]int{"v1": 90, "v2": 10}, Aliases: map[string]string{"stable": "v1"}})
+	reg := trafficRegistry(b, traffic.Policy{Split: map[string]int{"v1": 90, "v2": 10}, Aliases: map[string]string{"stable": "v1"}})
 	m := MatchServiceVersion{registry: reg}
 	var reqs [len(kinds)]*http.Request
 	var vars [len(kinds)]map[string]any

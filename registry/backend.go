@@ -5,6 +5,8 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/svcreg/caddy-svcreg/registry/traffic"
 )
 
 // Backend stores a registry's endpoints and keeps its table current
@@ -60,7 +62,7 @@ type BackendEnv struct {
 	Logger *zap.Logger
 	// Traffic are the configuration's traffic policies, by service: the
 	// seeds of the policies, as Seeds are of the endpoints.
-	Traffic map[string]TrafficPolicy
+	Traffic map[string]traffic.Policy
 	// RecoveryGrace is how long the registry keeps endpoints the store
 	// dropped while it was out of reach, or within that time after it came
 	// back (see Feed.Reachable). The registry applies it; a backend
@@ -76,7 +78,7 @@ type BackendEnv struct {
 type TrafficBackend interface {
 	// PutTraffic stores a service's policy, checked by the caller; the
 	// table holds it once PutTraffic returns nil.
-	PutTraffic(ctx context.Context, service string, p TrafficPolicy) error
+	PutTraffic(ctx context.Context, service string, p traffic.Policy) error
 	// DeleteTraffic removes a service's stored policy; the table no
 	// longer holds it once DeleteTraffic returns nil. It returns an error
 	// matching ErrNoTrafficPolicy when none is stored.

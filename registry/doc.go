@@ -31,6 +31,10 @@
 //     (round_robin, random, least_conn, p2c, peak_ewma) are in the
 //     balance package, registry/balance, which a proxy also uses over
 //     its own pool of hosts.
+//   - A service's traffic policy (package registry/traffic: canary
+//     splits, aliases, sticky clients) is stored by the Backend
+//     (PutTraffic) and kept in each Snapshot as its Rules, with the
+//     split's versions resolved to their Service (Versions.Routing).
 //
 // A program that balances its own calls over a registry and fails over,
 // here with the memory backend's store (memstore, which imports nothing of

@@ -2,14 +2,16 @@ package registry
 
 import (
 	"errors"
-	"fmt"
+
+	"github.com/svcreg/caddy-svcreg/registry/internal/input"
 )
 
 // Errors that callers tell apart with errors.Is.
 var (
 	// ErrInvalid is wrapped by every error about bad input: a bad service
-	// or version name, a bad address, a bad weight.
-	ErrInvalid = errors.New("invalid input")
+	// or version name, a bad address, a bad weight, a bad traffic policy
+	// (traffic.ErrInvalid is the same error).
+	ErrInvalid = input.ErrInvalid
 	// ErrUnknownService means no version of the service is registered.
 	ErrUnknownService = errors.New("unknown service")
 	// ErrUnknownVersion means the service is registered, but not this version.
@@ -37,16 +39,10 @@ var (
 	ErrNoAvailableHost = errors.New("no available host")
 )
 
-// inputError is an error about bad input; it matches ErrInvalid.
-type inputError struct{ msg string }
-
-func (e inputError) Error() string        { return e.msg }
-func (e inputError) Is(target error) bool { return target == ErrInvalid }
-
 // Invalidf returns an error about bad input, formatted as fmt.Sprintf
 // does, that matches ErrInvalid.
 func Invalidf(format string, args ...any) error {
-	return inputError{msg: fmt.Sprintf(format, args...)}
+	return input.Errorf(format, args...)
 }
 
 // errStopped says a stopped registry was started again.

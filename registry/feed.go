@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/svcreg/caddy-svcreg/registry/traffic"
 )
 
 // Feed is how a backend feeds its registry: the backend hands it what its
@@ -19,7 +21,7 @@ type Feed struct {
 
 	mu      sync.Mutex // guards the fields below
 	seeds   map[ServiceKey][]Endpoint
-	traffic map[string]TrafficPolicy
+	traffic map[string]traffic.Policy
 	log     *zap.Logger
 }
 
@@ -126,11 +128,11 @@ func merge(seeds []Endpoint, seeded bool, changes map[string]Change) ([]Endpoint
 // stored (nil: none) on top, compiled without checking their versions
 // exist (they may come later). A policy that does not compile (a stored
 // one written by hand) is left out.
-func (f *Feed) PublishTraffic(stored map[string]TrafficPolicy) {
+func (f *Feed) PublishTraffic(stored map[string]traffic.Policy) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	all := make(map[string]*Traffic, len(f.traffic)+len(stored))
-	for _, m := range []map[string]TrafficPolicy{f.traffic, stored} {
+	all := make(map[string]*traffic.Rules, len(f.traffic)+len(stored))
+	for _, m := range []map[string]traffic.Policy{f.traffic, stored} {
 		for service, p := range m {
 			if t, err := p.Compile(service, nil); err == nil {
 				all[service] = t

@@ -1,5 +1,7 @@
 package registry
 
+import "github.com/svcreg/caddy-svcreg/registry/internal/input"
+
 // ServiceKey names one version of a service.
 type ServiceKey struct {
 	Service string
@@ -37,33 +39,12 @@ func (k ServiceKey) ValidateFilter() error {
 }
 
 // MaxNameLen is the longest service or version name.
-const MaxNameLen = 64
+const MaxNameLen = input.MaxNameLen
 
 // ValidName reports whether s is a service or version name: 1 to 64
 // characters of A-Z a-z 0-9 . _ -, and not only dots.
-func ValidName(s string) bool {
-	if len(s) == 0 || len(s) > MaxNameLen {
-		return false
-	}
-	onlyDots := true
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case c == '.':
-		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '_', c == '-':
-			onlyDots = false
-		default:
-			return false
-		}
-	}
-	return !onlyDots
-}
+func ValidName(s string) bool { return input.ValidName(s) }
 
 // CheckName returns an error matching ErrInvalid, naming kind (such as
 // "service" or "version"), if s is not a valid name.
-func CheckName(kind, s string) error {
-	if ValidName(s) {
-		return nil
-	}
-	return Invalidf("invalid %s name %q: want 1 to %d characters of A-Z a-z 0-9 . _ - (not only dots)", kind, s, MaxNameLen)
-}
+func CheckName(kind, s string) error { return input.CheckName(kind, s) }

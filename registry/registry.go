@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/svcreg/caddy-svcreg/registry/traffic"
 )
 
 // Registry holds the endpoints of every service version. Lookup and
@@ -41,7 +43,7 @@ type Registry interface {
 	// PutTraffic checks a service's traffic policy against its versions
 	// and stores it through the backend; the next request uses it. The
 	// error matches ErrInvalid and names every problem.
-	PutTraffic(ctx context.Context, service string, p TrafficPolicy) error
+	PutTraffic(ctx context.Context, service string, p traffic.Policy) error
 	// DeleteTraffic removes a service's stored traffic policy (the
 	// configuration's, if any, applies again). It returns an error
 	// matching ErrNoTrafficPolicy when none is stored.
@@ -357,7 +359,7 @@ func (o Outcome) String() string {
 }
 
 // PutTraffic checks p against the service's versions and stores it.
-func (l *Local) PutTraffic(ctx context.Context, service string, p TrafficPolicy) error {
+func (l *Local) PutTraffic(ctx context.Context, service string, p traffic.Policy) error {
 	snap := l.table.Snapshot()
 	if !snap.Synced() {
 		return fmt.Errorf("setting the traffic policy of %q: %w", service, ErrNotSynced)

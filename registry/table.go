@@ -7,6 +7,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/svcreg/caddy-svcreg/registry/traffic"
 )
 
 // Snapshot is an immutable view of the registry. Readers load it
@@ -51,47 +53,6 @@ func (f *nameFilter) add(name string) {
 // mayHave reports whether name may be in the set.
 func (f nameFilter) mayHave(name string) bool {
 	return len(name) > 0 && f.lens&(1<<((len(name)-1)&63)) != 0 && f.firsts&(1<<(name[0]&63)) != 0
-}
-
-// Routing is a service's traffic policy in one snapshot, with the split's
-// versions resolved to their Service, so that a request the split or a
-// sticky bucket sends looks no version up.
-type Routing struct {
-	*Traffic
-	split []*Service // split[i]: versions[i]'s Service, nil while it has none
-}
-
-// SplitService returns the Service of the split's i-th version
-// (Choice.Index), or nil when the snapshot has none of that version.
-func (r *Routing) SplitService(i int) *Service { return r.split[i] }
-
-// newRouting resolves t's split over a service's versions.
-func newRouting(t *Traffic, versions map[string]*Service) *Routing {
-	r := &Routing{Traffic: t, split: make([]*Service, len(t.versions))}
-	for i, v := range t.versions {
-		r.split[i] = versions[v]
-	}
-	return r
-}
-
-// Traffic returns the service's traffic policy, or nil for none.
-func (s *Snapshot) Traffic(service string) *Traffic {
-	if r := s.Versions(service).Routing(); r != nil {
-		return r.Traffic
-	}
-	return nil
-}
-
-// Policies returns every service's traffic policy, sorted by service.
-func (s *Snapshot) Policies() []*Traffic {
-	var out []*Traffic
-	for _, e := range s.services {
-		if e.routing != nil {
-			out = append(out, e.routing.Traffic)
-		}
-	}
-	slices.SortFunc(out, func(a, b *Traffic) int { return strings.Compare(a.service, b.service) })
-	return out
 }
 
 // Lookup returns a service version, or an error matching ErrUnknownService,
@@ -236,14 +197,14 @@ func (t *table) replace(all map[ServiceKey][]Endpoint) {
 	}
 	for name, oe := range old.services {
 		if oe.routing != nil {
-			services[name] = newEntry(byService[name], newRouting(oe.routing.Traffic, byService[name]))
+			services[name] = newEntry(byService[name], newRouting(oe.routing.Rules, byService[name]))
 		}
 	}
 	t.snap.Store(&Snapshot{services: services, synced: true})
 }
 
 // setTraffic sets every service's traffic policy (nil: none).
-func (t *table) setTraffic(policies map[string]*Traffic) {
+func (t *table) setTraffic(policies map[string]*traffic.Rules) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	old := t.snap.Load()
@@ -326,7 +287,7 @@ func (t *table) publish(old *Snapshot, key ServiceKey, svc *Service) {
 	}
 	var routing *Routing
 	if oe.routing != nil {
-		routing = newRouting(oe.routing.Traffic, versions)
+		routing = newRouting(oe.routing.Rules, versions)
 	}
 	e := newEntry(versions, routing)
 	if e.versions == nil && e.routing == nil {

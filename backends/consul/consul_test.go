@@ -23,6 +23,7 @@ import (
 	"github.com/svcreg/caddy-svcreg/internal/consultest"
 	"github.com/svcreg/caddy-svcreg/internal/testutil"
 	"github.com/svcreg/caddy-svcreg/registry"
+	"github.com/svcreg/caddy-svcreg/registry/traffic"
 )
 
 // The tests run against a real Consul agent (consultest.Start), except
@@ -437,9 +438,9 @@ func TestConsulReadOnlyWithSeedsAndTraffic(t *testing.T) {
 	provision(t, c, agent.Addr)
 	r := registry.New(c, registry.Options{})
 	t.Cleanup(func() { testutil.Must(t, r.Stop()) })
-	policy := registry.TrafficPolicy{Split: map[string]int{"v1": 90, "v2": 10}}
+	policy := traffic.Policy{Split: map[string]int{"v1": 90, "v2": 10}}
 	seeds := map[registry.ServiceKey][]registry.Endpoint{users: testutil.Endpoints("127.0.0.1:9100")}
-	testutil.Must(t, r.Start(registry.BackendEnv{Seeds: seeds, Traffic: map[string]registry.TrafficPolicy{"users": policy}, Logger: zap.NewNop()}, nil, nil))
+	testutil.Must(t, r.Start(registry.BackendEnv{Seeds: seeds, Traffic: map[string]traffic.Policy{"users": policy}, Logger: zap.NewNop()}, nil, nil))
 	testutil.Eventually(t, 10*time.Second, "the first sync", func() bool { return r.Snapshot().Synced() })
 	if got := tableHas(r, users); !slices.Equal(got, []string{"127.0.0.1:9001", "127.0.0.1:9100"}) {
 		t.Errorf("seeds merged with Consul's: %v", got)

@@ -24,6 +24,7 @@ import (
 	"github.com/svcreg/caddy-svcreg/backends/etcd/etcdkv"
 	"github.com/svcreg/caddy-svcreg/backends/etcd/etcdstore"
 	"github.com/svcreg/caddy-svcreg/registry"
+	"github.com/svcreg/caddy-svcreg/registry/traffic"
 )
 
 func init() {
@@ -238,7 +239,7 @@ func (e *Backend) CheckDelete(key registry.ServiceKey, address string) error {
 
 // PutTraffic writes a service's traffic policy to etcd and waits until
 // the watch has applied it.
-func (e *Backend) PutTraffic(ctx context.Context, service string, p registry.TrafficPolicy) error {
+func (e *Backend) PutTraffic(ctx context.Context, service string, p traffic.Policy) error {
 	return e.store.PutTraffic(ctx, service, p)
 }
 

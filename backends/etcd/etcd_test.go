@@ -18,6 +18,7 @@ import (
 	"github.com/svcreg/caddy-svcreg/internal/etcdtest"
 	"github.com/svcreg/caddy-svcreg/internal/testutil"
 	"github.com/svcreg/caddy-svcreg/registry"
+	"github.com/svcreg/caddy-svcreg/registry/traffic"
 )
 
 // startEtcdBackend starts an etcd backend on endpoint with the given seeds
@@ -595,7 +596,7 @@ func TestEtcdTrafficPolicies(t *testing.T) {
 	if tr := r.Snapshot().Traffic("orders"); tr != nil {
 		t.Errorf("a policy with an unknown field was used: %+v", tr.Policy())
 	}
-	must(t, r.PutTraffic(ctx, "users", registry.TrafficPolicy{Split: map[string]int{"v1": 50, "v2": 50}, Aliases: map[string]string{"stable": "v1"}}))
+	must(t, r.PutTraffic(ctx, "users", traffic.Policy{Split: map[string]int{"v1": 50, "v2": 50}, Aliases: map[string]string{"stable": "v1"}}))
 	if got := split(); got["v2"] != 50 {
 		t.Errorf("right after PutTraffic: %v", got)
 	}
@@ -611,7 +612,7 @@ func TestEtcdTrafficPolicies(t *testing.T) {
 		t.Fatal(err)
 	}
 	eventually(t, 5*time.Second, "a policy rewritten with a bad value to go", func() bool { return split() == nil })
-	must(t, r.PutTraffic(ctx, "users", registry.TrafficPolicy{Split: map[string]int{"v1": 100}}))
+	must(t, r.PutTraffic(ctx, "users", traffic.Policy{Split: map[string]int{"v1": 100}}))
 	must(t, r.DeleteTraffic(ctx, "users"))
 	if split() != nil {
 		t.Error("the policy is still used after DeleteTraffic")

@@ -15,6 +15,7 @@ import (
 
 	"github.com/svcreg/caddy-svcreg/backends/memory/memstore"
 	"github.com/svcreg/caddy-svcreg/registry"
+	"github.com/svcreg/caddy-svcreg/registry/traffic"
 )
 
 func init() {
@@ -105,7 +106,7 @@ func (m *Backend) CheckDelete(key registry.ServiceKey, address string) error {
 }
 
 // PutTraffic saves a service's traffic policy, then publishes it.
-func (m *Backend) PutTraffic(ctx context.Context, service string, p registry.TrafficPolicy) error {
+func (m *Backend) PutTraffic(ctx context.Context, service string, p traffic.Policy) error {
 	return m.store.PutTraffic(ctx, service, p)
 }
 

@@ -18,6 +18,7 @@ import (
 
 	"github.com/svcreg/caddy-svcreg/internal/testutil"
 	"github.com/svcreg/caddy-svcreg/registry"
+	"github.com/svcreg/caddy-svcreg/registry/traffic"
 )
 
 // start starts a registry on a memory backend saving to dir, with seeds.
@@ -233,7 +234,7 @@ func TestTrafficPolicies(t *testing.T) {
 		{Service: "users", Version: "v1"}: eps("127.0.0.1:1"),
 		{Service: "users", Version: "v2"}: eps("127.0.0.1:2"),
 	}
-	seedPolicy := map[string]registry.TrafficPolicy{"users": {Split: map[string]int{"v1": 90, "v2": 10}}}
+	seedPolicy := map[string]traffic.Policy{"users": {Split: map[string]int{"v1": 90, "v2": 10}}}
 	startWith := func() *registry.Local {
 		r := registry.New(&Backend{StorageKey: "service_registry/memory.json", PollInterval: caddy.Duration(100 * time.Millisecond)}, registry.Options{})
 		t.Cleanup(func() { must(t, r.Stop()) })
@@ -252,11 +253,11 @@ func TestTrafficPolicies(t *testing.T) {
 	if got := split(a); got["v2"] != 10 {
 		t.Fatalf("seeded policy: %v", got)
 	}
-	err := a.PutTraffic(ctx, "users", registry.TrafficPolicy{Split: map[string]int{"v1": 50, "v3": 50}})
+	err := a.PutTraffic(ctx, "users", traffic.Policy{Split: map[string]int{"v1": 50, "v3": 50}})
 	if !errors.Is(err, registry.ErrInvalid) || !strings.Contains(err.Error(), `unknown version "v3"`) {
 		t.Fatalf("a policy naming v3: %v; want an invalid-input error naming v3", err)
 	}
-	must(t, a.PutTraffic(ctx, "users", registry.TrafficPolicy{Split: map[string]int{"v1": 50, "v2": 50}}))
+	must(t, a.PutTraffic(ctx, "users", traffic.Policy{Split: map[string]int{"v1": 50, "v2": 50}}))
 	if got := split(a); got["v2"] != 50 {
 		t.Fatalf("after the PUT: %v", got)
 	}

@@ -17,6 +17,7 @@ import (
 	"strings"
 
 	"github.com/svcreg/caddy-svcreg/registry"
+	"github.com/svcreg/caddy-svcreg/registry/traffic"
 )
 
 // DefaultPrefix is the key prefix of the registry unless configured.
@@ -132,7 +133,7 @@ func ParseTrafficKey(prefix, k string) (string, bool) {
 
 // EncodeTraffic checks a service's policy (not whether its versions exist)
 // and returns its key and value.
-func EncodeTraffic(prefix, service string, p registry.TrafficPolicy) (k, v string, err error) {
+func EncodeTraffic(prefix, service string, p traffic.Policy) (k, v string, err error) {
 	if _, err := p.Compile(service, nil); err != nil {
 		return "", "", err
 	}
@@ -145,19 +146,19 @@ func EncodeTraffic(prefix, service string, p registry.TrafficPolicy) (k, v strin
 
 // DecodeTraffic reads a traffic policy's key and value, strictly: an
 // unknown field or a policy that does not compile is an error.
-func DecodeTraffic(prefix string, k, v []byte) (string, registry.TrafficPolicy, error) {
+func DecodeTraffic(prefix string, k, v []byte) (string, traffic.Policy, error) {
 	service, ok := ParseTrafficKey(prefix, string(k))
 	if !ok {
-		return "", registry.TrafficPolicy{}, errors.New("not a traffic policy key")
+		return "", traffic.Policy{}, errors.New("not a traffic policy key")
 	}
-	var p registry.TrafficPolicy
+	var p traffic.Policy
 	dec := json.NewDecoder(strings.NewReader(string(v)))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&p); err != nil {
-		return "", registry.TrafficPolicy{}, fmt.Errorf("traffic policy: %w", err)
+		return "", traffic.Policy{}, fmt.Errorf("traffic policy: %w", err)
 	}
 	if _, err := p.Compile(service, nil); err != nil {
-		return "", registry.TrafficPolicy{}, err
+		return "", traffic.Policy{}, err
 	}
 	return service, p, nil
 }

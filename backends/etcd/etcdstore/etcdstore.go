@@ -27,6 +27,7 @@ import (
 
 	"github.com/svcreg/caddy-svcreg/backends/etcd/etcdkv"
 	"github.com/svcreg/caddy-svcreg/registry"
+	"github.com/svcreg/caddy-svcreg/registry/traffic"
 )
 
 // Timing of the etcd backend.
@@ -80,7 +81,7 @@ type Store struct {
 	seeds   map[registry.ServiceKey][]registry.Endpoint        // for CheckDelete; the feed merges them
 	stored  map[registry.ServiceKey]map[string]registry.Change // what etcd holds
 	// the traffic policies etcd holds
-	trafficStored map[string]registry.TrafficPolicy
+	trafficStored map[string]traffic.Policy
 	synced        bool
 	reachable     bool
 	applied       int64         // etcd revision the table reflects; 0 while a re-list is due
@@ -174,7 +175,7 @@ func (e *Store) Start(feed *registry.Feed, env registry.BackendEnv) error {
 	e.client, e.feed, e.seeds, e.ctx, e.cancel = client, feed, seeds, ctx, cancel
 	e.feed.Configure(env)
 	e.stored = map[registry.ServiceKey]map[string]registry.Change{}
-	e.trafficStored = map[string]registry.TrafficPolicy{}
+	e.trafficStored = map[string]traffic.Policy{}
 	e.appliedCh = make(chan struct{})
 	e.warned = map[string]int64{}
 	e.revs = map[string]int64{}
@@ -281,7 +282,7 @@ func (e *Store) list(ctx context.Context) (rev int64, epoch int, err error) {
 		return 0, 0, err
 	}
 	stored := map[registry.ServiceKey]map[string]registry.Change{}
-	traffic := map[string]registry.TrafficPolicy{}
+	policies := map[string]traffic.Policy{}
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if rewritten && e.wentBack == told { // else observe logged it meanwhile
@@ -295,7 +296,7 @@ func (e *Store) list(ctx context.Context) (rev int64, epoch int, err error) {
 		e.revs[string(kv.Key)] = kv.ModRevision
 		if _, ok := etcdkv.ParseTrafficKey(e.prefix, string(kv.Key)); ok {
 			if service, p, ok := e.parseTraffic(kv); ok {
-				traffic[service] = p
+				policies[service] = p
 			}
 			continue
 		}
@@ -308,7 +309,7 @@ func (e *Store) list(ctx context.Context) (rev int64, epoch int, err error) {
 		}
 		stored[key][ep.Address] = registry.Change{Endpoint: ep}
 	}
-	e.stored, e.trafficStored = stored, traffic
+	e.stored, e.trafficStored = stored, policies
 	e.synced = true
 	e.feed.Publish(e.stored, false)
 	e.feed.PublishTraffic(e.trafficStored)
@@ -575,18 +576,18 @@ func (e *Store) apply(events []*clientv3.Event, rev int64, epoch int) {
 
 // parseTraffic reads a traffic policy's key-value pair, warning once
 // about a bad one. The caller holds e.mu.
-func (e *Store) parseTraffic(kv *mvccpb.KeyValue) (string, registry.TrafficPolicy, bool) {
+func (e *Store) parseTraffic(kv *mvccpb.KeyValue) (string, traffic.Policy, bool) {
 	service, p, err := etcdkv.DecodeTraffic(e.prefix, kv.Key, kv.Value)
 	if err != nil {
 		e.warnOnce(string(kv.Key), kv.ModRevision, err.Error())
-		return "", registry.TrafficPolicy{}, false
+		return "", traffic.Policy{}, false
 	}
 	return service, p, true
 }
 
 // PutTraffic writes a service's traffic policy to etcd and waits until
 // the watch has applied it; every instance on the prefix uses it.
-func (e *Store) PutTraffic(ctx context.Context, service string, p registry.TrafficPolicy) error {
+func (e *Store) PutTraffic(ctx context.Context, service string, p traffic.Policy) error {
 	k, val, err := etcdkv.EncodeTraffic(e.prefix, service, p)
 	if err != nil {
 		return err

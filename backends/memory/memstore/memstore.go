@@ -21,6 +21,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/svcreg/caddy-svcreg/registry"
+	"github.com/svcreg/caddy-svcreg/registry/traffic"
 )
 
 // Store keeps the registry in memory and saves every change in the
@@ -62,7 +63,7 @@ type Store struct {
 	changes map[registry.ServiceKey]map[string]registry.Change // copy-on-write
 	seen    stamp                                              // the saved changes last read or written
 
-	traffic map[string]registry.TrafficPolicy // saved policies; copy-on-write
+	traffic map[string]traffic.Policy // saved policies; copy-on-write
 }
 
 // DefaultPollInterval is how often the storage is checked by default.
@@ -94,8 +95,8 @@ type stamp struct {
 
 // file is the saved form of the changes.
 type file struct {
-	Changes []record                          `json:"changes"`
-	Traffic map[string]registry.TrafficPolicy `json:"traffic,omitempty"`
+	Changes []record                  `json:"changes"`
+	Traffic map[string]traffic.Policy `json:"traffic,omitempty"`
 }
 
 type record struct {
@@ -168,7 +169,7 @@ func (m *Store) stat(ctx context.Context) (stamp, bool) {
 // differ. The caller holds m.mu.
 func (m *Store) refresh(ctx context.Context) error {
 	st, _ := m.stat(ctx)
-	changes, traffic, err := m.load(m.storage)
+	changes, policies, err := m.load(m.storage)
 	if err != nil {
 		return err
 	}
@@ -177,8 +178,8 @@ func (m *Store) refresh(ctx context.Context) error {
 		m.changes = changes
 		m.feed.Publish(m.changes, false)
 	}
-	if !maps.EqualFunc(traffic, m.traffic, sameTraffic) {
-		m.traffic = traffic
+	if !maps.EqualFunc(policies, m.traffic, sameTraffic) {
+		m.traffic = policies
 		m.feed.PublishTraffic(m.traffic)
 	}
 	return nil
@@ -226,12 +227,12 @@ func (m *Store) reconfigure(env registry.BackendEnv) error {
 	if env.Storage == nil {
 		return errors.New("memory backend: no storage")
 	}
-	changes, traffic, err := m.load(env.Storage)
+	changes, policies, err := m.load(env.Storage)
 	if err != nil {
 		return err
 	}
 	m.storage, m.logger, m.seeds, m.changes = env.Storage, env.Logger, env.Seeds, changes
-	m.traffic = traffic
+	m.traffic = policies
 	m.seen, _ = m.stat(context.Background())
 	m.feed.Configure(env)
 	m.feed.Publish(m.changes, false)
@@ -356,10 +357,10 @@ func (m *Store) apply(ctx context.Context, key registry.ServiceKey, c registry.C
 
 // load reads the saved changes and traffic policies from storage; a
 // missing key means none.
-func (m *Store) load(storage registry.Storage) (map[registry.ServiceKey]map[string]registry.Change, map[string]registry.TrafficPolicy, error) {
+func (m *Store) load(storage registry.Storage) (map[registry.ServiceKey]map[string]registry.Change, map[string]traffic.Policy, error) {
 	data, err := storage.Load(context.Background(), m.StorageKey)
 	if errors.Is(err, fs.ErrNotExist) {
-		return map[registry.ServiceKey]map[string]registry.Change{}, map[string]registry.TrafficPolicy{}, nil
+		return map[registry.ServiceKey]map[string]registry.Change{}, map[string]traffic.Policy{}, nil
 	}
 	if err != nil {
 		return nil, nil, fmt.Errorf("loading saved endpoints from storage key %q: %w", m.StorageKey, err)
@@ -374,7 +375,7 @@ func (m *Store) load(storage registry.Storage) (map[registry.ServiceKey]map[stri
 		}
 	}
 	if saved.Traffic == nil {
-		saved.Traffic = map[string]registry.TrafficPolicy{}
+		saved.Traffic = map[string]traffic.Policy{}
 	}
 	changes := map[registry.ServiceKey]map[string]registry.Change{}
 	for _, rec := range saved.Changes {
@@ -399,8 +400,8 @@ func (m *Store) load(storage registry.Storage) (map[registry.ServiceKey]map[stri
 }
 
 // save writes changes and traffic policies to storage.
-func (m *Store) save(ctx context.Context, changes map[registry.ServiceKey]map[string]registry.Change, traffic map[string]registry.TrafficPolicy) error {
-	saved := file{Changes: []record{}, Traffic: traffic}
+func (m *Store) save(ctx context.Context, changes map[registry.ServiceKey]map[string]registry.Change, policies map[string]traffic.Policy) error {
+	saved := file{Changes: []record{}, Traffic: policies}
 	for key, forKey := range changes {
 		for addr, c := range forKey {
 			saved.Changes = append(saved.Changes, record{
@@ -423,7 +424,7 @@ func (m *Store) save(ctx context.Context, changes map[registry.ServiceKey]map[st
 }
 
 // PutTraffic saves a service's traffic policy, then publishes it.
-func (m *Store) PutTraffic(ctx context.Context, service string, p registry.TrafficPolicy) error {
+func (m *Store) PutTraffic(ctx context.Context, service string, p traffic.Policy) error {
 	return m.changeTraffic(ctx, service, &p)
 }
 
@@ -435,7 +436,7 @@ func (m *Store) DeleteTraffic(ctx context.Context, service string) error {
 
 // changeTraffic saves service's policy p (nil: none) on top of what other
 // instances saved, and publishes the policies once saved.
-func (m *Store) changeTraffic(ctx context.Context, service string, p *registry.TrafficPolicy) error {
+func (m *Store) changeTraffic(ctx context.Context, service string, p *traffic.Policy) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	unlock, err := m.fresh(ctx)
@@ -445,7 +446,7 @@ func (m *Store) changeTraffic(ctx context.Context, service string, p *registry.T
 	defer unlock()
 	next := maps.Clone(m.traffic)
 	if next == nil {
-		next = map[string]registry.TrafficPolicy{}
+		next = map[string]traffic.Policy{}
 	}
 	if p == nil {
 		if _, ok := next[service]; !ok {
@@ -465,7 +466,7 @@ func (m *Store) changeTraffic(ctx context.Context, service string, p *registry.T
 }
 
 // sameTraffic reports whether two policies are equal.
-func sameTraffic(a, b registry.TrafficPolicy) bool {
+func sameTraffic(a, b traffic.Policy) bool {
 	return maps.Equal(a.Split, b.Split) && maps.Equal(a.Aliases, b.Aliases) && a.Header == b.Header &&
 		a.Cookie == b.Cookie && a.Sticky == b.Sticky && a.StickyHeader == b.StickyHeader && a.Fallback == b.Fallback
 }
