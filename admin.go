@@ -2,6 +2,7 @@ package svcreg
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -222,7 +223,14 @@ func decodeBody(r *http.Request, v any, fields ...string) error {
 	return nil
 }
 
-func addEndpoint(w http.ResponseWriter, r *http.Request, reg registry.Registry, key registry.ServiceKey) error {
+// endpointAdder is what adding an endpoint asks of the registry: an
+// interface, so that a test can race a deletion in between.
+type endpointAdder interface {
+	Add(ctx context.Context, key registry.ServiceKey, ep registry.Endpoint) error
+	Lookup(key registry.ServiceKey) (*registry.Service, error)
+}
+
+func addEndpoint(w http.ResponseWriter, r *http.Request, reg endpointAdder, key registry.ServiceKey) error {
 	var req registry.Endpoint // the body of a POST is an endpoint's JSON
 	if err := decodeBody(r, &req, "address", "weight", "metadata", "ttl"); err != nil {
 		return err

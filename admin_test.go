@@ -15,13 +15,13 @@ import (
 
 // racingRegistry is a registry where another change deletes the version's
 // endpoint right after each add is applied.
-type racingRegistry struct{ *registry.Local }
+type racingRegistry struct{ *registry.Registry }
 
 func (r racingRegistry) Add(ctx context.Context, key registry.ServiceKey, ep registry.Endpoint) error {
-	if err := r.Local.Add(ctx, key, ep); err != nil {
+	if err := r.Registry.Add(ctx, key, ep); err != nil {
 		return err
 	}
-	_, err := r.Local.Delete(ctx, key, ep.Address)
+	_, err := r.Registry.Delete(ctx, key, ep.Address)
 	return err
 }
 

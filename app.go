@@ -168,7 +168,7 @@ type ServiceConfig struct {
 // pooledRegistry is a registry in the usage pool, shared by every config
 // with the same backend settings; the pool stops it when the last of
 // those configs is unloaded.
-type pooledRegistry struct{ *registry.Local }
+type pooledRegistry struct{ *registry.Registry }
 
 // Destruct stops the registry.
 func (p *pooledRegistry) Destruct() error { return p.Stop() }
@@ -386,7 +386,7 @@ func (a *App) Cleanup() error {
 			// This registry stops now: the running config's takes over
 			// the endpoints it keeps registered (TTL endpoints added
 			// through the admin API), before their leases run out.
-			a.reg.HandOver(next.reg.Local)
+			a.reg.HandOver(next.reg.Registry)
 		}
 	}
 	_, err := registries.Delete(a.poolKey)
@@ -395,7 +395,7 @@ func (a *App) Cleanup() error {
 }
 
 // Registry returns the app's registry.
-func (a *App) Registry() registry.Registry { return a.reg.Local }
+func (a *App) Registry() *registry.Registry { return a.reg.Registry }
 
 // registryApp loads the service_registry app of ctx's config.
 func registryApp(ctx caddy.Context) (*App, error) {

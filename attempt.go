@@ -40,10 +40,10 @@ type attempt struct {
 	retryAfter bool              // Retry-After was set on the response
 
 	// Set by the service_http transport:
-	reg       registry.Registry // where tries are reported
-	reported  bool              // the last try's outcome was reported
-	deposited bool              // the request paid into the retry budget
-	noRetry   bool              // the retry budget refused the next try
+	reg       tryRegistry // where tries are reported
+	reported  bool        // the last try's outcome was reported
+	deposited bool        // the request paid into the retry budget
+	noRetry   bool        // the retry budget refused the next try
 	// dialing is the time spent dialing new connections for the
 	// current try, in nanoseconds: a latency sample leaves it out.
 	dialing atomic.Int64
@@ -96,7 +96,7 @@ func (a *attempt) untried() int {
 //
 // The service_http transport reports every try itself; this is for other
 // transports.
-func (a *attempt) reportPrevious(reg registry.Registry, repl *caddy.Replacer) {
+func (a *attempt) reportPrevious(reg tryRegistry, repl *caddy.Replacer) {
 	if a.last < 0 {
 		return
 	}

@@ -130,7 +130,7 @@ const (
 // hedge is a backup try in flight.
 type hedge struct {
 	t       *HTTPTransport
-	reg     registry.Registry // where its outcome is reported
+	reg     tryRegistry // where its outcome is reported
 	svc     *registry.Service
 	ep      *registry.Endpoint
 	index   int // in the request's pool

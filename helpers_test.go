@@ -16,13 +16,13 @@ import (
 // newTestRegistry returns a started registry on a memory backend (saving
 // to a temporary directory) with seeds and health checks, stopped when the
 // test ends.
-func newTestRegistry(t testing.TB, seeds map[registry.ServiceKey][]registry.Endpoint, checks ...registry.HealthCheck) *registry.Local {
+func newTestRegistry(t testing.TB, seeds map[registry.ServiceKey][]registry.Endpoint, checks ...registry.HealthCheck) *registry.Registry {
 	t.Helper()
 	return newTestRegistryWith(t, registry.Options{}, seeds, checks...)
 }
 
 // newTestRegistryWith is newTestRegistry with opts (a fake clock, say).
-func newTestRegistryWith(t testing.TB, opts registry.Options, seeds map[registry.ServiceKey][]registry.Endpoint, checks ...registry.HealthCheck) *registry.Local {
+func newTestRegistryWith(t testing.TB, opts registry.Options, seeds map[registry.ServiceKey][]registry.Endpoint, checks ...registry.HealthCheck) *registry.Registry {
 	t.Helper()
 	policy, err := registry.NewHealthPolicy(checks)
 	if err != nil {
@@ -105,7 +105,7 @@ func (h *handFed) publish(all map[registry.ServiceKey][]registry.Endpoint) {
 
 // newHandFed returns a started registry on a handFed backend, stopped when
 // the test ends.
-func newHandFed(t testing.TB) (*registry.Local, *handFed) {
+func newHandFed(t testing.TB) (*registry.Registry, *handFed) {
 	t.Helper()
 	h := &handFed{}
 	r := registry.New(h, registry.Options{})

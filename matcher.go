@@ -52,7 +52,7 @@ type MatchServiceVersion struct {
 	// route, handle and handle_path blocks).
 	Unknown string `json:"unknown,omitempty"`
 
-	registry registry.Registry
+	registry *registry.Registry
 }
 
 // CaddyModule returns the Caddy module information.

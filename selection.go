@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -38,7 +39,7 @@ type UpstreamSource struct {
 	// Default: the service_version matcher's {svc.version}.
 	Version string `json:"version,omitempty"`
 
-	registry registry.Registry
+	registry tryRegistry
 }
 
 // CaddyModule returns the Caddy module information.
@@ -47,6 +48,14 @@ func (UpstreamSource) CaddyModule() caddy.ModuleInfo {
 		ID:  "http.reverse_proxy.upstreams.service_registry",
 		New: func() caddy.Module { return new(UpstreamSource) },
 	}
+}
+
+// tryRegistry is what a request's tries ask of the registry: an
+// interface, so that a test can count the lookups.
+type tryRegistry interface {
+	Lookup(key registry.ServiceKey) (*registry.Service, error)
+	Report(svc *registry.Service, ep *registry.Endpoint, o registry.Outcome, latency time.Duration)
+	Failure(key registry.ServiceKey, address string)
 }
 
 // Provision attaches the source to the registry.
@@ -177,7 +186,7 @@ type FailoverSelection struct {
 	Balance string `json:"balance,omitempty"`
 
 	balance  balance.Algorithm
-	registry registry.Registry
+	registry *registry.Registry
 	rotation balance.Rotation // for pools not from the registry
 }
 
@@ -264,7 +273,7 @@ func (p *FailoverSelection) Select(pool reverseproxy.UpstreamPool, r *http.Reque
 // the snapshot does not hold: the registry has not synced with its
 // backend yet, or a traffic policy chose a version whose last host left.
 // Rare, so made on demand.
-func unavailableText(reg registry.Registry, name string, repl *caddy.Replacer) string {
+func unavailableText(reg *registry.Registry, name string, repl *caddy.Replacer) string {
 	version, _ := repl.GetString(placeholderVersion)
 	msg := fmt.Sprintf("no available host for service %q version %q", name, version)
 	if reg != nil && !reg.Snapshot().Synced() {

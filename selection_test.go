@@ -31,7 +31,7 @@ type proxyTry struct {
 	tries  int
 }
 
-func newProxyTry(t testing.TB, reg registry.Registry, balance string, key registry.ServiceKey) *proxyTry {
+func newProxyTry(t testing.TB, reg *registry.Registry, balance string, key registry.ServiceKey) *proxyTry {
 	t.Helper()
 	r, _ := newRequest(t, http.MethodGet, "/"+key.Service+"/"+key.Version+"/x")
 	caddyhttp.SetVar(r.Context(), varName, key.Service)
@@ -69,7 +69,7 @@ func (p *proxyTry) next() string {
 }
 
 // failoverPolicy returns a provisioned service_failover policy on reg.
-func failoverPolicy(t testing.TB, name string, reg registry.Registry) *FailoverSelection {
+func failoverPolicy(t testing.TB, name string, reg *registry.Registry) *FailoverSelection {
 	t.Helper()
 	b, err := balance.Parse(name)
 	if err != nil {
@@ -504,13 +504,13 @@ func TestSelectAllocs(t *testing.T) {
 
 // countingLookups counts the registry's Lookup calls.
 type countingLookups struct {
-	registry.Registry
+	tryRegistry
 	n int
 }
 
 func (c *countingLookups) Lookup(key registry.ServiceKey) (*registry.Service, error) {
 	c.n++
-	return c.Registry.Lookup(key)
+	return c.tryRegistry.Lookup(key)
 }
 
 // The upstream source starts a request's first try on the service version
@@ -527,7 +527,7 @@ func TestUpstreamsFromMatcher(t *testing.T) {
 	if matched == nil || matched.Key() != key {
 		t.Fatalf("the matcher handed on %v", matched)
 	}
-	counter := &countingLookups{Registry: reg}
+	counter := &countingLookups{tryRegistry: reg}
 	source := &UpstreamSource{registry: counter}
 	pool, err := source.GetUpstreams(r)
 	must(t, err)

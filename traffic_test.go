@@ -21,7 +21,7 @@ import (
 
 // trafficRegistry returns a registry of matcherServices with policy set
 // for users through the registry (as the admin API sets it).
-func trafficRegistry(t testing.TB, policy traffic.Policy) *registry.Local {
+func trafficRegistry(t testing.TB, policy traffic.Policy) *registry.Registry {
 	t.Helper()
 	reg := newTestRegistry(t, matcherServices)
 	if err := reg.PutTraffic(context.Background(), "users", policy); err != nil {

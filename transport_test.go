@@ -148,7 +148,7 @@ func TestBodyReplayable(t *testing.T) {
 // runs it: the matcher's vars, GetUpstreams and Select; it returns the
 // request (aimed at the selected host, as reverse_proxy aims it) and the
 // request's attempt.
-func registryTry(t *testing.T, reg registry.Registry, key registry.ServiceKey, method string) (*http.Request, *attempt, *registry.Endpoint) {
+func registryTry(t *testing.T, reg *registry.Registry, key registry.ServiceKey, method string) (*http.Request, *attempt, *registry.Endpoint) {
 	t.Helper()
 	try := newProxyTry(t, reg, "round_robin", key)
 	addr := try.next()

@@ -15,7 +15,7 @@ import (
 // its exported types, counted from the source (fields and interface
 // methods are not counted). The API is what a Go service or a backend
 // needs; the limit only goes down. Run with -v to list the names.
-const maxExported = 115
+const maxExported = 114
 
 func TestExportedNames(t *testing.T) {
 	names := exportedNames(t, ".")

@@ -20,8 +20,8 @@
 //     holds what a store drops while out of reach (Feed.Reachable) and
 //     logs its reachability. See the backends directory; the memory
 //     backend's store, backends/memory/memstore, imports nothing of Caddy.
-//   - Local ties a Backend, its table and a health checker together and
-//     implements Registry: Add, Delete (which drains the endpoint first),
+//   - Registry ties a Backend, its table and a health checker together and
+//     offers Add, Delete (which drains the endpoint first),
 //     Failure (passive health) and Lookup.
 //   - A HealthPolicy, built from HealthCheck entries, configures active
 //     checks, rise and fall, slow start, the ejection limit and the drain

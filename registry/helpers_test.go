@@ -105,7 +105,7 @@ func (c *fakeClock) Advance(d time.Duration) time.Time {
 
 // startRegistry starts a registry with seeds on a testBackend and stops it
 // when the test ends.
-func startRegistry(t testing.TB, seeds map[ServiceKey][]Endpoint, opts Options) *Local {
+func startRegistry(t testing.TB, seeds map[ServiceKey][]Endpoint, opts Options) *Registry {
 	t.Helper()
 	r := New(new(testBackend), opts)
 	t.Cleanup(func() {
@@ -153,7 +153,7 @@ func addresses(svc *Service) []string {
 }
 
 // del deletes an endpoint and forgets how the drain went.
-func del(r Registry, ctx context.Context, key ServiceKey, address string) error {
+func del(r *Registry, ctx context.Context, key ServiceKey, address string) error {
 	_, err := r.Delete(ctx, key, address)
 	return err
 }

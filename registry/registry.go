@@ -11,45 +11,6 @@ import (
 	"github.com/svcreg/caddy-svcreg/registry/traffic"
 )
 
-// Registry holds the endpoints of every service version. Lookup and
-// Failure are on the request path: they read an immutable snapshot, take
-// no lock and do no I/O. Add and Delete go through the registry's backend
-// and are visible to the next Lookup once they return.
-type Registry interface {
-	// Add registers ep under key. Adding an endpoint that is already
-	// registered is harmless; a new weight replaces the old one.
-	Add(ctx context.Context, key ServiceKey, ep Endpoint) error
-	// Delete removes the endpoint with the given address from key. It
-	// first drains it: no new requests, and up to the drain timeout for
-	// those in flight to finish. It returns an error matching
-	// ErrUnknownVersion or ErrUnknownEndpoint when there is nothing to
-	// delete.
-	Delete(ctx context.Context, key ServiceKey, address string) (Drain, error)
-	// Failure records that a request to the endpoint failed; the endpoint
-	// leaves rotation until it answers again. It is Report with Failed.
-	Failure(key ServiceKey, address string)
-	// Report records how one try sent to ep, an endpoint of svc from the
-	// same snapshot, ended, and latency, the time from sending it to its
-	// response header (or to its deadline, for TimedOut). Every failed
-	// try counts; see Outcome for which take the endpoint out of
-	// rotation. It does no I/O and allocates only when the endpoint
-	// leaves rotation.
-	Report(svc *Service, ep *Endpoint, o Outcome, latency time.Duration)
-	// Lookup returns the service version's endpoints, or an error matching
-	// ErrUnknownService, ErrUnknownVersion or ErrNotSynced.
-	Lookup(key ServiceKey) (*Service, error)
-	// Snapshot returns the current immutable view of the whole registry.
-	Snapshot() *Snapshot
-	// PutTraffic checks a service's traffic policy against its versions
-	// and stores it through the backend; the next request uses it. The
-	// error matches ErrInvalid and names every problem.
-	PutTraffic(ctx context.Context, service string, p traffic.Policy) error
-	// DeleteTraffic removes a service's stored traffic policy (the
-	// configuration's, if any, applies again). It returns an error
-	// matching ErrNoTrafficPolicy when none is stored.
-	DeleteTraffic(ctx context.Context, service string) error
-}
-
 // Drain says how removing an endpoint went.
 type Drain struct {
 	// Drained is true when no request was in flight any more at removal,
@@ -64,7 +25,7 @@ type Drain struct {
 // drainPoll is how often a drain looks at the requests in flight.
 const drainPoll = 10 * time.Millisecond
 
-// Options configure a Local registry.
+// Options configure a Registry.
 type Options struct {
 	// Logger is the registry's logger when a BackendEnv brings none.
 	// Default: none.
@@ -75,10 +36,14 @@ type Options struct {
 	probe probeFunc // replaces the HTTP probe, for tests
 }
 
-// Local is a Registry in this process: a Backend feeding a table that
-// requests read, a health checker, and drains. Make it with New, start it
-// with Start, and Stop it when done.
-type Local struct {
+// Registry holds the endpoints of every service version: a Backend feeds
+// its table, which requests read; a health checker keeps each endpoint's
+// health; removals drain. Lookup, Report and Failure are on the request
+// path: they read an immutable snapshot, take no lock and do no I/O. Add
+// and Delete go through the backend and are visible to the next Lookup
+// once they return. Make it with New, start it with Start, and Stop it
+// when done.
+type Registry struct {
 	table   *table
 	feed    *Feed // the backend's, of table
 	backend Backend
@@ -96,14 +61,14 @@ type Local struct {
 
 // New returns a registry on backend; it does nothing until Start.
 // Options' zero value gives the defaults.
-func New(backend Backend, opts Options) *Local {
+func New(backend Backend, opts Options) *Registry {
 	if opts.Logger == nil {
 		opts.Logger = zap.NewNop()
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	l := &Local{backend: backend, now: opts.Now, logger: opts.Logger, table: newTable(opts.Now)}
+	l := &Registry{backend: backend, now: opts.Now, logger: opts.Logger, table: newTable(opts.Now)}
 	l.feed = newFeed(l.table)
 	if opts.probe == nil {
 		l.prober = newProber()
@@ -118,7 +83,7 @@ func New(backend Backend, opts Options) *Local {
 // env instead. Then the health checker takes policy (nil: the defaults,
 // or the previous one) and events (nil: none, or the previous ones). On
 // error nothing changed.
-func (l *Local) Start(env BackendEnv, policy *HealthPolicy, events EventFunc) error {
+func (l *Registry) Start(env BackendEnv, policy *HealthPolicy, events EventFunc) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.stopped {
@@ -152,7 +117,7 @@ func (l *Local) Start(env BackendEnv, policy *HealthPolicy, events EventFunc) er
 
 // Stop ends the health checker and its probes, then stops the backend.
 // A stopped registry cannot start again.
-func (l *Local) Stop() error {
+func (l *Registry) Stop() error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.stopped {
@@ -179,7 +144,7 @@ func (l *Local) Stop() error {
 // registered from then on, in the background: a registry that stops for
 // another (a new configuration's) calls it first. A backend that keeps
 // none hands over nothing.
-func (l *Local) HandOver(next *Local) {
+func (l *Registry) HandOver(next *Registry) {
 	from, ok := l.backend.(Owner)
 	if !ok {
 		return
@@ -193,7 +158,7 @@ func (l *Local) HandOver(next *Local) {
 
 // WaitSynced waits until the registry has synced with its backend, or ctx
 // ends; it reports whether it synced.
-func (l *Local) WaitSynced(ctx context.Context) bool {
+func (l *Registry) WaitSynced(ctx context.Context) bool {
 	tick := time.NewTicker(10 * time.Millisecond)
 	defer tick.Stop()
 	for !l.table.Snapshot().Synced() {
@@ -206,8 +171,9 @@ func (l *Local) WaitSynced(ctx context.Context) bool {
 	return true
 }
 
-// Add validates and normalizes ep and stores it through the backend.
-func (l *Local) Add(ctx context.Context, key ServiceKey, ep Endpoint) error {
+// Add registers ep under key. Adding an endpoint that is already
+// registered is harmless; a new weight replaces the old one.
+func (l *Registry) Add(ctx context.Context, key ServiceKey, ep Endpoint) error {
 	if err := key.Validate(); err != nil {
 		return err
 	}
@@ -226,7 +192,7 @@ func (l *Local) Add(ctx context.Context, key ServiceKey, ep Endpoint) error {
 }
 
 // endpoint returns the registered endpoint of key at address, or nil.
-func (l *Local) endpoint(key ServiceKey, address string) *Endpoint {
+func (l *Registry) endpoint(key ServiceKey, address string) *Endpoint {
 	svc, err := l.Lookup(key)
 	if err != nil {
 		return nil
@@ -234,8 +200,12 @@ func (l *Local) endpoint(key ServiceKey, address string) *Endpoint {
 	return svc.Endpoint(address)
 }
 
-// Delete drains the endpoint, then removes it through the backend.
-func (l *Local) Delete(ctx context.Context, key ServiceKey, address string) (Drain, error) {
+// Delete removes the endpoint with the given address from key. It
+// first drains it: no new requests, and up to the drain timeout for
+// those in flight to finish. It returns an error matching
+// ErrUnknownVersion or ErrUnknownEndpoint when there is nothing to
+// delete.
+func (l *Registry) Delete(ctx context.Context, key ServiceKey, address string) (Drain, error) {
 	if err := key.Validate(); err != nil {
 		return Drain{}, err
 	}
@@ -277,7 +247,7 @@ func (l *Local) Delete(ctx context.Context, key ServiceKey, address string) (Dra
 
 // drain waits until ep has no request in flight, its drain timeout (on
 // the registry's clock) runs out or ctx is done.
-func (l *Local) drain(ctx context.Context, key ServiceKey, ep *Endpoint) Drain {
+func (l *Registry) drain(ctx context.Context, key ServiceKey, ep *Endpoint) Drain {
 	begin := l.now()
 	deadline := begin.Add(time.Duration(l.health.policy.Load().of(key).DrainTimeout))
 	tick := time.NewTicker(drainPoll)
@@ -294,9 +264,9 @@ func (l *Local) drain(ctx context.Context, key ServiceKey, ep *Endpoint) Drain {
 	return Drain{Drained: n == 0, Waited: l.now().Sub(begin), InFlight: n}
 }
 
-// Failure takes the endpoint out of rotation, within its service's
-// ejection limit, until a check sees it answer.
-func (l *Local) Failure(key ServiceKey, address string) {
+// Failure records that a request to the endpoint failed; the endpoint
+// leaves rotation until it answers again. It is Report with Failed.
+func (l *Registry) Failure(key ServiceKey, address string) {
 	svc, err := l.Lookup(key)
 	if err != nil {
 		return
@@ -306,8 +276,13 @@ func (l *Local) Failure(key ServiceKey, address string) {
 	}
 }
 
-// Report records how a try ended.
-func (l *Local) Report(svc *Service, ep *Endpoint, o Outcome, latency time.Duration) {
+// Report records how one try sent to ep, an endpoint of svc from the
+// same snapshot, ended, and latency, the time from sending it to its
+// response header (or to its deadline, for TimedOut). Every failed
+// try counts; see Outcome for which take the endpoint out of
+// rotation. It does no I/O and allocates only when the endpoint
+// leaves rotation.
+func (l *Registry) Report(svc *Service, ep *Endpoint, o Outcome, latency time.Duration) {
 	l.health.report(svc, ep, o, latency, l.now())
 }
 
@@ -358,8 +333,10 @@ func (o Outcome) String() string {
 	return "unknown"
 }
 
-// PutTraffic checks p against the service's versions and stores it.
-func (l *Local) PutTraffic(ctx context.Context, service string, p traffic.Policy) error {
+// PutTraffic checks a service's traffic policy against its versions
+// and stores it through the backend; the next request uses it. The
+// error matches ErrInvalid and names every problem.
+func (l *Registry) PutTraffic(ctx context.Context, service string, p traffic.Policy) error {
 	snap := l.table.Snapshot()
 	if !snap.Synced() {
 		return fmt.Errorf("setting the traffic policy of %q: %w", service, ErrNotSynced)
@@ -374,8 +351,10 @@ func (l *Local) PutTraffic(ctx context.Context, service string, p traffic.Policy
 	return tb.PutTraffic(ctx, service, p)
 }
 
-// DeleteTraffic removes the service's stored traffic policy.
-func (l *Local) DeleteTraffic(ctx context.Context, service string) error {
+// DeleteTraffic removes a service's stored traffic policy (the
+// configuration's, if any, applies again). It returns an error
+// matching ErrNoTrafficPolicy when none is stored.
+func (l *Registry) DeleteTraffic(ctx context.Context, service string) error {
 	if err := CheckName("service", service); err != nil {
 		return err
 	}
@@ -389,13 +368,11 @@ func (l *Local) DeleteTraffic(ctx context.Context, service string) error {
 	return tb.DeleteTraffic(ctx, service)
 }
 
-// Lookup returns a service version from the current snapshot.
-func (l *Local) Lookup(key ServiceKey) (*Service, error) {
+// Lookup returns the service version's endpoints, or an error matching
+// ErrUnknownService, ErrUnknownVersion or ErrNotSynced.
+func (l *Registry) Lookup(key ServiceKey) (*Service, error) {
 	return l.table.Snapshot().Lookup(key.Service, key.Version)
 }
 
-// Snapshot returns the current snapshot.
-func (l *Local) Snapshot() *Snapshot { return l.table.Snapshot() }
-
-// Interface guards
-var _ Registry = (*Local)(nil)
+// Snapshot returns the current immutable view of the whole registry.
+func (l *Registry) Snapshot() *Snapshot { return l.table.Snapshot() }

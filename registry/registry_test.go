@@ -17,14 +17,14 @@ func TestRegistryOperations(t *testing.T) {
 	ctx := context.Background()
 	for _, tc := range []struct {
 		name    string
-		op      func(r *Local) error
+		op      func(r *Registry) error
 		wantErr error  // matched with errors.Is
 		errText string // substring of the error
 		want    []string
 	}{
-		{name: "add", op: func(r *Local) error { return r.Add(ctx, users, Endpoint{Address: "127.0.0.1:9092"}) }, want: []string{"127.0.0.1:9091", "127.0.0.1:9092"}},
-		{name: "add twice is harmless", op: func(r *Local) error { return r.Add(ctx, users, Endpoint{Address: "http://127.0.0.1:9091"}) }, want: []string{"127.0.0.1:9091"}},
-		{name: "add to a new service", op: func(r *Local) error {
+		{name: "add", op: func(r *Registry) error { return r.Add(ctx, users, Endpoint{Address: "127.0.0.1:9092"}) }, want: []string{"127.0.0.1:9091", "127.0.0.1:9092"}},
+		{name: "add twice is harmless", op: func(r *Registry) error { return r.Add(ctx, users, Endpoint{Address: "http://127.0.0.1:9091"}) }, want: []string{"127.0.0.1:9091"}},
+		{name: "add to a new service", op: func(r *Registry) error {
 			if err := r.Add(ctx, ServiceKey{"orders", "v2"}, Endpoint{Address: "127.0.0.1:9093"}); err != nil {
 				return err
 			}
@@ -33,16 +33,16 @@ func TestRegistryOperations(t *testing.T) {
 			}
 			return nil
 		}, want: []string{"127.0.0.1:9091"}},
-		{name: "delete", op: func(r *Local) error { return del(r, ctx, users, "127.0.0.1:9091") }, want: nil},
-		{name: "delete unknown endpoint", op: func(r *Local) error { return del(r, ctx, users, "127.0.0.1:9999") }, wantErr: ErrUnknownEndpoint, errText: "127.0.0.1:9999", want: []string{"127.0.0.1:9091"}},
-		{name: "delete from unknown version", op: func(r *Local) error { return del(r, ctx, ServiceKey{"users", "v9"}, "127.0.0.1:9091") }, wantErr: ErrUnknownVersion, want: []string{"127.0.0.1:9091"}},
-		{name: "bad service name", op: func(r *Local) error {
+		{name: "delete", op: func(r *Registry) error { return del(r, ctx, users, "127.0.0.1:9091") }, want: nil},
+		{name: "delete unknown endpoint", op: func(r *Registry) error { return del(r, ctx, users, "127.0.0.1:9999") }, wantErr: ErrUnknownEndpoint, errText: "127.0.0.1:9999", want: []string{"127.0.0.1:9091"}},
+		{name: "delete from unknown version", op: func(r *Registry) error { return del(r, ctx, ServiceKey{"users", "v9"}, "127.0.0.1:9091") }, wantErr: ErrUnknownVersion, want: []string{"127.0.0.1:9091"}},
+		{name: "bad service name", op: func(r *Registry) error {
 			return r.Add(ctx, ServiceKey{"us/ers", "v1"}, Endpoint{Address: "127.0.0.1:1"})
 		}, wantErr: ErrInvalid, errText: "service name", want: []string{"127.0.0.1:9091"}},
-		{name: "bad version name", op: func(r *Local) error { return r.Add(ctx, ServiceKey{"users", ""}, Endpoint{Address: "127.0.0.1:1"}) }, wantErr: ErrInvalid, errText: "version name", want: []string{"127.0.0.1:9091"}},
-		{name: "bad address", op: func(r *Local) error { return r.Add(ctx, users, Endpoint{Address: "127.0.0.1"}) }, wantErr: ErrInvalid, errText: "address", want: []string{"127.0.0.1:9091"}},
-		{name: "bad weight", op: func(r *Local) error { return r.Add(ctx, users, Endpoint{Address: "127.0.0.1:1", Weight: 1000}) }, wantErr: ErrInvalid, errText: "weight", want: []string{"127.0.0.1:9091"}},
-		{name: "bad delete address", op: func(r *Local) error { return del(r, ctx, users, "127.0.0.1") }, wantErr: ErrInvalid, errText: "address", want: []string{"127.0.0.1:9091"}},
+		{name: "bad version name", op: func(r *Registry) error { return r.Add(ctx, ServiceKey{"users", ""}, Endpoint{Address: "127.0.0.1:1"}) }, wantErr: ErrInvalid, errText: "version name", want: []string{"127.0.0.1:9091"}},
+		{name: "bad address", op: func(r *Registry) error { return r.Add(ctx, users, Endpoint{Address: "127.0.0.1"}) }, wantErr: ErrInvalid, errText: "address", want: []string{"127.0.0.1:9091"}},
+		{name: "bad weight", op: func(r *Registry) error { return r.Add(ctx, users, Endpoint{Address: "127.0.0.1:1", Weight: 1000}) }, wantErr: ErrInvalid, errText: "weight", want: []string{"127.0.0.1:9091"}},
+		{name: "bad delete address", op: func(r *Registry) error { return del(r, ctx, users, "127.0.0.1") }, wantErr: ErrInvalid, errText: "address", want: []string{"127.0.0.1:9091"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := startRegistry(t, map[ServiceKey][]Endpoint{users: eps("127.0.0.1:9091")}, Options{})

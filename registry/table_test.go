@@ -122,7 +122,7 @@ func BenchmarkLookup(b *testing.B) {
 		all[ServiceKey{fmt.Sprintf("svc%d", i), "v1"}] = eps("127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3")
 	}
 	tbl.replace(all)
-	r := &Local{table: tbl}
+	r := &Registry{table: tbl}
 	key := ServiceKey{"svc500", "v1"}
 	b.ReportAllocs()
 	b.RunParallel(func(pb *testing.PB) {
@@ -140,7 +140,7 @@ func BenchmarkLookup(b *testing.B) {
 func TestLookupAllocs(t *testing.T) {
 	tbl := newTable(time.Now)
 	tbl.replace(map[ServiceKey][]Endpoint{{"users", "v1"}: eps("127.0.0.1:1", "127.0.0.1:2")})
-	r := &Local{table: tbl}
+	r := &Registry{table: tbl}
 	key := ServiceKey{"users", "v1"}
 	if n := testing.AllocsPerRun(100, func() {
 		if _, err := r.Lookup(key); err != nil {

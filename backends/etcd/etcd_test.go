@@ -60,7 +60,7 @@ func provision(t testing.TB, e *Backend) {
 
 // startRegistry starts a registry on e (wrapped in a spyBackend), with
 // the given seeds, and waits for its first sync.
-func startRegistry(t testing.TB, e *Backend, seeds map[registry.ServiceKey][]registry.Endpoint) (*registry.Local, *spyBackend) {
+func startRegistry(t testing.TB, e *Backend, seeds map[registry.ServiceKey][]registry.Endpoint) (*registry.Registry, *spyBackend) {
 	t.Helper()
 	provision(t, e)
 	spy := &spyBackend{Backend: e}
@@ -476,7 +476,7 @@ var (
 	eventually = testutil.Eventually
 )
 
-func del(r registry.Registry, ctx context.Context, key registry.ServiceKey, address string) error {
+func del(r *registry.Registry, ctx context.Context, key registry.ServiceKey, address string) error {
 	_, err := r.Delete(ctx, key, address)
 	return err
 }

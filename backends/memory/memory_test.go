@@ -22,7 +22,7 @@ import (
 )
 
 // start starts a registry on a memory backend saving to dir, with seeds.
-func start(t *testing.T, dir string, seeds map[registry.ServiceKey][]registry.Endpoint) *registry.Local {
+func start(t *testing.T, dir string, seeds map[registry.ServiceKey][]registry.Endpoint) *registry.Registry {
 	t.Helper()
 	r := registry.New(&Backend{StorageKey: "service_registry/memory.json"}, registry.Options{})
 	t.Cleanup(func() {
@@ -40,7 +40,7 @@ func env(dir string, seeds map[registry.ServiceKey][]registry.Endpoint) registry
 	return registry.BackendEnv{Seeds: seeds, Storage: &certmagic.FileStorage{Path: dir}, Logger: zap.NewNop()}
 }
 
-func addresses(r registry.Registry, key registry.ServiceKey) ([]string, error) {
+func addresses(r *registry.Registry, key registry.ServiceKey) ([]string, error) {
 	svc, err := r.Lookup(key)
 	if err != nil {
 		return nil, err
@@ -52,7 +52,7 @@ func addresses(r registry.Registry, key registry.ServiceKey) ([]string, error) {
 	return out, nil
 }
 
-func del(r registry.Registry, key registry.ServiceKey, address string) error {
+func del(r *registry.Registry, key registry.ServiceKey, address string) error {
 	_, err := r.Delete(context.Background(), key, address)
 	return err
 }
@@ -179,7 +179,7 @@ func TestSharedStorage(t *testing.T) {
 	ctx := context.Background()
 	users := registry.ServiceKey{Service: "users", Version: "v1"}
 	dir := t.TempDir()
-	var regs []*registry.Local
+	var regs []*registry.Registry
 	for range 2 {
 		r := registry.New(&Backend{StorageKey: "service_registry/memory.json", PollInterval: caddy.Duration(100 * time.Millisecond)}, registry.Options{})
 		t.Cleanup(func() { must(t, r.Stop()) })
@@ -235,7 +235,7 @@ func TestTrafficPolicies(t *testing.T) {
 		{Service: "users", Version: "v2"}: eps("127.0.0.1:2"),
 	}
 	seedPolicy := map[string]traffic.Policy{"users": {Split: map[string]int{"v1": 90, "v2": 10}}}
-	startWith := func() *registry.Local {
+	startWith := func() *registry.Registry {
 		r := registry.New(&Backend{StorageKey: "service_registry/memory.json", PollInterval: caddy.Duration(100 * time.Millisecond)}, registry.Options{})
 		t.Cleanup(func() { must(t, r.Stop()) })
 		e := env(dir, seeds)
@@ -243,7 +243,7 @@ func TestTrafficPolicies(t *testing.T) {
 		must(t, r.Start(e, nil, nil))
 		return r
 	}
-	split := func(r *registry.Local) map[string]int {
+	split := func(r *registry.Registry) map[string]int {
 		if tr := r.Snapshot().Traffic("users"); tr != nil {
 			return tr.Policy().Split
 		}

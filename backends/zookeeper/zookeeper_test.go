@@ -25,7 +25,7 @@ var users = registry.ServiceKey{Service: "users", Version: "v1"}
 
 // startRegistry starts a registry on b with seeds; it does not wait for
 // the first sync.
-func startRegistry(t *testing.T, b *Backend, seeds map[registry.ServiceKey][]registry.Endpoint) (*registry.Local, *observer.ObservedLogs) {
+func startRegistry(t *testing.T, b *Backend, seeds map[registry.ServiceKey][]registry.Endpoint) (*registry.Registry, *observer.ObservedLogs) {
 	t.Helper()
 	if b.SessionTimeout == 0 {
 		b.SessionTimeout = caddy.Duration(4 * time.Second)
@@ -47,7 +47,7 @@ func startRegistry(t *testing.T, b *Backend, seeds map[registry.ServiceKey][]reg
 }
 
 // has returns the sorted addresses of key.
-func has(r registry.Registry, key registry.ServiceKey) []string {
+func has(r *registry.Registry, key registry.ServiceKey) []string {
 	svc, err := r.Lookup(key)
 	if err != nil {
 		return nil
@@ -319,7 +319,7 @@ func TestZooKeeperHandOver(t *testing.T) {
 	next := &Backend{Servers: []string{srv.Addr}, SessionTimeout: caddy.Duration(5 * time.Second)}
 	nextR, _ := startRegistry(t, next, nil)
 	other, _ := startRegistry(t, &Backend{Servers: []string{srv.Addr}}, nil)
-	for _, r := range []*registry.Local{nextR, other} {
+	for _, r := range []*registry.Registry{nextR, other} {
 		testutil.Eventually(t, 15*time.Second, "the ephemeral node listed", func() bool { return slices.Equal(has(r, users), []string{"127.0.0.1:9003"}) })
 	}
 
@@ -333,7 +333,7 @@ func TestZooKeeperHandOver(t *testing.T) {
 				return
 			default:
 			}
-			for _, r := range []*registry.Local{nextR, other} {
+			for _, r := range []*registry.Registry{nextR, other} {
 				if !slices.Contains(has(r, users), "127.0.0.1:9003") {
 					gaps.Add(1)
 				}
@@ -353,7 +353,7 @@ func TestZooKeeperHandOver(t *testing.T) {
 	// whatever the close did has been seen (a client sees changes in
 	// order).
 	curator(t, check, "users", "marker", "127.0.0.1", 9009, `{"version":"v1"}`, 0)
-	for _, r := range []*registry.Local{nextR, other} {
+	for _, r := range []*registry.Registry{nextR, other} {
 		testutil.Eventually(t, 10*time.Second, "the node written after the handover", func() bool { return slices.Contains(has(r, users), "127.0.0.1:9009") })
 	}
 	close(stop)
@@ -361,7 +361,7 @@ func TestZooKeeperHandOver(t *testing.T) {
 	if n := gaps.Load(); n != 0 {
 		t.Errorf("the endpoint was not routed %d times during the handover", n)
 	}
-	for _, r := range []*registry.Local{nextR, other} {
+	for _, r := range []*registry.Registry{nextR, other} {
 		if got := has(r, users); !slices.Equal(got, []string{"127.0.0.1:9003", "127.0.0.1:9009"}) {
 			t.Errorf("after the handover: %v", got)
 		}
@@ -466,7 +466,7 @@ func BenchmarkZooKeeperScale(b *testing.B) {
 		b.Fatal(err)
 	}
 	create(0, 10000)
-	count := func(r *registry.Local) int {
+	count := func(r *registry.Registry) int {
 		n := 0
 		for _, svc := range r.Snapshot().Services() {
 			n += len(svc.Endpoints)
@@ -520,7 +520,7 @@ func BenchmarkZooKeeperScale(b *testing.B) {
 
 // startBenchRegistry starts a registry on a ZooKeeper backend, stopped
 // when the benchmark ends, and waits for its first sync.
-func startBenchRegistry(b *testing.B, addr string) (*registry.Local, *Backend) {
+func startBenchRegistry(b *testing.B, addr string) (*registry.Registry, *Backend) {
 	b.Helper()
 	be := &Backend{Servers: []string{addr}, SessionTimeout: caddy.Duration(10 * time.Second)}
 	if err := be.setup(nil); err != nil {
