@@ -50,6 +50,3 @@ func (s *Snapshot) Policies() []*traffic.Rules {
 	slices.SortFunc(out, func(a, b *traffic.Rules) int { return strings.Compare(a.Service(), b.Service()) })
 	return out
 }
-
-// sourceCount is how many sources of a version Service counts requests by.
-const sourceCount = traffic.NumSources
