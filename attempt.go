@@ -134,13 +134,17 @@ func (a *attempt) Load(i int) (inFlight, weight int) {
 	return a.pool[i].Host.NumRequests(), a.svc.Endpoints[i].Weight.Int()
 }
 
-// Latency returns pool[i]'s latency as the registry knows it (see
+// Now returns the time the registry's latencies are compared at: the
+// registry reports them on time.Now, as the transport does.
+func (a *attempt) Now() time.Time { return time.Now() }
+
+// Latency returns pool[i]'s latency at now as the registry knows it (see
 // registry.Endpoint.Latency); unknown for a pool not from the registry.
-func (a *attempt) Latency(i int) (ewma float64, sinceReply time.Duration, known bool) {
+func (a *attempt) Latency(i int, now time.Time) (ewma float64, sinceReply time.Duration, known bool) {
 	if a.svc == nil {
 		return 0, 0, false
 	}
-	return a.svc.Endpoints[i].Latency()
+	return a.svc.Endpoints[i].Latency(now)
 }
 
 // Candidate reports whether pool[i] may take this try: not tried yet,

@@ -204,18 +204,20 @@ func (ep *Endpoint) inFlight() int {
 }
 
 // Latency returns what the peak_ewma balance (balance.PeakEWMA) weighs
-// the endpoint by, on the registry's clock: its peak-EWMA latency estimate
-// now, in nanoseconds, and the time since its last response (since the
-// Unix epoch if it never answered: with requests in flight, a host that
-// only ever timed out costs more than any other). known is false until a
-// try's latency was first reported.
-func (ep *Endpoint) Latency() (ewma float64, sinceReply time.Duration, known bool) {
+// the endpoint by at now: its peak-EWMA latency estimate, in nanoseconds,
+// and the time since its last response (since the Unix epoch if it never
+// answered: with requests in flight, a host that only ever timed out
+// costs more than any other). known is false until a try's latency was
+// first reported. now is the caller's reading of the clock the latencies
+// are reported on (time.Now, unless Options.Now says otherwise), read
+// once for both hosts of a choice.
+func (ep *Endpoint) Latency(now time.Time) (ewma float64, sinceReply time.Duration, known bool) {
 	h := ep.health
 	if h.ewma.stamp.Load() == 0 {
 		return 0, 0, false
 	}
-	now := h.now().UnixNano()
-	return h.ewma.at(now), time.Duration(now - h.lastReply.Load()), true
+	t := now.UnixNano()
+	return h.ewma.at(t), time.Duration(t - h.lastReply.Load()), true
 }
 
 // EndpointStats is a point-in-time view of an endpoint's health and

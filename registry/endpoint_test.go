@@ -38,20 +38,20 @@ func TestWeightJSON(t *testing.T) {
 }
 
 // TestEndpointLatency: an endpoint's latency is unknown until a try's is
-// reported, then decays on the registry's clock, beside the time since
+// reported, then decays with the time the caller reads, beside the time since
 // its last answer.
 func TestEndpointLatency(t *testing.T) {
 	key := ServiceKey{"users", "v1"}
 	m := newMachine(t, map[ServiceKey][]Endpoint{key: eps("127.0.0.1:1")})
 	svc, _ := m.table.Snapshot().Lookup("users", "v1")
 	ep := svc.Endpoints[0]
-	if ewma, since, known := ep.Latency(); known {
+	if ewma, since, known := ep.Latency(m.clock.Now()); known {
 		t.Errorf("before any try: latency %v, %v since the last answer, known; want unknown", ewma, since)
 	}
 	m.c.report(svc, ep, Answered, 4*time.Millisecond, m.clock.Now())
 	m.clock.Advance(50 * time.Millisecond)
 	want := float64(4*time.Millisecond) * math.Exp(-float64(50*time.Millisecond)/float64(ewmaDecay))
-	if ewma, since, known := ep.Latency(); !known || math.Abs(ewma-want) > 1 || since != 50*time.Millisecond {
+	if ewma, since, known := ep.Latency(m.clock.Now()); !known || math.Abs(ewma-want) > 1 || since != 50*time.Millisecond {
 		t.Errorf("50 ms after a 4 ms answer: latency %v, %v since the last answer, known %v; want %v, 50ms, true", ewma, since, known, want)
 	}
 }

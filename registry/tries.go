@@ -59,8 +59,16 @@ func (p *triesPool) Load(i int) (inFlight, weight int) {
 	return ep.inFlight(), ep.Weight.Int()
 }
 
-func (p *triesPool) Latency(i int) (ewma float64, sinceReply time.Duration, known bool) {
-	return p.svc.Endpoints[i].Latency()
+// Now reads the registry's clock, as every endpoint of a Service has it.
+func (p *triesPool) Now() time.Time {
+	if len(p.svc.Endpoints) == 0 {
+		return time.Now()
+	}
+	return p.svc.Endpoints[0].health.now()
+}
+
+func (p *triesPool) Latency(i int, now time.Time) (ewma float64, sinceReply time.Duration, known bool) {
+	return p.svc.Endpoints[i].Latency(now)
 }
 
 // Interface guards

@@ -26,8 +26,9 @@ func newSvcPool(svc *Service) *svcPool {
 
 func (p *svcPool) Len() int              { return len(p.svc.Endpoints) }
 func (p *svcPool) Load(i int) (int, int) { return p.inFlight[i], p.svc.Endpoints[i].Weight.Int() }
-func (p *svcPool) Latency(i int) (float64, time.Duration, bool) {
-	return p.svc.Endpoints[i].Latency()
+func (p *svcPool) Now() time.Time        { return p.svc.Endpoints[0].health.now() }
+func (p *svcPool) Latency(i int, now time.Time) (float64, time.Duration, bool) {
+	return p.svc.Endpoints[i].Latency(now)
 }
 func (p *svcPool) Candidate(i int, ignoreHealth bool) bool {
 	return !p.tried[i] && p.svc.Endpoints[i].Pickable(ignoreHealth)

@@ -73,12 +73,15 @@ type Pool interface {
 	// Load returns host i's requests in flight and its weight (1 to 100;
 	// a drained host is never a candidate).
 	Load(i int) (inFlight, weight int)
-	// Latency returns what PeakEWMA weighs host i by, now: its peak-EWMA
-	// latency estimate in nanoseconds and the time since its last
-	// response. known is false while the host has no latency yet (no
+	// Now returns the time on the pool's clock (a registry's), read once
+	// per choice that weighs latencies.
+	Now() time.Time
+	// Latency returns what PeakEWMA weighs host i by at now: its
+	// peak-EWMA latency estimate in nanoseconds and the time since its
+	// last response. known is false while the host has no latency yet (no
 	// try's latency was reported, or the host does not come from a
 	// registry).
-	Latency(i int) (ewma float64, sinceReply time.Duration, known bool)
+	Latency(i int, now time.Time) (ewma float64, sinceReply time.Duration, known bool)
 }
 
 // Pick returns the index of the host for the request's next try, or -1
@@ -96,9 +99,9 @@ func (a Algorithm) Pick(p Pool, rot *Rotation, ignoreHealth bool) int {
 	case LeastConn:
 		return leastConn(p, ignoreHealth)
 	case P2C:
-		return powerOfTwo(p, ignoreHealth, inFlightCost, false)
+		return powerOfTwo(p, ignoreHealth, false)
 	case PeakEWMA:
-		return powerOfTwo(p, ignoreHealth, ewmaCost, true)
+		return powerOfTwo(p, ignoreHealth, true)
 	default:
 		return scan(p, rot.schedule, rot.next.Add(1)-1, ignoreHealth)
 	}
@@ -160,9 +163,6 @@ func leastConn(p Pool, ignoreHealth bool) int {
 	return best
 }
 
-// costFunc returns what it costs host i to take one more request.
-type costFunc func(p Pool, i int) float64
-
 // inFlightCost is the host's requests in flight per unit of weight.
 func inFlightCost(p Pool, i int) float64 {
 	in, w := p.Load(i)
@@ -179,10 +179,10 @@ const defaultLatency = 30 * time.Millisecond
 // latency is at least the time since its last response: a host that
 // stops answering (frozen, black-holed) looks slower every millisecond,
 // long before its requests time out, and gets no more.
-func ewmaCost(p Pool, i int) float64 {
+func ewmaCost(p Pool, i int, now time.Time) float64 {
 	in, w := p.Load(i)
 	lat := float64(defaultLatency)
-	if ewma, sinceReply, known := p.Latency(i); known {
+	if ewma, sinceReply, known := p.Latency(i, now); known {
 		lat = ewma + float64(time.Microsecond)
 		if in > 0 {
 			lat = max(lat, float64(sinceReply))
@@ -191,10 +191,10 @@ func ewmaCost(p Pool, i int) float64 {
 	return lat * float64(in+1) / float64(w)
 }
 
-// powerOfTwo returns one of two random candidates: the cheaper one, or
-// with byChance one drawn with a chance inversely proportional to its
-// cost.
-func powerOfTwo(p Pool, ignoreHealth bool, cost costFunc, byChance bool) int {
+// powerOfTwo returns one of two random candidates: the one with fewer
+// requests in flight per unit of weight, or with byLatency one drawn with
+// a chance inversely proportional to its ewmaCost.
+func powerOfTwo(p Pool, ignoreHealth bool, byLatency bool) int {
 	if n := p.Len(); n > 1 {
 		// the common case: two random hosts, both candidates
 		i, j := rand.IntN(n), rand.IntN(n-1)
@@ -202,7 +202,7 @@ func powerOfTwo(p Pool, ignoreHealth bool, cost costFunc, byChance bool) int {
 			j++
 		}
 		if p.Candidate(i, ignoreHealth) && p.Candidate(j, ignoreHealth) {
-			return choose(p, i, j, cost, byChance)
+			return choose(p, i, j, byLatency)
 		}
 	}
 	// Otherwise pick two among the candidates, asking Candidate once per
@@ -225,20 +225,23 @@ func powerOfTwo(p Pool, ignoreHealth bool, cost costFunc, byChance bool) int {
 	if k2 >= k1 {
 		k2++
 	}
-	return choose(p, cands[k1], cands[k2], cost, byChance)
+	return choose(p, cands[k1], cands[k2], byLatency)
 }
 
-// choose returns whichever of hosts i and j costs less (i on a tie), or
-// with byChance i with the chance cost(j) / (cost(i) + cost(j)).
-func choose(p Pool, i, j int, cost costFunc, byChance bool) int {
-	ci, cj := cost(p, i), cost(p, j)
-	if byChance {
+// choose returns whichever of hosts i and j has fewer requests in flight
+// per unit of weight (i on a tie), or with byLatency i with the chance
+// ewmaCost(j) / (ewmaCost(i) + ewmaCost(j)), both at one reading of the
+// clock.
+func choose(p Pool, i, j int, byLatency bool) int {
+	if byLatency {
+		now := p.Now()
+		ci, cj := ewmaCost(p, i, now), ewmaCost(p, j, now)
 		if rand.Float64()*(ci+cj) < cj {
 			return i
 		}
 		return j
 	}
-	if cj < ci {
+	if inFlightCost(p, j) < inFlightCost(p, i) {
 		return j
 	}
 	return i

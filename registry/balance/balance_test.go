@@ -16,6 +16,7 @@ type testPool struct {
 	tried    []bool
 	ewma     []time.Duration // peak-EWMA latency; 0 = none yet
 	silent   []time.Duration // time since the last response
+	reads    int             // calls of Now
 }
 
 // newPool returns a pool of hosts of the given weights, idle, in rotation
@@ -31,7 +32,8 @@ func (p *testPool) Load(i int) (inFlight, w int) { return p.inFlight[i], p.weigh
 func (p *testPool) Candidate(i int, ignoreHealth bool) bool {
 	return !p.tried[i] && p.weight[i] > 0 && (ignoreHealth || !p.out[i])
 }
-func (p *testPool) Latency(i int) (float64, time.Duration, bool) {
+func (p *testPool) Now() time.Time { p.reads++; return time.Time{} }
+func (p *testPool) Latency(i int, _ time.Time) (float64, time.Duration, bool) {
 	return float64(p.ewma[i]), p.silent[i], p.ewma[i] != 0
 }
 
@@ -251,5 +253,26 @@ func BenchmarkPick(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// TestClockReadOncePerChoice: peak_ewma weighs both hosts of a choice at
+// one reading of the pool's clock; the other algorithms never read it.
+func TestClockReadOncePerChoice(t *testing.T) {
+	for _, a := range algorithms {
+		p := newPool(1, 1, 1, 1)
+		for i := range p.ewma {
+			p.ewma[i] = time.Duration(i+1) * time.Millisecond
+		}
+		if a.Pick(p, new(Rotation), false) < 0 {
+			t.Fatalf("%v: no host", a)
+		}
+		want := 0
+		if a == PeakEWMA {
+			want = 1
+		}
+		if p.reads != want {
+			t.Errorf("%v read the clock %d times for one pick, want %d", a, p.reads, want)
+		}
 	}
 }
