@@ -2,6 +2,7 @@ package svcreg
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"regexp"
 	"strconv"
@@ -307,7 +308,7 @@ func parseHealthCheck(d *caddyfile.Dispenser) (registry.HealthCheck, error) {
 			hc.Path = val
 		case "status":
 			if err := (registry.HealthCheck{Status: val}).Validate(); err != nil {
-				return hc, d.Errf("%v", err)
+				return hc, d.Errf("health_check: %v", errors.Unwrap(err)) // without Validate's "health check: "
 			}
 			hc.Status = val
 		case "body":

@@ -333,7 +333,7 @@ func TestCaddyfileErrors(t *testing.T) {
 		{"service_proxy: bad passthrough", ":80 {\n\tservice_proxy {\n\t\theader_up\n\t\tbogus_option 1\n\t}\n}\n", 3, "wrong argument count"},
 		{"health_check: unknown option", "{\n\tservice_registry {\n\t\thealth_check {\n\t\t\tpaht /x\n\t\t}\n\t}\n}\n", 4, `health_check: unknown subdirective "paht"`},
 		{"health_check: bad duration", "{\n\tservice_registry {\n\t\thealth_check {\n\t\t\tinterval soon\n\t\t}\n\t}\n}\n", 4, "health_check: interval: want a positive duration"},
-		{"health_check: bad status", "{\n\tservice_registry {\n\t\thealth_check {\n\t\t\tstatus 2x\n\t\t}\n\t}\n}\n", 4, `invalid status "2x"`},
+		{"health_check: bad status", "{\n\tservice_registry {\n\t\thealth_check {\n\t\t\tstatus 2x\n\t\t}\n\t}\n}\n", 4, `health_check: invalid status "2x"`},
 		{"health_check: missing value", "{\n\tservice_registry {\n\t\thealth_check {\n\t\t\trise\n\t\t}\n\t}\n}\n", 4, "wrong argument count"},
 		{"health_check: zero rise", "{\n\tservice_registry {\n\t\thealth_check {\n\t\t\trise 0\n\t\t}\n\t}\n}\n", 4, `health_check: rise: want a whole number from 1 to 1000, got "0"`},
 		{"health_check: port out of range", "{\n\tservice_registry {\n\t\thealth_check {\n\t\t\tport 70000\n\t\t}\n\t}\n}\n", 4, "health_check: port: want a whole number from 1 to 65535"},

@@ -224,7 +224,11 @@ func (p *FailoverSelection) Select(pool reverseproxy.UpstreamPool, r *http.Reque
 	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	a := attemptFor(r, pool)
 	a.balance = p.balance
-	a.reportPrevious(p.registry, repl)
+	var reg tryRegistry // nil, not a nil *registry.Registry, when unprovisioned
+	if p.registry != nil {
+		reg = p.registry
+	}
+	a.reportPrevious(reg, repl)
 	if a.noRetry {
 		return nil // the retry budget is spent: the last try's error stands
 	}

@@ -540,3 +540,21 @@ func TestUpstreamsFromMatcher(t *testing.T) {
 		t.Errorf("retry: %v, %d lookups; want 1", err, counter.n)
 	}
 }
+
+// A service_failover policy with no registry (not provisioned by the app)
+// still fails over a pool the upstream source took from the registry,
+// and reports the failed try to nobody.
+func TestFailoverWithoutRegistry(t *testing.T) {
+	key := registry.ServiceKey{Service: "users", Version: "v1"}
+	reg := newTestRegistry(t, map[registry.ServiceKey][]registry.Endpoint{key: hostList(2)}, allEjections)
+	try := newProxyTry(t, reg, "round_robin", key)
+	try.policy = failoverPolicy(t, "round_robin", nil)
+	first, second := try.next(), try.next()
+	if first == "" || second == "" || first == second {
+		t.Fatalf("tries %q, %q: want two different hosts", first, second)
+	}
+	svc, _ := reg.Lookup(key)
+	if !svc.Endpoint(first).Stats().Available {
+		t.Errorf("the failed try was reported to a registry the policy does not have")
+	}
+}

@@ -14,14 +14,14 @@
 //     each with its sorted Endpoints and weighted round-robin Rotation.
 //     Readers load the snapshot atomically; writers publish a new one.
 //   - A Backend (memory, etcd, ...) stores the endpoints and feeds the
-//     table through a Feed: the backend only lists, watches and writes
+//     registry through a Feed: the backend only lists, watches and writes
 //     its store and hands the Feed what the store holds (Changes beside
 //     the configuration's seeds); the Feed merges the seeds in, publishes,
 //     holds what a store drops while out of reach (Feed.Reachable) and
 //     logs its reachability. See the backends directory; the memory
 //     backend's store, backends/memory/memstore, imports nothing of Caddy.
-//   - Registry ties a Backend, its table and a health checker together and
-//     offers Add, Delete (which drains the endpoint first),
+//   - Registry ties a Backend, its snapshots and a health checker
+//     together and offers Add, Delete (which drains the endpoint first),
 //     Failure (passive health) and Lookup.
 //   - A HealthPolicy, built from HealthCheck entries, configures active
 //     checks, rise and fall, slow start, the ejection limit and the drain

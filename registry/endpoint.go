@@ -176,7 +176,9 @@ func (ep *Endpoint) SetUsesTLS(on bool) {
 }
 
 // InFlightCounter counts the requests a proxy has in flight to one
-// address, such as Caddy's reverseproxy.Host.
+// address, such as Caddy's reverseproxy.Host. It must be comparable (a
+// pointer, as *reverseproxy.Host is): CountInFlight compares it with the
+// one it has.
 type InFlightCounter interface {
 	NumRequests() int
 }

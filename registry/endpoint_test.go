@@ -55,3 +55,37 @@ func TestEndpointLatency(t *testing.T) {
 		t.Errorf("50 ms after a 4 ms answer: latency %v, %v since the last answer, known %v; want %v, 50ms, true", ewma, since, known, want)
 	}
 }
+
+// countingHost is an InFlightCounter, as Caddy's reverseproxy.Host is.
+type countingHost struct{ n int }
+
+func (h *countingHost) NumRequests() int { return h.n }
+
+// TestCountInFlightAndTLS: the proxy calls CountInFlight and SetUsesTLS on
+// every try; the registry keeps the counter it was given last and the TLS
+// setting its checks then use.
+func TestCountInFlightAndTLS(t *testing.T) {
+	key := ServiceKey{"users", "v1"}
+	m := newMachine(t, map[ServiceKey][]Endpoint{key: eps("127.0.0.1:1")})
+	svc, _ := m.table.Snapshot().Lookup("users", "v1")
+	ep := svc.Endpoints[0]
+	if n := ep.Stats().InFlight; n != 0 {
+		t.Errorf("no counter yet: %d in flight", n)
+	}
+	a, b := &countingHost{n: 2}, &countingHost{n: 5}
+	ep.CountInFlight(a)
+	ep.CountInFlight(a)
+	if n := ep.Stats().InFlight; n != 2 {
+		t.Errorf("counting with a: %d in flight, want 2", n)
+	}
+	ep.CountInFlight(b)
+	if n := ep.Stats().InFlight; n != 5 {
+		t.Errorf("counting with b: %d in flight, want b's 5", n)
+	}
+	for _, on := range []bool{true, true, false} {
+		ep.SetUsesTLS(on)
+		if got := ep.health.tls.Load(); got != on {
+			t.Errorf("SetUsesTLS(%v): the checks use TLS %v", on, got)
+		}
+	}
+}

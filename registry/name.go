@@ -39,7 +39,7 @@ func (k ServiceKey) ValidateFilter() error {
 }
 
 // MaxNameLen is the longest service or version name.
-const MaxNameLen = input.MaxNameLen
+const MaxNameLen = 64 // TestMaxNameLen: input.MaxNameLen, which checks names
 
 // ValidName reports whether s is a service or version name: 1 to 64
 // characters of A-Z a-z 0-9 . _ -, and not only dots.

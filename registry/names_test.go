@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/svcreg/caddy-svcreg/registry/internal/input"
 )
 
 func TestValidName(t *testing.T) {
@@ -160,7 +162,7 @@ func TestParseDuration(t *testing.T) {
 	} {
 		got, err := parseDuration(tc.in)
 		if (err == nil) != tc.ok || got != tc.want {
-			t.Errorf("ParseDuration(%q) = %v, %v; want %v (ok %v)", tc.in, got, err, tc.want, tc.ok)
+			t.Errorf("parseDuration(%q) = %v, %v; want %v (ok %v)", tc.in, got, err, tc.want, tc.ok)
 		}
 	}
 	var d Duration
@@ -171,5 +173,13 @@ func TestParseDuration(t *testing.T) {
 	}
 	if err := d.UnmarshalJSON([]byte(`"soon"`)); err == nil {
 		t.Error(`UnmarshalJSON("soon") succeeded`)
+	}
+}
+
+// TestMaxNameLen: the limit the package states is the one names are
+// checked against.
+func TestMaxNameLen(t *testing.T) {
+	if MaxNameLen != input.MaxNameLen {
+		t.Errorf("MaxNameLen is %d, but names are checked against %d", MaxNameLen, input.MaxNameLen)
 	}
 }

@@ -141,9 +141,9 @@ func (l *Registry) Stop() error {
 
 // HandOver hands the endpoints the registry's backend keeps registered
 // for this process (see Owner) to next's backend, which keeps them
-// registered from then on, in the background: a registry that stops for
-// another (a new configuration's) calls it first. A backend that keeps
-// none hands over nothing.
+// registered from then on (Owner.Adopt): a registry that stops for another
+// (a new configuration's) calls it first. A backend that keeps none hands
+// over nothing.
 func (l *Registry) HandOver(next *Registry) {
 	from, ok := l.backend.(Owner)
 	if !ok {

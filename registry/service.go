@@ -11,7 +11,9 @@ import (
 )
 
 // Service is one version of a service and its endpoints, as seen in one
-// Snapshot. It never changes once published, but for its counters.
+// Snapshot. It never changes once published; its latency statistics and
+// its attachment (Attach) it shares with the version's other Services, in
+// other snapshots, while the version stays registered.
 type Service struct {
 	// Name and Version identify the service version.
 	Name, Version string

@@ -162,7 +162,7 @@ func newTable(now func() time.Time) *table {
 // Snapshot returns the current snapshot.
 func (t *table) Snapshot() *Snapshot { return t.snap.Load() }
 
-// Replace sets the whole registry and marks it synced. A key with an empty
+// replace sets the whole registry and marks it synced. A key with an empty
 // endpoint list is a known service version with no endpoints. The
 // endpoints must be normalized (Endpoint.Normalize).
 func (t *table) replace(all map[ServiceKey][]Endpoint) {
@@ -225,7 +225,7 @@ func (t *table) setTraffic(policies map[string]*traffic.Rules) {
 	t.snap.Store(&Snapshot{services: services, synced: old.synced})
 }
 
-// Set sets the endpoints of one service version, which becomes known even
+// set sets the endpoints of one service version, which becomes known even
 // with no endpoints. The endpoints must be normalized.
 func (t *table) set(key ServiceKey, eps []Endpoint) {
 	t.mu.Lock()

@@ -344,7 +344,7 @@ func TestZooKeeperHandOver(t *testing.T) {
 	prevR.HandOver(nextR)
 	const node = "/services/users/v1@127.0.0.1:9003"
 	if _, stat, err := check.Get(node); err != nil || stat.EphemeralOwner != sessionOf(next) {
-		t.Errorf("once Adopt returned, the node is %+v (%v); want it of the new backend's session %x", stat, err, sessionOf(next))
+		t.Errorf("once HandOver returned, the node is %+v (%v); want it of the new backend's session %x", stat, err, sessionOf(next))
 	}
 	if err := prevR.Stop(); err != nil {
 		t.Fatal(err)

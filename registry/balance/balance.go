@@ -2,16 +2,17 @@
 // chooses among the hosts it may take. It knows hosts only through a Pool,
 // which the caller implements (the registry's Tries over a Service, a
 // proxy's pool of upstreams); it imports nothing of the registry or of
-// Caddy.
+// Caddy. Parse's errors match the registry's ErrInvalid.
 //
 // Pick takes no lock and does not allocate: it runs on every try of
 // every request.
 package balance
 
 import (
-	"fmt"
 	"math/rand/v2"
 	"time"
+
+	"github.com/svcreg/caddy-svcreg/registry/internal/input"
 )
 
 // Algorithm is a balancing algorithm.
@@ -57,7 +58,7 @@ func Parse(name string) (Algorithm, error) {
 			return Algorithm(a), nil
 		}
 	}
-	return 0, fmt.Errorf("unknown balancing algorithm %q: want round_robin, random, least_conn, p2c or peak_ewma", name)
+	return 0, input.Errorf("unknown balancing algorithm %q: want round_robin, random, least_conn, p2c or peak_ewma", name)
 }
 
 // Pool is the set of hosts one request chooses from, indexed from 0 to
@@ -73,8 +74,9 @@ type Pool interface {
 	// Load returns host i's requests in flight and its weight (1 to 100;
 	// a drained host is never a candidate).
 	Load(i int) (inFlight, weight int)
-	// Now returns the time on the pool's clock (a registry's), read once
-	// per choice that weighs latencies.
+	// Now returns the time the pool's latencies are compared at (the
+	// clock its registry reports them on: time.Now, unless a test sets
+	// another), read once per choice that weighs latencies.
 	Now() time.Time
 	// Latency returns what PeakEWMA weighs host i by at now: its
 	// peak-EWMA latency estimate in nanoseconds and the time since its

@@ -1,9 +1,12 @@
 package balance
 
 import (
+	"errors"
 	"math/rand/v2"
 	"testing"
 	"time"
+
+	"github.com/svcreg/caddy-svcreg/registry/internal/input"
 )
 
 var algorithms = []Algorithm{RoundRobin, Random, LeastConn, P2C, PeakEWMA}
@@ -55,8 +58,8 @@ func TestParse(t *testing.T) {
 			t.Errorf("Parse(%q) = %v, %v", a, got, err)
 		}
 	}
-	if _, err := Parse("fastest"); err == nil {
-		t.Error("Parse accepted fastest")
+	if _, err := Parse("fastest"); !errors.Is(err, input.ErrInvalid) {
+		t.Errorf("Parse(fastest): %v, want an error matching ErrInvalid", err)
 	}
 	if s := Algorithm(len(names)).String(); s != "unknown" {
 		t.Errorf("an algorithm past the last: %q, want unknown", s)
