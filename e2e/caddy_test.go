@@ -158,7 +158,8 @@ func (c *caddy) start() {
 	c.t.Cleanup(func() {
 		c.Stop()
 		if c.t.Failed() {
-			c.t.Logf("caddy (pid %d) log:\n%s", c.cmd.Process.Pid, c.Log())
+			c.t.Logf("caddy (pid %d) log:\n%s", c.cmd.Process.Pid, collapsePolls(c.Log()))
+			c.t.Logf("(end of the log of caddy pid %d; %s failed)", c.cmd.Process.Pid, c.t.Name())
 		}
 	})
 	waitFor(c.t, 30*time.Second, "caddy admin endpoint "+c.Admin, func() bool {
@@ -169,6 +170,36 @@ func (c *caddy) start() {
 		resp.Body.Close()
 		return resp.StatusCode == http.StatusOK
 	})
+}
+
+// collapsePolls shortens a Caddy log for reading: of each run of admin
+// API GET requests for one URI (a test polling), only the first line is
+// kept, followed by how many more there were.
+func collapsePolls(log string) string {
+	var b strings.Builder
+	uri, more := "", 0
+	flush := func() {
+		if more > 0 {
+			fmt.Fprintf(&b, "(%d more admin GET %s)\n", more, uri)
+		}
+		uri, more = "", 0
+	}
+	for line := range strings.Lines(log) {
+		var l struct{ Logger, Msg, Method, URI string }
+		if json.Unmarshal([]byte(line), &l) == nil && l.Logger == "admin.api" && l.Msg == "received request" && l.Method == http.MethodGet {
+			if l.URI == uri {
+				more++
+				continue
+			}
+			flush()
+			uri = l.URI
+		} else {
+			flush()
+		}
+		b.WriteString(line)
+	}
+	flush()
+	return b.String()
 }
 
 // debugOption turns on Caddy's debug log when SVCREG_DEBUG_LOG is set.
@@ -317,3 +348,14 @@ func (c *caddy) Services() []string {
 // waitFor polls cond until it holds or the deadline passes
 // (testutil.Eventually, under the name these tests have always used).
 var waitFor = testutil.Eventually
+
+func TestCollapsePolls(t *testing.T) {
+	get := `{"level":"info","logger":"admin.api","msg":"received request","method":"GET","uri":"/service_registry/services"}` + "\n"
+	post := `{"level":"info","logger":"admin.api","msg":"received request","method":"POST","uri":"/service_registry/services/a/v1"}` + "\n"
+	other := `{"level":"info","logger":"service_registry","msg":"zookeeper reachable; registry synced"}` + "\n"
+	log := "not json\n" + get + get + get + post + post + get + other + get + get
+	want := "not json\n" + get + "(2 more admin GET /service_registry/services)\n" + post + post + get + other + get + "(1 more admin GET /service_registry/services)\n"
+	if got := collapsePolls(log); got != want {
+		t.Errorf("collapsePolls:\n%s\nwant:\n%s", got, want)
+	}
+}

@@ -18,12 +18,15 @@ import (
 // A ZooKeeper wiped and started again (replaced, or restored from an
 // older snapshot) has gone back in time: it refuses the session of a
 // client that has seen a newer zxid. Under GET load, Caddy starts a fresh
-// client and routes what the new ZooKeeper holds within 5 s of reaching
-// it; from then on no request reaches a host only the old one held; the
+// client and routes what the new ZooKeeper holds, once the registry's
+// 2 s recovery grace (which keeps what the old one held meanwhile) is
+// over; from then on no request reaches a host only the old one held; the
 // selfreg program registers again; no request fails; an admin write
-// answers what it did. (Caddy reaches ZooKeeper through a proxy, cut
-// while the new one is filled, so that what it lists first is what the
-// test put there, not an empty store.)
+// answers what it did. The test logs how long Caddy took to route the new
+// ZooKeeper's hosts, and waits for that far longer than it takes, so that
+// a busy machine does not fail it. (Caddy reaches ZooKeeper through a
+// proxy, cut while the new one is filled, so that what it lists first is
+// what the test put there, not an empty store.)
 func TestZooKeeperWipedIsListedAgain(t *testing.T) {
 	srv := zktest.Start(t)
 	proxy := testutil.NewProxy(t, srv.Addr)
@@ -75,7 +78,7 @@ func TestZooKeeperWipedIsListedAgain(t *testing.T) {
 		proxy.Mend()
 		back := time.Now()
 		want := users(fresh.Addr, self.Addr)
-		waitFor(t, 5*time.Second, "Caddy to route what the wiped ZooKeeper holds", func() bool { return slices.Equal(c.Services(), []string{want}) })
+		waitFor(t, 20*time.Second, "Caddy to route what the wiped ZooKeeper holds", func() bool { return slices.Equal(c.Services(), []string{want}) })
 		listedAgain.Store(time.Now().UnixNano())
 		took = time.Since(back)
 		time.Sleep(time.Second) // load on the new snapshot

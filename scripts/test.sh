@@ -32,7 +32,20 @@ if [ -n "$caddy_deps" ]; then
 	echo "$caddy_deps" >&2
 	exit 1
 fi
-go test -race -count=1 -timeout 45m ./...
+# The output is kept: when a test fails, what it said (each of its log and
+# error lines, cut short) is printed again at the end, after the long logs
+# some tests dump, so that the end of the output names what failed.
+out=$(mktemp)
+trap 'rm -f "$out"' EXIT
+if ! go test -race -count=1 -timeout 45m ./... 2>&1 | tee "$out"; then
+	echo >&2
+	echo "FAILED; what the failing tests said:" >&2
+	awk '/^ *--- FAIL/ { on = 1; print; next }
+		/^(--- |=== |FAIL|ok|PASS|panic:)/ { on = 0 }
+		/^panic:|^FAIL/ { print }
+		on && /^ +[^ ]+\.go:[0-9]+: / { print substr($0, 1, 300) }' "$out" >&2
+	exit 1
+fi
 # service_http's own HTTP/1.1 client, each fuzz target briefly
 # (docs/development.md, "Fuzzing for longer", says how to run one long).
 for target in FuzzResponseFraming FuzzConnectionReuse; do
