@@ -257,11 +257,12 @@ func TTL(status string) *api.AgentServiceCheck {
 	return &api.AgentServiceCheck{TTL: "1h", Status: status}
 }
 
-// Pause freezes the agent (SIGSTOP) until Resume: queries hang.
-func (a *Agent) Pause() { a.proc.Signal(syscall.SIGSTOP) }
+// Pause freezes the agent (SIGSTOP) until Resume, and returns once it is
+// frozen: queries hang.
+func (a *Agent) Pause() { a.proc.Pause() }
 
 // Resume lets a paused agent go on (SIGCONT).
-func (a *Agent) Resume() { a.proc.Signal(syscall.SIGCONT) }
+func (a *Agent) Resume() { a.proc.Resume() }
 
 // Kill kills the agent (SIGKILL), as a crash does.
 func (a *Agent) Kill() { a.proc.Stop(syscall.SIGKILL) }

@@ -232,12 +232,12 @@ func (s *Server) etcdctl(args ...string) {
 	}
 }
 
-// Pause freezes etcd (SIGSTOP): it accepts connections and answers
-// nothing until Resume.
-func (s *Server) Pause() { s.proc.Signal(syscall.SIGSTOP) }
+// Pause freezes etcd (SIGSTOP), and returns once it is frozen: it
+// accepts connections and answers nothing until Resume.
+func (s *Server) Pause() { s.proc.Pause() }
 
 // Resume lets a paused etcd go on (SIGCONT).
-func (s *Server) Resume() { s.proc.Signal(syscall.SIGCONT) }
+func (s *Server) Resume() { s.proc.Resume() }
 
 // Kill stops etcd with SIGKILL, the way a crash would.
 func (s *Server) Kill() { s.proc.Stop(syscall.SIGKILL) }

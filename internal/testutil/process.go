@@ -129,6 +129,48 @@ func (p *Process) Signal(sig syscall.Signal) {
 	}
 }
 
+// Pause freezes the process (SIGSTOP), if it runs, and returns once
+// every one of its threads has stopped, or after 10 s. The signal alone
+// is not enough: the kernel stops a process through one of its threads,
+// which stops the others only once it runs, and on a busy machine the
+// other threads may meanwhile go on answering for milliseconds.
+func (p *Process) Pause() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.cmd == nil {
+		return
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGSTOP)
+	for deadline := time.Now().Add(10 * time.Second); !stopped(p.cmd.Process.Pid) && time.Now().Before(deadline); {
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// Resume lets a paused process go on (SIGCONT), if it runs.
+func (p *Process) Resume() { p.Signal(syscall.SIGCONT) }
+
+// stopped reports whether every thread of process pid is stopped (Linux:
+// state T in /proc/pid/task/*/stat). Where there is no /proc to tell, it
+// reports true.
+func stopped(pid int) bool {
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		return true
+	}
+	for _, task := range tasks {
+		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/stat", pid, task.Name()))
+		if err != nil {
+			continue // the thread exited
+		}
+		// "pid (comm) state ...": comm may hold spaces and parentheses.
+		i := bytes.LastIndexByte(stat, ')')
+		if i < 0 || i+2 >= len(stat) || (stat[i+2] != 'T' && stat[i+2] != 't') {
+			return false
+		}
+	}
+	return true
+}
+
 // Stop stops the process with sig (stopProcess), if it runs.
 func (p *Process) Stop(sig syscall.Signal) {
 	p.mu.Lock()

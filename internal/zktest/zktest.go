@@ -119,11 +119,12 @@ func (s *Server) Wipe() {
 	s.start()
 }
 
-// Pause freezes ZooKeeper (SIGSTOP) until Resume: sessions time out.
-func (s *Server) Pause() { s.proc.Signal(syscall.SIGSTOP) }
+// Pause freezes ZooKeeper (SIGSTOP) until Resume, and returns once it is
+// frozen: sessions time out.
+func (s *Server) Pause() { s.proc.Pause() }
 
 // Resume lets a paused ZooKeeper go on (SIGCONT).
-func (s *Server) Resume() { s.proc.Signal(syscall.SIGCONT) }
+func (s *Server) Resume() { s.proc.Resume() }
 
 // Stop stops ZooKeeper (SIGTERM) and waits for it to exit.
 func (s *Server) Stop() { s.proc.Stop(syscall.SIGTERM) }
