@@ -17,6 +17,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/svcreg/caddy-svcreg/internal/etcdtest"
+	"github.com/svcreg/caddy-svcreg/internal/testutil"
 )
 
 // etcdRegistry is the global service_registry block for an etcd backend.
@@ -127,10 +128,18 @@ func killedUnderLoad(t *testing.T, c *caddy, reg *exec.Cmd, b *backend) {
 func runSelfreg(t *testing.T, etcd, service, version, address, ttl string) *exec.Cmd {
 	t.Helper()
 	cmd := exec.Command(selfregBin, "-etcd", etcd, "-service", service, "-version", version, "-address", address, "-ttl", ttl)
+	var out testutil.Log
+	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		if t.Failed() {
+			t.Logf("selfreg %s (pid %d) printed:\n%s", address, cmd.Process.Pid, out.String())
+		}
+	})
 	return cmd
 }
 

@@ -153,9 +153,7 @@ func Register(ctx context.Context, cfg Config) error {
 		}
 		if ctx.Err() != nil {
 			// stopping: deregister now rather than TTL from now
-			revoke, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-			_, _ = cli.Revoke(revoke, lease)
-			cancel()
+			revoke(cli, lease)
 			cfg.Logf("selfreg: deregistered %s", key)
 			cfg.drain()
 			return nil
@@ -173,10 +171,28 @@ func register(ctx context.Context, cli *clientv3.Client, key, value string, ttl 
 	if err != nil {
 		return 0, err
 	}
-	if _, err := cli.Put(ctx, key, value, clientv3.WithLease(grant.ID)); err != nil {
+	if err := put(ctx, cli, key, value, grant.ID); err != nil {
+		// The put may have been applied though its answer was lost (the
+		// process told to stop while it waited): without its lease, no
+		// key outlives a failed registration by its TTL.
+		revoke(cli, grant.ID)
 		return 0, err
 	}
 	return grant.ID, nil
+}
+
+// put writes the key under the lease; tests replace it.
+var put = func(ctx context.Context, cli *clientv3.Client, key, value string, lease clientv3.LeaseID) error {
+	_, err := cli.Put(ctx, key, value, clientv3.WithLease(lease))
+	return err
+}
+
+// revoke ends a lease and so deletes its key, whether or not the caller's
+// context is done.
+func revoke(cli *clientv3.Client, lease clientv3.LeaseID) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	_, _ = cli.Revoke(ctx, lease)
 }
 
 // registerZooKeeper keeps an ephemeral instance node in ZooKeeper: created

@@ -216,3 +216,34 @@ func deregisteredThenDrained(t *testing.T, done <-chan error, gone func() bool) 
 		t.Fatal(err)
 	}
 }
+
+// A process told to stop while its registration's put was on the way may
+// see the put fail though etcd applied it (the answer lost with the
+// canceled call): the key must not outlive Register by its TTL. The put
+// here is applied, then reported canceled, as that stop would.
+func TestRegisterStoppedDuringPut(t *testing.T) {
+	srv := etcdtest.Start(t)
+	cli := srv.Client(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	realPut := put
+	t.Cleanup(func() { put = realPut })
+	put = func(_ context.Context, c *clientv3.Client, key, value string, lease clientv3.LeaseID) error {
+		err := realPut(context.Background(), c, key, value, lease)
+		cancel()
+		return errors.Join(err, context.Canceled)
+	}
+	const key = "/svcreg/users/v1/127.0.0.1:9091"
+	err := Register(ctx, Config{Endpoints: []string{srv.Endpoint}, Service: "users", Version: "v1",
+		Address: "127.0.0.1:9091", TTL: time.Minute, Logf: t.Logf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := cli.Get(context.Background(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(resp.Kvs) != 0 {
+		t.Errorf("%s is still in etcd after Register returned (lease %x, TTL 1m)", key, resp.Kvs[0].Lease)
+	}
+}
